@@ -1,0 +1,43 @@
+"""One Executor API over many ways of running Python functions in parallel.
+
+Write ``submit`` / ``map`` / ``shutdown`` once and pick the backend by name::
+
+    import executors
+
+    with executors.create("process", max_workers=2) as ex:
+        print(list(ex.map(abs, [-1, -2, -3])))
+
+Importing this package is cheap: no backend (and none of joblib, dask or
+tqdm) is imported until it is chosen.
+"""
+
+from __future__ import annotations
+
+from ._base import BaseExecutor, fail_futures
+from ._capabilities import Capabilities
+from ._errors import (
+    BackendNotFoundError,
+    BackendNotInstalledError,
+    InitializerFailedError,
+    WorkerCrashedError,
+)
+from ._protocol import Executor
+from ._registry import BackendInfo, create, list_backends
+from ._remote import RemoteTraceback
+
+__all__ = [
+    "BackendInfo",
+    "BackendNotFoundError",
+    "BackendNotInstalledError",
+    "BaseExecutor",
+    "Capabilities",
+    "Executor",
+    "InitializerFailedError",
+    "RemoteTraceback",
+    "WorkerCrashedError",
+    "create",
+    "fail_futures",
+    "list_backends",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,253 @@
+"""The base class every backend builds on.
+
+:class:`BaseExecutor` owns what is the same everywhere: the guards of
+``submit`` (broken, then shut down, then the work, under one lock), argument
+validation, ``map`` and ``map_unordered`` (through :mod:`executors._map`),
+idempotent ``shutdown`` and the context manager. A backend implements three
+hooks and nothing else::
+
+    _submit(fn, args, kwargs) -> Future      # run one task
+    _shutdown(wait, cancel_futures)          # release the workers, once
+    _broken_error() -> BaseException | None  # optional: why it is broken
+
+and may override ``_submit_chunk`` when it can run a chunk of ``map`` better
+than "one task that loops" (see :mod:`executors.backends.queue`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from abc import ABCMeta, abstractmethod
+from collections.abc import Callable, Iterable, Iterator
+from concurrent import futures
+from concurrent.futures import Future
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from . import _map
+from ._capabilities import Capabilities
+from ._options import (
+    check_buffersize,
+    check_callable,
+    check_chunksize,
+    check_timeout,
+)
+from ._serialize import portable
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+__all__ = ["BaseExecutor", "fail_futures"]
+
+T = TypeVar("T")
+
+_interpreter_exiting = False
+
+
+def _mark_interpreter_exiting() -> None:
+    global _interpreter_exiting
+    _interpreter_exiting = True
+
+
+# Runs when the main thread finishes, before atexit hooks: from then on a
+# submit raises, as it does on the stdlib pools, instead of starting workers
+# in a dying interpreter.
+if hasattr(threading, "_register_atexit"):
+    threading._register_atexit(_mark_interpreter_exiting)
+
+
+def fail_futures(
+    futures_: Iterable[Future[Any]], make_error: Callable[[], BaseException]
+) -> None:
+    """Fail every future that is not done yet, each with its own exception.
+
+    Each future gets a fresh instance from ``make_error``: exceptions carry
+    tracebacks, and one instance raised from many threads would pile their
+    frames onto a single shared traceback.
+
+    Args:
+        futures_: The futures to fail; finished or cancelled ones are skipped.
+        make_error: Called once per future to build its exception.
+    """
+    for fut in futures_:
+        if fut.done():
+            continue
+        # It may finish or be cancelled between the check and the set.
+        with contextlib.suppress(futures.InvalidStateError):
+            fut.set_exception(make_error())
+
+
+class BaseExecutor(futures.Executor, metaclass=ABCMeta):
+    """Shared machinery of every backend; subclasses supply the hooks.
+
+    Subclasses set the class attributes ``backend`` and ``capabilities`` and
+    call ``super().__init__(max_workers=...)`` from a constructor whose
+    options are keyword-only.
+
+    Args:
+        max_workers: The (validated) number of workers, used for chunking.
+        cloudpickle: Send callables with cloudpickle, so that lambdas,
+            closures and ``__main__`` functions work in worker processes.
+            Only meaningful where ``capabilities.process_isolation``.
+    """
+
+    backend: ClassVar[str] = "base"
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    def __init__(self, *, max_workers: int, cloudpickle: bool = True) -> None:
+        if not isinstance(cloudpickle, bool):
+            raise TypeError(f"cloudpickle must be True or False, got {cloudpickle!r}")
+        self._max_workers = max_workers
+        self._portable_callables = cloudpickle and self.capabilities.process_isolation
+        # Reentrant: the inline backend runs tasks under it, and a task may
+        # submit to its own executor.
+        self._lock = threading.RLock()
+        self._shutdown_started = False
+
+    # -- the public API -------------------------------------------------
+
+    @property
+    def max_workers(self) -> int:
+        """The number of workers (1 for ``inline``)."""
+        return self._max_workers
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        """Schedule ``fn(*args, **kwargs)``; see :meth:`executors.Executor.submit`."""
+        check_callable(fn)
+        return self._submit_task(self._prepare(fn), args, kwargs)
+
+    def map(
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        buffersize: int | None = None,
+        progress: bool = False,
+    ) -> Iterator[T]:
+        """Ordered parallel map; see :meth:`executors.Executor.map`."""
+        return self._start_map(
+            fn, iterables, True, timeout, chunksize, buffersize, progress
+        )
+
+    def map_unordered(
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        buffersize: int | None = None,
+        progress: bool = False,
+    ) -> Iterator[T]:
+        """Results as they complete; see :meth:`executors.Executor.map_unordered`."""
+        return self._start_map(
+            fn, iterables, False, timeout, chunksize, buffersize, progress
+        )
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Release the workers; see :meth:`executors.Executor.shutdown`."""
+        with self._lock:
+            self._shutdown_started = True
+        # Outside the lock: waiting for running tasks must not block a task
+        # (or a callback) that tries to submit and gets the RuntimeError.
+        self._shutdown(wait, cancel_futures)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> bool | None:
+        self.shutdown(wait=True)
+        return None
+
+    def __repr__(self) -> str:
+        state = "shut down" if self._shutdown_started else "running"
+        name = type(self).__name__
+        workers = self._max_workers
+        return f"<{name} backend={self.backend!r} max_workers={workers} {state}>"
+
+    # -- hooks for backends --------------------------------------------
+
+    @abstractmethod
+    def _submit(
+        self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Future[T]:
+        """Start one task and return its stdlib future. Called under the lock."""
+
+    @abstractmethod
+    def _shutdown(self, wait: bool, cancel_futures: bool) -> None:
+        """Release the workers. Called on every ``shutdown()``; make it idempotent."""
+
+    def _broken_error(self) -> BaseException | None:
+        """Return the exception ``submit`` raises once the executor is broken."""
+        return None
+
+    def _submit_chunk(
+        self, fn: Callable[..., Any], chunk: list[tuple[Any, ...]]
+    ) -> Future[_map.ChunkResult]:
+        """Start one chunk of a ``map``. Called under the lock."""
+        return self._submit(_map.run_chunk, (fn, chunk), {})
+
+    # -- shared plumbing ------------------------------------------------
+
+    def _prepare(self, fn: Callable[..., T]) -> Callable[..., T]:
+        return portable(fn) if self._portable_callables else fn
+
+    def _check_open(self) -> None:
+        # The stdlib's order and messages, so one test checks every backend.
+        broken = self._broken_error()
+        if broken is not None:
+            raise broken
+        if self._shutdown_started:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if _interpreter_exiting:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+    def _submit_task(
+        self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Future[T]:
+        with self._lock:
+            self._check_open()
+            return self._submit(fn, args, kwargs)
+
+    def _submit_chunk_task(
+        self, fn: Callable[..., Any], chunk: list[tuple[Any, ...]]
+    ) -> Future[_map.ChunkResult]:
+        with self._lock:
+            self._check_open()
+            return self._submit_chunk(fn, chunk)
+
+    def _map_workers(self) -> int:
+        return self._max_workers
+
+    def _start_map(
+        self,
+        fn: Callable[..., T],
+        iterables: tuple[Iterable[Any], ...],
+        ordered: bool,
+        timeout: float | None,
+        chunksize: int | None,
+        buffersize: int | None,
+        progress: bool,
+    ) -> Iterator[T]:
+        check_callable(fn)
+        timeout = check_timeout(timeout)
+        chunksize = check_chunksize(chunksize)
+        buffersize = check_buffersize(buffersize)
+        with self._lock:
+            self._check_open()
+        return _map.start_map(
+            self,
+            self._prepare(fn),
+            iterables,
+            ordered=ordered,
+            timeout=timeout,
+            chunksize=chunksize,
+            buffersize=buffersize,
+            progress=progress,
+        )

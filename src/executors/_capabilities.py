@@ -1,0 +1,39 @@
+"""What a backend can and cannot do, declared once, read by tests and users."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Capabilities"]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """Declared behaviour that differs between backends.
+
+    The conformance suite selects tests by these flags, never by backend
+    name, and users can read them instead of special-casing names.
+
+    Attributes:
+        runs_concurrently: Tasks run beside the caller, so a future can be
+            pending or running while the caller goes on. ``False`` only for
+            ``inline``, which runs each task inside ``submit``.
+        process_isolation: Tasks run in other processes: arguments, results
+            and the callable are pickled, and a task that crashes its
+            process does not take the caller down.
+        cancels_queued: ``cancel()`` succeeds on a future whose task has not
+            started, and ``shutdown(cancel_futures=True)`` cancels it.
+        survives_worker_death: A worker that dies fails only the task it was
+            running; every other future completes and the executor stays
+            usable. When ``False`` a dead worker breaks the executor and
+            every pending future fails with a ``BrokenExecutor`` subclass.
+        retries_lost_tasks: A task whose worker died is run again elsewhere
+            (a Dask cluster) until it has killed too many workers; only then
+            does its future fail.
+    """
+
+    runs_concurrently: bool = True
+    process_isolation: bool = True
+    cancels_queued: bool = True
+    survives_worker_death: bool = False
+    retries_lost_tasks: bool = False

@@ -1,0 +1,337 @@
+"""The one implementation of ``map`` and ``map_unordered`` for every backend.
+
+A backend supplies only "submit one task" and "submit one chunk"; this module
+decides chunk sizes, how much input to read ahead, the order of results,
+timeouts, cancellation of unstarted work and the progress bar.
+
+Two ways to read the input:
+
+* eager (``buffersize=None``, the stdlib's semantics): the whole input is read
+  and every chunk submitted at the call. Chunk sizes come from the input's
+  length alone, since no task has run yet: one item per task on short inputs,
+  then *guided* chunks (each a fixed share of what remains) that shrink
+  towards the end so the last workers to finish are never left with a big
+  chunk.
+* lazy (``buffersize=N``): at most ``N`` items are read and not yet yielded.
+  Chunks start at one item and grow while measured task times show they are
+  cheap, so slow tasks keep per-item granularity and tiny ones get batched.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+import queue
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FuturesTimeoutError
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+from ._remote import picklable_exception
+
+if TYPE_CHECKING:
+    from ._remote import ExceptionWithTraceback
+
+__all__ = ["ChunkResult", "MapSource", "plan_chunks", "run_chunk", "start_map"]
+
+# Inputs up to this many items per worker run one item per task: the
+# overhead is small in absolute terms and per-item timeouts, ordering and
+# cancellation then behave exactly as with chunksize=1.
+PER_ITEM_ITEMS_PER_WORKER = 16
+# Guided chunking hands out 1/(CHUNKS_PER_WORKER * workers) of what remains
+# per chunk: larger means smaller chunks (better balance, more overhead).
+CHUNKS_PER_WORKER = 4
+# Upper bound on one chunk: keeps a single result message and the work lost
+# to one crash bounded.
+MAX_CHUNK = 8192
+# Lazy maps grow chunks until one takes about this long in the worker:
+# well above every backend's per-task overhead (Dask's is ~2 ms), short
+# enough that timeouts and cancellation stay responsive.
+TARGET_CHUNK_SECONDS = 0.02
+
+
+@dataclass
+class ChunkResult:
+    """The outcome of :func:`run_chunk`: values up to the first failure.
+
+    Attributes:
+        values: The results of the items that succeeded, in order.
+        error: The exception of the item after the last value, if any.
+        elapsed: Seconds the worker spent on the chunk.
+    """
+
+    values: list[Any]
+    error: BaseException | ExceptionWithTraceback | None = None
+    elapsed: float = 0.0
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # Only reached when the chunk crosses a process boundary: attach the
+        # worker's traceback there, keep the live exception in-process.
+        error = self.error
+        if isinstance(error, BaseException):
+            error = picklable_exception(error)
+        return ChunkResult, (self.values, error, self.elapsed)
+
+
+def run_chunk(fn: Callable[..., Any], chunk: Sequence[tuple[Any, ...]]) -> ChunkResult:
+    """Apply ``fn`` to each argument tuple of ``chunk``, stopping at a failure.
+
+    Runs in the worker. Stopping at the first failure is what ``map`` needs:
+    it yields the earlier results, then raises, and reads no further.
+    """
+    start = time.perf_counter()
+    values: list[Any] = []
+    for args in chunk:
+        try:
+            values.append(fn(*args))
+        except Exception as exc:
+            return ChunkResult(values, exc, time.perf_counter() - start)
+    return ChunkResult(values, None, time.perf_counter() - start)
+
+
+def plan_chunks(n: int, workers: int, chunksize: int | None) -> Iterator[int]:
+    """Yield the chunk sizes of an eager map over ``n`` items.
+
+    Args:
+        n: Number of items.
+        workers: Number of workers sharing them.
+        chunksize: A fixed size, or ``None`` for the automatic plan.
+    """
+    if chunksize is not None:
+        for start in range(0, n, chunksize):
+            yield min(chunksize, n - start)
+        return
+    if n <= PER_ITEM_ITEMS_PER_WORKER * workers:
+        yield from itertools.repeat(1, n)
+        return
+    remaining = n
+    share = CHUNKS_PER_WORKER * workers
+    while remaining:
+        size = min(MAX_CHUNK, max(1, math.ceil(remaining / share)))
+        yield size
+        remaining -= size
+
+
+class MapSource(Protocol):
+    """What the map machinery needs from an executor."""
+
+    def _map_workers(self) -> int: ...
+
+    def _submit_task(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Future[Any]: ...
+
+    def _submit_chunk_task(
+        self, fn: Callable[..., Any], chunk: list[tuple[Any, ...]]
+    ) -> Future[ChunkResult]: ...
+
+
+@dataclass(eq=False)
+class _Task:
+    future: Future[Any]
+    size: int
+    chunked: bool
+
+
+@dataclass
+class _AdaptiveChunker:
+    """Chunk sizes for lazy maps, from the worker times seen so far."""
+
+    cap: int
+    fixed: int | None
+    size: int = 1
+    per_item: float | None = None
+
+    def next_size(self) -> int:
+        if self.fixed is not None:
+            return min(self.fixed, self.cap)
+        return min(self.size, self.cap)
+
+    def observe(self, result: ChunkResult, count: int) -> None:
+        if self.fixed is not None or count == 0:
+            return
+        sample = result.elapsed / count
+        self.per_item = (
+            sample if self.per_item is None else (self.per_item + sample) / 2
+        )
+        wanted = TARGET_CHUNK_SECONDS / max(self.per_item, 1e-9)
+        # At most double per step: one fast outlier must not make a huge chunk.
+        self.size = max(1, min(self.size * 2, int(wanted), MAX_CHUNK))
+
+
+@dataclass
+class _MapRun:
+    source: MapSource
+    fn: Callable[..., Any]
+    args: Iterator[tuple[Any, ...]]
+    ordered: bool
+    deadline: float | None
+    buffersize: int | None
+    chunker: _AdaptiveChunker | None
+    bar: Any = None
+    # Ordered maps wait on the oldest task; unordered ones on whichever ends
+    # first, reported through `done` by a callback (no O(n) wait() per item).
+    pending: deque[_Task] = field(default_factory=deque)
+    outstanding: set[_Task] = field(default_factory=set)
+    done: queue.SimpleQueue[_Task] = field(default_factory=queue.SimpleQueue)
+    in_buffer: int = 0
+    exhausted: bool = False
+
+    def submit(self, chunk: list[tuple[Any, ...]], chunked: bool) -> None:
+        if chunked:
+            fut: Future[Any] = self.source._submit_chunk_task(self.fn, chunk)
+        else:
+            fut = self.source._submit_task(self.fn, chunk[0], {})
+        task = _Task(fut, len(chunk), chunked)
+        if self.ordered:
+            self.pending.append(task)
+        else:
+            self.outstanding.add(task)
+        self.in_buffer += len(chunk)
+        if not self.ordered or self.bar is not None:
+            fut.add_done_callback(functools.partial(self._on_done, task))
+
+    def _on_done(self, task: _Task, _future: Future[Any]) -> None:
+        if self.bar is not None and not task.future.cancelled():
+            self.bar.update(task.size)
+        if not self.ordered:
+            self.done.put(task)
+
+    def cancel_all(self) -> None:
+        for task in itertools.chain(self.pending, self.outstanding):
+            task.future.cancel()
+
+    def fill(self) -> None:
+        """Read and submit input until the buffer bound is reached."""
+        if self.chunker is None or self.buffersize is None:
+            return
+        while not self.exhausted:
+            size = min(self.chunker.next_size(), self.buffersize - self.in_buffer)
+            if size < 1:
+                return
+            chunk = list(itertools.islice(self.args, size))
+            if len(chunk) < size:
+                self.exhausted = True
+            if chunk:
+                self.submit(chunk, chunked=True)
+
+    def remaining(self) -> float | None:
+        if self.deadline is None:
+            return None
+        return self.deadline - time.monotonic()
+
+    def next_task(self) -> _Task:
+        if self.ordered:
+            task = self.pending[0]
+            self._wait(task)
+            self.pending.popleft()
+            return task
+        try:
+            timeout = self.remaining()
+            task = self.done.get(timeout=None if timeout is None else max(timeout, 0))
+        except queue.Empty:
+            raise FuturesTimeoutError() from None
+        self.outstanding.discard(task)
+        return task
+
+    def _wait(self, task: _Task) -> None:
+        timeout = self.remaining()
+        if timeout is not None and timeout <= 0 and not task.future.done():
+            raise FuturesTimeoutError()
+        # result() raises the task's exception or TimeoutError for us.
+        task.future.result(timeout)
+
+    def results(self) -> Iterator[Any]:
+        try:
+            self.fill()
+            while self.pending or self.outstanding:
+                task = self.next_task()
+                if not task.chunked:
+                    self.in_buffer -= 1
+                    yield task.future.result()
+                    self.fill()
+                    continue
+                outcome: ChunkResult = task.future.result()
+                if self.chunker is not None:
+                    self.chunker.observe(outcome, len(outcome.values))
+                for value in outcome.values:
+                    self.in_buffer -= 1
+                    yield value
+                if outcome.error is not None:
+                    raise cast(BaseException, outcome.error)
+                self.in_buffer -= task.size - len(outcome.values)
+                self.fill()
+        finally:
+            self.cancel_all()
+            if self.bar is not None:
+                self.bar.close()
+
+
+def _known_length(iterables: tuple[Iterable[Any], ...]) -> int | None:
+    try:
+        return min(len(it) for it in iterables)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def _progress_bar(total: int | None) -> Any:
+    try:
+        from tqdm.auto import tqdm
+    except ImportError as exc:
+        from ._errors import BackendNotInstalledError
+
+        raise BackendNotInstalledError(
+            'progress=True needs tqdm: pip install "executors[progress]"'
+        ) from exc
+    return tqdm(total=total, unit="item")
+
+
+def start_map(
+    source: MapSource,
+    fn: Callable[..., Any],
+    iterables: tuple[Iterable[Any], ...],
+    *,
+    ordered: bool,
+    timeout: float | None,
+    chunksize: int | None,
+    buffersize: int | None,
+    progress: bool,
+) -> Iterator[Any]:
+    """Start a map and return the iterator over its results.
+
+    Work is submitted here, at the call, not when iteration begins: the
+    eager mode submits everything, the lazy mode its first buffer-full.
+    Arguments are validated by the caller.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    # Not strict: like builtin map, stop at the shortest input.
+    args: Iterator[tuple[Any, ...]] = zip(*iterables, strict=False)
+    workers = max(1, source._map_workers())
+    if buffersize is None:
+        items = list(args)
+        bar = _progress_bar(len(items)) if progress else None
+        run = _MapRun(source, fn, iter(()), ordered, deadline, None, None, bar)
+        position = 0
+        try:
+            for size in plan_chunks(len(items), workers, chunksize):
+                chunk = items[position : position + size]
+                position += size
+                run.submit(
+                    chunk, chunked=size > 1 or (chunksize is not None and chunksize > 1)
+                )
+        except BaseException:
+            run.cancel_all()
+            if bar is not None:
+                bar.close()
+            raise
+    else:
+        cap = max(1, buffersize // (2 * workers))
+        chunker = _AdaptiveChunker(cap=cap, fixed=chunksize)
+        bar = _progress_bar(_known_length(iterables)) if progress else None
+        run = _MapRun(source, fn, args, ordered, deadline, buffersize, chunker, bar)
+        run.fill()
+    return run.results()

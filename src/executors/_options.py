@@ -1,0 +1,176 @@
+"""Validation of the options shared by several backends.
+
+Every check raises eagerly with a message a test can match, and never
+``assert``s: a wrong option must fail at ``create()``, not in a worker.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.context
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+__all__ = [
+    "DEFAULT_START_METHOD",
+    "check_buffersize",
+    "check_chunksize",
+    "check_initializer",
+    "check_max_tasks_per_child",
+    "check_max_workers",
+    "check_timeout",
+    "cpu_count",
+    "resolve_mp_context",
+]
+
+# forkserver on POSIX: forking a parent that runs threads (every executor
+# runs a manager thread, and so do most programs that use one) can deadlock
+# the child on a lock held by another thread. Python 3.14 made the same
+# switch for the same reason. Spawn where there is no forkserver (Windows).
+DEFAULT_START_METHOD = (
+    "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+)
+
+
+def cpu_count() -> int:
+    """The number of CPUs this process may use (at least 1)."""
+    if sys.version_info >= (3, 13):
+        return os.process_cpu_count() or 1
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
+def check_max_workers(value: object, *, default: int) -> int:
+    """Return ``value`` as a worker count, ``default`` when it is ``None``.
+
+    Raises:
+        TypeError: ``value`` is not an int.
+        ValueError: ``"max_workers must be greater than 0"``.
+    """
+    if value is None:
+        return default
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"max_workers must be an int or None, got {value!r}")
+    if value <= 0:
+        raise ValueError("max_workers must be greater than 0")
+    return value
+
+
+def check_initializer(initializer: object, initargs: object) -> None:
+    """Check ``initializer`` is callable (or None) and ``initargs`` a tuple.
+
+    Raises:
+        TypeError: naming the bad option.
+    """
+    if initializer is not None and not callable(initializer):
+        raise TypeError(f"initializer must be callable or None, got {initializer!r}")
+    if not isinstance(initargs, tuple):
+        raise TypeError(f"initargs must be a tuple, got {type(initargs).__name__}")
+
+
+def check_max_tasks_per_child(value: object) -> int | None:
+    """Validate ``max_tasks_per_child`` (``None`` or an int >= 1).
+
+    Raises:
+        TypeError: not an int.
+        ValueError: ``"max_tasks_per_child must be >= 1"``.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"max_tasks_per_child must be an int or None, got {value!r}")
+    if value < 1:
+        raise ValueError("max_tasks_per_child must be >= 1")
+    return value
+
+
+def resolve_mp_context(value: object) -> multiprocessing.context.BaseContext:
+    """Turn the ``mp_context`` option into a multiprocessing context.
+
+    Args:
+        value: ``None`` (the project's default, :data:`DEFAULT_START_METHOD`),
+            a start method name (``"fork"``, ``"spawn"``, ``"forkserver"``)
+            or a context from :func:`multiprocessing.get_context`.
+
+    Raises:
+        ValueError: an unknown start method name.
+        TypeError: anything else.
+    """
+    if value is None:
+        return multiprocessing.get_context(DEFAULT_START_METHOD)
+    if isinstance(value, str):
+        methods = multiprocessing.get_all_start_methods()
+        if value not in methods:
+            raise ValueError(
+                f"mp_context {value!r} is not a start method here; "
+                f"choose one of {', '.join(map(repr, methods))}"
+            )
+        return multiprocessing.get_context(value)
+    if isinstance(value, multiprocessing.context.BaseContext):
+        return value
+    raise TypeError(
+        "mp_context must be None, a start method name or a multiprocessing "
+        f"context, got {value!r}"
+    )
+
+
+def check_timeout(timeout: object, name: str = "timeout") -> float | None:
+    """Validate a timeout in seconds (``None`` waits forever).
+
+    Raises:
+        TypeError: not a number.
+        ValueError: negative.
+    """
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds or None, got {timeout!r}")
+    if timeout < 0:
+        raise ValueError(f"{name} must be non-negative, got {timeout!r}")
+    return float(timeout)
+
+
+def check_chunksize(chunksize: object) -> int | None:
+    """Validate ``chunksize`` (``None`` picks it automatically).
+
+    Raises:
+        TypeError: not an int.
+        ValueError: ``"chunksize must be >= 1."`` (the stdlib's message).
+    """
+    if chunksize is None:
+        return None
+    if not isinstance(chunksize, int) or isinstance(chunksize, bool):
+        raise TypeError(f"chunksize must be an int or None, got {chunksize!r}")
+    if chunksize < 1:
+        raise ValueError("chunksize must be >= 1.")
+    return chunksize
+
+
+def check_buffersize(buffersize: object) -> int | None:
+    """Validate ``buffersize`` (``None`` means eager, as the stdlib).
+
+    Raises:
+        TypeError: ``"buffersize must be an integer or None"``.
+        ValueError: ``"buffersize must be None or > 0"``.
+    """
+    if buffersize is None:
+        return None
+    if not isinstance(buffersize, int) or isinstance(buffersize, bool):
+        raise TypeError("buffersize must be an integer or None")
+    if buffersize < 1:
+        raise ValueError("buffersize must be None or > 0")
+    return buffersize
+
+
+def check_callable(fn: object) -> Callable[..., Any]:
+    """Return ``fn`` if callable.
+
+    Raises:
+        TypeError: naming the object that was passed instead.
+    """
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {type(fn).__name__} {fn!r:.80}")
+    return fn

@@ -1,0 +1,96 @@
+"""Backend ``process``: the stdlib :class:`~concurrent.futures.ProcessPoolExecutor`.
+
+Behaviour is the stdlib's on everything the stdlib defines: the same futures,
+messages and :class:`~concurrent.futures.process.BrokenProcessPool` when a
+worker dies (the pool is then broken for good and every pending future
+fails). What the project adds: the shared ``map`` (automatic chunking, lazy
+``buffersize``, ``map_unordered``, progress), callables sent with cloudpickle,
+and a safe default start method (see :data:`executors._options.DEFAULT_START_METHOD`).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.context import BaseContext
+from typing import Any, TypeVar
+
+from .._base import BaseExecutor
+from .._capabilities import Capabilities
+from .._options import (
+    check_initializer,
+    check_max_tasks_per_child,
+    check_max_workers,
+    cpu_count,
+    resolve_mp_context,
+)
+
+__all__ = ["ProcessExecutor"]
+
+T = TypeVar("T")
+
+# The stdlib caps workers at 61 on Windows (WaitForMultipleObjects); the same
+# default keeps behaviour identical everywhere.
+_MAX_DEFAULT_WORKERS = 61
+
+
+class ProcessExecutor(BaseExecutor):
+    """A pool of worker processes run by the stdlib.
+
+    Args:
+        max_workers: Worker processes; default: the usable CPUs (at most 61).
+        mp_context: Start method name or multiprocessing context; default
+            ``"forkserver"`` on POSIX.
+        initializer: Called in each worker as it starts; if it raises, the
+            pool is broken.
+        initargs: Arguments for ``initializer``.
+        max_tasks_per_child: Replace a worker after this many tasks
+            (Python 3.11+).
+        cloudpickle: Send the callable with cloudpickle (lambdas work).
+    """
+
+    backend = "process"
+    capabilities = Capabilities()
+
+    def __init__(
+        self,
+        *,
+        max_workers: int | None = None,
+        mp_context: str | BaseContext | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        max_tasks_per_child: int | None = None,
+        cloudpickle: bool = True,
+    ) -> None:
+        workers = check_max_workers(
+            max_workers, default=min(_MAX_DEFAULT_WORKERS, cpu_count())
+        )
+        context = resolve_mp_context(mp_context)
+        check_initializer(initializer, initargs)
+        per_child = check_max_tasks_per_child(max_tasks_per_child)
+        super().__init__(max_workers=workers, cloudpickle=cloudpickle)
+        extra: dict[str, Any] = {}
+        if per_child is not None:
+            if sys.version_info < (3, 11):
+                raise ValueError(
+                    "the 'process' backend supports max_tasks_per_child on "
+                    "Python 3.11 and later only"
+                )
+            extra["max_tasks_per_child"] = per_child
+        self._pool = ProcessPoolExecutor(
+            workers, context, initializer, initargs, **extra
+        )
+
+    def _broken_error(self) -> BaseException | None:
+        broken = self._pool._broken
+        return BrokenProcessPool(broken) if broken else None
+
+    def _submit(
+        self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Future[T]:
+        return self._pool.submit(fn, *args, **kwargs)
+
+    def _shutdown(self, wait: bool, cancel_futures: bool) -> None:
+        self._pool.shutdown(wait, cancel_futures=cancel_futures)

@@ -1,0 +1,115 @@
+"""Fixtures and helpers shared by the behaviour classes of the suite."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+__all__ = [
+    "BOUND",
+    "ContractBase",
+    "ExecutorFactory",
+    "child_processes",
+    "wait_for_no_new_children",
+]
+
+#: Seconds any single wait in the suite may take. A hung backend fails the
+#: test at this bound; pytest-timeout is only the backstop.
+BOUND = 15.0
+
+ExecutorFactory = Callable[..., Any]
+
+# Long-lived helpers that multiprocessing starts once per interpreter, not
+# per executor; they are not leaks.
+_HELPER_MARKERS = ("resource_tracker", "forkserver", "semaphore_tracker")
+
+
+def child_processes() -> set[int]:
+    """PIDs of this process's live descendants, helpers excluded."""
+    import psutil
+
+    pids = set()
+    for child in psutil.Process().children(recursive=True):
+        try:
+            cmdline = " ".join(child.cmdline())
+            if child.status() == psutil.STATUS_ZOMBIE:
+                continue
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if any(marker in cmdline for marker in _HELPER_MARKERS):
+            continue
+        pids.add(child.pid)
+    return pids
+
+
+def wait_for_no_new_children(before: set[int], bound: float = BOUND) -> set[int]:
+    """Wait until no descendant beyond ``before`` is alive; return leftovers."""
+    deadline = time.monotonic() + bound
+    while True:
+        leftover = child_processes() - before
+        if not leftover or time.monotonic() > deadline:
+            return leftover
+        time.sleep(0.05)
+
+
+class ContractBase:
+    """Fixtures every behaviour class shares.
+
+    A backend's test module provides one fixture, ``executor_factory``: a
+    callable that takes keyword options (``max_workers``, ``initializer``,
+    ``initargs`` ...) and returns a new executor. Everything else derives
+    from it.
+    """
+
+    @pytest.fixture
+    def make_executor(
+        self, executor_factory: ExecutorFactory
+    ) -> Iterator[ExecutorFactory]:
+        """Create executors; shut each down at teardown and check for leaks.
+
+        Teardown asserts a bounded shutdown and that no child process of the
+        executor outlives it.
+        """
+        before = child_processes()
+        created: list[Any] = []
+
+        def make(**options: Any) -> Any:
+            executor = executor_factory(**options)
+            created.append(executor)
+            return executor
+
+        yield make
+        for executor in created:
+            start = time.monotonic()
+            executor.shutdown(wait=True, cancel_futures=True)
+            took = time.monotonic() - start
+            assert took < BOUND, f"shutdown took {took:.1f}s"
+        leftover = wait_for_no_new_children(before)
+        assert not leftover, f"child processes left after shutdown: {sorted(leftover)}"
+
+    @pytest.fixture
+    def executor(self, make_executor: ExecutorFactory) -> Any:
+        """A fresh executor with the backend's test defaults."""
+        return make_executor()
+
+    @staticmethod
+    def require(executor: Any, *flags: str, value: bool = True) -> None:
+        """Skip the test unless the executor declares ``flags`` == ``value``."""
+        caps = executor.capabilities
+        for flag in flags:
+            if getattr(caps, flag) is not value:
+                pytest.skip(f"{executor.backend!r} declares {flag}={not value}")
+
+
+def pid_is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,482 @@
+"""The behaviour classes of the conformance suite.
+
+Each class checks one part of the contract written in
+:class:`executors.Executor`. None has a ``Test`` prefix: a backend's test
+module inherits them and provides the ``executor_factory`` fixture::
+
+    from executors.testing import SubmitContract
+
+    class TestSubmit(SubmitContract):
+        @pytest.fixture
+        def executor_factory(self):
+            return lambda **options: MyExecutor(max_workers=2, **options)
+
+Tests select themselves by declared capability, never by backend name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import pickle
+import signal
+import time
+import traceback
+from concurrent import futures
+from concurrent.futures import BrokenExecutor, CancelledError, Future
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from .._protocol import Executor
+from . import tasks
+from ._support import BOUND, ContractBase, ExecutorFactory
+
+__all__ = [
+    "CrashContract",
+    "InitializerContract",
+    "MapContract",
+    "ShutdownContract",
+    "SubmitContract",
+]
+
+FuturesTimeout = futures.TimeoutError
+
+
+def _full_traceback(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+def _occupy_workers(executor: Any, seconds: float) -> list[Future[Any]]:
+    """Submit one blocking task per worker, and wait until they run."""
+    blockers = [
+        executor.submit(tasks.sleep_and_return, seconds, "blocker")
+        for _ in range(executor.max_workers)
+    ]
+    deadline = time.monotonic() + BOUND
+    while not all(f.running() or f.done() for f in blockers):
+        assert time.monotonic() < deadline, "blocking tasks never started"
+        time.sleep(0.01)
+    return blockers
+
+
+class SubmitContract(ContractBase):
+    """``submit`` and the futures it returns."""
+
+    def test_is_a_stdlib_executor(self, executor: Any) -> None:
+        assert isinstance(executor, futures.Executor)
+        assert isinstance(executor, Executor)
+        assert isinstance(executor.backend, str)
+
+    def test_returns_a_stdlib_future_with_the_result(self, executor: Any) -> None:
+        fut = executor.submit(tasks.add, 2, 3)
+        assert type(fut) is Future
+        assert fut.result(timeout=BOUND) == 5
+
+    def test_args_and_kwargs_pass_through(self, executor: Any) -> None:
+        fut = executor.submit(tasks.echo, 1, "a", fn="f", self="s", x=None)
+        assert fut.result(timeout=BOUND) == (
+            (1, "a"),
+            {"fn": "f", "self": "s", "x": None},
+        )
+
+    def test_exception_keeps_type_args_and_traceback(self, executor: Any) -> None:
+        fut = executor.submit(tasks.raise_value_error, "bad value")
+        exc = fut.exception(timeout=BOUND)
+        assert type(exc) is ValueError
+        assert exc.args == ("bad value", 42)
+        with pytest.raises(ValueError, match="bad value"):
+            fut.result()
+        # In-process backends keep the live traceback; process backends chain
+        # the worker's formatted traceback as __cause__. Either way the
+        # failing function is named.
+        assert "raise_value_error" in _full_traceback(exc)
+
+    def test_custom_exception_type_and_attributes(self, executor: Any) -> None:
+        exc = executor.submit(tasks.raise_custom, 7).exception(timeout=BOUND)
+        assert isinstance(exc, tasks.CustomError)
+        assert (exc.code, exc.detail) == (7, "custom failure")
+
+    def test_system_exit_in_a_task_is_the_task_error(self, executor: Any) -> None:
+        fut = executor.submit(tasks.raise_system_exit, 5)
+        with pytest.raises(SystemExit):
+            fut.result(timeout=BOUND)
+        assert executor.submit(tasks.add, 1, 1).result(timeout=BOUND) == 2
+
+    @pytest.mark.parametrize("fn", [None, 42, "add"])
+    def test_non_callable_raises_type_error(self, executor: Any, fn: Any) -> None:
+        with pytest.raises(TypeError, match="callable"):
+            executor.submit(fn, 1)
+        assert executor.submit(tasks.add, 1, 1).result(timeout=BOUND) == 2
+
+    def test_lambda_and_closure_work(self, executor: Any) -> None:
+        offset = 10
+        assert executor.submit(lambda x: x + offset, 1).result(timeout=BOUND) == 11
+
+    def test_result_timeout_while_unfinished(self, executor: Any) -> None:
+        self.require(executor, "runs_concurrently")
+        fut = executor.submit(tasks.sleep_and_return, 1.0, "late")
+        with pytest.raises(FuturesTimeout):
+            fut.result(timeout=0.05)
+        assert fut.result(timeout=BOUND) == "late"
+
+    def test_cancel_succeeds_on_a_queued_future(self, executor: Any) -> None:
+        self.require(executor, "runs_concurrently", "cancels_queued")
+        blockers = _occupy_workers(executor, 1.0)
+        queued = [executor.submit(tasks.identity, i) for i in range(8)]
+        assert queued[-1].cancel()
+        assert queued[-1].cancelled()
+        with pytest.raises(CancelledError):
+            queued[-1].result(timeout=BOUND)
+        for f in blockers:
+            assert f.result(timeout=BOUND) == "blocker"
+        for i, f in enumerate(queued[:-1]):
+            if not f.cancelled():
+                assert f.result(timeout=BOUND) == i
+
+    def test_cancel_fails_on_a_running_future(self, executor: Any) -> None:
+        self.require(executor, "runs_concurrently")
+        (blocker, *_) = _occupy_workers(executor, 0.5)
+        assert not blocker.cancel()
+        assert blocker.result(timeout=BOUND) == "blocker"
+
+    def test_done_callbacks_fire(self, executor: Any) -> None:
+        seen: list[Any] = []
+        fut = executor.submit(tasks.add, 1, 2)
+        fut.add_done_callback(lambda f: seen.append(f.result()))
+        fut.result(timeout=BOUND)
+        deadline = time.monotonic() + BOUND
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert seen == [3]
+
+    def test_wait_and_as_completed(self, executor: Any) -> None:
+        fs = [executor.submit(tasks.add, i, 1) for i in range(6)]
+        done, not_done = futures.wait(fs, timeout=BOUND)
+        assert not not_done
+        assert sorted(f.result() for f in futures.as_completed(fs, timeout=BOUND)) == [
+            1,
+            2,
+            3,
+            4,
+            5,
+            6,
+        ]
+        assert len(done) == 6
+
+    def test_asyncio_wrap_future(self, executor: Any) -> None:
+        async def main() -> Any:
+            return await asyncio.wait_for(
+                asyncio.wrap_future(executor.submit(tasks.add, 20, 22)), BOUND
+            )
+
+        assert asyncio.run(main()) == 42
+
+    def test_run_in_executor(self, executor: Any) -> None:
+        async def main() -> Any:
+            loop = asyncio.get_running_loop()
+            return await asyncio.wait_for(
+                loop.run_in_executor(executor, tasks.add, 1, 2), BOUND
+            )
+
+        assert asyncio.run(main()) == 3
+
+
+class MapContract(ContractBase):
+    """``map`` and ``map_unordered``."""
+
+    @settings(
+        max_examples=25,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture],
+    )
+    @given(
+        columns=st.lists(st.lists(st.integers(), max_size=40), min_size=1, max_size=3),
+        extra=st.integers(min_value=0, max_value=3),
+        data=st.data(),
+    )
+    def test_map_equals_builtin_map(
+        self, executor: Any, columns: list[list[int]], extra: int, data: Any
+    ) -> None:
+        longest = max(len(c) for c in columns)
+        chunksize = data.draw(st.integers(min_value=1, max_value=longest + extra + 1))
+        expected = list(map(_sum_args, *columns))
+        got = list(
+            executor.map(_sum_args, *columns, chunksize=chunksize, timeout=BOUND)
+        )
+        assert got == expected
+        assert list(executor.map(_sum_args, *columns, timeout=BOUND)) == expected
+
+    def test_long_map_with_automatic_chunks(self, executor: Any) -> None:
+        items = range(5000)
+        assert list(executor.map(tasks.identity, items, timeout=BOUND)) == list(items)
+
+    @pytest.mark.parametrize("chunksize", [0, -1])
+    def test_chunksize_below_one_raises(self, executor: Any, chunksize: int) -> None:
+        with pytest.raises(ValueError, match="chunksize"):
+            executor.map(tasks.identity, [1], chunksize=chunksize)
+
+    @pytest.mark.parametrize("buffersize", [0, -3])
+    def test_buffersize_below_one_raises(self, executor: Any, buffersize: int) -> None:
+        with pytest.raises(ValueError, match="buffersize"):
+            executor.map(tasks.identity, [1], buffersize=buffersize)
+
+    def test_negative_timeout_raises(self, executor: Any) -> None:
+        with pytest.raises(ValueError, match="timeout"):
+            executor.map(tasks.identity, [1], timeout=-1)
+
+    def test_non_callable_raises(self, executor: Any) -> None:
+        with pytest.raises(TypeError, match="callable"):
+            executor.map(None, [1])
+
+    @pytest.mark.parametrize("chunksize", [None, 1, 3])
+    def test_failure_raises_at_its_position(
+        self, executor: Any, chunksize: Any
+    ) -> None:
+        results = executor.map(tasks.fail_on, range(10), [4] * 10, chunksize=chunksize)
+        got = []
+        with pytest.raises(ValueError, match="item 4 is bad"):
+            for value in results:
+                got.append(value)
+        assert got == [0, 1, 2, 3]
+
+    def test_timeout_counts_from_the_call(self, executor: Any) -> None:
+        self.require(executor, "runs_concurrently")
+        results = executor.map(tasks.sleep_and_return, [0.0, 3.0], [1, 2], timeout=0.5)
+        time.sleep(0.6)
+        assert next(results) == 1
+        with pytest.raises(FuturesTimeout):
+            next(results)
+
+    @pytest.mark.parametrize("buffersize", [1, 2, 7])
+    def test_buffersize_bounds_items_read_ahead(
+        self, executor: Any, buffersize: int
+    ) -> None:
+        pulled = 0
+
+        def source() -> Any:
+            nonlocal pulled
+            for i in itertools.count():
+                pulled += 1
+                yield i
+
+        results = executor.map(tasks.identity, source(), buffersize=buffersize)
+        assert pulled <= buffersize
+        for yielded, value in enumerate(results, start=1):
+            assert value == yielded - 1
+            assert pulled - yielded <= buffersize
+            if yielded == 50:
+                break
+        results.close()
+
+    def test_unordered_map_yields_every_result(self, executor: Any) -> None:
+        got = list(executor.map_unordered(tasks.identity, range(300), timeout=BOUND))
+        assert sorted(got) == list(range(300))
+
+    def test_unordered_map_is_bounded(self, executor: Any) -> None:
+        pulled = 0
+
+        def source() -> Any:
+            nonlocal pulled
+            for i in itertools.count():
+                pulled += 1
+                yield i
+
+        results = executor.map_unordered(tasks.identity, source(), buffersize=4)
+        for yielded, _ in enumerate(results, start=1):
+            assert pulled - yielded <= 4
+            if yielded == 30:
+                break
+        results.close()
+
+    def test_unordered_map_yields_fast_results_first(self, executor: Any) -> None:
+        self.require(executor, "runs_concurrently")
+        got = list(
+            executor.map_unordered(
+                tasks.sleep_and_return, [1.0, 0.0], ["slow", "fast"], timeout=BOUND
+            )
+        )
+        assert got == ["fast", "slow"]
+
+    def test_empty_input(self, executor: Any) -> None:
+        assert list(executor.map(tasks.identity, [])) == []
+        assert list(executor.map_unordered(tasks.identity, [], buffersize=3)) == []
+
+    def test_lambda_in_map(self, executor: Any) -> None:
+        assert list(executor.map(lambda x: x * 2, range(5), timeout=BOUND)) == [
+            0,
+            2,
+            4,
+            6,
+            8,
+        ]
+
+    def test_input_read_eagerly_without_buffersize(self, executor: Any) -> None:
+        pulled = 0
+
+        def source() -> Any:
+            nonlocal pulled
+            for i in range(20):
+                pulled += 1
+                yield i
+
+        results = executor.map(tasks.identity, source())
+        assert pulled == 20
+        assert list(results) == list(range(20))
+
+    def test_progress_bar_counts_items(
+        self, executor: Any, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        pytest.importorskip("tqdm")
+        got = list(executor.map(tasks.identity, range(40), chunksize=8, progress=True))
+        assert got == list(range(40))
+        assert "40/40" in capsys.readouterr().err
+
+
+def _sum_args(*args: int) -> int:
+    return sum(args)
+
+
+class ShutdownContract(ContractBase):
+    """``shutdown`` and the context manager."""
+
+    def test_wait_true_returns_when_work_is_done(self, executor: Any) -> None:
+        fs = [executor.submit(tasks.sleep_and_return, 0.2, i) for i in range(4)]
+        executor.shutdown(wait=True)
+        assert all(f.done() for f in fs)
+        assert [f.result() for f in fs] == [0, 1, 2, 3]
+
+    def test_wait_false_returns_at_once_and_work_completes(self, executor: Any) -> None:
+        self.require(executor, "runs_concurrently")
+        fs = [executor.submit(tasks.sleep_and_return, 0.5, i) for i in range(4)]
+        executor.shutdown(wait=False)
+        assert not all(f.done() for f in fs), "shutdown(wait=False) waited for the work"
+        assert [f.result(timeout=BOUND) for f in fs] == [0, 1, 2, 3]
+
+    def test_cancel_futures_cancels_queued_work(self, executor: Any) -> None:
+        self.require(executor, "runs_concurrently", "cancels_queued")
+        blockers = _occupy_workers(executor, 0.5)
+        queued = [executor.submit(tasks.identity, i) for i in range(10)]
+        executor.shutdown(wait=True, cancel_futures=True)
+        assert queued[-1].cancelled()
+        for f in blockers:
+            assert f.result(timeout=BOUND) == "blocker"
+        for f in queued:
+            assert f.done()
+
+    def test_shutdown_is_idempotent(self, executor: Any) -> None:
+        executor.shutdown()
+        executor.shutdown()
+        executor.shutdown(wait=False, cancel_futures=True)
+
+    def test_submit_after_shutdown_raises(self, executor: Any) -> None:
+        executor.shutdown()
+        with pytest.raises(
+            RuntimeError, match="cannot schedule new futures after shutdown"
+        ):
+            executor.submit(tasks.identity, 1)
+
+    def test_map_after_shutdown_raises(self, executor: Any) -> None:
+        executor.shutdown()
+        with pytest.raises(
+            RuntimeError, match="cannot schedule new futures after shutdown"
+        ):
+            executor.map(tasks.identity, [1, 2])
+
+    def test_context_manager_waits(self, make_executor: ExecutorFactory) -> None:
+        with make_executor() as ex:
+            fs = [ex.submit(tasks.sleep_and_return, 0.2, i) for i in range(3)]
+        assert all(f.done() for f in fs)
+        with pytest.raises(RuntimeError):
+            ex.submit(tasks.identity, 1)
+
+
+class InitializerContract(ContractBase):
+    """``initializer`` / ``initargs``."""
+
+    def test_initializer_runs_in_every_worker(
+        self, make_executor: ExecutorFactory
+    ) -> None:
+        executor = make_executor(initializer=tasks.record_init, initargs=("ready",))
+        fs = [executor.submit(tasks.sleep_and_return, 0.05, None) for _ in range(6)]
+        fs += [executor.submit(tasks.read_init) for _ in range(20)]
+        results = [f.result(timeout=BOUND) for f in fs[6:]]
+        assert results == ["ready"] * 20
+
+    def test_failing_initializer_breaks_the_executor(
+        self, make_executor: ExecutorFactory
+    ) -> None:
+        executor = make_executor(initializer=tasks.failing_init)
+        with pytest.raises(BrokenExecutor):
+            executor.submit(tasks.identity, 1).result(timeout=BOUND)
+        with pytest.raises(BrokenExecutor):
+            executor.submit(tasks.identity, 2).result(timeout=BOUND)
+
+
+CRASHES = {
+    "os._exit": (tasks.exit_abruptly, (3,)),
+    "SIGKILL": (tasks.kill_self, (signal.SIGKILL,)),
+    "segfault": (tasks.segfault, ()),
+}
+
+
+class CrashContract(ContractBase):
+    """Worker crashes and pickling failures (process backends only)."""
+
+    @pytest.fixture(autouse=True)
+    def _only_process_backends(self, executor: Any) -> None:
+        self.require(executor, "process_isolation")
+
+    @pytest.mark.parametrize("crash", list(CRASHES))
+    def test_crash_fails_the_future_with_broken_executor(
+        self, executor: Any, crash: str
+    ) -> None:
+        fn, args = CRASHES[crash]
+        assert executor.submit(tasks.add, 1, 1).result(timeout=BOUND) == 2
+        fut = executor.submit(fn, *args)
+        with pytest.raises(BrokenExecutor):
+            fut.result(timeout=BOUND)
+        if executor.capabilities.survives_worker_death:
+            assert executor.submit(tasks.add, 2, 2).result(timeout=BOUND) == 4
+        else:
+            with pytest.raises(BrokenExecutor):
+                executor.submit(tasks.add, 2, 2).result(timeout=BOUND)
+
+    def test_other_futures_resolve_when_a_worker_dies(self, executor: Any) -> None:
+        others = [executor.submit(tasks.sleep_and_return, 0.1, i) for i in range(6)]
+        crash = executor.submit(tasks.exit_abruptly, 3)
+        more = [executor.submit(tasks.identity, i) for i in range(6)]
+        with pytest.raises(BrokenExecutor):
+            crash.result(timeout=BOUND)
+        for i, fut in enumerate([*others, *more]):
+            # Resolved either way: a result, or the pool's failure. Never lost.
+            exc = fut.exception(timeout=BOUND)
+            if executor.capabilities.survives_worker_death:
+                assert exc is None
+                assert fut.result() == i % 6
+            elif exc is not None:
+                assert isinstance(exc, BrokenExecutor)
+
+    @pytest.mark.parametrize("arg", [tasks.UnpicklableArg(), "lock"])
+    def test_unpicklable_argument_fails_its_future(
+        self, executor: Any, arg: Any
+    ) -> None:
+        import threading
+
+        if arg == "lock":
+            arg = threading.Lock()
+        try:
+            fut = executor.submit(tasks.identity, arg)
+            with pytest.raises((TypeError, pickle.PicklingError)):
+                fut.result(timeout=BOUND)
+        except (TypeError, pickle.PicklingError):
+            pass  # raised by submit itself: just as good
+        assert executor.submit(tasks.add, 1, 2).result(timeout=BOUND) == 3
+
+    def test_unpicklable_result_fails_its_future(self, executor: Any) -> None:
+        fut = executor.submit(tasks.return_lock)
+        with pytest.raises((TypeError, pickle.PicklingError)):
+            fut.result(timeout=BOUND)
+        assert executor.submit(tasks.add, 1, 2).result(timeout=BOUND) == 3

@@ -1,0 +1,173 @@
+"""Task functions for the conformance suite.
+
+They live in an importable module (not in test files) so that workers
+started with spawn or forkserver can unpickle them by reference.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+_init_value: Any = None
+
+
+def identity(x: Any) -> Any:
+    return x
+
+
+def add(a: Any, b: Any = 0) -> Any:
+    return a + b
+
+
+def echo(*args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    return args, kwargs
+
+
+def noop(x: Any = None) -> None:
+    return None
+
+
+def sleep_and_return(seconds: float, value: Any = None) -> Any:
+    time.sleep(seconds)
+    return value
+
+
+def raise_value_error(message: str = "boom") -> None:
+    raise ValueError(message, 42)
+
+
+def fail_on(x: int, bad: int) -> int:
+    if x == bad:
+        raise ValueError(f"item {x} is bad")
+    return x
+
+
+class CustomError(Exception):
+    """An exception type defined outside the stdlib."""
+
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(code, detail)
+        self.code = code
+        self.detail = detail
+
+
+def raise_custom(code: int) -> None:
+    raise CustomError(code, "custom failure")
+
+
+def get_pid(_: Any = None) -> int:
+    return os.getpid()
+
+
+def sleep_then_pid(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def exit_abruptly(code: int = 3) -> None:
+    os._exit(code)
+
+
+def kill_self(sig: int = signal.SIGKILL) -> None:
+    os.kill(os.getpid(), sig)
+    time.sleep(10)
+
+
+def segfault() -> None:
+    ctypes.string_at(0)
+
+
+def raise_system_exit(code: int = 5) -> None:
+    raise SystemExit(code)
+
+
+def record_init(value: Any) -> None:
+    global _init_value
+    _init_value = value
+
+
+def read_init(_: Any = None) -> Any:
+    return _init_value
+
+
+def failing_init() -> None:
+    raise RuntimeError("initializer failed on purpose")
+
+
+def exiting_init() -> None:
+    os._exit(7)
+
+
+def current_thread_name(_: Any = None) -> str:
+    return threading.current_thread().name
+
+
+class UnpicklableArg:
+    """Raises when pickled (a ``__reduce__`` that fails)."""
+
+    def __reduce__(self) -> Any:
+        raise TypeError("UnpicklableArg refuses to be pickled")
+
+
+class FailsToUnpickle:
+    """Pickles fine, raises while being unpickled in the worker."""
+
+    def __reduce__(self) -> Any:
+        return (_raise_on_load, ())
+
+
+def _raise_on_load() -> None:
+    raise RuntimeError("FailsToUnpickle raised while being unpickled")
+
+
+class ExitsOnUnpickle:
+    """Pickles fine, exits the unpickling process with code 9."""
+
+    def __reduce__(self) -> Any:
+        return (os._exit, (9,))
+
+
+class SegfaultsOnUnpickle:
+    """Pickles fine, segfaults the unpickling process."""
+
+    def __reduce__(self) -> Any:
+        return (ctypes.string_at, (0,))
+
+
+def return_lock(_: Any = None) -> threading.Lock:
+    return threading.Lock()
+
+
+def return_unpicklable(_: Any = None) -> UnpicklableArg:
+    return UnpicklableArg()
+
+
+class _RaisesInParent:
+    def __reduce__(self) -> Any:
+        # Pickles in the worker; unpickling calls this in the parent, which
+        # has no such process-local attribute set.
+        return (_load_only_in_worker, (os.getpid(),))
+
+
+def _load_only_in_worker(pid: int) -> Any:
+    if os.getpid() != pid:
+        raise RuntimeError("this result cannot be unpickled outside its worker")
+    return None
+
+
+def return_unloadable(_: Any = None) -> Any:
+    return _RaisesInParent()
+
+
+def big_payload(nbytes: int) -> bytes:
+    return b"x" * nbytes
+
+
+def busy_then_exit(seconds: float, code: int) -> None:
+    time.sleep(seconds)
+    os._exit(code)

@@ -1,0 +1,31 @@
+"""The contract, checked on every backend (see executors.testing)."""
+
+from __future__ import annotations
+
+from executors.testing import (
+    CrashContract,
+    InitializerContract,
+    MapContract,
+    ShutdownContract,
+    SubmitContract,
+)
+
+
+class TestSubmit(SubmitContract):
+    pass
+
+
+class TestMap(MapContract):
+    pass
+
+
+class TestShutdown(ShutdownContract):
+    pass
+
+
+class TestInitializer(InitializerContract):
+    pass
+
+
+class TestCrash(CrashContract):
+    pass
