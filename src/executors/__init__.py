@@ -13,6 +13,7 @@ tqdm) is imported until it is chosen.
 
 from __future__ import annotations
 
+from . import aio
 from ._base import BaseExecutor, fail_futures
 from ._capabilities import Capabilities
 from ._errors import (
@@ -35,6 +36,7 @@ __all__ = [
     "InitializerFailedError",
     "RemoteTraceback",
     "WorkerCrashedError",
+    "aio",
     "create",
     "fail_futures",
     "list_backends",

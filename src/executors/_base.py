@@ -129,7 +129,7 @@ class BaseExecutor(futures.Executor, metaclass=ABCMeta):
         """Ordered parallel map; see :meth:`executors.Executor.map`."""
         return self._start_map(
             fn, iterables, True, timeout, chunksize, buffersize, progress
-        )
+        ).results()
 
     def map_unordered(
         self,
@@ -143,7 +143,7 @@ class BaseExecutor(futures.Executor, metaclass=ABCMeta):
         """Results as they complete; see :meth:`executors.Executor.map_unordered`."""
         return self._start_map(
             fn, iterables, False, timeout, chunksize, buffersize, progress
-        )
+        ).results()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Release the workers; see :meth:`executors.Executor.shutdown`."""
@@ -234,7 +234,7 @@ class BaseExecutor(futures.Executor, metaclass=ABCMeta):
         chunksize: int | None,
         buffersize: int | None,
         progress: bool,
-    ) -> Iterator[T]:
+    ) -> _map.MapRun:
         check_callable(fn)
         timeout = check_timeout(timeout)
         chunksize = check_chunksize(chunksize)

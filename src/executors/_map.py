@@ -19,13 +19,14 @@ Two ways to read the input:
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import itertools
 import math
 import queue
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FuturesTimeoutError
 from dataclasses import dataclass, field
@@ -36,7 +37,14 @@ from ._remote import picklable_exception
 if TYPE_CHECKING:
     from ._remote import ExceptionWithTraceback
 
-__all__ = ["ChunkResult", "MapSource", "plan_chunks", "run_chunk", "start_map"]
+__all__ = [
+    "ChunkResult",
+    "MapRun",
+    "MapSource",
+    "plan_chunks",
+    "run_chunk",
+    "start_map",
+]
 
 # Inputs up to this many items per worker run one item per task: the
 # overhead is small in absolute terms and per-item timeouts, ordering and
@@ -164,7 +172,9 @@ class _AdaptiveChunker:
 
 
 @dataclass
-class _MapRun:
+class MapRun:
+    """One map in progress: its submitted tasks, its input and its bounds."""
+
     source: MapSource
     fn: Callable[..., Any]
     args: Iterator[tuple[Any, ...]]
@@ -180,6 +190,7 @@ class _MapRun:
     done: queue.SimpleQueue[_Task] = field(default_factory=queue.SimpleQueue)
     in_buffer: int = 0
     exhausted: bool = False
+    wakeup: Callable[[], object] | None = None
 
     def submit(self, chunk: list[tuple[Any, ...]], chunked: bool) -> None:
         if chunked:
@@ -200,6 +211,9 @@ class _MapRun:
             self.bar.update(task.size)
         if not self.ordered:
             self.done.put(task)
+            wakeup = self.wakeup
+            if wakeup is not None:
+                wakeup()
 
     def cancel_all(self) -> None:
         for task in itertools.chain(self.pending, self.outstanding):
@@ -245,30 +259,88 @@ class _MapRun:
         # result() raises the task's exception or TimeoutError for us.
         task.future.result(timeout)
 
+    def unpack(self, task: _Task) -> tuple[list[Any], BaseException | None]:
+        """The values of a finished task, and the error that follows them."""
+        if not task.chunked:
+            # Raises the task's own exception at its position.
+            return [task.future.result()], None
+        outcome: ChunkResult = task.future.result()
+        if self.chunker is not None:
+            self.chunker.observe(outcome, len(outcome.values))
+        # Items after a failure were never run; they leave the buffer too.
+        self.in_buffer -= task.size - len(outcome.values)
+        return outcome.values, cast("BaseException | None", outcome.error)
+
+    def close(self) -> None:
+        self.cancel_all()
+        if self.bar is not None:
+            self.bar.close()
+
     def results(self) -> Iterator[Any]:
         try:
             self.fill()
             while self.pending or self.outstanding:
-                task = self.next_task()
-                if not task.chunked:
-                    self.in_buffer -= 1
-                    yield task.future.result()
-                    self.fill()
-                    continue
-                outcome: ChunkResult = task.future.result()
-                if self.chunker is not None:
-                    self.chunker.observe(outcome, len(outcome.values))
-                for value in outcome.values:
+                values, error = self.unpack(self.next_task())
+                for value in values:
                     self.in_buffer -= 1
                     yield value
-                if outcome.error is not None:
-                    raise cast(BaseException, outcome.error)
-                self.in_buffer -= task.size - len(outcome.values)
+                if error is not None:
+                    raise error
                 self.fill()
         finally:
-            self.cancel_all()
-            if self.bar is not None:
-                self.bar.close()
+            self.close()
+
+    async def aresults(self) -> AsyncIterator[Any]:
+        """The same results as :meth:`results`, awaited instead of blocked on.
+
+        Cancelling the task that iterates cancels every queued chunk.
+        """
+        loop = asyncio.get_running_loop()
+        wakeup = asyncio.Event()
+        self.wakeup = lambda: loop.call_soon_threadsafe(wakeup.set)
+        try:
+            self.fill()
+            while self.pending or self.outstanding:
+                task = await self._anext_task(wakeup)
+                values, error = self.unpack(task)
+                for value in values:
+                    self.in_buffer -= 1
+                    yield value
+                if error is not None:
+                    raise error
+                self.fill()
+        finally:
+            self.wakeup = None
+            self.close()
+
+    async def _anext_task(self, wakeup: asyncio.Event) -> _Task:
+        if self.ordered:
+            task = self.pending[0]
+            if not task.future.done():
+                waiter = asyncio.wrap_future(task.future)
+                done, _ = await asyncio.wait({waiter}, timeout=self.remaining())
+                if not done:
+                    waiter.cancel()
+                    raise FuturesTimeoutError()
+                if not waiter.cancelled():
+                    # Mark it retrieved: unpack() raises it from the source.
+                    waiter.exception()
+            self.pending.popleft()
+            return task
+        while True:
+            # Clear before looking: a callback that lands in between sets it
+            # again, so no completion is missed.
+            wakeup.clear()
+            try:
+                task = self.done.get_nowait()
+            except queue.Empty:
+                try:
+                    await asyncio.wait_for(wakeup.wait(), self.remaining())
+                except asyncio.TimeoutError:
+                    raise FuturesTimeoutError() from None
+                continue
+            self.outstanding.discard(task)
+            return task
 
 
 def _known_length(iterables: tuple[Iterable[Any], ...]) -> int | None:
@@ -300,8 +372,8 @@ def start_map(
     chunksize: int | None,
     buffersize: int | None,
     progress: bool,
-) -> Iterator[Any]:
-    """Start a map and return the iterator over its results.
+) -> MapRun:
+    """Start a map; iterate ``.results()`` (or ``.aresults()``) for its results.
 
     Work is submitted here, at the call, not when iteration begins: the
     eager mode submits everything, the lazy mode its first buffer-full.
@@ -314,7 +386,7 @@ def start_map(
     if buffersize is None:
         items = list(args)
         bar = _progress_bar(len(items)) if progress else None
-        run = _MapRun(source, fn, iter(()), ordered, deadline, None, None, bar)
+        run = MapRun(source, fn, iter(()), ordered, deadline, None, None, bar)
         position = 0
         try:
             for size in plan_chunks(len(items), workers, chunksize):
@@ -332,6 +404,6 @@ def start_map(
         cap = max(1, buffersize // (2 * workers))
         chunker = _AdaptiveChunker(cap=cap, fixed=chunksize)
         bar = _progress_bar(_known_length(iterables)) if progress else None
-        run = _MapRun(source, fn, args, ordered, deadline, buffersize, chunker, bar)
+        run = MapRun(source, fn, args, ordered, deadline, buffersize, chunker, bar)
         run.fill()
-    return run.results()
+    return run

@@ -116,8 +116,16 @@ def _spec(name: str) -> _Spec:
     return spec
 
 
+def _is_installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        # ValueError: the module was imported and then set to None in sys.modules.
+        return False
+
+
 def _missing(spec: _Spec) -> list[str]:
-    return [mod for mod in spec.requires if importlib.util.find_spec(mod) is None]
+    return [mod for mod in spec.requires if not _is_installed(mod)]
 
 
 def _install_hint(spec: _Spec) -> str | None:

@@ -1,0 +1,27 @@
+"""The core conformance suite on the oldest and newest supported Pythons.
+
+Run by .ci/run. No optional extras are installed here: this proves that the
+core (inline, thread, process, and the hand-written pools) needs nothing but
+the package itself, and that joblib/dask show up as skipped, not as errors.
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.error_on_missing_interpreters = True
+nox.options.reuse_existing_virtualenvs = True
+
+CORE_TESTS = ["tests/test_core.py", "tests/test_conformance.py"]
+
+
+@nox.session(python=["3.10", "3.13"])
+def core(session: nox.Session) -> None:
+    """Core tests without optional extras."""
+    session.install("-e", ".[test]")
+    session.run(
+        "python", "-m", "pytest", "-q", "-p", "no:cacheprovider",
+        "-k", "not joblib and not dask",
+        *CORE_TESTS,
+        *session.posargs,
+    )
