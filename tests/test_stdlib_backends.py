@@ -1,0 +1,118 @@
+"""What is specific to the process, thread and inline backends."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sys
+import threading
+from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures.thread import BrokenThreadPool
+
+import pytest
+
+import executors
+from executors import _options
+from executors.testing import BOUND, tasks
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="max_tasks_per_child is 3.11+")
+def test_process_max_tasks_per_child_replaces_workers() -> None:
+    with executors.create("process", max_workers=1, max_tasks_per_child=1) as ex:
+        pids = {ex.submit(tasks.get_pid).result(timeout=BOUND) for _ in range(3)}
+    assert len(pids) == 3
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 11), reason="only rejected before 3.11")
+def test_process_max_tasks_per_child_rejected_before_311() -> None:
+    with pytest.raises(ValueError, match="3.11"):
+        executors.create("process", max_tasks_per_child=1)
+
+
+@pytest.mark.parametrize("method", multiprocessing.get_all_start_methods())
+def test_process_start_method_by_name(method: str) -> None:
+    with executors.create("process", max_workers=1, mp_context=method) as ex:
+        assert ex._pool._mp_context.get_start_method() == method
+        assert ex.submit(tasks.add, 1, 2).result(timeout=BOUND) == 3
+
+
+def test_process_defaults_to_the_safe_start_method() -> None:
+    with executors.create("process", max_workers=1) as ex:
+        assert ex._pool._mp_context.get_start_method() == _options.DEFAULT_START_METHOD
+    assert _options.DEFAULT_START_METHOD in ("forkserver", "spawn")
+
+
+def test_process_breaks_like_the_stdlib() -> None:
+    with executors.create("process", max_workers=2) as ex:
+        with pytest.raises(BrokenProcessPool):
+            ex.submit(tasks.exit_abruptly, 3).result(timeout=BOUND)
+        with pytest.raises(BrokenProcessPool, match="not usable anymore"):
+            ex.submit(tasks.identity, 1)
+
+
+def test_process_sends_main_module_lambdas_with_cloudpickle() -> None:
+    with executors.create("process", max_workers=1) as ex:
+        assert ex.submit(lambda: "ok").result(timeout=BOUND) == "ok"
+
+
+def test_process_without_cloudpickle_rejects_lambdas() -> None:
+    import pickle
+
+    with executors.create("process", max_workers=1, cloudpickle=False) as ex:
+        with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
+            ex.submit(lambda: "ok").result(timeout=BOUND)
+        assert ex.submit(tasks.add, 1, 1).result(timeout=BOUND) == 2
+
+
+def test_thread_name_prefix_and_broken_initializer() -> None:
+    with executors.create("thread", max_workers=1, thread_name_prefix="mine") as ex:
+        assert (
+            ex.submit(tasks.current_thread_name)
+            .result(timeout=BOUND)
+            .startswith("mine")
+        )
+    with executors.create(
+        "thread", max_workers=1, initializer=tasks.failing_init
+    ) as ex:
+        with pytest.raises(BrokenThreadPool):
+            ex.submit(tasks.identity, 1).result(timeout=BOUND)
+
+
+def test_inline_runs_in_the_caller_and_initializer_once() -> None:
+    calls = []
+    with executors.create("inline", initializer=calls.append, initargs=("init",)) as ex:
+        fut = ex.submit(tasks.current_thread_name)
+        assert fut.done()
+        assert fut.result() == threading.current_thread().name
+    assert calls == ["init"]
+
+
+def test_inline_failing_initializer_breaks_it() -> None:
+    ex = executors.create("inline", initializer=tasks.failing_init)
+    with pytest.raises(
+        executors.InitializerFailedError, match="initializer failed on purpose"
+    ):
+        ex.submit(tasks.identity, 1)
+    ex.shutdown()
+
+
+def test_inline_lazy_map_runs_as_it_is_consumed() -> None:
+    seen: list[int] = []
+
+    def record(x: int) -> int:
+        seen.append(x)
+        return x
+
+    with executors.create("inline") as ex:
+        results = ex.map(record, range(100), buffersize=3)
+        assert len(seen) <= 3
+        assert next(results) == 0
+        results.close()
+    assert len(seen) <= 4
+
+
+def test_inline_keyboard_interrupt_reaches_the_caller() -> None:
+    def interrupt() -> None:
+        raise KeyboardInterrupt
+
+    with executors.create("inline") as ex, pytest.raises(KeyboardInterrupt):
+        ex.submit(interrupt)
