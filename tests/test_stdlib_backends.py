@@ -116,3 +116,18 @@ def test_inline_keyboard_interrupt_reaches_the_caller() -> None:
 
     with executors.create("inline") as ex, pytest.raises(KeyboardInterrupt):
         ex.submit(interrupt)
+
+
+def test_a_callable_that_cannot_be_sent_names_itself() -> None:
+    import pickle
+
+    lock = threading.Lock()
+
+    def holds_a_lock() -> bool:
+        return lock.locked()
+
+    with executors.create("process", max_workers=1) as ex:
+        fut = ex.submit(holds_a_lock)
+        with pytest.raises(pickle.PicklingError, match="holds_a_lock"):
+            fut.result(timeout=BOUND)
+        assert ex.submit(tasks.add, 1, 1).result(timeout=BOUND) == 2

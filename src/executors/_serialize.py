@@ -10,6 +10,7 @@ dictionary look-up, not one cloudpickle call per task.
 
 from __future__ import annotations
 
+import pickle
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -35,7 +36,14 @@ def _dumps(fn: object) -> bytes:
             return hit[1]
     import cloudpickle
 
-    data: bytes = cloudpickle.dumps(fn)
+    try:
+        data: bytes = cloudpickle.dumps(fn)
+    except Exception as exc:
+        # cloudpickle's own message names the inner object that failed (a
+        # lock, a socket); say which callable held it.
+        raise pickle.PicklingError(
+            f"cannot send the callable {fn!r} to a worker process: {exc}"
+        ) from exc
     with _cache_lock:
         _cache[key] = (fn, data)
         if len(_cache) > _CACHE_SIZE:
