@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from abc import ABCMeta, abstractmethod
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from concurrent import futures
 from concurrent.futures import Future
 from types import TracebackType
@@ -38,7 +38,7 @@ from ._serialize import portable
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["BaseExecutor", "fail_futures"]
+__all__ = ["BaseExecutor", "fail_futures", "notify_cancelled"]
 
 T = TypeVar("T")
 
@@ -76,6 +76,28 @@ def fail_futures(
         # It may finish or be cancelled between the check and the set.
         with contextlib.suppress(futures.InvalidStateError):
             fut.set_exception(make_error())
+
+
+def notify_cancelled(futures_: Iterable[Future[Any]]) -> None:
+    """Wake ``wait()`` and ``as_completed()`` for futures a pool cancelled.
+
+    ``Future.cancel()`` wakes ``result()`` but not the waiters of
+    ``concurrent.futures.wait`` and ``as_completed``: those learn of a
+    cancellation only from ``set_running_or_notify_cancel()``, which a pool
+    calls when it dequeues the task. The stdlib pools never dequeue what
+    ``shutdown(cancel_futures=True)`` cancelled, so waiting on those futures
+    hangs forever (CPython gh-109934, gh-87893).
+
+    Call it only on futures the pool will never touch again: the stdlib
+    logs and raises if a future is notified twice.
+
+    Args:
+        futures_: Futures of work the pool has dropped; others are skipped.
+    """
+    for fut in futures_:
+        with fut._condition:
+            if fut._state == "CANCELLED":
+                fut.set_running_or_notify_cancel()
 
 
 class BaseExecutor(futures.Executor, metaclass=ABCMeta):
@@ -125,7 +147,7 @@ class BaseExecutor(futures.Executor, metaclass=ABCMeta):
         chunksize: int | None = None,
         buffersize: int | None = None,
         progress: bool = False,
-    ) -> Iterator[T]:
+    ) -> Generator[T, None, None]:
         """Ordered parallel map; see :meth:`executors.Executor.map`."""
         return self._start_map(
             fn, iterables, True, timeout, chunksize, buffersize, progress
@@ -139,7 +161,7 @@ class BaseExecutor(futures.Executor, metaclass=ABCMeta):
         chunksize: int | None = None,
         buffersize: int | None = None,
         progress: bool = False,
-    ) -> Iterator[T]:
+    ) -> Generator[T, None, None]:
         """Results as they complete; see :meth:`executors.Executor.map_unordered`."""
         return self._start_map(
             fn, iterables, False, timeout, chunksize, buffersize, progress
@@ -162,7 +184,13 @@ class BaseExecutor(futures.Executor, metaclass=ABCMeta):
         exc_val: BaseException | None,
         exc_tb: TracebackType | None,
     ) -> bool | None:
-        self.shutdown(wait=True)
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            # Ctrl-C means "stop", not "finish the queue first": drop queued
+            # work and let the backend stop what is running.
+            self._interrupt()
+            self.shutdown(wait=True, cancel_futures=True)
+        else:
+            self.shutdown(wait=True)
         return None
 
     def __repr__(self) -> str:
@@ -186,6 +214,14 @@ class BaseExecutor(futures.Executor, metaclass=ABCMeta):
     def _broken_error(self) -> BaseException | None:
         """Return the exception ``submit`` raises once the executor is broken."""
         return None
+
+    def _interrupt(self) -> None:
+        """Stop running tasks early: a ``with`` block is leaving on Ctrl-C.
+
+        Optional. ``shutdown(wait=True, cancel_futures=True)`` follows; a
+        backend that can stop its workers at once (terminate processes)
+        does so here, so the program exits without waiting for its tasks.
+        """
 
     def _submit_chunk(
         self, fn: Callable[..., Any], chunk: list[tuple[Any, ...]]

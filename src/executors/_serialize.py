@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-__all__ = ["PortableCallable", "portable"]
+__all__ = ["PortableCallable", "portable", "unwrap"]
 
 T = TypeVar("T")
 
@@ -51,10 +51,25 @@ def _dumps(fn: object) -> bytes:
     return data
 
 
+# Worker side: the same callable arrives with every task; loading it once
+# per process turns a cloudpickle.loads per task into a dict look-up.
+_loaded: OrderedDict[bytes, Any] = OrderedDict()
+
+
 def _loads(data: bytes) -> Any:
+    with _cache_lock:
+        fn = _loaded.get(data)
+        if fn is not None:
+            _loaded.move_to_end(data)
+            return fn
     import cloudpickle
 
-    return cloudpickle.loads(data)
+    fn = cloudpickle.loads(data)
+    with _cache_lock:
+        _loaded[data] = fn
+        if len(_loaded) > _CACHE_SIZE:
+            _loaded.popitem(last=False)
+    return fn
 
 
 class PortableCallable(Generic[T]):
@@ -81,6 +96,15 @@ class PortableCallable(Generic[T]):
 
 def _rebuild(data: bytes) -> PortableCallable[Any]:
     return PortableCallable(_loads(data))
+
+
+def unwrap(fn: Callable[..., T]) -> Callable[..., T]:
+    """Return the target of a :class:`PortableCallable`, else ``fn`` itself.
+
+    Workers call it before a loop over many items: the wrapper only matters
+    while pickling.
+    """
+    return fn.fn if isinstance(fn, PortableCallable) else fn
 
 
 def portable(fn: Callable[..., T]) -> Callable[..., T]:
