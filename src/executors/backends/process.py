@@ -10,14 +10,16 @@ and a safe default start method (see :data:`executors._options.DEFAULT_START_MET
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.context import BaseContext
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from .._base import BaseExecutor
+from .._base import BaseExecutor, notify_cancelled
 from .._capabilities import Capabilities
 from .._options import (
     check_initializer,
@@ -79,6 +81,7 @@ class ProcessExecutor(BaseExecutor):
                     "Python 3.11 and later only"
                 )
             extra["max_tasks_per_child"] = per_child
+        self._manager: threading.Thread | None = None
         self._pool = ProcessPoolExecutor(
             workers, context, initializer, initargs, **extra
         )
@@ -92,5 +95,49 @@ class ProcessExecutor(BaseExecutor):
     ) -> Future[T]:
         return self._pool.submit(fn, *args, **kwargs)
 
+    def _interrupt(self) -> None:
+        # Terminate the workers, as Python 3.14's terminate_workers() does:
+        # the manager thread then fails their futures and exits.
+        processes = dict(self._pool._processes or {})
+        self.shutdown(wait=False, cancel_futures=True)
+        for proc in processes.values():
+            # It may have exited, or been closed, since the copy.
+            with contextlib.suppress(ValueError, OSError):
+                if proc.is_alive():
+                    proc.terminate()
+
     def _shutdown(self, wait: bool, cancel_futures: bool) -> None:
+        # The stdlib drops its manager thread on the first shutdown(), so a
+        # later shutdown(wait=True) would not wait: keep our own reference.
+        # (typeshed mistypes _executor_manager_thread as _ThreadWakeup.)
+        current = cast("threading.Thread | None", self._pool._executor_manager_thread)
+        manager = current or self._manager
+        self._manager = manager
+        # The manager thread cancels what is still queued and then forgets
+        # it; those futures are notified once it is gone (notify_cancelled).
+        queued = (
+            [item.future for item in self._pool._pending_work_items.copy().values()]
+            if cancel_futures
+            else []
+        )
         self._pool.shutdown(wait, cancel_futures=cancel_futures)
+        if manager is None:
+            return
+        if wait:
+            # From a done callback the manager cannot wait for itself; its
+            # queued futures then stay as the stdlib leaves them.
+            if manager is not threading.current_thread():
+                manager.join()
+                # Done with it: the thread object holds the pool's pipes and
+                # the workers' sentinels, which must close with the pool.
+                self._manager = None
+                notify_cancelled(queued)
+        elif queued:
+            threading.Thread(
+                target=_notify_after, args=(manager, queued), daemon=True
+            ).start()
+
+
+def _notify_after(manager: threading.Thread, queued: list[Future[Any]]) -> None:
+    manager.join()
+    notify_cancelled(queued)

@@ -7,12 +7,13 @@ applies. Behaviour is the stdlib's; ``map`` is the project's shared one.
 
 from __future__ import annotations
 
+import queue
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures.thread import BrokenThreadPool
 from typing import Any, TypeVar
 
-from .._base import BaseExecutor
+from .._base import BaseExecutor, notify_cancelled
 from .._capabilities import Capabilities
 from .._options import check_initializer, check_max_workers, cpu_count
 
@@ -63,4 +64,18 @@ class ThreadExecutor(BaseExecutor):
         return self._pool.submit(fn, *args, **kwargs)
 
     def _shutdown(self, wait: bool, cancel_futures: bool) -> None:
+        if cancel_futures:
+            # Drain the queue here rather than in the stdlib, which cancels
+            # without notifying, so wait()/as_completed() would hang on these
+            # futures (see notify_cancelled). No thread dequeues them now.
+            dropped = []
+            while True:
+                try:
+                    item = self._pool._work_queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    item.future.cancel()
+                    dropped.append(item.future)
+            notify_cancelled(dropped)
         self._pool.shutdown(wait, cancel_futures=cancel_futures)
