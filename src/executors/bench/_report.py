@@ -1,0 +1,595 @@
+"""Turn the records into figures: summaries, ratios, goals, markdown, JSON.
+
+Every figure is a median over repeats, shown with its range (min-max, or the
+10th-90th percentiles once there are ten samples or more, so one stray
+garbage collection does not set the range). Ratios are always "this target's
+figure over the other's" in the figure's own unit: above 1 is better for a
+rate (tasks/s, MB/s), below 1 is better for a time or a memory growth.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import shlex
+import statistics
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from ._config import Config
+from ._runner import TargetRun
+from ._targets import TargetSpec, default_start_method
+from ._workloads import WORKLOADS, Metric, WorkloadInfo
+
+__all__ = ["Goal", "Results", "machine_info", "summarize", "versions"]
+
+_VERSIONED = (
+    "executors",
+    "cloudpickle",
+    "joblib",
+    "dask",
+    "distributed",
+    "numpy",
+    "psutil",
+    "matplotlib",
+)
+_RATES = ("tasks/s", "items/s")
+
+
+def summarize(samples: list[float]) -> dict[str, float] | None:
+    """Median, range and count of ``samples`` (None when there are none)."""
+    if not samples:
+        return None
+    ordered = sorted(samples)
+    n = len(ordered)
+    if n >= 10:
+        lo = ordered[int(0.1 * (n - 1))]
+        hi = ordered[round(0.9 * (n - 1))]
+    else:
+        lo, hi = ordered[0], ordered[-1]
+    return {"median": statistics.median(ordered), "lo": lo, "hi": hi, "n": float(n)}
+
+
+def fmt(value: float, unit: str) -> str:
+    """A figure with about three significant digits."""
+    if unit in _RATES:
+        if abs(value) >= 1e6:
+            return f"{value / 1e6:.2f}M"
+        if abs(value) >= 1e4:
+            return f"{value / 1e3:.0f}k"
+        if abs(value) >= 1e3:
+            return f"{value / 1e3:.1f}k"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def fmt_ratio(value: float) -> str:
+    """A ratio, as ``1.23x``."""
+    if value >= 100:
+        return f"{value:,.0f}x"
+    if value >= 10:
+        return f"{value:.1f}x"
+    if value >= 0.1:
+        return f"{value:.2f}x"
+    return f"{value:.2g}x"
+
+
+def versions() -> dict[str, str | None]:
+    """Installed versions of the packages that matter to the figures."""
+    found: dict[str, str | None] = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def _cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def _memory_gb() -> float | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _load() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    """What the figures were measured on."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count() or 1
+    return {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu": _cpu_model(),
+        "cpus": os.cpu_count(),
+        "usable_cpus": usable,
+        "memory_gb": _memory_gb(),
+        "python": sys.version.split()[0],
+        "implementation": platform.python_implementation(),
+        "load_average": _load(),
+    }
+
+
+@dataclass(frozen=True)
+class Goal:
+    """A figure another issue asks of the suite.
+
+    Either a ratio (``target``'s ``metric`` over ``other``'s ``other_metric``)
+    or an absolute figure (``other`` is None), compared with ``threshold``.
+    """
+
+    issue: int
+    text: str
+    workload: str
+    target: str
+    metric: str
+    op: str
+    threshold: float
+    other: str | None = None
+    other_metric: str | None = None
+
+
+def _goals(names: Iterable[str], counterparts: dict[str, str | None]) -> list[Goal]:
+    goals = [
+        Goal(3, "mp_pool map of no-ops, default vs raw Pool.map default",
+             "tiny", "mp_pool", "default", ">=", 1.0, "raw.Pool", "default"),
+        Goal(3, "mp_pool round trip vs raw apply_async().get()",
+             "roundtrip", "mp_pool", "us", "<=", 1.05, "raw.Pool", "us"),
+        Goal(4, "queue map of the large no-op input, default vs raw Pool.map",
+             "tiny-large", "queue", "default", ">=", 1.2, "raw.Pool", "default"),
+        Goal(4, "queue round trip vs raw ProcessPoolExecutor",
+             "roundtrip", "queue", "us", "<=", 0.4, "raw.ProcessPoolExecutor", "us"),
+        Goal(4, "queue pool start to first result vs raw Pool",
+             "startup", "queue", "warm", "<=", 1.0, "raw.Pool", "warm"),
+        Goal(4, "queue classic workload, ms over ideal (3.01 s on 5 x 1 s)",
+             "classic", "queue", "overhead", "<=", 10.0),
+        Goal(4, "queue payload round trip, MB/s",
+             "payload", "queue", "mb_per_s", ">=", 380.0),
+        Goal(5, "joblib map of no-ops, default vs raw Parallel default",
+             "tiny", "joblib", "default", ">=", 1.0, "raw.joblib", "default"),
+        Goal(5, "joblib payload vs raw joblib (at most 5% slower)",
+             "payload", "joblib", "mb_per_s", ">=", 1 / 1.05, "raw.joblib",
+             "mb_per_s"),
+        Goal(5, "joblib round trip vs a one-task Parallel call (far below)",
+             "roundtrip", "joblib", "us", "<=", 1.0, "raw.joblib", "us"),
+        Goal(6, "dask map of no-ops, default vs raw client.map + gather",
+             "tiny", "dask", "default", ">=", 50.0, "raw.dask", "default"),
+        Goal(6, "dask round trip vs raw client.submit().result()",
+             "roundtrip", "dask", "us", "<=", 1.05, "raw.dask", "us"),
+        Goal(6, "dask classic workload, ms over ideal (3.03 s on 5 x 1 s)",
+             "classic", "dask", "overhead", "<=", 30.0),
+    ]  # fmt: skip
+    for name in names:
+        goals.append(
+            Goal(7, f"{name} streaming: caller's RSS growth, MB",
+                 "streaming", name, "rss_mb", "<=", 50.0)
+        )  # fmt: skip
+        raw = counterparts.get(name)
+        if raw and raw.startswith("raw."):
+            goals.append(
+                Goal(7, f"{name} map of no-ops, default vs {raw} at its best chunksize",
+                     "tiny", name, "default", ">=", 0.8, raw, "best")
+            )  # fmt: skip
+    return goals
+
+
+class Results:
+    """A finished (or interrupted) run, ready to be reported.
+
+    Args:
+        config: The run's configuration.
+        targets: Every known target, available or not.
+        runs: What was measured, per target.
+        workloads: The workloads asked for, in order.
+        command: The command line, for the record.
+        started: Unix time the run started.
+        duration: Seconds it took.
+        machine: :func:`machine_info` at the start.
+        load_after: Load average at the end.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        targets: list[TargetSpec],
+        runs: list[TargetRun],
+        workloads: list[str],
+        command: list[str],
+        started: float,
+        duration: float,
+        machine: dict[str, Any],
+        interrupted: bool = False,
+    ) -> None:
+        self.config = config
+        self.targets = targets
+        self.runs = runs
+        self.workloads = workloads
+        self.command = command
+        self.started = started
+        self.duration = duration
+        self.machine = machine
+        self.interrupted = interrupted
+        self.load_after = _load()
+        self.versions = versions()
+        self._by_key = {
+            (run.spec.name, record["workload"]): record
+            for run in runs
+            for record in run.records
+        }
+
+    # -- look-ups ---------------------------------------------------------
+
+    def record(self, target: str, workload: str) -> dict[str, Any] | None:
+        """The record of ``workload`` on ``target``, if it was measured."""
+        return self._by_key.get((target, workload))
+
+    def median(self, target: str, workload: str, metric: str) -> float | None:
+        """The median of one figure, or None if it was not measured."""
+        record = self.record(target, workload)
+        if record is None or record.get("status") != "ok":
+            return None
+        summary = summarize(record.get("samples", {}).get(metric, []))
+        return None if summary is None else summary["median"]
+
+    def ratio(
+        self, target: str, workload: str, metric: str, other: str, other_metric: str
+    ) -> float | None:
+        """``target``'s figure over ``other``'s (None if either is missing)."""
+        mine = self.median(target, workload, metric)
+        theirs = self.median(other, workload, other_metric)
+        if mine is None or theirs is None or theirs == 0:
+            return None
+        return mine / theirs
+
+    def speedup(self, target: str, workload: str) -> float | None:
+        """Serial wall time over this target's (CPU-bound and --func)."""
+        serial = self.median("serial", workload, "seconds")
+        mine = self.median(target, workload, "seconds")
+        if serial is None or mine is None or mine == 0:
+            return None
+        return serial / mine
+
+    def best(self, workload: str, metric: Metric) -> float | None:
+        """The best median of ``metric`` among the targets.
+
+        Targets that hand the very same object back (threads, inline) are
+        left out of the payload's "best": they copy nothing, so no pool
+        could compare.
+        """
+        values = []
+        for run in self.runs:
+            record = self.record(run.spec.name, workload) or {}
+            if record.get("params", {}).get("copied") is False:
+                continue
+            value = self.median(run.spec.name, workload, metric.key)
+            if value is not None:
+                values.append(value)
+        if not values:
+            return None
+        return max(values) if metric.higher_is_better else min(values)
+
+    def failures(self) -> list[dict[str, Any]]:
+        """Records that hung, crashed or returned wrong results."""
+        return [
+            {"target": run.spec.name, **record}
+            for run in self.runs
+            for record in run.records
+            if record.get("status") in ("hung", "crashed", "error")
+        ]
+
+    def goals(self) -> list[dict[str, Any]]:
+        """The figures the other issues ask for, where measured."""
+        ours = [s.name for s in self.targets if s.kind == "ours" and s.available]
+        counterparts = {s.name: s.counterpart for s in self.targets}
+        out = []
+        for goal in _goals(ours, counterparts):
+            if goal.workload not in self.workloads:
+                continue
+            if goal.other is None:
+                value = self.median(goal.target, goal.workload, goal.metric)
+                kind = "absolute"
+            else:
+                value = self.ratio(
+                    goal.target,
+                    goal.workload,
+                    goal.metric,
+                    goal.other,
+                    goal.other_metric or goal.metric,
+                )
+                kind = "ratio"
+            if value is None:
+                continue
+            met = (
+                value >= goal.threshold if goal.op == ">=" else value <= goal.threshold
+            )
+            out.append(
+                {
+                    "issue": goal.issue,
+                    "goal": goal.text,
+                    "kind": kind,
+                    "value": value,
+                    "op": goal.op,
+                    "threshold": goal.threshold,
+                    "met": met,
+                }
+            )
+        return out
+
+    # -- JSON -------------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        """All raw figures, their summaries, ratios, versions and machine."""
+        results = []
+        for run in self.runs:
+            spec = run.spec
+            for record in run.records:
+                workload = WORKLOADS[record["workload"]]
+                entry = {"target": spec.name, "kind": spec.kind, **record}
+                entry["summary"] = {
+                    m.key: summary
+                    for m in workload.metrics
+                    if (summary := summarize(record.get("samples", {}).get(m.key, [])))
+                    is not None
+                }
+                entry["units"] = {m.key: m.unit for m in workload.metrics}
+                entry["ratios"] = self._ratios(spec, workload)
+                if workload.name in ("cpu", "func"):
+                    entry["speedup_vs_serial"] = self.speedup(spec.name, workload.name)
+                results.append(entry)
+        return {
+            "schema": "executors-bench/1",
+            "command": self.command,
+            "started": self.started,
+            "duration_s": self.duration,
+            "interrupted": self.interrupted,
+            "quick": self.config.quick,
+            "config": self.config.to_json(),
+            "machine": {**self.machine, "load_average_after": self.load_after},
+            "versions": self.versions,
+            "workloads": self.workloads,
+            "targets": [
+                {**s.to_json(), "notes": self._notes(s.name)} for s in self.targets
+            ],
+            "results": results,
+            "goals": self.goals(),
+        }
+
+    def _notes(self, name: str) -> list[str]:
+        for run in self.runs:
+            if run.spec.name == name:
+                return run.notes
+        return []
+
+    def _ratios(self, spec: TargetSpec, workload: WorkloadInfo) -> dict[str, float]:
+        if spec.counterpart is None:
+            return {}
+        out = {}
+        for ratio in workload.ratios:
+            value = self.ratio(
+                spec.name, workload.name, ratio.ours, spec.counterpart, ratio.raw
+            )
+            if value is not None:
+                out[ratio.label] = value
+        return out
+
+    # -- markdown ---------------------------------------------------------
+
+    def markdown(self) -> str:
+        """The report: a header, one table per workload, the goals."""
+        lines = [*self._header(), ""]
+        for name in self.workloads:
+            lines += [*self._table(WORKLOADS[name]), ""]
+        goals = self.goals()
+        if goals:
+            lines += [*self._goal_table(goals), ""]
+        failures = self.failures()
+        if failures:
+            lines.append("## Failures")
+            lines.append("")
+            for failure in failures:
+                message = str(failure.get("message", "")).splitlines()
+                lines.append(
+                    f"- **{failure['target']}** / {failure['workload']}: "
+                    f"{failure['status']}: {message[0] if message else ''}"
+                )
+            lines.append("")
+        return "\n".join(lines).rstrip() + "\n"
+
+    def _header(self) -> list[str]:
+        m = self.machine
+        cpu = f", {m['cpu']}" if m.get("cpu") else ""
+        memory = f", {m['memory_gb']:.1f} GB RAM" if m.get("memory_gb") else ""
+        load = ""
+        if m.get("load_average") and self.load_after:
+            load = (
+                f"; load average {m['load_average'][0]:.2f} at the start, "
+                f"{self.load_after[0]:.2f} at the end"
+            )
+        v = self.versions
+        installed = ", ".join(
+            f"{name} {version}" for name, version in v.items() if version
+        )
+        c = self.config
+        if c.start_method is None:
+            start_method = (
+                f"each backend's default; raw pools: {default_start_method()}"
+            )
+        else:
+            start_method = f"{c.start_method} for every process pool"
+        lines = [
+            "# executors benchmark",
+            "",
+            f"- Command: `{shlex.join(self.command)}` ({self.duration:.0f} s)",
+            f"- Machine: {m['platform']}, {m['usable_cpus']} usable CPUs{cpu}"
+            f"{memory}{load}",
+            f"- Versions: {installed}",
+            f"- {c.workers} workers per pool; start method: {start_method}; up to "
+            f"{c.repeats} repeats per figure, bounded at {c.bound:.0f} s each",
+            "- Each cell: median [range: min..max, or 10th..90th percentile over "
+            "10+ samples]. Ratios: this target's median over the other's, in "
+            "the figure's unit (above 1 is better for rates, below 1 for times "
+            "and memory). *vs best*: over the best target in the table.",
+        ]
+        if c.quick:
+            lines.append(
+                "- **--quick**: workloads scaled down; the figures show the shape "
+                "of the results, not numbers to quote."
+            )
+        if self.interrupted:
+            lines.append("- **Interrupted**: the run was stopped before the end.")
+        unavailable = [s for s in self.targets if not s.available]
+        if unavailable:
+            lines.append("- Not measured (unavailable here):")
+            lines += [f"  - `{s.name}`: {s.reason}" for s in unavailable]
+        for run in self.runs:
+            for note in run.notes:
+                lines.append(f"- `{run.spec.name}`: {note}")
+        return lines
+
+    def _table(self, workload: WorkloadInfo) -> list[str]:
+        c = self.config
+        rows = []
+        skipped = []
+        for run in self.runs:
+            record = self.record(run.spec.name, workload.name)
+            if record is None:
+                continue
+            if record.get("status") == "unsupported":
+                skipped.append(f"`{run.spec.name}` ({record.get('message')})")
+            else:
+                rows.append((run.spec, record))
+        lines = [f"## {workload.title(c)}", ""]
+        if skipped:
+            lines += ["Not applicable: " + "; ".join(skipped) + ".", ""]
+        if not rows:
+            return [*lines, "Not measured on any target."]
+        headers = ["target", "raw"]
+        headers += [f"{m.label} ({m.unit})" for m in workload.metrics]
+        headers += [r.label for r in workload.ratios]
+        speedup = workload.name in ("cpu", "func")
+        if speedup:
+            headers.append("speedup vs serial")
+        headers += ["vs best", "notes"]
+        lines.append("| " + " | ".join(headers) + " |")
+        lines.append("|" + "---|" * len(headers))
+        best = self.best(workload.name, workload.headline)
+        for spec, record in rows:
+            name = f"**{spec.name}**" if spec.kind == "ours" else spec.name
+            cells = [name, spec.counterpart or ""]
+            status = record.get("status")
+            blanks = len(workload.metrics) + len(workload.ratios) + int(speedup) + 1
+            if status != "ok":
+                message = str(record.get("message", "")).splitlines()
+                text = status if status != "hung" else ""
+                first = message[0] if message else ""
+                cells.append(f"{text}: {first}".strip(": ") if text else first)
+                cells += ["—"] * (blanks - 1)
+                cells.append("")
+            else:
+                cells += self._ok_cells(spec, record, workload, best, speedup)
+            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        return lines
+
+    def _ok_cells(
+        self,
+        spec: TargetSpec,
+        record: dict[str, Any],
+        workload: WorkloadInfo,
+        best: float | None,
+        speedup: bool,
+    ) -> list[str]:
+        cells = []
+        samples = record.get("samples", {})
+        for metric in workload.metrics:
+            summary = summarize(samples.get(metric.key, []))
+            if summary is None:
+                cells.append("—")
+                continue
+            text = fmt(summary["median"], metric.unit)
+            if summary["n"] > 1:
+                text += (
+                    f" [{fmt(summary['lo'], metric.unit)}.."
+                    f"{fmt(summary['hi'], metric.unit)}]"
+                )
+            cells.append(text)
+        for ratio in workload.ratios:
+            value = None
+            if spec.counterpart is not None:
+                value = self.ratio(
+                    spec.name, workload.name, ratio.ours, spec.counterpart, ratio.raw
+                )
+            cells.append(fmt_ratio(value) if value is not None else "")
+        if speedup:
+            value = self.speedup(spec.name, workload.name)
+            cells.append(fmt_ratio(value) if value is not None else "")
+        mine = self.median(spec.name, workload.name, workload.headline.key)
+        if record.get("params", {}).get("copied") is False:
+            cells.append("")
+        else:
+            cells.append(fmt_ratio(mine / best) if mine is not None and best else "")
+        cells.append("; ".join(self._describe(record, workload)))
+        return cells
+
+    def _describe(self, record: dict[str, Any], workload: WorkloadInfo) -> list[str]:
+        params = record.get("params", {})
+        notes = list(record.get("notes", []))
+        name = workload.name
+        if name == "tiny" and "best_chunksize" in params:
+            notes.insert(0, f"best chunksize {params['best_chunksize']:,}")
+        if name == "classic" and "ideal" in params:
+            notes.insert(0, f"ideal {params['ideal']:g} s")
+        if name == "roundtrip" and "calls" in params:
+            notes.insert(0, f"{params['calls']:,} calls")
+        if name == "func":
+            digest = params.get("digest")
+            reference = (self.record("serial", "func") or {}).get("params", {})
+            if digest and reference.get("digest") and digest != reference["digest"]:
+                notes.append("results differ from serial")
+        return notes
+
+    def _goal_table(self, goals: list[dict[str, Any]]) -> list[str]:
+        lines = ["## Figures the issues ask for", ""]
+        if self.config.quick:
+            lines += ["Indicative only in a --quick run.", ""]
+        if self.config.workers != 2:
+            lines += ["The goals assume 2 workers; this run used "
+                      f"{self.config.workers}.", ""]  # fmt: skip
+        lines += ["| issue | figure | measured | goal | met |", "|---|---|---|---|---|"]
+        for goal in goals:
+            if goal["kind"] == "ratio":
+                value = fmt_ratio(goal["value"])
+                wanted = f"{goal['op']} {fmt_ratio(goal['threshold'])}"
+            else:
+                value = fmt(goal["value"], "")
+                wanted = f"{goal['op']} {fmt(goal['threshold'], '')}"
+            met = "yes" if goal["met"] else "**no**"
+            lines.append(
+                f"| #{goal['issue']} | {goal['goal']} | {value} | {wanted} | {met} |"
+            )
+        return lines
