@@ -19,6 +19,9 @@ from executors import _registry
 # which one worker can be busy while another is free.
 TEST_OPTIONS: dict[str, dict[str, Any]] = {
     "inline": {},
+    # Workers forked from a warm forkserver start in a fraction of spawn's
+    # time; the suite starts a fresh cluster for most of its tests.
+    "dask": {"max_workers": 2, "mp_context": "forkserver"},
 }
 DEFAULT_TEST_OPTIONS: dict[str, Any] = {"max_workers": 2}
 

@@ -223,6 +223,15 @@ class BaseExecutor(futures.Executor, metaclass=ABCMeta):
         does so here, so the program exits without waiting for its tasks.
         """
 
+    def _start(self) -> None:
+        """Start the workers, if the backend starts them lazily.
+
+        Optional. Called before every submit and map, *outside* the lock, so
+        a slow start (a Dask cluster takes seconds) never holds up a
+        concurrent ``shutdown(wait=False)``. Must be cheap once started and
+        raise the errors of ``_check_open`` if the executor is closed.
+        """
+
     def _submit_chunk(
         self, fn: Callable[..., Any], chunk: list[tuple[Any, ...]]
     ) -> Future[_map.ChunkResult]:
@@ -247,6 +256,7 @@ class BaseExecutor(futures.Executor, metaclass=ABCMeta):
     def _submit_task(
         self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Future[T]:
+        self._start()
         with self._lock:
             self._check_open()
             return self._submit(fn, args, kwargs)
@@ -275,6 +285,9 @@ class BaseExecutor(futures.Executor, metaclass=ABCMeta):
         timeout = check_timeout(timeout)
         chunksize = check_chunksize(chunksize)
         buffersize = check_buffersize(buffersize)
+        # Before start_map: map's timeout counts from the call, and starting
+        # the workers is not part of the map.
+        self._start()
         with self._lock:
             self._check_open()
         return _map.start_map(
