@@ -39,7 +39,7 @@ def test_import_is_light() -> None:
         """
         import sys
         import executors
-        heavy = {"joblib", "dask", "distributed", "tqdm", "cloudpickle", "numpy"}
+        heavy = {"joblib", "dask", "distributed", "tqdm", "cloudpickle", "numpy", "asyncio"}
         print(sorted(heavy & set(sys.modules)))
         print(executors._registry._plugins is None)
         """

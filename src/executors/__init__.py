@@ -13,7 +13,6 @@ tqdm) is imported until it is chosen.
 
 from __future__ import annotations
 
-from . import aio
 from ._base import BaseExecutor, fail_futures
 from ._capabilities import Capabilities
 from ._errors import (
@@ -43,3 +42,13 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    # executors.aio imports asyncio (~100 ms cold): only for those who use it,
+    # and not in every spawned worker.
+    if name == "aio":
+        import importlib
+
+        return importlib.import_module(".aio", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,7 +19,6 @@ Two ways to read the input:
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import itertools
 import math
@@ -43,6 +42,8 @@ from ._remote import picklable_exception
 from ._serialize import unwrap
 
 if TYPE_CHECKING:
+    import asyncio
+
     from ._remote import ExceptionWithTraceback
 
 __all__ = [
@@ -326,6 +327,9 @@ class MapRun:
 
         Cancelling the task that iterates cancels every queued chunk.
         """
+        # Imported here: asyncio costs ~50 ms, and only async users need it.
+        import asyncio
+
         loop = asyncio.get_running_loop()
         wakeup = asyncio.Event()
         self.wakeup = lambda: loop.call_soon_threadsafe(wakeup.set)
@@ -345,6 +349,8 @@ class MapRun:
             self.close()
 
     async def _anext_task(self, wakeup: asyncio.Event) -> _Task:
+        import asyncio
+
         if self.ordered:
             task = self.pending[0]
             if not task.future.done():
