@@ -1,0 +1,292 @@
+"""The records the pool keeps: work items, worker handles, their errors.
+
+* :class:`WorkItem`: one task (or one chunk of a ``map``) and its future.
+* :class:`WorkerHandle`: the parent's view of one worker process: its two
+  pipes and the items sent to it and not yet answered, oldest first.
+* :class:`Replay` and :class:`KillReason`: what the pool remembers to blame
+  the right item when a worker dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import BrokenExecutor, CancelledError, Future, InvalidStateError
+from typing import Any
+
+from ..._errors import WorkerCrashedError, describe_exitcode
+from .wire import CHUNK, HEADER, Channel
+
+__all__ = [
+    "KillReason",
+    "Replay",
+    "TaskKilledError",
+    "WorkItem",
+    "WorkerHandle",
+    "crash_error",
+    "drop",
+    "exiting_error",
+    "find_item",
+    "interrupted_error",
+    "killed_error",
+    "manager_failed_error",
+    "settle",
+    "time_limit",
+    "timeout_error",
+]
+
+
+class TaskKilledError(CancelledError):
+    """The task was stopped by ``kill_task()`` while it ran.
+
+    A subclass of :class:`concurrent.futures.CancelledError`: code that
+    handles cancellation handles it. The future itself is not in the
+    *cancelled* state (``cancelled()`` is False), because it had started.
+    """
+
+
+class WorkItem:
+    """One task, or one chunk of a ``map``, and the future it resolves.
+
+    Args:
+        task_id: Unique within the pool; workers echo it back.
+        kind: ``wire.CALL`` or ``wire.CHUNK``.
+        future: The future to resolve.
+        body: The pickled ``(fn, args, kwargs)`` or ``(fn, chunk)``, kept
+            until the item is done so that it can be sent again.
+        buffers: The pickle's out-of-band buffers.
+        timeout: Seconds the task (each item of a chunk) may run.
+        fn: For a chunk: the callable, to send a part of it again.
+        chunk: For a chunk: the argument tuples.
+        internal: A future no caller holds (the rest of a crashed chunk).
+    """
+
+    __slots__ = (
+        "body",
+        "buffers",
+        "chunk",
+        "elapsed",
+        "fn",
+        "future",
+        "internal",
+        "kill",
+        "kind",
+        "replay",
+        "size",
+        "started",
+        "task_id",
+        "timeout",
+        "undecodable",
+        "values",
+    )
+
+    def __init__(
+        self,
+        task_id: int,
+        kind: int,
+        future: Future[Any],
+        body: bytes,
+        buffers: list[memoryview],
+        timeout: float | None,
+        fn: Callable[..., Any] | None = None,
+        chunk: list[tuple[Any, ...]] | None = None,
+        internal: bool = False,
+    ) -> None:
+        self.task_id = task_id
+        self.kind = kind
+        self.future = future
+        self.body = body
+        self.buffers = buffers
+        # Bytes it takes in a pipe, frame header included.
+        self.size = HEADER.size + len(body)
+        if buffers:
+            self.size += sum(8 + b.nbytes for b in buffers)
+        self.timeout = timeout
+        self.fn = fn
+        self.chunk = chunk
+        self.internal = internal
+        self.started = False  # set_running_or_notify_cancel() was called
+        self.kill = False  # kill_task() asked for it
+        self.values: list[Any] = []  # a chunk's values received so far
+        self.undecodable: BaseException | None = None  # a PARTIAL that failed
+        self.elapsed = 0.0
+        self.replay: Replay | None = None
+
+    @property
+    def watched(self) -> bool:
+        """The manager must watch it while it runs (timeout, kill, replay)."""
+        return self.kill or self.timeout is not None or self.replay is not None
+
+
+class Replay:
+    """How to find, in a rerun, the item a worker was running when killed.
+
+    A worker killed from outside while it ran several fast items as one
+    piece leaves the parent unsure which item was running. The rerun runs
+    those items one at a time; the items that had finished before the kill
+    finish again within the time the whole piece had run, so the first item
+    that runs longer than that (``budget``) was the one running: it fails
+    with the original crash's error. A crash the item causes itself simply
+    happens again, at that item.
+
+    Attributes:
+        budget: Seconds an item of the rerun may run before it is taken for
+            the one that was running.
+        careful: The items of the rerun that ran in the crashed piece.
+        error: Builds the original crash's error.
+    """
+
+    __slots__ = ("budget", "careful", "error")
+
+    def __init__(
+        self, budget: float, careful: int, error: Callable[[], BaseException]
+    ) -> None:
+        self.budget = budget
+        self.careful = careful
+        self.error = error
+
+
+class KillReason:
+    """Why the pool killed a worker: for which item (and item index)."""
+
+    __slots__ = ("error", "index", "item")
+
+    def __init__(
+        self,
+        item: WorkItem | None,
+        index: int,
+        error: Callable[[], BaseException] | None,
+    ) -> None:
+        self.item = item
+        self.index = index
+        self.error = error
+
+
+class WorkerHandle:
+    """The parent's side of one worker process.
+
+    Args:
+        process: The worker process.
+        tasks: Write end of its task pipe.
+        results: Read end of its result pipe.
+        slot: Its row on the board, and its index in ``Pool.workers``.
+    """
+
+    __slots__ = (
+        "capacity",
+        "eof",
+        "gone",
+        "held",
+        "held_bytes",
+        "kill_reason",
+        "process",
+        "ready",
+        "results",
+        "sent",
+        "slot",
+        "tasks",
+    )
+
+    def __init__(
+        self, process: Any, tasks: Channel, results: Channel, slot: int, capacity: int
+    ) -> None:
+        self.process = process
+        self.tasks = tasks
+        self.results = results
+        self.slot = slot
+        self.capacity = capacity  # bytes the task pipe holds
+        self.held: deque[WorkItem] = deque()
+        self.held_bytes = 0
+        self.sent = 0
+        self.ready = False
+        self.eof = False
+        self.gone = False
+        self.kill_reason: KillReason | None = None
+
+    def kill(self, reason: KillReason) -> None:
+        if self.kill_reason is None:
+            self.kill_reason = reason
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                self.process.kill()
+
+
+# -- outcomes -----------------------------------------------------------------
+
+
+def time_limit(
+    item: WorkItem, index: int
+) -> tuple[float, Callable[[], BaseException]] | None:
+    """The time item ``index`` of ``item`` may run, and the error past it."""
+    limits: list[tuple[float, Callable[[], BaseException]]] = []
+    if item.timeout is not None:
+        limits.append((item.timeout, functools.partial(timeout_error, item.timeout)))
+    replay = item.replay
+    if replay is not None and index < replay.careful:
+        limits.append((replay.budget, replay.error))
+    return min(limits, key=lambda limit: limit[0]) if limits else None
+
+
+def find_item(held: Iterable[WorkItem], task_id: int) -> WorkItem | None:
+    for item in held:
+        if item.task_id == task_id:
+            return item
+    return None
+
+
+def settle(item: WorkItem, value: Any, error: BaseException | None) -> None:
+    # Outside the pool lock: done-callbacks run here.
+    with contextlib.suppress(InvalidStateError):
+        if error is not None:
+            item.future.set_exception(error)
+        else:
+            item.future.set_result(value)
+
+
+def drop(item: WorkItem, error: Callable[[], BaseException]) -> None:
+    """Fail an item the pool gives up on, with its own exception instance."""
+    future = item.future
+    # A queued future the caller cancelled must still be notified, or
+    # wait() and as_completed() hang on it (CPython gh-109934).
+    if not item.started and not future.set_running_or_notify_cancel():
+        return
+    with contextlib.suppress(InvalidStateError):
+        future.set_exception(error())
+
+
+def crash_error(exitcode: int | None, kind: int) -> BaseException:
+    what = "this item of a map" if kind == CHUNK else "this task"
+    return WorkerCrashedError(
+        f"the worker process running {what} died ({describe_exitcode(exitcode)}); "
+        "the executor replaced it and runs the other tasks as usual",
+        exitcode,
+    )
+
+
+def timeout_error(seconds: float) -> BaseException:
+    return TimeoutError(
+        f"the task ran longer than its timeout of {seconds:g} s; its worker "
+        "process was stopped and replaced"
+    )
+
+
+def killed_error() -> BaseException:
+    return TaskKilledError(
+        "the task was stopped by kill_task(); its worker process was replaced"
+    )
+
+
+def interrupted_error() -> BaseException:
+    return TaskKilledError(
+        "the task was stopped by Ctrl-C (KeyboardInterrupt) in the caller; "
+        "its worker process was killed"
+    )
+
+
+def exiting_error() -> BaseException:
+    return RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+
+def manager_failed_error() -> BaseException:
+    return BrokenExecutor("the queue executor stopped before this task ran")

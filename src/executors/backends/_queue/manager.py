@@ -1,0 +1,233 @@
+"""The manager thread, and how other threads wake it.
+
+* :class:`Manager`: the one thread per pool that waits on every worker's
+  result pipe and exit sentinel, feeds what arrives to the
+  :class:`~.pool.Pool`, and enforces timeouts.
+* :class:`Wakeup`: how other threads interrupt the manager's wait.
+
+At interpreter exit, as with :mod:`concurrent.futures`, every manager
+finishes the work already submitted, stops its workers and is joined.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import selectors
+import threading
+import weakref
+from concurrent.futures import BrokenExecutor
+from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as wait_connections
+from typing import TYPE_CHECKING, Any
+
+from .items import WorkerHandle
+
+if TYPE_CHECKING:
+    from .pool import Pool
+
+__all__ = ["Manager", "Wakeup", "interpreter_exiting"]
+
+
+class Wakeup:
+    """A pipe other threads write to so the manager's wait returns.
+
+    At most one wake-up is ever in the pipe, so a writer never blocks (the
+    CPython gh-105829 deadlock came from a wake-up pipe that filled up).
+    """
+
+    def __init__(self) -> None:
+        import multiprocessing
+
+        self._reader, self._writer = multiprocessing.Pipe(duplex=False)
+        self._lock = threading.Lock()
+        self._pending = False
+        self._closed = False
+
+    @property
+    def reader(self) -> Connection:
+        return self._reader
+
+    def wake(self) -> None:
+        with self._lock:
+            if self._pending or self._closed:
+                return
+            self._pending = True
+            with contextlib.suppress(OSError):
+                self._writer.send_bytes(b"")
+
+    def drain(self) -> None:
+        with self._lock:
+            if self._pending and not self._closed:
+                with contextlib.suppress(OSError, EOFError):
+                    self._reader.recv_bytes()
+            self._pending = False
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._reader.close()
+                self._writer.close()
+
+
+_global_shutdown = False
+_wakeups: weakref.WeakKeyDictionary[threading.Thread, Wakeup] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _python_exit() -> None:
+    # As concurrent.futures does: when the main thread ends, every manager
+    # finishes the work already submitted, stops its workers, and is joined,
+    # so no worker outlives the interpreter and no result is lost.
+    global _global_shutdown
+    _global_shutdown = True
+    items = list(_wakeups.items())
+    for _, wakeup in items:
+        wakeup.wake()
+    for thread, _ in items:
+        thread.join()
+
+
+if hasattr(threading, "_register_atexit"):
+    threading._register_atexit(_python_exit)
+else:  # pragma: no cover - every supported Python has it
+    import atexit
+
+    atexit.register(_python_exit)
+
+
+def interpreter_exiting() -> bool:
+    """True once the main thread has ended (the exit hook has run)."""
+    return _global_shutdown
+
+
+class Manager(threading.Thread):
+    """Waits on every worker's result pipe and exit, and feeds the pool.
+
+    Holds the pool, never the executor (the pool keeps only a weak
+    reference to it): an executor dropped without ``shutdown()`` is
+    collected, and the manager then winds the pool down.
+    """
+
+    def __init__(self, pool: Pool) -> None:
+        super().__init__(name="executors-queue-manager", daemon=True)
+        self.pool = pool
+        self.selector = _Selector()
+        self.watching: dict[int, WorkerHandle] = {}
+        self.generation = -1
+        _wakeups[self] = pool.wakeup
+
+    def run(self) -> None:
+        pool = self.pool
+        self.selector.register(pool.wakeup.reader, (None, False))
+        try:
+            while not pool.should_stop():
+                self._watch_new_workers()
+                for worker, sentinel in self.selector.select(pool.check_deadlines()):
+                    if worker is None:
+                        pool.wakeup.drain()
+                    elif worker.gone:
+                        continue
+                    elif sentinel:
+                        self._forget(worker)
+                        pool.on_exit(worker)
+                    else:
+                        self._read(worker)
+        except BaseException as exc:
+            text = f"{type(exc).__name__}: {exc}"
+            pool.break_pool(
+                lambda: BrokenExecutor(f"the queue executor's manager failed: {text}")
+            )
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                self.selector.close()
+            pool.stop_workers()
+
+    def _read(self, worker: WorkerHandle) -> None:
+        try:
+            message = worker.results.recv()
+        except (EOFError, OSError):
+            # Dead or dying: its sentinel follows.
+            worker.eof = True
+            self.selector.unregister(worker.results)
+            return
+        self.pool.on_message(worker, message)
+
+    def _watch_new_workers(self) -> None:
+        pool = self.pool
+        if pool.generation == self.generation:
+            return
+        with pool.lock:
+            self.generation = pool.generation
+            workers = list(pool.workers.values())
+        for worker in workers:
+            if self.watching.get(worker.slot) is not worker:
+                self.watching[worker.slot] = worker
+                self.selector.register(worker.results, (worker, False))
+                self.selector.register(worker.process.sentinel, (worker, True))
+
+    def _forget(self, worker: WorkerHandle) -> None:
+        if self.watching.get(worker.slot) is worker:
+            del self.watching[worker.slot]
+        if not worker.eof:
+            self.selector.unregister(worker.results)
+        self.selector.unregister(worker.process.sentinel)
+
+
+class _Selector:
+    """Wait for any of several pipes and sentinels.
+
+    epoll where there is one (the manager's wait is on every task's path:
+    ``select.epoll`` directly saves the bookkeeping of :mod:`selectors`),
+    :mod:`selectors` elsewhere on POSIX, and
+    :func:`multiprocessing.connection.wait` on Windows.
+    """
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll() if hasattr(select, "epoll") else None
+        self._selector: selectors.BaseSelector | None = None
+        if self._epoll is None and os.name == "posix":
+            self._selector = selectors.DefaultSelector()
+        self._data: dict[Any, Any] = {}
+
+    def register(self, obj: Any, data: Any) -> None:
+        if self._epoll is not None:
+            fd = obj if isinstance(obj, int) else obj.fileno()
+            self._epoll.register(fd, select.EPOLLIN)
+            self._data[fd] = data
+        elif self._selector is not None:
+            self._selector.register(obj, selectors.EVENT_READ, data)
+        else:
+            self._data[obj] = data
+
+    def unregister(self, obj: Any) -> None:
+        if self._epoll is not None:
+            fd = obj if isinstance(obj, int) else obj.fileno()
+            with contextlib.suppress(OSError, ValueError):
+                self._epoll.unregister(fd)
+            self._data.pop(fd, None)
+        elif self._selector is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(obj)
+        else:
+            self._data.pop(obj, None)
+
+    def select(self, timeout: float | None) -> list[Any]:
+        if self._epoll is not None:
+            events = self._epoll.poll(-1 if timeout is None else timeout)
+            data = self._data
+            return [data[fd] for fd, _ in events if fd in data]
+        if self._selector is not None:
+            return [key.data for key, _ in self._selector.select(timeout)]
+        ready = wait_connections(list(self._data), timeout)
+        return [self._data[obj] for obj in ready]
+
+    def close(self) -> None:
+        if self._epoll is not None:
+            self._epoll.close()
+        elif self._selector is not None:
+            self._selector.close()

@@ -1,0 +1,908 @@
+"""The state the callers and the manager thread share: :class:`Pool`.
+
+The pool owns the call queue (items no worker has yet), the worker handles
+and the policy: which worker gets which item, when to start or replace a
+worker, and what a worker's death means for each item it held (see
+:meth:`Pool.on_exit`). Everything is guarded by one lock; futures are
+resolved outside it, because done-callbacks run user code.
+
+Callers dispatch their own work: ``submit`` pickles in the calling thread and
+writes straight to an idle worker's pipe, so the only thread hop of a task is
+the manager setting its result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+import os
+import select
+import sys
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import BrokenExecutor, Future
+from multiprocessing.connection import Connection
+from multiprocessing.context import BaseContext
+from typing import Any
+
+from ..._errors import InitializerFailedError, WorkerCrashedError, describe_exitcode
+from ..._map import ChunkResult
+from .items import (
+    KillReason,
+    Replay,
+    WorkerHandle,
+    WorkItem,
+    crash_error,
+    drop,
+    exiting_error,
+    find_item,
+    interrupted_error,
+    killed_error,
+    manager_failed_error,
+    settle,
+    time_limit,
+)
+from .manager import Manager, Wakeup, interpreter_exiting
+from .wire import (
+    CHUNK,
+    CHUNK_DONE,
+    ERROR,
+    INIT_FAILED,
+    PARTIAL,
+    READY,
+    RESULT,
+    Board,
+    Channel,
+    Message,
+    dumps_chunk,
+    loads,
+)
+from .worker import run_worker
+
+__all__ = ["Pool"]
+
+# -- tunables ---------------------------------------------------------------
+
+# A busy worker is sent more items ahead of its answers, so that it starts
+# the next one without waiting for a round trip through the manager thread
+# (a wake-up can take a millisecond on a loaded machine). Items sent ahead
+# can no longer be cancelled and may wait behind a long task while another
+# worker idles, so the pool sends ahead only about AHEAD_SECONDS of work,
+# judged by the average task so far: none for tasks that long, one before
+# any task has finished, at most MAX_TASKS_AHEAD for tiny ones.
+AHEAD_SECONDS = 0.02
+MAX_TASKS_AHEAD = 8
+# A worker that is busy (or still starting) is sent an item only if the
+# item, with everything it holds, fits in its task pipe: the write then never
+# blocks the sender. Linux pipes are grown to this size (they hold 64 KiB by
+# default), so a chunk of a map can wait in the pipe while the previous one
+# runs, and a large argument crosses in fewer wake-ups of the reader. The
+# kernel allocates the pages only as data flows: an idle pipe costs nothing.
+PIPE_BYTES = 1024 * 1024
+# What a pipe is assumed to hold where its size cannot be read (macOS pipes
+# start at 16 KiB).
+MIN_PIPE_BYTES = 16 * 1024
+# How often the manager looks at a worker whose running task may time out
+# but whose start it has not seen yet. Bounds how late a timeout fires.
+TIMEOUT_POLL_SECONDS = 0.01
+# A rerun after an ambiguous crash (see Replay) gives each item at least this
+# long beyond the time the crashed piece had run: items that finished before
+# the crash must not be mistaken for the one that was running.
+REPLAY_SLACK_SECONDS = 0.1
+# At shutdown idle workers exit at once on end-of-file; one that has not
+# exited after this long (stuck in its initializer) is killed.
+STOP_GRACE_SECONDS = 3.0
+# Without an initializer, a worker that dies before it is ready (killed while
+# starting) is replaced; this many in a row mean workers cannot start at all
+# (a broken environment), and the pool is broken instead of looping.
+STARTUP_FAILURES_BEFORE_BROKEN = 3
+
+# Linux fcntl commands (the fcntl module names them from Python 3.10 only).
+_F_SETPIPE_SZ = 1031
+_F_GETPIPE_SZ = 1032
+
+
+class Pool:
+    """Everything the callers and the manager share, under ``lock``.
+
+    Args:
+        ctx: The multiprocessing context workers start with.
+        max_workers: The most workers alive at once.
+        initializer: Run by each worker before its first task.
+        initargs: Arguments for ``initializer``.
+        max_tasks_per_child: Replace a worker after this many tasks.
+        owner: The executor; held weakly, so that dropping the executor
+            without shutting it down still stops the pool.
+    """
+
+    def __init__(
+        self,
+        ctx: BaseContext,
+        max_workers: int,
+        initializer: Callable[..., object] | None,
+        initargs: tuple[Any, ...],
+        max_tasks_per_child: int | None,
+        owner: object,
+    ) -> None:
+        self.ctx = ctx
+        self.max_workers = max_workers
+        self.initializer = initializer
+        self.initargs = initargs
+        self.max_tasks = max_tasks_per_child
+        self.fork = ctx.get_start_method() == "fork"
+        if ctx.get_start_method() == "forkserver":
+            _preload_in_forkserver(ctx)
+        self.lock = threading.Lock()
+        # Held across starting a process and registering it, so that a
+        # forked worker learns every pipe of its siblings (to close them).
+        self.spawn_lock = threading.Lock()
+        self.wakeup = Wakeup()
+        wakeup = self.wakeup
+        self.owner = weakref.ref(owner, lambda _: wakeup.wake())
+        self.board = Board(max_workers, ctx)
+        self.pending: deque[WorkItem] = deque()
+        self.workers: dict[int, WorkerHandle] = {}
+        self.free_slots = list(range(max_workers - 1, -1, -1))
+        self.starting = 0
+        self.generation = 0  # bumped when a worker is registered
+        self.ids = itertools.count(1)
+        self.by_future: dict[Future[Any], WorkItem] = {}
+        self.watched = 0  # held items with a timeout or a kill request
+        # Moving average of task durations; None until a task has finished.
+        self.task_seconds: float | None = None
+        self.startup_failures = 0
+        self.broken: Callable[[], BaseException] | None = None
+        self.closing = False
+        self.interrupted = False  # no more replacements: Ctrl-C
+        self.stopped = False
+        self.manager: Manager | None = None
+
+    # -- called by the executor ----------------------------------------------
+
+    def submit(
+        self,
+        kind: int,
+        future: Future[Any],
+        body: bytes,
+        buffers: list[memoryview],
+        timeout: float | None,
+        fn: Callable[..., Any] | None = None,
+        chunk: list[tuple[Any, ...]] | None = None,
+    ) -> None:
+        """Queue one item and send it to a worker if one can take it now."""
+        with self.lock:
+            if self.broken is not None:
+                raise self.broken()
+            if self.stopped or interpreter_exiting():
+                # The executor's own guards run first; this is the window
+                # after the interpreter began to exit.
+                raise exiting_error()
+            item = WorkItem(
+                next(self.ids), kind, future, body, buffers, timeout, fn, chunk
+            )
+            if kind != CHUNK:
+                self.by_future[future] = item
+            self.pending.append(item)
+            if self.manager is None:
+                self.manager = Manager(self)
+                self.manager.start()
+            self._dispatch_locked()
+            slot = self._reserve_spawn_locked()
+        if slot is not None:
+            self._spawn(slot)
+
+    def kill_task(self, future: Future[Any]) -> bool:
+        """Stop the task of ``future``; see ``QueueExecutor.kill_task``."""
+        with self.lock:
+            item = self.by_future.get(future)
+            if item is None or future.done():
+                return False
+            started = item.started
+            waiting = started and item in self.pending
+            if waiting:
+                # Sent again after a crash and not yet resent: it never runs.
+                self.pending.remove(item)
+                del self.by_future[future]
+            elif started and not item.kill:
+                if not item.watched:
+                    self.watched += 1
+                item.kill = True
+        # Outside the lock: done-callbacks run here.
+        if not started:
+            return future.cancel()
+        if waiting:
+            settle(item, None, killed_error())
+        else:
+            self.wakeup.wake()
+        return True
+
+    def close(self, cancel_futures: bool) -> list[Future[Any]]:
+        """Start shutting down; return the futures to cancel."""
+        cancelled = []
+        with self.lock:
+            self.closing = True
+            if cancel_futures:
+                keep = deque(i for i in self.pending if i.started or i.internal)
+                for item in self.pending:
+                    if not (item.started or item.internal):
+                        cancelled.append(item.future)
+                        self.by_future.pop(item.future, None)
+                self.pending = keep
+        self.wakeup.wake()
+        return cancelled
+
+    def join(self) -> None:
+        manager = self.manager
+        if manager is not None and manager is not threading.current_thread():
+            manager.join()
+
+    # -- dispatch ------------------------------------------------------------
+
+    def _dispatch_locked(self) -> None:
+        pending = self.pending
+        while pending:
+            item = pending[0]
+            worker = self._pick_worker_locked(item)
+            if worker is None:
+                return
+            pending.popleft()
+            if not item.started:
+                if not item.future.set_running_or_notify_cancel():
+                    self.by_future.pop(item.future, None)
+                    continue
+                item.started = True
+            self._send_locked(worker, item)
+
+    def _pick_worker_locked(self, item: WorkItem) -> WorkerHandle | None:
+        size = item.size
+        seconds = self.task_seconds
+        if seconds is None:
+            ahead = 1
+        elif seconds >= AHEAD_SECONDS:
+            ahead = 0
+        else:
+            ahead = min(MAX_TASKS_AHEAD, int(AHEAD_SECONDS / max(seconds, 1e-6)))
+        busy: WorkerHandle | None = None
+        unready: WorkerHandle | None = None
+        any_ready = any_unready = False
+        for worker in self.workers.values():
+            if worker.kill_reason is not None or (
+                self.max_tasks is not None and worker.sent >= self.max_tasks
+            ):
+                continue
+            held = len(worker.held)
+            if worker.ready:
+                any_ready = True
+                if held == 0:
+                    return worker
+                if (
+                    held <= ahead
+                    and worker.held_bytes + size <= worker.capacity
+                    and (busy is None or held < len(busy.held))
+                ):
+                    busy = worker
+            else:
+                any_unready = True
+                if held == 0 and size <= worker.capacity and unready is None:
+                    unready = worker
+        if unready is not None and not any_ready:
+            # The pool is starting: the item waits in the pipe of a worker
+            # that is still importing, and runs the moment it is ready.
+            return unready
+        # Send ahead only to a full pool of ready workers: while a worker is
+        # starting, or the pool can grow, the item may run sooner there.
+        if (
+            busy is not None
+            and not any_unready
+            and not self.free_slots
+            and self.starting == 0
+        ):
+            return busy
+        return None
+
+    def _send_locked(self, worker: WorkerHandle, item: WorkItem) -> None:
+        worker.held.append(item)
+        worker.held_bytes += item.size
+        worker.sent += 1
+        if item.watched:
+            self.watched += 1
+        # Not contextlib.suppress: this is on every task's path.
+        try:  # noqa: SIM105
+            worker.tasks.send(
+                item.kind, item.task_id, item.timeout or 0.0, item.body, item.buffers
+            )
+        except OSError:
+            pass  # dead: handling its death sends the item again
+        if item.watched:
+            self.wakeup.wake()
+
+    # -- workers: start, register -------------------------------------------
+
+    def _reserve_spawn_locked(self, replace: bool = False) -> int | None:
+        if (
+            self.broken is not None
+            or self.stopped
+            or self.interrupted
+            or not self.free_slots
+        ):
+            return None
+        if replace:
+            if self.closing and not self.pending:
+                return None
+        elif len(self.pending) <= self.starting:
+            # Each worker already starting will take a queued item.
+            return None
+        self.starting += 1
+        return self.free_slots.pop()
+
+    def _spawn(self, slot: int) -> None:
+        with self.spawn_lock:
+            try:
+                worker = self._start_process(slot)
+            except BaseException as exc:
+                with self.lock:
+                    self.starting -= 1
+                    self.free_slots.append(slot)
+                    alive = bool(self.workers)
+                if not alive:
+                    reason = f"{type(exc).__name__}: {exc}"
+                    self.break_pool(
+                        lambda: BrokenExecutor(
+                            f"the queue executor could not start a worker ({reason})"
+                        )
+                    )
+                return
+            with self.lock:
+                self.starting -= 1
+                late = self.stopped
+                if not late:
+                    self.workers[slot] = worker
+                    self.generation += 1
+                    self._dispatch_locked()
+            if late:
+                # The pool stopped while this worker started: never leave it.
+                worker.kill(KillReason(None, 0, None))
+                worker.process.join()
+                _close_quietly(worker)
+                return
+        self.wakeup.wake()
+
+    def _start_process(self, slot: int) -> WorkerHandle:
+        task_reader, task_writer = self.ctx.Pipe(duplex=False)
+        result_reader, result_writer = self.ctx.Pipe(duplex=False)
+        close_fds: list[int] = []
+        if self.fork:
+            with self.lock:
+                for other in self.workers.values():
+                    close_fds += [other.tasks.fileno(), other.results.fileno()]
+            # ...and the parent's ends of its own pipes, or its own task
+            # pipe would never reach end-of-file.
+            close_fds += [
+                self.wakeup.reader.fileno(),
+                task_writer.fileno(),
+                result_reader.fileno(),
+            ]
+            own = {task_reader.fileno(), result_writer.fileno()}
+            close_fds = [fd for fd in close_fds if fd not in own]
+        self.board.clear(slot)
+        process = self.ctx.Process(  # type: ignore[attr-defined]
+            target=run_worker,
+            args=(
+                task_reader,
+                result_writer,
+                self.board,
+                slot,
+                self.initializer,
+                self.initargs,
+                self.max_tasks,
+                self.fork,
+                close_fds,
+            ),
+            name=f"executors-queue-worker-{slot}",
+        )
+        try:
+            process.start()
+        finally:
+            # Only the worker keeps these ends: its death is then an
+            # end-of-file here, and the parent's death one there.
+            task_reader.close()
+            result_writer.close()
+        capacity = _grow_pipe(task_writer)
+        _grow_pipe(result_reader)
+        tasks, results = Channel(task_writer), Channel(result_reader)
+        return WorkerHandle(process, tasks, results, slot, capacity)
+
+    # -- results (manager thread) --------------------------------------------
+
+    def on_message(self, worker: WorkerHandle, message: Message) -> None:
+        """Handle one message from ``worker``."""
+        kind = message.kind
+        if kind == READY:
+            with self.lock:
+                worker.ready = True
+                self.startup_failures = 0
+                self._dispatch_locked()
+            return
+        if kind == INIT_FAILED:
+            self._initializer_failed(_decode_exception(message), None)
+            return
+        held = worker.held
+        # held[0] without the lock: deque indexing is atomic, and callers
+        # only ever append on the right.
+        item = held[0] if held else None
+        if item is None or item.task_id != message.task_id:
+            with self.lock:
+                item = find_item(held, message.task_id)
+            if item is None:
+                return  # already settled (failed by a broken pool)
+        if kind == PARTIAL:
+            if item.undecodable is None:
+                try:
+                    item.values.extend(loads(message.body, message.buffers))
+                except Exception as exc:
+                    # The chunk ends here, at the first value not received.
+                    item.undecodable = exc
+            return
+        value, error = _decode_outcome(item, message)
+        with self.lock:
+            if worker.held and worker.held[0] is item:
+                worker.held.popleft()
+            else:
+                worker.held.remove(item)
+            worker.held_bytes -= item.size
+            if item.watched:
+                self.watched -= 1
+            self.by_future.pop(item.future, None)
+            # A moving average: recent tasks say whether sending ahead pays.
+            seconds = self.task_seconds
+            if seconds is None:
+                self.task_seconds = message.value
+            else:
+                self.task_seconds = seconds + (message.value - seconds) * 0.25
+            self._dispatch_locked()
+        settle(item, value, error)
+
+    def on_exit(self, worker: WorkerHandle) -> None:
+        """Handle the death of ``worker``: settle or resend what it held."""
+        self._drain(worker)
+        process = worker.process
+        process.join(STOP_GRACE_SECONDS)
+        exitcode = process.exitcode
+        posted = self.board.read(worker.slot)
+        settled: list[tuple[WorkItem, Any, BaseException | None]] = []
+        with self.lock:
+            worker.gone = True
+            if self.workers.get(worker.slot) is worker:
+                del self.workers[worker.slot]
+                self.free_slots.append(worker.slot)
+            held = list(worker.held)
+            worker.held.clear()
+            worker.held_bytes = 0
+            self.watched -= sum(1 for item in held if item.watched)
+            broken = self.broken is not None
+            if broken or (not held and worker.ready):
+                redo: list[WorkItem] = []
+            elif not worker.ready:
+                redo = held
+            else:
+                redo = self._sort_out_locked(worker, held, posted, exitcode, settled)
+            self.pending.extendleft(reversed(redo))
+        if not broken and not worker.ready and worker.kill_reason is None:
+            self._startup_failed(exitcode)
+        for item, value, error in settled:
+            settle(item, value, error)
+        _close_quietly(worker)
+        # A retired worker (max_tasks_per_child) is replaced when work
+        # waits; a crashed or killed one at once, to keep the pool's size.
+        abnormal = bool(held) or worker.kill_reason is not None or exitcode != 0
+        with self.lock:
+            self._dispatch_locked()
+            slot = self._reserve_spawn_locked(replace=abnormal)
+        if slot is not None:
+            # Not in this thread: starting a process takes milliseconds
+            # (more on a loaded machine), and the live workers' results
+            # must keep flowing meanwhile.
+            threading.Thread(
+                target=self._spawn, args=(slot,), name="executors-queue-spawn"
+            ).start()
+
+    def _sort_out_locked(
+        self,
+        worker: WorkerHandle,
+        held: list[WorkItem],
+        posted: tuple[int, int, int, int],
+        exitcode: int | None,
+        settled: list[tuple[WorkItem, Any, BaseException | None]],
+    ) -> list[WorkItem]:
+        """Decide what each item a dead worker held becomes.
+
+        The item the board shows running is the victim (or, when the pool
+        killed the worker on purpose, the item it was killed for); every
+        other item had not started and is sent again. A chunk's victim
+        keeps the values of the items before the one that was running.
+        """
+        task_id, first, end, started = posted
+        reason = worker.kill_reason
+        redo: list[WorkItem] = []
+        for item in held:
+            if item.task_id != task_id:
+                redo.append(item)
+                continue
+            aimed = None
+            if reason is not None and reason.item is item:
+                aimed = reason.error  # the error it was killed with
+            if item.kind != CHUNK:
+                if reason is None:
+                    error = crash_error(exitcode, item.kind)
+                elif aimed is not None:
+                    error = aimed()
+                else:
+                    # Killed for another item (or to stop the pool) as this
+                    # one began: it did nothing wrong, run it again.
+                    redo.append(item)
+                    continue
+                self.by_future.pop(item.future, None)
+                settled.append((item, None, error))
+                continue
+            size = len(item.chunk or ())
+            careful = 0
+            replay = None
+            chunk_error: BaseException | None = None
+            if reason is None and end - first <= 1:
+                stop, chunk_error = first, crash_error(exitcode, item.kind)
+            elif reason is None:
+                # Several fast items ran as one piece: rerun them one at a
+                # time; the one that crashes again, or outlives the time
+                # the piece had run, is the culprit (see Replay).
+                stop, careful = size, end
+                ran = max(0, time.monotonic_ns() - started) / 1e9 if started else 0.0
+                budget = max(2 * ran, ran + REPLAY_SLACK_SECONDS)
+                replay = (budget, functools.partial(crash_error, exitcode, CHUNK))
+            elif aimed is not None and reason is not None and reason.index == first:
+                stop, chunk_error = first, aimed()
+            else:
+                stop = size  # not this chunk's fault: run the rest again
+            recovery = self._finish_chunk_locked(
+                item, stop, chunk_error, careful, settled, replay
+            )
+            if recovery is not None:
+                redo.insert(0, recovery)
+        return redo
+
+    def _finish_chunk_locked(
+        self,
+        item: WorkItem,
+        stop: int,
+        error: BaseException | None,
+        careful: int,
+        settled: list[tuple[WorkItem, Any, BaseException | None]],
+        replay: tuple[float, Callable[[], BaseException]] | None = None,
+    ) -> WorkItem | None:
+        """End a chunk at item ``stop`` with ``error``.
+
+        Values of items that ran but never reached the parent are lost with
+        the worker; those items (at most ``FLUSH_SECONDS`` of work) run again
+        as an internal chunk whose outcome completes this one, the items
+        before ``careful`` one per piece.
+        """
+        chunk = item.chunk or []
+        have = len(item.values)
+        if item.undecodable is not None:
+            stop, error = have, item.undecodable
+        if have >= stop:
+            result = ChunkResult(item.values[:stop], error, item.elapsed)
+            settled.append((item, result, None))
+            return None
+        rest = chunk[have:stop]
+        careful = max(0, careful - have)
+        try:
+            body, buffers = dumps_chunk(item.fn, rest, careful)
+        except Exception as exc:
+            settled.append((item, None, exc))
+            return None
+        recovery = WorkItem(
+            next(self.ids),
+            CHUNK,
+            Future(),
+            body,
+            buffers,
+            item.timeout,
+            item.fn,
+            rest,
+            internal=True,
+        )
+        if replay is not None and careful:
+            recovery.replay = Replay(replay[0], careful, replay[1])
+        recovery.future.add_done_callback(
+            functools.partial(_complete_recovered, item, error)
+        )
+        return recovery
+
+    def _drain(self, worker: WorkerHandle) -> None:
+        # What a worker wrote before it died is still in its pipe.
+        if worker.eof:
+            return
+        while _readable(worker.results):
+            try:
+                message = worker.results.recv()
+            except (EOFError, OSError):
+                break
+            self.on_message(worker, message)
+        worker.eof = True
+
+    # -- failures --------------------------------------------------------------
+
+    def _startup_failed(self, exitcode: int | None) -> None:
+        if self.initializer is not None:
+            self._initializer_failed(None, exitcode)
+            return
+        with self.lock:
+            self.startup_failures += 1
+            if self.startup_failures < STARTUP_FAILURES_BEFORE_BROKEN:
+                return
+        text = describe_exitcode(exitcode)
+        self.break_pool(
+            lambda: WorkerCrashedError(
+                f"{STARTUP_FAILURES_BEFORE_BROKEN} worker processes in a row died "
+                f"while starting (the last with {text}); the executor is broken",
+                exitcode,
+            )
+        )
+
+    def _initializer_failed(
+        self, cause: BaseException | None, exitcode: int | None
+    ) -> None:
+        if cause is not None:
+            text = f"the initializer raised {type(cause).__name__}: {cause}"
+        else:
+            text = (
+                f"a worker process died ({describe_exitcode(exitcode)}) "
+                "while running the initializer"
+            )
+
+        def make() -> BaseException:
+            error = InitializerFailedError(
+                f"{text}; the executor is broken and runs no more tasks"
+            )
+            error.__cause__ = cause
+            return error
+
+        self.break_pool(make)
+
+    def break_pool(self, make_error: Callable[[], BaseException]) -> None:
+        """Fail every unfinished item and stop every worker, for good."""
+        with self.lock:
+            if self.broken is not None:
+                return
+            self.broken = make_error
+            items = list(self.pending)
+            self.pending.clear()
+            for worker in self.workers.values():
+                items += worker.held
+                worker.held.clear()
+                worker.held_bytes = 0
+                worker.kill(KillReason(None, 0, None))
+            self.by_future.clear()
+            self.watched = 0
+        for item in items:
+            drop(item, make_error)
+        self.wakeup.wake()
+
+    def interrupt(self) -> None:
+        """Stop now (Ctrl-C): kill every worker, fail what they ran.
+
+        The executor's ``shutdown(wait=True, cancel_futures=True)`` follows
+        and cancels the queue; the items the workers held fail with
+        :class:`TaskKilledError`.
+        """
+        with self.lock:
+            self.closing = self.interrupted = True
+            items: list[WorkItem] = []
+            for worker in self.workers.values():
+                for item in worker.held:
+                    self.by_future.pop(item.future, None)
+                items += worker.held
+                worker.held.clear()
+                worker.held_bytes = 0
+                worker.kill(KillReason(None, 0, None))
+            self.watched = 0
+        for item in items:
+            drop(item, interrupted_error)
+        self.wakeup.wake()
+
+    # -- timeouts (manager thread) -------------------------------------------
+
+    def check_deadlines(self) -> float | None:
+        """Kill workers whose item ran out of time; return when to look again."""
+        if not self.watched:
+            return None
+        now = time.monotonic_ns()
+        wait: float | None = None
+        with self.lock:
+            for worker in self.workers.values():
+                if worker.kill_reason is not None or not any(
+                    item.watched for item in worker.held
+                ):
+                    continue
+                task_id, index, _, started = self.board.read(worker.slot)
+                item = find_item(worker.held, task_id)
+                limit = None if item is None else time_limit(item, index)
+                if item is not None and item.kill:
+                    worker.kill(KillReason(item, index, killed_error))
+                    continue
+                if limit is None or not started:
+                    # Its watched item has not started yet.
+                    pause = TIMEOUT_POLL_SECONDS
+                else:
+                    seconds, error = limit
+                    deadline = started + int(seconds * 1e9)
+                    if now < deadline:
+                        pause = (deadline - now) / 1e9
+                    elif self.board.read(worker.slot)[:2] == (task_id, index):
+                        worker.kill(KillReason(item, index, error))
+                        continue
+                    else:
+                        pause = 0.0  # it moved on as we looked: look again
+                wait = pause if wait is None else min(wait, pause)
+        return wait
+
+    # -- the end (manager thread) ---------------------------------------------
+
+    def should_stop(self) -> bool:
+        """True once there is nothing left to do, ever."""
+        if self.broken is None and not (
+            self.closing or interpreter_exiting() or self.owner() is None
+        ):
+            return False  # the common case, without taking the lock
+        with self.lock:
+            if self.broken is not None:
+                self.stopped = True
+                return True
+            closing = self.closing or interpreter_exiting() or self.owner() is None
+            if not closing:
+                return False
+            # Drops the queued futures cancelled since the last dispatch.
+            self._dispatch_locked()
+            if self.pending or self.starting:
+                return False
+            if any(worker.held for worker in self.workers.values()):
+                return False
+            self.stopped = True
+            return True
+
+    def stop_workers(self) -> None:
+        """Stop every worker (end-of-file, then SIGKILL after a grace)."""
+        with self.lock:
+            self.stopped = True
+            workers = list(self.workers.values())
+            self.workers.clear()
+            leftover = list(self.pending)
+            self.pending.clear()
+            for worker in workers:
+                leftover += worker.held
+            broken = self.broken
+        for worker in workers:
+            if broken is not None:
+                worker.kill(KillReason(None, 0, None))
+            with contextlib.suppress(OSError):
+                worker.tasks.close()
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for worker in workers:
+            worker.process.join(max(0.0, deadline - time.monotonic()))
+            if worker.process.exitcode is None:
+                worker.kill(KillReason(None, 0, None))
+                worker.process.join()
+            _close_quietly(worker)
+        # Only after a bug in the manager can work be left: never leave it
+        # pending forever.
+        error = broken or manager_failed_error
+        for item in leftover:
+            drop(item, error)
+        self.wakeup.close()
+        self.board.close()
+
+
+# -- helpers ------------------------------------------------------------------
+
+
+def _decode_exception(message: Message) -> BaseException:
+    try:
+        error = loads(message.body, message.buffers)
+    except Exception as exc:
+        return exc
+    if isinstance(error, BaseException):
+        return error
+    return RuntimeError(f"a worker sent {error!r} as an exception")
+
+
+def _decode_outcome(
+    item: WorkItem, message: Message
+) -> tuple[Any, BaseException | None]:
+    """Unpickle a final message; an unpicklable result fails its task."""
+    if message.kind == ERROR:
+        return None, _decode_exception(message)
+    try:
+        payload = loads(message.body, message.buffers)
+    except Exception as exc:
+        return None, exc
+    if message.kind == RESULT:
+        return payload, None
+    assert message.kind == CHUNK_DONE
+    values, error = payload
+    elapsed = item.elapsed + message.value
+    if item.undecodable is not None:
+        return ChunkResult(item.values, item.undecodable, elapsed), None
+    if item.values:
+        values = item.values + values
+    return ChunkResult(values, error, elapsed), None
+
+
+def _complete_recovered(
+    item: WorkItem, error: BaseException | None, recovery: Future[Any]
+) -> None:
+    try:
+        rest: ChunkResult = recovery.result()
+    except BaseException as exc:
+        settle(item, None, exc)
+        return
+    final = rest.error if rest.error is not None else error
+    values = item.values + rest.values
+    settle(item, ChunkResult(values, final, item.elapsed + rest.elapsed), None)
+
+
+def _readable(channel: Channel) -> bool:
+    if os.name == "posix":
+        return bool(select.select([channel.fileno()], [], [], 0)[0])
+    return bool(channel.conn.poll(0))
+
+
+def _grow_pipe(conn: Connection) -> int:
+    """Grow a Linux pipe to PIPE_BYTES; return the bytes it holds."""
+    if not sys.platform.startswith("linux"):
+        return MIN_PIPE_BYTES
+    import fcntl
+
+    fd = conn.fileno()
+    with contextlib.suppress(OSError):
+        # Fails past /proc/sys/fs/pipe-max-size or the per-user page budget;
+        # the pipe then keeps its size, which is read back below.
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, PIPE_BYTES)
+    try:
+        return int(fcntl.fcntl(fd, _F_GETPIPE_SZ))
+    except OSError:
+        return MIN_PIPE_BYTES
+
+
+def _preload_in_forkserver(ctx: BaseContext) -> None:
+    """Have the forkserver import the worker module before it forks anyone.
+
+    A worker forked from a server that has already imported this package
+    starts in milliseconds instead of re-importing it (about 100 ms, and
+    seconds on a loaded machine) every time: this decides how fast crashed
+    or retired workers are replaced. Only possible before the server starts;
+    the modules already listed (``__main__`` by default) stay listed.
+    """
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    modules = getattr(server, "_preload_modules", None)
+    running = getattr(server, "_forkserver_pid", None) is not None
+    if running or not isinstance(modules, list) or _WORKER_MODULE in modules:
+        return
+    with contextlib.suppress(Exception):
+        ctx.set_forkserver_preload([*modules, _WORKER_MODULE])
+
+
+_WORKER_MODULE = run_worker.__module__
+
+
+def _close_quietly(worker: WorkerHandle) -> None:
+    for channel in (worker.tasks, worker.results):
+        with contextlib.suppress(OSError):
+            channel.close()
+    with contextlib.suppress(ValueError, AttributeError):
+        worker.process.close()

@@ -1,0 +1,364 @@
+"""Messages between the parent and a worker, and the board they share.
+
+Every message, in both directions, is one frame::
+
+    +------+------+---------+-------+-------------+
+    | kind | nbuf | task id | value | body length |   HEADER (29 bytes)
+    +------+------+---------+-------+-------------+
+    | nbuf lengths of the out-of-band buffers     |   8 bytes each
+    | body: a pickle (protocol 5)                 |
+    | buffer 1 ... buffer nbuf                    |   raw bytes, no copy
+    +---------------------------------------------+
+
+Large buffers (numpy arrays, bytearrays) leave the pickle as protocol 5
+out-of-band buffers: the sender writes them straight from the object's memory
+and the receiver reads them straight into the memory the object is rebuilt
+on, so a 5 MB array is copied by the kernel only.
+
+On POSIX a frame is written with one ``writev`` and read with plain ``read``
+calls on the pipe's file descriptor, with no intermediate buffer; elsewhere
+it travels as :class:`multiprocessing.connection.Connection` messages.
+
+The :class:`Board` is a small shared-memory array where each worker posts
+the task (and the piece of a chunk) it is running. Writing it costs a worker
+a few memory stores per task or piece, no system call; it is what lets the
+parent tell, after a crash, which task was running and which were only
+waiting in the pipe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import operator
+import os
+import pickle
+import struct
+from collections.abc import Sequence
+from multiprocessing.connection import Connection
+from multiprocessing.context import BaseContext
+from typing import Any, NamedTuple
+
+__all__ = [
+    "CALL",
+    "CHUNK",
+    "CHUNK_DONE",
+    "END",
+    "ERROR",
+    "FIELDS",
+    "HEADER",
+    "INIT_FAILED",
+    "ITEM",
+    "PARTIAL",
+    "READY",
+    "RESULT",
+    "STARTED",
+    "TASK",
+    "Board",
+    "Channel",
+    "Message",
+    "dumps",
+    "dumps_chunk",
+    "loads",
+]
+
+# Parent -> worker. `value` is the task's timeout in seconds (0: none).
+CALL = 1  # body: pickle of (fn, args, kwargs)
+CHUNK = 2  # body: see dumps_chunk()
+# Worker -> parent. `value` is the seconds the worker spent on the task.
+READY = 10  # the initializer has run; no body
+INIT_FAILED = 11  # body: the initializer's exception
+RESULT = 12  # body: the return value
+ERROR = 13  # body: the task's exception, with its traceback
+PARTIAL = 14  # body: the values of a chunk's next items, sent early
+CHUNK_DONE = 15  # body: (the last values, the exception or None)
+
+HEADER = struct.Struct("<BIQdQ")
+_LENGTH = struct.Struct("<Q")
+
+# Buffers smaller than this stay inside the pickle: a separate buffer costs
+# a length field and an iovec entry, worth it only when it saves a copy of
+# real size.
+OUT_OF_BAND_BYTES = 64 * 1024
+# Reads up to this size go through os.read (one allocation of exactly the
+# data); larger ones are read into a preallocated buffer in place, so a big
+# body is never allocated twice.
+_SMALL_READ = 64 * 1024
+# writev accepts at most IOV_MAX (1024 on Linux) parts per call.
+_IOV_MAX = 512
+# Raw descriptors need POSIX pipes; Windows pipes are handles.
+_RAW_FDS = os.name == "posix"
+
+
+class Message(NamedTuple):
+    """One received frame."""
+
+    kind: int
+    task_id: int
+    value: float
+    body: bytes | bytearray | memoryview
+    buffers: list[bytearray]
+
+
+def dumps(obj: object) -> tuple[bytes, list[memoryview]]:
+    """Pickle ``obj`` with protocol 5; return the pickle and its large buffers."""
+    buffers: list[memoryview] = []
+
+    def out_of_band(buffer: pickle.PickleBuffer) -> bool:
+        try:
+            raw = buffer.raw()
+        except BufferError:  # not contiguous: let pickle copy it in-band
+            return True
+        if raw.nbytes < OUT_OF_BAND_BYTES:
+            return True
+        buffers.append(raw)
+        return False
+
+    return pickle.dumps(obj, protocol=5, buffer_callback=out_of_band), buffers
+
+
+_first = operator.itemgetter(0)
+
+
+def dumps_chunk(
+    fn: object, chunk: list[tuple[Any, ...]], careful: int = 0
+) -> tuple[bytes, list[memoryview]]:
+    """Pickle a chunk of ``map`` for :meth:`.worker._Runner.run_chunk`.
+
+    A map over one iterable sends its items bare, not as 1-tuples: smaller
+    and faster to pickle (tuples go through the pickle memo), and the worker
+    calls ``map(fn, items)`` instead of ``starmap``.
+
+    Args:
+        fn: The callable.
+        chunk: Argument tuples, all of one length (they come from ``zip``).
+        careful: Run the first ``careful`` items one per piece.
+    """
+    if chunk and len(chunk[0]) == 1:
+        return dumps((fn, list(map(_first, chunk)), careful, True))
+    return dumps((fn, chunk, careful, False))
+
+
+def loads(body: bytes | bytearray | memoryview, buffers: Sequence[bytearray]) -> Any:
+    """Rebuild an object from :func:`dumps`' output (buffers stay writable)."""
+    return pickle.loads(body, buffers=buffers)
+
+
+class Channel:
+    """One direction of a pipe, speaking the frame format above.
+
+    Args:
+        conn: The :class:`Connection` end of a ``Pipe(duplex=False)``; it is
+            what gets pickled to a worker, and it owns the descriptor.
+    """
+
+    __slots__ = ("_fd", "conn")
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self._fd = conn.fileno() if _RAW_FDS else -1
+
+    def fileno(self) -> int:
+        return self.conn.fileno()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def send(
+        self,
+        kind: int,
+        task_id: int,
+        value: float = 0.0,
+        body: bytes = b"",
+        buffers: Sequence[memoryview] = (),
+    ) -> None:
+        """Send one frame; blocks while the pipe is full.
+
+        Raises:
+            OSError: The other end is closed (``BrokenPipeError``).
+        """
+        head = HEADER.pack(kind, len(buffers), task_id, value, len(body))
+        if buffers:
+            head += b"".join(_LENGTH.pack(b.nbytes) for b in buffers)
+        if self._fd < 0:
+            self.conn.send_bytes(head + body)
+            for buffer in buffers:
+                self.conn.send_bytes(buffer)
+        elif buffers:
+            _write_all(self._fd, [head, body, *buffers])
+        elif len(head) + len(body) <= _SMALL_READ:
+            # The common case: one small frame, one system call.
+            frame = head + body
+            written = os.write(self._fd, frame)
+            if written < len(frame):
+                _write_all(self._fd, [memoryview(frame)[written:]])
+        else:
+            _write_all(self._fd, [head, body])
+
+    def recv(self) -> Message:
+        """Receive one frame; blocks until it has fully arrived.
+
+        Raises:
+            EOFError: The other end closed (a worker that died), possibly in
+                the middle of the frame.
+        """
+        if self._fd < 0:
+            return self._recv_via_connection()
+        fd = self._fd
+        kind, nbuf, task_id, value, length = HEADER.unpack(_read_exact(fd, HEADER.size))
+        sizes = _read_exact(fd, 8 * nbuf) if nbuf else b""
+        body = _read_exact(fd, length)
+        buffers = []
+        for (size,) in _LENGTH.iter_unpack(sizes):
+            buffer = bytearray(size)
+            _read_into(fd, memoryview(buffer))
+            buffers.append(buffer)
+        return Message(kind, task_id, value, body, buffers)
+
+    def _recv_via_connection(self) -> Message:
+        data = memoryview(self.conn.recv_bytes())
+        kind, nbuf, task_id, value, length = HEADER.unpack_from(data)
+        start = HEADER.size + 8 * nbuf
+        buffers = []
+        for (size,) in _LENGTH.iter_unpack(data[HEADER.size : start]):
+            buffer = bytearray(size)
+            self.conn.recv_bytes_into(buffer)
+            buffers.append(buffer)
+        return Message(kind, task_id, value, data[start : start + length], buffers)
+
+
+def _write_all(fd: int, parts: list[bytes | memoryview]) -> None:
+    # writev may write less than asked (a signal, or a huge frame): resume
+    # exactly where it stopped.
+    parts = [p for p in parts if len(p)]
+    i = 0
+    while i < len(parts):
+        written = os.writev(fd, parts[i : i + _IOV_MAX])
+        while written:
+            size = len(parts[i])
+            if written >= size:
+                written -= size
+                i += 1
+            else:
+                parts[i] = memoryview(parts[i])[written:]
+                written = 0
+
+
+def _read_exact(fd: int, n: int) -> bytes | bytearray:
+    if n <= _SMALL_READ:
+        data = os.read(fd, n)
+        if len(data) == n:
+            return data
+        if not data:
+            raise EOFError("the pipe was closed")
+        buffer = bytearray(n)
+        buffer[: len(data)] = data
+        _read_into(fd, memoryview(buffer)[len(data) :])
+        return buffer
+    buffer = bytearray(n)
+    _read_into(fd, memoryview(buffer))
+    return buffer
+
+
+def _read_into(fd: int, view: memoryview) -> None:
+    while view:
+        n = os.readv(fd, [view])
+        if n == 0:
+            raise EOFError("the pipe was closed in the middle of a message")
+        view = view[n:]
+
+
+# Board layout: FIELDS int64 per worker slot.
+TASK, ITEM, END, STARTED = 0, 1, 2, 3
+FIELDS = 4
+
+
+class Board:
+    """Shared memory where each worker posts what it is running.
+
+    Per worker slot: the id of the task it runs; for a chunk, the items
+    ``[ITEM, END)`` it is running as one piece; and when that piece started
+    (``time.monotonic_ns()``, a clock every process of the machine shares).
+    A worker writes, the parent reads: after the worker's death (exact), and
+    live to time tasks out.
+
+    On Linux the memory is a ``memfd`` passed to workers as a descriptor;
+    elsewhere a ``multiprocessing`` ``RawArray`` (which costs importing
+    ctypes, tens of milliseconds at the first executor).
+
+    Args:
+        slots: Rows, one per worker.
+        ctx: The context whose workers will share it.
+    """
+
+    def __init__(self, slots: int, ctx: BaseContext | None = None) -> None:
+        self.size = slots * FIELDS * 8
+        self.fd = -1
+        self.array: Any = None
+        self.memory: Any = None
+        with contextlib.suppress(AttributeError, OSError):  # kernels before 3.17
+            self.fd = os.memfd_create("executors-queue-board", os.MFD_CLOEXEC)
+        if self.fd >= 0:
+            os.ftruncate(self.fd, self.size)
+            self.memory = memory = mmap.mmap(self.fd, self.size)
+        else:
+            if ctx is None:
+                import multiprocessing
+
+                ctx = multiprocessing.get_context()
+            self.array = memory = ctx.RawArray("b", self.size)
+        self.view = memoryview(memory).cast("B").cast("q")
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # Only ever pickled while a worker is being started (spawn or
+        # forkserver), where DupFd hands the descriptor to the child.
+        if self.fd >= 0:
+            from multiprocessing.reduction import DupFd
+
+            return _attach, (DupFd(self.fd), self.size)
+        return _attach_array, (self.array, self.size)
+
+    def close(self) -> None:
+        """Release the memory (in the parent, once every worker is gone)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.memory is not None:
+            # The mapping holds a descriptor of its own until closed.
+            self.view.release()
+            self.memory.close()
+            self.memory = None
+
+    def clear(self, slot: int) -> None:
+        base = slot * FIELDS
+        for field in range(FIELDS):
+            self.view[base + field] = 0
+
+    def read(self, slot: int) -> tuple[int, int, int, int]:
+        """Return ``(task id, first item, end item, start ns)`` of ``slot``."""
+        base = slot * FIELDS
+        view = self.view
+        return (
+            view[base + TASK],
+            view[base + ITEM],
+            view[base + END],
+            view[base + STARTED],
+        )
+
+
+def _attach(dup: Any, size: int) -> Board:
+    board = Board.__new__(Board)
+    board.size, board.fd, board.array, board.memory = size, -1, None, None
+    fd = dup.detach()
+    try:
+        board.view = memoryview(mmap.mmap(fd, size)).cast("B").cast("q")
+    finally:
+        os.close(fd)  # the mapping keeps the memory
+    return board
+
+
+def _attach_array(array: Any, size: int) -> Board:
+    board = Board.__new__(Board)
+    board.size, board.fd, board.array, board.memory = size, -1, array, None
+    board.view = memoryview(array).cast("B").cast("q")
+    return board

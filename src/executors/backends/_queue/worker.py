@@ -1,0 +1,285 @@
+"""The loop a worker process runs.
+
+::
+
+    initializer -> READY -> [ recv a task -> post it on the board -> run it
+                              -> send its result ] -> ... -> exit
+
+A worker reads one task at a time from its own pipe, so the parent always
+knows which tasks a worker holds. Before running a task, and before each
+piece of a chunk, it posts what it runs on the shared :class:`~.wire.Board`:
+after a crash the parent reads there which task (and which items) were
+running, fails only that one, and sends the others again.
+
+A worker exits at end-of-file on its pipe (the parent closed it, or died),
+after ``max_tasks`` tasks, or after its initializer failed. It ignores
+SIGINT: Ctrl-C reaches every process of the terminal's process group, and a
+worker dying of it would fail a task the parent is about to cancel anyway.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import time
+from collections.abc import Callable, Sequence
+from itertools import starmap
+from multiprocessing.connection import Connection
+from typing import Any
+
+from ..._remote import picklable_exception
+from ..._serialize import PortableCallable
+from .wire import (
+    CALL,
+    CHUNK_DONE,
+    END,
+    ERROR,
+    FIELDS,
+    INIT_FAILED,
+    ITEM,
+    PARTIAL,
+    READY,
+    RESULT,
+    STARTED,
+    TASK,
+    Board,
+    Channel,
+    Message,
+    dumps,
+    loads,
+)
+
+__all__ = ["FLUSH_SECONDS", "run_worker"]
+
+# A chunk sends the values it has so far once it has run this long. Values
+# still in the worker when it dies are lost and their items run again, so
+# this bounds the work repeated after a crash; shorter costs one more
+# message per interval (nothing on chunks that finish sooner).
+FLUSH_SECONDS = 0.01
+# A chunk's pieces grow while one takes less than this: pieces stay well
+# under FLUSH_SECONDS, and an item this slow always runs alone.
+PIECE_SECONDS = FLUSH_SECONDS / 4
+# With the fork start method a worker can inherit a sibling's copy of its
+# own pipe, so end-of-file may not come when the parent dies; it then checks
+# its parent this often while idle.
+PARENT_CHECK_SECONDS = 1.0
+
+
+def run_worker(
+    tasks: Connection,
+    results: Connection,
+    board: Board,
+    slot: int,
+    initializer: Callable[..., object] | None,
+    initargs: tuple[Any, ...],
+    max_tasks: int | None,
+    watch_parent: bool,
+    close_fds: Sequence[int],
+) -> None:
+    """The entry point of a worker process.
+
+    Args:
+        tasks: Read end of this worker's task pipe.
+        results: Write end of this worker's result pipe.
+        board: The shared board.
+        slot: This worker's row on the board.
+        initializer: Called once before the first task.
+        initargs: Arguments for ``initializer``.
+        max_tasks: Exit after this many tasks (``None``: never).
+        watch_parent: Check the parent process while idle (fork only).
+        close_fds: Descriptors of the parent's other pipes, inherited by
+            fork; closed so that only the parent holds them.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for fd in close_fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    inbox, outbox = Channel(tasks), Channel(results)
+    try:
+        if initializer is not None:
+            try:
+                initializer(*initargs)
+            except BaseException as exc:
+                _send_exception(outbox, INIT_FAILED, 0, exc, 0.0)
+                return
+        outbox.send(READY, 0)
+        _Runner(inbox, outbox, board, slot).serve(max_tasks, watch_parent)
+    except OSError:
+        # The parent is gone (broken pipe): nobody is left to report to.
+        return
+
+
+class _Runner:
+    """Runs the tasks that arrive on ``inbox``, reports on ``outbox``."""
+
+    def __init__(self, inbox: Channel, outbox: Channel, board: Board, slot: int):
+        self.inbox = inbox
+        self.outbox = outbox
+        self.view = board.view
+        self.base = slot * FIELDS
+
+    def serve(self, max_tasks: int | None, watch_parent: bool) -> None:
+        parent = os.getppid()
+        view, base = self.view, self.base
+        done = 0
+        while max_tasks is None or done < max_tasks:
+            if watch_parent and not self._wait_for_task(parent):
+                return
+            try:
+                message = self.inbox.recv()
+            except EOFError:
+                return
+            # Task id last: a live reader that sees the id sees its fields.
+            # STARTED stays 0 until the callable and its arguments are
+            # unpickled: a timeout counts the task's run, not the import of
+            # its module.
+            view[base + ITEM] = 0
+            view[base + END] = 0
+            view[base + STARTED] = 0
+            view[base + TASK] = message.task_id
+            if message.kind == CALL:
+                self.run_call(message)
+            else:
+                self.run_chunk(message)
+            del message  # free the arguments while idle
+            done += 1
+
+    def _wait_for_task(self, parent: int) -> bool:
+        fd = self.inbox.fileno()
+        while not select.select([fd], [], [], PARENT_CHECK_SECONDS)[0]:
+            if os.getppid() != parent:
+                return False
+        return True
+
+    def run_call(self, message: Message) -> None:
+        start = time.perf_counter()
+        try:
+            fn, args, kwargs = loads(message.body, message.buffers)
+            self.view[self.base + STARTED] = time.monotonic_ns()
+            value = fn(*args, **kwargs)
+        except BaseException as exc:
+            _send_exception(
+                self.outbox, ERROR, message.task_id, exc, time.perf_counter() - start
+            )
+            return
+        elapsed = time.perf_counter() - start
+        try:
+            body, buffers = dumps(value)
+        except BaseException as exc:
+            # The pickling error is this task's error, as with the stdlib.
+            _send_exception(self.outbox, ERROR, message.task_id, exc, elapsed)
+            return
+        self.outbox.send(RESULT, message.task_id, elapsed, body, buffers)
+
+    def run_chunk(self, message: Message) -> None:
+        """Run a chunk in pieces, each one C-level ``starmap`` over a slice.
+
+        A piece starts at one item and doubles while pieces finish in under
+        ``PIECE_SECONDS``: tiny items run at ``starmap`` speed, slow ones one
+        per piece. The board shows the running piece, so after a crash the
+        parent knows the item exactly when pieces are single items (slow
+        items: the ones a crash can be aimed at), and otherwise reruns the
+        piece one item per piece (the first ``careful`` items of the chunk)
+        to find it. A chunk with a timeout runs one item per piece. Each
+        piece's start time is posted too: it times items out, and tells the
+        parent how long a piece had run when its worker died.
+        """
+        start = time.perf_counter()
+        task_id = message.task_id
+        values: list[Any] = []
+        error: BaseException | None = None
+        view, base = self.view, self.base
+        perf_counter, monotonic_ns = time.perf_counter, time.monotonic_ns
+        flush_at = start + FLUSH_SECONDS
+        index = 0
+        try:
+            fn, chunk, careful, single = loads(message.body, message.buffers)
+            if isinstance(fn, PortableCallable):
+                # Its job (travelling by value) is done; calling through it
+                # would cost a Python frame per item.
+                fn = fn.fn
+            apply = map if single else starmap
+            size = len(chunk)
+            if message.value:
+                careful = size
+            step = 1
+            while index < size:
+                end = index + 1 if index < careful else min(size, index + step)
+                view[base + STARTED] = monotonic_ns()
+                view[base + END] = end
+                view[base + ITEM] = index
+                begun = perf_counter()
+                values.extend(apply(fn, chunk[index:end]))
+                now = perf_counter()
+                index = end
+                took = now - begun
+                if took < PIECE_SECONDS:
+                    step *= 2
+                elif took > FLUSH_SECONDS and step > 1:
+                    step //= 2
+                if now >= flush_at:
+                    if not self._flush(task_id, values):
+                        return
+                    values = []
+                    flush_at = perf_counter() + FLUSH_SECONDS
+        except BaseException as exc:
+            # extend() keeps the values the piece made before the failure.
+            error = exc
+        self._send_values(
+            CHUNK_DONE, task_id, values, error, time.perf_counter() - start
+        )
+
+    def _flush(self, task_id: int, values: list[Any]) -> bool:
+        """Send the values so far; False if one of them cannot be sent."""
+        return self._send_values(PARTIAL, task_id, values, None, 0.0)
+
+    def _send_values(
+        self,
+        kind: int,
+        task_id: int,
+        values: list[Any],
+        error: BaseException | None,
+        elapsed: float,
+    ) -> bool:
+        try:
+            if kind == PARTIAL:
+                body, buffers = dumps(values)
+            else:
+                carrier = None if error is None else picklable_exception(error)
+                body, buffers = dumps((values, carrier))
+        except BaseException as exc:
+            cause = exc
+        else:
+            self.outbox.send(kind, task_id, elapsed, body, buffers)
+            return True
+        # A value that does not pickle ends the chunk at its position, as a
+        # task error there would: find it, send what comes before it.
+        good = 0
+        for value in values:
+            try:
+                dumps(value)
+            except BaseException as exc:
+                cause = exc
+                break
+            good += 1
+        body, buffers = dumps((values[:good], picklable_exception(cause)))
+        self.outbox.send(CHUNK_DONE, task_id, elapsed, body, buffers)
+        return False
+
+
+def _send_exception(
+    outbox: Channel, kind: int, task_id: int, exc: BaseException, elapsed: float
+) -> None:
+    try:
+        body, buffers = dumps(picklable_exception(exc))
+    except BaseException as why:
+        # picklable_exception already replaces unpicklable exceptions; this
+        # is the last resort for one whose traceback text cannot be built.
+        substitute = RuntimeError(
+            f"the task raised {type(exc).__qualname__}, which cannot be sent "
+            f"back to the caller ({why!r})"
+        )
+        body, buffers = dumps(picklable_exception(substitute))
+    outbox.send(kind, task_id, elapsed, body, buffers)

@@ -1,0 +1,347 @@
+"""Backend ``queue``: our own worker pool, built from processes and pipes.
+
+The data flow::
+
+     caller threads                    |  worker processes, one pipe pair each
+    ---------------------------------- | -------------------------------------
+     submit(fn, *args) / map chunk     |
+       | pickled in the caller         |
+       v                               |
+    +------------------+   dispatch    |  task pipe  +------------------------+
+    | call queue       |---------------|------------>| worker: post the task  |
+    | (Pool.pending)   | a bounded     |             | on the board, run it,  |
+    +------------------+ few a worker  |             | pickle the result      |
+       ^                               |             +------------------------+
+       | resend what a dead            |  result pipe     |            |
+       | worker held but never ran     |<-----------------+            |
+    +------------------+               |                               |
+    | manager thread   |<--------------|-- exit sentinel of each worker |
+    | (one per pool)   |<--------------|-- board: which task and item  -+
+    +------------------+               |   each worker is running
+       | set_result / set_exception    |   (shared memory)
+       v                               |
+     futures                           |
+
+* The **call queue** holds items no worker has yet. ``cancel()`` works there.
+  A worker is sent one item, plus a few ahead of its answers while tasks
+  are short (about ``AHEAD_SECONDS`` of work, at most ``MAX_TASKS_AHEAD``);
+  an item is marked running when it is sent. Queued work stays
+  cancellable, and memory bounded.
+* Each **worker** has its own pipes, so the pool knows which items each
+  worker holds; before running an item it posts it on the shared **board**.
+* The **manager thread** (it holds only a weak reference to the executor)
+  waits on every result pipe and every worker's exit. A worker that dies
+  fails only the task the board shows it running (a
+  :class:`~executors.WorkerCrashedError` naming the exit code or signal);
+  the items it held but had not started go back to the call queue; a
+  replacement starts. In a chunk of ``map`` only the running item fails:
+  the values before it come back. The manager also kills the worker of a
+  task that outlives its timeout or is stopped with :meth:`kill_task`.
+
+The tunables are named constants in :mod:`._queue.pool` and
+:mod:`._queue.worker`, each with the trade-off it makes.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from concurrent.futures import Future
+from multiprocessing.context import BaseContext
+from typing import Any, Generic, TypeVar
+
+from .._base import BaseExecutor, notify_cancelled
+from .._capabilities import Capabilities
+from .._map import ChunkResult
+from .._options import (
+    check_initializer,
+    check_max_tasks_per_child,
+    check_max_workers,
+    cpu_count,
+    resolve_mp_context,
+)
+from .._serialize import PortableCallable, portable
+from ._queue.items import TaskKilledError
+from ._queue.pool import Pool
+from ._queue.wire import CALL, CHUNK, dumps, dumps_chunk
+
+__all__ = ["QueueExecutor", "TaskKilledError", "TimeLimited", "with_timeout"]
+
+T = TypeVar("T")
+
+# As the stdlib's default: WaitForMultipleObjects on Windows waits on at most
+# 64 handles.
+_MAX_DEFAULT_WORKERS = 61
+
+
+class TimeLimited(Generic[T]):
+    """A callable with a time limit the ``queue`` backend enforces.
+
+    Made by :func:`with_timeout`. Calling it directly just calls the wrapped
+    function: only the ``queue`` backend reads the limit; other backends run
+    it without one.
+
+    Attributes:
+        fn: The wrapped callable.
+        seconds: The limit for one call.
+    """
+
+    __slots__ = ("fn", "seconds")
+
+    def __init__(self, fn: Callable[..., T], seconds: float) -> None:
+        self.fn = fn
+        self.seconds = seconds
+
+    def __call__(self, /, *args: Any, **kwargs: Any) -> T:
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"with_timeout({self.fn!r}, {self.seconds!r})"
+
+
+def with_timeout(fn: Callable[..., T], seconds: float) -> TimeLimited[T]:
+    """Give each call of ``fn`` a time limit, for one ``submit`` or ``map``.
+
+    ``executor.submit(with_timeout(fn, 2.0), x)`` runs ``fn(x)`` with a
+    2-second limit, overriding the executor's ``task_timeout``; in
+    ``executor.map(with_timeout(fn, 2.0), items)`` each item gets 2 seconds.
+    A call that runs longer is stopped by replacing its worker process, and
+    its future raises :class:`TimeoutError`.
+
+    Args:
+        fn: The callable to limit.
+        seconds: The limit, greater than 0.
+
+    Raises:
+        TypeError: ``fn`` is not callable or ``seconds`` not a number.
+        ValueError: ``seconds`` is not greater than 0.
+    """
+    if not callable(fn):
+        raise TypeError(f"with_timeout: fn must be callable, got {fn!r:.80}")
+    return TimeLimited(fn, _check_seconds(seconds, "with_timeout: seconds"))
+
+
+def _check_seconds(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
+    if not value > 0:
+        raise ValueError(f"{name} must be greater than 0, got {value!r}")
+    return float(value)
+
+
+class QueueExecutor(BaseExecutor):
+    """A process pool that survives its workers' deaths.
+
+    Args:
+        max_workers: Worker processes; default: the usable CPUs (at most 61).
+            Workers start on demand, the first at the first ``submit``.
+        mp_context: Start method name or multiprocessing context; default
+            ``"forkserver"`` on POSIX (safe with threads; ``"fork"`` starts
+            workers ~20x faster where the program runs no threads).
+        initializer: Called in each worker before its first task. If it
+            raises or kills the worker, the executor is broken
+            (:class:`~executors.InitializerFailedError`), with no restart loop.
+        initargs: Arguments for ``initializer``.
+        max_tasks_per_child: Replace a worker after this many tasks (a
+            chunk of ``map`` counts as one).
+        task_timeout: Seconds a task (each item of a ``map``) may run before
+            its worker is killed and its future raises :class:`TimeoutError`;
+            ``None`` for no limit. Per call: :func:`with_timeout`.
+        cloudpickle: Send the callable with cloudpickle (lambdas work).
+    """
+
+    backend = "queue"
+    capabilities = Capabilities(survives_worker_death=True)
+
+    def __init__(
+        self,
+        *,
+        max_workers: int | None = None,
+        mp_context: str | BaseContext | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        max_tasks_per_child: int | None = None,
+        task_timeout: float | None = None,
+        cloudpickle: bool = True,
+    ) -> None:
+        workers = check_max_workers(
+            max_workers, default=min(_MAX_DEFAULT_WORKERS, cpu_count())
+        )
+        context = resolve_mp_context(mp_context)
+        check_initializer(initializer, initargs)
+        per_child = check_max_tasks_per_child(max_tasks_per_child)
+        self._task_timeout = (
+            None
+            if task_timeout is None
+            else _check_seconds(task_timeout, "task_timeout")
+        )
+        super().__init__(max_workers=workers, cloudpickle=cloudpickle)
+        if initializer is not None and self._portable_callables:
+            # Workers started by spawn or forkserver receive it pickled.
+            initializer = portable(initializer)
+        self._pool = Pool(context, workers, initializer, initargs, per_child, self)
+
+    # -- the extra API ---------------------------------------------------
+
+    def kill_task(self, future: Future[Any]) -> bool:
+        """Stop the task of ``future``, whether it is queued or running.
+
+        A queued task is cancelled (as ``future.cancel()``). A running task
+        is stopped by killing its worker process, which the pool replaces;
+        its future then raises :class:`TaskKilledError` (a
+        :class:`~concurrent.futures.CancelledError`). Other tasks are not
+        affected, except that tasks sent to the same worker but not started
+        are sent to another.
+
+        ``future.cancel()`` keeps its stdlib meaning and never stops a
+        running task.
+
+        Args:
+            future: A future returned by this executor's ``submit``.
+
+        Returns:
+            ``True`` if the task was cancelled or will be stopped (if it
+            finishes before its worker is killed, its result stands);
+            ``False`` if it had already finished or is not this executor's.
+        """
+        return self._pool.kill_task(future)
+
+    # -- hooks -----------------------------------------------------------
+
+    def _broken_error(self) -> BaseException | None:
+        broken = self._pool.broken
+        return None if broken is None else broken()
+
+    def _submit(
+        self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Future[T]:
+        fn, timeout = self._unwrap(fn)
+        future: Future[T] = Future()
+        try:
+            body, buffers = dumps((fn, args, kwargs))
+        except Exception as exc:
+            # Fails this future only; the pool never saw it.
+            future.set_exception(exc)
+            return future
+        self._pool.submit(CALL, future, body, buffers, timeout)
+        return future
+
+    def _submit_chunk(
+        self, fn: Callable[..., Any], chunk: list[tuple[Any, ...]]
+    ) -> Future[ChunkResult]:
+        fn, timeout = self._unwrap(fn)
+        future: Future[ChunkResult] = Future()
+        try:
+            body, buffers = dumps_chunk(fn, chunk)
+        except Exception as exc:
+            return self._submit_up_to_unpicklable(fn, chunk, timeout, exc)
+        self._pool.submit(CHUNK, future, body, buffers, timeout, fn, chunk)
+        return future
+
+    def _submit_up_to_unpicklable(
+        self,
+        fn: Callable[..., Any],
+        chunk: list[tuple[Any, ...]],
+        timeout: float | None,
+        error: BaseException,
+    ) -> Future[ChunkResult]:
+        """Run the items before the first one that does not pickle.
+
+        ``map`` then yields their values and raises the pickling error at
+        the item's own position, as if that item had raised it.
+        """
+        future: Future[ChunkResult] = Future()
+        bad = 0
+        for bad, args in enumerate(chunk):  # noqa: B007
+            try:
+                dumps(args)
+            except Exception as exc:
+                error = exc
+                break
+        else:
+            bad = 0  # every item pickles: the callable does not
+        if bad == 0:
+            future.set_exception(error)
+            return future
+        head = chunk[:bad]
+        body, buffers = dumps_chunk(fn, head)
+        inner: Future[ChunkResult] = Future()
+        self._pool.submit(CHUNK, inner, body, buffers, timeout, fn, head)
+
+        def finish(done: Future[ChunkResult]) -> None:
+            if future.done():
+                return  # the map cancelled it while the items ran
+            if done.cancelled():
+                future.cancel()
+            elif done.exception() is not None:
+                future.set_exception(done.exception())
+            else:
+                ran = done.result()
+                failure = ran.error if ran.error is not None else error
+                future.set_result(ChunkResult(ran.values, failure, ran.elapsed))
+
+        def propagate_cancel(outer: Future[ChunkResult]) -> None:
+            if outer.cancelled():
+                inner.cancel()
+                # Nothing dequeues it: notify wait() and as_completed().
+                notify_cancelled([outer])
+
+        # The inner future is never seen by the map: wire cancellation and
+        # completion through the one it holds.
+        future.add_done_callback(propagate_cancel)
+        inner.add_done_callback(finish)
+        return future
+
+    def _shutdown(self, wait: bool, cancel_futures: bool) -> None:
+        dropped = self._pool.close(cancel_futures)
+        for future in dropped:
+            future.cancel()
+        # The pool will never dequeue them: wake wait() and as_completed().
+        notify_cancelled(dropped)
+        if wait:
+            self._pool.join()
+
+    def _interrupt(self) -> None:
+        # Ctrl-C in a `with` block: kill the workers now rather than let
+        # shutdown() wait for tasks that may run for minutes.
+        self._pool.interrupt()
+
+    def _unwrap(self, fn: Callable[..., T]) -> tuple[Callable[..., T], float | None]:
+        inner: Callable[..., T] = fn.fn if isinstance(fn, PortableCallable) else fn
+        timeout = self._task_timeout
+        if isinstance(inner, TimeLimited):
+            timeout = inner.seconds
+            inner = inner.fn
+            fn = self._prepare(inner)
+        if inner is not fn and _by_reference(inner):
+            # Pickle sends it by name just as cloudpickle would, and neither
+            # this process nor the worker then pays cloudpickle's import.
+            return inner, timeout
+        return fn, timeout
+
+
+def _by_reference(fn: object) -> bool:
+    """Whether ``fn`` is found by its module and name (pickled by reference)."""
+    if id(fn) in _BY_REFERENCE and _BY_REFERENCE[id(fn)] is fn:
+        return True
+    module = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", None)
+    if not isinstance(module, str) or not isinstance(qualname, str):
+        return False
+    if module == "__main__" or "<" in qualname:
+        return False
+    found: object = sys.modules.get(module)
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    if found is not fn:
+        return False
+    if len(_BY_REFERENCE) >= _BY_REFERENCE_SIZE:
+        _BY_REFERENCE.clear()
+    # Held strongly, so an id is never reused while cached; these are
+    # module-level functions, which live as long as their module anyway.
+    _BY_REFERENCE[id(fn)] = fn
+    return True
+
+
+_BY_REFERENCE: dict[int, object] = {}
+_BY_REFERENCE_SIZE = 256

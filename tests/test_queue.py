@@ -1,0 +1,671 @@
+"""Behaviour only the ``queue`` backend has: victim-only crashes, timeouts,
+kill_task, chunk recovery, max_tasks_per_child with a backlog, exit paths.
+
+Every test uses real processes and real crashes; every wait is bounded.
+Task functions that tests define here are closures, so cloudpickle sends
+them by value and workers never need to import this module.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import BrokenExecutor, CancelledError, Future
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from conftest import backend_factory
+from executors import InitializerFailedError, WorkerCrashedError
+from executors.backends.queue import (
+    QueueExecutor,
+    TaskKilledError,
+    TimeLimited,
+    with_timeout,
+)
+from executors.testing import BOUND, ContractBase, tasks
+
+ExecutorFactory = Callable[..., Any]
+
+
+@pytest.fixture
+def executor_factory() -> ExecutorFactory:
+    return backend_factory("queue")
+
+
+# -- task factories (closures travel by value) ------------------------------
+
+
+def exit_on(bad: int, code: int = 3) -> Callable[[int], int]:
+    def fn(x: int) -> int:
+        if x == bad:
+            os._exit(code)
+        return x
+
+    return fn
+
+
+def sleep_on(bad: int, seconds: float, pidfile: str = "") -> Callable[[int], int]:
+    def fn(x: int) -> int:
+        if x == bad:
+            if pidfile:
+                with open(pidfile + ".tmp", "w") as f:
+                    f.write(str(os.getpid()))
+                os.replace(pidfile + ".tmp", pidfile)
+            time.sleep(seconds)
+        return x
+
+    return fn
+
+
+def log_then_sleep(path: str, seconds: float, bad: int) -> Callable[[int], int]:
+    """Append the item to ``path`` (one line per run); item ``bad`` exits."""
+
+    def fn(x: int) -> int:
+        with open(path, "a") as f:
+            f.write(f"{x}\n")
+        if x == bad:
+            os._exit(3)
+        time.sleep(seconds)
+        return x
+
+    return fn
+
+
+def pid_after(seconds: float) -> Callable[[Any], int]:
+    def fn(_: Any) -> int:
+        time.sleep(seconds)
+        return os.getpid()
+
+    return fn
+
+
+def wait_for_file(path: Path) -> str:
+    deadline = time.monotonic() + BOUND
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.01)
+    return path.read_text()
+
+
+def worker_pids(executor: Any) -> set[int]:
+    with executor._pool.lock:
+        return {w.process.pid for w in executor._pool.workers.values()}
+
+
+def wait_until(predicate: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + BOUND
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+class QueueBase(ContractBase):
+    @pytest.fixture
+    def executor(self, make_executor: ExecutorFactory) -> Any:
+        executor = make_executor()
+        # Start both workers, so that tests inject faults into a warm pool.
+        # (A loaded machine may start the second one after the first has
+        # run both tasks: try again.)
+        deadline = time.monotonic() + BOUND
+        while len(set(executor.map(tasks.sleep_then_pid, [0.3] * 2))) < 2:
+            assert time.monotonic() < deadline, "the second worker never started"
+        return executor
+
+
+# -- options ----------------------------------------------------------------
+
+
+class TestOptions:
+    @pytest.mark.parametrize("value", [0, -1.0])
+    def test_task_timeout_must_be_positive(self, value: float) -> None:
+        with pytest.raises(ValueError, match="task_timeout"):
+            QueueExecutor(task_timeout=value)
+
+    @pytest.mark.parametrize("value", ["1", True, [1]])
+    def test_task_timeout_must_be_a_number(self, value: Any) -> None:
+        with pytest.raises(TypeError, match="task_timeout"):
+            QueueExecutor(task_timeout=value)
+
+    def test_with_timeout_validates(self) -> None:
+        with pytest.raises(ValueError, match="with_timeout"):
+            with_timeout(tasks.identity, 0)
+        with pytest.raises(TypeError, match="with_timeout"):
+            with_timeout(tasks.identity, "2")
+        with pytest.raises(TypeError, match="callable"):
+            with_timeout(42, 1.0)  # type: ignore[arg-type]
+
+    def test_with_timeout_is_a_plain_call_elsewhere(self) -> None:
+        limited = with_timeout(tasks.add, 1.0)
+        assert isinstance(limited, TimeLimited)
+        assert limited(2, b=3) == 5
+        assert pickle.loads(pickle.dumps(limited))(1, 1) == 2
+
+    def test_declares_survives_worker_death(self) -> None:
+        assert QueueExecutor.capabilities.survives_worker_death
+        assert QueueExecutor.backend == "queue"
+
+
+# -- crashes: only the victim fails --------------------------------------------
+
+
+class TestVictimOnly(QueueBase):
+    @pytest.mark.parametrize(
+        ("fn", "args", "exitcode"),
+        [
+            (tasks.exit_abruptly, (3,), 3),
+            (tasks.kill_self, (signal.SIGKILL,), -signal.SIGKILL),
+            (tasks.segfault, (), -signal.SIGSEGV),
+        ],
+        ids=["os._exit", "SIGKILL", "segfault"],
+    )
+    def test_only_the_crashing_task_fails(
+        self, executor: Any, fn: Any, args: tuple[Any, ...], exitcode: int
+    ) -> None:
+        running = [executor.submit(tasks.sleep_and_return, 0.3, i) for i in range(2)]
+        crash = executor.submit(fn, *args)
+        queued = [executor.submit(tasks.identity, i) for i in range(20)]
+        exc = crash.exception(timeout=BOUND)
+        assert isinstance(exc, WorkerCrashedError)
+        assert exc.exitcode == exitcode
+        assert str(exitcode) in str(exc)
+        assert [f.result(timeout=BOUND) for f in running] == [0, 1]
+        assert [f.result(timeout=BOUND) for f in queued] == list(range(20))
+        assert executor.submit(tasks.add, 2, 2).result(timeout=BOUND) == 4
+
+    def test_sigkill_from_outside_fails_only_that_task(
+        self, executor: Any, tmp_path: Path
+    ) -> None:
+        pidfile = tmp_path / "pid"
+        victim = executor.submit(tasks.write_pid_then_sleep, str(pidfile), 30, "x")
+        other = executor.submit(tasks.sleep_and_return, 0.5, "other")
+        queued = [executor.submit(tasks.identity, i) for i in range(10)]
+        pid = int(wait_for_file(pidfile))
+        os.kill(pid, signal.SIGKILL)
+        exc = victim.exception(timeout=BOUND)
+        assert isinstance(exc, WorkerCrashedError)
+        assert exc.exitcode == -signal.SIGKILL
+        assert "SIGKILL" in str(exc)
+        assert other.result(timeout=BOUND) == "other"
+        assert [f.result(timeout=BOUND) for f in queued] == list(range(10))
+
+    def test_the_dead_worker_is_replaced(self, executor: Any) -> None:
+        before = worker_pids(executor)
+        with pytest.raises(WorkerCrashedError):
+            executor.submit(tasks.exit_abruptly, 3).result(timeout=BOUND)
+        wait_until(lambda: len(worker_pids(executor)) == 2, "a replacement")
+        after = worker_pids(executor)
+        assert len(after - before) == 1
+        pids = set(executor.map(tasks.sleep_then_pid, [0.2] * 4, timeout=BOUND))
+        assert pids <= after
+
+    def test_tasks_sent_ahead_to_a_dying_worker_run_elsewhere(
+        self, make_executor: ExecutorFactory
+    ) -> None:
+        # One worker and short tasks: the pool sends a second task before
+        # the first is answered. The first kills the worker; the second,
+        # received but never started, must run in the replacement.
+        executor = make_executor(max_workers=1)
+        for _ in range(20):
+            executor.submit(tasks.noop).result(timeout=BOUND)
+        (first_pid,) = worker_pids(executor)
+        crash = executor.submit(tasks.busy_then_exit, 0.3, 5)
+        ahead = executor.submit(tasks.get_pid)
+        with executor._pool.lock:
+            (worker,) = executor._pool.workers.values()
+            held = [item.future for item in worker.held]
+        assert held == [crash, ahead], "the second task was not sent ahead"
+        with pytest.raises(WorkerCrashedError, match="exit code 5"):
+            crash.result(timeout=BOUND)
+        pid = ahead.result(timeout=BOUND)
+        assert pid != first_pid
+
+    def test_each_victim_gets_its_own_exception(self, executor: Any) -> None:
+        crashes = [executor.submit(tasks.exit_abruptly, 3) for _ in range(3)]
+        errors = [f.exception(timeout=BOUND) for f in crashes]
+        assert all(isinstance(e, WorkerCrashedError) for e in errors)
+        assert len({id(e) for e in errors}) == 3
+
+
+# -- chunks of map: only the running item fails -------------------------------
+
+
+class TestChunkCrash(QueueBase):
+    def _collect(self, results: Iterator[Any]) -> tuple[list[Any], BaseException]:
+        got: list[Any] = []
+        with pytest.raises(WorkerCrashedError) as info:
+            for value in results:
+                got.append(value)
+        return got, info.value
+
+    def test_slow_items_before_the_crash_come_back(self, executor: Any) -> None:
+        results = executor.map(sleep_on(-1, 0), range(10), chunksize=10, timeout=BOUND)
+        assert list(results) == list(range(10))
+        got, _ = self._collect(
+            executor.map(exit_on(6), range(10), chunksize=10, timeout=BOUND)
+        )
+        assert got == list(range(6))
+        assert executor.submit(tasks.add, 1, 1).result(timeout=BOUND) == 2
+
+    def test_fast_items_crash_is_pinned_to_its_item(self, executor: Any) -> None:
+        # Tiny items run many per piece; the pool reruns the piece one item
+        # at a time to find the one that crashes.
+        got, exc = self._collect(
+            executor.map(exit_on(321), range(1000), chunksize=1000, timeout=BOUND)
+        )
+        assert got == list(range(321))
+        assert "this item of a map" in str(exc)
+
+    def test_items_already_reported_are_not_run_again(
+        self, executor: Any, tmp_path: Path
+    ) -> None:
+        # Items slower than the flush interval are reported one by one, so
+        # a crash late in the chunk repeats none of them.
+        log = tmp_path / "log"
+        got, _ = self._collect(
+            executor.map(
+                log_then_sleep(str(log), 0.05, bad=5),
+                range(8),
+                chunksize=8,
+                timeout=BOUND,
+            )
+        )
+        assert got == [0, 1, 2, 3, 4]
+        runs = log.read_text().split()
+        assert sorted(runs) == ["0", "1", "2", "3", "4", "5"]
+
+    def test_sigkill_from_outside_mid_chunk_fails_one_item(
+        self, executor: Any, tmp_path: Path
+    ) -> None:
+        pidfile = tmp_path / "pid"
+        results = executor.map(
+            sleep_on(3, 30, str(pidfile)), range(8), chunksize=8, timeout=BOUND
+        )
+        pid = int(wait_for_file(pidfile))
+        os.kill(pid, signal.SIGKILL)
+        got, exc = self._collect(results)
+        assert got == [0, 1, 2]
+        assert isinstance(exc, WorkerCrashedError)
+        assert exc.exitcode == -signal.SIGKILL
+
+    def test_other_maps_are_unaffected(self, executor: Any) -> None:
+        healthy = executor.map(
+            sleep_on(-1, 0), range(3000), chunksize=100, timeout=BOUND
+        )
+        got, _ = self._collect(
+            executor.map(exit_on(57), range(200), chunksize=20, timeout=BOUND)
+        )
+        assert got == list(range(57))
+        assert list(healthy) == list(range(3000))
+
+    def test_unpicklable_item_fails_at_its_position(self, executor: Any) -> None:
+        items: list[Any] = [1, 2, threading.Lock(), 4]
+        got: list[Any] = []
+        with pytest.raises(TypeError):
+            for value in executor.map(tasks.identity, items, chunksize=4):
+                got.append(value)
+        assert got == [1, 2]
+        assert executor.submit(tasks.add, 1, 2).result(timeout=BOUND) == 3
+
+
+# -- timeouts and kill_task ---------------------------------------------------
+
+
+class TestTimeouts(ContractBase):
+    def test_task_timeout_stops_only_the_slow_task(
+        self, make_executor: ExecutorFactory
+    ) -> None:
+        executor = make_executor(task_timeout=0.5)
+        slow = executor.submit(tasks.sleep_and_return, 30, "never")
+        quick = [executor.submit(tasks.sleep_and_return, 0.1, i) for i in range(6)]
+        start = time.monotonic()
+        exc = slow.exception(timeout=BOUND)
+        assert type(exc) is TimeoutError
+        assert "0.5 s" in str(exc)
+        assert time.monotonic() - start < BOUND
+        assert [f.result(timeout=BOUND) for f in quick] == list(range(6))
+        assert executor.submit(tasks.add, 1, 1).result(timeout=BOUND) == 2
+
+    def test_with_timeout_per_call(self, make_executor: ExecutorFactory) -> None:
+        executor = make_executor()
+        limited = executor.submit(with_timeout(tasks.sleep_and_return, 0.3), 30)
+        unlimited = executor.submit(tasks.sleep_and_return, 1.0, "ok")
+        assert type(limited.exception(timeout=BOUND)) is TimeoutError
+        assert unlimited.result(timeout=BOUND) == "ok"
+
+    def test_with_timeout_overrides_task_timeout(
+        self, make_executor: ExecutorFactory
+    ) -> None:
+        executor = make_executor(task_timeout=0.2)
+        fut = executor.submit(with_timeout(tasks.sleep_and_return, 5.0), 0.6, "ok")
+        assert fut.result(timeout=BOUND) == "ok"
+
+    def test_timeout_per_item_in_a_map(self, make_executor: ExecutorFactory) -> None:
+        executor = make_executor()
+        fn = with_timeout(sleep_on(4, 30), 0.5)
+        results = executor.map(fn, range(8), chunksize=8, timeout=BOUND)
+        got: list[int] = []
+        with pytest.raises(TimeoutError, match="timeout of 0.5 s"):
+            for value in results:
+                got.append(value)
+        assert got == [0, 1, 2, 3]
+
+    def test_queued_time_does_not_count(self, make_executor: ExecutorFactory) -> None:
+        executor = make_executor(max_workers=1, task_timeout=1.0)
+        first = executor.submit(tasks.sleep_and_return, 0.6, "a")
+        second = executor.submit(tasks.sleep_and_return, 0.6, "b")
+        assert first.result(timeout=BOUND) == "a"
+        assert second.result(timeout=BOUND) == "b"
+
+
+class TestKillTask(QueueBase):
+    def test_kill_a_running_task(self, executor: Any, tmp_path: Path) -> None:
+        pidfile = tmp_path / "pid"
+        fut = executor.submit(tasks.write_pid_then_sleep, str(pidfile), 30, "x")
+        others = [executor.submit(tasks.sleep_and_return, 0.2, i) for i in range(4)]
+        pid = int(wait_for_file(pidfile))
+        assert not fut.cancel(), "cancel() must keep its stdlib meaning"
+        assert executor.kill_task(fut)
+        exc = fut.exception(timeout=BOUND)
+        assert isinstance(exc, TaskKilledError)
+        assert isinstance(exc, CancelledError)
+        assert not fut.cancelled()
+        wait_until(lambda: not psutil.pid_exists(pid), "the worker to die")
+        assert [f.result(timeout=BOUND) for f in others] == [0, 1, 2, 3]
+        assert executor.submit(tasks.add, 1, 1).result(timeout=BOUND) == 2
+
+    def test_kill_a_queued_task_cancels_it(self, executor: Any) -> None:
+        blockers = [executor.submit(tasks.sleep_and_return, 0.5) for _ in range(2)]
+        queued = [executor.submit(tasks.identity, i) for i in range(6)]
+        assert executor.kill_task(queued[-1])
+        assert queued[-1].cancelled()
+        for fut in blockers + queued[:-1]:
+            fut.exception(timeout=BOUND)
+
+    def test_kill_a_finished_task_returns_false(self, executor: Any) -> None:
+        fut = executor.submit(tasks.add, 1, 1)
+        assert fut.result(timeout=BOUND) == 2
+        assert not executor.kill_task(fut)
+        assert not executor.kill_task(Future())
+
+
+# -- initializer and max_tasks_per_child ---------------------------------------
+
+
+def _count_init(path: str) -> None:
+    with open(path, "a") as f:
+        f.write("x")
+
+
+class TestLifecycle(ContractBase):
+    def test_failing_initializer_breaks_without_a_restart_loop(
+        self, make_executor: ExecutorFactory, tmp_path: Path
+    ) -> None:
+        log = tmp_path / "starts"
+
+        def init() -> None:
+            with open(log, "a") as f:
+                f.write("x")
+            raise RuntimeError("no")
+
+        executor = make_executor(initializer=init)
+        futs = [executor.submit(tasks.identity, i) for i in range(5)]
+        for fut in futs:
+            exc = fut.exception(timeout=BOUND)
+            assert isinstance(exc, InitializerFailedError)
+            assert "RuntimeError: no" in str(exc)
+        assert len({id(f.exception()) for f in futs}) == 5
+        with pytest.raises(InitializerFailedError):
+            executor.submit(tasks.identity, 1)
+        time.sleep(0.5)
+        assert len(log.read_text()) <= executor.max_workers
+
+    def test_initializer_that_kills_its_worker(
+        self, make_executor: ExecutorFactory
+    ) -> None:
+        executor = make_executor(initializer=tasks.exiting_init)
+        exc = executor.submit(tasks.identity, 1).exception(timeout=BOUND)
+        assert isinstance(exc, InitializerFailedError)
+        assert "exit code 7" in str(exc)
+
+    def test_lambda_initializer(self, make_executor: ExecutorFactory) -> None:
+        executor = make_executor(
+            initializer=lambda v: tasks.record_init(v),  # noqa: PLW0108
+            initargs=("set",),
+        )
+        assert executor.submit(tasks.read_init).result(timeout=BOUND) == "set"
+
+    @pytest.mark.parametrize("per_child", [1, 2])
+    def test_max_tasks_per_child_with_a_backlog(
+        self, make_executor: ExecutorFactory, per_child: int
+    ) -> None:
+        # CPython gh-115634: ProcessPoolExecutor can deadlock when workers
+        # retire while a backlog waits. Every task must complete.
+        executor = make_executor(max_tasks_per_child=per_child)
+        # A closure, not a function of executors.testing: each of the many
+        # new workers would import pytest and hypothesis to unpickle that.
+        fn = pid_after(0.01)
+        futs = [executor.submit(fn, i) for i in range(12)]
+        pids = [f.result(timeout=BOUND) for f in futs]
+        counts = {pid: pids.count(pid) for pid in pids}
+        assert max(counts.values()) <= per_child
+        assert len(counts) >= 12 // per_child
+        results = executor.map(sleep_on(-1, 0), range(300), timeout=BOUND)
+        assert list(results) == list(range(300))
+
+
+# -- pickling ------------------------------------------------------------------
+
+
+class TestPickling(QueueBase):
+    def test_unpicklable_argument_fails_its_future_only(self, executor: Any) -> None:
+        futs = [executor.submit(tasks.identity, threading.Lock()) for _ in range(3)]
+        errors = [f.exception(timeout=BOUND) for f in futs]
+        assert all(isinstance(e, TypeError) for e in errors)
+        assert len({id(e) for e in errors}) == 3
+        assert executor.submit(tasks.add, 1, 2).result(timeout=BOUND) == 3
+
+    def test_unpicklable_result_fails_with_the_pickling_error(
+        self, executor: Any
+    ) -> None:
+        exc = executor.submit(tasks.return_lock).exception(timeout=BOUND)
+        assert isinstance(exc, TypeError)
+        assert "lock" in str(exc)
+        exc2 = executor.submit(tasks.return_lock).exception(timeout=BOUND)
+        assert exc2 is not exc
+        assert executor.submit(tasks.add, 1, 2).result(timeout=BOUND) == 3
+
+    def test_unpicklable_value_in_a_chunk_ends_it_there(self, executor: Any) -> None:
+        def fn(x: int) -> Any:
+            return threading.Lock() if x == 3 else x
+
+        got: list[Any] = []
+        with pytest.raises(TypeError):
+            for value in executor.map(fn, range(6), chunksize=6, timeout=BOUND):
+                got.append(value)
+        assert got == [0, 1, 2]
+
+    def test_large_numpy_arrays_round_trip_writable(self, executor: Any) -> None:
+        np = pytest.importorskip("numpy")
+        arrays = [np.arange(i, i + 700_000, dtype=np.float64) for i in range(3)]
+        back = list(executor.map(tasks.identity, arrays, timeout=BOUND))
+        for a, b in zip(arrays, back):
+            assert np.array_equal(a, b)
+            assert b.flags.writeable
+        big = executor.submit(tasks.big_payload, 3_000_000).result(timeout=BOUND)
+        assert big == b"x" * 3_000_000
+
+
+# -- start methods ------------------------------------------------------------
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork is safe to test on Linux")
+class TestFork(QueueBase):
+    @pytest.fixture
+    def executor(self, make_executor: ExecutorFactory) -> Any:
+        return make_executor(mp_context="fork")
+
+    def test_fork_workers_survive_crashes(self, executor: Any) -> None:
+        assert executor.submit(tasks.add, 1, 1).result(timeout=BOUND) == 2
+        with pytest.raises(WorkerCrashedError):
+            executor.submit(tasks.exit_abruptly, 3).result(timeout=BOUND)
+        assert list(executor.map(tasks.identity, range(50), timeout=BOUND)) == list(
+            range(50)
+        )
+
+
+# -- exit paths and orphans -----------------------------------------------------
+
+
+def _run(script: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "program.py"
+    path.write_text(textwrap.dedent(script))
+    return subprocess.run(
+        [sys.executable, str(path), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _assert_gone(pids: list[int]) -> None:
+    deadline = time.monotonic() + BOUND
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        alive = [
+            p
+            for p in alive
+            if psutil.pid_exists(p)
+            and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+        ]
+        time.sleep(0.05)
+    assert not alive, f"worker processes left behind: {alive}"
+
+
+EXIT_PROGRAM = """
+import os, sys, time
+import executors
+from executors.testing import tasks
+
+def main():
+    ex = executors.create("queue", max_workers=2, mp_context=sys.argv[2])
+    list(ex.map(tasks.sleep_then_pid, [0.2, 0.2]))
+    print(*[w.process.pid for w in ex._pool.workers.values()], flush=True)
+    for i in range(6):
+        ex.submit(tasks.touch_after, os.path.join(sys.argv[1], f"t{i}"), 0.2)
+    if sys.argv[3] == "nowait":
+        ex.shutdown(wait=False)
+    elif sys.argv[3] == "dropped":
+        del ex
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+@pytest.mark.parametrize("how", ["no-shutdown", "nowait", "dropped"])
+@pytest.mark.parametrize("method", ["forkserver", "fork"])
+def test_exit_completes_pending_work(tmp_path: Path, how: str, method: str) -> None:
+    if method not in __import__("multiprocessing").get_all_start_methods():
+        pytest.skip(f"no {method} here")
+    done = tmp_path / "done"
+    done.mkdir()
+    proc = _run(EXIT_PROGRAM, tmp_path, str(done), method, how)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert sorted(p.name for p in done.iterdir()) == [f"t{i}" for i in range(6)]
+    _assert_gone([int(p) for p in proc.stdout.split()])
+
+
+ORPHAN_PROGRAM = """
+import sys, time
+import executors
+from executors.testing import tasks
+
+if __name__ == "__main__":
+    ex = executors.create("queue", max_workers=2, mp_context=sys.argv[1])
+    list(ex.map(tasks.sleep_then_pid, [0.2, 0.2]))
+    print(*[w.process.pid for w in ex._pool.workers.values()], flush=True)
+    futs = [ex.submit(tasks.sleep_and_return, float(sys.argv[2])) for _ in range(4)]
+    print("READY", flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("busy", [0.0, 3.0], ids=["idle", "busy"])
+@pytest.mark.parametrize("method", ["forkserver", "fork"])
+def test_no_orphans_when_the_parent_is_killed(
+    tmp_path: Path, method: str, busy: float
+) -> None:
+    if method not in __import__("multiprocessing").get_all_start_methods():
+        pytest.skip(f"no {method} here")
+    path = tmp_path / "program.py"
+    path.write_text(textwrap.dedent(ORPHAN_PROGRAM))
+    proc = subprocess.Popen(
+        [sys.executable, str(path), method, str(busy)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        assert proc.stdout.readline().strip() == "READY"
+        proc.kill()
+        proc.wait(BOUND)
+        # An idle worker sees end-of-file at once; a busy one after its task.
+        _assert_gone(pids)
+    finally:
+        proc.kill()
+        proc.wait(BOUND)
+
+
+class TestExecutorLifetime(ContractBase):
+    def test_dropped_executor_stops_its_workers(self) -> None:
+        # Not make_executor: it keeps a reference to shut the executor down.
+        executor = QueueExecutor(max_workers=2)
+        list(executor.map(tasks.sleep_then_pid, [0.2, 0.2], timeout=BOUND))
+        pids = worker_pids(executor)
+        manager = executor._pool.manager
+        del executor
+        gc.collect()
+        manager.join(BOUND)
+        assert not manager.is_alive()
+        _assert_gone(sorted(pids))
+
+    def test_shutdown_wait_from_a_done_callback(
+        self, make_executor: ExecutorFactory
+    ) -> None:
+        # The callback runs in the manager thread: shutdown must not join itself.
+        executor = make_executor()
+        done = threading.Event()
+
+        def callback(_: Future[Any]) -> None:
+            executor.shutdown(wait=True)
+            done.set()
+
+        executor.submit(tasks.add, 1, 1).add_done_callback(callback)
+        assert done.wait(BOUND)
+
+    def test_broken_executor_error_is_fresh(
+        self, make_executor: ExecutorFactory
+    ) -> None:
+        executor = make_executor(initializer=tasks.failing_init)
+        with pytest.raises(BrokenExecutor):
+            executor.submit(tasks.identity, 1).result(timeout=BOUND)
+        errors = []
+        for _ in range(2):
+            with pytest.raises(InitializerFailedError) as info:
+                executor.submit(tasks.identity, 1)
+            errors.append(info.value)
+        assert errors[0] is not errors[1]
