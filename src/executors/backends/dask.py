@@ -803,6 +803,15 @@ class DaskExecutor(BaseExecutor):
             raise TypeError(
                 f"dashboard_address must be a str or None, got {dashboard_address!r}"
             )
+        if dashboard_address is not None and not _looks_like_host_port(
+            dashboard_address
+        ):
+            # Checked now: a bad address would otherwise surface only when the
+            # cluster starts, as a broken executor rather than a bad option.
+            raise ValueError(
+                "dashboard_address must be ':PORT' or 'HOST:PORT', such as "
+                f"'127.0.0.1:8787', got {dashboard_address!r}"
+            )
         if isinstance(mp_context, multiprocessing.context.BaseContext):
             mp_context = mp_context.get_start_method()
         if mp_context is not None and not isinstance(mp_context, str):
@@ -1071,3 +1080,8 @@ class DaskExecutor(BaseExecutor):
         # the manager thread refreshes while tasks wait.
         threads()
         return lambda: threads.value
+
+
+def _looks_like_host_port(address: str) -> bool:
+    host, sep, port = address.rpartition(":")
+    return bool(sep) and port.isdigit() and int(port) < 65536 and " " not in host

@@ -9,23 +9,81 @@ Needs the ``test`` extra (pytest, hypothesis, psutil).
 
 from __future__ import annotations
 
-from ._support import BOUND, ContractBase, child_processes, wait_for_no_new_children
-from .contract import (
-    CrashContract,
-    InitializerContract,
-    MapContract,
-    ShutdownContract,
-    SubmitContract,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._support import (
+        BOUND,
+        ContractBase,
+        child_processes,
+        wait_for_no_new_children,
+    )
+    from .contract import (
+        CrashContract,
+        InitializerContract,
+        MapContract,
+        ShutdownContract,
+        SubmitContract,
+    )
+    from .faults import (
+        BadInputContract,
+        InitializerFaultContract,
+        LeakContract,
+        PicklingFaultContract,
+        ShutdownFaultContract,
+        WorkerCrashContract,
+    )
+
+# Imported on first use (PEP 562): worker processes unpickle the task
+# functions of ``executors.testing.tasks``, and importing this package must
+# not cost them pytest and hypothesis (a third of a second per worker).
+_EXPORTS = {
+    "BOUND": "._support",
+    "ContractBase": "._support",
+    "child_processes": "._support",
+    "wait_for_no_new_children": "._support",
+    "CrashContract": ".contract",
+    "InitializerContract": ".contract",
+    "MapContract": ".contract",
+    "ShutdownContract": ".contract",
+    "SubmitContract": ".contract",
+    "BadInputContract": ".faults",
+    "InitializerFaultContract": ".faults",
+    "LeakContract": ".faults",
+    "PicklingFaultContract": ".faults",
+    "ShutdownFaultContract": ".faults",
+    "WorkerCrashContract": ".faults",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
 
 __all__ = [
     "BOUND",
+    "BadInputContract",
     "ContractBase",
     "CrashContract",
     "InitializerContract",
+    "InitializerFaultContract",
+    "LeakContract",
     "MapContract",
+    "PicklingFaultContract",
     "ShutdownContract",
+    "ShutdownFaultContract",
     "SubmitContract",
+    "WorkerCrashContract",
     "child_processes",
     "wait_for_no_new_children",
 ]

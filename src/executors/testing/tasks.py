@@ -171,3 +171,69 @@ def big_payload(nbytes: int) -> bytes:
 def busy_then_exit(seconds: float, code: int) -> None:
     time.sleep(seconds)
     os._exit(code)
+
+
+# -- fault-tolerance suite (executors.testing.faults) ----------------------
+
+
+def write_pid_then_sleep(path: str, seconds: float, value: Any = None) -> Any:
+    """Publish the worker's pid in ``path``, then sleep: a target to kill."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(str(os.getpid()))
+    # Atomic: the test never reads a half-written pid.
+    os.replace(tmp, path)
+    time.sleep(seconds)
+    return value
+
+
+def touch_after(path: str, seconds: float) -> str:
+    """Sleep, then create ``path``: proof that the task ran to its end."""
+    time.sleep(seconds)
+    with open(path, "w") as f:
+        f.write("done")
+    return path
+
+
+class RaisesOnPickle:
+    """Raises a ValueError (not the usual TypeError) when pickled."""
+
+    def __reduce__(self) -> Any:
+        raise ValueError("RaisesOnPickle refuses to be pickled")
+
+
+class ExitsOnPickle:
+    """Exits the pickling process with code 11 from inside ``__reduce__``."""
+
+    def __reduce__(self) -> Any:
+        os._exit(11)
+
+
+class SegfaultsOnPickle:
+    """Segfaults the pickling process from inside ``__reduce__``."""
+
+    def __reduce__(self) -> Any:
+        ctypes.string_at(0)
+        return (int, ())
+
+
+def return_raises_on_pickle(_: Any = None) -> RaisesOnPickle:
+    return RaisesOnPickle()
+
+
+def return_exits_on_pickle(_: Any = None) -> ExitsOnPickle:
+    return ExitsOnPickle()
+
+
+def return_segfaults_on_pickle(_: Any = None) -> SegfaultsOnPickle:
+    return SegfaultsOnPickle()
+
+
+def exit_while_sending(nbytes: int, delay: float, code: int = 13) -> bytes:
+    """Return ``nbytes`` of data and exit ``delay`` s later, maybe mid-send."""
+    threading.Timer(delay, os._exit, (code,)).start()
+    return b"x" * nbytes
+
+
+def segfaulting_init() -> None:
+    ctypes.string_at(0)
