@@ -63,6 +63,7 @@ import pickle
 import re
 import sys
 import threading
+import time
 import traceback
 import uuid
 import weakref
@@ -596,6 +597,9 @@ class _PoolWatcher(threading.Thread):
     # Seconds between looks at the pool's worker list, which the pool
     # changes as it replaces workers: short enough to notice a crash quickly.
     POLL = 0.1
+    # How long a dead worker is left for Pool's handler to reap before its
+    # exit code is read here (see run()): a few of Pool's 0.1 s rounds.
+    REAP_GRACE = 1.0
 
     def __init__(self, pool: Any, on_broken: Callable[[BaseException], None]) -> None:
         super().__init__(name="executors-joblib-watcher", daemon=True)
@@ -609,6 +613,7 @@ class _PoolWatcher(threading.Thread):
 
     def run(self) -> None:
         known: dict[int, Any] = {}
+        dead_since: dict[int, float] = {}
         while not self._stopping.is_set():
             # Workers are kept here even after the pool has forgotten them,
             # so that one that died between two looks is still seen.
@@ -619,11 +624,25 @@ class _PoolWatcher(threading.Thread):
             multiprocessing.connection.wait(sentinels, timeout=self.POLL)
             if self._stopping.is_set():
                 return
+            in_pool = {process.pid for process in self._pool._pool}
+            ready = set(multiprocessing.connection.wait(sentinels, timeout=0))
+            now = time.monotonic()
             for pid, process in list(known.items()):
+                if process.sentinel not in ready:
+                    continue
+                # Pool's own handler reaps its dead workers within ~0.1 s.
+                # With forkserver the exit code is read from a pipe once: a
+                # second reader at the same moment gets 255 instead of the
+                # real code (a clean max_tasks_per_child retirement would
+                # look like a crash). Let Pool read it, then use its result.
+                first_seen = dead_since.setdefault(pid, now)
+                if pid in in_pool and now - first_seen < self.REAP_GRACE:
+                    continue
                 exitcode = process.exitcode
                 if exitcode is None:
                     continue
                 del known[pid]
+                dead_since.pop(pid, None)
                 if exitcode != 0:
                     self._on_broken(_crash_error(exitcode))
                     return
