@@ -94,9 +94,11 @@ class Executor(Protocol):
             timeout: Seconds, counted from the call, after which ``next()``
                 raises :class:`TimeoutError` if the next result is not ready.
             chunksize: Items sent to a worker as one task. ``None`` picks it:
-                one item per task on short inputs, and chunks that shrink
-                towards the end on long ones so both the start-up and the tail
-                are balanced. ``chunksize=1`` forces per-item tasks.
+                one item per task on short inputs; on long eager inputs,
+                chunks that shrink towards the end (down to half the first)
+                so the tail is balanced; in a lazy map, chunks that grow from
+                one item while tasks prove cheap. ``chunksize=1`` forces
+                per-item tasks.
             buffersize: ``None`` keeps the stdlib's semantics: the whole input
                 is read and every task submitted at the call. ``N`` reads the
                 input lazily: at most ``N`` items are read and not yet yielded

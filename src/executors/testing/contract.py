@@ -49,7 +49,7 @@ def _full_traceback(exc: BaseException) -> str:
     return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
 
 
-def _occupy_workers(executor: Any, seconds: float) -> list[Future[Any]]:
+def occupy_workers(executor: Any, seconds: float) -> list[Future[Any]]:
     """Submit one blocking task per worker, and wait until they run."""
     blockers = [
         executor.submit(tasks.sleep_and_return, seconds, "blocker")
@@ -124,7 +124,7 @@ class SubmitContract(ContractBase):
 
     def test_cancel_succeeds_on_a_queued_future(self, executor: Any) -> None:
         self.require(executor, "runs_concurrently", "cancels_queued")
-        blockers = _occupy_workers(executor, 1.0)
+        blockers = occupy_workers(executor, 1.0)
         queued = [executor.submit(tasks.identity, i) for i in range(8)]
         assert queued[-1].cancel()
         assert queued[-1].cancelled()
@@ -138,7 +138,7 @@ class SubmitContract(ContractBase):
 
     def test_cancel_fails_on_a_running_future(self, executor: Any) -> None:
         self.require(executor, "runs_concurrently")
-        (blocker, *_) = _occupy_workers(executor, 0.5)
+        (blocker, *_) = occupy_workers(executor, 0.5)
         assert not blocker.cancel()
         assert blocker.result(timeout=BOUND) == "blocker"
 
@@ -372,7 +372,7 @@ class ShutdownContract(ContractBase):
 
     def test_cancel_futures_cancels_queued_work(self, executor: Any) -> None:
         self.require(executor, "runs_concurrently", "cancels_queued")
-        blockers = _occupy_workers(executor, 0.5)
+        blockers = occupy_workers(executor, 0.5)
         queued = [executor.submit(tasks.identity, i) for i in range(10)]
         executor.shutdown(wait=True, cancel_futures=True)
         assert queued[-1].cancelled()

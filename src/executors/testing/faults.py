@@ -51,6 +51,7 @@ from hypothesis import strategies as st
 
 from . import tasks
 from ._support import BOUND, ContractBase, ExecutorFactory
+from .contract import occupy_workers
 
 __all__ = [
     "ACCEPTED",
@@ -417,19 +418,6 @@ class WorkerCrashContract(FaultBase):
 # -- shutdown and Ctrl-C ---------------------------------------------------
 
 
-def _occupy(executor: Any, seconds: float) -> list[Future[Any]]:
-    """One blocking task per worker, running before this returns."""
-    blockers = [
-        executor.submit(tasks.sleep_and_return, seconds, "blocker")
-        for _ in range(executor.max_workers)
-    ]
-    deadline = time.monotonic() + BOUND
-    while not all(f.running() or f.done() for f in blockers):
-        assert time.monotonic() < deadline, "blocking tasks never started"
-        time.sleep(0.01)
-    return blockers
-
-
 class ShutdownFaultContract(FaultBase):
     """Shutdown paths that hang on naive pools: cancelled waits, Ctrl-C."""
 
@@ -438,7 +426,7 @@ class ShutdownFaultContract(FaultBase):
         self, executor: Any, wait: bool
     ) -> None:
         self.require(executor, "runs_concurrently", "cancels_queued")
-        blockers = _occupy(executor, 0.5)
+        blockers = occupy_workers(executor, 0.5)
         queued = [executor.submit(tasks.identity, i) for i in range(10)]
         executor.shutdown(wait=wait, cancel_futures=True)
         # CPython gh-109934: the stdlib pools cancel without notifying, and
@@ -473,7 +461,7 @@ class ShutdownFaultContract(FaultBase):
                     # A process can be stopped mid-task; a thread cannot, so
                     # in-process backends get tasks short enough to finish.
                     seconds = 20.0 if caps.process_isolation else 0.3
-                    fs = _occupy(executor, seconds)
+                    fs = occupy_workers(executor, seconds)
                     fs += [executor.submit(tasks.identity, i) for i in range(10)]
                 start = time.monotonic()
                 raise KeyboardInterrupt
