@@ -539,16 +539,19 @@ def _run(script: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess
     )
 
 
+def _is_alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        # Exited (and was reaped) between two looks: what the test waits for.
+        return False
+
+
 def _assert_gone(pids: list[int]) -> None:
     deadline = time.monotonic() + BOUND
     alive = pids
     while alive and time.monotonic() < deadline:
-        alive = [
-            p
-            for p in alive
-            if psutil.pid_exists(p)
-            and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
-        ]
+        alive = [p for p in alive if _is_alive(p)]
         time.sleep(0.05)
     assert not alive, f"worker processes left behind: {alive}"
 
