@@ -78,7 +78,7 @@ from .._options import (
     cpu_count,
 )
 from .._remote import picklable_exception
-from .._serialize import PortableCallable
+from .._serialize import unwrap
 
 __all__ = ["DaskClusterError", "DaskExecutor"]
 
@@ -686,7 +686,7 @@ def _connect(address: str, timeout: float | None) -> Any:
 
 
 def _label(fn: Callable[..., Any]) -> str:
-    target = fn.fn if isinstance(fn, PortableCallable) else fn
+    target = unwrap(fn)
     name = getattr(target, "__name__", None) or type(target).__name__
     return "".join(c if c.isalnum() or c == "_" else "_" for c in name) or "task"
 

@@ -78,7 +78,6 @@ from typing import Any, TypeVar
 from .._base import BaseExecutor, fail_futures, notify_cancelled
 from .._capabilities import Capabilities
 from .._errors import InitializerFailedError, WorkerCrashedError, describe_exitcode
-from .._map import ChunkResult, run_chunk
 from .._options import (
     check_initializer,
     check_max_tasks_per_child,
@@ -87,7 +86,6 @@ from .._options import (
     resolve_mp_context,
 )
 from .._remote import RemoteTraceback, picklable_exception
-from .._serialize import PortableCallable
 
 __all__ = ["MpPoolExecutor"]
 
@@ -174,18 +172,6 @@ def _run_task(payload: bytes) -> tuple[bool, bytes]:
         return True, _dumps(value)
     except BaseException as exc:
         return False, _dump_error(exc)
-
-
-def _run_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> ChunkResult:
-    """The shared :func:`executors._map.run_chunk`, minus one call per item.
-
-    Unwraps the cloudpickle carrier first: calling through it costs a
-    Python-level call per item, which makes a chunk of cheap items about
-    five times slower.
-    """
-    if isinstance(fn, PortableCallable):
-        fn = fn.fn
-    return run_chunk(fn, chunk)
 
 
 def _report(status: Connection, kind: bytes, name: str, detail: bytes = b"") -> None:
@@ -938,11 +924,6 @@ class MpPoolExecutor(BaseExecutor):
             return future
         self._feeder.submit(_WorkItem(future, payload))
         return future
-
-    def _submit_chunk(
-        self, fn: Callable[..., Any], chunk: list[tuple[Any, ...]]
-    ) -> Future[ChunkResult]:
-        return self._submit(_run_chunk, (fn, chunk), {})
 
     def _interrupt(self) -> None:
         # Ctrl-C leaving a ``with`` block: cancel what is queued, fail what

@@ -60,7 +60,7 @@ from .._options import (
     cpu_count,
     resolve_mp_context,
 )
-from .._serialize import PortableCallable, portable
+from .._serialize import portable, unwrap
 from ._queue.items import TaskKilledError
 from ._queue.pool import Pool
 from ._queue.wire import CALL, CHUNK, dumps, dumps_chunk
@@ -307,7 +307,7 @@ class QueueExecutor(BaseExecutor):
         self._pool.interrupt()
 
     def _unwrap(self, fn: Callable[..., T]) -> tuple[Callable[..., T], float | None]:
-        inner: Callable[..., T] = fn.fn if isinstance(fn, PortableCallable) else fn
+        inner: Callable[..., T] = unwrap(fn)
         timeout = self._task_timeout
         if isinstance(inner, TimeLimited):
             timeout = inner.seconds

@@ -30,7 +30,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from ..._remote import picklable_exception
-from ..._serialize import PortableCallable
+from ..._serialize import unwrap
 from .wire import (
     CALL,
     CHUNK_DONE,
@@ -196,10 +196,9 @@ class _Runner:
         index = 0
         try:
             fn, chunk, careful, single = loads(message.body, message.buffers)
-            if isinstance(fn, PortableCallable):
-                # Its job (travelling by value) is done; calling through it
-                # would cost a Python frame per item.
-                fn = fn.fn
+            # Its job (travelling by value) is done; calling through it
+            # would cost a Python frame per item.
+            fn = unwrap(fn)
             apply = map if single else starmap
             size = len(chunk)
             if message.value:
