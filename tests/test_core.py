@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import subprocess
 import sys
 import textwrap
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -230,6 +232,33 @@ def test_chunk_plan_covers_the_input(n: int, workers: int) -> None:
         # Guided: never growing, down to a floor of half the first chunk.
         assert sizes == sorted(sizes, reverse=True)
         assert max(sizes[:-1], default=0) <= 2 * min(sizes[:-1], default=0) + 1
+        # The floor is Pool.map's own chunk: a tail as fine as its, and no
+        # more chunks than it sends.
+        pool_chunk = math.ceil(n / (4 * workers))
+        if pool_chunk <= _map.MAX_CHUNK:
+            assert min(sizes[:-1], default=pool_chunk) == pool_chunk
+            assert len(sizes) <= math.ceil(n / pool_chunk)
+
+
+@pytest.mark.parametrize("star", [False, True])
+def test_run_chunk_stops_at_the_first_failure(star: bool) -> None:
+    items: list[Any] = [(4, 2), (1, 0), (9, 3)] if star else [2, 0, 3]
+
+    def divide(a: int, b: int = 2) -> float:
+        return a / b if star else 6 / a
+
+    result = _map.run_chunk(divide, _map.Chunk(items, star))
+    assert result.values == [2.0 if star else 3.0]
+    assert isinstance(result.error, ZeroDivisionError)
+    assert _map.run_chunk(divide, _map.Chunk(items, star)[2:]).values == [
+        3.0 if star else 2.0
+    ]
+
+
+def test_chunk_rows_are_argument_tuples() -> None:
+    assert list(_map.Chunk([1, 2], star=False).rows()) == [(1,), (2,)]
+    assert list(_map.Chunk([(1, "a")], star=True).rows()) == [(1, "a")]
+    assert _map.Chunk([7, 8], star=False).args(1) == (8,)
 
 
 def test_adaptive_chunks_grow_for_cheap_tasks_and_stay_small_for_slow() -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from abc import ABCMeta, abstractmethod
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 from concurrent.futures import Future
 from types import TracebackType
@@ -147,7 +147,7 @@ class BaseExecutor(futures.Executor, metaclass=ABCMeta):
         chunksize: int | None = None,
         buffersize: int | None = None,
         progress: bool = False,
-    ) -> Generator[T, None, None]:
+    ) -> Iterator[T]:
         """Ordered parallel map; see :meth:`executors.Executor.map`."""
         return self._start_map(
             fn, iterables, True, timeout, chunksize, buffersize, progress
@@ -161,7 +161,7 @@ class BaseExecutor(futures.Executor, metaclass=ABCMeta):
         chunksize: int | None = None,
         buffersize: int | None = None,
         progress: bool = False,
-    ) -> Generator[T, None, None]:
+    ) -> Iterator[T]:
         """Results as they complete; see :meth:`executors.Executor.map_unordered`."""
         return self._start_map(
             fn, iterables, False, timeout, chunksize, buffersize, progress
@@ -233,7 +233,7 @@ class BaseExecutor(futures.Executor, metaclass=ABCMeta):
         """
 
     def _submit_chunk(
-        self, fn: Callable[..., Any], chunk: list[tuple[Any, ...]]
+        self, fn: Callable[..., Any], chunk: _map.Chunk
     ) -> Future[_map.ChunkResult]:
         """Start one chunk of a ``map``. Called under the lock."""
         return self._submit(_map.run_chunk, (fn, chunk), {})
@@ -262,7 +262,7 @@ class BaseExecutor(futures.Executor, metaclass=ABCMeta):
             return self._submit(fn, args, kwargs)
 
     def _submit_chunk_task(
-        self, fn: Callable[..., Any], chunk: list[tuple[Any, ...]]
+        self, fn: Callable[..., Any], chunk: _map.Chunk
     ) -> Future[_map.ChunkResult]:
         with self._lock:
             self._check_open()

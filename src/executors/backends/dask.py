@@ -893,7 +893,7 @@ class DaskExecutor(BaseExecutor):
         return self._enqueue(fn, args, kwargs, _label(fn))
 
     def _submit_chunk(
-        self, fn: Callable[..., Any], chunk: list[tuple[Any, ...]]
+        self, fn: Callable[..., Any], chunk: _map.Chunk
     ) -> Future[_map.ChunkResult]:
         return self._enqueue(_map.run_chunk, (fn, chunk), {}, f"map_{_label(fn)}")
 

@@ -1297,7 +1297,7 @@ class JoblibExecutor(BaseExecutor):
         chunksize: int | None = None,
         buffersize: int | None = None,
         progress: bool = False,
-    ) -> Generator[T, None, None]:
+    ) -> Iterator[T]:
         """Ordered parallel map; see :meth:`executors.Executor.map`.
 
         With ``map_engine="parallel"`` this runs through
@@ -1317,7 +1317,7 @@ class JoblibExecutor(BaseExecutor):
         chunksize: int | None = None,
         buffersize: int | None = None,
         progress: bool = False,
-    ) -> Generator[T, None, None]:
+    ) -> Iterator[T]:
         """Results as they complete; see :meth:`executors.Executor.map_unordered`.
 
         With ``map_engine="parallel"`` this runs through
@@ -1337,7 +1337,7 @@ class JoblibExecutor(BaseExecutor):
         chunksize: int | None,
         buffersize: int | None,
         progress: bool,
-    ) -> Generator[T, None, None]:
+    ) -> Iterator[T]:
         check_callable(fn)
         timeout = check_timeout(timeout)
         chunksize = check_chunksize(chunksize)

@@ -52,7 +52,7 @@ from typing import Any, Generic, TypeVar
 
 from .._base import BaseExecutor, notify_cancelled
 from .._capabilities import Capabilities
-from .._map import ChunkResult
+from .._map import Chunk, ChunkResult
 from .._options import (
     check_initializer,
     check_max_tasks_per_child,
@@ -227,7 +227,7 @@ class QueueExecutor(BaseExecutor):
         return future
 
     def _submit_chunk(
-        self, fn: Callable[..., Any], chunk: list[tuple[Any, ...]]
+        self, fn: Callable[..., Any], chunk: Chunk
     ) -> Future[ChunkResult]:
         fn, timeout = self._unwrap(fn)
         future: Future[ChunkResult] = Future()
@@ -241,7 +241,7 @@ class QueueExecutor(BaseExecutor):
     def _submit_up_to_unpicklable(
         self,
         fn: Callable[..., Any],
-        chunk: list[tuple[Any, ...]],
+        chunk: Chunk,
         timeout: float | None,
         error: BaseException,
     ) -> Future[ChunkResult]:
@@ -252,7 +252,7 @@ class QueueExecutor(BaseExecutor):
         """
         future: Future[ChunkResult] = Future()
         bad = 0
-        for bad, args in enumerate(chunk):  # noqa: B007
+        for bad, args in enumerate(chunk.rows()):  # noqa: B007
             try:
                 dumps(args)
             except Exception as exc:

@@ -17,6 +17,7 @@ from concurrent.futures import BrokenExecutor, CancelledError, Future, InvalidSt
 from typing import Any
 
 from ..._errors import WorkerCrashedError, describe_exitcode
+from ..._map import Chunk
 from .wire import CHUNK, HEADER, Channel
 
 __all__ = [
@@ -59,7 +60,7 @@ class WorkItem:
         buffers: The pickle's out-of-band buffers.
         timeout: Seconds the task (each item of a chunk) may run.
         fn: For a chunk: the callable, to send a part of it again.
-        chunk: For a chunk: the argument tuples.
+        chunk: For a chunk: its items.
         internal: A future no caller holds (the rest of a crashed chunk).
     """
 
@@ -91,7 +92,7 @@ class WorkItem:
         buffers: list[memoryview],
         timeout: float | None,
         fn: Callable[..., Any] | None = None,
-        chunk: list[tuple[Any, ...]] | None = None,
+        chunk: Chunk | None = None,
         internal: bool = False,
     ) -> None:
         self.task_id = task_id

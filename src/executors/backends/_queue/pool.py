@@ -30,7 +30,7 @@ from multiprocessing.context import BaseContext
 from typing import Any
 
 from ..._errors import InitializerFailedError, WorkerCrashedError, describe_exitcode
-from ..._map import ChunkResult
+from ..._map import Chunk, ChunkResult
 from .items import (
     KillReason,
     Replay,
@@ -171,7 +171,7 @@ class Pool:
         buffers: list[memoryview],
         timeout: float | None,
         fn: Callable[..., Any] | None = None,
-        chunk: list[tuple[Any, ...]] | None = None,
+        chunk: Chunk | None = None,
     ) -> None:
         """Queue one item and send it to a worker if one can take it now."""
         with self.lock:
@@ -589,7 +589,7 @@ class Pool:
         as an internal chunk whose outcome completes this one, the items
         before ``careful`` one per piece.
         """
-        chunk = item.chunk or []
+        chunk = item.chunk or Chunk([], star=False)
         have = len(item.values)
         if item.undecodable is not None:
             stop, error = have, item.undecodable

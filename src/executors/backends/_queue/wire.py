@@ -30,14 +30,16 @@ from __future__ import annotations
 
 import contextlib
 import mmap
-import operator
 import os
 import pickle
 import struct
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from ..._map import Chunk
 
 __all__ = [
     "CALL",
@@ -117,26 +119,18 @@ def dumps(obj: object) -> tuple[bytes, list[memoryview]]:
     return pickle.dumps(obj, protocol=5, buffer_callback=out_of_band), buffers
 
 
-_first = operator.itemgetter(0)
-
-
 def dumps_chunk(
-    fn: object, chunk: list[tuple[Any, ...]], careful: int = 0
+    fn: object, chunk: Chunk, careful: int = 0
 ) -> tuple[bytes, list[memoryview]]:
     """Pickle a chunk of ``map`` for :meth:`.worker._Runner.run_chunk`.
 
-    A map over one iterable sends its items bare, not as 1-tuples: smaller
-    and faster to pickle (tuples go through the pickle memo), and the worker
-    calls ``map(fn, items)`` instead of ``starmap``.
-
     Args:
         fn: The callable.
-        chunk: Argument tuples, all of one length (they come from ``zip``).
+        chunk: The items.
         careful: Run the first ``careful`` items one per piece.
     """
-    if chunk and len(chunk[0]) == 1:
-        return dumps((fn, list(map(_first, chunk)), careful, True))
-    return dumps((fn, chunk, careful, False))
+    # The worker reads the flag as "single": map(), not starmap().
+    return dumps((fn, chunk.items, careful, not chunk.star))
 
 
 def loads(body: bytes | bytearray | memoryview, buffers: Sequence[bytearray]) -> Any:
