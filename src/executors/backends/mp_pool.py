@@ -23,6 +23,7 @@ How a task flows::
       v
     _Feeder.queue ── cancellable, unbounded ──┐
       │ at most DISPATCH_PER_WORKER * workers dispatched and unfinished
+      │ (CHUNK_DISPATCH_PER_WORKER for chunks of a map)
       v                                       │ refilled by each completion
     Pool.apply_async(_run_task, payload)      │
       │ Pool's task handler thread            │
@@ -44,8 +45,11 @@ How a task flows::
 
 The watchdog reads ``Pool._pool`` and stops Pool's handler threads through
 their private ``_state``: Pool offers no public way to learn that a worker
-died, and ``Pool.terminate()`` itself can hang after one did. These
-internals are unchanged from Python 3.8 to 3.13.
+died, and ``Pool.terminate()`` itself can hang after one did. The Pool
+subclass also quiets two wake-ups of Pool's worker handler that cost the
+other threads GIL time (``_get_sentinels`` and the cache's notifier; see
+``_WatchedPool``). These internals are
+unchanged from Python 3.8 to 3.13.
 """
 
 from __future__ import annotations
@@ -78,6 +82,7 @@ from typing import Any, TypeVar
 from .._base import BaseExecutor, fail_futures, notify_cancelled
 from .._capabilities import Capabilities
 from .._errors import InitializerFailedError, WorkerCrashedError, describe_exitcode
+from .._map import Chunk, ChunkResult, run_chunk
 from .._options import (
     check_initializer,
     check_max_tasks_per_child,
@@ -97,6 +102,11 @@ _log = logging.getLogger(__name__)
 # worker's next task waiting in the pipe while it runs one, so workers never
 # idle between tasks; more would leave fewer futures cancellable.
 DISPATCH_PER_WORKER = 2
+# The same for chunks of a map: as many as a lazy map keeps in flight per
+# worker (CHUNKS_IN_FLIGHT_PER_WORKER), so an eager map of tiny tasks is
+# handed over whole, as Pool.map does, instead of waiting a result round
+# trip for each of its last chunks.
+CHUNK_DISPATCH_PER_WORKER = 4
 # How often the watchdog checks that Pool's own threads are alive when
 # nothing else wakes it. A dead handler thread would otherwise hang every
 # future silently; checking costs one wake-up per second.
@@ -217,6 +227,27 @@ def _worker_init(
 class _WorkItem:
     future: Future[Any]
     payload: bytes | None
+    chunk: bool = False
+
+
+class _NotifyOnceClosed:
+    """Pool's "the cache is empty" notice, passed on only once Pool is closing.
+
+    Pool's task cache wakes the worker handler each time it empties: after
+    every task of a ``submit(...).result()`` loop. The handler then polls
+    every worker's exit and competes for the GIL with the very threads that
+    carry the result, about a third of a round trip here. It needs the
+    notice only to stop once a closed pool has drained; ``close()`` and
+    ``terminate()`` wake it themselves after changing the state.
+    """
+
+    def __init__(self, pool: _WatchedPool, notifier: Any) -> None:
+        self._pool = pool
+        self._notifier = notifier
+
+    def put(self, obj: object) -> None:
+        if self._pool._state != multiprocessing.pool.RUN:
+            self._notifier.put(obj)
 
 
 class _WatchedPool(multiprocessing.pool.Pool):
@@ -232,12 +263,13 @@ class _WatchedPool(multiprocessing.pool.Pool):
     _inqueue: Any
     _outqueue: Any
     _change_notifier: Any
-    _cache: dict[int, Any]
+    _cache: Any  # a dict with a `notifier`
     _terminate: multiprocessing.util.Finalize
 
     def __init__(self, on_new_worker: Callable[[BaseProcess], None], **kwargs: Any):
         self._on_new_worker = on_new_worker
         super().__init__(**kwargs)
+        self._cache.notifier = _NotifyOnceClosed(self, self._change_notifier)
 
     # Pool creates every worker (the first ones and each replacement, in its
     # worker handler thread) through this hook, which ThreadPool overrides too.
@@ -245,6 +277,16 @@ class _WatchedPool(multiprocessing.pool.Pool):
         process = ctx.Process(*args, **kwds)
         self._on_new_worker(process)
         return process
+
+    # Pool's worker handler also wakes whenever a result waits in the
+    # outqueue, and loops (polling every worker's exit) until the result
+    # handler has read it: under a stream of results it spins, and its GIL
+    # time starves the threads that move tasks and results (a map of tiny
+    # tasks used twice the CPU in the parent). Worker exits wake it through
+    # their sentinels and close/terminate through the change notifier, so
+    # this drops only the spin, as ThreadPool does.
+    def _get_sentinels(self) -> list[Any]:
+        return [self._change_notifier._reader]
 
     @property
     def handler_threads(self) -> tuple[threading.Thread, ...]:
@@ -257,6 +299,7 @@ class _Feeder:
     Args:
         pool: The Pool to feed.
         window: Most tasks handed to the Pool and not yet settled.
+        chunk_window: The same, when the next task is a chunk of a map.
         on_drained: Called when the feeder is closing and nothing is left.
     """
 
@@ -264,10 +307,12 @@ class _Feeder:
         self,
         pool: _WatchedPool,
         window: int,
+        chunk_window: int,
         on_drained: Callable[[], None],
     ) -> None:
         self._pool = pool
         self._window = window
+        self._chunk_window = chunk_window
         self._on_drained = on_drained
         self._lock = threading.Lock()
         self._queue: deque[_WorkItem] = deque()
@@ -335,7 +380,10 @@ class _Feeder:
 
     def _dispatch_locked(self) -> list[tuple[_WorkItem, BaseException]]:
         failed: list[tuple[_WorkItem, BaseException]] = []
-        while self._queue and len(self._dispatched) < self._window:
+        while self._queue:
+            window = self._chunk_window if self._queue[0].chunk else self._window
+            if len(self._dispatched) >= window:
+                break
             item = self._queue.popleft()
             if not item.future.set_running_or_notify_cancel():
                 self._unsettled -= 1  # cancelled while queued
@@ -902,7 +950,12 @@ class MpPoolExecutor(BaseExecutor):
         except BaseException:
             status.close()
             raise
-        self._feeder = _Feeder(pool, DISPATCH_PER_WORKER * workers, status.wake)
+        self._feeder = _Feeder(
+            pool,
+            DISPATCH_PER_WORKER * workers,
+            CHUNK_DISPATCH_PER_WORKER * workers,
+            status.wake,
+        )
         self._watchdog = _Watchdog(
             pool, self._feeder, registry, status, initializer is not None
         )
@@ -915,14 +968,28 @@ class MpPoolExecutor(BaseExecutor):
     def _submit(
         self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Future[T]:
-        future: Future[T] = Future()
+        return self._send(fn, args, kwargs, chunk=False)
+
+    def _submit_chunk(
+        self, fn: Callable[..., Any], chunk: Chunk
+    ) -> Future[ChunkResult]:
+        return self._send(run_chunk, (fn, chunk), {}, chunk=True)
+
+    def _send(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        chunk: bool,
+    ) -> Future[Any]:
+        future: Future[Any] = Future()
         try:
             payload = _dumps((fn, args, kwargs))
         except Exception as exc:
             # Fails this future only; the pool never sees the task.
             future.set_exception(exc)
             return future
-        self._feeder.submit(_WorkItem(future, payload))
+        self._feeder.submit(_WorkItem(future, payload, chunk))
         return future
 
     def _interrupt(self) -> None:
