@@ -38,6 +38,9 @@ __all__ = [
     "load_object",
 ]
 
+# Shortest time one sample of the tiny-task maps spans (see `_tiny`).
+SAMPLE_SECONDS = 0.05
+
 
 class WrongResult(Exception):
     """A target returned results that differ from the expected ones."""
@@ -197,9 +200,19 @@ def _tiny(ctx: Context, wanted: int, sweep: bool) -> Outcome:
     items = list(range(wanted))
 
     def rate(chunksize: int | None) -> float:
-        took, result = _timed(lambda: session.map(_tasks.noop, items, chunksize))
-        _check(result == items, f"map(chunksize={chunksize}) returned wrong results")
-        return len(items) / took
+        # One sample spans several maps when one takes a few milliseconds:
+        # a single 5 ms map swings by a quarter with the scheduler's whims,
+        # and the ratios between targets would swing with it.
+        done, spent = 0, 0.0
+        while True:
+            took, result = _timed(lambda: session.map(_tasks.noop, items, chunksize))
+            _check(
+                result == items, f"map(chunksize={chunksize}) returned wrong results"
+            )
+            done += len(items)
+            spent += took
+            if spent >= SAMPLE_SECONDS:
+                return done / spent
 
     # Grow the input four-fold at a time while the next size would fit the
     # allowance: a target with a high per-task cost (raw Dask runs ~500
