@@ -19,7 +19,8 @@ How a task flows::
 
     submit(fn, *args)
       │ pickle (fn, args, kwargs) now: an unpicklable argument fails its
-      │ future here and the pool never sees it
+      │ future here and the pool never sees it (a chunk of a map is
+      │ pickled later, by Pool's task handler: see _Pickled)
       v
     _Feeder.queue ── cancellable, unbounded ──┐
       │ at most DISPATCH_PER_WORKER * workers dispatched and unfinished
@@ -223,10 +224,32 @@ def _worker_init(
 # -- parent side --------------------------------------------------------------
 
 
+class _Pickled:
+    """A task's ``(fn, args, kwargs)``, pickled only when Pool sends it.
+
+    Pool pickles what it sends in its task handler thread; this object's
+    pickle is the bytes of the call, so the worker receives plain bytes and
+    unpickles them in ``_run_task`` as usual. Chunks of a map travel this
+    way: the first chunk reaches a worker while the caller is still
+    submitting the others, instead of after all of them have been pickled
+    in the caller's thread. A chunk that cannot be pickled fails its own
+    future through Pool's error callback.
+    """
+
+    __slots__ = ("call",)
+
+    def __init__(self, call: tuple[Any, tuple[Any, ...], dict[str, Any]]) -> None:
+        self.call = call
+
+    def __reduce__(self) -> tuple[type[bytes], tuple[bytes]]:
+        return bytes, (_dumps(self.call),)
+
+
 @dataclass(eq=False)
 class _WorkItem:
     future: Future[Any]
-    payload: bytes | None
+    # The pickled call (bytes), or the call to pickle when Pool sends it.
+    payload: bytes | _Pickled | None
     chunk: bool = False
 
 
@@ -968,28 +991,24 @@ class MpPoolExecutor(BaseExecutor):
     def _submit(
         self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Future[T]:
-        return self._send(fn, args, kwargs, chunk=False)
+        future: Future[T] = Future()
+        try:
+            payload = _dumps((fn, args, kwargs))
+        except Exception as exc:
+            # Fails this future at once; the pool never sees the task.
+            future.set_exception(exc)
+            return future
+        self._feeder.submit(_WorkItem(future, payload))
+        return future
 
     def _submit_chunk(
         self, fn: Callable[..., Any], chunk: Chunk
     ) -> Future[ChunkResult]:
-        return self._send(run_chunk, (fn, chunk), {}, chunk=True)
-
-    def _send(
-        self,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        chunk: bool,
-    ) -> Future[Any]:
-        future: Future[Any] = Future()
-        try:
-            payload = _dumps((fn, args, kwargs))
-        except Exception as exc:
-            # Fails this future only; the pool never sees the task.
-            future.set_exception(exc)
-            return future
-        self._feeder.submit(_WorkItem(future, payload, chunk))
+        # Pickled by Pool's task thread (see _Pickled); map raises a
+        # pickling error at the chunk's position either way.
+        future: Future[ChunkResult] = Future()
+        payload = _Pickled((run_chunk, (fn, chunk), {}))
+        self._feeder.submit(_WorkItem(future, payload, chunk=True))
         return future
 
     def _interrupt(self) -> None:
