@@ -406,3 +406,19 @@ def test_list_names_every_target_and_workload() -> None:
         assert info.name in done.stdout
     for name in [*RAW, "serial", *WORKLOADS]:
         assert name in done.stdout
+
+
+def test_each_raw_library_is_measured_next_to_its_backend() -> None:
+    from executors.bench.__main__ import measurement_order
+    from executors.bench._targets import discover_targets
+
+    specs = [s for s in discover_targets(2, None) if s.available]
+    names = [s.name for s in measurement_order(specs)]
+    assert sorted(names) == sorted(s.name for s in specs)
+    for spec in specs:
+        if spec.kind == "ours" and spec.counterpart in names:
+            first = min(
+                names.index(s.name) for s in specs if s.counterpart == spec.counterpart
+            )
+            # The counterpart follows the first backend compared against it.
+            assert names.index(spec.counterpart) == first + 1

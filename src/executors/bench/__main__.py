@@ -162,6 +162,24 @@ def _select_workloads(wanted: list[str], has_func: bool, quick: bool) -> list[st
     return [n for n in WORKLOADS if n in wanted]
 
 
+def measurement_order(specs: list[TargetSpec]) -> list[TargetSpec]:
+    """Each raw library right after the first backend compared against it.
+
+    The speed of this kind of machine drifts by a third over minutes; a
+    ratio is only as good as the closeness in time of its two figures.
+    """
+    raw = {spec.name: spec for spec in specs if spec.kind != "ours"}
+    ordered: list[TargetSpec] = []
+    for spec in specs:
+        if spec.kind != "ours":
+            continue
+        ordered.append(spec)
+        counterpart = raw.pop(spec.counterpart or "", None)
+        if counterpart is not None:
+            ordered.append(counterpart)
+    return ordered + list(raw.values())
+
+
 def calibrate(seconds: float) -> int:
     """Loop count of :func:`executors.bench._tasks.burn` taking ``seconds`` here."""
     from ._tasks import burn
@@ -255,13 +273,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs: list[TargetRun] = []
     interrupted = False
     try:
-        for spec in available:
+        for spec in measurement_order(available):
             runs.append(runner.run_target(spec, workloads))
     except KeyboardInterrupt:
         # The runner has killed the measurement in progress.
         interrupted = True
         say("interrupted: reporting what was measured")
 
+    # Reported in the order the targets were chosen, not measured.
+    position = {spec.name: i for i, spec in enumerate(available)}
+    runs.sort(key=lambda run: position[run.spec.name])
     results = Results(
         config=config,
         targets=chosen,
