@@ -358,6 +358,7 @@ def test_task_errors_are_reported_not_measured(tmp_path: Path) -> None:
         (["--func", "m:f"], "--func and --inputs go together"),
         (["--workloads", "func"], "the func workload needs --func"),
         (["--workers", "0"], "--workers must be at least 1"),
+        (["--rounds", "0"], "--rounds must be at least 1"),
         (["--timeout", "-1"], "--timeout must be a positive number"),
     ],
 )
@@ -422,3 +423,52 @@ def test_each_raw_library_is_measured_next_to_its_backend() -> None:
             )
             # The counterpart follows the first backend compared against it.
             assert names.index(spec.counterpart) == first + 1
+
+
+def test_rounds_pool_the_samples_of_every_round(tmp_path: Path) -> None:
+    done, left = _bench(
+        [
+            "--quick",
+            "--backends",
+            "inline,thread",
+            "--no-counterparts",
+            "--workloads",
+            "roundtrip",
+            "--repeats",
+            "2",
+            "--rounds",
+            "2",
+            "--json",
+            str(tmp_path / "out.json"),
+        ],
+        cwd=tmp_path,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "round 2 of 2" in done.stderr
+    assert "over 2 rounds" in done.stdout
+    report = json.loads((tmp_path / "out.json").read_text(encoding="utf-8"))
+    records = _records(report)
+    assert {t["name"] for t in report["targets"]} == {"inline", "thread"}
+    for name in ("inline", "thread"):
+        record = records[(name, "roundtrip")]
+        assert record["status"] == "ok"
+        # Each round times its own calls (200 with --quick); both are kept.
+        assert len(record["samples"]["us"]) == 2 * record["params"]["calls"]
+    assert left == []
+
+
+def test_merge_rounds_notes_a_round_that_failed() -> None:
+    from executors.bench._runner import TargetRun, merge_rounds
+    from executors.bench._targets import TargetSpec
+
+    spec = TargetSpec("x", "ours", "a target", 2)
+    good = {"workload": "tiny", "status": "ok", "samples": {"a": [1.0]}, "notes": []}
+    bad = {"workload": "tiny", "status": "hung", "message": "hung after 8 s"}
+    merged = merge_rounds(
+        [TargetRun(spec, [good]), TargetRun(spec, [bad]), TargetRun(spec, [good])]
+    )
+    (record,) = merged.records
+    assert record["samples"] == {"a": [1.0, 1.0]}
+    assert record["notes"] == ["one round of 3: hung: hung after 8 s"]
+    assert merge_rounds([TargetRun(spec, [bad])]).records == [bad]

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 
 from ._config import make_config
-from ._runner import Runner, TargetRun
+from ._runner import Runner, TargetRun, merge_rounds
 from ._targets import TargetSpec, discover_targets
 from ._workloads import WORKLOADS
 
@@ -71,6 +71,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--repeats", type=int, help="repeats per figure (default: 5, --quick: 3)"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help="measure every target this many times in turn, splitting the "
+        "repeats and the budget between the rounds, so a drift of the "
+        "machine's speed during the run weighs on every target alike "
+        "(default: 1)",
     )
     parser.add_argument(
         "--timeout",
@@ -212,6 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--workers must be at least 1")
     if args.repeats is not None and args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    if args.rounds is not None and args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     for option in ("timeout", "budget"):
         value = getattr(args, option)
         if value is not None and value <= 0:
@@ -246,6 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         quick=args.quick,
         workers=args.workers,
         repeats=args.repeats,
+        rounds=args.rounds,
         bound=args.timeout,
         budget=args.budget,
         start_method=args.start_method,
@@ -269,20 +280,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{' (--quick)' if config.quick else ''}; each measurement bounded at "
         f"{config.bound:.0f} s"
     )
-    runner = Runner(config, say)
-    runs: list[TargetRun] = []
+    runner = Runner(config.one_round(), say)
+    rounds: dict[str, list[TargetRun]] = {}
     interrupted = False
     try:
-        for spec in measurement_order(available):
-            runs.append(runner.run_target(spec, workloads))
+        for number in range(1, config.rounds + 1):
+            if config.rounds > 1:
+                say(f"round {number} of {config.rounds}")
+            for spec in measurement_order(available):
+                rounds.setdefault(spec.name, []).append(
+                    runner.run_target(spec, workloads)
+                )
     except KeyboardInterrupt:
         # The runner has killed the measurement in progress.
         interrupted = True
         say("interrupted: reporting what was measured")
 
     # Reported in the order the targets were chosen, not measured.
-    position = {spec.name: i for i, spec in enumerate(available)}
-    runs.sort(key=lambda run: position[run.spec.name])
+    runs = [merge_rounds(rounds[s.name]) for s in available if s.name in rounds]
     results = Results(
         config=config,
         targets=chosen,

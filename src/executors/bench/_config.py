@@ -17,6 +17,9 @@ class Config:
         quick: Scaled-down sizes (``--quick``): figures are indicative only.
         workers: Workers per pool (``--workers``).
         repeats: Repeats of each measurement; the median is reported.
+        rounds: Times every target is measured, one after the other, each
+            round taking its share of ``repeats`` and ``budget``; the
+            samples of all rounds are reported together.
         bound: Seconds one measurement may take before it is reported as
             hung and its processes are killed.
         budget: Seconds a measurement may spend repeating itself: a slow
@@ -47,6 +50,7 @@ class Config:
     quick: bool = False
     workers: int = 2
     repeats: int = 5
+    rounds: int = 1
     bound: float = 300.0
     budget: float = 30.0
     start_method: str | None = None
@@ -77,6 +81,14 @@ class Config:
     def from_json(cls, data: dict[str, Any]) -> Config:
         """Rebuild a configuration from :meth:`to_json` data."""
         return cls(**data)
+
+    def one_round(self) -> Config:
+        """The configuration of one of ``rounds`` rounds."""
+        return dataclasses.replace(
+            self,
+            repeats=max(1, -(-self.repeats // self.rounds)),
+            budget=self.budget / self.rounds,
+        )
 
     def sweep(self, items: int) -> list[int]:
         """The chunk sizes to try on a map of ``items``.

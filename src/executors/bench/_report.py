@@ -450,7 +450,9 @@ class Results:
             f"{memory}{load}",
             f"- Versions: {installed}",
             f"- {c.workers} workers per pool; start method: {start_method}; up to "
-            f"{c.repeats} repeats per figure, bounded at {c.bound:.0f} s each",
+            f"{c.repeats} repeats per figure"
+            + (f" over {c.rounds} rounds" if c.rounds > 1 else "")
+            + f", bounded at {c.bound:.0f} s each",
             "- Each cell: median [range: min..max, or 10th..90th percentile over "
             "10+ samples]. Ratios: this target's median over the other's, in "
             "the figure's unit (above 1 is better for rates, below 1 for times "

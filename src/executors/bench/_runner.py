@@ -34,7 +34,7 @@ from ._config import Config
 from ._targets import TargetSpec
 from ._workloads import WORKLOADS
 
-__all__ = ["Runner", "TargetRun"]
+__all__ = ["Runner", "TargetRun", "merge_rounds"]
 
 _POLL = 0.05
 # After a subprocess exits, the helpers it started (forkserver, resource
@@ -52,6 +52,40 @@ class TargetRun:
     spec: TargetSpec
     records: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+
+def merge_rounds(runs: list[TargetRun]) -> TargetRun:
+    """One target's rounds as one run: each workload's samples pooled.
+
+    A workload keeps the parameters of its first good round; a round that
+    failed where another succeeded becomes a note.
+    """
+    merged = TargetRun(runs[0].spec)
+    for run in runs:
+        merged.notes += [note for note in run.notes if note not in merged.notes]
+    names = list(dict.fromkeys(r["workload"] for run in runs for r in run.records))
+    for name in names:
+        records = [r for run in runs for r in run.records if r["workload"] == name]
+        good = [r for r in records if r.get("status") == "ok"]
+        if not good:
+            merged.records.append(records[0])
+            continue
+        record = dict(good[0])
+        samples: dict[str, list[float]] = {}
+        for r in good:
+            for metric, values in r.get("samples", {}).items():
+                samples.setdefault(metric, []).extend(values)
+        record["samples"] = samples
+        record["elapsed"] = sum(r.get("elapsed", 0.0) for r in records)
+        notes = list(record.get("notes", []))
+        notes += [
+            f"one round of {len(records)}: {r.get('status')}: {r.get('message')}"
+            for r in records
+            if r.get("status") != "ok"
+        ]
+        record["notes"] = notes
+        merged.records.append(record)
+    return merged
 
 
 def _proc_stat(pid: str) -> tuple[str, int, int, str] | None:
