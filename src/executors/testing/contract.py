@@ -490,6 +490,26 @@ class CrashContract(ContractBase):
             pass  # raised by submit itself: just as good
         assert executor.submit(tasks.add, 1, 2).result(timeout=BOUND) == 3
 
+    @pytest.mark.parametrize("size", [10, 400])
+    def test_map_raises_an_unpicklable_item_at_its_position(
+        self, executor: Any, size: int
+    ) -> None:
+        # 10 items run one per task; 400 run in chunks, where the chunk
+        # holding the item fails to pickle (in the caller or in a thread
+        # of the backend): every value before it still arrives, in order.
+        bad = size * 3 // 4
+        items: list[Any] = list(range(size))
+        items[bad] = tasks.UnpicklableArg()
+        got: list[Any] = []
+        with pytest.raises((TypeError, pickle.PicklingError)):
+            for value in executor.map(tasks.identity, items, timeout=BOUND):
+                got.append(value)
+        assert got == list(range(len(got)))
+        # One item per task: exactly the items before it; in chunks, up to
+        # its chunk at least (the queue backend finds the item itself).
+        assert len(got) == bad if size == 10 else len(got) <= bad
+        assert list(executor.map(tasks.add, [1, 2], [3, 4], timeout=BOUND)) == [4, 6]
+
     def test_unpicklable_result_fails_its_future(self, executor: Any) -> None:
         fut = executor.submit(tasks.return_lock)
         with pytest.raises((TypeError, pickle.PicklingError)):
