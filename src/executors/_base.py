@@ -27,12 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from . import _map
 from ._capabilities import Capabilities
-from ._options import (
-    check_buffersize,
-    check_callable,
-    check_chunksize,
-    check_timeout,
-)
+from ._options import check_callable, check_map_arguments
 from ._serialize import portable
 
 if TYPE_CHECKING:
@@ -281,10 +276,9 @@ class BaseExecutor(futures.Executor, metaclass=ABCMeta):
         buffersize: int | None,
         progress: bool,
     ) -> _map.MapRun:
-        check_callable(fn)
-        timeout = check_timeout(timeout)
-        chunksize = check_chunksize(chunksize)
-        buffersize = check_buffersize(buffersize)
+        timeout, chunksize, buffersize = check_map_arguments(
+            fn, timeout, chunksize, buffersize
+        )
         # Before start_map: map's timeout counts from the call, and starting
         # the workers is not part of the map.
         self._start()

@@ -11,15 +11,18 @@ import multiprocessing.context
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = [
     "DEFAULT_START_METHOD",
+    "ProcessPoolOptions",
     "check_buffersize",
     "check_chunksize",
     "check_initializer",
+    "check_map_arguments",
     "check_max_tasks_per_child",
     "check_max_workers",
+    "check_process_pool_options",
     "check_timeout",
     "cpu_count",
     "resolve_mp_context",
@@ -117,6 +120,35 @@ def resolve_mp_context(value: object) -> multiprocessing.context.BaseContext:
     )
 
 
+class ProcessPoolOptions(NamedTuple):
+    """The checked options of a pool of worker processes."""
+
+    workers: int
+    context: multiprocessing.context.BaseContext
+    max_tasks_per_child: int | None
+
+
+def check_process_pool_options(
+    *,
+    max_workers: object,
+    default_workers: int,
+    mp_context: object,
+    initializer: object,
+    initargs: object,
+    max_tasks_per_child: object,
+) -> ProcessPoolOptions:
+    """Check the options every worker-process pool takes, in one order.
+
+    Raises:
+        TypeError, ValueError: from the individual checks above.
+    """
+    workers = check_max_workers(max_workers, default=default_workers)
+    context = resolve_mp_context(mp_context)
+    check_initializer(initializer, initargs)
+    per_child = check_max_tasks_per_child(max_tasks_per_child)
+    return ProcessPoolOptions(workers, context, per_child)
+
+
 def check_timeout(timeout: object, name: str = "timeout") -> float | None:
     """Validate a timeout in seconds (``None`` waits forever).
 
@@ -174,3 +206,19 @@ def check_callable(fn: object) -> Callable[..., Any]:
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__} {fn!r:.80}")
     return fn
+
+
+def check_map_arguments(
+    fn: object, timeout: object, chunksize: object, buffersize: object
+) -> tuple[float | None, int | None, int | None]:
+    """Check the arguments of ``map`` and ``map_unordered``, in one order.
+
+    Returns:
+        ``(timeout, chunksize, buffersize)``, checked.
+    """
+    check_callable(fn)
+    return (
+        check_timeout(timeout),
+        check_chunksize(chunksize),
+        check_buffersize(buffersize),
+    )

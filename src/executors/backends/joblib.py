@@ -100,10 +100,8 @@ from .._capabilities import Capabilities
 from .._errors import InitializerFailedError, WorkerCrashedError, describe_exitcode
 from .._map import _progress_bar
 from .._options import (
-    check_buffersize,
-    check_callable,
-    check_chunksize,
     check_initializer,
+    check_map_arguments,
     check_max_tasks_per_child,
     check_max_workers,
     check_timeout,
@@ -1338,10 +1336,9 @@ class JoblibExecutor(BaseExecutor):
         buffersize: int | None,
         progress: bool,
     ) -> Iterator[T]:
-        check_callable(fn)
-        timeout = check_timeout(timeout)
-        chunksize = check_chunksize(chunksize)
-        buffersize = check_buffersize(buffersize)
+        timeout, chunksize, buffersize = check_map_arguments(
+            fn, timeout, chunksize, buffersize
+        )
         if (
             self._map_engine == "shared"
             or timeout is not None

@@ -84,13 +84,7 @@ from .._base import BaseExecutor, fail_futures, notify_cancelled
 from .._capabilities import Capabilities
 from .._errors import InitializerFailedError, WorkerCrashedError, describe_exitcode
 from .._map import Chunk, ChunkResult, run_chunk
-from .._options import (
-    check_initializer,
-    check_max_tasks_per_child,
-    check_max_workers,
-    cpu_count,
-    resolve_mp_context,
-)
+from .._options import check_process_pool_options, cpu_count
 from .._remote import RemoteTraceback, picklable_exception
 
 __all__ = ["MpPoolExecutor"]
@@ -952,10 +946,14 @@ class MpPoolExecutor(BaseExecutor):
         max_tasks_per_child: int | None = None,
         cloudpickle: bool = True,
     ) -> None:
-        workers = check_max_workers(max_workers, default=cpu_count())
-        context = resolve_mp_context(mp_context)
-        check_initializer(initializer, initargs)
-        per_child = check_max_tasks_per_child(max_tasks_per_child)
+        workers, context, per_child = check_process_pool_options(
+            max_workers=max_workers,
+            default_workers=cpu_count(),
+            mp_context=mp_context,
+            initializer=initializer,
+            initargs=initargs,
+            max_tasks_per_child=max_tasks_per_child,
+        )
         super().__init__(max_workers=workers, cloudpickle=cloudpickle)
         if initializer is not None:
             initializer = self._prepare(initializer)

@@ -21,13 +21,7 @@ from typing import Any, TypeVar, cast
 
 from .._base import BaseExecutor, notify_cancelled
 from .._capabilities import Capabilities
-from .._options import (
-    check_initializer,
-    check_max_tasks_per_child,
-    check_max_workers,
-    cpu_count,
-    resolve_mp_context,
-)
+from .._options import check_process_pool_options, cpu_count
 
 __all__ = ["ProcessExecutor"]
 
@@ -66,12 +60,14 @@ class ProcessExecutor(BaseExecutor):
         max_tasks_per_child: int | None = None,
         cloudpickle: bool = True,
     ) -> None:
-        workers = check_max_workers(
-            max_workers, default=min(_MAX_DEFAULT_WORKERS, cpu_count())
+        workers, context, per_child = check_process_pool_options(
+            max_workers=max_workers,
+            default_workers=min(_MAX_DEFAULT_WORKERS, cpu_count()),
+            mp_context=mp_context,
+            initializer=initializer,
+            initargs=initargs,
+            max_tasks_per_child=max_tasks_per_child,
         )
-        context = resolve_mp_context(mp_context)
-        check_initializer(initializer, initargs)
-        per_child = check_max_tasks_per_child(max_tasks_per_child)
         super().__init__(max_workers=workers, cloudpickle=cloudpickle)
         extra: dict[str, Any] = {}
         if per_child is not None:

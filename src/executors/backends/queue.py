@@ -53,13 +53,7 @@ from typing import Any, Generic, TypeVar
 from .._base import BaseExecutor, notify_cancelled
 from .._capabilities import Capabilities
 from .._map import Chunk, ChunkResult
-from .._options import (
-    check_initializer,
-    check_max_tasks_per_child,
-    check_max_workers,
-    cpu_count,
-    resolve_mp_context,
-)
+from .._options import check_process_pool_options, cpu_count
 from .._serialize import portable, unwrap
 from ._queue.items import TaskKilledError
 from ._queue.pool import Pool
@@ -164,12 +158,14 @@ class QueueExecutor(BaseExecutor):
         task_timeout: float | None = None,
         cloudpickle: bool = True,
     ) -> None:
-        workers = check_max_workers(
-            max_workers, default=min(_MAX_DEFAULT_WORKERS, cpu_count())
+        workers, context, per_child = check_process_pool_options(
+            max_workers=max_workers,
+            default_workers=min(_MAX_DEFAULT_WORKERS, cpu_count()),
+            mp_context=mp_context,
+            initializer=initializer,
+            initargs=initargs,
+            max_tasks_per_child=max_tasks_per_child,
         )
-        context = resolve_mp_context(mp_context)
-        check_initializer(initializer, initargs)
-        per_child = check_max_tasks_per_child(max_tasks_per_child)
         self._task_timeout = (
             None
             if task_timeout is None
