@@ -28,7 +28,9 @@ The data flow::
   an item is marked running when it is sent. Queued work stays
   cancellable, and memory bounded.
 * Each **worker** has its own pipes, so the pool knows which items each
-  worker holds; before running an item it posts it on the shared **board**.
+  worker holds; as it receives an item it posts it on the shared **board**.
+  Writes to a task pipe never block: a caller writes what the pipe takes at
+  once, the manager thread the rest (the invariants: :mod:`._queue.pool`).
 * The **manager thread** (it holds only a weak reference to the executor)
   waits on every result pipe and every worker's exit. A worker that dies
   fails only the task the board shows it running (a

@@ -2,7 +2,8 @@
 
 * :class:`WorkItem`: one task (or one chunk of a ``map``) and its future.
 * :class:`WorkerHandle`: the parent's view of one worker process: its two
-  pipes and the items sent to it and not yet answered, oldest first.
+  pipes, the items sent to it and not yet answered, oldest first, and the
+  frames not yet (fully) written to its pipe.
 * :class:`Replay` and :class:`KillReason`: what the pool remembers to blame
   the right item when a worker dies.
 """
@@ -18,7 +19,7 @@ from typing import Any
 
 from ..._errors import WorkerCrashedError, describe_exitcode
 from ..._map import Chunk
-from .wire import CHUNK, HEADER, Channel
+from .wire import CHUNK, HEADER, Channel, Part
 
 __all__ = [
     "KillReason",
@@ -28,6 +29,7 @@ __all__ = [
     "WorkerHandle",
     "crash_error",
     "drop",
+    "early_crash_error",
     "exiting_error",
     "find_item",
     "interrupted_error",
@@ -68,6 +70,7 @@ class WorkItem:
         "body",
         "buffers",
         "chunk",
+        "early_deaths",
         "elapsed",
         "fn",
         "future",
@@ -114,6 +117,9 @@ class WorkItem:
         self.undecodable: BaseException | None = None  # a PARTIAL that failed
         self.elapsed = 0.0
         self.replay: Replay | None = None
+        # Workers that died with it posted but not started (see
+        # Pool._sort_out_locked).
+        self.early_deaths = 0
 
     @property
     def watched(self) -> bool:
@@ -170,9 +176,16 @@ class WorkerHandle:
 
     Args:
         process: The worker process.
-        tasks: Write end of its task pipe.
+        tasks: Write end of its task pipe (non-blocking).
         results: Read end of its result pipe.
         slot: Its row on the board, and its index in ``Pool.workers``.
+        capacity: Bytes its task pipe holds.
+
+    Attributes:
+        outbox: Frames of held items not yet fully written to the task
+            pipe, oldest first, the first one possibly cut where the last
+            write stopped. Only the manager thread writes them; while it is
+            not empty nobody else writes to this pipe.
     """
 
     __slots__ = (
@@ -182,6 +195,7 @@ class WorkerHandle:
         "held",
         "held_bytes",
         "kill_reason",
+        "outbox",
         "process",
         "ready",
         "results",
@@ -200,6 +214,7 @@ class WorkerHandle:
         self.capacity = capacity  # bytes the task pipe holds
         self.held: deque[WorkItem] = deque()
         self.held_bytes = 0
+        self.outbox: deque[list[Part]] = deque()
         self.sent = 0
         self.ready = False
         self.eof = False
@@ -261,6 +276,19 @@ def crash_error(exitcode: int | None, kind: int) -> BaseException:
     return WorkerCrashedError(
         f"the worker process running {what} died ({describe_exitcode(exitcode)}); "
         "the executor replaced it and runs the other tasks as usual",
+        exitcode,
+    )
+
+
+def early_crash_error(exitcode: int | None, kind: int, deaths: int) -> BaseException:
+    what = "the chunk of a map holding this item" if kind == CHUNK else "this task"
+    times = "once" if deaths == 1 else f"{deaths} times"
+    return WorkerCrashedError(
+        f"a worker process died {times} while receiving {what}, before it "
+        f"started (the last with {describe_exitcode(exitcode)}): its arguments "
+        "are likely too large for a worker's memory (a memory limit, the OOM "
+        "killer), or unpickling them kills the process; the executor replaced "
+        "the worker and runs the other tasks as usual",
         exitcode,
     )
 

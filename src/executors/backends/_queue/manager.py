@@ -2,7 +2,8 @@
 
 * :class:`Manager`: the one thread per pool that waits on every worker's
   result pipe and exit sentinel, feeds what arrives to the
-  :class:`~.pool.Pool`, and enforces timeouts.
+  :class:`~.pool.Pool`, finishes writing the frames a caller could not
+  write whole (on the task pipes with an outbox), and enforces timeouts.
 * :class:`Wakeup`: how other threads interrupt the manager's wait.
 
 At interpreter exit, as with :mod:`concurrent.futures`, every manager
@@ -29,18 +30,29 @@ if TYPE_CHECKING:
 
 __all__ = ["Manager", "Wakeup", "interpreter_exiting"]
 
+# What the manager's wait reports about a worker.
+_RESULTS, _EXITED, _WRITABLE = 0, 1, 2
+
 
 class Wakeup:
     """A pipe other threads write to so the manager's wait returns.
 
     At most one wake-up is ever in the pipe, so a writer never blocks (the
     CPython gh-105829 deadlock came from a wake-up pipe that filled up).
+    An exception landing in a caller inside :meth:`wake` (Ctrl-C) may leave
+    one more, or a wake-up marked pending that was never written: ``drain``
+    empties the pipe whatever it holds, and ``wake`` marks it pending only
+    once written, so no wake-up is ever lost.
     """
 
     def __init__(self) -> None:
         import multiprocessing
 
         self._reader, self._writer = multiprocessing.Pipe(duplex=False)
+        self._raw = os.name == "posix"
+        if self._raw:
+            # Drained with plain reads of whatever is there.
+            os.set_blocking(self._reader.fileno(), False)
         self._lock = threading.Lock()
         self._pending = False
         self._closed = False
@@ -53,15 +65,21 @@ class Wakeup:
         with self._lock:
             if self._pending or self._closed:
                 return
-            self._pending = True
             with contextlib.suppress(OSError):
                 self._writer.send_bytes(b"")
+            self._pending = True
 
     def drain(self) -> None:
         with self._lock:
-            if self._pending and not self._closed:
-                with contextlib.suppress(OSError, EOFError):
-                    self._reader.recv_bytes()
+            if not self._closed:
+                if self._raw:
+                    with contextlib.suppress(OSError):
+                        while os.read(self._reader.fileno(), 4096):
+                            pass
+                else:
+                    with contextlib.suppress(OSError, EOFError):
+                        while self._reader.poll(0):
+                            self._reader.recv_bytes()
             self._pending = False
 
     def close(self) -> None:
@@ -117,23 +135,30 @@ class Manager(threading.Thread):
         self.pool = pool
         self.selector = _Selector()
         self.watching: dict[int, WorkerHandle] = {}
+        # Workers whose task pipe is watched for room (their outbox).
+        self.writing: set[WorkerHandle] = set()
         self.generation = -1
         _wakeups[self] = pool.wakeup
 
     def run(self) -> None:
         pool = self.pool
-        self.selector.register(pool.wakeup.reader, (None, False))
+        self.selector.register(pool.wakeup.reader, (None, _RESULTS))
         try:
             while not pool.should_stop():
                 self._watch_new_workers()
-                for worker, sentinel in self.selector.select(pool.check_deadlines()):
+                if pool.unflushed:
+                    self._watch_outboxes()
+                for worker, what in self.selector.select(pool.check_deadlines()):
                     if worker is None:
                         pool.wakeup.drain()
                     elif worker.gone:
                         continue
-                    elif sentinel:
+                    elif what == _EXITED:
                         self._forget(worker)
                         pool.on_exit(worker)
+                    elif what == _WRITABLE:
+                        if pool.flush(worker):
+                            self._stop_writing(worker)
                     else:
                         self._read(worker)
         except BaseException as exc:
@@ -167,8 +192,21 @@ class Manager(threading.Thread):
         for worker in workers:
             if self.watching.get(worker.slot) is not worker:
                 self.watching[worker.slot] = worker
-                self.selector.register(worker.results, (worker, False))
-                self.selector.register(worker.process.sentinel, (worker, True))
+                self.selector.register(worker.results, (worker, _RESULTS))
+                self.selector.register(worker.process.sentinel, (worker, _EXITED))
+
+    def _watch_outboxes(self) -> None:
+        # Only this thread marks a worker gone (in on_exit), so a worker not
+        # gone here is still open while it is watched.
+        for worker in self.pool.take_unflushed():
+            if not worker.gone and worker not in self.writing:
+                self.writing.add(worker)
+                self.selector.register(worker.tasks, (worker, _WRITABLE), write=True)
+
+    def _stop_writing(self, worker: WorkerHandle) -> None:
+        if worker in self.writing:
+            self.writing.discard(worker)
+            self.selector.unregister(worker.tasks)
 
     def _forget(self, worker: WorkerHandle) -> None:
         if self.watching.get(worker.slot) is worker:
@@ -176,6 +214,7 @@ class Manager(threading.Thread):
         if not worker.eof:
             self.selector.unregister(worker.results)
         self.selector.unregister(worker.process.sentinel)
+        self._stop_writing(worker)
 
 
 class _Selector:
@@ -194,15 +233,19 @@ class _Selector:
             self._selector = selectors.DefaultSelector()
         self._data: dict[Any, Any] = {}
 
-    def register(self, obj: Any, data: Any) -> None:
+    def register(self, obj: Any, data: Any, write: bool = False) -> None:
+        """Watch ``obj`` for data to read (or, with ``write``, for room)."""
         if self._epoll is not None:
             fd = obj if isinstance(obj, int) else obj.fileno()
-            self._epoll.register(fd, select.EPOLLIN)
+            self._epoll.register(fd, select.EPOLLOUT if write else select.EPOLLIN)
             self._data[fd] = data
         elif self._selector is not None:
-            self._selector.register(obj, selectors.EVENT_READ, data)
-        else:
+            events = selectors.EVENT_WRITE if write else selectors.EVENT_READ
+            self._selector.register(obj, events, data)
+        elif not write:
             self._data[obj] = data
+        # Windows: callers write frames whole, so no pipe is ever watched
+        # for room.
 
     def unregister(self, obj: Any) -> None:
         if self._epoll is not None:

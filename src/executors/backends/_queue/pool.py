@@ -9,6 +9,29 @@ resolved outside it, because done-callbacks run user code.
 Callers dispatch their own work: ``submit`` pickles in the calling thread and
 writes straight to an idle worker's pipe, so the only thread hop of a task is
 the manager setting its result.
+
+Writing to a worker (the invariants the transport rests on):
+
+* Every write to a task pipe happens under ``lock`` and is non-blocking
+  (:meth:`.wire.Channel.send_nowait`): it takes what the pipe holds now and
+  returns. No byte count can promise a blocking write will not block (a
+  pipe fills by pages: two 2.6 KB frames take two 4 KiB pages), and a
+  blocked write under the lock would stop the manager, which needs the lock
+  to handle any result: every future would hang.
+* A caller writes a frame only while the worker's ``outbox`` is empty, with
+  one non-blocking system call. What does not fit goes to the ``outbox``;
+  from then on only the manager thread writes to that pipe, as it becomes
+  writable, frames in order, until the ``outbox`` is empty again. The
+  manager is never the main thread, so no ``KeyboardInterrupt`` (or other
+  signal handler's exception) can stop it in the middle of a frame.
+* If such an exception lands in a caller between recording an item as held
+  and recording what its write did, whether a frame is whole in the pipe is
+  unknown: the worker is killed and replaced, and what it held is sent
+  again (:meth:`Pool._send_locked`). A worker never waits for the rest of a
+  frame nobody will write.
+* A worker that dies with a frame half written takes the rest of the
+  ``outbox`` with it: its held items are settled or sent again from the
+  board, as for any death (:meth:`Pool.on_exit`).
 """
 
 from __future__ import annotations
@@ -38,6 +61,7 @@ from .items import (
     WorkItem,
     crash_error,
     drop,
+    early_crash_error,
     exiting_error,
     find_item,
     interrupted_error,
@@ -59,6 +83,7 @@ from .wire import (
     Channel,
     Message,
     dumps_chunk,
+    frame,
     loads,
 )
 from .worker import run_worker
@@ -77,11 +102,14 @@ __all__ = ["Pool"]
 AHEAD_SECONDS = 0.02
 MAX_TASKS_AHEAD = 8
 # A worker that is busy (or still starting) is sent an item only if the
-# item, with everything it holds, fits in its task pipe: the write then never
-# blocks the sender. Linux pipes are grown to this size (they hold 64 KiB by
-# default), so a chunk of a map can wait in the pipe while the previous one
-# runs, and a large argument crosses in fewer wake-ups of the reader. The
-# kernel allocates the pages only as data flows: an idle pipe costs nothing.
+# item, with everything it holds, fits in its task pipe by the byte count:
+# more would wait in the parent anyway, where it can still be cancelled or
+# go to another worker. (Writes never block whatever the count says: see
+# "Writing to a worker" above.) Linux pipes are grown to this size (they
+# hold 64 KiB by default, 8 KiB once a user has many pipes open), so a chunk
+# of a map can wait in the pipe while the previous one runs, and a large
+# argument crosses in fewer wake-ups. The kernel allocates the pages only
+# as data flows: an idle pipe costs nothing.
 PIPE_BYTES = 1024 * 1024
 # What a pipe is assumed to hold where its size cannot be read (macOS pipes
 # start at 16 KiB).
@@ -100,6 +128,13 @@ STOP_GRACE_SECONDS = 3.0
 # starting) is replaced; this many in a row mean workers cannot start at all
 # (a broken environment), and the pool is broken instead of looping.
 STARTUP_FAILURES_BEFORE_BROKEN = 3
+# A task whose worker dies after receiving its header but before the task
+# starts (while its frame is read or its arguments unpickled) is sent again
+# until this many workers have died so; then it fails. Once is not proof:
+# the OOM killer may pick a worker for memory others use. But a task too
+# large for a worker's memory kills every worker it reaches, and sending it
+# again without a bound starts and kills workers for ever.
+EARLY_DEATHS_BEFORE_FAILED = 2
 
 # Linux fcntl commands (the fcntl module names them from Python 3.10 only).
 _F_SETPIPE_SZ = 1031
@@ -151,6 +186,9 @@ class Pool:
         self.generation = 0  # bumped when a worker is registered
         self.ids = itertools.count(1)
         self.by_future: dict[Future[Any], WorkItem] = {}
+        # Workers whose outbox became non-empty, for the manager to watch
+        # their task pipe until it has written everything.
+        self.unflushed: list[WorkerHandle] = []
         self.watched = 0  # held items with a timeout or a kill request
         # Moving average of task durations; None until a task has finished.
         self.task_seconds: float | None = None
@@ -249,12 +287,14 @@ class Pool:
             worker = self._pick_worker_locked(item)
             if worker is None:
                 return
-            pending.popleft()
             if not item.started:
+                # Marked first: an exception landing between the two must
+                # not make the next dispatch set the future running again.
+                item.started = True
                 if not item.future.set_running_or_notify_cancel():
+                    pending.popleft()
                     self.by_future.pop(item.future, None)
                     continue
-                item.started = True
             self._send_locked(worker, item)
 
     def _pick_worker_locked(self, item: WorkItem) -> WorkerHandle | None:
@@ -281,6 +321,7 @@ class Pool:
                     return worker
                 if (
                     held <= ahead
+                    and not worker.outbox
                     and worker.held_bytes + size <= worker.capacity
                     and (busy is None or held < len(busy.held))
                 ):
@@ -305,20 +346,71 @@ class Pool:
         return None
 
     def _send_locked(self, worker: WorkerHandle, item: WorkItem) -> None:
-        worker.held.append(item)
-        worker.held_bytes += item.size
-        worker.sent += 1
-        if item.watched:
-            self.watched += 1
-        # Not contextlib.suppress: this is on every task's path.
-        try:  # noqa: SIM105
-            worker.tasks.send(
-                item.kind, item.task_id, item.timeout or 0.0, item.body, item.buffers
-            )
+        """Move ``item`` (``pending[0]``) to ``worker`` and write its frame.
+
+        Never blocks: see "Writing to a worker" at the top of this module.
+        """
+        try:
+            # Held before it leaves the queue: it is always in one of them.
+            worker.held.append(item)
+            self.pending.popleft()
+            worker.held_bytes += item.size
+            worker.sent += 1
+            if item.watched:
+                self.watched += 1
+            timeout = item.timeout or 0.0
+            if worker.outbox:
+                # The manager is writing an earlier frame: queue behind it.
+                worker.outbox.append(
+                    frame(item.kind, item.task_id, timeout, item.body, item.buffers)
+                )
+            else:
+                rest = worker.tasks.send_nowait(
+                    item.kind, item.task_id, timeout, item.body, item.buffers
+                )
+                if rest is not None:
+                    # The pipe is full: the manager writes the rest.
+                    worker.outbox.append(rest)
+                    self.unflushed.append(worker)
+                    self.wakeup.wake()
         except OSError:
             pass  # dead: handling its death sends the item again
+        except BaseException:
+            # KeyboardInterrupt, or a signal handler's exception, in the
+            # caller's thread: what reached the pipe is unknown, and a
+            # worker waiting for the rest of a frame would wait for ever.
+            # Replace it; what it held is sent again (or settled).
+            if item in worker.held:
+                if self.pending and self.pending[0] is item:
+                    self.pending.popleft()
+                worker.kill(KillReason(None, 0, None))
+            raise
         if item.watched:
             self.wakeup.wake()
+
+    def take_unflushed(self) -> list[WorkerHandle]:
+        """The workers the manager must now watch for room in their pipe."""
+        with self.lock:
+            workers, self.unflushed = self.unflushed, []
+        return workers
+
+    def flush(self, worker: WorkerHandle) -> bool:
+        """Write ``worker``'s outbox as far as its pipe takes it (manager).
+
+        Returns:
+            True once the outbox is empty (the manager stops watching).
+        """
+        with self.lock:
+            outbox = worker.outbox
+            try:
+                while outbox:
+                    if not worker.tasks.write_nowait(outbox[0]):
+                        return False
+                    outbox.popleft()
+            except OSError:
+                # Dead: its exit settles or resends what it held.
+                outbox.clear()
+            return True
 
     # -- workers: start, register -------------------------------------------
 
@@ -414,6 +506,7 @@ class Pool:
         capacity = _grow_pipe(task_writer)
         _grow_pipe(result_reader)
         tasks, results = Channel(task_writer), Channel(result_reader)
+        tasks.make_nonblocking()
         return WorkerHandle(process, tasks, results, slot, capacity)
 
     # -- results (manager thread) --------------------------------------------
@@ -443,7 +536,7 @@ class Pool:
             if item.undecodable is None:
                 try:
                     item.values.extend(loads(message.body, message.buffers))
-                except Exception as exc:
+                except BaseException as exc:
                     # The chunk ends here, at the first value not received.
                     item.undecodable = exc
             return
@@ -482,6 +575,7 @@ class Pool:
             held = list(worker.held)
             worker.held.clear()
             worker.held_bytes = 0
+            worker.outbox.clear()
             self.watched -= sum(1 for item in held if item.watched)
             broken = self.broken is not None
             if broken or (not held and worker.ready):
@@ -532,6 +626,22 @@ class Pool:
             if item.task_id != task_id:
                 redo.append(item)
                 continue
+            if reason is None and started == 0:
+                # It died before the task started: while reading its frame
+                # or unpickling its arguments. The task is the likely cause
+                # (too large for the worker's memory): counted, so that it
+                # cannot kill worker after worker.
+                item.early_deaths += 1
+                if item.early_deaths < EARLY_DEATHS_BEFORE_FAILED:
+                    redo.append(item)
+                    continue
+                error = early_crash_error(exitcode, item.kind, item.early_deaths)
+                if item.kind != CHUNK:
+                    self.by_future.pop(item.future, None)
+                    settled.append((item, None, error))
+                else:
+                    self._finish_chunk_locked(item, 0, error, 0, settled)
+                continue
             aimed = None
             if reason is not None and reason.item is item:
                 aimed = reason.error  # the error it was killed with
@@ -559,7 +669,9 @@ class Pool:
                 # time; the one that crashes again, or outlives the time
                 # the piece had run, is the culprit (see Replay).
                 stop, careful = size, end
-                ran = max(0, time.monotonic_ns() - started) / 1e9 if started else 0.0
+                ran = (
+                    max(0, time.monotonic_ns() - started) / 1e9 if started > 0 else 0.0
+                )
                 budget = max(2 * ran, ran + REPLAY_SLACK_SECONDS)
                 replay = (budget, functools.partial(crash_error, exitcode, CHUNK))
             elif aimed is not None and reason is not None and reason.index == first:
@@ -626,7 +738,8 @@ class Pool:
         # What a worker wrote before it died is still in its pipe.
         if worker.eof:
             return
-        while _readable(worker.results):
+        readable = _poller(worker.results)
+        while readable():
             try:
                 message = worker.results.recv()
             except (EOFError, OSError):
@@ -685,6 +798,7 @@ class Pool:
                 items += worker.held
                 worker.held.clear()
                 worker.held_bytes = 0
+                worker.outbox.clear()
                 worker.kill(KillReason(None, 0, None))
             self.by_future.clear()
             self.watched = 0
@@ -708,6 +822,7 @@ class Pool:
                 items += worker.held
                 worker.held.clear()
                 worker.held_bytes = 0
+                worker.outbox.clear()
                 worker.kill(KillReason(None, 0, None))
             self.watched = 0
         for item in items:
@@ -718,7 +833,7 @@ class Pool:
 
     def check_deadlines(self) -> float | None:
         """Kill workers whose item ran out of time; return when to look again."""
-        if not self.watched:
+        if self.watched <= 0:
             return None
         now = time.monotonic_ns()
         wait: float | None = None
@@ -728,21 +843,23 @@ class Pool:
                     item.watched for item in worker.held
                 ):
                     continue
-                task_id, index, _, started = self.board.read(worker.slot)
+                posted = self.board.read(worker.slot)
+                task_id, index, _, started = posted
                 item = find_item(worker.held, task_id)
                 limit = None if item is None else time_limit(item, index)
                 if item is not None and item.kill:
                     worker.kill(KillReason(item, index, killed_error))
                     continue
-                if limit is None or not started:
-                    # Its watched item has not started yet.
+                if limit is None or started <= 0:
+                    # Its watched item has not started yet, or has returned
+                    # (its result is on its way: the timeout is over).
                     pause = TIMEOUT_POLL_SECONDS
                 else:
                     seconds, error = limit
                     deadline = started + int(seconds * 1e9)
                     if now < deadline:
                         pause = (deadline - now) / 1e9
-                    elif self.board.read(worker.slot)[:2] == (task_id, index):
+                    elif self.board.read(worker.slot) == posted:
                         worker.kill(KillReason(item, index, error))
                         continue
                     else:
@@ -809,10 +926,15 @@ class Pool:
 # -- helpers ------------------------------------------------------------------
 
 
+# Decoding catches BaseException: unpickling runs any callable the pickle
+# names, and a SystemExit (or any BaseException) it raises in the manager
+# thread would break the whole pool. It fails only its own task.
+
+
 def _decode_exception(message: Message) -> BaseException:
     try:
         error = loads(message.body, message.buffers)
-    except Exception as exc:
+    except BaseException as exc:
         return exc
     if isinstance(error, BaseException):
         return error
@@ -827,7 +949,7 @@ def _decode_outcome(
         return None, _decode_exception(message)
     try:
         payload = loads(message.body, message.buffers)
-    except Exception as exc:
+    except BaseException as exc:
         return None, exc
     if message.kind == RESULT:
         return payload, None
@@ -854,10 +976,14 @@ def _complete_recovered(
     settle(item, ChunkResult(values, final, item.elapsed + rest.elapsed), None)
 
 
-def _readable(channel: Channel) -> bool:
-    if os.name == "posix":
-        return bool(select.select([channel.fileno()], [], [], 0)[0])
-    return bool(channel.conn.poll(0))
+def _poller(channel: Channel) -> Callable[[], bool]:
+    """A function telling whether ``channel`` has data to read now."""
+    if os.name != "posix":
+        return functools.partial(channel.conn.poll, 0)
+    # poll, not select: select fails on descriptors past 1023.
+    poller = select.poll()
+    poller.register(channel.fileno(), select.POLLIN)
+    return lambda: bool(poller.poll(0))
 
 
 def _grow_pipe(conn: Connection) -> int:

@@ -15,9 +15,12 @@ out-of-band buffers: the sender writes them straight from the object's memory
 and the receiver reads them straight into the memory the object is rebuilt
 on, so a 5 MB array is copied by the kernel only.
 
-On POSIX a frame is written with one ``writev`` and read with plain ``read``
+On POSIX a frame is written with ``writev`` and read with plain ``read``
 calls on the pipe's file descriptor, with no intermediate buffer; elsewhere
-it travels as :class:`multiprocessing.connection.Connection` messages.
+it travels as :class:`multiprocessing.connection.Connection` messages. The
+parent's end of a task pipe is non-blocking (:meth:`Channel.send_nowait`):
+a write takes what the pipe holds now and never waits, and the rest of the
+frame is written later (see :mod:`.pool`, "Writing to a worker").
 
 The :class:`Board` is a small shared-memory array where each worker posts
 the task (and the piece of a chunk) it is running. Writing it costs a worker
@@ -33,7 +36,7 @@ import mmap
 import os
 import pickle
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -54,13 +57,16 @@ __all__ = [
     "PARTIAL",
     "READY",
     "RESULT",
+    "RETURNED",
     "STARTED",
     "TASK",
     "Board",
     "Channel",
     "Message",
+    "Part",
     "dumps",
     "dumps_chunk",
+    "frame",
     "loads",
 ]
 
@@ -90,6 +96,10 @@ _SMALL_READ = 64 * 1024
 _IOV_MAX = 512
 # Raw descriptors need POSIX pipes; Windows pipes are handles.
 _RAW_FDS = os.name == "posix"
+
+
+# A piece of a frame: ``writev`` takes any of these.
+Part = bytes | memoryview
 
 
 class Message(NamedTuple):
@@ -166,40 +176,118 @@ class Channel:
         body: bytes = b"",
         buffers: Sequence[memoryview] = (),
     ) -> None:
-        """Send one frame; blocks while the pipe is full.
+        """Send one frame; blocks while the pipe is full (the worker's side).
 
         Raises:
             OSError: The other end is closed (``BrokenPipeError``).
         """
-        head = HEADER.pack(kind, len(buffers), task_id, value, len(body))
-        if buffers:
-            head += b"".join(_LENGTH.pack(b.nbytes) for b in buffers)
+        parts = frame(kind, task_id, value, body, buffers)
         if self._fd < 0:
-            self.conn.send_bytes(head + body)
-            for buffer in buffers:
-                self.conn.send_bytes(buffer)
-        elif buffers:
-            _write_all(self._fd, [head, body, *buffers])
-        elif len(head) + len(body) <= _SMALL_READ:
+            self._send_via_connection(parts)
+        elif len(parts) == 1:
             # The common case: one small frame, one system call.
-            frame = head + body
-            written = os.write(self._fd, frame)
-            if written < len(frame):
-                _write_all(self._fd, [memoryview(frame)[written:]])
+            data = parts[0]
+            written = os.write(self._fd, data)
+            if written < len(data):
+                _write_all(self._fd, [memoryview(data)[written:]])
         else:
-            _write_all(self._fd, [head, body])
+            _write_all(self._fd, parts)
 
-    def recv(self) -> Message:
+    def send_nowait(
+        self,
+        kind: int,
+        task_id: int,
+        value: float = 0.0,
+        body: bytes = b"",
+        buffers: Sequence[memoryview] = (),
+    ) -> list[Part] | None:
+        """Write what the pipe takes of one frame now, without ever waiting.
+
+        For the parent's end of a task pipe, made non-blocking by
+        :meth:`make_nonblocking`. A pipe fills by pages, not bytes (a write
+        that does not fit in the last page's free space takes new pages), so
+        no byte count can promise that a write will not block: this one
+        never does.
+
+        Returns:
+            ``None`` if the whole frame was written; otherwise the parts not
+            yet written (the first one cut where the write stopped), for
+            :meth:`write_nowait` once the pipe has room.
+
+        Raises:
+            OSError: The other end is closed (``BrokenPipeError``).
+        """
+        parts = frame(kind, task_id, value, body, buffers)
+        if self._fd < 0:
+            # Windows pipes are handles: no non-blocking writes here.
+            self._send_via_connection(parts)
+            return None
+        if len(parts) == 1:
+            # The common case: one small frame, one system call.
+            data = parts[0]
+            try:
+                written = os.write(self._fd, data)
+            except BlockingIOError:
+                return parts
+            if written == len(data):
+                return None
+            parts[0] = memoryview(data)[written:]
+        return None if self.write_nowait(parts) else parts
+
+    def write_nowait(self, parts: list[Part]) -> bool:
+        """Write what the pipe takes of ``parts`` now; never waits.
+
+        ``parts`` loses what was written (a part cut where the write
+        stopped). Returns True once nothing is left.
+
+        Raises:
+            OSError: The other end is closed (``BrokenPipeError``).
+        """
+        fd = self._fd
+        while parts:
+            try:
+                written = os.writev(fd, parts[:_IOV_MAX])
+            except BlockingIOError:
+                return False
+            _advance(parts, written)
+        return True
+
+    def make_nonblocking(self) -> None:
+        """Make writes on this end return at once when the pipe is full."""
+        if self._fd >= 0:
+            os.set_blocking(self._fd, False)
+
+    def _send_via_connection(self, parts: list[Part]) -> None:
+        # The header, its buffer lengths and the body are one message;
+        # each out-of-band buffer is a message of its own.
+        head, *rest = parts
+        if len(rest) <= 1:
+            self.conn.send_bytes(bytes(head) + b"".join(bytes(p) for p in rest))
+            return
+        body, *buffers = rest
+        self.conn.send_bytes(bytes(head) + bytes(body))
+        for buffer in buffers:
+            self.conn.send_bytes(buffer)
+
+    def recv(self, announce: Callable[[int], None] | None = None) -> Message:
         """Receive one frame; blocks until it has fully arrived.
+
+        Args:
+            announce: Called with the frame's task id as soon as its header
+                has arrived, before the rest is read (a worker posts the task
+                on the board there: a death while reading a large frame is
+                then that task's).
 
         Raises:
             EOFError: The other end closed (a worker that died), possibly in
                 the middle of the frame.
         """
         if self._fd < 0:
-            return self._recv_via_connection()
+            return self._recv_via_connection(announce)
         fd = self._fd
         kind, nbuf, task_id, value, length = HEADER.unpack(_read_exact(fd, HEADER.size))
+        if announce is not None:
+            announce(task_id)
         sizes = _read_exact(fd, 8 * nbuf) if nbuf else b""
         body = _read_exact(fd, length)
         buffers = []
@@ -209,9 +297,11 @@ class Channel:
             buffers.append(buffer)
         return Message(kind, task_id, value, body, buffers)
 
-    def _recv_via_connection(self) -> Message:
+    def _recv_via_connection(self, announce: Callable[[int], None] | None) -> Message:
         data = memoryview(self.conn.recv_bytes())
         kind, nbuf, task_id, value, length = HEADER.unpack_from(data)
+        if announce is not None:
+            announce(task_id)
         start = HEADER.size + 8 * nbuf
         buffers = []
         for (size,) in _LENGTH.iter_unpack(data[HEADER.size : start]):
@@ -221,21 +311,43 @@ class Channel:
         return Message(kind, task_id, value, data[start : start + length], buffers)
 
 
-def _write_all(fd: int, parts: list[bytes | memoryview]) -> None:
+def frame(
+    kind: int, task_id: int, value: float, body: bytes, buffers: Sequence[memoryview]
+) -> list[Part]:
+    """The parts of one frame, in the order they are written."""
+    head = HEADER.pack(kind, len(buffers), task_id, value, len(body))
+    if buffers:
+        head += b"".join(_LENGTH.pack(b.nbytes) for b in buffers)
+        return [head, body, *buffers]
+    if len(head) + len(body) <= _SMALL_READ:
+        return [head + body]
+    return [head, body]
+
+
+def _advance(parts: list[Part], written: int) -> None:
+    """Drop the first ``written`` bytes of ``parts``, in place.
+
+    Empty parts at the front go too: a ``writev`` of only empty parts would
+    write nothing, for ever.
+    """
+    done = 0
+    count = len(parts)
+    while done < count:
+        size = len(parts[done])
+        if written < size:
+            if written:
+                parts[done] = memoryview(parts[done])[written:]
+            break
+        written -= size
+        done += 1
+    del parts[:done]
+
+
+def _write_all(fd: int, parts: list[Part]) -> None:
     # writev may write less than asked (a signal, or a huge frame): resume
     # exactly where it stopped.
-    parts = [p for p in parts if len(p)]
-    i = 0
-    while i < len(parts):
-        written = os.writev(fd, parts[i : i + _IOV_MAX])
-        while written:
-            size = len(parts[i])
-            if written >= size:
-                written -= size
-                i += 1
-            else:
-                parts[i] = memoryview(parts[i])[written:]
-                written = 0
+    while parts:
+        _advance(parts, os.writev(fd, parts[:_IOV_MAX]))
 
 
 def _read_exact(fd: int, n: int) -> bytes | bytearray:
@@ -265,14 +377,21 @@ def _read_into(fd: int, view: memoryview) -> None:
 # Board layout: FIELDS int64 per worker slot.
 TASK, ITEM, END, STARTED = 0, 1, 2, 3
 FIELDS = 4
+# STARTED holds a start time while a task (or a piece of a chunk) runs; 0
+# while the task is received and its arguments unpickled, before it starts;
+# RETURNED once its function has returned (or raised) and the outcome is
+# being pickled and sent: the task's timeout no longer runs.
+RETURNED = -1
 
 
 class Board:
     """Shared memory where each worker posts what it is running.
 
-    Per worker slot: the id of the task it runs; for a chunk, the items
-    ``[ITEM, END)`` it is running as one piece; and when that piece started
-    (``time.monotonic_ns()``, a clock every process of the machine shares).
+    Per worker slot: the id of the task it runs (posted as soon as the
+    task's frame header arrives); for a chunk, the items ``[ITEM, END)`` it
+    is running as one piece; and when that piece started
+    (``time.monotonic_ns()``, a clock every process of the machine shares;
+    0 before it starts, :data:`RETURNED` after).
     A worker writes, the parent reads: after the worker's death (exact), and
     live to time tasks out.
 

@@ -2,14 +2,19 @@
 
 ::
 
-    initializer -> READY -> [ recv a task -> post it on the board -> run it
-                              -> send its result ] -> ... -> exit
+    initializer -> READY -> [ read a task's header -> post it on the board
+                              -> read the rest, unpickle -> post its start
+                              -> run it -> post RETURNED -> send its result ]
+                              -> ... -> exit
 
 A worker reads one task at a time from its own pipe, so the parent always
-knows which tasks a worker holds. Before running a task, and before each
-piece of a chunk, it posts what it runs on the shared :class:`~.wire.Board`:
-after a crash the parent reads there which task (and which items) were
-running, fails only that one, and sends the others again.
+knows which tasks a worker holds. As soon as a task's header arrives, and
+before each piece of a chunk, it posts what it runs on the shared
+:class:`~.wire.Board`: after a crash the parent reads there which task (and
+which items) were running, fails only that one, and sends the others again.
+A task posted but not started (its frame still being read, or its arguments
+unpickled) is told apart: that is where a task too large for the worker's
+memory kills it.
 
 A worker exits at end-of-file on its pipe (the parent closed it, or died),
 after ``max_tasks`` tasks, or after its initializer failed. It ignores
@@ -42,6 +47,7 @@ from .wire import (
     PARTIAL,
     READY,
     RESULT,
+    RETURNED,
     STARTED,
     TASK,
     Board,
@@ -122,23 +128,19 @@ class _Runner:
 
     def serve(self, max_tasks: int | None, watch_parent: bool) -> None:
         parent = os.getppid()
-        view, base = self.view, self.base
         done = 0
+        # poll, not select: select fails on descriptors past 1023, which a
+        # forked worker inherits from a parent with many files open.
+        poller = select.poll() if watch_parent else None
+        if poller is not None:
+            poller.register(self.inbox.fileno(), select.POLLIN)
         while max_tasks is None or done < max_tasks:
-            if watch_parent and not self._wait_for_task(parent):
+            if poller is not None and not self._wait_for_task(poller, parent):
                 return
             try:
-                message = self.inbox.recv()
+                message = self.inbox.recv(self._announce)
             except EOFError:
                 return
-            # Task id last: a live reader that sees the id sees its fields.
-            # STARTED stays 0 until the callable and its arguments are
-            # unpickled: a timeout counts the task's run, not the import of
-            # its module.
-            view[base + ITEM] = 0
-            view[base + END] = 0
-            view[base + STARTED] = 0
-            view[base + TASK] = message.task_id
             if message.kind == CALL:
                 self.run_call(message)
             else:
@@ -146,24 +148,44 @@ class _Runner:
             del message  # free the arguments while idle
             done += 1
 
-    def _wait_for_task(self, parent: int) -> bool:
-        fd = self.inbox.fileno()
-        while not select.select([fd], [], [], PARENT_CHECK_SECONDS)[0]:
+    def _announce(self, task_id: int) -> None:
+        """Post a task whose header has arrived, before its body is read.
+
+        Task id last: a live reader that sees the id sees its fields.
+        STARTED stays 0 until the callable and its arguments are unpickled:
+        a timeout counts the task's run, not reading it or importing its
+        module; and a death before then is told apart (see
+        :meth:`.pool.Pool._sort_out_locked`).
+        """
+        view, base = self.view, self.base
+        view[base + ITEM] = 0
+        view[base + END] = 0
+        view[base + STARTED] = 0
+        view[base + TASK] = task_id
+
+    def _wait_for_task(self, poller: Any, parent: int) -> bool:
+        while not poller.poll(PARENT_CHECK_SECONDS * 1000):
             if os.getppid() != parent:
                 return False
         return True
 
     def run_call(self, message: Message) -> None:
         start = time.perf_counter()
+        view, started = self.view, self.base + STARTED
         try:
             fn, args, kwargs = loads(message.body, message.buffers)
-            self.view[self.base + STARTED] = time.monotonic_ns()
+            view[started] = time.monotonic_ns()
             value = fn(*args, **kwargs)
         except BaseException as exc:
+            if view[started]:
+                view[started] = RETURNED
             _send_exception(
                 self.outbox, ERROR, message.task_id, exc, time.perf_counter() - start
             )
             return
+        # The timeout stops here: pickling and sending a large result is not
+        # the task's run.
+        view[started] = RETURNED
         elapsed = time.perf_counter() - start
         try:
             body, buffers = dumps(value)
@@ -219,6 +241,9 @@ class _Runner:
                 elif took > FLUSH_SECONDS and step > 1:
                     step //= 2
                 if now >= flush_at:
+                    # The items so far have returned: sending their values
+                    # counts against no item's timeout.
+                    view[base + STARTED] = RETURNED
                     if not self._flush(task_id, values):
                         return
                     values = []
@@ -226,6 +251,8 @@ class _Runner:
         except BaseException as exc:
             # extend() keeps the values the piece made before the failure.
             error = exc
+        if view[base + STARTED]:
+            view[base + STARTED] = RETURNED
         self._send_values(
             CHUNK_DONE, task_id, values, error, time.perf_counter() - start
         )
