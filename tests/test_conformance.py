@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from executors.testing import (
+    CallbackContract,
     CrashContract,
     InitializerContract,
     MapContract,
+    ReferenceContract,
     ShutdownContract,
     SubmitContract,
 )
@@ -28,4 +30,12 @@ class TestInitializer(InitializerContract):
 
 
 class TestCrash(CrashContract):
+    pass
+
+
+class TestCallbacks(CallbackContract):
+    pass
+
+
+class TestReferences(ReferenceContract):
     pass

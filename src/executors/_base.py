@@ -11,12 +11,15 @@ hooks and nothing else::
     _broken_error() -> BaseException | None  # optional: why it is broken
 
 and may override ``_submit_chunk`` when it can run a chunk of ``map`` better
-than "one task that loops" (see :mod:`executors.backends.queue`).
+than "one task that loops" (see :mod:`executors.backends.queue`), and
+``_engine_map`` when its library has a map engine of its own (joblib's
+``Parallel``). The futures a backend returns are :class:`executors._futures.
+Future` objects, settled through :func:`executors._futures.settle`, usually by
+way of a :class:`executors._callqueue.CallQueue` in front of the library.
 """
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from abc import ABCMeta, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
@@ -27,6 +30,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from . import _map
 from ._capabilities import Capabilities
+from ._futures import fail_futures, notify_cancelled
+from ._lifecycle import close_at_exit, interpreter_exiting
 from ._options import check_callable, check_map_arguments
 from ._serialize import portable
 
@@ -36,63 +41,6 @@ if TYPE_CHECKING:
 __all__ = ["BaseExecutor", "fail_futures", "notify_cancelled"]
 
 T = TypeVar("T")
-
-_interpreter_exiting = False
-
-
-def _mark_interpreter_exiting() -> None:
-    global _interpreter_exiting
-    _interpreter_exiting = True
-
-
-# Runs when the main thread finishes, before atexit hooks: from then on a
-# submit raises, as it does on the stdlib pools, instead of starting workers
-# in a dying interpreter.
-if hasattr(threading, "_register_atexit"):
-    threading._register_atexit(_mark_interpreter_exiting)
-
-
-def fail_futures(
-    futures_: Iterable[Future[Any]], make_error: Callable[[], BaseException]
-) -> None:
-    """Fail every future that is not done yet, each with its own exception.
-
-    Each future gets a fresh instance from ``make_error``: exceptions carry
-    tracebacks, and one instance raised from many threads would pile their
-    frames onto a single shared traceback.
-
-    Args:
-        futures_: The futures to fail; finished or cancelled ones are skipped.
-        make_error: Called once per future to build its exception.
-    """
-    for fut in futures_:
-        if fut.done():
-            continue
-        # It may finish or be cancelled between the check and the set.
-        with contextlib.suppress(futures.InvalidStateError):
-            fut.set_exception(make_error())
-
-
-def notify_cancelled(futures_: Iterable[Future[Any]]) -> None:
-    """Wake ``wait()`` and ``as_completed()`` for futures a pool cancelled.
-
-    ``Future.cancel()`` wakes ``result()`` but not the waiters of
-    ``concurrent.futures.wait`` and ``as_completed``: those learn of a
-    cancellation only from ``set_running_or_notify_cancel()``, which a pool
-    calls when it dequeues the task. The stdlib pools never dequeue what
-    ``shutdown(cancel_futures=True)`` cancelled, so waiting on those futures
-    hangs forever (CPython gh-109934, gh-87893).
-
-    Call it only on futures the pool will never touch again: the stdlib
-    logs and raises if a future is notified twice.
-
-    Args:
-        futures_: Futures of work the pool has dropped; others are skipped.
-    """
-    for fut in futures_:
-        with fut._condition:
-            if fut._state == "CANCELLED":
-                fut.set_running_or_notify_cancel()
 
 
 class BaseExecutor(futures.Executor, metaclass=ABCMeta):
@@ -121,6 +69,7 @@ class BaseExecutor(futures.Executor, metaclass=ABCMeta):
         # submit to its own executor.
         self._lock = threading.RLock()
         self._shutdown_started = False
+        close_at_exit(self)
 
     # -- the public API -------------------------------------------------
 
@@ -196,6 +145,15 @@ class BaseExecutor(futures.Executor, metaclass=ABCMeta):
 
     # -- hooks for backends --------------------------------------------
 
+    def close_at_exit(self) -> None:
+        """Called once when the interpreter exits (see :mod:`executors._lifecycle`).
+
+        As the stdlib pools do, the work already submitted is finished and
+        the workers are released. A backend whose work cannot finish at
+        exit (a remote cluster) may override it.
+        """
+        self.shutdown(wait=True)
+
     @abstractmethod
     def _submit(
         self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -233,6 +191,27 @@ class BaseExecutor(futures.Executor, metaclass=ABCMeta):
         """Start one chunk of a ``map``. Called under the lock."""
         return self._submit(_map.run_chunk, (fn, chunk), {})
 
+    def _engine_map(
+        self,
+        fn: Callable[..., Any],
+        iterables: tuple[Iterable[Any], ...],
+        ordered: bool,
+        timeout: float | None,
+        chunksize: int | None,
+        buffersize: int | None,
+        progress: bool,
+    ) -> Iterator[Any] | None:
+        """Run a map on the library's own engine instead of the shared map.
+
+        Optional; the default ``None`` means "use the shared map". Called
+        with validated arguments, after the open check, outside the lock,
+        by ``map``, ``map_unordered`` and :mod:`executors.aio` alike. The
+        iterator returned must keep the map contract (results in order for
+        ``ordered``, a failing item raised at its position, ``close()``
+        cancels the rest).
+        """
+        return None
+
     # -- shared plumbing ------------------------------------------------
 
     def _prepare(self, fn: Callable[..., T]) -> Callable[..., T]:
@@ -245,7 +224,7 @@ class BaseExecutor(futures.Executor, metaclass=ABCMeta):
             raise broken
         if self._shutdown_started:
             raise RuntimeError("cannot schedule new futures after shutdown")
-        if _interpreter_exiting:
+        if interpreter_exiting():
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
     def _submit_task(
@@ -275,7 +254,7 @@ class BaseExecutor(futures.Executor, metaclass=ABCMeta):
         chunksize: int | None,
         buffersize: int | None,
         progress: bool,
-    ) -> _map.MapRun:
+    ) -> _map.MapRun | _map.EngineMap:
         timeout, chunksize, buffersize = check_map_arguments(
             fn, timeout, chunksize, buffersize
         )
@@ -284,6 +263,11 @@ class BaseExecutor(futures.Executor, metaclass=ABCMeta):
         self._start()
         with self._lock:
             self._check_open()
+        engine = self._engine_map(
+            fn, iterables, ordered, timeout, chunksize, buffersize, progress
+        )
+        if engine is not None:
+            return _map.EngineMap(engine)
         return _map.start_map(
             self,
             self._prepare(fn),

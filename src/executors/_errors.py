@@ -1,22 +1,47 @@
-"""The project's exceptions.
+"""The project's exceptions, every one of them, as one tree.
 
 Two families are kept apart. A task's own exception is never wrapped: it comes
 out of ``Future.result()`` with its type and args, the worker's traceback
 chained as ``__cause__``. Infrastructure failures (a worker that died, an
 initializer that failed, a pool that is broken for good) subclass the stdlib's
 :class:`concurrent.futures.BrokenExecutor`, so ``except BrokenExecutor`` code
-written for the stdlib keeps working.
+written for the stdlib keeps working::
+
+    LookupError
+    └── BackendNotFoundError        no backend by that name
+    ImportError
+    └── BackendNotInstalledError    known backend, extra not installed
+    concurrent.futures.BrokenExecutor
+    ├── BrokenProcessPool (stdlib)
+    │   └── WorkerCrashedError      a worker died under this task
+    ├── InitializerFailedError      the initializer raised or killed a worker
+    ├── ExecutorFailedError         the executor's own machinery failed
+    ├── ExecutorInterruptedError    Ctrl-C stopped the running tasks
+    └── DaskClusterError            the Dask cluster could not run the task
+    concurrent.futures.CancelledError
+    └── TaskKilledError             kill_task() stopped the running task
+
+A fault that one backend survives and another does not is reported in each
+family accordingly; where backends survive the same fault (an argument that
+fails to unpickle in the worker, a result that fails to unpickle in the
+caller) the task fails with the exception the unpickling raised, on every
+backend.
 """
 
 from __future__ import annotations
 
 import signal
-from concurrent.futures import BrokenExecutor
+from concurrent.futures import BrokenExecutor, CancelledError
+from concurrent.futures.process import BrokenProcessPool
 
 __all__ = [
     "BackendNotFoundError",
     "BackendNotInstalledError",
+    "DaskClusterError",
+    "ExecutorFailedError",
+    "ExecutorInterruptedError",
     "InitializerFailedError",
+    "TaskKilledError",
     "WorkerCrashedError",
     "describe_exitcode",
 ]
@@ -33,8 +58,13 @@ class BackendNotInstalledError(ImportError):
     """
 
 
-class WorkerCrashedError(BrokenExecutor):
+class WorkerCrashedError(BrokenProcessPool):
     """A worker process died while it held the task of this future.
+
+    A :class:`~concurrent.futures.process.BrokenProcessPool`, so code written
+    for the stdlib's process pool catches it on every backend. Whether the
+    executor lives on depends on the backend
+    (``capabilities.survives_worker_death``).
 
     Attributes:
         exitcode: The worker's exit code as ``multiprocessing`` reports it
@@ -54,6 +84,40 @@ class InitializerFailedError(BrokenExecutor):
 
     The executor is broken for good: restarting workers whose initializer
     fails would loop forever (as raw ``multiprocessing.Pool`` does).
+    """
+
+
+class ExecutorFailedError(BrokenExecutor):
+    """The executor's own machinery failed (a thread of its library died).
+
+    Never a task's fault: every unfinished future fails with it, and the
+    executor is broken for good.
+    """
+
+
+class ExecutorInterruptedError(BrokenExecutor):
+    """A Ctrl-C (``KeyboardInterrupt``) in the caller stopped this running task.
+
+    Raised by the futures that were running when a ``with`` block left on
+    Ctrl-C; queued futures are cancelled instead.
+    """
+
+
+class DaskClusterError(BrokenExecutor):
+    """Dask could not run the task.
+
+    The local cluster failed to start, the connection to the scheduler was
+    lost, Dask itself cancelled the task (someone restarted the cluster), or
+    a Ctrl-C leaving a ``with`` block stopped it.
+    """
+
+
+class TaskKilledError(CancelledError):
+    """The task was stopped by ``kill_task()`` while it ran.
+
+    A subclass of :class:`concurrent.futures.CancelledError`: code that
+    handles cancellation handles it. The future itself is not in the
+    *cancelled* state (``cancelled()`` is False), because it had started.
     """
 
 

@@ -37,6 +37,7 @@ from concurrent.futures import TimeoutError as FuturesTimeoutError
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
+from ._futures import add_internal_callback
 from ._remote import picklable_exception
 from ._serialize import unwrap
 
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Chunk",
     "ChunkResult",
+    "EngineMap",
     "MapIterator",
     "MapRun",
     "MapSource",
@@ -161,7 +163,7 @@ def run_chunk(fn: Callable[..., Any], chunk: Chunk) -> ChunkResult:
     fn = unwrap(fn)
     values: list[Any] = []
     append = values.append
-    error: Exception | None = None
+    error: BaseException | None = None
     # A plain loop, not map(): CPython 3.11+ calls a Python function from
     # bytecode without a C frame, which makes this the fastest form, and a
     # value is appended only once its call returned.
@@ -172,7 +174,9 @@ def run_chunk(fn: Callable[..., Any], chunk: Chunk) -> ChunkResult:
         else:
             for item in chunk.items:
                 append(fn(item))
-    except Exception as exc:
+    except BaseException as exc:
+        # SystemExit too: it is this item's error, and the values before it
+        # are delivered first, as for any other exception.
         error = exc
     return ChunkResult(values, error, time.perf_counter() - start)
 
@@ -220,18 +224,19 @@ class MapSource(Protocol):
 class MapIterator(itertools.chain[T]):
     """What ``map`` and ``map_unordered`` return: an iterator over the results.
 
-    A C-level chain over the list of values each finished task brings, so
-    handing out one result costs a list-iterator step rather than resuming
-    a Python generator (a quarter of the time, which a map of tiny tasks
-    feels). Closing it, or dropping it, stops the map as closing the
-    stdlib's generator does: work not yet started is cancelled.
+    A C-level chain over the values each finished task brings, so handing
+    out one result costs a C-level step rather than resuming a Python
+    generator (a quarter of the time, which a map of tiny tasks feels), and
+    it keeps no reference to a value once handed out. Closing it, or
+    dropping it, stops the map as closing the stdlib's generator does: work
+    not yet started is cancelled.
     """
 
     __slots__ = ("_batches",)
-    _batches: Generator[list[T], None, None]
+    _batches: Generator[Iterator[T], None, None]
 
     @classmethod
-    def start(cls, batches: Generator[list[T], None, None]) -> MapIterator[T]:
+    def start(cls, batches: Generator[Iterator[T], None, None]) -> MapIterator[T]:
         iterator = cast("MapIterator[T]", cls.from_iterable(batches))
         iterator._batches = batches
         return iterator
@@ -239,6 +244,53 @@ class MapIterator(itertools.chain[T]):
     def close(self) -> None:
         """Stop the map: cancel the work it has not started."""
         self._batches.close()
+
+
+_END = object()
+
+
+def _handing_over(values: list[Any]) -> Iterator[Any]:
+    """Iterate ``values``, dropping each from the list as it is handed out.
+
+    A list iterator would keep every value already yielded alive until the
+    whole list is used up; a caller streaming large results must be able to
+    free each one as it goes. Popping from the end of the reversed list
+    stays a C-level step per value, and compares no value with anything
+    (a sentinel test would call a numpy array's ``==``).
+    """
+    values.reverse()
+    return map(values.pop, itertools.repeat(-1, len(values)))
+
+
+class EngineMap:
+    """A map that a backend's own engine runs (see ``BaseExecutor._engine_map``).
+
+    Gives it the two faces of :class:`MapRun`: blocking iteration, and
+    ``async for`` (each next result is fetched in a worker thread, so the
+    event loop never blocks; cancelling the awaiting task closes the map).
+    """
+
+    def __init__(self, iterator: Iterator[Any]) -> None:
+        self._iterator = iterator
+
+    def results(self) -> Iterator[Any]:
+        return self._iterator
+
+    async def aresults(self) -> AsyncGenerator[Any, None]:
+        import asyncio
+
+        iterator = self._iterator
+        try:
+            while True:
+                value = await asyncio.to_thread(next, iterator, _END)
+                if value is _END:
+                    return
+                yield value
+                del value
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
 
 
 @dataclass(eq=False)
@@ -308,7 +360,7 @@ class MapRun:
             self.outstanding.add(task)
         self.in_buffer += len(chunk)
         if not self.ordered or self.bar is not None:
-            fut.add_done_callback(functools.partial(self._on_done, task))
+            add_internal_callback(fut, functools.partial(self._on_done, task))
 
     def _on_done(self, task: _Task, _future: Future[Any]) -> None:
         if self.bar is not None and not task.future.cancelled():
@@ -389,16 +441,18 @@ class MapRun:
         """The results, one by one (see :class:`MapIterator`)."""
         return MapIterator.start(self.batches())
 
-    def batches(self) -> Generator[list[Any], None, None]:
+    def batches(self) -> Generator[Iterator[Any], None, None]:
         """The values of each finished task in turn, then its error if any."""
         try:
             self.fill()
             while self.pending or self.outstanding:
                 values, error = self.unpack(self.next_task())
                 if values:
-                    yield values
+                    count = len(values)
+                    yield _handing_over(values)
                     # Resumed once the caller has taken every one of them.
-                    self.in_buffer -= len(values)
+                    self.in_buffer -= count
+                    del values
                 if error is not None:
                     raise error
                 self.fill()
@@ -421,9 +475,11 @@ class MapRun:
             while self.pending or self.outstanding:
                 task = await self._anext_task(wakeup)
                 values, error = self.unpack(task)
-                for value in values:
+                for value in _handing_over(values):
                     self.in_buffer -= 1
                     yield value
+                    del value
+                del values
                 if error is not None:
                     raise error
                 self.fill()

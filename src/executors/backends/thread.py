@@ -3,18 +3,25 @@
 For I/O-bound work and for code that releases the GIL. Tasks share the
 caller's memory, so nothing is pickled and no crash item of the contract
 applies. Behaviour is the stdlib's; ``map`` is the project's shared one.
+
+Calls reach the stdlib pool through a :class:`~executors._callqueue.CallQueue`
+(one call per thread at a time), so the futures handed out are the project's:
+a queued one cancels and notifies ``wait()``, a done-callback that raises
+``SystemExit`` cannot kill a pool thread, and one that waits on another
+future of this executor does not block the thread that would run it.
 """
 
 from __future__ import annotations
 
-import queue
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures.thread import BrokenThreadPool
 from typing import Any, TypeVar
 
-from .._base import BaseExecutor, notify_cancelled
+from .._base import BaseExecutor
+from .._callqueue import Call, CallQueue
 from .._capabilities import Capabilities
+from .._futures import Future as OurFuture
 from .._options import check_initializer, check_max_workers, cpu_count
 
 __all__ = ["ThreadExecutor"]
@@ -53,29 +60,33 @@ class ThreadExecutor(BaseExecutor):
         self._pool = ThreadPoolExecutor(
             workers, thread_name_prefix, initializer=initializer, initargs=initargs
         )
+        # One call per thread: a thread that finishes takes the next call
+        # itself, in the done-callback that settles the last one. The stdlib
+        # pool stops taking work once ours has handed over the last call.
+        self._calls = CallQueue(self._launch, workers, on_idle=self._release)
 
     def _broken_error(self) -> BaseException | None:
         broken = self._pool._broken
-        return BrokenThreadPool(broken) if broken else None
+        if broken:
+            return BrokenThreadPool(broken)
+        return self._calls.broken_error()
 
     def _submit(
         self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Future[T]:
-        return self._pool.submit(fn, *args, **kwargs)
+        future: OurFuture[T] = OurFuture()
+        self._calls.submit(future, (fn, args, kwargs))
+        return future
+
+    def _launch(self, call: Call) -> None:
+        fn, args, kwargs = call.payload
+        self._calls.settle_when_done(call, self._pool.submit(fn, *args, **kwargs))
+
+    def _release(self) -> None:
+        self._pool.shutdown(wait=False)
 
     def _shutdown(self, wait: bool, cancel_futures: bool) -> None:
-        if cancel_futures:
-            # Drain the queue here rather than in the stdlib, which cancels
-            # without notifying, so wait()/as_completed() would hang on these
-            # futures (see notify_cancelled). No thread dequeues them now.
-            dropped = []
-            while True:
-                try:
-                    item = self._pool._work_queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is not None:
-                    item.future.cancel()
-                    dropped.append(item.future)
-            notify_cancelled(dropped)
-        self._pool.shutdown(wait, cancel_futures=cancel_futures)
+        self._calls.close(cancel_futures)
+        if wait:
+            self._calls.wait_idle()
+            self._pool.shutdown(wait=True)

@@ -35,9 +35,11 @@ from . import tasks
 from ._support import BOUND, ContractBase, ExecutorFactory
 
 __all__ = [
+    "CallbackContract",
     "CrashContract",
     "InitializerContract",
     "MapContract",
+    "ReferenceContract",
     "ShutdownContract",
     "SubmitContract",
 ]
@@ -72,8 +74,21 @@ class SubmitContract(ContractBase):
 
     def test_returns_a_stdlib_future_with_the_result(self, executor: Any) -> None:
         fut = executor.submit(tasks.add, 2, 3)
-        assert type(fut) is Future
+        # The stdlib's class, or a subclass that only fixes its flaws.
+        assert isinstance(fut, Future)
+        assert type(fut).__module__ in {
+            "concurrent.futures._base",
+            "executors._futures",
+        }
         assert fut.result(timeout=BOUND) == 5
+
+    def test_falsy_exception_still_raises(self, executor: Any) -> None:
+        # The stdlib's result() tests `if self._exception:` and returns None
+        # for an exception whose bool() is false.
+        fut = executor.submit(tasks.raise_falsy, "empty")
+        with pytest.raises(tasks.FalsyError, match="empty"):
+            fut.result(timeout=BOUND)
+        assert isinstance(fut.exception(), tasks.FalsyError)
 
     def test_args_and_kwargs_pass_through(self, executor: Any) -> None:
         fut = executor.submit(tasks.echo, 1, "a", fn="f", self="s", x=None)
@@ -186,6 +201,22 @@ class SubmitContract(ContractBase):
 
 class MapContract(ContractBase):
     """``map`` and ``map_unordered``."""
+
+    @pytest.mark.parametrize("size", [8, 400])
+    def test_system_exit_in_an_item_comes_after_the_earlier_values(
+        self, executor: Any, size: int
+    ) -> None:
+        # 8 items run one per task, 400 in chunks: the chunk runner must
+        # deliver the values before a SystemExit as for any exception.
+        bad = size * 3 // 4
+        got: list[int] = []
+        with pytest.raises(SystemExit):
+            for value in executor.map(
+                tasks.system_exit_at, range(size), itertools.repeat(bad), timeout=BOUND
+            ):
+                got.append(value)
+        assert got == list(range(bad))
+        assert executor.submit(tasks.add, 1, 2).result(timeout=BOUND) == 3
 
     @settings(
         max_examples=25,
@@ -515,3 +546,132 @@ class CrashContract(ContractBase):
         with pytest.raises((TypeError, pickle.PicklingError)):
             fut.result(timeout=BOUND)
         assert executor.submit(tasks.add, 1, 2).result(timeout=BOUND) == 3
+
+
+class CallbackContract(ContractBase):
+    """Done-callbacks cannot hurt the executor that settles their futures."""
+
+    @pytest.mark.parametrize("raised", [SystemExit(1), KeyboardInterrupt()])
+    def test_callback_raising_base_exception_loses_no_future(
+        self, executor: Any, raised: BaseException
+    ) -> None:
+        def fail_fast(fut: Future[Any]) -> None:
+            raise raised
+
+        first = executor.submit(tasks.sleep_and_return, 0.2, "first")
+        first.add_done_callback(fail_fast)
+        later = [executor.submit(tasks.sleep_and_return, 0.05, i) for i in range(6)]
+        assert first.result(timeout=BOUND) == "first"
+        for i, fut in enumerate(later):
+            assert fut.result(timeout=BOUND) == i
+        assert executor.submit(tasks.add, 1, 2).result(timeout=BOUND) == 3
+        _shutdown_within(executor, BOUND)
+
+    def test_fail_fast_callback_on_a_failed_task(self, executor: Any) -> None:
+        # The "fail fast" pattern: exit as soon as any task fails.
+        import sys
+
+        failing = executor.submit(tasks.raise_value_error, "bad")
+        failing.add_done_callback(lambda f: f.exception() and sys.exit(1))
+        others = [executor.submit(tasks.identity, i) for i in range(4)]
+        with pytest.raises(ValueError, match="bad"):
+            failing.result(timeout=BOUND)
+        assert [f.result(timeout=BOUND) for f in others] == [0, 1, 2, 3]
+        _shutdown_within(executor, BOUND)
+
+    def test_callback_waiting_on_another_future_does_not_deadlock(
+        self, executor: Any
+    ) -> None:
+        self.require(executor, "runs_concurrently")
+        import queue
+
+        seen: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        first = executor.submit(tasks.sleep_and_return, 0.2, "first")
+        second = executor.submit(tasks.sleep_and_return, 0.6, "second")
+
+        def wait_for_second(_: Future[Any]) -> None:
+            try:
+                seen.put(second.result(timeout=BOUND / 3))
+            except BaseException as exc:
+                seen.put(exc)
+
+        first.add_done_callback(wait_for_second)
+        assert seen.get(timeout=BOUND) == "second"
+        assert executor.submit(tasks.add, 2, 2).result(timeout=BOUND) == 4
+
+    def test_callback_may_submit_to_the_same_executor(self, executor: Any) -> None:
+        import queue
+
+        chained: queue.SimpleQueue[Future[Any]] = queue.SimpleQueue()
+        first = executor.submit(tasks.identity, 1)
+        first.add_done_callback(
+            lambda f: chained.put(executor.submit(tasks.add, f.result(), 1))
+        )
+        assert chained.get(timeout=BOUND).result(timeout=BOUND) == 2
+
+
+def _shutdown_within(executor: Any, seconds: float) -> None:
+    import threading
+
+    stopper = threading.Thread(target=executor.shutdown, daemon=True)
+    stopper.start()
+    stopper.join(seconds)
+    assert not stopper.is_alive(), "shutdown() hung"
+
+
+def _collected(ref: Any, seconds: float = BOUND) -> bool:
+    import gc
+
+    deadline = time.monotonic() + seconds
+    while True:
+        gc.collect()
+        if ref() is None:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+
+
+class ReferenceContract(ContractBase):
+    """The executor keeps nothing alive that the caller has let go of."""
+
+    def test_no_reference_to_a_finished_task_callable(self, executor: Any) -> None:
+        import weakref
+
+        holder = tasks.Holder("value", size=1 << 20)
+        ref = weakref.ref(holder)
+        fut = executor.submit(holder.get)
+        assert fut.result(timeout=BOUND) == "value"
+        del holder
+        # The future is still held: it must not hold the callable either.
+        assert _collected(ref), "the executor kept the task's callable alive"
+        del fut
+
+    def test_no_reference_to_a_finished_task_argument(self, executor: Any) -> None:
+        import weakref
+
+        holder = tasks.Holder("value")
+        ref = weakref.ref(holder)
+        fut = executor.submit(tasks.identity, holder)
+        assert fut.result(timeout=BOUND).value == "value"
+        del holder
+        if not executor.capabilities.process_isolation:
+            fut = None  # in-process, the result *is* the argument
+        assert _collected(ref), "the executor kept the task's argument alive"
+
+    @pytest.mark.parametrize("size", [10, 400])
+    def test_map_keeps_no_yielded_result(self, executor: Any, size: int) -> None:
+        import weakref
+
+        results = executor.map(tasks.make_holder, range(size), timeout=BOUND)
+        # No enumerate(): it keeps its last (index, value) tuple for reuse.
+        index = -1
+        for value in results:
+            index += 1
+            assert value.value == index
+            if index in (0, size // 2):
+                ref = weakref.ref(value)
+                del value
+                assert _collected(ref, 5.0), (
+                    f"map kept result {index} alive after yielding it"
+                )

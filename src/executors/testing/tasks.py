@@ -237,3 +237,36 @@ def exit_while_sending(nbytes: int, delay: float, code: int = 13) -> bytes:
 
 def segfaulting_init() -> None:
     ctypes.string_at(0)
+
+
+class FalsyError(Exception):
+    """An exception whose ``bool()`` is false (it defines ``__len__``)."""
+
+    def __len__(self) -> int:
+        return 0
+
+
+def raise_falsy(message: str = "falsy") -> None:
+    raise FalsyError(message)
+
+
+def system_exit_at(x: int, bad: int) -> int:
+    """``x``, or ``SystemExit(3)`` for the item ``bad``."""
+    if x == bad:
+        raise SystemExit(3)
+    return x
+
+
+class Holder:
+    """A weak-referenceable object with a payload, to find stale references."""
+
+    def __init__(self, value: Any = None, size: int = 0) -> None:
+        self.value = value
+        self.payload = bytes(size)
+
+    def get(self, _: Any = None) -> Any:
+        return self.value
+
+
+def make_holder(value: Any) -> Holder:
+    return Holder(value)

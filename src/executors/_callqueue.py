@@ -1,0 +1,342 @@
+"""The queue of futures in front of a library: :class:`CallQueue`.
+
+A library that runs calls (``multiprocessing.Pool``, loky, Dask, a plugin's
+engine) gets work from the executor through a call queue, never directly::
+
+    submit(fn, *args) ──▶ CallQueue ── cancellable, unbounded ───────────┐
+                            │ at most `window` calls launched and not    │
+                            │ yet settled; a queued future still cancels │
+                            ▼                                            │
+                          launch(call)  ──▶ the library runs it          │
+                                              │                          │
+    future.result() ◀── settle(call, ...) ◀───┘ (any thread)  launch next┘
+
+* **Only a small window is handed over**, so ``cancel()`` of a queued
+  future really cancels: the library never saw it. A future turns
+  *running* when its call is launched.
+* **Futures are settled outside every lock**, through
+  :func:`executors._futures.settle`: a done-callback may submit to the same
+  executor, or wait on another of its futures, without deadlocking it.
+* **Broken is one state.** :meth:`CallQueue.break_` fails every unsettled
+  future at once with a fresh error each and refuses new calls with it;
+  :meth:`CallQueue.broken_error` is what ``submit`` raises from then on.
+* **Closing** lets the queued calls run (or cancels them); ``on_idle`` runs
+  once the queue has closed and every call has settled, which is when a
+  backend may release its workers.
+
+A backend's whole job is then ``launch`` (hand one call to the library,
+remember the library's handle in ``call.handle``) and calling
+:meth:`CallQueue.settle` when the library reports the outcome.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+from ._errors import ExecutorFailedError
+from ._futures import fail_futures, notify_cancelled, settle
+from ._lifecycle import ensure_exit_hook_last
+
+__all__ = ["Call", "CallQueue"]
+
+
+class Call:
+    """One submitted call on its way through a :class:`CallQueue`.
+
+    Attributes:
+        future: The future handed to the user.
+        payload: What ``launch`` needs to run the call. The queue drops it
+            once the call has settled, so the executor keeps no reference
+            to a finished task's callable or arguments.
+        chunk: True for a chunk of a ``map`` (it may have its own window).
+        handle: The backend's own note about the launched call (the
+            library's future, a key); dropped when the call settles.
+    """
+
+    __slots__ = ("chunk", "future", "handle", "payload")
+
+    def __init__(self, future: Future[Any], payload: Any, chunk: bool) -> None:
+        self.future = future
+        self.payload = payload
+        self.chunk = chunk
+        self.handle: Any = None
+
+    def __repr__(self) -> str:
+        return f"<Call chunk={self.chunk} future={self.future!r}>"
+
+
+Window = int | Callable[[], int]
+
+
+class CallQueue:
+    """Hands calls to a library a few at a time; settles their futures.
+
+    Args:
+        launch: Hands one call to the library; called outside the queue's
+            lock, in the thread that submitted or settled last. May settle
+            the call itself. If it raises, that call's future fails with
+            the exception (``translate`` applied) and the queue goes on.
+        window: Most calls launched and not yet settled: a number, or a
+            callable read before each launch (a cluster that grows).
+        chunk_window: The same for chunks of a ``map``; default ``window``.
+        on_idle: Called once, outside the lock, when the queue is closed
+            and nothing is queued or launched any more (maybe at once, in
+            :meth:`close`).
+        translate: Turns an exception from ``launch`` into the one the
+            future gets (a library's error into ours); default: as is.
+    """
+
+    def __init__(
+        self,
+        launch: Callable[[Call], object],
+        window: Window,
+        *,
+        chunk_window: Window | None = None,
+        on_idle: Callable[[], object] | None = None,
+        translate: Callable[[BaseException], BaseException] | None = None,
+    ) -> None:
+        self._launch = launch
+        self._window = window
+        self._chunk_window = window if chunk_window is None else chunk_window
+        self._on_idle = on_idle
+        self._translate = translate
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._queued: deque[Call] = deque()
+        self._launched: set[Call] = set()
+        self._closing = False
+        self._idle_notified = False
+        self._broken: Callable[[], BaseException] | None = None
+        # Set while a thread is inside _pump: a call that settles inside
+        # launch() would otherwise recurse once per queued call.
+        self._pumping = threading.local()
+        self._hooked = False
+
+    # -- submitting ----------------------------------------------------------
+
+    def submit(self, future: Future[Any], payload: Any, *, chunk: bool = False) -> Call:
+        """Queue a call; launch it now if the window has room."""
+        call = Call(future, payload, chunk)
+        with self._lock:
+            broken = self._broken
+            if broken is None:
+                self._queued.append(call)
+        if broken is not None:
+            # Broken between the executor's check and now.
+            call.payload = None
+            fail_futures([future], broken)
+            return call
+        self._pump()
+        return call
+
+    def _limit(self, call: Call) -> int:
+        window = self._chunk_window if call.chunk else self._window
+        return window() if callable(window) else window
+
+    def _pump(self, check_idle: bool = True) -> None:
+        if getattr(self._pumping, "active", False):
+            return
+        self._pumping.active = True
+        try:
+            while True:
+                with self._lock:
+                    if not self._queued or self._broken is not None:
+                        break
+                    call = self._queued[0]
+                    if len(self._launched) >= self._limit(call):
+                        break
+                    self._queued.popleft()
+                    if not call.future.set_running_or_notify_cancel():
+                        call.payload = None  # cancelled while queued
+                        idle = self._idle_now_locked()
+                        if idle:
+                            break
+                        continue
+                    self._launched.add(call)
+                try:
+                    self._launch(call)
+                except BaseException as exc:
+                    error = exc if self._translate is None else self._translate(exc)
+                    self.settle(call, error=error)
+                if not self._hooked:
+                    # The library may have registered its own exit hook on
+                    # its first launch (loky does): ours must run first.
+                    self._hooked = True
+                    ensure_exit_hook_last()
+        finally:
+            self._pumping.active = False
+        if check_idle:
+            self._check_idle()
+
+    # -- settling ------------------------------------------------------------
+
+    def settle(
+        self, call: Call, value: Any = None, error: BaseException | None = None
+    ) -> bool:
+        """Report a launched call's outcome; launch the next call.
+
+        Safe from any thread, and nothing the future's callbacks do reaches
+        the caller. Returns False if the call was no longer launched (the
+        queue broke and failed it already).
+        """
+        with self._lock:
+            mine = call in self._launched
+            if mine:
+                self._launched.discard(call)
+        if not mine:
+            return False
+        # Launch the next call before settling: the worker that just freed
+        # up gets work while the caller wakes.
+        self._pump(check_idle=False)
+        call.payload = call.handle = None
+        settle(call.future, value, error)
+        # Only now: on_idle may release the workers and end a shutdown(),
+        # which must find every future settled.
+        self._check_idle()
+        return True
+
+    def settle_when_done(
+        self,
+        call: Call,
+        theirs: Future[Any],
+        translate: Callable[[BaseException], BaseException] | None = None,
+    ) -> None:
+        """Settle ``call`` with the outcome of a library's own future.
+
+        For libraries that hand out futures (the stdlib pools, loky): the
+        outcome is copied when theirs completes, in whatever thread the
+        library completes it. ``call.handle`` keeps theirs until then, so a
+        backend can still reach it (to cancel or kill).
+
+        Args:
+            call: A launched call.
+            theirs: The library's future for it.
+            translate: Turns the library's exception into the one ours gets.
+        """
+        call.handle = theirs
+        theirs.add_done_callback(functools.partial(self._copy_outcome, call, translate))
+
+    def _copy_outcome(
+        self,
+        call: Call,
+        translate: Callable[[BaseException], BaseException] | None,
+        theirs: Future[Any],
+    ) -> None:
+        if theirs.cancelled():
+            # Only a library that drops work cancels: ours was running.
+            error: BaseException | None = _dropped_by_library()
+        else:
+            error = theirs.exception()
+        if error is not None:
+            if translate is not None:
+                error = translate(error)
+            self.settle(call, error=error)
+        else:
+            self.settle(call, theirs.result())
+
+    # -- closing and breaking ---------------------------------------------------
+
+    def close(self, cancel_futures: bool = False) -> None:
+        """Accept no more calls; cancel the queued ones if asked.
+
+        Calls already queued still launch unless cancelled; ``on_idle``
+        runs once everything has settled.
+        """
+        with self._lock:
+            self._closing = True
+            dropped = list(self._queued) if cancel_futures else []
+            if cancel_futures:
+                self._queued.clear()
+        for call in dropped:
+            call.payload = None
+            call.future.cancel()
+        # Nothing dequeues these any more; wake wait() and as_completed().
+        notify_cancelled(call.future for call in dropped)
+        self._pump()
+
+    def break_(self, make_error: Callable[[], BaseException]) -> list[Call]:
+        """Fail every unsettled future, launched or queued; refuse new calls.
+
+        The first break wins; later ones do nothing.
+
+        Args:
+            make_error: Builds each future's exception (one per future).
+
+        Returns:
+            The calls that were launched (the library may still hold them).
+        """
+        with self._lock:
+            if self._broken is not None:
+                return []
+            self._broken = make_error
+            launched = list(self._launched)
+            queued = list(self._queued)
+            self._launched.clear()
+            self._queued.clear()
+        for call in queued:
+            call.payload = None
+        fail_futures((call.future for call in launched + queued), make_error)
+        # Queued futures cancelled by their owner are never dequeued now.
+        notify_cancelled(call.future for call in queued)
+        self._check_idle()
+        return launched
+
+    def broken_error(self) -> BaseException | None:
+        """The exception ``submit`` raises once broken, else ``None``."""
+        broken = self._broken
+        return None if broken is None else broken()
+
+    @property
+    def is_broken(self) -> bool:
+        return self._broken is not None
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    # -- looking ---------------------------------------------------------------
+
+    def launched(self) -> list[Call]:
+        """The calls with the library now (a snapshot)."""
+        with self._lock:
+            return list(self._launched)
+
+    def is_idle(self) -> bool:
+        """True when nothing is queued or launched."""
+        with self._lock:
+            return not self._queued and not self._launched
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until nothing is queued or launched; False on timeout."""
+        with self._idle:
+            return self._idle.wait_for(
+                lambda: not self._queued and not self._launched, timeout
+            )
+
+    def _idle_now_locked(self) -> bool:
+        if self._queued or self._launched:
+            return False
+        self._idle.notify_all()
+        return True
+
+    def _check_idle(self) -> None:
+        with self._lock:
+            if not self._idle_now_locked():
+                return
+            run_hook = self._closing and not self._idle_notified
+            if run_hook:
+                self._idle_notified = True
+        if run_hook and self._on_idle is not None:
+            self._on_idle()
+
+
+def _dropped_by_library() -> BaseException:
+    return ExecutorFailedError(
+        "the library behind this executor cancelled a task it had already "
+        "accepted; the executor is shutting down or broken"
+    )

@@ -1,0 +1,166 @@
+"""The lives of executors and of the threads that run them.
+
+* **One interpreter-exit hook.** When the main thread finishes (before
+  ``atexit`` hooks, where the stdlib pools finish their own work), the hook
+  marks the interpreter as exiting, so a later ``submit`` raises, then asks
+  every live executor to finish the work already submitted and close, and
+  last waits for the done-callbacks of what finished. An executor takes
+  part with :func:`close_at_exit`.
+* **Manager threads.** :class:`ManagerThread` is the loop a backend runs
+  beside its library (reading results, watching workers); if the loop ever
+  raises, every future it owns fails instead of hanging.
+* :func:`join_unless_current`: a thread cannot join itself, and a
+  ``shutdown(wait=True)`` from a done-callback runs in the very thread it
+  would wait for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from ._futures import drain_callbacks
+
+__all__ = [
+    "ManagerThread",
+    "close_at_exit",
+    "ensure_exit_hook_last",
+    "interpreter_exiting",
+    "join_unless_current",
+]
+
+_log = logging.getLogger("executors")
+
+# Bound on waiting for done-callbacks at exit: a callback that never returns
+# must not keep the interpreter alive for good.
+EXIT_CALLBACKS_SECONDS = 5.0
+
+
+class ClosesAtExit(Protocol):
+    def close_at_exit(self) -> None:
+        """Finish the submitted work and release the workers (may block)."""
+
+
+_exiting = False
+_live: weakref.WeakSet[Any] = weakref.WeakSet()
+_hook_lock = threading.Lock()
+
+
+def interpreter_exiting() -> bool:
+    """True once the main thread has finished: no new work is accepted."""
+    return _exiting
+
+
+def close_at_exit(owner: ClosesAtExit) -> None:
+    """Have ``owner.close_at_exit()`` called when the interpreter exits.
+
+    Held weakly: an executor that is garbage-collected is forgotten.
+    """
+    _live.add(owner)
+    ensure_exit_hook_last()
+
+
+def _python_exit() -> None:
+    global _exiting
+    with _hook_lock:
+        if _exiting:
+            return  # registered more than once (see ensure_exit_hook_last)
+        _exiting = True
+    for owner in list(_live):
+        try:
+            owner.close_at_exit()
+        except Exception:  # pragma: no cover - a backend bug; exit anyway
+            _log.exception("executors: %r failed to close at exit", owner)
+    drain_callbacks(EXIT_CALLBACKS_SECONDS)
+
+
+def ensure_exit_hook_last() -> None:
+    """Make the exit hook run before every other interpreter-exit hook.
+
+    Hooks registered with ``threading._register_atexit`` run last-in first
+    out, and the stdlib's process pool and loky register theirs when they
+    are first imported or started, after ours: from then on they would
+    refuse the queued work our executors still hand over. Call this after a
+    library may have registered a hook; re-registering is cheap and the hook
+    runs once.
+    """
+    register = getattr(threading, "_register_atexit", None)
+    hooks = getattr(threading, "_threading_atexits", None)
+    if register is None or hooks is None:  # pragma: no cover - not CPython
+        return
+    with _hook_lock:
+        if _exiting or (hooks and hooks[-1] is _python_exit):
+            return
+        # RuntimeError: the interpreter is already shutting down.
+        with contextlib.suppress(RuntimeError):
+            register(_python_exit)
+
+
+ensure_exit_hook_last()
+if hasattr(os, "register_at_fork"):
+    # A forked child (a fork-context worker too) runs the hook when it
+    # exits; the parent's executors are none of its business.
+    os.register_at_fork(after_in_child=_live.clear)
+
+
+def join_unless_current(
+    thread: threading.Thread | None, timeout: float | None = None
+) -> None:
+    """Join ``thread`` unless it is the calling thread (or never started)."""
+    if thread is None or thread is threading.current_thread():
+        return
+    if thread.ident is None:
+        return
+    thread.join(timeout)
+
+
+class ManagerThread(threading.Thread):
+    """A backend's management loop, that fails its futures if it dies.
+
+    Subclasses implement :meth:`loop`; when it returns the thread ends. If it
+    raises anything, :meth:`on_failure` runs with the error (a backend breaks
+    its call queue there), so an unexpected bug fails every future at once
+    instead of leaving them pending for good.
+
+    Args:
+        name: The thread's name, ``executors-<backend>-<role>``.
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name=name, daemon=True)
+
+    def run(self) -> None:
+        try:
+            self.loop()
+        except BaseException as exc:
+            _log.exception("executors: the thread %s failed", self.name)
+            self.on_failure(exc)
+
+    def loop(self) -> None:
+        """The thread's work; returns when the executor has closed."""
+        raise NotImplementedError
+
+    def on_failure(self, error: BaseException) -> None:
+        """Called in this thread if :meth:`loop` raised ``error``."""
+
+
+def manager_failed(
+    backend: str, role: str, error: BaseException
+) -> Callable[[], BaseException]:
+    """The error every future gets when a backend's own thread failed."""
+    from ._errors import ExecutorFailedError
+
+    def make() -> BaseException:
+        exc = ExecutorFailedError(
+            f"the {role} thread of the {backend!r} executor failed "
+            f"({type(error).__qualname__}: {error}); the executor is broken"
+        )
+        exc.__cause__ = error
+        return exc
+
+    return make
