@@ -35,12 +35,14 @@ import executors
 from executors import _registry
 from executors.testing import (
     BadInputContract,
+    CallbackContract,
     CrashContract,
     InitializerContract,
     InitializerFaultContract,
     LeakContract,
     MapContract,
     PicklingFaultContract,
+    ReferenceContract,
     ShutdownContract,
     SubmitContract,
     WorkerCrashContract,
@@ -191,4 +193,12 @@ class TestBadInput(BadInputContract):
 
 
 class TestLeak(LeakContract):
+    pass
+
+
+class TestCallbacks(CallbackContract):
+    pass
+
+
+class TestReferences(ReferenceContract):
     pass

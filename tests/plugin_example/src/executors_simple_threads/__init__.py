@@ -3,24 +3,33 @@
 It shows everything a backend writes, and nothing more. The base class
 :class:`executors.BaseExecutor` owns the guards of ``submit`` (broken, shut
 down, interpreter exiting), argument checks, ``map``, ``map_unordered``,
-``progress`` and the context manager; a backend supplies three hooks::
+``progress``, the context manager and the interpreter-exit hook; a backend
+supplies three hooks::
 
     _submit(fn, args, kwargs) -> Future   # start one task (under the lock)
     _shutdown(wait, cancel_futures)       # release the workers
     _broken_error() -> exception | None   # why submit must refuse, if it must
 
+and puts an :class:`executors.CallQueue` in front of whatever runs the
+calls (here, threads). The call queue hands over one call per free thread,
+so a queued future still cancels; it settles every future outside its lock
+and away from the worker threads, so user callbacks cannot hang the pool;
+and it fails everything at once when the pool breaks.
+
 Data flow::
 
-    submit -> _submit -> work queue -> worker threads -> future.set_result
+    submit -> _submit -> CallQueue -> launch: work queue -> worker threads
+                             ^                                   |
+                             +------- calls.settle(call, ...) <--+
 """
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import executors
@@ -28,27 +37,6 @@ import executors
 __all__ = ["SimpleThreadExecutor"]
 
 T = TypeVar("T")
-
-
-@dataclass
-class _WorkItem:
-    future: Future[Any]
-    fn: Callable[..., Any]
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-
-    def run(self) -> None:
-        # False means the future was cancelled while it was queued.
-        if not self.future.set_running_or_notify_cancel():
-            return
-        try:
-            result = self.fn(*self.args, **self.kwargs)
-        except BaseException as exc:
-            # Task errors (SystemExit included) belong to the future, as in
-            # the stdlib thread pool.
-            self.future.set_exception(exc)
-        else:
-            self.future.set_result(result)
 
 
 class SimpleThreadExecutor(executors.BaseExecutor):
@@ -88,17 +76,16 @@ class SimpleThreadExecutor(executors.BaseExecutor):
         if not isinstance(initargs, tuple):
             raise TypeError(f"initargs must be a tuple, got {type(initargs).__name__}")
         super().__init__(max_workers=max_workers)
-        self._queue: queue.SimpleQueue[_WorkItem | None] = queue.SimpleQueue()
-        self._init_error: BaseException | None = None
-        self._stopping = False
+        self._work_queue: queue.SimpleQueue[executors.Call | None] = queue.SimpleQueue()
+        # One call per thread; when closed and drained, stop the threads.
+        self._calls = executors.CallQueue(
+            self._work_queue.put, max_workers, on_idle=self._stop_threads
+        )
         self._threads = [
             threading.Thread(
                 target=self._work,
                 args=(initializer, initargs),
                 name=f"simple-threads-{i}",
-                # Daemon threads keep the example short; a production
-                # backend would join them at interpreter exit, as the
-                # stdlib pools do.
                 daemon=True,
             )
             for i in range(max_workers)
@@ -111,58 +98,28 @@ class SimpleThreadExecutor(executors.BaseExecutor):
     def _submit(
         self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Future[T]:
-        future: Future[T] = Future()
-        self._queue.put(_WorkItem(future, fn, args, kwargs))
+        future: executors.Future[T] = executors.Future()
+        self._calls.submit(future, (fn, args, kwargs))
         return future
 
     def _shutdown(self, wait: bool, cancel_futures: bool) -> None:
-        with self._lock:
-            if cancel_futures:
-                for item in self._drain():
-                    item.future.cancel()
-            if not self._stopping:
-                self._stopping = True
-                # One stop sentinel per thread, behind the queued work, so
-                # that wait=False still runs everything already submitted.
-                for _ in self._threads:
-                    self._queue.put(None)
+        # Queued calls still run (unless cancelled); the threads stop once
+        # the call queue is idle (_stop_threads).
+        self._calls.close(cancel_futures)
         if wait:
-            current = threading.current_thread()
             for thread in self._threads:
-                if thread is not current:  # shutdown() called from a task
+                # Not from a task or a callback of this executor.
+                if thread is not threading.current_thread():
                     thread.join()
 
     def _broken_error(self) -> BaseException | None:
-        if self._init_error is None:
-            return None
-        return self._initializer_failed()
+        return self._calls.broken_error()
 
     # -- the workers -------------------------------------------------------
 
-    def _initializer_failed(self) -> executors.InitializerFailedError:
-        error = executors.InitializerFailedError(
-            f"the initializer raised {type(self._init_error).__name__}: "
-            f"{self._init_error}; the executor is not usable"
-        )
-        error.__cause__ = self._init_error
-        return error
-
-    def _drain(self) -> list[_WorkItem]:
-        """Take every queued task off the queue; leave the stop sentinels."""
-        items = []
-        sentinels = 0
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is None:
-                sentinels += 1
-            else:
-                items.append(item)
-        for _ in range(sentinels):
-            self._queue.put(None)
-        return items
+    def _stop_threads(self) -> None:
+        for _ in self._threads:
+            self._work_queue.put(None)
 
     def _work(
         self, initializer: Callable[..., object] | None, initargs: tuple[Any, ...]
@@ -171,22 +128,33 @@ class SimpleThreadExecutor(executors.BaseExecutor):
             try:
                 initializer(*initargs)
             except Exception as exc:
-                with self._lock:
-                    # Under the lock that submit holds: no task can be queued
-                    # between setting the error and failing the queue.
-                    if self._init_error is None:
-                        self._init_error = exc
-                    executors.fail_futures(
-                        (item.future for item in self._drain()),
-                        self._initializer_failed,
-                    )
+                self._calls.break_(functools.partial(_initializer_failed, exc))
+                self._stop_threads()
                 return
         while True:
-            item = self._queue.get()
-            if item is None:
+            call = self._work_queue.get()
+            if call is None:
                 return
-            if self._init_error is not None:
-                # Another thread's initializer failed: fail, never run.
-                executors.fail_futures([item.future], self._initializer_failed)
-                continue
-            item.run()
+            self._run(call)
+            # Hold nothing of a finished task while waiting for the next.
+            del call
+
+    def _run(self, call: executors.Call) -> None:
+        fn, args, kwargs = call.payload
+        try:
+            value = fn(*args, **kwargs)
+        except BaseException as exc:
+            # Task errors (SystemExit included) belong to the future, as in
+            # the stdlib thread pool.
+            self._calls.settle(call, error=exc)
+        else:
+            self._calls.settle(call, value)
+
+
+def _initializer_failed(cause: BaseException) -> executors.InitializerFailedError:
+    error = executors.InitializerFailedError(
+        f"the initializer raised {type(cause).__name__}: {cause}; "
+        "the executor is not usable"
+    )
+    error.__cause__ = cause
+    return error
