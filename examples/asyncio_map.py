@@ -66,9 +66,8 @@ def main(argv: list[str] | None = None) -> None:
         "--seconds", type=float, default=0.5, help="length of the slow tasks"
     )
     args = parser.parse_args(argv)
-    # inline runs every task in the caller: it takes no pool size above 1.
-    options = {} if args.backend == "inline" else {"max_workers": 2}
-    with executors.create(args.backend, **options) as ex:
+    # Every backend takes max_workers (inline too: it runs one task at a time).
+    with executors.create(args.backend, max_workers=2) as ex:
         asyncio.run(demo(ex, args.seconds))
 
 

@@ -12,6 +12,12 @@ Messages given on the command line are sent in turn instead, which is handy
 in scripts and tests::
 
     python examples/echo_client.py --port 8888 hello world
+
+``--raw`` talks as the classic client does: each message is sent as it is,
+with no terminator, and the reply is what one ``recv(1024)`` returns (the
+server answers whatever bytes arrive, so no terminator is needed)::
+
+    python examples/echo_client.py --port 8888 --raw hello world
 """
 
 from __future__ import annotations
@@ -28,6 +34,15 @@ def exchange(sock: socket.socket, replies: io.BufferedReader, message: str) -> s
     if not reply.endswith(b"\n"):
         raise ConnectionError("the server closed the connection")
     return reply[:-1].decode("utf-8", errors="replace")
+
+
+def exchange_raw(sock: socket.socket, message: str) -> str:
+    """The classic exchange: ``send`` the bytes, then one ``recv(1024)``."""
+    sock.send(message.encode("utf-8"))
+    reply = sock.recv(1024)
+    if not reply:
+        raise ConnectionError("the server closed the connection")
+    return reply.decode("utf-8", errors="replace")
 
 
 def interactive(sock: socket.socket, replies: io.BufferedReader) -> None:
@@ -51,11 +66,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--timeout", type=float, default=30.0, help="seconds to wait for a reply"
     )
+    parser.add_argument(
+        "--raw",
+        action="store_true",
+        help="send each message with no terminator and read one recv(1024)",
+    )
     parser.add_argument("messages", nargs="*", help="send these instead of asking")
     args = parser.parse_args(argv)
     with socket.create_connection((args.host, args.port), args.timeout) as sock:
         replies = sock.makefile("rb")
-        if args.messages:
+        if args.messages and args.raw:
+            for message in args.messages:
+                print(exchange_raw(sock, message))
+        elif args.messages:
             for message in args.messages:
                 print(exchange(sock, replies, message))
         else:

@@ -35,9 +35,7 @@ def work(n: int, seconds: float) -> tuple[int, int, str]:
 
 
 def make(backend: str, workers: int) -> executors.BaseExecutor:
-    # inline runs every task in the caller: it takes no pool size above 1.
-    if backend == "inline":
-        return executors.create(backend)
+    # Every backend takes max_workers (inline too: it runs one task at a time).
     return executors.create(backend, max_workers=workers)
 
 

@@ -32,9 +32,8 @@ def work(n: int, seconds: float) -> int:
 
 
 def run(backend: str, seconds: float, wait: bool) -> None:
-    # inline runs every task in the caller: it takes no pool size above 1.
-    options = {} if backend == "inline" else {"max_workers": 2}
-    pool = executors.create(backend, **options)
+    # Every backend takes max_workers (inline too: it runs one task at a time).
+    pool = executors.create(backend, max_workers=2)
     pool.submit(abs, 0).result()  # start the workers before timing
     print(f"== shutdown(wait={wait}) ==", flush=True)
     futures = [pool.submit(work, n, seconds) for n in range(TASKS)]

@@ -33,10 +33,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="smaller inputs")
     args = parser.parse_args(argv)
     n = 2_000 if args.quick else 200_000
-    # inline runs every task in the caller: it takes no pool size above 1.
-    options = {} if args.backend == "inline" else {"max_workers": 2}
-
-    with executors.create(args.backend, **options) as ex:
+    # Every backend takes max_workers (inline too: it runs one task at a time).
+    with executors.create(args.backend, max_workers=2) as ex:
         # --8<-- [start:eager]
         # Without buffersize, map keeps the stdlib's semantics: the whole
         # input is read and every task submitted at the call. The chunk size

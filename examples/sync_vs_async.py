@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> None:
         "--seconds", type=float, default=1.0, help="length of each task"
     )
     args = parser.parse_args(argv)
-    # inline runs every task in the caller: it takes no pool size above 1.
-    options = {} if args.backend == "inline" else {"max_workers": 2}
+    # Every backend takes max_workers (inline too: it runs one task at a time).
+    options = {"max_workers": 2}
     print(f"main process: pid {os.getpid()}", flush=True)
     with executors.create(args.backend, **options) as pool:
         print(f"{pool!r}", flush=True)

@@ -154,7 +154,11 @@ def test_quick_reports_ratios_versions_and_a_chart(quick_run: Any) -> None:
     records = _records(report)
     assert "default vs raw default" in records[("process", "tiny")]["ratios"]
     assert records[("process", "cpu")]["speedup_vs_serial"] > 0
-    assert "## Figures the issues ask for" in done.stdout
+    assert "## Performance goals" in done.stdout
+    # Rows say what they measure, not which tracker issue asked for them.
+    assert "| what it checks | figure | measured | goal | met |" in done.stdout
+    assert "| #" not in done.stdout
+    assert all("area" in goal and "issue" not in goal for goal in report["goals"])
     assert (tmp / "out.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -139,9 +139,14 @@ def test_bad_max_workers(backend: str, value: object, error: type, match: str) -
         executors.create(backend, max_workers=value)
 
 
-def test_inline_rejects_more_than_one_worker() -> None:
-    with pytest.raises(ValueError, match="max_workers must be 1 or None"):
-        executors.create("inline", max_workers=2)
+def test_inline_accepts_any_valid_max_workers_and_says_so() -> None:
+    # A program sized for a pool runs unchanged when switched to inline.
+    with executors.create("inline", max_workers=8) as ex:
+        assert ex.max_workers == 1
+        assert "8 requested" in repr(ex)
+        assert ex.submit(abs, -3).result() == 3
+    with pytest.raises(ValueError, match="max_workers must be greater than 0"):
+        executors.create("inline", max_workers=0)
 
 
 @pytest.mark.parametrize(

@@ -254,10 +254,29 @@ class Server:
         self.stderr: list[str] = []
         threading.Thread(target=self._drain_stdout, daemon=True).start()
         threading.Thread(target=self._drain_stderr, daemon=True).start()
-        first = self.next_line(RUN_BOUND)
-        match = re.search(r"listening on 127\.0\.0\.1:(\d+)$", first)
-        assert match, f"unexpected first line {first!r}; stderr: {self.stderr}"
-        self.port = int(match.group(1))
+        try:
+            first = self.lines.get(timeout=RUN_BOUND)
+        except queue.Empty:
+            pytest.fail(f"the server printed nothing for {RUN_BOUND} s")
+        #: None when the server exited instead of listening (see refused()).
+        self.banner = first
+        self.port = 0
+        if first is not None:
+            match = re.search(r"listening on 127\.0\.0\.1:(\d+)$", first)
+            assert match, f"unexpected first line {first!r}; stderr: {self.stderr}"
+            self.port = int(match.group(1))
+
+    def refused(self) -> str | None:
+        """If the server exited at start-up: its stderr (it must exit 1)."""
+        if self.banner is not None:
+            return None
+        self.proc.wait(BOUND)
+        assert self.proc.returncode == 1, self.proc.returncode
+        deadline = time.monotonic() + BOUND
+        while not self.stderr and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert_no_leftovers(self.marker, self.proc.pid)
+        return "".join(self.stderr)
 
     def _drain_stdout(self) -> None:
         assert self.proc.stdout is not None
@@ -374,17 +393,61 @@ def _ten_clients_at_once(port: int) -> None:
     assert not errors, errors
 
 
+def _classic_client(
+    port: int, index: int, barrier: threading.Barrier, errors: list[str]
+) -> None:
+    """The classic client, exactly: raw ``send``, then one ``recv(1024)``."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), NET_BOUND) as sock:
+            barrier.wait(NET_BOUND)
+            for j in range(5):
+                message = f"client {index} raw {j} ünïcödé".encode()
+                sock.send(message)
+                got = sock.recv(1024)
+                if got != message.decode().upper().encode():
+                    errors.append(f"{message!r} -> {got!r}")
+    except Exception as exc:
+        errors.append(f"classic client {index}: {exc!r}")
+        with contextlib.suppress(threading.BrokenBarrierError):
+            barrier.abort()
+
+
+def _ten_classic_clients_at_once(port: int) -> None:
+    barrier = threading.Barrier(10)
+    errors: list[str] = []
+    threads = [
+        threading.Thread(target=_classic_client, args=(port, i, barrier, errors))
+        for i in range(10)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(RUN_BOUND)
+    assert not any(t.is_alive() for t in threads), "a classic client hung"
+    assert not errors, errors
+
+
 def _bad_input(port: int) -> None:
-    # An empty message gets an empty reply; the connection stays usable.
+    # An empty line gets an empty line; the connection stays usable.
     client = Client(port)
     assert client.ask(b"") == b""
     # Bytes that are not UTF-8: an error reply, then business as usual.
     assert client.ask(b"caf\xe9 \xff\xfe").startswith(b"ERROR message is not UTF-8")
     assert client.ask(b"still here") == b"STILL HERE"
+    # No terminator, ending in a cut character that never completes: "caf"
+    # is answered at once, the cut byte once the server stops waiting for
+    # the rest of its character.
+    client.send_raw(b"caf\xe9")
+    assert client.reply().startswith(b"CAFERROR message is not UTF-8")
+    # A character cut between two sends is put together first.
+    client.send_raw("ü".encode()[:1])
+    time.sleep(0.05)
+    client.send_raw("ü".encode()[1:] + b"\n")
+    assert client.reply() == "Ü\n".encode()
     client.close()
 
-    # Disconnect mid-message (no newline), and right after a full message,
-    # before the reply is sent.
+    # Disconnect mid-message, and right after a full message, before the
+    # reply is sent.
     for data in (b"half a mess", b"gone before the reply\n"):
         client = Client(port)
         client.send_raw(data)
@@ -396,32 +459,113 @@ def _bad_input(port: int) -> None:
     client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
     client.close()
 
-    # A line longer than the server accepts (several times its limit, so
-    # that it stops reading mid-way): an error, then it hangs up.
+    # Input far longer than one read: answered piece by piece, in full,
+    # while it is still being sent (the server never holds all of it).
     client = Client(port)
-    client.send_raw(b"x" * (300 * 1024) + b"\n")
-    assert client.reply().startswith(b"ERROR message longer than")
-    assert client.reply() == b""
+    big = b"x" * (300 * 1024) + b"\n"
+    sender = threading.Thread(target=client.send_raw, args=(big,))
+    sender.start()
+    assert client.reply() == big.upper()
+    sender.join(NET_BOUND)
+    assert client.ask(b"after") == b"AFTER"
     client.close()
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_echo_server(backend: str, server_factory: Any) -> None:
-    server = server_factory(backend, "--delay", "0.02")
-    _ten_clients_at_once(server.port)
-    _bad_input(server.port)
-    assert server.alive()
-    # Still serving after all of it, the shipped client included.
+def _still_serving(server: Server) -> None:
     _ten_clients_at_once(server.port)
     out = run_example(
         "echo_client.py", "--port", str(server.port), "hello", "wörld", "a b c"
     )
     assert out.splitlines() == ["HELLO", "WÖRLD", "A B C"]
     out = run_example(
+        "echo_client.py", "--port", str(server.port), "--raw", "hello", "raw wörld"
+    )
+    assert out.splitlines() == ["HELLO", "RAW WÖRLD"]
+    out = run_example(
         "echo_client.py", "--port", str(server.port), stdin="hi there\n\nagain\nquit\n"
     )
     assert ">>: " in out
     assert "HI THERE" in out
     assert "AGAIN" in out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_echo_server(backend: str, server_factory: Any) -> None:
+    server = server_factory(backend, "--delay", "0.02")
+    assert server.refused() is None
+    _ten_classic_clients_at_once(server.port)
+    _ten_clients_at_once(server.port)
+    _bad_input(server.port)
+    assert server.alive()
+    # Still serving after all of it, the shipped client included.
+    _still_serving(server)
     last = server.stop()
     assert last.startswith("echo server stopped after")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_echo_server_classic_mode(backend: str, server_factory: Any) -> None:
+    """One worker per connection: ten clients on two workers still all get served."""
+    server = server_factory(backend, "--mode", "classic", "--delay", "0.02")
+    refusal = server.refused()
+    if refusal is not None:
+        # Only a backend that pickles its arguments may refuse (threads can
+        # always share a socket), and it must say why.
+        assert capabilities(backend).process_isolation
+        assert "cannot pass a socket to a worker" in refusal, refusal
+        return
+    assert "one worker per connection" in (server.banner or "")
+    _ten_classic_clients_at_once(server.port)
+    _ten_clients_at_once(server.port)
+    _bad_input(server.port)
+    assert server.alive()
+    _still_serving(server)
+    last = server.stop()
+    assert last.startswith("echo server stopped after")
+
+
+# -- the same walk-through, written for multiprocessing.Pool ----------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pool_one_process_per_task(backend: str) -> None:
+    out = run_example(
+        "pool_one_process_per_task.py", "--backend", backend, "--seconds", "0.2"
+    )
+    main_pid = int(line_with("main process: pid ", out).rsplit(" ", 1)[1])
+    sections = out.split("== ")[1:]
+    assert len(sections) == 2, out
+    for section in sections:
+        ran = re.findall(r"task (\d) ran in pid (\d+)", section)
+        assert sorted(int(n) for n, _ in ran) == [0, 1, 2, 3, 4], out
+        pids = {int(pid) for _, pid in ran}
+        assert (main_pid not in pids) == capabilities(backend).process_isolation, out
+    assert len(set(re.findall(r"task \d ran in pid (\d+)", sections[1]))) <= 2, out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pool_sync_vs_async(backend: str) -> None:
+    out = run_example("pool_sync_vs_async.py", "--backend", backend, "--seconds", "0.2")
+    assert "<executors.Pool state=RUN" in out
+    for mode in ("synchronous", "asynchronous"):
+        line = line_with(f"{mode}: [", out)
+        results = ast.literal_eval(line.partition(": ")[2].rpartition(" in ")[0])
+        assert [n for n, _ in results] == [0, 1, 2, 3, 4], out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pool_shutdown_wait(backend: str) -> None:
+    out = run_example("pool_shutdown_wait.py", "--backend", backend, "--seconds", "0.5")
+    assert line_with("close() + join() returned", out).endswith("with 4 of 4"), out
+    assert line_with("results:", out).endswith("[0, 1, 4, 9]"), out
+    assert "a new apply() now raises ValueError: Pool not running" in out
+    outcomes = ast.literal_eval(
+        line_with("terminate() + join() returned", out).partition(": ")[2]
+    )
+    assert len(outcomes) == 4, out
+    if capabilities(backend).runs_concurrently:
+        # Four half-second tasks on two workers: terminate() stops the
+        # ones queued (and, on process backends, the running ones).
+        assert any(not o.isdigit() for o in outcomes), out
+    else:
+        assert outcomes == ["0", "1", "4", "9"], out

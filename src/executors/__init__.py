@@ -14,31 +14,47 @@ tqdm) is imported until it is chosen.
 from __future__ import annotations
 
 from ._base import BaseExecutor, fail_futures
+from ._callqueue import Call, CallQueue
 from ._capabilities import Capabilities
 from ._errors import (
     BackendNotFoundError,
     BackendNotInstalledError,
+    DaskClusterError,
+    ExecutorFailedError,
+    ExecutorInterruptedError,
     InitializerFailedError,
+    TaskKilledError,
     WorkerCrashedError,
 )
+from ._futures import Future, settle
 from ._protocol import Executor
 from ._registry import BackendInfo, create, list_backends
 from ._remote import RemoteTraceback
+from .pool import Pool
 
 __all__ = [
     "BackendInfo",
     "BackendNotFoundError",
     "BackendNotInstalledError",
     "BaseExecutor",
+    "Call",
+    "CallQueue",
     "Capabilities",
+    "DaskClusterError",
     "Executor",
+    "ExecutorFailedError",
+    "ExecutorInterruptedError",
+    "Future",
     "InitializerFailedError",
+    "Pool",
     "RemoteTraceback",
+    "TaskKilledError",
     "WorkerCrashedError",
     "aio",
     "create",
     "fail_futures",
     "list_backends",
+    "settle",
 ]
 
 __version__ = "0.1.0"

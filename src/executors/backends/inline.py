@@ -9,6 +9,10 @@ already finished when ``submit`` returns, so nothing is ever queued or
 running beside the caller: ``cancel()`` always fails, ``map(timeout=)`` only
 limits how long a lazy map waits between results, and ``shutdown(wait=False)``
 has nothing to leave running.
+
+It takes the ``max_workers`` of every other backend, so a program that sizes
+its pool still runs when switched to ``inline``; whatever the size, one task
+runs at a time, and ``repr`` says so.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from typing import Any, TypeVar
 from .._base import BaseExecutor
 from .._capabilities import Capabilities
 from .._errors import InitializerFailedError
-from .._options import check_initializer
+from .._futures import Future as SettledFuture
+from .._options import check_initializer, check_max_workers
 
 __all__ = ["InlineExecutor"]
 
@@ -31,9 +36,12 @@ class InlineExecutor(BaseExecutor):
     """Runs each task synchronously in the thread that submits it.
 
     Args:
-        max_workers: ``None`` or ``1``; accepted so that code written for
-            other backends runs unchanged, and rejected above 1 rather than
-            silently ignored.
+        max_workers: Any valid pool size (``None`` or an int >= 1), checked
+            as every backend checks it, so that a program written for another
+            backend runs unchanged. Tasks still run one at a time, in the
+            caller: :attr:`max_workers` reports 1 and ``repr`` shows the size
+            that was asked for. Options that would change results (a start
+            method, a per-child task limit) are still refused.
         initializer: Called once, in the caller, when the executor is
             created. If it raises, the executor is broken.
         initargs: Arguments for ``initializer``.
@@ -51,17 +59,10 @@ class InlineExecutor(BaseExecutor):
         initializer: Callable[..., object] | None = None,
         initargs: tuple[Any, ...] = (),
     ) -> None:
-        if max_workers is not None and (
-            not isinstance(max_workers, int) or isinstance(max_workers, bool)
-        ):
-            raise TypeError(f"max_workers must be an int or None, got {max_workers!r}")
-        if max_workers is not None and max_workers <= 0:
-            raise ValueError("max_workers must be greater than 0")
-        if max_workers is not None and max_workers > 1:
-            raise ValueError(
-                "the 'inline' backend runs one task at a time in the caller; "
-                f"max_workers must be 1 or None, got {max_workers}"
-            )
+        # Checked like everywhere else, then kept only for repr: the size of
+        # the pool cannot change a result here, only how many tasks overlap,
+        # and inline never overlaps them.
+        self._requested_workers = check_max_workers(max_workers, default=1)
         check_initializer(initializer, initargs)
         super().__init__(max_workers=1)
         self._init_error: BaseException | None = None
@@ -70,6 +71,15 @@ class InlineExecutor(BaseExecutor):
                 initializer(*initargs)
             except Exception as exc:
                 self._init_error = exc
+
+    def __repr__(self) -> str:
+        state = "shut down" if self._shutdown_started else "running"
+        asked = self._requested_workers
+        size = f" ({asked} requested)" if asked != 1 else ""
+        return (
+            f"<{type(self).__name__} backend={self.backend!r} max_workers=1{size}: "
+            f"one task at a time, in the caller, {state}>"
+        )
 
     def _broken_error(self) -> BaseException | None:
         if self._init_error is None:
@@ -84,7 +94,8 @@ class InlineExecutor(BaseExecutor):
     def _submit(
         self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Future[T]:
-        future: Future[T] = Future()
+        # The project's future: a falsy exception still raises.
+        future: Future[T] = SettledFuture()
         future.set_running_or_notify_cancel()
         try:
             result = fn(*args, **kwargs)

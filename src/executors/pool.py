@@ -1,0 +1,665 @@
+"""``executors.Pool``: the ``multiprocessing.Pool`` API, on every backend.
+
+A program written for ``multiprocessing.Pool`` changes one import and runs
+on any backend, with the project's contract: a worker that dies fails its
+task with a :class:`~concurrent.futures.BrokenExecutor` instead of leaving
+``map`` waiting forever (CPython gh-66587, gh-96062)::
+
+    from executors import Pool          # was: from multiprocessing import Pool
+
+    with Pool(4, backend="queue") as pool:
+        print(pool.map(abs, [-1, -2, -3]))
+
+The pool is a thin layer over the public :class:`executors.Executor` API:
+
+```
+Pool.apply_async ──▶ executor.submit ──▶ Future ──done callback──▶ AsyncResult
+Pool.map_async   ──▶ executor.map (every chunk submitted at the call)
+                        └─▶ one collecting thread ──▶ AsyncResult (the list)
+Pool.imap        ──▶ executor.map(buffersize=...) ──▶ IMapIterator (lazy, bounded)
+Pool.terminate   ──▶ stop running tasks, cancel queued ones, no process left
+```
+
+Where it differs from the stdlib, it is stronger, and
+``docs/coming-from-pool.md`` lists each case.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import multiprocessing
+import threading
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import CancelledError, Future
+from concurrent.futures import TimeoutError as FuturesTimeoutError
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
+
+from ._registry import create
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+    from ._base import BaseExecutor
+
+__all__ = ["AsyncResult", "IMapIterator", "Pool"]
+
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+# The states of the stdlib's Pool, with its names, for repr and messages.
+RUN = "RUN"
+CLOSE = "CLOSE"
+TERMINATE = "TERMINATE"
+
+# A lazy imap keeps at most this many chunks per worker read from the input
+# and not yet handed to the caller: enough to keep every worker busy while
+# the caller consumes, few enough to bound memory on an endless input.
+IMAP_CHUNKS_PER_WORKER = 4
+
+
+class _Starred:
+    """``fn(*args)`` for ``starmap``: a picklable stand-in for a lambda.
+
+    Module-level so that process workers unpickle it by reference; the
+    wrapped callable travels inside it as the backend sends any callable.
+    """
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+
+    def __call__(self, args: Iterable[Any]) -> Any:
+        return self.fn(*args)
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return _Starred, (self.fn,)
+
+
+class _InputReader:
+    """The caller's iterable, read in chunks, with its own error held back.
+
+    ``multiprocessing.Pool.imap`` reports an exception raised by the input
+    iterable from ``next()``, at the position of the chunk being read, after
+    the results of every whole chunk before it. Reading chunk by chunk here,
+    and stopping quietly at the error, gives the map exactly those chunks;
+    the iterator raises the error once they are consumed.
+    """
+
+    def __init__(self, iterable: Iterable[Any], chunksize: int) -> None:
+        self._iterable = iterable
+        self._chunksize = chunksize
+        self.error: BaseException | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        try:
+            source = iter(self._iterable)
+            while True:
+                chunk = list(itertools.islice(source, self._chunksize))
+                if not chunk:
+                    return
+                yield from chunk
+        except Exception as exc:
+            self.error = exc
+
+
+class AsyncResult(Generic[T]):
+    """What the ``*_async`` methods return: ``multiprocessing.pool.AsyncResult``.
+
+    ``callback`` or ``error_callback`` runs once, before the result becomes
+    ready, in the thread that completes it (a backend's thread, or the
+    caller's on ``inline``): keep it short, as with the stdlib. An exception
+    raised by a callback is logged, never lost in a thread.
+    """
+
+    def __init__(
+        self,
+        callback: Callable[[T], object] | None,
+        error_callback: Callable[[BaseException], object] | None,
+    ) -> None:
+        self._callback = callback
+        self._error_callback = error_callback
+        self._event = threading.Event()
+        self._success = False
+        self._value: Any = None
+
+    def ready(self) -> bool:
+        """Return whether the call has completed."""
+        return self._event.is_set()
+
+    def successful(self) -> bool:
+        """Return whether the call completed without raising.
+
+        Raises:
+            ValueError: The result is not ready yet (as the stdlib).
+        """
+        if not self.ready():
+            raise ValueError(f"{self!r} not ready")
+        return self._success
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait until the result is ready, or ``timeout`` seconds pass."""
+        self._event.wait(timeout)
+
+    def get(self, timeout: float | None = None) -> T:
+        """Return the result when it arrives; raise the call's exception.
+
+        Args:
+            timeout: Seconds to wait; ``None`` waits until the result is
+                ready, which always happens: a dead worker or a
+                ``terminate()`` fails the call instead of leaving it pending.
+
+        Raises:
+            multiprocessing.TimeoutError: Not ready within ``timeout``.
+            concurrent.futures.BrokenExecutor: The worker running the call
+                died (the stdlib would wait forever).
+            concurrent.futures.CancelledError: ``terminate()`` dropped the
+                call before it ran.
+        """
+        self.wait(timeout)
+        if not self.ready():
+            raise multiprocessing.TimeoutError
+        if self._success:
+            return self._value  # type: ignore[no-any-return]
+        raise self._value
+
+    def __repr__(self) -> str:
+        if not self.ready():
+            state = "pending"
+        else:
+            state = "successful" if self._success else "failed"
+        return f"<{type(self).__name__} {state}>"
+
+    def _set(self, success: bool, value: Any) -> None:
+        self._success = success
+        self._value = value
+        callback = self._callback if success else self._error_callback
+        try:
+            if callback is not None:
+                callback(value)
+        except Exception:
+            log.exception("exception in the callback of %r", self)
+        finally:
+            # Ready only after the callback: get() returning means it ran,
+            # as with the stdlib.
+            self._event.set()
+
+    def _set_from_future(self, future: Future[Any]) -> None:
+        if future.cancelled():
+            self._set(False, CancelledError("the pool was terminated before it ran"))
+            return
+        error = future.exception()
+        if error is None:
+            self._set(True, future.result())
+        else:
+            self._set(False, error)
+
+
+class IMapIterator(Generic[T]):
+    """What ``imap`` and ``imap_unordered`` return.
+
+    A plain iterator, plus the stdlib's ``next(timeout)``. Dropping it, or
+    calling :meth:`close`, cancels the work it has not started.
+    """
+
+    def __init__(
+        self,
+        results: Iterator[T],
+        reader: _InputReader,
+        concurrent: bool,
+    ) -> None:
+        self._results = results
+        self._reader = reader
+        self._concurrent = concurrent
+        self._finished = False
+        # A next() that timed out goes on in a helper thread; the call after
+        # it waits for the same item, so no result is skipped.
+        self._pending: Future[T] | None = None
+        self._lock = threading.Lock()
+
+    def __iter__(self) -> Self:
+        return self
+
+    def __next__(self) -> T:
+        return self.next()
+
+    def next(self, timeout: float | None = None) -> T:
+        """Return the next result.
+
+        Args:
+            timeout: Seconds to wait for it; ``None`` waits until it comes.
+                A timeout leaves the iterator usable: the next call returns
+                the same item.
+
+        Raises:
+            multiprocessing.TimeoutError: Not ready within ``timeout``.
+            StopIteration: No result is left.
+        """
+        with self._lock:
+            if self._pending is None and (timeout is None or not self._concurrent):
+                # The common case: advance the map right here, no thread.
+                # (inline runs each task in the caller, so there is nothing
+                # a timeout could stop.)
+                return self._advance()
+            if self._pending is None:
+                self._pending = Future()
+                threading.Thread(
+                    target=self._advance_into,
+                    args=(self._pending,),
+                    name="executors.Pool imap next",
+                    daemon=True,
+                ).start()
+            pending = self._pending
+            try:
+                value = pending.result(timeout)
+            except FuturesTimeoutError:
+                raise multiprocessing.TimeoutError from None
+            finally:
+                if pending.done():
+                    self._pending = None
+            return value
+
+    def close(self) -> None:
+        """Stop: cancel the work not started yet; later ``next()`` stops."""
+        close = getattr(self._results, "close", None)
+        if close is not None:
+            close()
+        self._finished = True
+
+    def _advance_into(self, pending: Future[T]) -> None:
+        try:
+            pending.set_result(self._advance())
+        except BaseException as exc:
+            pending.set_exception(exc)
+
+    def _advance(self) -> T:
+        if self._finished:
+            raise StopIteration
+        try:
+            return next(self._results)
+        except StopIteration:
+            self._finished = True
+            error, self._reader.error = self._reader.error, None
+            if error is not None:
+                raise error from None
+            raise
+        except BaseException:
+            self._finished = True
+            raise
+
+
+class Pool:
+    """``multiprocessing.Pool``'s interface over any backend.
+
+    Every method keeps the stdlib's signature and meaning; the differences
+    are guarantees the stdlib does not give (see ``docs/coming-from-pool.md``).
+
+    Args:
+        processes: Number of workers; ``None`` is the backend's default.
+        initializer: Called as ``initializer(*initargs)`` in each worker
+            when it starts.
+        initargs: Arguments for ``initializer``.
+        maxtasksperchild: Tasks a worker process runs before it is replaced;
+            ``None`` keeps workers for the pool's lifetime. Backends without
+            worker processes refuse it with a ``TypeError``.
+        context: A multiprocessing context or start method name, for the
+            backends that start processes (passed as ``mp_context``).
+        backend: The backend's name; ``None`` reads ``EXECUTORS_BACKEND``,
+            else uses ``"process"`` (see :func:`executors.create`). A
+            callable is called with the executor options instead of
+            :func:`executors.create` (how ``executors.testing`` passes its
+            ``executor_factory``).
+        **options: Further keyword-only options of the backend, such as
+            ``task_timeout`` for ``queue``.
+
+    Raises:
+        ValueError: ``processes`` is below 1, or ``maxtasksperchild`` is not
+            a positive int (the stdlib's messages).
+        TypeError: ``initializer`` is not callable, or the backend does not
+            take an option.
+    """
+
+    def __init__(
+        self,
+        processes: int | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: Iterable[Any] = (),
+        maxtasksperchild: int | None = None,
+        context: Any = None,
+        *,
+        backend: str | Callable[..., BaseExecutor] | None = None,
+        **options: Any,
+    ) -> None:
+        # The stdlib's checks and messages first, so code that catches them
+        # keeps working; the backend checks everything else.
+        if processes is not None and (
+            not isinstance(processes, int) or isinstance(processes, bool)
+        ):
+            raise TypeError(f"processes must be an int or None, got {processes!r}")
+        if processes is not None and processes < 1:
+            raise ValueError("Number of processes must be at least 1")
+        if maxtasksperchild is not None and (
+            not isinstance(maxtasksperchild, int)
+            or isinstance(maxtasksperchild, bool)
+            or maxtasksperchild <= 0
+        ):
+            raise ValueError("maxtasksperchild must be a positive int or None")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if processes is not None:
+            options["max_workers"] = processes
+        if initializer is not None:
+            options["initializer"] = initializer
+            options["initargs"] = tuple(initargs)
+        if maxtasksperchild is not None:
+            options["max_tasks_per_child"] = maxtasksperchild
+        if context is not None:
+            options["mp_context"] = context
+        self._executor: BaseExecutor = (
+            backend(**options) if callable(backend) else create(backend, **options)
+        )
+        self._state = RUN
+        self._lock = threading.Lock()
+        # What join() waits for beyond the executor's shutdown: results
+        # whose callbacks may still be running, and the map_async threads.
+        self._unfinished: set[AsyncResult[Any]] = set()
+        self._collectors: set[threading.Thread] = set()
+
+    # -- what the stdlib does not have ------------------------------------
+
+    @property
+    def executor(self) -> BaseExecutor:
+        """The executor that runs the pool's tasks."""
+        return self._executor
+
+    @property
+    def backend(self) -> str:
+        """The name of the backend, such as ``"queue"``."""
+        return self._executor.backend
+
+    # -- the stdlib's API -------------------------------------------------
+
+    def apply(
+        self,
+        func: Callable[..., T],
+        args: Iterable[Any] = (),
+        kwds: Mapping[str, Any] = {},  # the stdlib's default; never mutated
+    ) -> T:
+        """Call ``func(*args, **kwds)`` in a worker and return its result."""
+        return self.apply_async(func, args, kwds).get()
+
+    def apply_async(
+        self,
+        func: Callable[..., T],
+        args: Iterable[Any] = (),
+        kwds: Mapping[str, Any] = {},  # the stdlib's default; never mutated
+        callback: Callable[[T], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+    ) -> AsyncResult[T]:
+        """Start ``func(*args, **kwds)`` in a worker; return its AsyncResult.
+
+        Raises:
+            ValueError: ``"Pool not running"`` after ``close()`` or
+                ``terminate()``.
+        """
+        self._check_running()
+        result: AsyncResult[T] = AsyncResult(callback, error_callback)
+        future = self._executor.submit(func, *args, **kwds)
+        self._track(result, future)
+        return result
+
+    def map(
+        self,
+        func: Callable[[Any], T],
+        iterable: Iterable[Any],
+        chunksize: int | None = None,
+    ) -> list[T]:
+        """Return ``list(map(func, iterable))``, computed by the workers.
+
+        ``chunksize=None`` lets the shared map pick chunk sizes.
+        """
+        return self._map_async(func, iterable, chunksize, None, None).get()
+
+    def map_async(
+        self,
+        func: Callable[[Any], T],
+        iterable: Iterable[Any],
+        chunksize: int | None = None,
+        callback: Callable[[list[T]], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+    ) -> AsyncResult[list[T]]:
+        """Start ``map``; return an AsyncResult for the list of results."""
+        return self._map_async(func, iterable, chunksize, callback, error_callback)
+
+    def starmap(
+        self,
+        func: Callable[..., T],
+        iterable: Iterable[Iterable[Any]],
+        chunksize: int | None = None,
+    ) -> list[T]:
+        """Like :meth:`map`, each item unpacked: ``func(*item)``."""
+        return self._map_async(_Starred(func), iterable, chunksize, None, None).get()
+
+    def starmap_async(
+        self,
+        func: Callable[..., T],
+        iterable: Iterable[Iterable[Any]],
+        chunksize: int | None = None,
+        callback: Callable[[list[T]], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+    ) -> AsyncResult[list[T]]:
+        """Like :meth:`map_async`, each item unpacked: ``func(*item)``."""
+        return self._map_async(
+            _Starred(func), iterable, chunksize, callback, error_callback
+        )
+
+    def imap(
+        self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int = 1
+    ) -> IMapIterator[T]:
+        """Return an iterator over ``map(func, iterable)``, in order.
+
+        Unlike the stdlib's, it reads ``iterable`` lazily, a few chunks per
+        worker ahead of the caller, so an endless input works in bounded
+        memory.
+
+        Raises:
+            ValueError: ``chunksize`` is below 1, or the pool is not running.
+        """
+        return self._imap(func, iterable, chunksize, ordered=True)
+
+    def imap_unordered(
+        self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int = 1
+    ) -> IMapIterator[T]:
+        """Like :meth:`imap`, but each result comes as soon as it is ready."""
+        return self._imap(func, iterable, chunksize, ordered=False)
+
+    def close(self) -> None:
+        """Accept no more work; ``join()`` then waits for the work to finish.
+
+        The executor stays open until ``join()``: an ``imap`` started before
+        ``close()`` still submits its remaining chunks, as the stdlib keeps
+        feeding its tasks.
+        """
+        with self._lock:
+            if self._state == RUN:
+                self._state = CLOSE
+
+    def terminate(self) -> None:
+        """Stop the workers now; unfinished work fails instead of hanging."""
+        with self._lock:
+            self._state = TERMINATE
+        self._stop_workers_now()
+        self._wait_for_results()
+
+    def join(self) -> None:
+        """Wait for the workers to exit; call ``close()`` or ``terminate()`` first.
+
+        Raises:
+            ValueError: ``"Pool is still running"``.
+        """
+        if self._state == RUN:
+            raise ValueError("Pool is still running")
+        self._executor.shutdown(wait=True)
+        self._wait_for_results()
+
+    def __enter__(self) -> Self:
+        self._check_running()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        # The stdlib's context manager terminates, it does not wait.
+        self.terminate()
+
+    def __reduce__(self) -> NoReturn:
+        raise NotImplementedError(
+            "pool objects cannot be passed between processes or pickled"
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<executors.Pool state={self._state} backend={self.backend!r} "
+            f"pool_size={self._executor.max_workers}>"
+        )
+
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        state = getattr(self, "_state", None)
+        if state == RUN:
+            _warn(
+                f"unclosed running executors.Pool {self!r}",
+                ResourceWarning,
+                source=self,
+            )
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        elif state == CLOSE:
+            # Closed, never joined: let the workers go once the work is done.
+            self._executor.shutdown(wait=False)
+
+    # -- internals ----------------------------------------------------------
+
+    def _check_running(self) -> None:
+        if self._state != RUN:
+            raise ValueError("Pool not running")
+
+    def _stop_workers_now(self) -> None:
+        """Stop running tasks, cancel queued ones, leave no worker process.
+
+        The one place that knows how: the executor's Ctrl-C hook, then a
+        shutdown that cancels. To be replaced by the public
+        ``terminate_workers()`` once executors have it.
+        """
+        self._executor._interrupt()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def _wait_for_results(self) -> None:
+        # The executor's shutdown returns once every future is done, which
+        # can be a moment before the done callbacks that make a result ready
+        # have run: wait for those too, so that after join() every callback
+        # has run, as with the stdlib.
+        with self._lock:
+            collectors = list(self._collectors)
+            unfinished = list(self._unfinished)
+        for thread in collectors:
+            if thread is not threading.current_thread():
+                thread.join()
+        for result in unfinished:
+            result.wait()
+
+    def _track(self, result: AsyncResult[Any], future: Future[Any]) -> None:
+        # The callback must not hold the pool: a backend may keep finished
+        # futures a while, and the pool must still be collectable (and warn
+        # if it was left running).
+        lock, unfinished = self._lock, self._unfinished
+        with lock:
+            unfinished.add(result)
+
+        def done(future: Future[Any]) -> None:
+            result._set_from_future(future)
+            with lock:
+                unfinished.discard(result)
+
+        future.add_done_callback(done)
+
+    def _map_async(
+        self,
+        func: Callable[[Any], T],
+        iterable: Iterable[Any],
+        chunksize: int | None,
+        callback: Callable[[list[T]], object] | None,
+        error_callback: Callable[[BaseException], object] | None,
+    ) -> AsyncResult[list[T]]:
+        self._check_running()
+        result: AsyncResult[list[T]] = AsyncResult(callback, error_callback)
+        if hasattr(iterable, "__len__"):
+            # The stdlib reads a sized input in its task thread, and reports
+            # an error of the input from get(); an unsized one is read right
+            # here, and its error raised by this call. Both the same here.
+            try:
+                items = list(iterable)
+            except Exception as exc:
+                result._set(False, exc)
+                return result
+        else:
+            items = list(iterable)
+        # Every chunk is submitted here, by the shared map; what is left is
+        # to collect the values, off the caller's thread.
+        values = self._executor.map(func, items, chunksize=chunksize)
+        if not self._executor.capabilities.runs_concurrently:
+            # inline: the tasks ran inside map(); no thread to add.
+            _collect(values, result)
+            return result
+        thread = threading.Thread(
+            target=self._collect_in_thread,
+            args=(values, result),
+            name="executors.Pool map_async",
+            daemon=True,
+        )
+        with self._lock:
+            self._collectors.add(thread)
+        thread.start()
+        return result
+
+    def _collect_in_thread(
+        self, values: Iterator[T], result: AsyncResult[list[T]]
+    ) -> None:
+        try:
+            _collect(values, result)
+        finally:
+            with self._lock:
+                self._collectors.discard(threading.current_thread())
+
+    def _imap(
+        self,
+        func: Callable[[Any], T],
+        iterable: Iterable[Any],
+        chunksize: int,
+        ordered: bool,
+    ) -> IMapIterator[T]:
+        self._check_running()
+        if chunksize < 1:
+            raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
+        reader = _InputReader(iterable, chunksize)
+        workers = self._executor.max_workers
+        buffersize = chunksize * IMAP_CHUNKS_PER_WORKER * workers
+        start = self._executor.map if ordered else self._executor.map_unordered
+        results = start(func, reader, chunksize=chunksize, buffersize=buffersize)
+        return IMapIterator(
+            results, reader, self._executor.capabilities.runs_concurrently
+        )
+
+
+def _collect(values: Iterator[T], result: AsyncResult[list[T]]) -> None:
+    try:
+        collected = list(values)
+    except BaseException as exc:
+        result._set(False, exc)
+    else:
+        result._set(True, collected)
