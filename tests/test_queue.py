@@ -25,6 +25,7 @@ from typing import Any
 import psutil
 import pytest
 
+import executors
 from conftest import backend_factory
 from executors import InitializerFailedError, WorkerCrashedError
 from executors.backends.queue import (
@@ -649,16 +650,65 @@ class TestExecutorLifetime(ContractBase):
     def test_shutdown_wait_from_a_done_callback(
         self, make_executor: ExecutorFactory
     ) -> None:
-        # The callback runs in the manager thread: shutdown must not join itself.
+        # Callbacks run on the callback thread, not in the manager thread:
+        # shutdown(wait=True) there really waits for the manager to end.
         executor = make_executor()
         done = threading.Event()
+        manager_alive: list[bool] = []
 
         def callback(_: Future[Any]) -> None:
             executor.shutdown(wait=True)
+            manager_alive.append(executor._pool.manager.is_alive())
             done.set()
 
         executor.submit(tasks.add, 1, 1).add_done_callback(callback)
         assert done.wait(BOUND)
+        assert manager_alive == [False]
+
+    def test_task_killed_error_is_the_package_one(self) -> None:
+        # One class, wherever it is imported from.
+        assert TaskKilledError is executors.TaskKilledError
+        assert issubclass(TaskKilledError, CancelledError)
+
+
+class TestCallbackThread(QueueBase):
+    """A user's callback that blocks holds up no result of the pool."""
+
+    def test_results_flow_while_a_callback_blocks(
+        self, executor: Any, tmp_path: Path
+    ) -> None:
+        release = threading.Event()
+        names: list[str] = []
+
+        def block(_: Future[Any]) -> None:
+            names.append(threading.current_thread().name)
+            release.wait(BOUND)
+
+        try:
+            executor.submit(tasks.add, 1, 1).add_done_callback(block)
+            wait_until(lambda: bool(names), "the callback to start")
+            assert names != ["executors-queue-manager"]
+            # Plain tasks; the head of a map before an unpicklable item; the
+            # rest of a chunk rerun after a crash: all complete through the
+            # pool's own callbacks, none waits behind the blocked one.
+            assert executor.submit(tasks.add, 2, 2).result(timeout=BOUND) == 4
+            items: list[Any] = [1, 2, threading.Lock(), 4]
+            got: list[Any] = []
+            with pytest.raises(TypeError):
+                for value in executor.map(
+                    tasks.identity, items, chunksize=4, timeout=BOUND
+                ):
+                    got.append(value)
+            assert got == [1, 2]
+            got = []
+            with pytest.raises(WorkerCrashedError):
+                for value in executor.map(
+                    exit_on(321), range(1000), chunksize=1000, timeout=BOUND
+                ):
+                    got.append(value)
+            assert got == list(range(321))
+        finally:
+            release.set()
 
     def test_broken_executor_error_is_fresh(
         self, make_executor: ExecutorFactory

@@ -31,7 +31,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from . import _map
 from ._capabilities import Capabilities
 from ._futures import fail_futures, notify_cancelled
-from ._lifecycle import close_at_exit, interpreter_exiting
+from ._lifecycle import (
+    close_at_exit,
+    ending_on_keyboard_interrupt,
+    interpreter_exiting,
+)
 from ._options import check_callable, check_map_arguments
 from ._serialize import portable
 
@@ -149,10 +153,16 @@ class BaseExecutor(futures.Executor, metaclass=ABCMeta):
         """Called once when the interpreter exits (see :mod:`executors._lifecycle`).
 
         As the stdlib pools do, the work already submitted is finished and
-        the workers are released. A backend whose work cannot finish at
-        exit (a remote cluster) may override it.
+        the workers are released; a program ending on an unhandled Ctrl-C
+        stops its running tasks and drops the queued ones instead. The
+        executor is not marked shut down, so a submit from an ``atexit``
+        hook raises the stdlib's "after interpreter shutdown" error.
         """
-        self.shutdown(wait=True)
+        if ending_on_keyboard_interrupt():
+            self._interrupt()
+            self._shutdown(wait=True, cancel_futures=True)
+        else:
+            self._shutdown(wait=True, cancel_futures=False)
 
     @abstractmethod
     def _submit(
@@ -218,14 +228,16 @@ class BaseExecutor(futures.Executor, metaclass=ABCMeta):
         return portable(fn) if self._portable_callables else fn
 
     def _check_open(self) -> None:
-        # The stdlib's order and messages, so one test checks every backend.
+        # The stdlib's messages, so one test checks every backend. Exiting
+        # comes before "shut down": the exit hook shuts executors down, and
+        # a late submit should learn why.
         broken = self._broken_error()
         if broken is not None:
             raise broken
-        if self._shutdown_started:
-            raise RuntimeError("cannot schedule new futures after shutdown")
         if interpreter_exiting():
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+        if self._shutdown_started:
+            raise RuntimeError("cannot schedule new futures after shutdown")
 
     def _submit_task(
         self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import threading
 import weakref
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from ._futures import drain_callbacks
 __all__ = [
     "ManagerThread",
     "close_at_exit",
+    "ending_on_keyboard_interrupt",
     "ensure_exit_hook_last",
     "interpreter_exiting",
     "join_unless_current",
@@ -101,11 +103,30 @@ def ensure_exit_hook_last() -> None:
             register(_python_exit)
 
 
+def _after_fork_in_child() -> None:
+    global _hook_lock
+    # A forked child (a fork-context worker too) runs the hook when it
+    # exits; the parent's executors are none of its business. The lock may
+    # have been held by another thread at the fork: a fresh one, or the
+    # child would hang at its own exit.
+    _live.clear()
+    _hook_lock = threading.Lock()
+
+
+def ending_on_keyboard_interrupt() -> bool:
+    """Whether the interpreter is exiting because of an unhandled Ctrl-C.
+
+    Python prints an unhandled exception, storing it as ``sys.last_exc``
+    (``sys.last_value`` before 3.12), before it runs the interpreter-exit
+    hooks. In an interactive session it holds the last error shown.
+    """
+    last = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+    return isinstance(last, KeyboardInterrupt)
+
+
 ensure_exit_hook_last()
 if hasattr(os, "register_at_fork"):
-    # A forked child (a fork-context worker too) runs the hook when it
-    # exits; the parent's executors are none of its business.
-    os.register_at_fork(after_in_child=_live.clear)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def join_unless_current(

@@ -18,9 +18,9 @@ The data flow::
     | manager thread   |<--------------|-- exit sentinel of each worker |
     | (one per pool)   |<--------------|-- board: which task and item  -+
     +------------------+               |   each worker is running
-       | set_result / set_exception    |   (shared memory)
+       | settle()                      |   (shared memory)
        v                               |
-     futures                           |
+     futures --> done-callbacks on the callback thread (executors._futures)
 
 * The **call queue** holds items no worker has yet. ``cancel()`` works there.
   A worker is sent one item, plus a few ahead of its answers while tasks
@@ -52,12 +52,14 @@ from concurrent.futures import Future
 from multiprocessing.context import BaseContext
 from typing import Any, Generic, TypeVar
 
-from .._base import BaseExecutor, notify_cancelled
+from .._base import BaseExecutor
 from .._capabilities import Capabilities
+from .._errors import TaskKilledError
+from .._futures import Future as OurFuture
+from .._futures import add_internal_callback, notify_cancelled, settle
 from .._map import Chunk, ChunkResult
 from .._options import check_process_pool_options, cpu_count
 from .._serialize import portable, unwrap
-from ._queue.items import TaskKilledError
 from ._queue.pool import Pool
 from ._queue.wire import CALL, CHUNK, dumps, dumps_chunk
 
@@ -214,12 +216,12 @@ class QueueExecutor(BaseExecutor):
         self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Future[T]:
         fn, timeout = self._unwrap(fn)
-        future: Future[T] = Future()
+        future: OurFuture[T] = OurFuture()
         try:
             body, buffers = dumps((fn, args, kwargs))
         except Exception as exc:
             # Fails this future only; the pool never saw it.
-            future.set_exception(exc)
+            settle(future, error=exc)
             return future
         self._pool.submit(CALL, future, body, buffers, timeout)
         return future
@@ -228,7 +230,7 @@ class QueueExecutor(BaseExecutor):
         self, fn: Callable[..., Any], chunk: Chunk
     ) -> Future[ChunkResult]:
         fn, timeout = self._unwrap(fn)
-        future: Future[ChunkResult] = Future()
+        future: OurFuture[ChunkResult] = OurFuture()
         try:
             body, buffers = dumps_chunk(fn, chunk)
         except Exception as exc:
@@ -248,7 +250,7 @@ class QueueExecutor(BaseExecutor):
         ``map`` then yields their values and raises the pickling error at
         the item's own position, as if that item had raised it.
         """
-        future: Future[ChunkResult] = Future()
+        future: OurFuture[ChunkResult] = OurFuture()
         bad = 0
         for bad, args in enumerate(chunk.rows()):  # noqa: B007
             try:
@@ -259,11 +261,11 @@ class QueueExecutor(BaseExecutor):
         else:
             bad = 0  # every item pickles: the callable does not
         if bad == 0:
-            future.set_exception(error)
+            settle(future, error=error)
             return future
         head = chunk[:bad]
         body, buffers = dumps_chunk(fn, head)
-        inner: Future[ChunkResult] = Future()
+        inner: OurFuture[ChunkResult] = OurFuture()
         self._pool.submit(CHUNK, inner, body, buffers, timeout, fn, head)
 
         def finish(done: Future[ChunkResult]) -> None:
@@ -271,12 +273,14 @@ class QueueExecutor(BaseExecutor):
                 return  # the map cancelled it while the items ran
             if done.cancelled():
                 future.cancel()
-            elif done.exception() is not None:
-                future.set_exception(done.exception())
+                return
+            failed = done.exception()
+            if failed is not None:
+                settle(future, error=failed)
             else:
                 ran = done.result()
                 failure = ran.error if ran.error is not None else error
-                future.set_result(ChunkResult(ran.values, failure, ran.elapsed))
+                settle(future, ChunkResult(ran.values, failure, ran.elapsed))
 
         def propagate_cancel(outer: Future[ChunkResult]) -> None:
             if outer.cancelled():
@@ -285,17 +289,25 @@ class QueueExecutor(BaseExecutor):
                 notify_cancelled([outer])
 
         # The inner future is never seen by the map: wire cancellation and
-        # completion through the one it holds.
-        future.add_done_callback(propagate_cancel)
-        inner.add_done_callback(finish)
+        # completion through the one it holds, in the settling thread, as
+        # internal callbacks (quick, and never behind the users' ones).
+        add_internal_callback(future, propagate_cancel)
+        add_internal_callback(inner, finish)
         return future
 
+    def close_at_exit(self) -> None:
+        """At interpreter exit: finish the work, unless Ctrl-C ended the program.
+
+        The pool's own exit handling (``Pool.close_at_exit``; the pool takes
+        part in the exit hook itself, for an executor dropped without
+        ``shutdown()``). Unlike ``shutdown()``, it does not mark the
+        executor shut down: a ``submit`` from an ``atexit`` hook then raises
+        the stdlib's "after interpreter shutdown" error.
+        """
+        self._pool.close_at_exit()
+
     def _shutdown(self, wait: bool, cancel_futures: bool) -> None:
-        dropped = self._pool.close(cancel_futures)
-        for future in dropped:
-            future.cancel()
-        # The pool will never dequeue them: wake wait() and as_completed().
-        notify_cancelled(dropped)
+        self._pool.close(cancel_futures)
         if wait:
             self._pool.join()
 

@@ -14,17 +14,22 @@ import contextlib
 import functools
 from collections import deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import BrokenExecutor, CancelledError, Future, InvalidStateError
+from concurrent.futures import Future
 from typing import Any
 
-from ..._errors import WorkerCrashedError, describe_exitcode
+from ..._errors import (
+    ExecutorFailedError,
+    TaskKilledError,
+    WorkerCrashedError,
+    describe_exitcode,
+)
+from ..._futures import fail_futures, notify_cancelled
 from ..._map import Chunk
 from .wire import CHUNK, HEADER, Channel, Part
 
 __all__ = [
     "KillReason",
     "Replay",
-    "TaskKilledError",
     "WorkItem",
     "WorkerHandle",
     "crash_error",
@@ -35,19 +40,9 @@ __all__ = [
     "interrupted_error",
     "killed_error",
     "manager_failed_error",
-    "settle",
     "time_limit",
     "timeout_error",
 ]
-
-
-class TaskKilledError(CancelledError):
-    """The task was stopped by ``kill_task()`` while it ran.
-
-    A subclass of :class:`concurrent.futures.CancelledError`: code that
-    handles cancellation handles it. The future itself is not in the
-    *cancelled* state (``cancelled()`` is False), because it had started.
-    """
 
 
 class WorkItem:
@@ -251,24 +246,18 @@ def find_item(held: Iterable[WorkItem], task_id: int) -> WorkItem | None:
     return None
 
 
-def settle(item: WorkItem, value: Any, error: BaseException | None) -> None:
-    # Outside the pool lock: done-callbacks run here.
-    with contextlib.suppress(InvalidStateError):
-        if error is not None:
-            item.future.set_exception(error)
-        else:
-            item.future.set_result(value)
+def drop(items: Iterable[WorkItem], error: Callable[[], BaseException]) -> None:
+    """Fail the items the pool gives up on, each with its own exception.
 
-
-def drop(item: WorkItem, error: Callable[[], BaseException]) -> None:
-    """Fail an item the pool gives up on, with its own exception instance."""
-    future = item.future
-    # A queued future the caller cancelled must still be notified, or
-    # wait() and as_completed() hang on it (CPython gh-109934).
-    if not item.started and not future.set_running_or_notify_cancel():
-        return
-    with contextlib.suppress(InvalidStateError):
-        future.set_exception(error())
+    Call it outside the pool lock, on items no longer in any of its lists.
+    """
+    futures = [item.future for item in items]
+    fail_futures(futures, error)
+    # A queued future the caller cancelled (before, or while this ran) is
+    # never dequeued: notified here, or wait() and as_completed() hang on
+    # it (CPython gh-109934). Only after failing the others, so that a
+    # cancel() racing with this is notified too.
+    notify_cancelled(futures)
 
 
 def crash_error(exitcode: int | None, kind: int) -> BaseException:
@@ -318,4 +307,4 @@ def exiting_error() -> BaseException:
 
 
 def manager_failed_error() -> BaseException:
-    return BrokenExecutor("the queue executor stopped before this task ran")
+    return ExecutorFailedError("the queue executor stopped before this task ran")

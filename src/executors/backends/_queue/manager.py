@@ -6,8 +6,9 @@
   write whole (on the task pipes with an outbox), and enforces timeouts.
 * :class:`Wakeup`: how other threads interrupt the manager's wait.
 
-At interpreter exit, as with :mod:`concurrent.futures`, every manager
-finishes the work already submitted, stops its workers and is joined.
+At interpreter exit, the one exit hook of :mod:`executors._lifecycle` closes
+every pool and joins its manager (``Pool.close_at_exit``): the work already
+submitted finishes, then the workers stop.
 """
 
 from __future__ import annotations
@@ -17,18 +18,17 @@ import os
 import select
 import selectors
 import threading
-import weakref
-from concurrent.futures import BrokenExecutor
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_connections
 from typing import TYPE_CHECKING, Any
 
+from ..._lifecycle import ManagerThread, manager_failed
 from .items import WorkerHandle
 
 if TYPE_CHECKING:
     from .pool import Pool
 
-__all__ = ["Manager", "Wakeup", "interpreter_exiting"]
+__all__ = ["Manager", "Wakeup"]
 
 # What the manager's wait reports about a worker.
 _RESULTS, _EXITED, _WRITABLE = 0, 1, 2
@@ -90,39 +90,7 @@ class Wakeup:
                 self._writer.close()
 
 
-_global_shutdown = False
-_wakeups: weakref.WeakKeyDictionary[threading.Thread, Wakeup] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _python_exit() -> None:
-    # As concurrent.futures does: when the main thread ends, every manager
-    # finishes the work already submitted, stops its workers, and is joined,
-    # so no worker outlives the interpreter and no result is lost.
-    global _global_shutdown
-    _global_shutdown = True
-    items = list(_wakeups.items())
-    for _, wakeup in items:
-        wakeup.wake()
-    for thread, _ in items:
-        thread.join()
-
-
-if hasattr(threading, "_register_atexit"):
-    threading._register_atexit(_python_exit)
-else:  # pragma: no cover - every supported Python has it
-    import atexit
-
-    atexit.register(_python_exit)
-
-
-def interpreter_exiting() -> bool:
-    """True once the main thread has ended (the exit hook has run)."""
-    return _global_shutdown
-
-
-class Manager(threading.Thread):
+class Manager(ManagerThread):
     """Waits on every worker's result pipe and exit, and feeds the pool.
 
     Holds the pool, never the executor (the pool keeps only a weak
@@ -131,46 +99,48 @@ class Manager(threading.Thread):
     """
 
     def __init__(self, pool: Pool) -> None:
-        super().__init__(name="executors-queue-manager", daemon=True)
+        super().__init__(name="executors-queue-manager")
         self.pool = pool
         self.selector = _Selector()
         self.watching: dict[int, WorkerHandle] = {}
         # Workers whose task pipe is watched for room (their outbox).
         self.writing: set[WorkerHandle] = set()
         self.generation = -1
-        _wakeups[self] = pool.wakeup
 
     def run(self) -> None:
-        pool = self.pool
-        self.selector.register(pool.wakeup.reader, (None, _RESULTS))
         try:
-            while not pool.should_stop():
-                self._watch_new_workers()
-                if pool.unflushed:
-                    self._watch_outboxes()
-                for worker, what in self.selector.select(pool.check_deadlines()):
-                    if worker is None:
-                        pool.wakeup.drain()
-                    elif worker.gone:
-                        continue
-                    elif what == _EXITED:
-                        self._forget(worker)
-                        pool.on_exit(worker)
-                    elif what == _WRITABLE:
-                        if pool.flush(worker):
-                            self._stop_writing(worker)
-                    else:
-                        self._read(worker)
-        except BaseException as exc:
-            text = f"{type(exc).__name__}: {exc}"
-            pool.break_pool(
-                lambda: BrokenExecutor(f"the queue executor's manager failed: {text}")
-            )
-            raise
+            # The loop; if it raises, on_failure breaks the pool first...
+            super().run()
         finally:
+            # ...so that the workers are stopped, and anything left failed,
+            # with the pool's error, whichever way the loop ended.
             with contextlib.suppress(Exception):
                 self.selector.close()
-            pool.stop_workers()
+            self.pool.stop_workers()
+
+    def loop(self) -> None:
+        pool = self.pool
+        self.selector.register(pool.wakeup.reader, (None, _RESULTS))
+        while not pool.should_stop():
+            self._watch_new_workers()
+            if pool.unflushed:
+                self._watch_outboxes()
+            for worker, what in self.selector.select(pool.check_deadlines()):
+                if worker is None:
+                    pool.wakeup.drain()
+                elif worker.gone:
+                    continue
+                elif what == _EXITED:
+                    self._forget(worker)
+                    pool.on_exit(worker)
+                elif what == _WRITABLE:
+                    if pool.flush(worker):
+                        self._stop_writing(worker)
+                else:
+                    self._read(worker)
+
+    def on_failure(self, error: BaseException) -> None:
+        self.pool.break_pool(manager_failed("queue", "manager", error))
 
     def _read(self, worker: WorkerHandle) -> None:
         try:

@@ -4,7 +4,10 @@ The pool owns the call queue (items no worker has yet), the worker handles
 and the policy: which worker gets which item, when to start or replace a
 worker, and what a worker's death means for each item it held (see
 :meth:`Pool.on_exit`). Everything is guarded by one lock; futures are
-resolved outside it, because done-callbacks run user code.
+settled outside it (:func:`executors._futures.settle`): the users'
+done-callbacks run on the callback thread, but the project's own (``map``'s
+bookkeeping, the rest of a crashed chunk) run in the settling thread, and
+may submit.
 
 Callers dispatch their own work: ``submit`` pickles in the calling thread and
 writes straight to an idle worker's pipe, so the only thread hop of a task is
@@ -47,12 +50,25 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import BrokenExecutor, Future
+from concurrent.futures import Future
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from typing import Any
 
-from ..._errors import InitializerFailedError, WorkerCrashedError, describe_exitcode
+from ..._errors import (
+    ExecutorFailedError,
+    InitializerFailedError,
+    WorkerCrashedError,
+    describe_exitcode,
+)
+from ..._futures import Future as OurFuture
+from ..._futures import add_internal_callback, notify_cancelled, settle
+from ..._lifecycle import (
+    close_at_exit,
+    ending_on_keyboard_interrupt,
+    interpreter_exiting,
+    join_unless_current,
+)
 from ..._map import Chunk, ChunkResult
 from .items import (
     KillReason,
@@ -67,10 +83,9 @@ from .items import (
     interrupted_error,
     killed_error,
     manager_failed_error,
-    settle,
     time_limit,
 )
-from .manager import Manager, Wakeup, interpreter_exiting
+from .manager import Manager, Wakeup
 from .wire import (
     CHUNK,
     CHUNK_DONE,
@@ -228,6 +243,7 @@ class Pool:
             if self.manager is None:
                 self.manager = Manager(self)
                 self.manager.start()
+                close_at_exit(self)
             self._dispatch_locked()
             slot = self._reserve_spawn_locked()
         if slot is not None:
@@ -249,18 +265,18 @@ class Pool:
                 if not item.watched:
                     self.watched += 1
                 item.kill = True
-        # Outside the lock: done-callbacks run here.
+        # Outside the lock: cancel() runs the done-callbacks in this thread.
         if not started:
             return future.cancel()
         if waiting:
-            settle(item, None, killed_error())
+            settle(future, error=killed_error())
         else:
             self.wakeup.wake()
         return True
 
-    def close(self, cancel_futures: bool) -> list[Future[Any]]:
-        """Start shutting down; return the futures to cancel."""
-        cancelled = []
+    def close(self, cancel_futures: bool) -> None:
+        """Start shutting down; with ``cancel_futures``, cancel the queue."""
+        cancelled: list[Future[Any]] = []
         with self.lock:
             self.closing = True
             if cancel_futures:
@@ -271,12 +287,37 @@ class Pool:
                         self.by_future.pop(item.future, None)
                 self.pending = keep
         self.wakeup.wake()
-        return cancelled
+        for future in cancelled:
+            future.cancel()
+        # The pool will never dequeue them: wake wait() and as_completed().
+        notify_cancelled(cancelled)
 
     def join(self) -> None:
-        manager = self.manager
-        if manager is not None and manager is not threading.current_thread():
-            manager.join()
+        join_unless_current(self.manager)
+
+    def close_at_exit(self) -> None:
+        """At interpreter exit: finish the work, unless Ctrl-C ended the program.
+
+        The pool takes part in the exit hook itself, not only through its
+        executor: an executor dropped without ``shutdown()`` is collected
+        while its manager still finishes the work submitted to it, and that
+        work must complete before the interpreter ends.
+
+        A program ended by an unhandled ``KeyboardInterrupt``, or interrupted
+        again while this waits, stops instead, as a ``with`` block leaving on
+        Ctrl-C does: the running tasks (which may run for minutes) fail with
+        :class:`~executors.TaskKilledError` and the queue is cancelled.
+        """
+        if not ending_on_keyboard_interrupt():
+            try:
+                self.close(cancel_futures=False)
+                self.join()
+                return
+            except KeyboardInterrupt:
+                pass
+        self.interrupt()
+        self.close(cancel_futures=True)
+        self.join()
 
     # -- dispatch ------------------------------------------------------------
 
@@ -443,7 +484,7 @@ class Pool:
                 if not alive:
                     reason = f"{type(exc).__name__}: {exc}"
                     self.break_pool(
-                        lambda: BrokenExecutor(
+                        lambda: ExecutorFailedError(
                             f"the queue executor could not start a worker ({reason})"
                         )
                     )
@@ -557,7 +598,7 @@ class Pool:
             else:
                 self.task_seconds = seconds + (message.value - seconds) * 0.25
             self._dispatch_locked()
-        settle(item, value, error)
+        settle(item.future, value, error)
 
     def on_exit(self, worker: WorkerHandle) -> None:
         """Handle the death of ``worker``: settle or resend what it held."""
@@ -588,7 +629,7 @@ class Pool:
         if not broken and not worker.ready and worker.kill_reason is None:
             self._startup_failed(exitcode)
         for item, value, error in settled:
-            settle(item, value, error)
+            settle(item.future, value, error)
         _close_quietly(worker)
         # A retired worker (max_tasks_per_child) is replaced when work
         # waits; a crashed or killed one at once, to keep the pool's size.
@@ -719,7 +760,7 @@ class Pool:
         recovery = WorkItem(
             next(self.ids),
             CHUNK,
-            Future(),
+            OurFuture(),
             body,
             buffers,
             item.timeout,
@@ -729,8 +770,10 @@ class Pool:
         )
         if replay is not None and careful:
             recovery.replay = Replay(replay[0], careful, replay[1])
-        recovery.future.add_done_callback(
-            functools.partial(_complete_recovered, item, error)
+        # Internal: it completes the caller's future in the settling thread,
+        # and must never wait behind users' callbacks.
+        add_internal_callback(
+            recovery.future, functools.partial(_complete_recovered, item, error)
         )
         return recovery
 
@@ -802,8 +845,7 @@ class Pool:
                 worker.kill(KillReason(None, 0, None))
             self.by_future.clear()
             self.watched = 0
-        for item in items:
-            drop(item, make_error)
+        drop(items, make_error)
         self.wakeup.wake()
 
     def interrupt(self) -> None:
@@ -825,8 +867,7 @@ class Pool:
                 worker.outbox.clear()
                 worker.kill(KillReason(None, 0, None))
             self.watched = 0
-        for item in items:
-            drop(item, interrupted_error)
+        drop(items, interrupted_error)
         self.wakeup.wake()
 
     # -- timeouts (manager thread) -------------------------------------------
@@ -917,8 +958,7 @@ class Pool:
         # Only after a bug in the manager can work be left: never leave it
         # pending forever.
         error = broken or manager_failed_error
-        for item in leftover:
-            drop(item, error)
+        drop(leftover, error)
         self.wakeup.close()
         self.board.close()
 
@@ -969,11 +1009,11 @@ def _complete_recovered(
     try:
         rest: ChunkResult = recovery.result()
     except BaseException as exc:
-        settle(item, None, exc)
+        settle(item.future, error=exc)
         return
     final = rest.error if rest.error is not None else error
     values = item.values + rest.values
-    settle(item, ChunkResult(values, final, item.elapsed + rest.elapsed), None)
+    settle(item.future, ChunkResult(values, final, item.elapsed + rest.elapsed))
 
 
 def _poller(channel: Channel) -> Callable[[], bool]:
