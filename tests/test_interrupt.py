@@ -1,10 +1,16 @@
 """Ctrl-C in the middle of a ``map`` leaves no worker behind, on every backend.
 
-A real program (tests/_fault_scripts/sigint_map.py) runs a long map; SIGINT
-goes to that parent process only, as ``os.kill(pid, SIGINT)``, so workers
-learn of it only through the library. The parent must get
-``KeyboardInterrupt`` and exit, and no process it started may be alive five
-seconds after the signal.
+A real program runs a long map and gets SIGINT. The parent must get
+``KeyboardInterrupt`` and exit promptly, and no process it started may be
+alive five seconds after the signal. Two programs:
+
+* tests/_fault_scripts/sigint_map.py (``with`` block, or none and a lazy
+  map); SIGINT goes to the parent only, as ``os.kill(pid, SIGINT)``, so
+  workers learn of it only through the library.
+* tests/_fault_scripts/ctrl_c_bare.py, the common script: no ``with``, an
+  eager ``list(ex.map(slow, ...))`` of 30 s tasks, the exception unhandled.
+  SIGINT goes either to the parent only, or to its whole process group, as
+  a terminal sends Ctrl-C to the foreground job (workers get it too).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from typing import Literal
 
 import pytest
 
@@ -53,6 +60,55 @@ def test_ctrl_c_in_a_map_leaves_no_orphans(backend_name: str, mode: str) -> None
         left = alive(tree)
         assert not left, (
             f"{len(left)} processes still alive {ORPHAN_BOUND:.0f}s after SIGINT: "
+            f"{[(p.pid, p.name()) for p in left]}\n{script.report()}"
+        )
+    finally:
+        script.kill_tree()
+
+
+#: Seconds from SIGINT to the program's exit: "promptly", not "once the
+#: running 30 s tasks have finished".
+EXIT_BOUND = 5.0
+
+
+@pytest.mark.parametrize("target", ["group", "parent"])
+def test_ctrl_c_without_with_exits_promptly(
+    backend_name: str, target: Literal["group", "parent"]
+) -> None:
+    backend_factory(backend_name)  # skips an unavailable backend
+    options = TEST_OPTIONS.get(backend_name, DEFAULT_TEST_OPTIONS)
+    script = Script(
+        "ctrl_c_bare.py", backend_name, options_json(options), new_session=True
+    )
+    try:
+        assert script.wait_for_line("READY", START_BOUND), (
+            f"the executor never started\n{script.report()}"
+        )
+        time.sleep(1.0)  # inside the map: tasks running and queued
+        tree = script.descendants()
+        if target == "group":
+            os.killpg(script.proc.pid, signal.SIGINT)
+        else:
+            os.kill(script.proc.pid, signal.SIGINT)
+        sent = time.monotonic()
+        code = script.finish(EXIT_BOUND)
+        took = time.monotonic() - sent
+        assert code is not None, (
+            f"the program did not exit within {EXIT_BOUND:.0f}s of SIGINT "
+            f"(children: {[p.pid for p in alive(tree)]})\n{script.report()}"
+        )
+        assert "KeyboardInterrupt" in script.stderr, (
+            f"no KeyboardInterrupt (exit code {code})\n{script.report()}"
+        )
+        # An unhandled KeyboardInterrupt ends Python by SIGINT, as a shell
+        # expects of a program stopped by Ctrl-C.
+        assert code == -signal.SIGINT, f"exit code {code}\n{script.report()}"
+        while alive(tree) and time.monotonic() < sent + ORPHAN_BOUND:
+            time.sleep(0.05)
+        left = alive(tree)
+        assert not left, (
+            f"{len(left)} processes still alive {ORPHAN_BOUND:.0f}s after SIGINT "
+            f"(the program exited after {took:.1f}s): "
             f"{[(p.pid, p.name()) for p in left]}\n{script.report()}"
         )
     finally:

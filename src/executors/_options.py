@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.context
+import multiprocessing.util
 import os
 import sys
 from collections.abc import Callable
@@ -25,6 +26,7 @@ __all__ = [
     "check_process_pool_options",
     "check_timeout",
     "cpu_count",
+    "protect_forkserver_socket",
     "resolve_mp_context",
 ]
 
@@ -35,6 +37,36 @@ __all__ = [
 DEFAULT_START_METHOD = (
     "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 )
+
+
+def protect_forkserver_socket(version: tuple[int, ...] | None = None) -> bool:
+    """Keep the fork server off the abstract socket namespace (CVE-2022-42919).
+
+    On Linux, Python 3.10.0 to 3.10.8 bind the fork server's listening
+    socket in the abstract namespace, which has no permissions: any local
+    user can connect to it and have the fork server run code as this user.
+    3.10.9 (and 3.11) bind a file in a private ``0700`` directory instead;
+    turning off ``multiprocessing.util.abstract_sockets_supported`` makes
+    the older versions do the same (``connection.arbitrary_address`` reads
+    it each time). The switch is process-wide, and also moves other
+    ``AF_UNIX`` listeners of multiprocessing (managers) to the filesystem,
+    as 3.10.9 did. It must run before the fork server starts: a fork server
+    already started by the program keeps its socket.
+
+    Args:
+        version: ``(major, minor, micro)``; default: the running Python's.
+
+    Returns:
+        Whether the switch was turned off by this call.
+    """
+    if version is None:
+        version = tuple(sys.version_info[:3])
+    if not (3, 10, 0) <= version[:3] < (3, 10, 9):
+        return False
+    if not multiprocessing.util.abstract_sockets_supported:
+        return False
+    multiprocessing.util.abstract_sockets_supported = False  # type: ignore[misc]
+    return True
 
 
 def cpu_count() -> int:
@@ -98,10 +130,20 @@ def resolve_mp_context(value: object) -> multiprocessing.context.BaseContext:
             a start method name (``"fork"``, ``"spawn"``, ``"forkserver"``)
             or a context from :func:`multiprocessing.get_context`.
 
+    A forkserver context is made safe first (see
+    :func:`protect_forkserver_socket`).
+
     Raises:
         ValueError: an unknown start method name.
         TypeError: anything else.
     """
+    context = _context_of(value)
+    if context.get_start_method() == "forkserver":
+        protect_forkserver_socket()
+    return context
+
+
+def _context_of(value: object) -> multiprocessing.context.BaseContext:
     if value is None:
         return multiprocessing.get_context(DEFAULT_START_METHOD)
     if isinstance(value, str):

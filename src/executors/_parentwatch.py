@@ -96,9 +96,8 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:  # pragma: no cover - a reused pid of another user
         return False
-    with contextlib.suppress(OSError):
-        # A zombie caller (killed, not yet reaped) counts as gone.
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            if stat.read().rsplit(b")", 1)[-1].split()[0] == b"Z":
-                return False
+    # A zombie caller (killed, not yet reaped) counts as gone.
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/stat", "rb") as stat:
+        if stat.read().rsplit(b")", 1)[-1].split()[0] == b"Z":
+            return False
     return True

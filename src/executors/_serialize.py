@@ -4,71 +4,172 @@ Lambdas, closures and functions defined in ``__main__`` or a notebook do not
 pickle by reference, so every pickle-based pool rejects them. Wrapping only
 the *callable* in :class:`PortableCallable` makes them travel by value with
 cloudpickle, while arguments and results keep the fast standard pickler.
-The cloudpickle bytes are cached per callable: a hot ``submit`` loop pays one
-dictionary look-up, not one cloudpickle call per task.
+
+Three choices keep that safe:
+
+* The code travels with its file name (cloudpickle writes
+  ``<dynamic-code>``), so a worker's traceback names the script's file and
+  line and shows the source line, as the stdlib pool does.
+* The cloudpickle bytes are cached per callable, so a hot ``submit`` loop
+  pays one dictionary look-up, not one cloudpickle call per task; the cache
+  holds callables *weakly*, so it never keeps a finished task's callable
+  (or the object a bound method belongs to) alive.
+* An error names the callable by its qualified name and the types of its
+  bound arguments, never their values: a ``functools.partial`` holding a
+  password must not write it into a log.
 """
 
 from __future__ import annotations
 
+import functools
+import io
 import pickle
 import threading
-from collections import OrderedDict
+import types
+import weakref
+from collections import ChainMap
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-__all__ = ["PortableCallable", "portable", "unwrap"]
+__all__ = ["PortableCallable", "describe_callable", "portable", "unwrap"]
 
 T = TypeVar("T")
 
-# Enough for every distinct function a program maps over; the cache holds the
-# callables strongly, so an id() can never be reused while it is cached.
+# Enough for every distinct function a program maps over. An entry lives
+# only as long as its callable: a weak reference's callback removes it.
 _CACHE_SIZE = 256
-_cache: OrderedDict[int, tuple[object, bytes]] = OrderedDict()
+# id(callable) -> (weak reference to it, its cloudpickle bytes)
+_cache: dict[int, tuple[weakref.ref[Any], bytes]] = {}
 _cache_lock = threading.Lock()
+
+
+def _code_with_filename(args: tuple[Any, ...], filename: str) -> types.CodeType:
+    """Rebuild a code object from cloudpickle's arguments, with its file name."""
+    return types.CodeType(*args).replace(co_filename=filename)
+
+
+@functools.cache
+def _pickler_class() -> type[pickle.Pickler]:
+    import cloudpickle
+
+    base_reduce = cloudpickle.Pickler.dispatch_table[types.CodeType]
+
+    def reduce_code(code: types.CodeType) -> tuple[Any, tuple[Any, ...]]:
+        # cloudpickle replaces co_filename with "<dynamic-code>" to make its
+        # bytes independent of where a notebook cell lives; a worker's
+        # traceback then has no file and no source line. Put it back.
+        constructor, args = base_reduce(code)
+        if constructor is not types.CodeType:  # pragma: no cover - future cloudpickle
+            return constructor, args
+        return _code_with_filename, (args, code.co_filename)
+
+    class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+        dispatch_table = ChainMap(
+            {types.CodeType: reduce_code}, cloudpickle.Pickler.dispatch_table
+        )
+
+    return _Pickler
+
+
+def _cloudpickle_dumps(fn: object) -> bytes:
+    buffer = io.BytesIO()
+    _pickler_class()(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(fn)
+    return buffer.getvalue()
+
+
+def _forget(key: int, ref: weakref.ref[Any]) -> None:
+    # Called as the callable is freed, possibly while this thread holds
+    # _cache_lock: no lock here (dict operations are atomic). A racing insert
+    # for a new object at the same id may be dropped: a cache miss, no more.
+    entry = _cache.get(key)
+    if entry is not None and entry[0] is ref:
+        _cache.pop(key, None)
 
 
 def _dumps(fn: object) -> bytes:
     key = id(fn)
-    with _cache_lock:
-        hit = _cache.get(key)
-        if hit is not None and hit[0] is fn:
-            _cache.move_to_end(key)
-            return hit[1]
-    import cloudpickle
-
+    hit = _cache.get(key)
+    # The identity check makes a reused id() (the old callable is gone) a miss.
+    if hit is not None and hit[0]() is fn:
+        return hit[1]
     try:
-        data: bytes = cloudpickle.dumps(fn)
+        data = _cloudpickle_dumps(fn)
     except Exception as exc:
         # cloudpickle's own message names the inner object that failed (a
-        # lock, a socket); say which callable held it.
+        # lock, a socket); say which callable held it, without its values.
         raise pickle.PicklingError(
-            f"cannot send the callable {fn!r} to a worker process: {exc}"
+            f"cannot send the callable {describe_callable(fn)} to a worker "
+            f"process: {exc}"
         ) from exc
+    try:
+        ref = weakref.ref(fn, functools.partial(_forget, key))
+    except TypeError:
+        # Not weakly referenceable (a __slots__ instance): not cached, so
+        # that nothing here holds it; it is pickled on every submit.
+        return data
     with _cache_lock:
-        _cache[key] = (fn, data)
+        _cache[key] = (ref, data)
         if len(_cache) > _CACHE_SIZE:
-            _cache.popitem(last=False)
+            _cache.pop(next(iter(_cache)), None)  # the oldest entry
     return data
+
+
+def describe_callable(fn: object) -> str:
+    """Name a callable for an error message, never showing argument values.
+
+    A function is named by its module and qualified name; a bound method
+    also by the type it is bound to; a ``functools.partial`` by its target
+    and the *types* of its bound arguments (``password=<str>``); any other
+    callable object by its type.
+
+    Args:
+        fn: Any callable.
+
+    Returns:
+        A one-line description safe to write to a log.
+    """
+    if isinstance(fn, functools.partial):
+        parts = [describe_callable(fn.func)]
+        parts += [f"<{type(arg).__qualname__}>" for arg in fn.args]
+        parts += [
+            f"{name}=<{type(value).__qualname__}>"
+            for name, value in fn.keywords.items()
+        ]
+        return f"functools.partial({', '.join(parts)})"
+    if isinstance(fn, types.MethodType):
+        owner = type(fn.__self__)
+        return (
+            f"{describe_callable(fn.__func__)} bound to a "
+            f"{owner.__module__}.{owner.__qualname__} object"
+        )
+    name = getattr(fn, "__qualname__", None)
+    if isinstance(name, str) and isinstance(fn, (types.FunctionType, type)):
+        return f"{fn.__module__}.{name}"
+    if isinstance(name, str) and isinstance(
+        fn, (types.BuiltinFunctionType, types.BuiltinMethodType)
+    ):
+        module = getattr(fn, "__module__", None)
+        return f"{module}.{name}" if module else name
+    kind = type(fn)
+    return f"a {kind.__module__}.{kind.__qualname__} object"
 
 
 # Worker side: the same callable arrives with every task; loading it once
 # per process turns a cloudpickle.loads per task into a dict look-up.
-_loaded: OrderedDict[bytes, Any] = OrderedDict()
+_loaded: dict[bytes, Any] = {}
 
 
 def _loads(data: bytes) -> Any:
-    with _cache_lock:
-        fn = _loaded.get(data)
-        if fn is not None:
-            _loaded.move_to_end(data)
-            return fn
+    fn = _loaded.get(data)
+    if fn is not None:
+        return fn
     import cloudpickle
 
     fn = cloudpickle.loads(data)
     with _cache_lock:
         _loaded[data] = fn
         if len(_loaded) > _CACHE_SIZE:
-            _loaded.popitem(last=False)
+            _loaded.pop(next(iter(_loaded)), None)
     return fn
 
 

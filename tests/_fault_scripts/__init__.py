@@ -31,9 +31,12 @@ class Script:
     Args:
         name: The script's file name in this directory.
         *args: Its command-line arguments.
+        new_session: Start it in a session and process group of its own, as
+            a shell starts a foreground job: ``os.killpg(proc.pid, SIGINT)``
+            then reaches it and every process it starts, as Ctrl-C does.
     """
 
-    def __init__(self, name: str, *args: str) -> None:
+    def __init__(self, name: str, *args: str, new_session: bool = False) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
             [sys.executable, str(HERE / name), *args],
@@ -41,6 +44,7 @@ class Script:
             stderr=subprocess.PIPE,
             text=True,
             env=env,
+            start_new_session=new_session,
         )
         self.lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self.stdout: list[str] = []

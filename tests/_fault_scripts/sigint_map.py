@@ -19,6 +19,7 @@ a shell does after Ctrl-C.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from typing import Any
 
@@ -51,6 +52,9 @@ def main(backend: str, options: dict[str, Any], mode: str) -> None:
 
 
 if __name__ == "__main__":
+    # Started from a background job, a program inherits SIGINT ignored and
+    # Python then installs no KeyboardInterrupt handler: restore it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         main(sys.argv[1], json.loads(sys.argv[2]), sys.argv[3])
     except KeyboardInterrupt:

@@ -1,0 +1,87 @@
+"""A pool owner killed with SIGKILL leaves no process behind, on every backend.
+
+The OOM killer, ``kill -9`` and a CI job's timeout kill a program without
+any cleanup. A real program (tests/_fault_scripts/parent_death.py) starts an
+executor with two workers, makes each run a task, reports every process it
+started, and is SIGKILLed: its workers, the fork server, the resource
+tracker and whatever else the backend started must all end on their own
+within :data:`GONE_BOUND` seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+
+import psutil
+import pytest
+
+from _fault_scripts import Script, alive, options_json
+from conftest import DEFAULT_TEST_OPTIONS, TEST_OPTIONS, backend_factory
+from executors import _registry
+
+#: Seconds after the SIGKILL by which every process the program started
+#: must be gone.
+GONE_BOUND = 3.0
+#: Starting the backend and running a task on each worker (a Dask cluster
+#: takes seconds).
+START_BOUND = 90.0
+
+
+def _parse(script: Script, tag: str) -> list[int]:
+    for line in script.stdout:
+        if line.startswith(tag + " "):
+            return [int(pid) for pid in json.loads(line[len(tag) + 1 :])]
+    raise AssertionError(f"no {tag} line\n{script.report()}")
+
+
+def _describe(procs: list[psutil.Process]) -> list[tuple[int, str]]:
+    described = []
+    for p in procs:
+        try:
+            described.append((p.pid, " ".join(p.cmdline())[:160]))
+        except psutil.Error:
+            described.append((p.pid, "?"))
+    return described
+
+
+@pytest.mark.timeout(START_BOUND + 30)
+def test_killed_owner_leaves_no_process(backend_name: str) -> None:
+    backend_factory(backend_name)  # skips an unavailable backend
+    if not _registry.backend_class(backend_name).capabilities.process_isolation:
+        pytest.skip(f"{backend_name!r} starts no processes (process_isolation)")
+    options = {**TEST_OPTIONS.get(backend_name, DEFAULT_TEST_OPTIONS)}
+    options["max_workers"] = 2
+    script = Script("parent_death.py", backend_name, options_json(options))
+    tree: list[psutil.Process] = []
+    try:
+        assert script.wait_for_line("READY", START_BOUND), (
+            f"the program never got ready\n{script.report()}"
+        )
+        workers = _parse(script, "WORKERS")
+        assert len(workers) == 2, f"one worker ran both tasks: {workers}"
+        for pid in {*workers, *_parse(script, "TREE")}:
+            # psutil.Process remembers the start time: a reused pid is not
+            # mistaken for a survivor.
+            with contextlib.suppress(psutil.NoSuchProcess):
+                tree.append(psutil.Process(pid))
+        assert all(p.pid != os.getpid() for p in tree)
+        os.kill(script.proc.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        script.proc.wait(timeout=10)
+        while alive(tree) and time.monotonic() < killed + GONE_BOUND:
+            time.sleep(0.05)
+        left = alive(tree)
+        assert not left, (
+            f"{len(left)} of {len(tree)} processes still alive "
+            f"{GONE_BOUND:.0f}s after their owner was SIGKILLed: "
+            f"{_describe(left)}\n{script.report()}"
+        )
+    finally:
+        for p in alive(tree):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        script.kill_tree()
