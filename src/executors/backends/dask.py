@@ -2,9 +2,10 @@
 
 Without ``address`` or ``client`` the first ``submit`` or ``map`` starts a
 :class:`distributed.LocalCluster` of worker processes (one thread each, on
-127.0.0.1, no dashboard) and ``shutdown()`` closes it. ``address=`` connects
-to a running scheduler and closes only our client; ``client=`` reuses the
-caller's client and closes nothing of it.
+127.0.0.1, TLS with a throw-away certificate, no dashboard) and
+``shutdown()`` closes it. ``address=`` connects to a running scheduler and
+closes only our client; ``client=`` reuses the caller's client and closes
+nothing of it.
 
 Data flow::
 
@@ -47,11 +48,14 @@ import asyncio
 import contextlib
 import copyreg
 import functools
+import importlib.util
 import io
 import multiprocessing
 import multiprocessing.context
 import pickle
 import queue
+import signal
+import sys
 import threading
 import time
 import traceback
@@ -66,11 +70,13 @@ from typing import Any, TypeVar
 import dask
 import distributed
 from distributed import KilledWorker, WorkerPlugin
+from distributed.security import Security
 
 from .. import _map
 from .._base import BaseExecutor, fail_futures, notify_cancelled
 from .._capabilities import Capabilities
 from .._errors import InitializerFailedError, WorkerCrashedError, describe_exitcode
+from .._futures import Future as OurFuture
 from .._options import (
     check_initializer,
     check_max_workers,
@@ -104,7 +110,12 @@ RELEASE_SECONDS = 0.05
 INTERRUPT_CLOSE_SECONDS = 0.5
 #: How long closing our client or cluster may take before we give up on it.
 CLOSE_TIMEOUT_SECONDS = 10.0
-# Options of LocalCluster that the backend sets itself.
+#: How long tearing down a cluster whose start was interrupted may take.
+#: Its nannies get INTERRUPT_CLOSE_SECONDS to stop their workers, then kill
+#: them; the rest is the scheduler closing.
+ABANDON_TIMEOUT_SECONDS = 5.0
+# Options of LocalCluster that the backend sets itself: its size and shape,
+# and what keeps it private (127.0.0.1 only, TLS, no dashboard by default).
 _RESERVED_CLUSTER_OPTIONS = frozenset(
     {
         "n_workers",
@@ -112,11 +123,17 @@ _RESERVED_CLUSTER_OPTIONS = frozenset(
         "processes",
         "host",
         "ip",
+        "interface",
+        "protocol",
+        "security",
         "dashboard_address",
         "asynchronous",
         "loop",
     }
 )
+# The workers of our local cluster import this module as a Dask preload,
+# which runs its dask_setup() as each worker starts.
+_PRELOAD = __name__
 
 # Start methods for the local cluster's workers; fork is left out on purpose
 # (see _options.DEFAULT_START_METHOD).
@@ -204,6 +221,24 @@ class _InitializerPlugin(WorkerPlugin):
 
     def teardown(self, worker: Any) -> None:
         _failed_initializers.pop(self.name, None)
+
+
+def dask_setup(worker: Any) -> None:
+    """Dask preload hook: a worker of our local cluster ignores Ctrl-C.
+
+    Ctrl-C in a terminal sends SIGINT to the whole foreground process group,
+    the workers included. A worker that got it would stop on its own, wait
+    for its task, and be restarted by its nanny; the task would run again.
+    The caller owns the workers' lives: it gets the ``KeyboardInterrupt``
+    and stops them (at once when a ``with`` block or the program ends on
+    it). Dask calls this on the worker's event loop, the main thread of the
+    worker process, where signal handlers can be set.
+
+    Args:
+        worker: The starting :class:`distributed.Worker` (unused).
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _dump_error(exc: BaseException) -> bytes:
@@ -653,36 +688,140 @@ _live_managers: weakref.WeakSet[_Manager] = weakref.WeakSet()
 
 def _python_exit() -> None:
     managers = list(_live_managers)
+    # A program ended by an unhandled Ctrl-C must not wait for the tasks it
+    # was interrupted in (a map's chunk can run for many seconds, and Dask
+    # would retry it on a restarted worker): stop them as leaving a `with`
+    # block on Ctrl-C does. Otherwise, as the stdlib pools do, finish the
+    # queued work first.
+    interrupted = _ending_on_keyboard_interrupt()
     for manager in managers:
-        manager.stop()
-    for manager in managers:
-        manager.join()
+        if interrupted:
+            manager.interrupt()
+        else:
+            manager.stop()
+    try:
+        for manager in managers:
+            manager.join()
+    except KeyboardInterrupt:
+        # Ctrl-C while waiting for the work: stop it.
+        for manager in managers:
+            manager.interrupt()
+        for manager in managers:
+            manager.join()
+
+
+def _ending_on_keyboard_interrupt() -> bool:
+    """Whether the interpreter is exiting because of an unhandled Ctrl-C.
+
+    Python prints an unhandled exception, storing it as ``sys.last_exc``
+    (``sys.last_value`` before 3.12), before it runs the threading exit
+    hooks. In an interactive session it holds the last error shown.
+    """
+    last = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+    return isinstance(last, KeyboardInterrupt)
 
 
 if hasattr(threading, "_register_atexit"):
     threading._register_atexit(_python_exit)
 
 
-def _connect(address: str, timeout: float | None) -> Any:
+def _half_built(exc: BaseException, kind: type[T]) -> T | None:
+    """The ``kind`` whose construction ``exc`` interrupted, if any.
+
+    A Dask client or cluster whose ``__init__`` fails (a refused
+    connection, Ctrl-C while it starts) keeps its event loop thread, and
+    a cluster its processes, while the caller never gets the object: it is
+    the ``self`` of a frame of the traceback.
+    """
+    for frame, _ in traceback.walk_tb(exc.__traceback__):
+        candidate = frame.f_locals.get("self")
+        if isinstance(candidate, kind):
+            return candidate
+    return None
+
+
+def _close_half_built_client(client: Any) -> None:
+    with contextlib.suppress(Exception):
+        client.close()
+        client._loop_runner.stop()
+
+
+def _connect(address: str, timeout: float | None, security: Security | None) -> Any:
     """Connect a client to the scheduler at ``address``.
 
     When the connection fails, Dask's half-built client keeps its event
-    loop thread running and is out of reach: find it in the traceback and
-    stop that thread, so a failed ``create()`` leaves nothing behind.
+    loop thread running and is out of reach: close it, so a failed
+    ``create()`` leaves nothing behind.
     """
     try:
         return distributed.Client(  # type: ignore[no-untyped-call]
-            address, timeout=timeout, set_as_default=False
+            address, timeout=timeout, security=security, set_as_default=False
         )
     except BaseException as exc:
-        for frame, _ in traceback.walk_tb(exc.__traceback__):
-            if isinstance(frame.f_locals.get("self"), distributed.Client):
-                client: Any = frame.f_locals["self"]
-                with contextlib.suppress(Exception):
-                    client.close()
-                    client._loop_runner.stop()
-                break
+        client = _half_built(exc, distributed.Client)
+        if client is not None:
+            _close_half_built_client(client)
         raise
+
+
+async def _tear_down(cluster: Any) -> None:
+    """On the cluster's loop: stop every worker and the scheduler, now.
+
+    For a cluster whose start was interrupted: the nannies still starting
+    are known only to ``_created`` (Dask adds a nanny to ``workers`` once
+    its start completes), and ``close()`` would skip both them and a
+    scheduler that never finished starting.
+    """
+    nannies = {*cluster._created, *cluster.workers.values()}
+    await asyncio.gather(
+        *(
+            nanny.close(timeout=INTERRUPT_CLOSE_SECONDS, reason="executors-abandon")
+            for nanny in nannies
+        ),
+        return_exceptions=True,
+    )
+    scheduler = cluster.scheduler
+    if scheduler is not None:
+        with contextlib.suppress(Exception):
+            await scheduler.close()
+
+
+def _abandon(cluster: Any, client: Any) -> None:
+    """Close a local cluster whose start failed or was interrupted.
+
+    Bounded, and finished even if a second Ctrl-C comes meanwhile (the
+    first one is re-raised by the caller): a half-closed cluster would keep
+    its worker processes and event loop thread for the program's lifetime.
+    """
+    if client is not None:
+        _close_half_built_client(client)
+    pending: Any = None
+    loop: Any = None
+    with contextlib.suppress(Exception):  # interrupted before it had a loop
+        loop = cluster.loop.asyncio_loop
+    if loop is not None and not loop.is_closed():
+        pending = asyncio.run_coroutine_threadsafe(_tear_down(cluster), loop)
+    deadline = time.monotonic() + ABANDON_TIMEOUT_SECONDS
+    while pending is not None:
+        try:
+            pending.result(timeout=max(0.0, deadline - time.monotonic()))
+        except KeyboardInterrupt:
+            continue
+        except BaseException:
+            pending.cancel()
+        break
+    while True:
+        try:
+            # Marks it closed (no "unclosed cluster" warning, no second close
+            # at exit) and stops its event loop thread.
+            with contextlib.suppress(Exception):
+                cluster.close(timeout=ABANDON_TIMEOUT_SECONDS)
+        except KeyboardInterrupt:
+            continue
+        break
+    # A close that timed out does not stop the loop thread itself.
+    with contextlib.suppress(Exception):
+        cluster._loop_runner.stop()
 
 
 def _label(fn: Callable[..., Any]) -> str:
@@ -700,7 +839,9 @@ class DaskExecutor(BaseExecutor):
             ``client``, whose workers are what the cluster has.
         address: A scheduler address such as ``"tcp://10.0.0.5:8786"``:
             connect to that cluster (at construction) instead of starting
-            one. Shutdown closes only our client.
+            one. Shutdown closes only our client. The cluster unpickles what
+            this process sends and sends pickles back: trust it as you
+            trust this process.
         client: A synchronous :class:`distributed.Client` to reuse. Shutdown
             closes nothing of it.
         initializer: Called in every worker process, including workers that
@@ -714,8 +855,9 @@ class DaskExecutor(BaseExecutor):
             adaptive cluster, which scales up only when the scheduler sees a
             backlog.
         dashboard_address: Serve Dask's dashboard there, such as
-            ``"127.0.0.1:8787"`` (local cluster only; needs bokeh). Default:
-            no dashboard.
+            ``"127.0.0.1:8787"`` (local cluster only; needs bokeh). A port
+            without a host (``":8787"``) means 127.0.0.1, not every
+            interface as in Dask. Default: no dashboard.
         mp_context: How the local cluster starts worker processes:
             ``"spawn"`` or ``"forkserver"`` (much faster starts and
             restarts), or such a multiprocessing context. Default: Dask's
@@ -727,7 +869,17 @@ class DaskExecutor(BaseExecutor):
         cluster_options: More keyword arguments for
             :class:`distributed.LocalCluster`, such as ``memory_limit``.
         connect_timeout: Seconds to wait for the scheduler at ``address``.
+        security: A :class:`distributed.security.Security`. With
+            ``address``: the TLS credentials to connect with. For the local
+            cluster: what secures it instead of the default, mutual TLS with
+            a certificate made for this cluster, held only in memory by
+            this process and its workers (needs ``cryptography``).
+            ``Security()`` turns TLS off. Not allowed with ``client``.
         cloudpickle: Send the callable with cloudpickle (lambdas work).
+
+    Raises:
+        ImportError: The local cluster would need ``cryptography``, which
+            is not installed.
     """
 
     backend = "dask"
@@ -751,6 +903,7 @@ class DaskExecutor(BaseExecutor):
         mp_context: str | multiprocessing.context.BaseContext | None = None,
         cluster_options: Mapping[str, Any] | None = None,
         connect_timeout: float = 30.0,
+        security: Security | None = None,
         cloudpickle: bool = True,
     ) -> None:
         local = address is None and client is None
@@ -799,6 +952,18 @@ class DaskExecutor(BaseExecutor):
             )
         if max_in_flight is not None and max_in_flight < 1:
             raise ValueError("max_in_flight must be >= 1")
+        if security is not None and not isinstance(security, Security):
+            raise TypeError(
+                "security must be a distributed.security.Security or None, "
+                f"got {type(security).__name__}"
+            )
+        if security is not None and client is not None:
+            raise ValueError(
+                "security= does not apply with client=: the client already has "
+                "its own security settings"
+            )
+        if local and security is None and not _tls_available():
+            raise ImportError(_NO_TLS_MESSAGE)
         if dashboard_address is not None and not isinstance(dashboard_address, str):
             raise TypeError(
                 f"dashboard_address must be a str or None, got {dashboard_address!r}"
@@ -812,6 +977,10 @@ class DaskExecutor(BaseExecutor):
                 "dashboard_address must be ':PORT' or 'HOST:PORT', such as "
                 f"'127.0.0.1:8787', got {dashboard_address!r}"
             )
+        if dashboard_address is not None and dashboard_address.startswith(":"):
+            # Dask binds a bare port on every interface; serving the
+            # dashboard beyond this machine must be asked for by a host.
+            dashboard_address = "127.0.0.1" + dashboard_address
         if isinstance(mp_context, multiprocessing.context.BaseContext):
             mp_context = mp_context.get_start_method()
         if mp_context is not None and not isinstance(mp_context, str):
@@ -844,6 +1013,7 @@ class DaskExecutor(BaseExecutor):
         self._dashboard_address = dashboard_address
         self._start_method = mp_context
         self._cluster_options = options
+        self._security = security
         # Pickled now, in the caller: a bad initializer fails create(), and
         # only workers ever unpickle it.
         self._initializer_payload = (
@@ -859,7 +1029,7 @@ class DaskExecutor(BaseExecutor):
         self._client: Any = client
         self._owns_client = False
         if address is not None:
-            self._client = _connect(address, timeout)
+            self._client = _connect(address, timeout, security)
             self._owns_client = True
         self._threads = None if local else _ThreadCount(self._client)
         if self._threads is not None:
@@ -896,6 +1066,24 @@ class DaskExecutor(BaseExecutor):
         self, fn: Callable[..., Any], chunk: _map.Chunk
     ) -> Future[_map.ChunkResult]:
         return self._enqueue(_map.run_chunk, (fn, chunk), {}, f"map_{_label(fn)}")
+
+    def close_at_exit(self) -> None:
+        """At interpreter exit: finish the submitted work, unless Ctrl-C ended it.
+
+        A program ended by an unhandled ``KeyboardInterrupt``, or interrupted
+        again while this waits, stops its tasks as a ``with`` block leaving
+        on Ctrl-C does: the map it was interrupted in may have chunks that
+        run for many seconds, which Dask would run again on restarted
+        workers.
+        """
+        if not _ending_on_keyboard_interrupt():
+            try:
+                self.shutdown(wait=True)
+                return
+            except KeyboardInterrupt:
+                pass
+        self._interrupt()
+        self.shutdown(wait=True, cancel_futures=True)
 
     def _interrupt(self) -> None:
         # Ctrl-C leaving a `with` block: drop the queue, fail what runs and,
@@ -947,7 +1135,7 @@ class DaskExecutor(BaseExecutor):
         kwargs: dict[str, Any],
         label: str,
     ) -> Future[Any]:
-        future: Future[Any] = Future()
+        future: Future[Any] = OurFuture()
         try:
             payload = _dumps((fn, args, kwargs))
         except Exception as exc:
@@ -977,15 +1165,26 @@ class DaskExecutor(BaseExecutor):
                 if self._manager is not None:
                     return
             runtime = self._connect()
-            with self._lock:
-                # shutdown() may have come while the cluster started.
-                refused = self._shutdown_started
-                if not refused:
-                    dispatcher = _Dispatcher(
-                        self._shared, runtime, self._capacity_reader(runtime)
-                    )
-                    self._dispatcher = dispatcher
-                    self._start_manager(runtime, dispatcher, stopping=False)
+            try:
+                with self._lock:
+                    # shutdown() may have come while the cluster started.
+                    refused = self._shutdown_started
+                    if not refused:
+                        dispatcher = _Dispatcher(
+                            self._shared, runtime, self._capacity_reader(runtime)
+                        )
+                        self._dispatcher = dispatcher
+                        self._start_manager(runtime, dispatcher, stopping=False)
+            except BaseException:
+                # Ctrl-C before the manager thread, which closes the runtime,
+                # could start: close it here, so the next submit starts the
+                # only cluster.
+                manager = self._manager
+                if manager is None or manager.ident is None:
+                    self._manager = self._dispatcher = None
+                    runtime.interrupted = True
+                    runtime.close()
+                raise
             if refused:
                 runtime.close()
                 raise RuntimeError("cannot schedule new futures after shutdown")
@@ -1015,6 +1214,12 @@ class DaskExecutor(BaseExecutor):
                     _InitializerPlugin(name, self._initializer_payload), name=name
                 )
             except BaseException as exc:
+                if not isinstance(exc, Exception):
+                    # Ctrl-C while the plugin registers is not the
+                    # initializer failing: close quickly, stay usable.
+                    runtime.interrupted = True
+                    runtime.close()
+                    raise
                 runtime.close()
                 message = f"the initializer failed on a Dask worker: {exc!r}"
                 cause = exc
@@ -1036,31 +1241,50 @@ class DaskExecutor(BaseExecutor):
             scheduler_options.update(dashboard=False, dashboard_address="127.0.0.1:0")
         options = dict(self._cluster_options)
         scheduler_options.update(options.pop("scheduler_kwargs", None) or {})
+        # Passing preload replaces Dask's configured list: keep it after ours.
+        preload = options.pop("preload", None)
+        if preload is None:
+            preload = dask.config.get("distributed.worker.preload")
+        if isinstance(preload, str):
+            preload = [preload]
         if self._start_method is not None:
             dask.config.set({_START_METHOD_KEY: self._start_method})
+        # Mutual TLS: scheduler, nannies and workers accept only peers that
+        # hold this key, which only this process and its workers ever see.
+        security = self._security
+        if security is None:
+            security = Security.temporary()  # type: ignore[no-untyped-call]
+        cluster: Any = None
+        client: Any = None
         try:
             cluster = distributed.LocalCluster(  # type: ignore[no-untyped-call]
                 n_workers=self._max_workers,
                 threads_per_worker=1,
                 processes=True,
                 host="127.0.0.1",
+                security=security,
                 dashboard_address=self._dashboard_address,
                 scheduler_kwargs=scheduler_options,
+                preload=[_PRELOAD, *preload],
                 **options,
             )
-        except Exception as exc:
-            raise DaskClusterError(
-                f"could not start the local Dask cluster: {exc!r}"
-            ) from exc
-        try:
             client = distributed.Client(  # type: ignore[no-untyped-call]
                 cluster, set_as_default=False
             )
         except BaseException as exc:
-            with contextlib.suppress(Exception):
-                cluster.close(timeout=CLOSE_TIMEOUT_SECONDS)
+            # Ctrl-C while the cluster starts included: its workers, scheduler
+            # and event loop thread must not outlive this call, and the next
+            # submit must not find a second cluster running beside it.
+            cluster = cluster or _half_built(exc, distributed.SpecCluster)
+            client = client or _half_built(exc, distributed.Client)
+            if cluster is not None:
+                _abandon(cluster, client)
+            elif client is not None:
+                _close_half_built_client(client)
+            if not isinstance(exc, Exception):
+                raise
             raise DaskClusterError(
-                f"could not connect to the local Dask cluster: {exc!r}"
+                f"could not start the local Dask cluster: {exc!r}"
             ) from exc
         return _Runtime(client, cluster, close_client=True)
 
@@ -1080,6 +1304,23 @@ class DaskExecutor(BaseExecutor):
         # the manager thread refreshes while tasks wait.
         threads()
         return lambda: threads.value
+
+
+def _tls_available() -> bool:
+    try:
+        return importlib.util.find_spec("cryptography") is not None
+    except (ImportError, ValueError):  # ValueError: a stubbed-out module
+        return False
+
+
+_NO_TLS_MESSAGE = (
+    "the 'dask' backend secures its local cluster with TLS and a throw-away "
+    "certificate, which needs the 'cryptography' package: "
+    'pip install "executors[dask]" (or pip install cryptography). Without it, '
+    "pass security=distributed.security.Security() to run the cluster without "
+    "TLS, where any user of this machine who finds its ports can run code in "
+    "this process and its workers."
+)
 
 
 def _looks_like_host_port(address: str) -> bool:
