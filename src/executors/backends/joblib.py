@@ -84,6 +84,7 @@ from joblib._parallel_backends import (
 from joblib._utils import eval_expr
 from joblib.disk import memstr_to_bytes
 from joblib.externals.loky.backend import get_context as loky_get_context
+from joblib.externals.loky.backend.reduction import dumps as loky_dumps
 from joblib.externals.loky.process_executor import (
     BrokenProcessPool as LokyBrokenProcessPool,
 )
@@ -108,6 +109,7 @@ from .._options import (
     cpu_count,
     resolve_mp_context,
 )
+from .._parentwatch import exit_with_parent
 from .._remote import picklable_exception
 from .._serialize import portable
 
@@ -131,6 +133,10 @@ _HANDED_OVER_PER_WORKER = 2
 # that calls os._exit(117) itself would be reported as an initializer
 # failure: an accepted ambiguity).
 INITIALIZER_FAILED_EXITCODE = 117
+
+# loky's message for a task it could not pickle; it keeps only the text of
+# the pickler's error (as __cause__), not the error itself.
+_LOKY_PICKLING_FAILED = "Could not pickle the task to send it to the workers."
 
 # loky's TerminatedWorkerError message lists the exit codes of the dead
 # workers as "{EXIT(3), SIGKILL(-9)}".
@@ -222,22 +228,41 @@ class _Task:
 
 
 class _Initializer:
-    """Run the user's initializer; exit with a code of ours if it raises.
+    """Start watching the caller, then run the user's initializer.
+
+    Every worker ends within moments of the caller's death: a loky worker
+    holds both ends of its call-queue pipe, so it would never see EOF and
+    would outlive a caller killed with SIGKILL for good (and keep loky's
+    resource tracker alive with it). If the user's initializer raises, the
+    worker exits with a code of ours.
 
     Installed even without a user initializer: unpickling it imports this
     module (and joblib, and NumPy) while the worker boots, beside the other
     workers. Otherwise a fresh worker would import them while unpickling its
     first task, and joblib's ``MemmappingPool`` unpickles under the lock of
     its task queue, so the other workers could not take a task meanwhile.
+
+    Args:
+        fn: The user's initializer, or ``None``.
+        args: Its arguments.
+        caller_pid: The pid of the process that owns the pool, read there
+            (under forkserver a worker's parent is the fork server).
     """
 
-    __slots__ = ("args", "fn")
+    __slots__ = ("args", "caller_pid", "fn")
 
-    def __init__(self, fn: Callable[..., object] | None, args: tuple[Any, ...]) -> None:
+    def __init__(
+        self,
+        fn: Callable[..., object] | None,
+        args: tuple[Any, ...],
+        caller_pid: int,
+    ) -> None:
         self.fn = fn
         self.args = args
+        self.caller_pid = caller_pid
 
     def __call__(self) -> None:
+        exit_with_parent(self.caller_pid)
         if self.fn is None:
             return
         try:
@@ -248,7 +273,7 @@ class _Initializer:
             os._exit(INITIALIZER_FAILED_EXITCODE)
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        return _Initializer, (self.fn, self.args)
+        return _Initializer, (self.fn, self.args, self.caller_pid)
 
 
 # -- the one error boundary -------------------------------------------------
@@ -261,7 +286,23 @@ def _exitcodes(message: str) -> list[int]:
     return [int(code) for code in _ONE_EXITCODE.findall(found.group(1))]
 
 
-def translate_error(exc: BaseException) -> BaseException:
+def _pickling_error(task: _Task) -> BaseException | None:
+    """Pickle ``task``'s call again, the way loky does; return what it raises.
+
+    loky keeps only the text of the error that stopped it from sending a
+    task. Pickling the same objects again raises that error once more, with
+    its own type and message; this runs only after a failure, so sending a
+    task costs nothing extra. No memmapping reducers: they would write the
+    task's arrays to disk for nothing.
+    """
+    try:
+        loky_dumps((task.fn, task.args, task.kwargs))
+    except Exception as exc:
+        return exc
+    return None  # it pickles now: keep loky's error
+
+
+def translate_error(exc: BaseException, task: object = None) -> BaseException:
     """Turn a pool's infrastructure error into the project's; others pass.
 
     This is the only place where joblib's and loky's errors are translated.
@@ -271,15 +312,32 @@ def translate_error(exc: BaseException) -> BaseException:
     :class:`executors.InitializerFailedError` when the initializer raised;
     loky's other :class:`BrokenProcessPool` errors (a task or result that
     failed to unpickle) become :class:`executors.WorkerCrashedError` without
-    an exit code. The original error is kept as ``__cause__``. A task's own
-    exception never reaches this function: it travels as a value.
+    an exit code. The original error is kept as ``__cause__``. loky's
+    ``PicklingError("Could not pickle the task ...")`` becomes the error the
+    pickler raised (a ``TypeError`` for a lock, as on every other backend),
+    with loky's traceback of it as ``__cause__``. A task's own exception
+    never reaches this function: it travels as a value.
 
     Args:
         exc: The exception a pool reported for a task.
+        task: The :class:`_Task` the pool failed to run, if known: needed to
+            recover a pickling error.
 
     Returns:
         A new exception instance to set on one future, or ``exc`` itself.
     """
+    if (
+        type(exc) is pickle.PicklingError
+        and str(exc) == _LOKY_PICKLING_FAILED
+        and isinstance(task, _Task)
+    ):
+        original = _pickling_error(task)
+        if original is not None:
+            # As `raise original from cause` would.
+            original.__cause__ = exc.__cause__
+            original.__suppress_context__ = True
+            return original
+        return exc
     if isinstance(exc, TerminatedWorkerError):
         codes = _exitcodes(str(exc))
         if INITIALIZER_FAILED_EXITCODE in codes:
@@ -327,6 +385,8 @@ def translate_error(exc: BaseException) -> BaseException:
 
 # Feeders with work, for the exit hook below.
 _live_feeders: weakref.WeakSet[_Feeder] = weakref.WeakSet()
+# Executors whose workers may still run, to stop at an interrupted exit.
+_live_executors: weakref.WeakSet[JoblibExecutor] = weakref.WeakSet()
 _exit_hook_lock = threading.Lock()
 _exit_hook_after_loky = False
 
@@ -338,9 +398,35 @@ def _finish_pending_at_exit() -> None:
     so do loky's, but loky refuses new tasks from then on, and our queue
     hands tasks over as earlier ones complete. This hook runs first and
     waits until every feeder is idle.
+
+    A program ended by an unhandled Ctrl-C, or interrupted again while this
+    hook waits, stops instead, as leaving a ``with`` block on Ctrl-C does:
+    it must not wait for a long ``map`` it was interrupted in. A
+    ``KeyboardInterrupt`` must not escape this hook either: it would skip
+    loky's own hook, loky's workers would never be told to stop, and the
+    interpreter would wait for them forever (leaving them orphaned, with
+    the resource trackers, once it is killed).
     """
-    for feeder in list(_live_feeders):
-        feeder.wait_idle()
+    try:
+        if not _ending_on_keyboard_interrupt():
+            for feeder in list(_live_feeders):
+                feeder.wait_idle()
+            return
+    except KeyboardInterrupt:
+        pass
+    for executor in list(_live_executors):
+        executor._interrupt()
+
+
+def _ending_on_keyboard_interrupt() -> bool:
+    """Whether the interpreter is exiting because of an unhandled Ctrl-C.
+
+    Python stores an unhandled exception as ``sys.last_exc``
+    (``sys.last_value`` before 3.12) before it runs the threading exit
+    hooks. In an interactive session it holds the last error shown.
+    """
+    last = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+    return isinstance(last, KeyboardInterrupt)
 
 
 def _ensure_exit_hook() -> None:
@@ -440,13 +526,13 @@ class _Feeder:
             # After the first launch: loky has registered its exit hook.
             self._hooked = True
             _ensure_exit_hook()
-        theirs.add_done_callback(functools.partial(self._settle, fut))
+        theirs.add_done_callback(functools.partial(self._settle, fut, task))
 
-    def _settle(self, fut: Future[Any], theirs: Any) -> None:
+    def _settle(self, fut: Future[Any], task: Any, theirs: Any) -> None:
         error = theirs.exception()
         if error is not None:
             self._note(error)
-            fut.set_exception(translate_error(error))
+            fut.set_exception(translate_error(error, task))
         else:
             value = theirs.result()
             if type(value) is _Failure:
@@ -1106,6 +1192,7 @@ class JoblibExecutor(BaseExecutor):
             assert self._mp is not None
             launch = self._mp.launch
         self._feeder = _Feeder(launch, limit)
+        _live_executors.add(self)
 
     # -- pool construction ---------------------------------------------------
 
@@ -1147,7 +1234,9 @@ class JoblibExecutor(BaseExecutor):
             timeout=idle,
             context=context,
             initializer=_Initializer(
-                None if initializer is None else portable(initializer), initargs
+                None if initializer is None else portable(initializer),
+                initargs,
+                os.getpid(),
             ),
             env=_thread_limits(workers, inner_max_num_threads),
         )
@@ -1176,7 +1265,9 @@ class JoblibExecutor(BaseExecutor):
             max_nbytes=nbytes,
             mmap_mode=mmap_mode,
             initializer=_Initializer(
-                None if initializer is None else portable(initializer), initargs
+                None if initializer is None else portable(initializer),
+                initargs,
+                os.getpid(),
             ),
             context=context,
             **extra,
@@ -1226,6 +1317,7 @@ class JoblibExecutor(BaseExecutor):
             return
         self._feeder.wait_idle()
         self._stop_workers(wait=True)
+        _live_executors.discard(self)
 
     def _stop_workers_nowait(self) -> None:
         self._stop_workers(wait=False)
@@ -1238,7 +1330,7 @@ class JoblibExecutor(BaseExecutor):
             # loky kills the workers and fails their tasks with its
             # ShutdownExecutorError ("... shutdown with kill_workers=True").
             self._loky.shutdown(wait=False, kill_workers=True)
-        if self._mp is not None:
+        if self._mp is not None and not self._mp_released:
             self._watcher.stop()
             self._mp.stop(
                 lambda: RuntimeError("the task was stopped by KeyboardInterrupt")

@@ -1,0 +1,289 @@
+"""The ``joblib`` backend at the edges: nothing left running, nothing lost.
+
+A caller killed with SIGKILL leaves no worker behind (loky's workers hold
+both ends of their call-queue pipe and would never see EOF), and an argument
+that cannot be pickled fails with the pickler's own error, as on every other
+backend, not with loky's ``PicklingError`` that only quotes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pickle
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psutil
+import pytest
+
+import executors
+from executors.testing import BOUND, tasks
+
+# How long the workers of a SIGKILLed caller may take to notice: the brief
+# is "about a second"; the rest is slack for a loaded 2-core machine.
+GONE_WITHIN = 3.0
+# How long a program may take to exit after Ctrl-C: it was interrupted in
+# 50 s of work, and must not wait for it.
+STOPS_WITHIN = 8.0
+
+MULTIPROCESSING = {"joblib_backend": "multiprocessing"}
+PARALLEL_ENGINE = {"map_engine": "parallel"}
+
+# The caller: starts every worker, prints the pids of all its descendants
+# (workers, resource trackers, a fork server) and waits to be killed.
+_CALLER = """
+import json, sys, time
+import psutil
+import executors
+from executors.testing import tasks
+
+if __name__ == "__main__":
+    ex = executors.create("joblib", max_workers=2, **json.loads(sys.argv[1]))
+    seen = set()
+    deadline = time.monotonic() + 60
+    while len(seen) < 2 and time.monotonic() < deadline:
+        futs = [ex.submit(tasks.sleep_then_pid, 0.2) for _ in range(2)]
+        seen |= {f.result(timeout=60) for f in futs}
+    print("WORKERS", json.dumps(sorted(seen)), flush=True)
+    pids = [p.pid for p in psutil.Process().children(recursive=True)]
+    print("DESCENDANTS", json.dumps(pids), flush=True)
+    time.sleep(120)
+"""
+
+# Ctrl-C in a program without `with`: an eager map of 50 s of work (two
+# workers), or the same work left pending when the main thread ends, so that
+# the signal arrives while the interpreter waits for it at exit.
+_INTERRUPTED = """
+import signal
+signal.signal(signal.SIGINT, signal.default_int_handler)
+import json, sys
+import psutil
+import executors
+from executors.testing import tasks
+
+if __name__ == "__main__":
+    ex = executors.create("joblib", max_workers=2, **json.loads(sys.argv[1]))
+    ex.submit(tasks.noop).result(timeout=60)
+    pids = [p.pid for p in psutil.Process().children(recursive=True)]
+    print("DESCENDANTS", json.dumps(pids), flush=True)
+    if sys.argv[2] == "map":
+        print("RUNNING", flush=True)
+        list(ex.map(tasks.sleep_and_return, [1.0] * 100, range(100)))
+    else:
+        futs = [ex.submit(tasks.sleep_and_return, 1.0, i) for i in range(100)]
+        print("RUNNING", flush=True)
+"""
+
+
+def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
+    left = []
+    for proc in procs:
+        # A zombie has exited; is_running() also rules out a reused pid.
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                left.append(proc)
+    return left
+
+
+def _describe(procs: list[psutil.Process]) -> str:
+    described = []
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            described.append(f"{proc.pid} {' '.join(proc.cmdline())[:80]}")
+    return ", ".join(described)
+
+
+class _Program:
+    """A Python program in a session of its own, read line by line.
+
+    Its descendants are those it prints after ``DESCENDANTS``; :meth:`close`
+    kills every one still alive and the whole session, so that nothing
+    outlives the test, not even a process that outlived the program.
+    """
+
+    def __init__(self, code: str, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        self.lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self.stderr: list[str] = []
+        self.descendants: list[psutil.Process] = []
+        threading.Thread(target=self._read_stdout, daemon=True).start()
+        threading.Thread(target=self._read_stderr, daemon=True).start()
+
+    def _read_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        self.stderr.extend(self.proc.stderr)
+
+    def read(self, tag: str, bound: float = 60.0) -> str:
+        """The rest of the next line that starts with ``tag``."""
+        deadline = time.monotonic() + bound
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                line = None
+            assert line is not None, f"no {tag} line; stderr:\n{''.join(self.stderr)}"
+            if line.startswith(tag):
+                rest = line[len(tag) :].strip()
+                if tag == "DESCENDANTS":
+                    for pid in json.loads(rest):
+                        with contextlib.suppress(psutil.NoSuchProcess):
+                            self.descendants.append(psutil.Process(pid))
+                return rest
+
+    def wait_gone(self, bound: float) -> list[psutil.Process]:
+        """Wait up to ``bound`` s for every descendant to end; the rest."""
+        deadline = time.monotonic() + bound
+        left = _alive(self.descendants)
+        while left and time.monotonic() < deadline:
+            time.sleep(0.05)
+            left = _alive(left)
+        return left
+
+    def close(self) -> None:
+        for leftover in _alive(self.descendants):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                leftover.kill()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.kill()
+        self.proc.wait(timeout=BOUND)
+
+
+@contextlib.contextmanager
+def _program(code: str, *args: str) -> Iterator[_Program]:
+    program = _Program(code, *args)
+    try:
+        yield program
+    finally:
+        program.close()
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize(
+    "options", [{}, MULTIPROCESSING], ids=["loky", "multiprocessing"]
+)
+def test_a_sigkilled_caller_leaves_no_process(options: dict[str, Any]) -> None:
+    with _program(_CALLER, json.dumps(options)) as caller:
+        workers = json.loads(caller.read("WORKERS"))
+        caller.read("DESCENDANTS")
+        assert len(workers) == 2
+        assert set(workers) <= {p.pid for p in caller.descendants}
+        caller.proc.kill()
+        caller.proc.wait(timeout=BOUND)
+        left = caller.wait_gone(GONE_WITHIN)
+        assert not left, f"alive after the caller died: {_describe(left)}"
+
+
+# -- Ctrl-C without a with block ------------------------------------------------
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("target", ["group", "parent"])
+@pytest.mark.parametrize(
+    ("options", "where"),
+    [({}, "map"), (PARALLEL_ENGINE, "map"), ({}, "exit"), (MULTIPROCESSING, "exit")],
+    ids=["loky-map", "parallel-map", "loky-exit", "multiprocessing-exit"],
+)
+def test_ctrl_c_without_with_stops_at_once_and_leaves_no_process(
+    options: dict[str, Any], where: str, target: str
+) -> None:
+    """Ctrl-C in an eager map, or while the interpreter waits at exit for
+    pending work (which used to hang for good: loky's workers were never
+    told to stop, and were left orphaned with the resource trackers once
+    the program was killed)."""
+    with _program(_INTERRUPTED, json.dumps(options), where) as program:
+        program.read("DESCENDANTS")
+        program.read("RUNNING")
+        time.sleep(1.0)  # inside the map, or in the exit hook's wait
+        if target == "group":  # Ctrl-C in a terminal
+            os.killpg(program.proc.pid, signal.SIGINT)
+        else:
+            os.kill(program.proc.pid, signal.SIGINT)
+        sent = time.monotonic()
+        try:
+            code = program.proc.wait(timeout=STOPS_WITHIN)
+        except subprocess.TimeoutExpired:
+            code = None
+        took = time.monotonic() - sent
+        assert code is not None, f"still running {took:.1f}s after Ctrl-C"
+        if where == "map":
+            # Python re-raises SIGINT for an unhandled KeyboardInterrupt.
+            assert code == -signal.SIGINT, "".join(program.stderr)
+        left = program.wait_gone(GONE_WITHIN)
+        assert not left, f"alive after the program exited: {_describe(left)}"
+
+
+# -- arguments that cannot be pickled -----------------------------------------
+
+
+def _unpicklable(kind: str) -> Any:
+    return threading.Lock() if kind == "lock" else tasks.UnpicklableArg()
+
+
+def _pickler_error(arg: Any) -> BaseException:
+    try:
+        pickle.dumps(arg)
+    except Exception as exc:
+        return exc
+    raise AssertionError(f"{arg!r} pickled")
+
+
+@pytest.fixture
+def make_joblib() -> Iterator[Any]:
+    created: list[Any] = []
+
+    def make(**options: Any) -> Any:
+        executor = executors.create("joblib", max_workers=2, **options)
+        created.append(executor)
+        return executor
+
+    yield make
+    for executor in created:
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("options", [{}, PARALLEL_ENGINE], ids=["shared", "parallel"])
+@pytest.mark.parametrize("kind", ["lock", "raising-reduce"])
+def test_an_unpicklable_argument_fails_with_the_picklers_error(
+    make_joblib: Any, options: dict[str, Any], kind: str
+) -> None:
+    executor = make_joblib(**options)
+    arg = _unpicklable(kind)
+    expected = _pickler_error(arg)
+
+    exc = executor.submit(tasks.identity, arg).exception(timeout=BOUND)
+    assert type(exc) is type(expected)
+    assert exc.args == expected.args
+    # Where loky's feeder thread met it, as the stdlib process pool reports.
+    assert "Traceback" in str(exc.__cause__)
+
+    got: list[Any] = []
+    # No timeout: with one, the "parallel" engine would use the shared map.
+    with pytest.raises(type(expected)) as raised:
+        for value in executor.map(tasks.identity, [0, 1, arg, 3]):
+            got.append(value)
+    assert raised.value.args == expected.args
+    assert got == [0, 1]
+    # Nothing broke.
+    assert executor.submit(tasks.add, 1, 2).result(timeout=BOUND) == 3
