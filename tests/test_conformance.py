@@ -10,6 +10,7 @@ from executors.testing import (
     ReferenceContract,
     ShutdownContract,
     SubmitContract,
+    TaskControlContract,
 )
 
 
@@ -38,4 +39,8 @@ class TestCallbacks(CallbackContract):
 
 
 class TestReferences(ReferenceContract):
+    pass
+
+
+class TestTaskControl(TaskControlContract):
     pass

@@ -16,6 +16,7 @@ from __future__ import annotations
 from ._base import BaseExecutor, fail_futures
 from ._callqueue import Call, CallQueue
 from ._capabilities import Capabilities
+from ._control import with_options
 from ._errors import (
     BackendNotFoundError,
     BackendNotInstalledError,
@@ -24,7 +25,9 @@ from ._errors import (
     ExecutorInterruptedError,
     InitializerFailedError,
     TaskKilledError,
+    TaskTimeoutError,
     WorkerCrashedError,
+    WorkersTerminatedError,
 )
 from ._futures import Future, settle
 from ._protocol import Executor
@@ -49,12 +52,15 @@ __all__ = [
     "Pool",
     "RemoteTraceback",
     "TaskKilledError",
+    "TaskTimeoutError",
     "WorkerCrashedError",
+    "WorkersTerminatedError",
     "aio",
     "create",
     "fail_futures",
     "list_backends",
     "settle",
+    "with_options",
 ]
 
 __version__ = "0.1.0"

@@ -20,6 +20,7 @@ way of a :class:`executors._callqueue.CallQueue` in front of the library.
 
 from __future__ import annotations
 
+import signal
 import threading
 from abc import ABCMeta, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
@@ -29,7 +30,10 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from . import _map
+from ._callqueue import CallQueue
 from ._capabilities import Capabilities
+from ._control import TaskOptions, submitting, unwrap_options
+from ._errors import TaskKilledError, WorkersTerminatedError
 from ._futures import fail_futures, notify_cancelled
 from ._lifecycle import (
     close_at_exit,
@@ -63,6 +67,11 @@ class BaseExecutor(futures.Executor, metaclass=ABCMeta):
 
     backend: ClassVar[str] = "base"
     capabilities: ClassVar[Capabilities] = Capabilities()
+    #: The call queue in front of the library, for backends that keep one:
+    #: task control (timeouts, retries, kill_task, terminate_workers) works
+    #: through it.
+    _calls: CallQueue | None = None
+    _task_options: TaskOptions | None = None
 
     def __init__(self, *, max_workers: int, cloudpickle: bool = True) -> None:
         if not isinstance(cloudpickle, bool):
@@ -85,7 +94,48 @@ class BaseExecutor(futures.Executor, metaclass=ABCMeta):
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         """Schedule ``fn(*args, **kwargs)``; see :meth:`executors.Executor.submit`."""
         check_callable(fn)
-        return self._submit_task(self._prepare(fn), args, kwargs)
+        fn, options = self._task_options_for(fn)
+        with submitting(options):
+            return self._submit_task(self._prepare(fn), args, kwargs)
+
+    def terminate_workers(self) -> None:
+        """Stop every worker now with SIGTERM, then shut the executor down.
+
+        Python 3.14's ``ProcessPoolExecutor.terminate_workers()``, on every
+        backend. Every future that is not done resolves at once: queued
+        ones are cancelled, running ones fail with
+        :class:`~executors.WorkersTerminatedError`. Where workers cannot be
+        stopped (``capabilities.terminates_workers`` is false: threads,
+        inline) the running tasks are abandoned and run on.
+        """
+        self._end_workers(signal.SIGTERM, "terminate_workers")
+
+    def kill_workers(self) -> None:
+        """As :meth:`terminate_workers`, with SIGKILL."""
+        self._end_workers(signal.SIGKILL, "kill_workers")
+
+    def kill_task(self, future: Future[Any]) -> bool:
+        """Stop the running task of ``future``; the executor lives on.
+
+        Returns:
+            True if the task was stopped: its future fails with
+            :class:`~executors.TaskKilledError`. False if the future is not
+            this executor's running task, or the backend cannot stop one
+            task alone (``capabilities.kills_single_task``).
+        """
+        calls = self._calls
+        if calls is None:
+            return False
+        call = calls.find(future)
+        if call is None or not calls.stop(call):
+            return False
+        return calls.settle(
+            call,
+            error=TaskKilledError(
+                f"the task was stopped by kill_task() on the {self.backend!r} "
+                "executor; its worker was replaced"
+            ),
+        )
 
     def map(
         self,
@@ -114,6 +164,24 @@ class BaseExecutor(futures.Executor, metaclass=ABCMeta):
         return self._start_map(
             fn, iterables, False, timeout, chunksize, buffersize, progress
         ).results()
+
+    def _end_workers(self, sig: signal.Signals, how: str) -> None:
+        with self._lock:
+            self._shutdown_started = True
+        calls = self._calls
+        if calls is not None:
+            calls.close(cancel_futures=True)
+            backend = self.backend
+            calls.fail_launched(
+                lambda: WorkersTerminatedError(
+                    f"{how}() stopped the workers of the {backend!r} executor "
+                    "while this task ran"
+                )
+            )
+        self._signal_workers(sig)
+        # Bounded: the workers are gone. Threads cannot be stopped: leave
+        # them to end on their own rather than wait for them.
+        self._shutdown(self.capabilities.terminates_workers, True)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Release the workers; see :meth:`executors.Executor.shutdown`."""
@@ -270,16 +338,18 @@ class BaseExecutor(futures.Executor, metaclass=ABCMeta):
         timeout, chunksize, buffersize = check_map_arguments(
             fn, timeout, chunksize, buffersize
         )
+        fn, options = self._task_options_for(fn)
         # Before start_map: map's timeout counts from the call, and starting
         # the workers is not part of the map.
         self._start()
         with self._lock:
             self._check_open()
-        engine = self._engine_map(
-            fn, iterables, ordered, timeout, chunksize, buffersize, progress
-        )
-        if engine is not None:
-            return _map.EngineMap(engine)
+        if options is None:
+            engine = self._engine_map(
+                fn, iterables, ordered, timeout, chunksize, buffersize, progress
+            )
+            if engine is not None:
+                return _map.EngineMap(engine)
         return _map.start_map(
             self,
             self._prepare(fn),
@@ -289,4 +359,36 @@ class BaseExecutor(futures.Executor, metaclass=ABCMeta):
             chunksize=chunksize,
             buffersize=buffersize,
             progress=progress,
+            task_options=options,
         )
+
+    # -- task control -----------------------------------------------------
+
+    def _set_task_options(self, options: TaskOptions) -> None:
+        """The executor's defaults for every task (``create(task_timeout=...)``)."""
+        if not self.capabilities.task_control and not options.is_default:
+            raise TypeError(
+                f"the {self.backend!r} backend does not support task_timeout "
+                "or retries (capabilities.task_control is false)"
+            )
+        self._task_options = options
+
+    def _task_options_for(
+        self, fn: Callable[..., T]
+    ) -> tuple[Callable[..., T], TaskOptions | None]:
+        fn, per_call = unwrap_options(fn)
+        if per_call is None:
+            return fn, self._task_options
+        if not self.capabilities.task_control:
+            raise TypeError(
+                f"the {self.backend!r} backend does not support with_options() "
+                "(capabilities.task_control is false)"
+            )
+        return fn, per_call.over(self._task_options)
+
+    def _signal_workers(self, sig: signal.Signals) -> None:
+        """Send ``sig`` to every worker process (``terminate_workers``).
+
+        Optional; a backend whose workers are processes implements it and
+        declares ``capabilities.terminates_workers``.
+        """

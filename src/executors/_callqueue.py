@@ -32,17 +32,21 @@ remember the library's handle in ``call.handle``) and calling
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from ._errors import ExecutorFailedError
+from ._control import TaskOptions, record_attempts, submitting_options, timer
+from ._errors import ExecutorFailedError, TaskTimeoutError, WorkerCrashedError
 from ._futures import fail_futures, notify_cancelled, settle
 from ._lifecycle import ensure_exit_hook_last
 
 __all__ = ["Call", "CallQueue"]
+
+_log = logging.getLogger("executors")
 
 
 class Call:
@@ -56,15 +60,43 @@ class Call:
         chunk: True for a chunk of a ``map`` (it may have its own window).
         handle: The backend's own note about the launched call (the
             library's future, a key); dropped when the call settles.
+        options: The task's timeout and retries, if any.
+        attempts: How many times it has been launched.
     """
 
-    __slots__ = ("chunk", "future", "handle", "payload")
+    __slots__ = (
+        "attempts",
+        "chunk",
+        "deadline",
+        "future",
+        "handle",
+        "options",
+        "payload",
+    )
 
-    def __init__(self, future: Future[Any], payload: Any, chunk: bool) -> None:
+    def __init__(
+        self,
+        future: Future[Any],
+        payload: Any,
+        chunk: bool,
+        options: TaskOptions | None = None,
+        attempts: int = 0,
+    ) -> None:
         self.future = future
         self.payload = payload
         self.chunk = chunk
         self.handle: Any = None
+        self.options = options
+        self.attempts = attempts
+        self.deadline: Any = None
+
+    def again(self) -> Call:
+        """The next attempt: a new call for the same future and payload.
+
+        A new object, so that a late outcome of the earlier attempt (a
+        task abandoned at its timeout) can never settle this one.
+        """
+        return Call(self.future, self.payload, self.chunk, self.options, self.attempts)
 
     def __repr__(self) -> str:
         return f"<Call chunk={self.chunk} future={self.future!r}>"
@@ -89,6 +121,17 @@ class CallQueue:
             :meth:`close`).
         translate: Turns an exception from ``launch`` into the one the
             future gets (a library's error into ours); default: as is.
+        stop: Stops one launched call's task (kills its worker) and returns
+            True, or returns False where the library cannot; used at a
+            timeout and by ``kill_task``. Default: cannot.
+        retries_crashes: A :class:`~executors.WorkerCrashedError` earns a
+            retry when the task has retries left (the backend survives
+            worker death).
+        slots: How many calls the library runs at once (its workers). A
+            call with a timeout is launched only while fewer calls than
+            that are launched, so that it starts at once and its clock
+            measures its run, not its wait in the library's own queue.
+            Default: ``window``.
     """
 
     def __init__(
@@ -99,8 +142,17 @@ class CallQueue:
         chunk_window: Window | None = None,
         on_idle: Callable[[], object] | None = None,
         translate: Callable[[BaseException], BaseException] | None = None,
+        stop: Callable[[Call], bool] | None = None,
+        retries_crashes: bool = False,
+        slots: Window | None = None,
     ) -> None:
+        self._slots = window if slots is None else slots
         self._launch = launch
+        self._stop = stop
+        self._retries_crashes = retries_crashes
+        # Calls waiting out a retry delay: neither queued nor launched, but
+        # the queue is not idle while they wait.
+        self._delayed = 0
         self._window = window
         self._chunk_window = window if chunk_window is None else chunk_window
         self._on_idle = on_idle
@@ -120,8 +172,18 @@ class CallQueue:
     # -- submitting ----------------------------------------------------------
 
     def submit(self, future: Future[Any], payload: Any, *, chunk: bool = False) -> Call:
-        """Queue a call; launch it now if the window has room."""
-        call = Call(future, payload, chunk)
+        """Queue a call; launch it now if the window has room.
+
+        The task options in force for this submission (see
+        :func:`executors._control.submitting`) travel with the call.
+        """
+        options = submitting_options()
+        call = Call(
+            future,
+            payload,
+            chunk,
+            None if options is None or options.is_default else options,
+        )
         with self._lock:
             broken = self._broken
             if broken is None:
@@ -136,6 +198,8 @@ class CallQueue:
 
     def _limit(self, call: Call) -> int:
         window = self._chunk_window if call.chunk else self._window
+        if call.options is not None and call.options.timeout is not None:
+            window = self._slots
         return window() if callable(window) else window
 
     def _pump(self, check_idle: bool = True) -> None:
@@ -151,13 +215,22 @@ class CallQueue:
                     if len(self._launched) >= self._limit(call):
                         break
                     self._queued.popleft()
-                    if not call.future.set_running_or_notify_cancel():
+                    if (
+                        not call.attempts
+                        and not call.future.set_running_or_notify_cancel()
+                    ):
                         call.payload = None  # cancelled while queued
                         idle = self._idle_now_locked()
                         if idle:
                             break
                         continue
                     self._launched.add(call)
+                    call.attempts += 1
+                    timeout = None if call.options is None else call.options.timeout
+                    if timeout is not None:
+                        call.deadline = timer.call_later(
+                            timeout, functools.partial(self._expire, call, timeout)
+                        )
                 try:
                     self._launch(call)
                 except BaseException as exc:
@@ -181,24 +254,103 @@ class CallQueue:
         """Report a launched call's outcome; launch the next call.
 
         Safe from any thread, and nothing the future's callbacks do reaches
-        the caller. Returns False if the call was no longer launched (the
-        queue broke and failed it already).
+        the caller. A failure the task's options allow to retry launches
+        the call again instead (after ``retry_delay``). Returns False if the
+        call was no longer launched (the queue broke, or the task was
+        already failed at its timeout).
         """
         with self._lock:
             mine = call in self._launched
             if mine:
                 self._launched.discard(call)
+                retry = error is not None and self._retryable(call, error)
+                if retry:
+                    self._delayed += 1
         if not mine:
             return False
+        if call.deadline is not None:
+            call.deadline.cancel()
+            call.deadline = None
+        if retry:
+            self._retry(call)
+            return True
         # Launch the next call before settling: the worker that just freed
         # up gets work while the caller wakes.
         self._pump(check_idle=False)
         call.payload = call.handle = None
+        if error is not None and call.attempts > 1:
+            record_attempts(error, call.attempts)
         settle(call.future, value, error)
         # Only now: on_idle may release the workers and end a shutdown(),
         # which must find every future settled.
         self._check_idle()
         return True
+
+    def _retryable(self, call: Call, error: BaseException) -> bool:
+        options = call.options
+        if options is None or self._broken is not None:
+            return False
+        crashed = self._retries_crashes and isinstance(error, WorkerCrashedError)
+        return options.retryable(error, call.attempts, crashed=crashed)
+
+    def _retry(self, call: Call) -> None:
+        again = call.again()
+        delay = call.options.delay if call.options is not None else 0.0
+        if delay > 0:
+            timer.call_later(delay, functools.partial(self._requeue, again))
+        else:
+            self._requeue(again)
+
+    def _requeue(self, call: Call) -> None:
+        with self._lock:
+            self._delayed -= 1
+            broken = self._broken
+            if broken is None:
+                # First in line: it was running already.
+                self._queued.appendleft(call)
+        if broken is not None:
+            fail_futures([call.future], broken)
+            self._check_idle()
+            return
+        self._pump()
+
+    def _expire(self, call: Call, timeout: float) -> None:
+        # In the timer thread: the task has run past its limit.
+        with self._lock:
+            if call not in self._launched:
+                return
+        stopped = self.stop(call)
+        verb = (
+            "it was stopped and its worker replaced"
+            if stopped
+            else "this backend cannot stop it, so it was abandoned and runs on"
+        )
+        call.deadline = None
+        self.settle(
+            call,
+            error=TaskTimeoutError(
+                f"the task ran longer than its timeout of {timeout:g} s; {verb}",
+                timeout,
+            ),
+        )
+
+    def stop(self, call: Call) -> bool:
+        """Ask the backend to stop a launched call's task; True if it did."""
+        if self._stop is None:
+            return False
+        try:
+            return self._stop(call)
+        except Exception:  # pragma: no cover - a backend bug
+            _log.exception("executors: stopping a task failed")
+            return False
+
+    def find(self, future: Future[Any]) -> Call | None:
+        """The launched call of ``future``, if it is with the library now."""
+        with self._lock:
+            for call in self._launched:
+                if call.future is future:
+                    return call
+        return None
 
     def settle_when_done(
         self,
@@ -278,6 +430,9 @@ class CallQueue:
             queued = list(self._queued)
             self._launched.clear()
             self._queued.clear()
+        for call in launched:
+            if call.deadline is not None:
+                call.deadline.cancel()
         for call in queued:
             call.payload = None
         fail_futures((call.future for call in launched + queued), make_error)
@@ -285,6 +440,18 @@ class CallQueue:
         notify_cancelled(call.future for call in queued)
         self._check_idle()
         return launched
+
+    def fail_launched(self, make_error: Callable[[], BaseException]) -> None:
+        """Fail every launched call now, without retries (workers stopped)."""
+        with self._lock:
+            launched = list(self._launched)
+            self._launched.clear()
+        for call in launched:
+            if call.deadline is not None:
+                call.deadline.cancel()
+            call.payload = call.handle = None
+            settle(call.future, error=make_error())
+        self._check_idle()
 
     def broken_error(self) -> BaseException | None:
         """The exception ``submit`` raises once broken, else ``None``."""
@@ -307,19 +474,20 @@ class CallQueue:
             return list(self._launched)
 
     def is_idle(self) -> bool:
-        """True when nothing is queued or launched."""
+        """True when nothing is queued, launched or waiting to be retried."""
         with self._lock:
-            return not self._queued and not self._launched
+            return self._is_idle_locked()
 
     def wait_idle(self, timeout: float | None = None) -> bool:
-        """Block until nothing is queued or launched; False on timeout."""
+        """Block until the queue is idle (see :meth:`is_idle`); False on timeout."""
         with self._idle:
-            return self._idle.wait_for(
-                lambda: not self._queued and not self._launched, timeout
-            )
+            return self._idle.wait_for(self._is_idle_locked, timeout)
+
+    def _is_idle_locked(self) -> bool:
+        return not self._queued and not self._launched and not self._delayed
 
     def _idle_now_locked(self) -> bool:
-        if self._queued or self._launched:
+        if not self._is_idle_locked():
             return False
         self._idle.notify_all()
         return True

@@ -29,7 +29,23 @@ class Capabilities:
             every pending future fails with a ``BrokenExecutor`` subclass.
         retries_lost_tasks: A task whose worker died is run again elsewhere
             (a Dask cluster) until it has killed too many workers; only then
-            does its future fail.
+            does its future fail, even without ``retries=``.
+        task_control: ``task_timeout``, ``retries``, ``retry_on`` and
+            ``retry_delay`` (at ``create()`` and through ``with_options``)
+            are honoured.
+        stops_timed_out_tasks: A task past its timeout is stopped and its
+            worker replaced; ``False`` means it is abandoned: its future
+            fails at the limit but the task runs on to its end.
+        kills_single_task: ``kill_task(future)`` can stop one running task
+            without breaking the executor.
+        terminates_workers: ``terminate_workers()`` and ``kill_workers()``
+            stop running tasks. ``False`` (threads, inline) means they can
+            only fail the futures and drop the queue: running tasks are
+            abandoned.
+
+    The task-control flags default to ``False``: a backend gets them by
+    keeping its futures in a :class:`~executors.CallQueue` and declaring
+    them (see the plugin guide).
     """
 
     runs_concurrently: bool = True
@@ -37,3 +53,7 @@ class Capabilities:
     cancels_queued: bool = True
     survives_worker_death: bool = False
     retries_lost_tasks: bool = False
+    task_control: bool = False
+    stops_timed_out_tasks: bool = False
+    kills_single_task: bool = False
+    terminates_workers: bool = False

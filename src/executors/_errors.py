@@ -18,8 +18,11 @@ written for the stdlib keeps working::
     ├── ExecutorFailedError         the executor's own machinery failed
     ├── ExecutorInterruptedError    Ctrl-C stopped the running tasks
     └── DaskClusterError            the Dask cluster could not run the task
+    │   └── WorkersTerminatedError  terminate_workers()/kill_workers() stopped it
     concurrent.futures.CancelledError
     └── TaskKilledError             kill_task() stopped the running task
+    TimeoutError
+    └── TaskTimeoutError            the task ran past its timeout
 
 A fault that one backend survives and another does not is reported in each
 family accordingly; where backends survive the same fault (an argument that
@@ -31,6 +34,8 @@ backend.
 from __future__ import annotations
 
 import signal
+import sys
+from concurrent import futures
 from concurrent.futures import BrokenExecutor, CancelledError
 from concurrent.futures.process import BrokenProcessPool
 
@@ -42,7 +47,9 @@ __all__ = [
     "ExecutorInterruptedError",
     "InitializerFailedError",
     "TaskKilledError",
+    "TaskTimeoutError",
     "WorkerCrashedError",
+    "WorkersTerminatedError",
     "describe_exitcode",
 ]
 
@@ -101,6 +108,42 @@ class ExecutorInterruptedError(BrokenExecutor):
     Raised by the futures that were running when a ``with`` block left on
     Ctrl-C; queued futures are cancelled instead.
     """
+
+
+class WorkersTerminatedError(ExecutorInterruptedError):
+    """``terminate_workers()`` or ``kill_workers()`` stopped this running task.
+
+    The executor is shut down; queued futures were cancelled instead.
+    """
+
+
+# On Python 3.10 concurrent.futures.TimeoutError is its own class; from 3.11
+# it is the builtin. A task timeout is both, so either `except` catches it.
+if sys.version_info >= (3, 11):
+    _TimeoutBase = TimeoutError
+else:
+
+    class _TimeoutBase(futures.TimeoutError, TimeoutError):
+        pass
+
+
+class TaskTimeoutError(_TimeoutBase):
+    """The task ran longer than its timeout.
+
+    Whether the task was stopped depends on the backend
+    (``capabilities.stops_timed_out_tasks``); where it cannot be stopped it
+    is abandoned and runs on, but its future has failed.
+
+    Attributes:
+        timeout: The limit, in seconds.
+    """
+
+    def __init__(self, message: str, timeout: float | None = None) -> None:
+        super().__init__(message)
+        self.timeout = timeout
+
+    def __reduce__(self) -> tuple[type[TaskTimeoutError], tuple[str, float | None]]:
+        return (type(self), (str(self), self.timeout))
 
 
 class DaskClusterError(BrokenExecutor):

@@ -37,6 +37,7 @@ from concurrent.futures import TimeoutError as FuturesTimeoutError
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
+from ._control import TaskOptions, submitting
 from ._futures import add_internal_callback
 from ._remote import picklable_exception
 from ._serialize import unwrap
@@ -174,6 +175,10 @@ def run_chunk(fn: Callable[..., Any], chunk: Chunk) -> ChunkResult:
         else:
             for item in chunk.items:
                 append(fn(item))
+    except KeyboardInterrupt:
+        # Ctrl-C belongs to whoever runs the chunk: the caller itself on
+        # inline, which must stop the whole map rather than go on.
+        raise
     except BaseException as exc:
         # SystemExit too: it is this item's error, and the values before it
         # are delivered first, as for any other exception.
@@ -347,12 +352,16 @@ class MapRun:
     in_buffer: int = 0
     exhausted: bool = False
     wakeup: Callable[[], object] | None = None
+    # Timeouts and retries: they apply per item, so each item is a task.
+    options: TaskOptions | None = None
 
     def submit(self, chunk: Chunk, chunked: bool) -> None:
-        if chunked:
-            fut: Future[Any] = self.source._submit_chunk_task(self.fn, chunk)
-        else:
-            fut = self.source._submit_task(self.fn, chunk.args(0), {})
+        chunked = chunked and self.options is None
+        with submitting(self.options):
+            if chunked:
+                fut: Future[Any] = self.source._submit_chunk_task(self.fn, chunk)
+            else:
+                fut = self.source._submit_task(self.fn, chunk.args(0), {})
         task = _Task(fut, len(chunk), chunked)
         if self.ordered:
             self.pending.append(task)
@@ -548,13 +557,20 @@ def start_map(
     chunksize: int | None,
     buffersize: int | None,
     progress: bool,
+    task_options: TaskOptions | None = None,
 ) -> MapRun:
     """Start a map; iterate ``.results()`` (or ``.aresults()``) for its results.
 
     Work is submitted here, at the call, not when iteration begins: the
     eager mode submits everything, the lazy mode its first buffer-full.
-    Arguments are validated by the caller.
+    Arguments are validated by the caller. With a timeout or retries in
+    ``task_options`` every item is a task of its own, so that each item
+    gets its own clock and its own attempts.
     """
+    if task_options is not None and task_options.is_default:
+        task_options = None
+    if task_options is not None:
+        chunksize = 1
     deadline = None if timeout is None else time.monotonic() + timeout
     star = len(iterables) != 1
     # Not strict: like builtin map, stop at the shortest input.
@@ -566,6 +582,7 @@ def start_map(
         run = MapRun(
             source, fn, iter(()), star, ordered, deadline, None, None, workers, bar
         )
+        run.options = task_options
         position = 0
         try:
             for size in plan_chunks(len(items), workers, chunksize):
@@ -589,5 +606,6 @@ def start_map(
         run = MapRun(
             source, fn, args, star, ordered, deadline, buffersize, chunker, workers, bar
         )
+        run.options = task_options
         run.fill()
     return run

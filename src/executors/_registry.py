@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._capabilities import Capabilities
+from ._control import OPTION_NAMES, split_options
 from ._errors import BackendNotFoundError, BackendNotInstalledError
 
 if TYPE_CHECKING:
@@ -72,6 +73,13 @@ _BUILTINS: dict[str, _Spec] = {
             requires=("dask", "distributed"),
             extra="dask",
             summary="a Dask cluster: local by default, remote by address",
+        ),
+        _Spec(
+            "celery",
+            "executors.backends.celery._executor:CeleryExecutor",
+            requires=("celery", "redis"),
+            extra="celery",
+            summary="a Celery deployment: private by default, yours by app/broker",
         ),
         _Spec(
             "thread",
@@ -171,6 +179,8 @@ def _check_options(name: str, cls: type[BaseExecutor], options: dict[str, Any]) 
     accepted = [
         p.name for p in params.values() if p.kind is inspect.Parameter.KEYWORD_ONLY
     ]
+    if cls.capabilities.task_control:
+        accepted += [name for name in OPTION_NAMES if name not in accepted]
     for option in options:
         if option not in accepted:
             raise TypeError(
@@ -187,7 +197,10 @@ def create(backend: str | None = None, /, **options: Any) -> BaseExecutor:
             the ``EXECUTORS_BACKEND`` environment variable, else ``"process"``.
         **options: Keyword options of that backend. The common ones keep the
             stdlib's names and meanings: ``max_workers``, ``initializer``,
-            ``initargs``, ``max_tasks_per_child``, ``mp_context``.
+            ``initargs``, ``max_tasks_per_child``, ``mp_context``; and every
+            backend that declares ``capabilities.task_control`` takes
+            ``task_timeout``, ``retries``, ``retry_on`` and ``retry_delay``
+            (see :func:`executors.with_options`).
 
     Returns:
         A running executor: an instance of
@@ -203,8 +216,19 @@ def create(backend: str | None = None, /, **options: Any) -> BaseExecutor:
     if backend is None:
         backend = os.environ.get(ENV_VAR) or DEFAULT_BACKEND
     cls = backend_class(backend)
+    # Task control is the core's, the same on every backend that declares
+    # it: checked here, before any worker starts.
+    options, task_options = split_options(dict(options))
+    if task_options is not None and not cls.capabilities.task_control:
+        raise TypeError(
+            f"the {backend!r} backend does not support task_timeout, retries, "
+            "retry_on or retry_delay (its capabilities.task_control is false)"
+        )
     _check_options(backend, cls, options)
-    return cls(**options)
+    executor = cls(**options)
+    if task_options is not None:
+        executor._set_task_options(task_options)
+    return executor
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ from executors.testing import (
     ReferenceContract,
     ShutdownContract,
     SubmitContract,
+    TaskControlContract,
     WorkerCrashContract,
 )
 
@@ -115,7 +116,9 @@ def test_create_finds_the_plugin_by_entry_point(installed_plugin: str) -> None:
     (info,) = [i for i in executors.list_backends() if i.name == installed_plugin]
     assert info.available
     assert not info.builtin
-    assert info.capabilities == executors.Capabilities(process_isolation=False)
+    assert info.capabilities == executors.Capabilities(
+        process_isolation=False, task_control=True
+    )
     assert info.summary.startswith("Runs tasks on a fixed set of threads")
 
 
@@ -201,4 +204,8 @@ class TestCallbacks(CallbackContract):
 
 
 class TestReferences(ReferenceContract):
+    pass
+
+
+class TestTaskControl(TaskControlContract):
     pass

@@ -1,21 +1,28 @@
 """Backend ``process``: the stdlib :class:`~concurrent.futures.ProcessPoolExecutor`.
 
-Behaviour is the stdlib's on everything the stdlib defines: the same futures,
-messages and :class:`~concurrent.futures.process.BrokenProcessPool` when a
-worker dies (the pool is then broken for good and every pending future
-fails). What the project adds: the shared ``map`` (automatic chunking, lazy
-``buffersize``, ``map_unordered``, progress), callables sent with cloudpickle,
-a safe default start method (see :data:`executors._options.DEFAULT_START_METHOD`),
+Behaviour is the stdlib's where the stdlib defines it: a worker that dies
+breaks the pool for good and every pending future fails, with
+:class:`~executors.WorkerCrashedError` (a ``BrokenProcessPool``, naming the
+exit code). What the project adds: a :class:`~executors.CallQueue` in front
+of the stdlib pool (queued futures cancel exactly, callbacks cannot hang it),
+each call carried as bytes of our own (:mod:`executors._outcome`: an
+argument or a result that fails to unpickle fails its task, not the pool),
+the shared ``map`` (automatic chunking, lazy ``buffersize``,
+``map_unordered``, progress), callables sent with cloudpickle, a safe
+default start method (see :data:`executors._options.DEFAULT_START_METHOD`),
 workers that exit when the process owning the pool dies (even by SIGKILL),
 a program ended by Ctrl-C that stops its running tasks instead of waiting
-for them, and a fix for ``max_tasks_per_child`` hanging with a backlog
-(CPython gh-115634).
+for them, task timeouts (abandoned: the stdlib cannot stop one task) and
+retries, ``terminate_workers()``, and a fix for ``max_tasks_per_child``
+hanging with a backlog (CPython gh-115634).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -28,10 +35,31 @@ from concurrent.futures.process import (
 from multiprocessing.context import BaseContext
 from typing import Any, TypeVar, cast
 
-from .._base import BaseExecutor, notify_cancelled
+from .._base import BaseExecutor
+from .._callqueue import Call, CallQueue
 from .._capabilities import Capabilities
+from .._errors import (
+    ExecutorFailedError,
+    ExecutorInterruptedError,
+    InitializerFailedError,
+    WorkerCrashedError,
+    describe_exitcode,
+)
+from .._futures import Future as OurFuture
+from .._futures import settle
+from .._lifecycle import join_unless_current
+from .._map import Chunk, ChunkResult, run_chunk
 from .._options import check_process_pool_options, cpu_count
-from .._parentwatch import exit_with_parent
+from .._outcome import (
+    INITIALIZER_FAILED_EXITCODE,
+    Outcome,
+    PickledCall,
+    WorkerBootstrap,
+    decode,
+    dumps,
+    initializer_error,
+    run_call,
+)
 
 __all__ = ["ProcessExecutor"]
 
@@ -48,23 +76,8 @@ _MAX_DEFAULT_WORKERS = 61
 # at the semaphore, which _Pool does here; a fixed Python no longer calls
 # _adjust_process_count on a worker's exit, so the override is then inert.
 _REPLACEMENT_BUG = (3, 11) <= sys.version_info[:2] <= (3, 13)
-
-
-def _start_worker(
-    owner_pid: int,
-    initializer: Callable[..., object] | None,
-    initargs: tuple[Any, ...],
-) -> None:
-    """Run in each worker as it starts, in place of the user's initializer.
-
-    The worker first arranges to exit when the pool's owner dies (a caller
-    killed with SIGKILL runs no cleanup, and the stdlib's workers would wait
-    on their call queue forever), then runs the user's initializer exactly
-    as the stdlib would: if it raises, the pool breaks as before.
-    """
-    exit_with_parent(owner_pid)
-    if initializer is not None:
-        initializer(*initargs)
+# Calls handed to the stdlib pool and not yet finished, per worker.
+DISPATCH_PER_WORKER = 2
 
 
 class _Pool(ProcessPoolExecutor):
@@ -117,7 +130,10 @@ class ProcessExecutor(BaseExecutor):
     """
 
     backend = "process"
-    capabilities = Capabilities()
+    # Timeouts are abandoned: the stdlib pool cannot stop one task without
+    # breaking itself.
+    capabilities = Capabilities(task_control=True, terminates_workers=True)
+    _calls: CallQueue
 
     def __init__(
         self,
@@ -146,93 +162,183 @@ class ProcessExecutor(BaseExecutor):
                     "Python 3.11 and later only"
                 )
             extra["max_tasks_per_child"] = per_child
+        if initializer is not None:
+            initializer = self._prepare(initializer)
         self._manager: threading.Thread | None = None
         self._pool = _Pool(
             workers,
             context,
-            _start_worker,
-            (os.getpid(), initializer, initargs),
+            WorkerBootstrap(os.getpid(), initializer, initargs),
+            (),
             **extra,
+        )
+        self._crash: BaseException | None = None
+        # The stdlib keeps max_workers + 1 calls in its pipe; two per worker
+        # here keep every worker fed while the rest wait where cancel() works.
+        self._calls = CallQueue(
+            self._launch,
+            DISPATCH_PER_WORKER * workers,
+            on_idle=self._release,
+            translate=self._translate,
+            slots=workers,
         )
 
     def _broken_error(self) -> BaseException | None:
         broken = self._pool._broken
-        return BrokenProcessPool(broken) if broken else None
+        if broken:
+            return self._translate(BrokenProcessPool(broken))
+        return self._calls.broken_error()
 
     def _submit(
         self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Future[T]:
-        return self._pool.submit(fn, *args, **kwargs)
+        future: OurFuture[T] = OurFuture()
+        try:
+            payload: bytes | PickledCall = dumps((fn, args, kwargs))
+        except Exception as exc:
+            # Fails this future at once; the pool never sees the task.
+            settle(future, error=exc)
+            return future
+        self._calls.submit(future, payload)
+        return future
 
-    def close_at_exit(self) -> None:
-        """At interpreter exit: finish the submitted work, unless Ctrl-C ended it.
+    def _submit_chunk(
+        self, fn: Callable[..., Any], chunk: Chunk
+    ) -> Future[ChunkResult]:
+        # Pickled by the stdlib's feeder thread, so the first chunk reaches
+        # a worker while the caller is still submitting the others.
+        future: OurFuture[ChunkResult] = OurFuture()
+        self._calls.submit(
+            future, PickledCall((run_chunk, (fn, chunk), {})), chunk=True
+        )
+        return future
 
-        A program ended by an unhandled ``KeyboardInterrupt`` (without a
-        ``with`` block, or with the executor kept elsewhere) stops its
-        running tasks as a ``with`` block leaving on Ctrl-C does, instead of
-        waiting for them: the map it was interrupted in may have chunks that
-        run for minutes.
-        """
-        if _ending_on_keyboard_interrupt():
-            self._interrupt()
-            self.shutdown(wait=True, cancel_futures=True)
+    def _launch(self, call: Call) -> None:
+        theirs = self._pool.submit(run_call, call.payload)
+        theirs.add_done_callback(functools.partial(self._on_done, call))
+        call.handle = theirs
+
+    def _on_done(self, call: Call, theirs: Future[Outcome]) -> None:
+        # In the stdlib's manager thread (or its feeder thread, for a chunk
+        # that failed to pickle): nothing may escape into it.
+        if theirs.cancelled():
+            self._calls.settle(call, error=ExecutorFailedError(_DROPPED))
+            return
+        error = theirs.exception()
+        if error is not None:
+            self._calls.settle(call, error=self._translate(error))
+            return
+        ok, value = decode(theirs.result())
+        if ok:
+            self._calls.settle(call, value)
         else:
-            super().close_at_exit()
+            self._calls.settle(call, error=value)
+
+    def _translate(self, error: BaseException) -> BaseException:
+        """The stdlib's BrokenProcessPool, said the way every backend says it."""
+        if not isinstance(error, BrokenProcessPool) or isinstance(
+            error, (WorkerCrashedError, InitializerFailedError)
+        ):
+            return error
+        if self._crash is None:
+            self._crash = _crash_error(self._pool, self._manager, error)
+        crash = self._crash
+        copy: BaseException
+        if isinstance(crash, WorkerCrashedError):
+            copy = WorkerCrashedError(str(crash), crash.exitcode)
+        else:
+            copy = type(crash)(str(crash))
+        copy.__cause__ = error
+        return copy
 
     def _interrupt(self) -> None:
-        # Terminate the workers, as Python 3.14's terminate_workers() does:
-        # the manager thread then fails their futures and exits.
-        processes = dict(self._pool._processes or {})
-        self.shutdown(wait=False, cancel_futures=True)
-        for proc in processes.values():
-            # It may have exited, or been closed, since the copy.
-            with contextlib.suppress(ValueError, OSError):
-                if proc.is_alive():
-                    proc.terminate()
+        # Ctrl-C leaving a ``with`` block: terminate the workers, as Python
+        # 3.14's terminate_workers() does, and fail what they were running.
+        self._calls.close(cancel_futures=True)
+        self._calls.fail_launched(
+            lambda: ExecutorInterruptedError(
+                "the 'process' executor was interrupted (KeyboardInterrupt); "
+                "its running tasks were stopped"
+            )
+        )
+        self._signal_workers(signal.SIGTERM)
 
-    def _shutdown(self, wait: bool, cancel_futures: bool) -> None:
+    def _signal_workers(self, sig: signal.Signals) -> None:
+        self._remember_manager()
+        # The manager thread keeps the workers after shutdown() drops the
+        # pool's own reference to them.
+        processes = (
+            getattr(self._manager, "processes", None) or self._pool._processes or {}
+        )
+        for proc in list(processes.values()):
+            # It may have exited, or been closed, since the copy.
+            with contextlib.suppress(ValueError, OSError, ProcessLookupError):
+                if proc.pid is not None and proc.exitcode is None:
+                    os.kill(proc.pid, sig)
+
+    def _release(self) -> None:
+        # Every call has settled and no more will come: let the stdlib pool
+        # go (its manager thread ends once its own queue is empty).
+        self._remember_manager()
+        self._pool.shutdown(wait=False)
+
+    def _remember_manager(self) -> None:
         # The stdlib drops its manager thread on the first shutdown(), so a
         # later shutdown(wait=True) would not wait: keep our own reference.
         # (typeshed mistypes _executor_manager_thread as _ThreadWakeup.)
         current = cast("threading.Thread | None", self._pool._executor_manager_thread)
-        manager = current or self._manager
-        self._manager = manager
-        # The manager thread cancels what is still queued and then forgets
-        # it; those futures are notified once it is gone (notify_cancelled).
-        queued = (
-            [item.future for item in self._pool._pending_work_items.copy().values()]
-            if cancel_futures
-            else []
-        )
-        self._pool.shutdown(wait, cancel_futures=cancel_futures)
-        if manager is None:
+        if current is not None:
+            self._manager = current
+
+    def _shutdown(self, wait: bool, cancel_futures: bool) -> None:
+        self._calls.close(cancel_futures)
+        if not wait:
             return
-        if wait:
-            # From a done callback the manager cannot wait for itself; its
-            # queued futures then stay as the stdlib leaves them.
-            if manager is not threading.current_thread():
-                manager.join()
-                # Done with it: the thread object holds the pool's pipes and
-                # the workers' sentinels, which must close with the pool.
-                self._manager = None
-                notify_cancelled(queued)
-        elif queued:
-            threading.Thread(
-                target=_notify_after, args=(manager, queued), daemon=True
-            ).start()
+        # Not from a done-callback of the stdlib's own manager thread.
+        self._remember_manager()
+        if self._manager is threading.current_thread():
+            return
+        self._calls.wait_idle()
+        self._remember_manager()
+        self._pool.shutdown(wait=True)
+        join_unless_current(self._manager)
+        # Done with it: the thread object holds the pool's pipes and the
+        # workers' sentinels, which must close with the pool.
+        self._manager = None
 
 
-def _ending_on_keyboard_interrupt() -> bool:
-    """Whether the interpreter is exiting because of an unhandled Ctrl-C.
+_DROPPED = (
+    "the stdlib process pool dropped a task it had accepted; the 'process' "
+    "executor is shutting down or broken"
+)
 
-    Python prints an unhandled exception, storing it as ``sys.last_exc``
-    (``sys.last_value`` before 3.12), before it runs the interpreter-exit
-    hooks.
+
+def _crash_error(
+    pool: ProcessPoolExecutor,
+    manager: threading.Thread | None,
+    error: BrokenProcessPool,
+) -> BaseException:
+    """Why the stdlib pool broke, from its workers' exit codes.
+
+    Read in the manager thread as it fails the futures, before it
+    terminates the surviving workers: the dead worker's code is known.
     """
-    last = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
-    return isinstance(last, KeyboardInterrupt)
-
-
-def _notify_after(manager: threading.Thread, queued: list[Future[Any]]) -> None:
-    manager.join()
-    notify_cancelled(queued)
+    processes: dict[int, Any] = dict(
+        getattr(manager, "processes", None) or pool._processes or {}
+    )
+    codes = []
+    for proc in processes.values():
+        with contextlib.suppress(ValueError):
+            codes.append((proc.exitcode, proc.pid))
+    if any(code == INITIALIZER_FAILED_EXITCODE for code, _ in codes):
+        pid = next(pid for code, pid in codes if code == INITIALIZER_FAILED_EXITCODE)
+        return initializer_error("process", pid, exitcode=INITIALIZER_FAILED_EXITCODE)
+    died = [(code, pid) for code, pid in codes if code not in (None, 0)]
+    code, pid = died[0] if died else (None, None)
+    where = f"a worker process (pid {pid})" if pid is not None else "a worker process"
+    return WorkerCrashedError(
+        f"{where} of the 'process' executor died with {describe_exitcode(code)}; "
+        "the pool is broken, as the stdlib's is: every unfinished task failed "
+        f"and no new task can be submitted ({error})",
+        code,
+    )

@@ -40,7 +40,8 @@ class ThreadExecutor(BaseExecutor):
     """
 
     backend = "thread"
-    capabilities = Capabilities(process_isolation=False)
+    capabilities = Capabilities(process_isolation=False, task_control=True)
+    _calls: CallQueue
 
     def __init__(
         self,

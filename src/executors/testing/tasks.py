@@ -270,3 +270,38 @@ class Holder:
 
 def make_holder(value: Any) -> Holder:
     return Holder(value)
+
+
+class Flaky(Exception):
+    """What :func:`fail_first` raises: a transient failure worth a retry."""
+
+
+def _first_attempt(path: str) -> bool:
+    """True on the first call for ``path`` (across processes): it creates it."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    os.close(fd)
+    return True
+
+
+def fail_first(path: str, value: Any = None) -> Any:
+    """Raise :class:`Flaky` on the first attempt, then return ``value``."""
+    if _first_attempt(path):
+        raise Flaky("first attempt fails")
+    return value
+
+
+def die_first(path: str, value: Any = None) -> Any:
+    """Kill the worker on the first attempt, then return ``value``."""
+    if _first_attempt(path):
+        os._exit(9)
+    return value
+
+
+def count_and_fail(path: str) -> None:
+    """Record one attempt in ``path``, then raise :class:`Flaky`."""
+    with open(path, "a") as log:
+        log.write("attempt\n")
+    raise Flaky("always fails")

@@ -52,8 +52,10 @@ class SimpleThreadExecutor(executors.BaseExecutor):
 
     backend = "simple_threads"
     # Threads share the caller's memory: nothing is pickled, and there is no
-    # worker process to crash. Everything else is the default.
-    capabilities = executors.Capabilities(process_isolation=False)
+    # worker process to crash. The call queue gives task timeouts and
+    # retries for free (a thread cannot be stopped: a timed-out task is
+    # abandoned). Everything else is the default.
+    capabilities = executors.Capabilities(process_isolation=False, task_control=True)
 
     def __init__(
         self,
