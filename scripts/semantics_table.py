@@ -58,6 +58,9 @@ SECTIONS = {
     "TestShutdown": "Conformance: shutdown",
     "TestInitializer": "Conformance: initializer",
     "TestCrash": "Conformance: basic crashes",
+    "TestCallbacks": "Conformance: done-callbacks",
+    "TestReferences": "Conformance: no stale references",
+    "TestTaskControl": "Task control: timeouts, retries, stopping work",
 }
 
 
@@ -153,6 +156,7 @@ def run_suite(tests: list[str], extra: list[str]) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(terse=True),
         "cpus": os.cpu_count(),
+        "capabilities": declared_capabilities(),
     }
 
 
@@ -198,6 +202,45 @@ def _row_label(record: dict[str, Any]) -> str:
     return f"{name} [{record['case']}]" if record["case"] else name
 
 
+def declared_capabilities() -> dict[str, dict[str, bool]]:
+    """Every installed backend's declared capabilities, by name."""
+    import dataclasses
+
+    import executors
+
+    return {
+        info.name: dataclasses.asdict(info.capabilities)
+        for info in executors.list_backends()
+        if info.capabilities is not None
+    }
+
+
+def _capability_table(
+    capabilities: dict[str, dict[str, bool]], backends: list[str]
+) -> list[str]:
+    """One row per backend, one column per declared capability."""
+    if not capabilities:
+        return []
+    names = list(next(iter(capabilities.values())))
+    out = [
+        "## Declared capabilities",
+        "",
+        "What each backend declares (see [fault tolerance](fault-tolerance.md)",
+        "and [task control](task-control.md)); the suite selects its tests by",
+        "these flags.",
+        "",
+        "| backend | " + " | ".join(f"`{n}`" for n in names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for backend in backends:
+        flags = capabilities.get(backend)
+        if flags is None:
+            continue
+        cells = ["yes" if flags[n] else "no" for n in names]
+        out.append(f"| {backend} | " + " | ".join(cells) + " |")
+    return [*out, ""]
+
+
 def render(run: dict[str, Any], command: str) -> str:
     """The Markdown page for a recorded run."""
     items = run["items"]
@@ -236,6 +279,7 @@ def render(run: dict[str, Any], command: str) -> str:
         f"Regenerate with `{command}`.",
         "",
     ]
+    out += _capability_table(run.get("capabilities", {}), backends)
     header = "| item | " + " | ".join(backends) + " |"
     rule = "|---|" + "---|" * len(backends)
     ordered = [s for s in SECTIONS if s in by_section] + sorted(

@@ -81,6 +81,27 @@ _OWN_HELPERS = ("multiprocessing.forkserver", "multiprocessing.resource_tracker"
 _token_key = pytest.StashKey[str]()
 
 
+# Backends whose conformance and fault suites run in a module of their own,
+# on one deployment the module shares (a Celery deployment takes a second
+# to start; one per test would cost minutes): that module inherits the
+# same behaviour classes.
+SHARED_DEPLOYMENT_SUITES = {"celery": ("test_conformance.py", "test_faults.py")}
+
+
+def pytest_collection_modifyitems(
+    config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    kept = []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        backend = callspec.params.get("backend_name") if callspec else None
+        if item.path.name in SHARED_DEPLOYMENT_SUITES.get(str(backend), ()):
+            continue
+        kept.append(item)
+    if len(kept) != len(items):
+        items[:] = kept
+
+
 def pytest_configure(config: pytest.Config) -> None:
     if hasattr(config, "workerinput"):
         return  # an xdist worker: the controller marked it already

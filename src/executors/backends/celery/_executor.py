@@ -1,0 +1,365 @@
+"""The ``celery`` executor: futures in front of a Celery deployment.
+
+Data flow::
+
+    submit(fn, *args)                                         caller thread
+      | dumps((fn, args, kwargs)) here: a pickling error fails the future
+      v
+    CallQueue   <- cancel() and shutdown(cancel_futures=True) act here: a
+      |            queued call has never reached Celery
+      |  at most `max_workers` calls out at once (the deployment's slots)
+      v
+    launch: one task message "executors.run_call" -> broker     any thread
+      v
+    celery worker pool process: run_call(payload) -> (ok, outcome bytes)
+      v  the Redis result backend stores the result and publishes it
+    ResultListener thread: one PSUBSCRIBE for this executor's task ids;
+      decode, settle the future, launch the next call
+
+Two ways to start: without ``app``/``broker``/``backend`` the executor
+starts a private deployment on its first ``submit`` or ``map`` (see
+:mod:`._deployment`) and stops it at ``shutdown()``; with them it uses an
+existing deployment and stops nothing of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import threading
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from celery import Celery, states
+from celery.backends.redis import RedisBackend
+
+from ..._base import BaseExecutor
+from ..._callqueue import Call, CallQueue
+from ..._capabilities import Capabilities
+from ..._errors import (
+    ExecutorFailedError,
+    ExecutorInterruptedError,
+)
+from ..._futures import Future as OurFuture
+from ..._lifecycle import join_unless_current, manager_failed
+from ..._options import (
+    check_initializer,
+    check_max_tasks_per_child,
+    check_max_workers,
+    cpu_count,
+)
+from ..._outcome import decode, dumps
+from ._celeryside import PUBLISH_RETRY, discover_slots, failure, lost, make_app
+from ._deployment import QUEUE, DeploymentWatch, LocalDeployment
+from ._results import ResultListener
+from .task import TASK_NAME, from_wire, to_wire
+from .worker import PRIVATE_CONFIG
+
+__all__ = ["CeleryExecutor"]
+
+T = TypeVar("T")
+
+
+class CeleryExecutor(BaseExecutor):
+    """Runs tasks on a Celery deployment: a private one, or yours.
+
+    Args:
+        max_workers: Private deployment: the worker's pool processes
+            (default: the usable CPUs). Existing deployment: the most tasks
+            handed to Celery at once (default: the pool sizes its workers
+            report).
+        app: An existing Celery app (its result backend must be Redis).
+        broker: The broker URL of an existing deployment.
+        backend: Its result backend URL (Redis; default: ``broker``).
+        queue: The queue to send to on an existing deployment (default:
+            the app's default queue).
+        initializer: Private deployment only: run in each pool process as
+            it starts; if it raises, the executor breaks.
+        initargs: Arguments for ``initializer``.
+        max_tasks_per_child: Private deployment only: replace a pool
+            process after this many tasks.
+        cloudpickle: Send the callable with cloudpickle (lambdas work).
+    """
+
+    backend = "celery"
+    capabilities = Capabilities(survives_worker_death=True)
+    _calls: CallQueue
+
+    def __init__(
+        self,
+        *,
+        max_workers: int | None = None,
+        app: Any = None,
+        broker: str | None = None,
+        backend: str | None = None,
+        queue: str | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        max_tasks_per_child: int | None = None,
+        cloudpickle: bool = True,
+    ) -> None:
+        existing = app is not None or broker is not None or backend is not None
+        if app is not None and not isinstance(app, Celery):
+            raise TypeError(f"app must be a celery.Celery app, got {app!r}")
+        if app is not None and (broker is not None or backend is not None):
+            raise ValueError("pass app= or broker=/backend=, not both")
+        for name, value in (("broker", broker), ("backend", backend), ("queue", queue)):
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"{name} must be a URL string or None, got {value!r}")
+        if existing:
+            for name, given in (
+                ("initializer", initializer is not None),
+                ("initargs", initargs != ()),
+                ("max_tasks_per_child", max_tasks_per_child is not None),
+            ):
+                if given:
+                    raise TypeError(
+                        f"the option {name!r} applies only to the private "
+                        "deployment of the 'celery' backend; an existing "
+                        "deployment (app=, broker=) runs its workers its own way"
+                    )
+        elif queue is not None:
+            raise TypeError(
+                "the option 'queue' applies only to an existing deployment "
+                "(app=, broker=); the private one has its own queue"
+            )
+        default = cpu_count() if not existing else 1
+        workers = check_max_workers(max_workers, default=default)
+        check_initializer(initializer, initargs)
+        per_child = check_max_tasks_per_child(max_tasks_per_child)
+        if existing and app is None:
+            app = make_app(broker, backend or broker, {})
+            self._owns_app = True
+        else:
+            self._owns_app = not existing
+        if existing and max_workers is None:
+            # Asked now, so max_workers (and map's chunking) is right from
+            # the start; a deployment whose workers do not answer fails here.
+            try:
+                workers = discover_slots(app)
+            except BaseException:
+                if self._owns_app:
+                    app.close()
+                raise
+        super().__init__(max_workers=workers, cloudpickle=cloudpickle)
+        self._app: Any = app
+        self._queue = queue
+        self._deployment: LocalDeployment | None = None
+        if not existing:
+            payload = None
+            if initializer is not None:
+                # Pickled now: a bad initializer fails create().
+                payload = dumps((self._prepare(initializer), initargs))
+            self._deployment = LocalDeployment(workers, per_child, payload)
+        self._prefix = uuid.uuid4().hex
+        self._numbers = itertools.count()
+        self._serializer = "json"
+        self._out: dict[str, Call] = {}
+        self._out_lock = threading.Lock()
+        self._start_lock = threading.Lock()
+        self._ready = False
+        self._released = False
+        self._listener: ResultListener | None = None
+        self._watch: DeploymentWatch | None = None
+        self._calls = CallQueue(
+            self._launch, lambda: self._max_workers, on_idle=self._release
+        )
+
+    # -- hooks ------------------------------------------------------------------
+
+    def _broken_error(self) -> BaseException | None:
+        return self._calls.broken_error()
+
+    def _start(self) -> None:
+        if self._ready:
+            return
+        with self._start_lock:
+            with self._lock:
+                self._check_open()
+            if self._ready:
+                return
+            try:
+                self._connect()
+            except BaseException as exc:
+                self._tear_down()
+                if isinstance(exc, Exception) and not isinstance(
+                    exc, ExecutorFailedError
+                ):
+                    error = ExecutorFailedError(
+                        f"could not reach the Celery deployment: {exc!r}"
+                    )
+                    error.__cause__ = exc
+                    raise error from exc
+                raise
+            with self._lock:
+                refused = self._shutdown_started
+                self._ready = not refused
+        if refused:
+            self._tear_down()
+            raise RuntimeError("cannot schedule new futures after shutdown")
+
+    def _submit(
+        self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Future[T]:
+        future: OurFuture[T] = OurFuture()
+        try:
+            payload = to_wire(dumps((fn, args, kwargs)), self._serializer)
+        except Exception as exc:
+            # Before Celery ever sees it, as on the other process backends.
+            future.set_exception(exc)
+            return future
+        self._calls.submit(future, payload)
+        return future
+
+    def _interrupt(self) -> None:
+        # Ctrl-C leaving a `with` block: stop what runs now.
+        launched = self._take_all()
+        if self._deployment is not None:
+            self._deployment.kill()
+            fate = "its worker was killed"
+        else:
+            ids = [f"{self._prefix}-{number}" for number in launched]
+            with contextlib.suppress(Exception):
+                self._app.control.revoke(ids, terminate=True, signal="SIGKILL")
+            fate = "it was revoked with terminate=True"
+        message = (
+            "the 'celery' executor was interrupted (KeyboardInterrupt) while the "
+            f"task ran; {fate}"
+        )
+        self._calls.fail_launched(lambda: ExecutorInterruptedError(message))
+
+    def _shutdown(self, wait: bool, cancel_futures: bool) -> None:
+        self._calls.close(cancel_futures)
+        if not wait:
+            return
+        self._calls.wait_idle()
+        with self._start_lock:
+            pass  # a start in progress sees the shutdown and stops
+        for thread in (self._listener, self._watch):
+            join_unless_current(thread)
+
+    # -- starting and stopping ------------------------------------------------
+
+    def _connect(self) -> None:
+        deployment = self._deployment
+        early: list[dict[str, Any]] = []
+        if deployment is not None:
+            deployment.start()
+            early = deployment.wait_ready()
+            self._app = make_app(deployment.url, deployment.url, PRIVATE_CONFIG)
+            self._queue = QUEUE
+        app = self._app
+        if not isinstance(app.backend, RedisBackend):
+            raise TypeError(
+                "the 'celery' backend needs a Redis result backend (redis://, "
+                f"rediss:// or redis+socket://); this app has {app.backend!r}"
+            )
+        self._serializer = app.conf.task_serializer
+        if self._queue is None:
+            self._queue = app.conf.task_default_queue
+        listener = ResultListener(
+            app.backend,
+            self._prefix,
+            self._on_result,
+            self._outstanding,
+            self._on_lost,
+            self._on_thread_failure,
+            forget=deployment is None,
+        )
+        listener.subscribe()
+        self._listener = listener
+        listener.start()
+        if deployment is not None:
+            watch = DeploymentWatch(
+                deployment, early, self._break, self._on_thread_failure
+            )
+            self._watch = watch
+            watch.start()
+
+    def _release(self) -> None:
+        # on_idle: closed, and every future settled. Maybe in the listener.
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
+        self._tear_down()
+
+    def _tear_down(self) -> None:
+        if self._watch is not None:
+            self._watch.stopping = True
+        if self._listener is not None:
+            self._listener.stop()
+        if self._deployment is not None:
+            self._deployment.stop()
+        if self._owns_app and self._app is not None:
+            with contextlib.suppress(Exception):
+                self._app.close()
+
+    # -- the calls ----------------------------------------------------------------
+
+    def _launch(self, call: Call) -> None:
+        number = str(next(self._numbers))
+        task_id = f"{self._prefix}-{number}"
+        app = self._app
+        message = app.amqp.create_task_message(task_id, TASK_NAME, (call.payload,), {})
+        with self._out_lock:
+            self._out[number] = call
+        call.handle = number
+        try:
+            with app.producer_or_acquire() as producer:
+                app.amqp.send_task_message(
+                    producer,
+                    TASK_NAME,
+                    message,
+                    queue=self._queue,
+                    serializer=self._serializer,
+                    retry=True,
+                    retry_policy=PUBLISH_RETRY,
+                )
+        except Exception as exc:
+            with self._out_lock:
+                self._out.pop(number, None)
+            if isinstance(exc, app.connection().connection_errors):
+                self._break(lost("broker", exc))
+            raise
+
+    def _on_result(self, number: str, meta: dict[str, Any]) -> None:
+        with self._out_lock:
+            call = self._out.pop(number, None)
+        if call is None:
+            return  # failed already (interrupted, broken)
+        status = meta["status"]
+        if status != states.SUCCESS:
+            self._calls.settle(call, error=failure(status, meta.get("result")))
+            return
+        ok, wire = meta["result"]
+        ok, value = decode((bool(ok), from_wire(wire)))
+        if ok:
+            self._calls.settle(call, value)
+        else:
+            self._calls.settle(call, error=value)
+
+    def _outstanding(self) -> list[str]:
+        with self._out_lock:
+            return list(self._out)
+
+    def _take_all(self) -> list[str]:
+        with self._out_lock:
+            numbers = list(self._out)
+            self._out.clear()
+        return numbers
+
+    def _break(self, make_error: Callable[[], BaseException]) -> None:
+        self._take_all()
+        self._calls.break_(make_error)
+        if self._deployment is not None:
+            # Stop a pool that restarts processes whose initializer fails.
+            self._deployment.kill()
+
+    def _on_lost(self, error: BaseException) -> None:
+        self._break(lost("result backend", error))
+
+    def _on_thread_failure(self, error: BaseException) -> None:
+        self._break(manager_failed("celery", "result", error))
