@@ -30,6 +30,7 @@ import pytest
 import executors
 from conftest import backend_factory
 from executors import InitializerFailedError, RemoteTraceback, WorkerCrashedError
+from executors._errors import ExecutorInterruptedError
 from executors.testing import BOUND, ContractBase, child_processes, tasks
 from executors.testing._support import ExecutorFactory, wait_for_no_new_children
 
@@ -211,6 +212,14 @@ class TestPickling(ContractBase):
             writer.close()
 
 
+def _alive(pid: int) -> bool:
+    """True if ``pid`` runs and is not a zombie waiting to be reaped."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def _send_through(conn: Any, value: Any) -> None:
     conn.send(value)
 
@@ -355,6 +364,41 @@ class TestShutdown(ContractBase):
         del executor
         gc.collect()
         assert fut.result(timeout=BOUND) == "done"
+        assert not wait_for_no_new_children(before)
+
+    @pytest.mark.timeout(60)
+    def test_ctrl_c_in_a_with_block_stops_running_tasks(
+        self, make_executor: ExecutorFactory
+    ) -> None:
+        # Leaving a with block on KeyboardInterrupt must not wait for the
+        # running tasks: they fail with ExecutorInterruptedError, the queued
+        # ones are cancelled, and the workers are killed at once.
+        before = child_processes()
+        executor = make_executor()
+        pids = {executor.submit(tasks.get_pid).result(timeout=BOUND)}
+        with pytest.raises(KeyboardInterrupt), executor:
+            running = [
+                executor.submit(tasks.sleep_and_return, 30, i)
+                for i in range(executor.max_workers)
+            ]
+            queued = [executor.submit(tasks.identity, i) for i in range(20)]
+            deadline = time.monotonic() + BOUND
+            while not all(f.running() for f in running):
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            start = time.monotonic()
+            raise KeyboardInterrupt
+        assert time.monotonic() - start < 10
+        for fut in running:
+            assert isinstance(fut.exception(timeout=0), ExecutorInterruptedError)
+        # Queued futures are cancelled, except those handed to the Pool
+        # already (two per worker), which are failed with the running ones.
+        for fut in queued:
+            assert fut.cancelled() or isinstance(
+                fut.exception(timeout=0), ExecutorInterruptedError
+            )
+        assert sum(f.cancelled() for f in queued) >= 20 - executor.max_workers
+        assert not [pid for pid in pids if _alive(pid)]
         assert not wait_for_no_new_children(before)
 
     @pytest.mark.parametrize(
