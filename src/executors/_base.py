@@ -34,7 +34,7 @@ from ._callqueue import CallQueue
 from ._capabilities import Capabilities
 from ._control import TaskOptions, submitting, unwrap_options
 from ._errors import TaskKilledError, WorkersTerminatedError
-from ._futures import fail_futures, notify_cancelled
+from ._futures import drain_callbacks, fail_futures, notify_cancelled
 from ._lifecycle import (
     close_at_exit,
     ending_on_keyboard_interrupt,
@@ -135,6 +135,7 @@ class BaseExecutor(futures.Executor, metaclass=ABCMeta):
                 f"the task was stopped by kill_task() on the {self.backend!r} "
                 "executor; its worker was replaced"
             ),
+            retry=False,
         )
 
     def map(
@@ -190,6 +191,11 @@ class BaseExecutor(futures.Executor, metaclass=ABCMeta):
         # Outside the lock: waiting for running tasks must not block a task
         # (or a callback) that tries to submit and gets the RuntimeError.
         self._shutdown(wait, cancel_futures)
+        if wait:
+            # As the stdlib's shutdown(wait=True): the done-callbacks of the
+            # finished work have run when it returns. (From the callback
+            # thread itself this returns at once.)
+            drain_callbacks()
 
     def __enter__(self) -> Self:
         return self

@@ -178,22 +178,24 @@ class CallQueue:
         :func:`executors._control.submitting`) travel with the call.
         """
         options = submitting_options()
-        call = Call(
-            future,
-            payload,
-            chunk,
-            None if options is None or options.is_default else options,
-        )
+        if options is not None and options.is_default:
+            options = None
+        call = Call(future, payload, chunk, options)
         with self._lock:
             broken = self._broken
             if broken is None:
                 self._queued.append(call)
+                # The common case, in the same lock: a free slot takes it.
+                first = self._take_locked()
         if broken is not None:
             # Broken between the executor's check and now.
             call.payload = None
             fail_futures([future], broken)
             return call
-        self._pump()
+        if first is not None:
+            self._launch_one(first)
+        if self._queued:
+            self._pump()
         return call
 
     def _limit(self, call: Call) -> int:
@@ -202,70 +204,90 @@ class CallQueue:
             window = self._slots
         return window() if callable(window) else window
 
+    def _take_locked(self) -> Call | None:
+        """The next call to launch, marked launched; None if none may go."""
+        queued = self._queued
+        while queued and self._broken is None:
+            call = queued[0]
+            if len(self._launched) >= self._limit(call):
+                return None
+            queued.popleft()
+            # A retry's future is running already.
+            if not call.attempts and not call.future.set_running_or_notify_cancel():
+                call.payload = None  # cancelled while queued
+                continue
+            self._launched.add(call)
+            call.attempts += 1
+            if call.options is not None and call.options.timeout is not None:
+                timeout = call.options.timeout
+                call.deadline = timer.call_later(
+                    timeout, functools.partial(self._expire, call, timeout)
+                )
+            return call
+        return None
+
+    def _launch_one(self, call: Call) -> None:
+        pumping = self._pumping
+        outer = getattr(pumping, "active", False)
+        pumping.active = True
+        try:
+            self._launch(call)
+        except BaseException as exc:
+            error = exc if self._translate is None else self._translate(exc)
+            self.settle(call, error=error)
+        finally:
+            pumping.active = outer
+        if not self._hooked:
+            # The library may have registered its own exit hook on its
+            # first launch (loky does): ours must run first.
+            self._hooked = True
+            ensure_exit_hook_last()
+
     def _pump(self, check_idle: bool = True) -> None:
+        # A call that settles inside launch() calls back in here: the outer
+        # loop launches what follows instead of recursing once per call.
         if getattr(self._pumping, "active", False):
             return
-        self._pumping.active = True
-        try:
-            while True:
-                with self._lock:
-                    if not self._queued or self._broken is not None:
-                        break
-                    call = self._queued[0]
-                    if len(self._launched) >= self._limit(call):
-                        break
-                    self._queued.popleft()
-                    if (
-                        not call.attempts
-                        and not call.future.set_running_or_notify_cancel()
-                    ):
-                        call.payload = None  # cancelled while queued
-                        idle = self._idle_now_locked()
-                        if idle:
-                            break
-                        continue
-                    self._launched.add(call)
-                    call.attempts += 1
-                    timeout = None if call.options is None else call.options.timeout
-                    if timeout is not None:
-                        call.deadline = timer.call_later(
-                            timeout, functools.partial(self._expire, call, timeout)
-                        )
-                try:
-                    self._launch(call)
-                except BaseException as exc:
-                    error = exc if self._translate is None else self._translate(exc)
-                    self.settle(call, error=error)
-                if not self._hooked:
-                    # The library may have registered its own exit hook on
-                    # its first launch (loky does): ours must run first.
-                    self._hooked = True
-                    ensure_exit_hook_last()
-        finally:
-            self._pumping.active = False
+        while True:
+            with self._lock:
+                call = self._take_locked()
+            if call is None:
+                break
+            self._launch_one(call)
         if check_idle:
             self._check_idle()
 
     # -- settling ------------------------------------------------------------
 
     def settle(
-        self, call: Call, value: Any = None, error: BaseException | None = None
+        self,
+        call: Call,
+        value: Any = None,
+        error: BaseException | None = None,
+        *,
+        retry: bool = True,
     ) -> bool:
         """Report a launched call's outcome; launch the next call.
 
         Safe from any thread, and nothing the future's callbacks do reaches
         the caller. A failure the task's options allow to retry launches
-        the call again instead (after ``retry_delay``). Returns False if the
-        call was no longer launched (the queue broke, or the task was
-        already failed at its timeout).
+        the call again instead (after ``retry_delay``), unless ``retry`` is
+        False (a task stopped on purpose). Returns False if the call was no
+        longer launched (the queue broke, or the task was already failed at
+        its timeout).
         """
+        nxt = None
         with self._lock:
             mine = call in self._launched
             if mine:
                 self._launched.discard(call)
-                retry = error is not None and self._retryable(call, error)
+                retry = retry and error is not None and self._retryable(call, error)
                 if retry:
                     self._delayed += 1
+                elif self._queued and not getattr(self._pumping, "active", False):
+                    # (Inside a launch in this thread, the launching loop
+                    # takes the next call: no recursion per call.)
+                    nxt = self._take_locked()
         if not mine:
             return False
         if call.deadline is not None:
@@ -276,7 +298,10 @@ class CallQueue:
             return True
         # Launch the next call before settling: the worker that just freed
         # up gets work while the caller wakes.
-        self._pump(check_idle=False)
+        if nxt is not None:
+            self._launch_one(nxt)
+        if self._queued:
+            self._pump(check_idle=False)
         call.payload = call.handle = None
         if error is not None and call.attempts > 1:
             record_attempts(error, call.attempts)
@@ -489,10 +514,16 @@ class CallQueue:
     def _idle_now_locked(self) -> bool:
         if not self._is_idle_locked():
             return False
-        self._idle.notify_all()
+        if self._idle._waiters:  # type: ignore[attr-defined]
+            self._idle.notify_all()
         return True
 
     def _check_idle(self) -> None:
+        # Without the lock first: with no one waiting and no close pending,
+        # nothing would happen (a waiter registers under the lock before it
+        # sleeps, so a change made under the lock is seen by it or here).
+        if not self._closing and not self._idle._waiters:  # type: ignore[attr-defined]
+            return
         with self._lock:
             if not self._idle_now_locked():
                 return

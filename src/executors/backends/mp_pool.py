@@ -17,6 +17,13 @@ each with a piece of the shared core:
   Tasks travel as bytes (:mod:`executors._outcome`), so both fail only
   their own future, with the original error.
 
+And it adds what Pool cannot do at all: stopping one running task (a task
+timeout, ``kill_task``) without breaking the pool. Each call runs through
+:func:`~executors._poolwatch.run_tracked`, which keeps its id in the
+worker's :class:`~executors._poolwatch.TaskSlots` slot while it runs; a stop
+kills exactly that worker, at a moment it holds none of Pool's locks, and
+the watch lets Pool replace it.
+
 How a task flows::
 
     submit(fn, *args)
@@ -25,21 +32,26 @@ How a task flows::
       │ Pool's task handler)
       v
     CallQueue ── cancellable ── at most 2 per worker handed over (4 chunks)
-      │ launch: Pool.apply_async(run_call, payload)
+      │ launch: Pool.apply_async(run_tracked, (call id, payload))
       v
-    Pool's task handler ─▶ inqueue ─▶ worker: run_call ─▶ outqueue
+    Pool's task handler ─▶ inqueue ─▶ worker: run_tracked ─▶ outqueue
                                                             │
     future ◀── CallQueue.settle(decode(outcome)) ◀── Pool's result handler
 
     PoolWatch thread: every worker's sentinel and the status pipe; a crash
     breaks the CallQueue and dismantles the Pool; once the queue has closed
-    and drained, it closes the Pool.
+    and drained, it closes the Pool. A worker killed to stop its task is no
+    crash: Pool replaces it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import itertools
 import os
+import signal
+import threading
 import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -51,12 +63,19 @@ from .._callqueue import Call, CallQueue
 from .._capabilities import Capabilities
 from .._errors import ExecutorInterruptedError
 from .._futures import Future as OurFuture
-from .._futures import drain_callbacks, settle
-from .._lifecycle import close_at_exit, interpreter_exiting
+from .._futures import settle
+from .._lifecycle import close_at_exit
 from .._map import Chunk, ChunkResult, run_chunk
 from .._options import check_process_pool_options, cpu_count
-from .._outcome import Outcome, PickledCall, decode, dumps, run_call
-from .._poolwatch import PoolWatch, WatchedPool
+from .._outcome import Outcome, PickledCall, decode, dumps
+from .._poolwatch import (
+    STOP_KILLED,
+    STOP_SKIPPED,
+    PoolWatch,
+    TaskSlots,
+    WatchedPool,
+    run_tracked,
+)
 
 __all__ = ["MpPoolExecutor"]
 
@@ -73,6 +92,24 @@ DISPATCH_PER_WORKER = 2
 CHUNK_DISPATCH_PER_WORKER = 4
 
 
+# _Launched.stop while a stop is deciding (see _Launcher.stop).
+_STOPPING = "stopping"
+
+
+class _Launched:
+    """A launched call's note (``call.handle``): its id and Pool job."""
+
+    __slots__ = ("call_id", "job", "parked", "returned", "stop")
+
+    def __init__(self, call_id: int) -> None:
+        self.call_id = call_id
+        self.job: int | None = None  # Pool's job id, once apply_async returns
+        self.returned = False  # Pool has reported the outcome
+        self.stop: str | None = None  # _STOPPING, STOP_KILLED, STOP_SKIPPED
+        # An outcome that arrived while a stop was deciding.
+        self.parked: tuple[bool, Any] | None = None
+
+
 class _Launcher:
     """Hands calls to the Pool and settles them from Pool's result handler.
 
@@ -81,28 +118,107 @@ class _Launcher:
     ``shutdown()`` is still garbage-collected, which closes its queue.
     """
 
-    def __init__(self, pool: WatchedPool) -> None:
+    def __init__(self, pool: WatchedPool, watch: PoolWatch) -> None:
         self.pool = pool
+        self.watch = watch
         self.calls: CallQueue  # set right after, the queue needs launch()
+        self._ids = itertools.count(1)  # 0 means "no call" in a slot
+        # Guards a handle's stop against its outcome arriving meanwhile.
+        self._stop_lock = threading.Lock()
 
     def launch(self, call: Call) -> None:
-        self.pool.apply_async(
-            run_call,
-            (call.payload,),
-            callback=functools.partial(self._done, call),
-            error_callback=functools.partial(self._failed, call),
+        handle = _Launched(next(self._ids))
+        call.handle = handle
+        result = self.pool.apply_async(
+            run_tracked,
+            (handle.call_id, call.payload),
+            callback=functools.partial(self._done, call, handle),
+            error_callback=functools.partial(self._failed, call, handle),
         )
+        handle.job = result._job  # type: ignore[attr-defined]
+        if handle.stop == STOP_KILLED:
+            # Stopped before apply_async returned.
+            self._forget_job(handle)
 
-    def _done(self, call: Call, outcome: Outcome) -> None:
+    def _done(self, call: Call, handle: _Launched, outcome: Outcome) -> None:
+        handle.returned = True
+        if handle.stop is None or not self._stopped(handle, (True, outcome)):
+            self._deliver(call, (True, outcome))
+
+    def _failed(self, call: Call, handle: _Launched, error: BaseException) -> None:
+        # Pool itself failed the task: its task handler could not pickle it.
+        handle.returned = True
+        if handle.stop is None or not self._stopped(handle, (False, error)):
+            self._deliver(call, (False, error))
+
+    def _deliver(self, call: Call, returned: tuple[bool, Any]) -> None:
+        arrived, outcome = returned
+        if not arrived:
+            self.calls.settle(call, error=outcome)
+            return
         ok, value = decode(outcome)
         if ok:
             self.calls.settle(call, value)
         else:
             self.calls.settle(call, error=value)
 
-    def _failed(self, call: Call, error: BaseException) -> None:
-        # Pool itself failed the task: its task handler could not pickle it.
-        self.calls.settle(call, error=error)
+    def _stopped(self, handle: _Launched, returned: tuple[bool, Any]) -> bool:
+        """Whether a stop owns the call whose outcome just arrived."""
+        with self._stop_lock:
+            if handle.stop == _STOPPING:
+                handle.parked = returned  # stop() decides what becomes of it
+                return True
+            stop = handle.stop
+        if stop == STOP_SKIPPED:
+            # It had finished when it was marked: no worker will skip it.
+            self.watch.unskip(handle.call_id)
+        return stop is not None
+
+    def stop(self, call: Call) -> bool:
+        """CallQueue's ``stop``: stop a launched call's task, if it runs.
+
+        The core settles the call when this returns True; its outcome, if
+        Pool still reports one, is dropped.
+        """
+        handle = call.handle
+        if not isinstance(handle, _Launched) or handle.stop is not None:
+            return False
+        # Set before reading `returned`, as _done sets `returned` before
+        # reading `stop`: one of the two sees the other.
+        handle.stop = _STOPPING
+        if handle.returned:
+            return self._undo_stop(call, handle)
+        how = self.watch.stop_call(handle.call_id)
+        if how is None:
+            return self._undo_stop(call, handle)
+        with self._stop_lock:
+            handle.stop = how
+            parked, handle.parked = handle.parked, None
+        if how == STOP_KILLED:
+            # Its worker died inside the task: Pool will never report it,
+            # and a job left in Pool's cache would keep a closing Pool
+            # waiting for it.
+            if handle.job is not None:
+                self._forget_job(handle)
+        elif parked is not None:
+            # It finished while being marked: no worker will skip it.
+            self.watch.unskip(handle.call_id)
+        return True
+
+    def _undo_stop(self, call: Call, handle: _Launched) -> bool:
+        # Not stopped after all: an outcome that arrived meanwhile counts.
+        with self._stop_lock:
+            handle.stop = None
+            parked, handle.parked = handle.parked, None
+        if parked is not None:
+            self._deliver(call, parked)
+        return False
+
+    def _forget_job(self, handle: _Launched) -> None:
+        # A deletion that empties the cache notifies Pool's worker handler
+        # (once the Pool is closing), as a result arriving would.
+        with contextlib.suppress(KeyError):
+            del self.pool._cache[handle.job]
 
 
 def _interrupted() -> BaseException:
@@ -110,6 +226,14 @@ def _interrupted() -> BaseException:
         "the 'mp_pool' executor was interrupted (KeyboardInterrupt); its "
         "running tasks were stopped"
     )
+
+
+def _launch_waiting(calls: CallQueue) -> None:
+    # In the watch's thread: a worker has started, so a call with a timeout
+    # waiting for a free one may go now. Nothing else would launch it
+    # before the next submit or settle. (CallQueue has no public "launch
+    # what fits now"; the dask backend does the same.)
+    calls._pump()
 
 
 def _close_abandoned(calls: CallQueue, watch: PoolWatch, pid: int) -> None:
@@ -126,7 +250,9 @@ class MpPoolExecutor(BaseExecutor):
 
     A worker that dies breaks the executor for good, as with the stdlib
     process pool: every unfinished future fails with
-    :class:`~executors.WorkerCrashedError` and later submits raise it.
+    :class:`~executors.WorkerCrashedError` and later submits raise it. A
+    worker killed on purpose to stop its task (a task timeout,
+    ``kill_task``) is replaced instead, and the executor goes on.
 
     Args:
         max_workers: Worker processes; default: the usable CPUs.
@@ -143,7 +269,14 @@ class MpPoolExecutor(BaseExecutor):
     """
 
     backend = "mp_pool"
-    capabilities = Capabilities(survives_worker_death=False)
+    capabilities = Capabilities(
+        survives_worker_death=False,
+        task_control=True,
+        stops_timed_out_tasks=True,
+        kills_single_task=True,
+        terminates_workers=True,
+    )
+    _calls: CallQueue
 
     def __init__(
         self,
@@ -168,26 +301,38 @@ class MpPoolExecutor(BaseExecutor):
             initializer = self._prepare(initializer)
         watch = PoolWatch(self.backend, context)
         try:
+            slots = TaskSlots(context, workers)
             pool = WatchedPool(
                 processes=workers,
                 maxtasksperchild=per_child,
                 context=context,
-                **watch.pool_options(initializer, initargs),
+                **watch.pool_options(initializer, initargs, slots),
             )
         except BaseException:
             watch.discard()
             raise
-        launcher = _Launcher(pool)
+        launcher = _Launcher(pool, watch)
         launcher.calls = self._queue = CallQueue(
             launcher.launch,
             DISPATCH_PER_WORKER * workers,
             chunk_window=CHUNK_DISPATCH_PER_WORKER * workers,
             on_idle=watch.close,
+            stop=launcher.stop,
+            # A call with a timeout goes only to a free worker that has
+            # started, so that its clock runs while it runs, not while it
+            # waits in Pool's pipe or for a worker to boot.
+            slots=watch.ready_workers,
+            # A dead worker breaks the pool: nothing is left to retry on.
+            retries_crashes=False,
         )
         # BaseExecutor's task control (kill_task, terminate_workers) finds
         # the queue here.
         self._calls = self._queue
-        watch.watch(pool, on_broken=self._queue.break_)
+        watch.watch(
+            pool,
+            on_broken=self._queue.break_,
+            on_ready=functools.partial(_launch_waiting, self._queue),
+        )
         self._watch = watch
         finalizer = functools.partial(_close_abandoned, self._queue, watch)
         weakref.finalize(self, finalizer, os.getpid()).atexit = False
@@ -228,12 +373,14 @@ class MpPoolExecutor(BaseExecutor):
         self._queue.close(cancel_futures=True)
         self._queue.break_(_interrupted)
 
+    def _signal_workers(self, sig: signal.Signals) -> None:
+        # terminate_workers(), kill_workers(): the core has failed the
+        # running calls and cancelled the queued ones. The watch takes the
+        # deaths for no crash, lets Pool start no replacement, and
+        # dismantles the Pool (the _shutdown that follows waits for it).
+        self._watch.terminate(sig)
+
     def _shutdown(self, wait: bool, cancel_futures: bool) -> None:
         self._queue.close(cancel_futures)
         if wait:
             self._watch.wait()
-            # As the stdlib's shutdown(wait=True): the done-callbacks have
-            # run when it returns (at exit the exit hook waits for them,
-            # bounded; on the callback thread this returns at once).
-            if not interpreter_exiting():
-                drain_callbacks()
