@@ -1,5 +1,6 @@
 """Behaviour only the ``queue`` backend has: victim-only crashes, timeouts,
-kill_task, chunk recovery, max_tasks_per_child with a backlog, exit paths.
+retries and terminate_workers on its own pool, kill_task, chunk recovery,
+max_tasks_per_child with a backlog, exit paths.
 
 Every test uses real processes and real crashes; every wait is bounded.
 Task functions that tests define here are closures, so cloudpickle sends
@@ -27,7 +28,14 @@ import pytest
 
 import executors
 from conftest import backend_factory
-from executors import InitializerFailedError, WorkerCrashedError
+from executors import (
+    InitializerFailedError,
+    TaskTimeoutError,
+    WorkerCrashedError,
+    WorkersTerminatedError,
+    with_options,
+)
+from executors._control import WithOptions
 from executors.backends.queue import (
     QueueExecutor,
     TaskKilledError,
@@ -79,6 +87,42 @@ def log_then_sleep(path: str, seconds: float, bad: int) -> Callable[[int], int]:
             os._exit(3)
         time.sleep(seconds)
         return x
+
+    return fn
+
+
+def log_then(log: str, then: str) -> Callable[[], str]:
+    """Append a line to ``log`` (one per attempt), then ``then``:
+
+    ``"hang"`` sleeps 30 s, ``"die"`` exits the worker, ``"hang-first"``
+    sleeps 30 s on the first attempt only and returns ``"ok"`` after.
+    """
+
+    def fn() -> str:
+        with open(log, "a") as f:
+            f.write("attempt\n")
+        with open(log) as f:
+            first = f.read().count("attempt") == 1
+        if then == "die":
+            os._exit(5)
+        if then == "hang" or first:
+            time.sleep(30)
+        return "ok"
+
+    return fn
+
+
+def attempts_in(log: Path) -> int:
+    return log.read_text().count("attempt") if log.exists() else 0
+
+
+def ignore_sigterm_then_sleep(pidfile: str, seconds: float) -> Callable[[], None]:
+    def fn() -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        with open(pidfile + ".tmp", "w") as f:
+            f.write(str(os.getpid()))
+        os.replace(pidfile + ".tmp", pidfile)
+        time.sleep(seconds)
 
     return fn
 
@@ -138,6 +182,7 @@ class TestOptions:
         with pytest.raises(TypeError, match="task_timeout"):
             QueueExecutor(task_timeout=value)
 
+    @pytest.mark.filterwarnings("ignore::DeprecationWarning")
     def test_with_timeout_validates(self) -> None:
         with pytest.raises(ValueError, match="with_timeout"):
             with_timeout(tasks.identity, 0)
@@ -146,14 +191,24 @@ class TestOptions:
         with pytest.raises(TypeError, match="callable"):
             with_timeout(42, 1.0)  # type: ignore[arg-type]
 
-    def test_with_timeout_is_a_plain_call_elsewhere(self) -> None:
-        limited = with_timeout(tasks.add, 1.0)
+    def test_with_timeout_is_a_deprecated_with_options(self) -> None:
+        with pytest.deprecated_call(match="with_options"):
+            limited = with_timeout(tasks.add, 1.0)
         assert isinstance(limited, TimeLimited)
+        assert isinstance(limited, WithOptions)
+        assert limited.seconds == limited.options.timeout == 1.0
         assert limited(2, b=3) == 5
         assert pickle.loads(pickle.dumps(limited))(1, 1) == 2
+        combined = with_options(limited, retries=2)
+        assert (combined.options.timeout, combined.options.retries) == (1.0, 2)
 
-    def test_declares_survives_worker_death(self) -> None:
-        assert QueueExecutor.capabilities.survives_worker_death
+    def test_declares_its_capabilities(self) -> None:
+        caps = QueueExecutor.capabilities
+        assert caps.survives_worker_death
+        assert caps.task_control
+        assert caps.stops_timed_out_tasks
+        assert caps.kills_single_task
+        assert caps.terminates_workers
         assert QueueExecutor.backend == "queue"
 
 
@@ -331,29 +386,57 @@ class TestTimeouts(ContractBase):
         quick = [executor.submit(tasks.sleep_and_return, 0.1, i) for i in range(6)]
         start = time.monotonic()
         exc = slow.exception(timeout=BOUND)
-        assert type(exc) is TimeoutError
+        assert type(exc) is TaskTimeoutError
+        assert isinstance(exc, TimeoutError)
+        assert exc.timeout == 0.5
         assert "0.5 s" in str(exc)
         assert time.monotonic() - start < BOUND
         assert [f.result(timeout=BOUND) for f in quick] == list(range(6))
         assert executor.submit(tasks.add, 1, 1).result(timeout=BOUND) == 2
 
-    def test_with_timeout_per_call(self, make_executor: ExecutorFactory) -> None:
+    def test_with_options_per_call(self, make_executor: ExecutorFactory) -> None:
         executor = make_executor()
-        limited = executor.submit(with_timeout(tasks.sleep_and_return, 0.3), 30)
+        limited = executor.submit(with_options(tasks.sleep_and_return, timeout=0.3), 30)
         unlimited = executor.submit(tasks.sleep_and_return, 1.0, "ok")
-        assert type(limited.exception(timeout=BOUND)) is TimeoutError
+        assert type(limited.exception(timeout=BOUND)) is TaskTimeoutError
         assert unlimited.result(timeout=BOUND) == "ok"
 
-    def test_with_timeout_overrides_task_timeout(
+    @pytest.mark.filterwarnings("ignore::DeprecationWarning")
+    def test_with_timeout_still_limits_one_call(
         self, make_executor: ExecutorFactory
     ) -> None:
+        executor = make_executor()
+        limited = executor.submit(with_timeout(tasks.sleep_and_return, 0.3), 30)
+        exc = limited.exception(timeout=BOUND)
+        assert type(exc) is TaskTimeoutError
+        assert exc.timeout == 0.3
+
+    @pytest.mark.filterwarnings("ignore::DeprecationWarning")
+    @pytest.mark.parametrize("wrap", ["with_options", "with_timeout"])
+    def test_a_per_call_timeout_overrides_task_timeout(
+        self, make_executor: ExecutorFactory, wrap: str
+    ) -> None:
         executor = make_executor(task_timeout=0.2)
-        fut = executor.submit(with_timeout(tasks.sleep_and_return, 5.0), 0.6, "ok")
+        fn = (
+            with_options(tasks.sleep_and_return, timeout=5.0)
+            if wrap == "with_options"
+            else with_timeout(tasks.sleep_and_return, 5.0)
+        )
+        fut = executor.submit(fn, 0.6, "ok")
         assert fut.result(timeout=BOUND) == "ok"
+
+    def test_the_constructor_task_timeout(self) -> None:
+        # Direct construction, without create(): the constructor's own option.
+        with QueueExecutor(max_workers=1, task_timeout=0.3) as executor:
+            slow = executor.submit(tasks.sleep_and_return, 30)
+            exc = slow.exception(timeout=BOUND)
+            assert type(exc) is TaskTimeoutError
+            assert exc.timeout == 0.3
+            assert executor.submit(tasks.add, 1, 2).result(timeout=BOUND) == 3
 
     def test_timeout_per_item_in_a_map(self, make_executor: ExecutorFactory) -> None:
         executor = make_executor()
-        fn = with_timeout(sleep_on(4, 30), 0.5)
+        fn = with_options(sleep_on(4, 30), timeout=0.5)
         results = executor.map(fn, range(8), chunksize=8, timeout=BOUND)
         got: list[int] = []
         with pytest.raises(TimeoutError, match="timeout of 0.5 s"):
@@ -398,6 +481,137 @@ class TestKillTask(QueueBase):
         assert fut.result(timeout=BOUND) == 2
         assert not executor.kill_task(fut)
         assert not executor.kill_task(Future())
+
+
+# -- task control: retries and terminate_workers on the pool ---------------------
+
+
+class TestRetries(ContractBase):
+    def test_a_timeout_is_retried_when_listed(
+        self, make_executor: ExecutorFactory, tmp_path: Path
+    ) -> None:
+        log = tmp_path / "log"
+        fn = with_options(
+            log_then(str(log), "hang-first"),
+            timeout=0.5,
+            retries=1,
+            retry_on=TimeoutError,
+        )
+        assert make_executor().submit(fn).result(timeout=BOUND) == "ok"
+        assert attempts_in(log) == 2
+
+    def test_a_timeout_is_not_retried_unless_listed(
+        self, make_executor: ExecutorFactory, tmp_path: Path
+    ) -> None:
+        # retries alone cover a dead worker; the pool killing a worker at a
+        # timeout is not one.
+        log = tmp_path / "log"
+        fn = with_options(log_then(str(log), "hang"), timeout=0.3, retries=2)
+        exc = make_executor().submit(fn).exception(timeout=BOUND)
+        assert type(exc) is TaskTimeoutError
+        assert attempts_in(log) == 1
+
+    def test_a_worker_that_always_dies_fails_after_every_attempt(
+        self, make_executor: ExecutorFactory, tmp_path: Path
+    ) -> None:
+        log = tmp_path / "log"
+        fn = with_options(log_then(str(log), "die"), retries=2)
+        exc = make_executor().submit(fn).exception(timeout=BOUND)
+        assert isinstance(exc, WorkerCrashedError)
+        assert exc.exitcode == 5
+        assert getattr(exc, "attempts", None) == 3
+        assert attempts_in(log) == 3
+
+    def test_create_retries_apply_to_every_task(
+        self, make_executor: ExecutorFactory, tmp_path: Path
+    ) -> None:
+        executor = make_executor(retries=1)
+        futures_ = [
+            executor.submit(tasks.die_first, str(tmp_path / f"once{i}"), i)
+            for i in range(4)
+        ]
+        assert [f.result(timeout=BOUND) for f in futures_] == [0, 1, 2, 3]
+
+    def test_map_retries_each_item_whose_worker_died(
+        self, make_executor: ExecutorFactory, tmp_path: Path
+    ) -> None:
+        fn = with_options(tasks.die_first, retries=1)
+        paths = [str(tmp_path / f"item{i}") for i in range(4)]
+        got = list(make_executor().map(fn, paths, range(4), timeout=BOUND))
+        assert got == [0, 1, 2, 3]
+
+    def test_kill_task_is_never_retried(self, make_executor: ExecutorFactory) -> None:
+        executor = make_executor()
+        fn = with_options(
+            tasks.sleep_and_return, retries=3, retry_on=(CancelledError, TimeoutError)
+        )
+        fut = executor.submit(fn, 30)
+        wait_until(fut.running, "the task to run")
+        assert executor.kill_task(fut)
+        assert type(fut.exception(timeout=BOUND)) is TaskKilledError
+
+    def test_kill_task_while_a_retry_waits(
+        self, make_executor: ExecutorFactory, tmp_path: Path
+    ) -> None:
+        executor = make_executor()
+        log = tmp_path / "log"
+        fn = with_options(
+            tasks.count_and_fail, retries=3, retry_on=tasks.Flaky, retry_delay=30
+        )
+        fut = executor.submit(fn, str(log))
+        wait_until(lambda: bool(executor._pool.delayed), "the retry delay")
+        assert executor.kill_task(fut)
+        assert type(fut.exception(timeout=BOUND)) is TaskKilledError
+        assert attempts_in(log) == 1
+        assert executor.submit(tasks.add, 1, 2).result(timeout=BOUND) == 3
+
+
+class TestTerminateWorkers(ContractBase):
+    @pytest.mark.parametrize("how", ["terminate_workers", "kill_workers"])
+    def test_a_task_waiting_out_its_retry_delay_fails(
+        self, make_executor: ExecutorFactory, tmp_path: Path, how: str
+    ) -> None:
+        executor = make_executor()
+        log = tmp_path / "log"
+        fn = with_options(
+            tasks.count_and_fail, retries=3, retry_on=tasks.Flaky, retry_delay=30
+        )
+        fut = executor.submit(fn, str(log))
+        wait_until(lambda: bool(executor._pool.delayed), "the retry delay")
+        getattr(executor, how)()
+        exc = fut.exception(timeout=1.0)
+        assert type(exc) is WorkersTerminatedError
+        assert f"{how}()" in str(exc)
+        assert attempts_in(log) == 1
+
+    @pytest.mark.timeout(60)
+    def test_a_worker_ignoring_sigterm_is_killed_after_a_grace(
+        self, make_executor: ExecutorFactory, tmp_path: Path
+    ) -> None:
+        executor = make_executor(max_workers=1)
+        pidfile = tmp_path / "pid"
+        running = executor.submit(ignore_sigterm_then_sleep(str(pidfile), 60))
+        queued = executor.submit(tasks.add, 1, 1)
+        pid = int(wait_for_file(pidfile))
+        start = time.monotonic()
+        executor.terminate_workers()
+        # The grace shutdown() gives a worker (STOP_GRACE_SECONDS), not 60 s.
+        assert time.monotonic() - start < BOUND / 2
+        assert type(running.exception(timeout=0)) is WorkersTerminatedError
+        # Queued work is cancelled; one task may have been sent ahead to the
+        # busy worker (before any task finished), and fails with it.
+        assert queued.cancelled() or type(queued.exception(timeout=0)) is (
+            WorkersTerminatedError
+        )
+        assert not psutil.pid_exists(pid)
+        with pytest.raises(RuntimeError, match="after shutdown"):
+            executor.submit(tasks.add, 1, 1)
+
+    def test_before_any_worker_started(self, make_executor: ExecutorFactory) -> None:
+        executor = make_executor()
+        executor.kill_workers()
+        with pytest.raises(RuntimeError, match="after shutdown"):
+            executor.submit(tasks.add, 1, 1)
 
 
 # -- initializer and max_tasks_per_child ---------------------------------------

@@ -36,10 +36,9 @@ from typing import Any
 import pytest
 
 from conftest import backend_factory
-from executors import WorkerCrashedError
+from executors import TaskTimeoutError, WorkerCrashedError, with_options
 from executors.backends._queue import pool as queue_pool
 from executors.backends._queue.wire import CALL, HEADER, Channel, dumps
-from executors.backends.queue import with_timeout
 from executors.testing import BOUND, ContractBase, tasks
 
 ExecutorFactory = Callable[..., Any]
@@ -512,11 +511,11 @@ class TestTimeoutStopsAtReturn(ContractBase):
         fut = executor.submit(returns_slow_to_pickle(1.5))
         assert fut.result(timeout=BOUND) == "sent"
         slow = executor.submit(tasks.sleep_and_return, 30)
-        assert type(slow.exception(timeout=BOUND)) is TimeoutError
+        assert type(slow.exception(timeout=BOUND)) is TaskTimeoutError
 
     def test_in_a_map(self, make_executor: ExecutorFactory) -> None:
         executor = make_executor(max_workers=2)
-        fn = with_timeout(returns_slow_to_pickle(1.5), 0.5)
+        fn = with_options(returns_slow_to_pickle(1.5), timeout=0.5)
         assert list(executor.map(fn, range(2), chunksize=2, timeout=BOUND)) == [
             "sent",
             "sent",

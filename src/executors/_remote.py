@@ -32,6 +32,15 @@ def _rebuild_exc(exc: BaseException, tb: str) -> BaseException:
     return exc
 
 
+def _rebuild_reduced(reduced: tuple[Any, ...], tb: str) -> BaseException:
+    func, args, *rest = reduced
+    exc: BaseException = func(*args)
+    state = rest[0] if rest else None
+    if state:
+        exc.__setstate__(state)
+    return _rebuild_exc(exc, tb)
+
+
 class ExceptionWithTraceback:
     """A picklable carrier for an exception raised in a worker.
 
@@ -44,7 +53,14 @@ class ExceptionWithTraceback:
         self.exc = exc
         self.tb = f'\n"""\n{text}"""'
 
-    def __reduce__(self) -> tuple[Any, tuple[BaseException, str]]:
+    def __reduce__(self) -> tuple[Any, tuple[Any, str]]:
+        # Reduced here, not by the pickler: a library that registers its own
+        # reducer for every exception type in copyreg (tblib, which Dask
+        # installs) would otherwise decide how a task's exception travels,
+        # and loses attributes such as SystemExit.code.
+        reduced = self.exc.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
+        if isinstance(reduced, tuple) and 2 <= len(reduced) <= 3:
+            return _rebuild_reduced, (reduced, self.tb)
         return _rebuild_exc, (self.exc, self.tb)
 
 

@@ -39,6 +39,11 @@ The data flow::
   replacement starts. In a chunk of ``map`` only the running item fails:
   the values before it come back. The manager also kills the worker of a
   task that outlives its timeout or is stopped with :meth:`kill_task`.
+* **Task control** (:mod:`executors._control`) maps onto the pool: a
+  timeout is the per-item limit the manager enforces from the board; a
+  retry puts the failed task back at the front of the call queue (after
+  its ``retry_delay``), as a fresh attempt; ``terminate_workers()``
+  signals every worker and resolves every future at once.
 
 The tunables are named constants in :mod:`._queue.pool` and
 :mod:`._queue.worker`, each with the trade-off it makes.
@@ -46,15 +51,18 @@ The tunables are named constants in :mod:`._queue.pool` and
 
 from __future__ import annotations
 
+import signal
 import sys
+import warnings
 from collections.abc import Callable
 from concurrent.futures import Future
 from multiprocessing.context import BaseContext
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 from .._base import BaseExecutor
 from .._capabilities import Capabilities
-from .._errors import TaskKilledError
+from .._control import TaskOptions, WithOptions, submitting_options
+from .._errors import TaskKilledError, WorkersTerminatedError
 from .._futures import Future as OurFuture
 from .._futures import add_internal_callback, notify_cancelled, settle
 from .._map import Chunk, ChunkResult
@@ -72,39 +80,41 @@ T = TypeVar("T")
 _MAX_DEFAULT_WORKERS = 61
 
 
-class TimeLimited(Generic[T]):
-    """A callable with a time limit the ``queue`` backend enforces.
+class TimeLimited(WithOptions[T]):
+    """What :func:`with_timeout` returns: a :class:`~executors.WithOptions`.
 
-    Made by :func:`with_timeout`. Calling it directly just calls the wrapped
-    function: only the ``queue`` backend reads the limit; other backends run
-    it without one.
+    Deprecated with :func:`with_timeout`. Every backend with
+    ``capabilities.task_control`` honours it as ``with_options(fn,
+    timeout=seconds)``; called directly, it just calls the wrapped function.
 
     Attributes:
         fn: The wrapped callable.
         seconds: The limit for one call.
     """
 
-    __slots__ = ("fn", "seconds")
+    __slots__ = ()
 
     def __init__(self, fn: Callable[..., T], seconds: float) -> None:
-        self.fn = fn
-        self.seconds = seconds
+        super().__init__(fn, TaskOptions(timeout=seconds))
 
-    def __call__(self, /, *args: Any, **kwargs: Any) -> T:
-        return self.fn(*args, **kwargs)
+    @property
+    def seconds(self) -> float:
+        timeout = self.options.timeout
+        return 0.0 if timeout is None else timeout  # never None: see __init__
 
     def __repr__(self) -> str:
         return f"with_timeout({self.fn!r}, {self.seconds!r})"
 
 
 def with_timeout(fn: Callable[..., T], seconds: float) -> TimeLimited[T]:
-    """Give each call of ``fn`` a time limit, for one ``submit`` or ``map``.
+    """Deprecated: ``executors.with_options(fn, timeout=seconds)``.
 
     ``executor.submit(with_timeout(fn, 2.0), x)`` runs ``fn(x)`` with a
     2-second limit, overriding the executor's ``task_timeout``; in
     ``executor.map(with_timeout(fn, 2.0), items)`` each item gets 2 seconds.
     A call that runs longer is stopped by replacing its worker process, and
-    its future raises :class:`TimeoutError`.
+    its future raises :class:`~executors.TaskTimeoutError` (a
+    :class:`TimeoutError`).
 
     Args:
         fn: The callable to limit.
@@ -114,6 +124,12 @@ def with_timeout(fn: Callable[..., T], seconds: float) -> TimeLimited[T]:
         TypeError: ``fn`` is not callable or ``seconds`` not a number.
         ValueError: ``seconds`` is not greater than 0.
     """
+    warnings.warn(
+        "executors.backends.queue.with_timeout(fn, seconds) is deprecated; "
+        "use executors.with_options(fn, timeout=seconds)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     if not callable(fn):
         raise TypeError(f"with_timeout: fn must be callable, got {fn!r:.80}")
     return TimeLimited(fn, _check_seconds(seconds, "with_timeout: seconds"))
@@ -143,13 +159,22 @@ class QueueExecutor(BaseExecutor):
         max_tasks_per_child: Replace a worker after this many tasks (a
             chunk of ``map`` counts as one).
         task_timeout: Seconds a task (each item of a ``map``) may run before
-            its worker is killed and its future raises :class:`TimeoutError`;
-            ``None`` for no limit. Per call: :func:`with_timeout`.
+            its worker is killed and its future raises
+            :class:`~executors.TaskTimeoutError`; ``None`` for no limit.
+            ``create("queue", task_timeout=...)`` takes it as every
+            backend's task option, with ``retries`` and the rest; per call:
+            :func:`executors.with_options`.
         cloudpickle: Send the callable with cloudpickle (lambdas work).
     """
 
     backend = "queue"
-    capabilities = Capabilities(survives_worker_death=True)
+    capabilities = Capabilities(
+        survives_worker_death=True,
+        task_control=True,
+        stops_timed_out_tasks=True,
+        kills_single_task=True,
+        terminates_workers=True,
+    )
 
     def __init__(
         self,
@@ -170,11 +195,11 @@ class QueueExecutor(BaseExecutor):
             initargs=initargs,
             max_tasks_per_child=max_tasks_per_child,
         )
-        self._task_timeout = (
-            None
-            if task_timeout is None
-            else _check_seconds(task_timeout, "task_timeout")
-        )
+        if task_timeout is not None:
+            # Direct construction; create() passes it as a task option.
+            self._task_options = TaskOptions(
+                timeout=_check_seconds(task_timeout, "task_timeout")
+            )
         super().__init__(max_workers=workers, cloudpickle=cloudpickle)
         if initializer is not None and self._portable_callables:
             # Workers started by spawn or forkserver receive it pickled.
@@ -215,7 +240,7 @@ class QueueExecutor(BaseExecutor):
     def _submit(
         self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Future[T]:
-        fn, timeout = self._unwrap(fn)
+        fn = self._unwrap(fn)
         future: OurFuture[T] = OurFuture()
         try:
             body, buffers = dumps((fn, args, kwargs))
@@ -223,13 +248,26 @@ class QueueExecutor(BaseExecutor):
             # Fails this future only; the pool never saw it.
             settle(future, error=exc)
             return future
-        self._pool.submit(CALL, future, body, buffers, timeout)
+        # Made ambient by BaseExecutor: the executor's task options, or a
+        # with_options() wrapper's over them.
+        options = submitting_options()
+        if options is None:
+            self._pool.submit(CALL, future, body, buffers, None)
+        else:
+            retries = options if options.retries else None
+            self._pool.submit(
+                CALL, future, body, buffers, options.timeout, options=retries
+            )
         return future
 
     def _submit_chunk(
         self, fn: Callable[..., Any], chunk: Chunk
     ) -> Future[ChunkResult]:
-        fn, timeout = self._unwrap(fn)
+        # The shared map sends a map with task options one item per task
+        # (through _submit); a chunk still honours a timeout, per item.
+        options = submitting_options()
+        timeout = None if options is None else options.timeout
+        fn = self._unwrap(fn)
         future: OurFuture[ChunkResult] = OurFuture()
         try:
             body, buffers = dumps_chunk(fn, chunk)
@@ -316,18 +354,30 @@ class QueueExecutor(BaseExecutor):
         # shutdown() wait for tasks that may run for minutes.
         self._pool.interrupt()
 
-    def _unwrap(self, fn: Callable[..., T]) -> tuple[Callable[..., T], float | None]:
+    def _end_workers(self, sig: signal.Signals, how: str) -> None:
+        # terminate_workers() / kill_workers(). The pool keeps no CallQueue,
+        # so BaseExecutor's version (through self._calls) cannot resolve
+        # the futures: the pool does, in one step under its lock, so that
+        # no queued item can reach a worker in between.
+        with self._lock:
+            self._shutdown_started = True
+        self._pool.end_workers(
+            lambda: WorkersTerminatedError(
+                f"{how}() stopped the workers of the 'queue' executor while "
+                "this task ran"
+            ),
+            sig,
+        )
+        # Bounded: the workers are dying, and none is started any more.
+        self._shutdown(wait=True, cancel_futures=True)
+
+    def _unwrap(self, fn: Callable[..., T]) -> Callable[..., T]:
         inner: Callable[..., T] = unwrap(fn)
-        timeout = self._task_timeout
-        if isinstance(inner, TimeLimited):
-            timeout = inner.seconds
-            inner = inner.fn
-            fn = self._prepare(inner)
         if inner is not fn and _by_reference(inner):
             # Pickle sends it by name just as cloudpickle would, and neither
             # this process nor the worker then pays cloudpickle's import.
-            return inner, timeout
-        return fn, timeout
+            return inner
+        return fn
 
 
 def _by_reference(fn: object) -> bool:

@@ -831,8 +831,7 @@ class TaskControlContract(ContractBase):
             with pytest.raises(TaskKilledError):
                 target.result(timeout=BOUND)
             assert executor.submit(tasks.add, 1, 2).result(timeout=BOUND) == 3
-        else:
-            executor.kill_workers()  # do not wait 30 s at teardown
+        executor.kill_workers()  # the other blockers: do not wait at teardown
 
     def test_asyncio_cancellation_cancels_queued_work(self, executor: Any) -> None:
         self.require(executor, "runs_concurrently", "cancels_queued")

@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
+import signal
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import Any
 
+from ..._control import TaskOptions
 from ..._errors import (
     ExecutorFailedError,
     TaskKilledError,
+    TaskTimeoutError,
     WorkerCrashedError,
     describe_exitcode,
 )
@@ -59,9 +63,12 @@ class WorkItem:
         fn: For a chunk: the callable, to send a part of it again.
         chunk: For a chunk: its items.
         internal: A future no caller holds (the rest of a crashed chunk).
+        options: For a task with retries: its options (see
+            :meth:`.pool.Pool.retry_locked`).
     """
 
     __slots__ = (
+        "attempts",
         "body",
         "buffers",
         "chunk",
@@ -72,6 +79,7 @@ class WorkItem:
         "internal",
         "kill",
         "kind",
+        "options",
         "replay",
         "size",
         "started",
@@ -92,6 +100,7 @@ class WorkItem:
         fn: Callable[..., Any] | None = None,
         chunk: Chunk | None = None,
         internal: bool = False,
+        options: TaskOptions | None = None,
     ) -> None:
         self.task_id = task_id
         self.kind = kind
@@ -106,6 +115,8 @@ class WorkItem:
         self.fn = fn
         self.chunk = chunk
         self.internal = internal
+        self.options = options
+        self.attempts = 1  # runs so far, counting the one in progress
         self.started = False  # set_running_or_notify_cancel() was called
         self.kill = False  # kill_task() asked for it
         self.values: list[Any] = []  # a chunk's values received so far
@@ -216,11 +227,25 @@ class WorkerHandle:
         self.gone = False
         self.kill_reason: KillReason | None = None
 
-    def kill(self, reason: KillReason) -> None:
+    def kill(self, reason: KillReason, sig: signal.Signals | None = None) -> None:
+        """Stop the worker; the first reason is the one :meth:`.pool.Pool.on_exit` sees.
+
+        Args:
+            reason: Why, for the item it held.
+            sig: The signal to send; default SIGKILL. ``terminate_workers()``
+                sends SIGTERM, which a task may ignore: a later kill (at
+                shutdown's grace) still sends SIGKILL. On Windows both end
+                the process alike.
+        """
         if self.kill_reason is None:
             self.kill_reason = reason
-            with contextlib.suppress(OSError, ValueError, AttributeError):
+        # Already exited, or closed: nothing left to stop. Both ways check
+        # that the process is not reaped yet: its pid cannot be reused.
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            if sig is None or os.name != "posix":
                 self.process.kill()
+            elif self.process.exitcode is None:
+                os.kill(self.process.pid, sig)
 
 
 # -- outcomes -----------------------------------------------------------------
@@ -283,9 +308,10 @@ def early_crash_error(exitcode: int | None, kind: int, deaths: int) -> BaseExcep
 
 
 def timeout_error(seconds: float) -> BaseException:
-    return TimeoutError(
+    return TaskTimeoutError(
         f"the task ran longer than its timeout of {seconds:g} s; its worker "
-        "process was stopped and replaced"
+        "process was stopped and replaced",
+        seconds,
     )
 
 

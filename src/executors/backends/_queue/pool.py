@@ -44,6 +44,7 @@ import functools
 import itertools
 import os
 import select
+import signal
 import sys
 import threading
 import time
@@ -55,9 +56,11 @@ from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from typing import Any
 
+from ..._control import TaskOptions, record_attempts, timer
 from ..._errors import (
     ExecutorFailedError,
     InitializerFailedError,
+    TaskKilledError,
     WorkerCrashedError,
     describe_exitcode,
 )
@@ -201,6 +204,9 @@ class Pool:
         self.generation = 0  # bumped when a worker is registered
         self.ids = itertools.count(1)
         self.by_future: dict[Future[Any], WorkItem] = {}
+        # Tasks waiting out their retry_delay, with their timer entries: in
+        # no queue and no worker, but not done (see retry_locked).
+        self.delayed: dict[WorkItem, Any] = {}
         # Workers whose outbox became non-empty, for the manager to watch
         # their task pipe until it has written everything.
         self.unflushed: list[WorkerHandle] = []
@@ -225,8 +231,12 @@ class Pool:
         timeout: float | None,
         fn: Callable[..., Any] | None = None,
         chunk: Chunk | None = None,
+        options: TaskOptions | None = None,
     ) -> None:
-        """Queue one item and send it to a worker if one can take it now."""
+        """Queue one item and send it to a worker if one can take it now.
+
+        ``options`` (a task's retries) only for a single task, not a chunk.
+        """
         with self.lock:
             if self.broken is not None:
                 raise self.broken()
@@ -235,7 +245,15 @@ class Pool:
                 # after the interpreter began to exit.
                 raise exiting_error()
             item = WorkItem(
-                next(self.ids), kind, future, body, buffers, timeout, fn, chunk
+                next(self.ids),
+                kind,
+                future,
+                body,
+                buffers,
+                timeout,
+                fn,
+                chunk,
+                options=options,
             )
             if kind != CHUNK:
                 self.by_future[future] = item
@@ -256,10 +274,13 @@ class Pool:
             if item is None or future.done():
                 return False
             started = item.started
-            waiting = started and item in self.pending
+            waiting = started and (item in self.delayed or item in self.pending)
             if waiting:
-                # Sent again after a crash and not yet resent: it never runs.
-                self.pending.remove(item)
+                # Sent again after a crash, or waiting to be retried, and
+                # not yet resent: it never runs again.
+                self._undelay_locked(item)
+                if item in self.pending:
+                    self.pending.remove(item)
                 del self.by_future[future]
             elif started and not item.kill:
                 if not item.watched:
@@ -491,7 +512,9 @@ class Pool:
                 return
             with self.lock:
                 self.starting -= 1
-                late = self.stopped
+                # Stopped, or its workers ended (Ctrl-C, terminate_workers())
+                # while this one started: it must take no work.
+                late = self.stopped or self.interrupted
                 if not late:
                     self.workers[slot] = worker
                     self.generation += 1
@@ -590,7 +613,13 @@ class Pool:
             worker.held_bytes -= item.size
             if item.watched:
                 self.watched -= 1
-            self.by_future.pop(item.future, None)
+            retried = (
+                error is not None
+                and item.options is not None
+                and self.retry_locked(item, error)
+            )
+            if not retried:
+                self.by_future.pop(item.future, None)
             # A moving average: recent tasks say whether sending ahead pays.
             seconds = self.task_seconds
             if seconds is None:
@@ -598,7 +627,8 @@ class Pool:
             else:
                 self.task_seconds = seconds + (message.value - seconds) * 0.25
             self._dispatch_locked()
-        settle(item.future, value, error)
+        if not retried:
+            settle(item.future, value, error)
 
     def on_exit(self, worker: WorkerHandle) -> None:
         """Handle the death of ``worker``: settle or resend what it held."""
@@ -678,8 +708,9 @@ class Pool:
                     continue
                 error = early_crash_error(exitcode, item.kind, item.early_deaths)
                 if item.kind != CHUNK:
-                    self.by_future.pop(item.future, None)
-                    settled.append((item, None, error))
+                    if not self.retry_locked(item, error):
+                        self.by_future.pop(item.future, None)
+                        settled.append((item, None, error))
                 else:
                     self._finish_chunk_locked(item, 0, error, 0, settled)
                 continue
@@ -696,8 +727,9 @@ class Pool:
                     # one began: it did nothing wrong, run it again.
                     redo.append(item)
                     continue
-                self.by_future.pop(item.future, None)
-                settled.append((item, None, error))
+                if not self.retry_locked(item, error):
+                    self.by_future.pop(item.future, None)
+                    settled.append((item, None, error))
                 continue
             size = len(item.chunk or ())
             careful = 0
@@ -837,6 +869,7 @@ class Pool:
             self.broken = make_error
             items = list(self.pending)
             self.pending.clear()
+            items += self._undelay_all_locked()
             for worker in self.workers.values():
                 items += worker.held
                 worker.held.clear()
@@ -851,23 +884,126 @@ class Pool:
     def interrupt(self) -> None:
         """Stop now (Ctrl-C): kill every worker, fail what they ran.
 
-        The executor's ``shutdown(wait=True, cancel_futures=True)`` follows
-        and cancels the queue; the items the workers held fail with
-        :class:`TaskKilledError`.
+        The items the workers held fail with :class:`TaskKilledError`; the
+        queue is cancelled (the executor's ``shutdown(wait=True,
+        cancel_futures=True)`` follows).
+        """
+        self.end_workers(interrupted_error)
+
+    def end_workers(
+        self,
+        make_error: Callable[[], BaseException],
+        sig: signal.Signals | None = None,
+    ) -> None:
+        """Stop every worker now and resolve every unfinished future.
+
+        For Ctrl-C and ``terminate_workers()``/``kill_workers()``: queued
+        items that never ran are cancelled; items a worker held, items
+        waiting to be sent again or retried, and the rest of a crashed
+        chunk fail with ``make_error``. No worker is started from now on.
+        A closing pool then stops as soon as the killed workers are gone.
+
+        Args:
+            make_error: Builds the exception of each item that had started.
+            sig: The signal for the workers; default SIGKILL.
         """
         with self.lock:
             self.closing = self.interrupted = True
-            items: list[WorkItem] = []
+            failed: list[WorkItem] = []
             for worker in self.workers.values():
-                for item in worker.held:
-                    self.by_future.pop(item.future, None)
-                items += worker.held
+                failed += worker.held
                 worker.held.clear()
                 worker.held_bytes = 0
                 worker.outbox.clear()
-                worker.kill(KillReason(None, 0, None))
+                worker.kill(KillReason(None, 0, None), sig)
+            cancelled: list[Future[Any]] = []
+            for item in self.pending:
+                if item.started or item.internal:
+                    failed.append(item)
+                else:
+                    cancelled.append(item.future)
+            self.pending.clear()
+            failed += self._undelay_all_locked()
+            self.by_future.clear()
             self.watched = 0
-        drop(items, interrupted_error)
+        # Cancelled first: a done-callback of a failed future (a map's)
+        # must find the queued ones already cancelled.
+        for future in cancelled:
+            future.cancel()
+        notify_cancelled(cancelled)
+        drop(failed, make_error)
+        self.wakeup.wake()
+
+    # -- retries ---------------------------------------------------------------
+
+    def retry_locked(self, item: WorkItem, error: BaseException) -> bool:
+        """Run a failed task again if its options allow; else note its attempts.
+
+        A task that raised an exception its ``retry_on`` lists, or whose
+        worker died under it (or before it started), runs again, in a fresh
+        attempt on whichever worker takes it first, after its
+        ``retry_delay``. A task stopped on purpose (``kill_task()``, Ctrl-C,
+        a broken or stopping pool) is not.
+
+        Returns:
+            True if the item runs again: the caller must not settle it.
+        """
+        options = item.options
+        if options is None:
+            return False
+        if (
+            self.broken is not None
+            or self.interrupted
+            or self.stopped
+            or item.kill  # kill_task() asked for it as it failed
+            or isinstance(error, TaskKilledError)
+            or not options.retryable(
+                error, item.attempts, crashed=isinstance(error, WorkerCrashedError)
+            )
+        ):
+            record_attempts(error, item.attempts)
+            return False
+        item.attempts += 1
+        # A new id: nothing the previous attempt's worker posted or sent can
+        # be taken for this attempt's.
+        item.task_id = next(self.ids)
+        item.kill = False
+        item.early_deaths = 0
+        delay = options.delay
+        if delay > 0:
+            self.delayed[item] = timer.call_later(
+                delay, functools.partial(self._retry_due, item)
+            )
+        else:
+            # First in line: it was running already.
+            self.pending.appendleft(item)
+        return True
+
+    def _undelay_locked(self, item: WorkItem) -> None:
+        entry = self.delayed.pop(item, None)
+        if entry is not None:
+            entry.cancel()
+
+    def _undelay_all_locked(self) -> list[WorkItem]:
+        """Take every task waiting out a retry delay; their timers are dropped."""
+        items = list(self.delayed)
+        for entry in self.delayed.values():
+            entry.cancel()
+        self.delayed.clear()
+        return items
+
+    def _retry_due(self, item: WorkItem) -> None:
+        # In the timer thread: quick, and never blocking (see _send_locked).
+        with self.lock:
+            if self.delayed.pop(item, None) is None:
+                return  # killed, or the pool ended, while it waited
+            self.pending.appendleft(item)
+            self._dispatch_locked()
+            slot = self._reserve_spawn_locked()
+        if slot is not None:
+            threading.Thread(
+                target=self._spawn, args=(slot,), name="executors-queue-spawn"
+            ).start()
         self.wakeup.wake()
 
     # -- timeouts (manager thread) -------------------------------------------
@@ -925,7 +1061,7 @@ class Pool:
                 return False
             # Drops the queued futures cancelled since the last dispatch.
             self._dispatch_locked()
-            if self.pending or self.starting:
+            if self.pending or self.starting or self.delayed:
                 return False
             if any(worker.held for worker in self.workers.values()):
                 return False
@@ -940,6 +1076,7 @@ class Pool:
             self.workers.clear()
             leftover = list(self.pending)
             self.pending.clear()
+            leftover += self._undelay_all_locked()
             for worker in workers:
                 leftover += worker.held
             broken = self.broken
