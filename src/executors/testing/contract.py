@@ -744,8 +744,8 @@ class TaskControlContract(ContractBase):
 
         # Queued behind busy workers for longer than the limit, each task
         # still gets its full limit once it runs.
-        blockers = occupy_workers(executor, 1.0)
-        quick = with_options(tasks.sleep_and_return, timeout=0.8)
+        blockers = occupy_workers(executor, 2.5)
+        quick = with_options(tasks.sleep_and_return, timeout=2.0)
         later = [executor.submit(quick, 0.05, i) for i in range(2)]
         for f in blockers:
             assert f.result(timeout=BOUND) == "blocker"
@@ -756,10 +756,12 @@ class TaskControlContract(ContractBase):
         from .._control import with_options
         from .._errors import TaskTimeoutError
 
-        fn = with_options(tasks.sleep_and_return, timeout=0.6)
+        # Generous for the quick items: a loaded machine is slow to start
+        # a task, and only the 8 s item may time out.
+        fn = with_options(tasks.sleep_and_return, timeout=2.0)
         got: list[Any] = []
         with pytest.raises(TaskTimeoutError):
-            for value in executor.map(fn, [0.01, 0.01, 5.0, 0.01], range(4)):
+            for value in executor.map(fn, [0.01, 0.01, 8.0, 0.01], range(4)):
                 got.append(value)
         assert got == [0, 1]
 
