@@ -542,6 +542,25 @@ class CrashContract(ContractBase):
         assert len(got) == bad if size == 10 else len(got) <= bad
         assert list(executor.map(tasks.add, [1, 2], [3, 4], timeout=BOUND)) == [4, 6]
 
+    def test_one_fault_one_exception_type(self, executor: Any) -> None:
+        # The same fault raises the same class on every backend: the error
+        # the unpickling raised, when only the task is lost; a
+        # WorkerCrashedError when its worker died.
+        from .._errors import WorkerCrashedError
+
+        arg = executor.submit(tasks.identity, tasks.FailsToUnpickle())
+        with pytest.raises(RuntimeError, match="raised while being unpickled") as got:
+            arg.result(timeout=BOUND)
+        assert not isinstance(got.value, BrokenExecutor), got.value
+        result = executor.submit(tasks.return_unloadable)
+        with pytest.raises(RuntimeError, match="cannot be unpickled") as got:
+            result.result(timeout=BOUND)
+        assert not isinstance(got.value, BrokenExecutor), got.value
+        assert executor.submit(tasks.add, 1, 2).result(timeout=BOUND) == 3
+        crashed = executor.submit(tasks.exit_abruptly, 3)
+        with pytest.raises(WorkerCrashedError):
+            crashed.result(timeout=BOUND)
+
     def test_unpicklable_result_fails_its_future(self, executor: Any) -> None:
         fut = executor.submit(tasks.return_lock)
         with pytest.raises((TypeError, pickle.PicklingError)):
