@@ -29,7 +29,15 @@ import psutil
 import pytest
 
 import executors
-from executors import InitializerFailedError, RemoteTraceback, WorkerCrashedError
+from executors import (
+    InitializerFailedError,
+    RemoteTraceback,
+    TaskKilledError,
+    TaskTimeoutError,
+    WorkerCrashedError,
+    WorkersTerminatedError,
+    with_options,
+)
 from executors.backends.dask import DaskExecutor
 from executors.testing import (
     BOUND,
@@ -489,7 +497,9 @@ def test_a_dropped_executor_closes_its_cluster() -> None:
     gc.collect()
     assert not wait_for_no_new_children(before)
     _wait_until(
-        lambda: not any(t.name == "executors-dask" for t in threading.enumerate()),
+        lambda: (
+            not any(t.name == "executors-dask-manager" for t in threading.enumerate())
+        ),
         "the manager thread to end",
     )
 
@@ -497,3 +507,80 @@ def test_a_dropped_executor_closes_its_cluster() -> None:
 def test_the_default_start_method_works() -> None:
     with _create(max_workers=1, mp_context="spawn") as executor:
         assert executor.submit(tasks.add, 1, 2).result(timeout=BOUND) == 3
+
+
+# -- task control ------------------------------------------------------------------
+
+
+@pytest.mark.timeout(90)
+def test_a_timed_out_task_is_stopped_and_never_run_again(tmp_path: Path) -> None:
+    # Functions of executors.testing: a test module's own would be pickled
+    # by value, and unpickling it imports pytest in each worker (0.5 s).
+    finished = tmp_path / "finished"
+    with _create(task_timeout=2) as executor:
+        assert executor.submit(tasks.add, 1, 1).result(timeout=BOUND) == 2
+        start = time.monotonic()
+        fut = executor.submit(tasks.touch_after, str(finished), 4.0)
+        with pytest.raises(TaskTimeoutError, match="stopped and its worker replaced"):
+            fut.result(timeout=BOUND)
+        assert time.monotonic() - start < 4.0
+        # The executor serves the next task at once, on the other worker.
+        assert executor.submit(tasks.add, 2, 2).result(timeout=BOUND) == 4
+        # Dask retries a task whose worker died; a stopped one must not be:
+        # run again, it would touch the file 4 s later.
+        time.sleep(6.0)
+        assert not finished.exists()
+        assert executor.submit(tasks.add, 3, 3).result(timeout=BOUND) == 6
+
+
+@pytest.mark.timeout(90)
+def test_kill_task_stops_one_task_and_the_executor_lives_on(tmp_path: Path) -> None:
+    finished = tmp_path / "finished"
+    with _create() as executor:
+        other = executor.submit(tasks.sleep_and_return, 1.0, "other")
+        target = executor.submit(tasks.touch_after, str(finished), 3.0)
+        _wait_until(target.running, "the task to run")
+        start = time.monotonic()
+        assert executor.kill_task(target)
+        with pytest.raises(TaskKilledError):
+            target.result(timeout=BOUND)
+        assert other.result(timeout=BOUND) == "other"
+        assert executor.submit(tasks.add, 1, 2).result(timeout=BOUND) == 3
+        assert not executor.kill_task(other), "a finished task cannot be killed"
+        time.sleep(max(0.0, start + 5.0 - time.monotonic()))
+        assert not finished.exists(), "the killed task ran to its end"
+
+
+def test_a_listed_exception_is_retried(tmp_path: Path) -> None:
+    with _create() as executor:
+        fn = with_options(tasks.fail_first, retries=2, retry_on=tasks.Flaky)
+        assert executor.submit(fn, str(tmp_path / "once"), "ok").result(BOUND) == "ok"
+
+
+@pytest.mark.timeout(90)
+def test_terminate_workers_resolves_every_future_and_leaves_no_process() -> None:
+    before = child_processes()
+    executor = _create()
+    running = [executor.submit(tasks.sleep_and_return, 60.0, i) for i in range(2)]
+    queued = [executor.submit(tasks.identity, i) for i in range(3)]
+    _wait_until(lambda: all(f.running() for f in running), "the tasks to run")
+    start = time.monotonic()
+    executor.terminate_workers()
+    assert time.monotonic() - start < BOUND
+    for fut in running:
+        assert isinstance(fut.exception(timeout=0), WorkersTerminatedError)
+    assert all(f.cancelled() for f in queued)
+    assert not wait_for_no_new_children(before)
+
+
+@pytest.mark.timeout(60)
+def test_with_a_client_a_timed_out_task_is_abandoned(shared_client: Any) -> None:
+    # Another's cluster: its workers are not ours to kill.
+    with executors.create("dask", client=shared_client, task_timeout=0.5) as executor:
+        fut = executor.submit(tasks.sleep_and_return, 2.0, "late")
+        with pytest.raises(TaskTimeoutError, match="abandoned"):
+            fut.result(timeout=BOUND)
+        blocker = executor.submit(with_options(tasks.sleep_and_return, timeout=30), 2.0)
+        _wait_until(blocker.running, "the task to run")
+        assert not executor.kill_task(blocker)
+        assert blocker.result(timeout=BOUND) is None

@@ -243,6 +243,14 @@ class CallQueue:
             self._hooked = True
             ensure_exit_hook_last()
 
+    def pump(self) -> None:
+        """Launch what the window allows now.
+
+        For a window that grows (a cluster that gains workers): the queue
+        itself looks for room only when a call is submitted or settles.
+        """
+        self._pump()
+
     def _pump(self, check_idle: bool = True) -> None:
         # A call that settles inside launch() calls back in here: the outer
         # loop launches what follows instead of recursing once per call.

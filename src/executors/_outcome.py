@@ -82,7 +82,17 @@ def dumps(obj: object) -> bytes:
     extra = ForkingPickler._extra_reducers  # type: ignore[attr-defined]
     sizes = (len(copyreg.dispatch_table), len(extra))
     if sizes != _Pickler.table_sizes:
-        _Pickler.dispatch_table = {**copyreg.dispatch_table, **extra}
+        # Exceptions pickle the standard way: tblib (which Dask installs)
+        # registers a reducer in copyreg for every exception class, and
+        # its round trip loses attributes such as SystemExit.code.
+        _Pickler.dispatch_table = {
+            **{
+                cls: reduce
+                for cls, reduce in copyreg.dispatch_table.items()
+                if not (isinstance(cls, type) and issubclass(cls, BaseException))
+            },
+            **extra,
+        }
         _Pickler.table_sizes = sizes
     buffer = io.BytesIO()
     _Pickler(buffer, pickle.HIGHEST_PROTOCOL).dump(obj)
