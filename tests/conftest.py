@@ -85,7 +85,9 @@ _token_key = pytest.StashKey[str]()
 # on one deployment the module shares (a Celery deployment takes a second
 # to start; one per test would cost minutes): that module inherits the
 # same behaviour classes.
-SHARED_DEPLOYMENT_SUITES = {"celery": ("test_conformance.py", "test_faults.py")}
+SHARED_DEPLOYMENT_SUITES = {
+    "celery": ("test_conformance.py", "test_faults.py", "test_pool.py")
+}
 
 
 def pytest_collection_modifyitems(

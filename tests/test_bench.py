@@ -30,6 +30,7 @@ RAW = [
     "raw.Pool",
     "raw.joblib",
     "raw.dask",
+    "raw.celery",
     "raw.ThreadPoolExecutor",
     "raw.Process",
 ]

@@ -55,6 +55,10 @@ def _create(**options: Any) -> CeleryExecutor:
             "'max_tasks_per_child'",
         ),
         ({"queue": "q"}, TypeError, "'queue'"),
+        ({"broker": "spawn"}, ValueError, "broker must be a URL"),
+        ({"broker": "redis://x", "backend": ""}, ValueError, "backend must be a URL"),
+        ({"backend": "redis://x"}, ValueError, "needs broker="),
+        ({"broker": "redis://x", "queue": ""}, ValueError, "queue must be"),
         ({"app": "not an app"}, TypeError, "celery.Celery"),
         ({"broker": 5}, TypeError, "broker"),
         ({"max_tasks_per_child": 0}, ValueError, "max_tasks_per_child"),
@@ -180,3 +184,124 @@ def test_max_tasks_per_child_replaces_pool_processes() -> None:
             for _ in range(6)
         ]
     assert len(set(pids)) == 3, pids
+
+
+# -- task control on the private deployment ------------------------------------
+
+
+def _wait_for_pid(path: Path) -> int:
+    deadline = time.monotonic() + BOUND
+    while not path.exists() or not path.read_text():
+        assert time.monotonic() < deadline, "the task never started"
+        time.sleep(0.01)
+    return int(path.read_text())
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.mark.timeout(60)
+def test_kill_task_kills_its_pool_process_and_the_worker_replaces_it(
+    tmp_path: Path,
+) -> None:
+    with _create() as executor:
+        pidfile = tmp_path / "pid"
+        victim = executor.submit(tasks.write_pid_then_sleep, str(pidfile), 30.0)
+        other = executor.submit(tasks.sleep_and_return, 1.0, "other")
+        pid = _wait_for_pid(pidfile)
+        assert executor.kill_task(victim) is True
+        with pytest.raises(executors.TaskKilledError):
+            victim.result(timeout=BOUND)
+        deadline = time.monotonic() + BOUND
+        while not _gone(pid):
+            assert time.monotonic() < deadline, "the pool process still runs"
+            time.sleep(0.02)
+        assert other.result(timeout=BOUND) == "other"
+        # Two pool processes again, the killed one replaced.
+        pids = set(executor.map(tasks.sleep_then_pid, [0.3, 0.3], timeout=BOUND))
+        assert len(pids) == 2 and pid not in pids
+        assert executor.kill_task(other) is False  # done: nothing to stop
+
+
+@pytest.mark.timeout(60)
+def test_a_timed_out_task_is_stopped_and_retried_on_a_new_process(
+    tmp_path: Path,
+) -> None:
+    with _create() as executor:
+        pidfile = tmp_path / "pid"
+        limited = executors.with_options(tasks.write_pid_then_sleep, timeout=0.5)
+        slow = executor.submit(limited, str(pidfile), 30.0)
+        with pytest.raises(executors.TaskTimeoutError, match="stopped"):
+            slow.result(timeout=BOUND)
+        pid = int(pidfile.read_text())
+        deadline = time.monotonic() + BOUND
+        while not _gone(pid):
+            assert time.monotonic() < deadline, "the timed-out task still runs"
+            time.sleep(0.02)
+        # A pool process that dies costs an attempt: Celery replaced it.
+        retried = executors.with_options(tasks.die_first, retries=1)
+        marker = str(tmp_path / "once")
+        assert executor.submit(retried, marker, "ok").result(timeout=BOUND) == "ok"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["terminate_workers", "kill_workers"])
+def test_terminate_workers_stops_the_private_deployment(how: str) -> None:
+    before = child_processes()
+    executor = _create()
+    running = [executor.submit(tasks.sleep_and_return, 30.0, i) for i in range(2)]
+    queued = [executor.submit(tasks.identity, i) for i in range(3)]
+    deadline = time.monotonic() + BOUND
+    while not all(f.running() for f in running):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    deployment = executor._deployment
+    assert deployment is not None and deployment.worker is not None
+    group = deployment.worker.pid
+    folder = Path(deployment.url.rpartition("@")[2]).parent
+    start = time.monotonic()
+    getattr(executor, how)()
+    assert time.monotonic() - start < 5.0
+    for fut in running:
+        assert isinstance(fut.exception(timeout=0), executors.WorkersTerminatedError)
+    assert all(f.cancelled() for f in queued)
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        executor.submit(tasks.add, 1, 1)
+    assert not folder.exists()
+    # The worker's main and pool processes (its process group) are gone,
+    # those re-parented to init included.
+    deadline = time.monotonic() + BOUND
+    while left := _in_group(group):
+        assert time.monotonic() < deadline, f"left running: {left}"
+        time.sleep(0.05)
+    assert not wait_for_no_new_children(before)
+
+
+def _in_group(pgid: int) -> list[int]:
+    left = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                left.append(proc.pid)
+        except (psutil.Error, OSError):
+            continue
+    return left
+
+
+def test_a_task_terminated_by_someone_elses_revoke_counts_as_a_crash() -> None:
+    # Retried like a dead pool process (retries_crashes); any other REVOKED
+    # is Celery refusing the task.
+    from celery.exceptions import TaskRevokedError
+
+    from executors.backends.celery._celeryside import failure
+
+    crash = failure("REVOKED", TaskRevokedError("terminated"))
+    assert isinstance(crash, WorkerCrashedError)
+    assert isinstance(crash.__cause__, TaskRevokedError)
+    assert isinstance(
+        failure("REVOKED", TaskRevokedError("revoked")), ExecutorFailedError
+    )

@@ -8,7 +8,9 @@ very :class:`~executors.backends.celery._deployment.LocalDeployment` that
 (``broker=``): every test still gets a fresh executor, with its own call
 queue, result subscription and futures. Tests that need the private mode's
 own options (``initializer``, ``max_tasks_per_child``) get a private
-deployment of their own.
+deployment of their own. The ``executors.Pool`` behaviour classes run here
+too, on pools built on the same executors (``tests/test_pool.py`` leaves
+celery out).
 
 The shared deployment survives every test: a crashed pool process is
 replaced by the worker, and a test that stops running tasks (Ctrl-C)
@@ -37,9 +39,18 @@ from executors.testing import (
     ShutdownContract,
     ShutdownFaultContract,
     SubmitContract,
+    TaskControlContract,
     WorkerCrashContract,
 )
 from executors.testing._support import BOUND, ExecutorFactory, child_processes
+from executors.testing.pool import (
+    PoolApplyContract,
+    PoolCrashContract,
+    PoolFactory,
+    PoolImapContract,
+    PoolLifecycleContract,
+    PoolMapContract,
+)
 
 pytest.importorskip("celery")
 pytest.importorskip("redis")
@@ -62,6 +73,15 @@ def deployment() -> Iterator[LocalDeployment]:
         yield started
     finally:
         started.stop()
+
+
+def _wait_for_no_leftovers(deployment: LocalDeployment, before: set[int]) -> None:
+    deadline = time.monotonic() + BOUND
+    while (leftover := _not_shared(deployment) - before) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.05)
+    assert not leftover, f"child processes left after shutdown: {sorted(leftover)}"
 
 
 def _not_shared(deployment: LocalDeployment) -> set[int]:
@@ -100,30 +120,31 @@ class _Shared:
             executor.shutdown(wait=True, cancel_futures=True)
             took = time.monotonic() - start
             assert took < BOUND, f"shutdown took {took:.1f}s"
-        deadline = time.monotonic() + BOUND
-        while (leftover := _not_shared(deployment) - before) and (
-            time.monotonic() < deadline
-        ):
-            time.sleep(0.05)
-        assert not leftover, f"child processes left after shutdown: {sorted(leftover)}"
+        _wait_for_no_leftovers(deployment, before)
 
     @pytest.fixture
     def executor_factory(self, deployment: LocalDeployment) -> ExecutorFactory:
-        def make(**options: Any) -> Any:
-            if _PRIVATE_OPTIONS & set(options):
-                return executors.create("celery", **{"max_workers": 2, **options})
-            return executors.create(
-                "celery",
-                **{
-                    "max_workers": 2,
-                    "broker": deployment.url,
-                    "backend": deployment.url,
-                    "queue": QUEUE,
-                    **options,
-                },
-            )
+        return _factory(deployment)
 
-        return make
+
+def _factory(deployment: LocalDeployment) -> ExecutorFactory:
+    """Executors on the shared deployment; on a private one if they must."""
+
+    def make(**options: Any) -> Any:
+        if _PRIVATE_OPTIONS & set(options):
+            return executors.create("celery", **{"max_workers": 2, **options})
+        return executors.create(
+            "celery",
+            **{
+                "max_workers": 2,
+                "broker": deployment.url,
+                "backend": deployment.url,
+                "queue": QUEUE,
+                **options,
+            },
+        )
+
+    return make
 
 
 class TestSubmit(_Shared, SubmitContract):
@@ -171,4 +192,75 @@ class TestShutdownFault(_Shared, ShutdownFaultContract):
 
 
 class TestBadInput(_Shared, BadInputContract):
+    @pytest.fixture
+    def executor_factory(self, deployment: LocalDeployment) -> ExecutorFactory:
+        """As the module's, with one rewrite for the random options test.
+
+        A queue that no worker consumes is valid (an operator may start its
+        workers later) and leaves the futures pending, as documented: the
+        test cannot tell that from a hang. So a queue name it draws (or the
+        app's default, ``None``) becomes the one the shared worker consumes;
+        a queue of the wrong type or empty still reaches the backend.
+        """
+        shared = _factory(deployment)
+
+        def make(**options: Any) -> Any:
+            queue = options.get("queue", QUEUE)
+            if queue is None or (isinstance(queue, str) and queue):
+                options["queue"] = QUEUE
+            return shared(**options)
+
+        return make
+
+
+class TestTaskControl(_Shared, TaskControlContract):
+    """On the shared deployment, reached as an existing one: a timeout or
+    kill_task() revokes the task with SIGKILL, and terminate_workers()
+    revokes this executor's running tasks, never the module's workers."""
+
+
+# -- executors.Pool on the shared deployment -----------------------------------
+
+
+class _SharedPool(_Shared):
+    @pytest.fixture
+    def make_pool(
+        self, pool_factory: PoolFactory, deployment: LocalDeployment
+    ) -> Iterator[PoolFactory]:
+        """As the suite's, with the shared deployment's processes left out."""
+        before = _not_shared(deployment)
+        created: list[Any] = []
+
+        def make(*args: Any, **kwargs: Any) -> Any:
+            pool = pool_factory(*args, **kwargs)
+            created.append(pool)
+            return pool
+
+        yield make
+        for pool in created:
+            start = time.monotonic()
+            pool.terminate()
+            pool.join()
+            took = time.monotonic() - start
+            assert took < BOUND, f"terminate() + join() took {took:.1f}s"
+        _wait_for_no_leftovers(deployment, before)
+
+
+class TestPoolApply(_SharedPool, PoolApplyContract):
+    pass
+
+
+class TestPoolMap(_SharedPool, PoolMapContract):
+    pass
+
+
+class TestPoolImap(_SharedPool, PoolImapContract):
+    pass
+
+
+class TestPoolLifecycle(_SharedPool, PoolLifecycleContract):
+    pass
+
+
+class TestPoolCrash(_SharedPool, PoolCrashContract):
     pass

@@ -552,12 +552,12 @@ class Pool:
     def _stop_workers_now(self) -> None:
         """Stop running tasks, cancel queued ones, leave no worker process.
 
-        The one place that knows how: the executor's Ctrl-C hook, then a
-        shutdown that cancels. To be replaced by the public
-        ``terminate_workers()`` once executors have it.
+        ``terminate_workers()``: SIGTERM to every worker, queued futures
+        cancelled, running ones failed; threads (which cannot be stopped)
+        are waited for, as raw ``ThreadPool.terminate()`` does.
         """
-        self._executor._interrupt()
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._executor.terminate_workers()
+        self._executor.shutdown(wait=True)
 
     def _wait_for_results(self) -> None:
         # The executor's shutdown returns once every future is done, which

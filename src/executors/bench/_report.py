@@ -32,6 +32,7 @@ _VERSIONED = (
     "joblib",
     "dask",
     "distributed",
+    "celery",
     "numpy",
     "psutil",
     "matplotlib",
@@ -197,6 +198,15 @@ def _goals(names: Iterable[str], counterparts: dict[str, str | None]) -> list[Go
         Goal("classic workload",
              "dask classic workload, ms over ideal (3.03 s on 5 x 1 s)",
              "classic", "dask", "overhead", "<=", 30.0),
+        Goal("round-trip latency",
+             "celery round trip vs raw task.delay(x).get()",
+             "roundtrip", "celery", "us", "<=", 1.05, "raw.celery", "us"),
+        Goal("map throughput",
+             "celery map of no-ops, default vs a raw group of tasks",
+             "tiny", "celery", "default", ">=", 20.0, "raw.celery", "default"),
+        Goal("classic workload",
+             "celery classic workload, ms over ideal (3.05 s on 5 x 1 s)",
+             "classic", "celery", "overhead", "<=", 50.0),
     ]  # fmt: skip
     for name in names:
         goals.append(

@@ -43,6 +43,7 @@ COUNTERPARTS = {
     "queue": "raw.Pool",
     "joblib": "raw.joblib",
     "dask": "raw.dask",
+    "celery": "raw.celery",
     "thread": "raw.ThreadPoolExecutor",
     "inline": "serial",
 }
@@ -138,6 +139,7 @@ def _raw_targets(workers: int, start_method: str) -> list[TargetSpec]:
     )
     joblib_ok = _has("joblib")
     dask_ok = _has("dask") and _has("distributed")
+    celery_ok = _has("celery") and _has("redis")
     return [
         TargetSpec(
             "raw.ProcessPoolExecutor",
@@ -176,6 +178,23 @@ def _raw_targets(workers: int, start_method: str) -> list[TargetSpec]:
             },
         ),
         TargetSpec(
+            "raw.celery",
+            "raw",
+            "Celery used directly (task.delay().get(), group) on a private "
+            "Redis and one prefork worker of N processes, as the backend's",
+            workers,
+            available=celery_ok,
+            reason=None
+            if celery_ok
+            else 'needs celery: pip install "executors[celery]"',
+            unsupported={
+                "streaming": "a group reads its whole input: no bounded map",
+                "payload": "the private deployment sends JSON, which carries "
+                "no numpy arrays",
+                "func": "runs only tasks its worker registers",
+            },
+        ),
+        TargetSpec(
             "raw.ThreadPoolExecutor",
             "raw",
             "concurrent.futures.ThreadPoolExecutor, used directly",
@@ -198,6 +217,7 @@ RAW_TARGETS = (
     "raw.Pool",
     "raw.joblib",
     "raw.dask",
+    "raw.celery",
     "raw.ThreadPoolExecutor",
     "raw.Process",
 )
@@ -479,13 +499,17 @@ class RawDaskSession(Session):
 
     def start(self) -> None:
         from distributed import Client, LocalCluster
+        from distributed.security import Security
 
+        # The same mutual TLS as the backend's own local cluster, so that
+        # "vs raw" compares like with like.
         self.cluster = LocalCluster(  # type: ignore[no-untyped-call]
             n_workers=self.workers,
             threads_per_worker=1,
             processes=True,
             host="127.0.0.1",
             dashboard_address=None,
+            security=Security.temporary(),  # type: ignore[no-untyped-call]
         )
         self.client = Client(self.cluster)  # type: ignore[no-untyped-call]
 
@@ -520,6 +544,79 @@ class RawDaskSession(Session):
         futures = [self.client.submit(fn, a, pure=False) for a in args]
         result: list[Any] = self.client.gather(futures)
         return result
+
+
+class RawCelerySession(Session):
+    """Celery used directly, on a private deployment like the backend's.
+
+    The same machinery as ``create("celery")``: a Redis server on a unix
+    socket and one ``celery worker`` of ``workers`` prefork processes, whose
+    worker also imports plain tasks for the benchmark's functions
+    (:mod:`executors.backends.celery._benchtasks`). Calls go the documented
+    way: ``task.delay(x).get()``, ``group(...)().get()``, and
+    ``task.chunks(...)`` for a hand-picked chunksize.
+    """
+
+    app: Any = None
+    deployment: Any = None
+
+    def start(self) -> None:
+        from celery import Celery
+
+        from ..backends.celery import _benchtasks
+        from ..backends.celery._deployment import QUEUE, LocalDeployment
+        from ..backends.celery.worker import PRIVATE_CONFIG
+
+        deployment = LocalDeployment(
+            self.workers, include=("executors.backends.celery._benchtasks",)
+        )
+        self.deployment = deployment
+        deployment.start()
+        deployment.wait_ready()
+        app = Celery(
+            "bench-raw",
+            set_as_current=False,
+            broker=deployment.url,
+            backend=deployment.url,
+        )
+        app.conf.update({**PRIVATE_CONFIG, "task_default_queue": QUEUE})
+        self.app = app
+        self._names = _benchtasks.TASKS
+
+    def close(self) -> None:
+        if self.app is not None:
+            self.app.close()
+            self.app = None
+        if self.deployment is not None:
+            self.deployment.stop()
+            self.deployment = None
+
+    def _task(self, fn: Callable[[Any], Any]) -> Any:
+        name = self._names.get(fn)
+        if name is None:
+            raise Unsupported(f"raw.celery has no Celery task for {fn!r}")
+        return self.app.tasks[name]
+
+    def call(self, fn: Callable[[Any], Any], x: Any) -> Any:
+        return self._task(fn).delay(x).get()
+
+    def map(
+        self, fn: Callable[[Any], Any], items: list[Any], chunksize: int | None
+    ) -> list[Any]:
+        from celery import group
+
+        task = self._task(fn)
+        if chunksize is None:
+            result: list[Any] = group(task.s(x) for x in items)().get()
+            return result
+        # Celery's own chunking: each task runs a slice of the input.
+        batches = task.chunks(((x,) for x in items), chunksize).group()().get()
+        return [x for batch in batches for x in batch]
+
+    def submit_all(self, fn: Callable[[Any], Any], args: list[Any]) -> list[Any]:
+        task = self._task(fn)
+        pending = [task.delay(a) for a in args]
+        return [p.get() for p in pending]
 
 
 class RawProcessPerTaskSession(Session):
@@ -598,6 +695,7 @@ _RAW_SESSIONS: dict[str, type[Session]] = {
     "raw.Pool": RawPoolSession,
     "raw.joblib": RawJoblibSession,
     "raw.dask": RawDaskSession,
+    "raw.celery": RawCelerySession,
     "raw.ThreadPoolExecutor": RawThreadPoolSession,
     "raw.Process": RawProcessPerTaskSession,
     "serial": SerialSession,

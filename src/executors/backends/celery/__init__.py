@@ -15,6 +15,8 @@ Modules, each one role:
 * :mod:`._celeryside`: the apps the executor makes, and Celery's failures
   translated into the project's errors.
 * :mod:`._executor`: :class:`CeleryExecutor` on the shared call queue.
+* :mod:`._benchtasks`: plain Celery tasks for the benchmark's
+  ``raw.celery`` target (imported only by its worker and by that target).
 
 Importing this package imports nothing of Celery; ``CeleryExecutor`` is
 loaded on first access.

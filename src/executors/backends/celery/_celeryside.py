@@ -69,6 +69,17 @@ def failure(status: str, error: Any) -> BaseException:
         )
         crash.__cause__ = error if isinstance(error, BaseException) else None
         return crash
+    if status == "REVOKED" and "terminated" in str(error):
+        # Not by this executor (its own revokes settle nothing): another
+        # client's revoke, or Celery's known race where a revoke meant for
+        # a task that had just finished kills the process's next task.
+        crash = WorkerCrashedError(
+            "the Celery pool process running this task was killed by a revoke "
+            f"with terminate=True that this executor did not send: {error!r}",
+            None,
+        )
+        crash.__cause__ = error if isinstance(error, BaseException) else None
+        return crash
     failed = ExecutorFailedError(f"Celery did not run the task ({status}): {error!r}")
     if isinstance(error, BaseException):
         failed.__cause__ = error

@@ -94,6 +94,8 @@ class LocalDeployment:
         slots: Pool processes of the worker (``--concurrency``).
         max_tasks_per_child: Replace a pool process after this many tasks.
         initializer: The pickled ``(initializer, initargs)``, or ``None``.
+        include: More task modules for the worker to import (``--include``),
+            beyond the executors' generic task.
     """
 
     def __init__(
@@ -101,8 +103,10 @@ class LocalDeployment:
         slots: int,
         max_tasks_per_child: int | None = None,
         initializer: bytes | None = None,
+        include: tuple[str, ...] = (),
     ) -> None:
         self.slots = slots
+        self._include = include
         self._max_tasks_per_child = max_tasks_per_child
         self._initializer = initializer
         self._binary = redis_server_binary()
@@ -204,6 +208,8 @@ class LocalDeployment:
         ]
         if self._max_tasks_per_child is not None:
             command.append(f"--max-tasks-per-child={self._max_tasks_per_child}")
+        if self._include:
+            command.append(f"--include={','.join(self._include)}")
         try:
             self.worker = subprocess.Popen(
                 command, env=env, pass_fds=[write_end], start_new_session=True

@@ -20,12 +20,22 @@ Two ways to start: without ``app``/``broker``/``backend`` the executor
 starts a private deployment on its first ``submit`` or ``map`` (see
 :mod:`._deployment`) and stops it at ``shutdown()``; with them it uses an
 existing deployment and stops nothing of it.
+
+Stopping work: one task (a timeout, ``kill_task``) is revoked with
+``terminate=True`` and SIGKILL, on either kind of deployment: the worker
+kills the pool process running it and forks a new one. ``terminate_workers``
+signals the private worker's whole process group (main and pool processes);
+on an existing deployment it revokes this executor's running tasks with the
+signal instead, since those workers are not ours to stop.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
+import os
+import signal
 import threading
 import uuid
 from collections.abc import Callable
@@ -43,6 +53,7 @@ from ..._errors import (
     ExecutorInterruptedError,
 )
 from ..._futures import Future as OurFuture
+from ..._futures import settle
 from ..._lifecycle import join_unless_current, manager_failed
 from ..._options import (
     check_initializer,
@@ -58,6 +69,8 @@ from .task import TASK_NAME, from_wire, to_wire
 from .worker import PRIVATE_CONFIG
 
 __all__ = ["CeleryExecutor"]
+
+_log = logging.getLogger("executors")
 
 T = TypeVar("T")
 
@@ -84,7 +97,16 @@ class CeleryExecutor(BaseExecutor):
     """
 
     backend = "celery"
-    capabilities = Capabilities(survives_worker_death=True)
+    # Stopping one task is a revoke with terminate=True: it works on the
+    # private deployment and on any deployment whose workers run Celery's
+    # defaults (the prefork pool, remote control on); see the backend page.
+    capabilities = Capabilities(
+        survives_worker_death=True,
+        task_control=True,
+        stops_timed_out_tasks=True,
+        kills_single_task=True,
+        terminates_workers=True,
+    )
     _calls: CallQueue
 
     def __init__(
@@ -108,6 +130,17 @@ class CeleryExecutor(BaseExecutor):
         for name, value in (("broker", broker), ("backend", backend), ("queue", queue)):
             if value is not None and not isinstance(value, str):
                 raise TypeError(f"{name} must be a URL string or None, got {value!r}")
+        for name, value in (("broker", broker), ("backend", backend)):
+            if value is not None and "://" not in value:
+                raise ValueError(
+                    f"{name} must be a URL such as redis://host:6379/0, got {value!r}"
+                )
+        if backend is not None and broker is None:
+            # Celery would fall back to its default broker (AMQP on
+            # localhost): never what a caller who named a backend meant.
+            raise ValueError("backend= needs broker= too (or pass app=)")
+        if queue == "":
+            raise ValueError("queue must be a queue name, got ''")
         if existing:
             for name, given in (
                 ("initializer", initializer is not None),
@@ -157,14 +190,25 @@ class CeleryExecutor(BaseExecutor):
         self._numbers = itertools.count()
         self._serializer = "json"
         self._out: dict[str, Call] = {}
+        # Calls being revoked by _stop -> the REVOKED state that arrived
+        # meanwhile (the queue settles them, not that state).
+        self._stopping: dict[str, dict[str, Any] | None] = {}
         self._out_lock = threading.Lock()
         self._start_lock = threading.Lock()
         self._ready = False
         self._released = False
+        # Set by terminate_workers()/kill_workers(): the idle queue must not
+        # tear the deployment down before the workers get the signal.
+        self._ending = False
         self._listener: ResultListener | None = None
         self._watch: DeploymentWatch | None = None
         self._calls = CallQueue(
-            self._launch, lambda: self._max_workers, on_idle=self._release
+            self._launch,
+            lambda: self._max_workers,
+            on_idle=self._release,
+            stop=self._stop,
+            # Celery replaces a pool process that died: the executor lives on.
+            retries_crashes=True,
         )
 
     # -- hooks ------------------------------------------------------------------
@@ -208,7 +252,7 @@ class CeleryExecutor(BaseExecutor):
             payload = to_wire(dumps((fn, args, kwargs)), self._serializer)
         except Exception as exc:
             # Before Celery ever sees it, as on the other process backends.
-            future.set_exception(exc)
+            settle(future, error=exc)
             return future
         self._calls.submit(future, payload)
         return future
@@ -229,6 +273,33 @@ class CeleryExecutor(BaseExecutor):
             f"task ran; {fate}"
         )
         self._calls.fail_launched(lambda: ExecutorInterruptedError(message))
+
+    def _end_workers(self, sig: signal.Signals, how: str) -> None:
+        # Before the base class fails the running calls: the queue, idle
+        # then, would tear the deployment down (SIGKILL, app closed) before
+        # _signal_workers could send `sig` or revoke anything.
+        self._ending = True
+        super()._end_workers(sig, how)
+
+    def _signal_workers(self, sig: signal.Signals) -> None:
+        numbers = self._take_all()
+        deployment = self._deployment
+        if deployment is not None:
+            worker = deployment.worker
+            if worker is not None and worker.poll() is None:
+                # Its own process group: the main process and every pool
+                # process, whatever they run.
+                with contextlib.suppress(OSError):
+                    os.killpg(worker.pid, sig)
+        elif numbers and self._ready:
+            # Not ours to stop: the tasks this executor is running are.
+            ids = [f"{self._prefix}-{number}" for number in numbers]
+            with contextlib.suppress(Exception):
+                self._app.control.revoke(ids, terminate=True, signal=sig.name)
+        with self._lock:
+            released, self._released = self._released, True
+        if not released:
+            self._tear_down()
 
     def _shutdown(self, wait: bool, cancel_futures: bool) -> None:
         self._calls.close(cancel_futures)
@@ -281,8 +352,8 @@ class CeleryExecutor(BaseExecutor):
     def _release(self) -> None:
         # on_idle: closed, and every future settled. Maybe in the listener.
         with self._lock:
-            if self._released:
-                return
+            if self._released or self._ending:
+                return  # terminate_workers(): _signal_workers tears down
             self._released = True
         self._tear_down()
 
@@ -327,9 +398,16 @@ class CeleryExecutor(BaseExecutor):
 
     def _on_result(self, number: str, meta: dict[str, Any]) -> None:
         with self._out_lock:
+            if number in self._stopping and meta["status"] == states.REVOKED:
+                # Our own revoke, faster than _stop: the queue settles it.
+                self._stopping[number] = meta
+                return
             call = self._out.pop(number, None)
         if call is None:
-            return  # failed already (interrupted, broken)
+            return  # failed already (interrupted, broken, stopped)
+        self._deliver(call, meta)
+
+    def _deliver(self, call: Call, meta: dict[str, Any]) -> None:
         status = meta["status"]
         if status != states.SUCCESS:
             self._calls.settle(call, error=failure(status, meta.get("result")))
@@ -340,6 +418,37 @@ class CeleryExecutor(BaseExecutor):
             self._calls.settle(call, value)
         else:
             self._calls.settle(call, error=value)
+
+    def _stop(self, call: Call) -> bool:
+        """Stop one running task: revoke it, killing its pool process.
+
+        The worker kills the process running the task (or drops the task
+        if it has not started) and forks a new pool process; the executor
+        lives on. True once the revoke is sent.
+        """
+        number = call.handle
+        with self._out_lock:
+            if number is None or self._out.get(number) is not call:
+                return False  # its result has arrived
+            self._stopping[number] = None
+        task_id = f"{self._prefix}-{number}"
+        try:
+            self._app.control.revoke(task_id, terminate=True, signal="SIGKILL")
+        except Exception:
+            # The broker is unreachable: the task runs on.
+            _log.warning("executors: could not revoke task %s", task_id, exc_info=True)
+            with self._out_lock:
+                revoked = self._stopping.pop(number, None)
+                if revoked is not None:
+                    self._out.pop(number, None)
+            if revoked is not None:
+                self._deliver(call, revoked)  # revoked all the same
+            return False
+        with self._out_lock:
+            # Its REVOKED state, published by the worker, settles nothing.
+            self._stopping.pop(number, None)
+            self._out.pop(number, None)
+        return True
 
     def _outstanding(self) -> list[str]:
         with self._out_lock:
