@@ -30,7 +30,7 @@ import select
 import threading
 import time
 
-__all__ = ["PARENT_GONE_EXITCODE", "exit_with_parent"]
+__all__ = ["PARENT_GONE_EXITCODE", "exit_with_parent", "process_alive"]
 
 #: Exit code of a worker that ended because its caller died.
 PARENT_GONE_EXITCODE = 70
@@ -84,12 +84,13 @@ def _watch(parent_pid: int, pidfd: int | None) -> None:
         while not poller.poll():
             pass
     else:
-        while _alive(parent_pid):
+        while process_alive(parent_pid):
             time.sleep(_POLL_SECONDS)
     os._exit(PARENT_GONE_EXITCODE)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, killed but not reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -49,6 +49,7 @@ from typing import Any
 from ..._errors import BackendNotInstalledError, ExecutorFailedError, describe_exitcode
 from ..._lifecycle import ManagerThread
 from ..._outcome import initializer_error
+from ..._parentwatch import process_alive
 from .worker import PRIVATE_VARIABLE
 
 __all__ = ["QUEUE", "START_SECONDS", "DeploymentWatch", "LocalDeployment"]
@@ -386,20 +387,7 @@ class DeploymentWatch(ManagerThread):
                 self._on_broken(functools.partial(ExecutorFailedError, message))
                 return True
         for pid in list(self._initializing):
-            if not _alive(pid):
+            if not process_alive(pid):
                 self._on_broken(functools.partial(initializer_error, "celery", pid))
                 return True
         return False
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # pragma: no cover - a reused pid of another user
-        return False
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/stat", "rb") as stat:
-        if stat.read().rsplit(b")", 1)[-1].split()[0] == b"Z":
-            return False
-    return True
