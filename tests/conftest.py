@@ -77,7 +77,11 @@ ORPHAN_GRACE = 5.0
 # multiprocessing's helpers of the controller itself (tests run in it
 # without xdist): they end with it, as in any program, so they are not
 # leftovers while it is still running.
-_OWN_HELPERS = ("multiprocessing.forkserver", "multiprocessing.resource_tracker")
+_OWN_HELPERS = (
+    "multiprocessing.forkserver",
+    "multiprocessing.resource_tracker",
+    "loky.backend.resource_tracker",
+)
 _token_key = pytest.StashKey[str]()
 
 

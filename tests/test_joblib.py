@@ -32,20 +32,25 @@ from joblib.externals.loky.process_executor import (
 )
 
 import executors
-from executors import InitializerFailedError, RemoteTraceback, WorkerCrashedError
-from executors.backends.joblib import (
-    INITIALIZER_FAILED_EXITCODE,
-    JoblibExecutor,
-    translate_error,
+from executors import (
+    ExecutorInterruptedError,
+    InitializerFailedError,
+    RemoteTraceback,
+    WorkerCrashedError,
 )
+from executors._futures import Future as OurFuture
+from executors._outcome import INITIALIZER_FAILED_EXITCODE
+from executors.backends.joblib import JoblibExecutor, translate_error
 from executors.testing import (
     BOUND,
+    CallbackContract,
     ContractBase,
     CrashContract,
     InitializerContract,
     MapContract,
     ShutdownContract,
     SubmitContract,
+    TaskControlContract,
     tasks,
 )
 from executors.testing._support import ExecutorFactory
@@ -114,6 +119,22 @@ class TestMultiprocessingInitializer(_Variant, InitializerContract):
 @pytest.mark.slow
 class TestMultiprocessingCrash(_Variant, CrashContract):
     options = MULTIPROCESSING
+
+
+class TestThreadingTaskControl(_Variant, TaskControlContract):
+    options = THREADING
+
+
+class TestMultiprocessingTaskControl(_Variant, TaskControlContract):
+    options = MULTIPROCESSING
+
+
+class TestMultiprocessingCallbacks(_Variant, CallbackContract):
+    options = MULTIPROCESSING
+
+
+class TestParallelEngineCallbacks(_Variant, CallbackContract):
+    options = PARALLEL_ENGINE
 
 
 @pytest.mark.slow
@@ -383,7 +404,9 @@ class TestInterruptAndExit(ContractBase):
         assert time.monotonic() - start < BOUND
         for fut in futs:
             assert fut.done()
-            assert fut.cancelled() or isinstance(fut.exception(), RuntimeError)
+            assert fut.cancelled() or isinstance(
+                fut.exception(), ExecutorInterruptedError
+            )
 
     @pytest.mark.parametrize(
         "options", [THREADING, MULTIPROCESSING], ids=["threading", "multiprocessing"]
@@ -409,6 +432,75 @@ class TestInterruptAndExit(ContractBase):
             assert script.stderr == "", script.report()
         finally:
             script.kill_tree()
+
+
+# -- one fault, one exception -------------------------------------------------------
+
+
+@pytest.mark.parametrize("options", [{}, MULTIPROCESSING], ids=["loky", "mp"])
+class TestFaultsAsElsewhere(ContractBase):
+    """What the other process backends survive, this one survives too."""
+
+    def test_argument_that_raises_while_unpickled_fails_its_future_only(
+        self, make_executor: ExecutorFactory, options: dict[str, Any]
+    ) -> None:
+        # loky alone loses the worker ("A task has failed to un-serialize")
+        # and with it every pending task.
+        executor = make_executor(**options)
+        others = [executor.submit(tasks.sleep_and_return, 0.2, i) for i in range(4)]
+        exc = executor.submit(tasks.identity, tasks.FailsToUnpickle()).exception(
+            timeout=BOUND
+        )
+        assert type(exc) is RuntimeError
+        assert "FailsToUnpickle" in str(exc)
+        assert [f.result(timeout=BOUND) for f in others] == list(range(4))
+        assert executor.submit(tasks.add, 1, 2).result(timeout=BOUND) == 3
+
+    def test_result_that_cannot_be_unpickled_fails_its_future_only(
+        self, make_executor: ExecutorFactory, options: dict[str, Any]
+    ) -> None:
+        executor = make_executor(**options)
+        exc = executor.submit(tasks.return_unloadable).exception(timeout=BOUND)
+        assert not isinstance(exc, BrokenExecutor)
+        assert "cannot be unpickled" in str(exc)
+        assert executor.submit(tasks.add, 1, 2).result(timeout=BOUND) == 3
+
+
+# -- task control ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["terminate_workers", "kill_workers"])
+@pytest.mark.parametrize("options", [{}, MULTIPROCESSING], ids=["loky", "mp"])
+def test_stopping_the_workers_resolves_everything_and_leaves_no_process(
+    options: dict[str, Any], how: str
+) -> None:
+    executor = JoblibExecutor(max_workers=2, **options)
+    pids = _worker_pids(executor)
+    futs = [executor.submit(tasks.sleep_and_return, 60.0, i) for i in range(8)]
+    deadline = time.monotonic() + BOUND
+    while not all(f.running() for f in futs[:2]):
+        assert time.monotonic() < deadline, "the tasks never started"
+        time.sleep(0.01)
+    start = time.monotonic()
+    getattr(executor, how)()
+    assert time.monotonic() - start < 10.0
+    assert all(f.done() for f in futs)
+    assert all(
+        f.cancelled() or isinstance(f.exception(), executors.WorkersTerminatedError)
+        for f in futs
+    )
+    assert not _wait_dead(pids)
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        executor.submit(tasks.noop)
+
+
+def test_capabilities_declare_task_control() -> None:
+    caps = JoblibExecutor.capabilities
+    assert caps.task_control and caps.terminates_workers
+    assert not caps.kills_single_task and not caps.stops_timed_out_tasks
+    with JoblibExecutor(max_workers=1, **THREADING) as executor:
+        assert executor.capabilities.task_control
+        assert not executor.capabilities.terminates_workers
 
 
 # -- options ----------------------------------------------------------------------
@@ -552,6 +644,21 @@ class TestParallelEngine(ContractBase):
         executor.shutdown(wait=True)
         assert list(results) == list(range(60))
 
+    def test_async_map_runs_through_joblib_parallel(
+        self, make_executor: ExecutorFactory
+    ) -> None:
+        import asyncio
+
+        import executors.aio
+
+        executor = make_executor(**PARALLEL_ENGINE)
+        fn = _make_probe()
+
+        async def collect() -> list[str]:
+            return [value async for value in executors.aio.map(executor, fn, range(6))]
+
+        assert set(asyncio.run(collect())) == {"ThreadingBackend"}
+
     def test_fixed_batch_size_and_pre_dispatch(
         self, make_executor: ExecutorFactory
     ) -> None:
@@ -664,9 +771,10 @@ def test_shutdown_releases_every_file_descriptor(options: dict[str, Any]) -> Non
         gc.enable()
 
 
-def test_returns_stdlib_futures_for_every_joblib_backend() -> None:
+def test_returns_the_projects_futures_for_every_joblib_backend() -> None:
     for options in ({}, THREADING, MULTIPROCESSING):
         with JoblibExecutor(max_workers=2, **options) as executor:
             fut = executor.submit(tasks.add, 1, 2)
-            assert type(fut) is Future
+            assert type(fut) is OurFuture
+            assert isinstance(fut, Future)
             assert fut.result(timeout=BOUND) == 3

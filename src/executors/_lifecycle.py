@@ -50,7 +50,9 @@ class ClosesAtExit(Protocol):
 
 _exiting = False
 _live: weakref.WeakSet[Any] = weakref.WeakSet()
-_hook_lock = threading.Lock()
+# Reentrant: a finalizer that closes an executor may run (at a garbage
+# collection) while this thread holds it.
+_hook_lock = threading.RLock()
 
 
 def interpreter_exiting() -> bool:
@@ -110,7 +112,7 @@ def _after_fork_in_child() -> None:
     # have been held by another thread at the fork: a fresh one, or the
     # child would hang at its own exit.
     _live.clear()
-    _hook_lock = threading.Lock()
+    _hook_lock = threading.RLock()
 
 
 def ending_on_keyboard_interrupt() -> bool:
