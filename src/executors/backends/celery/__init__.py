@@ -14,6 +14,8 @@ Modules, each one role:
   backend's pub/sub.
 * :mod:`._celeryside`: the apps the executor makes, and Celery's failures
   translated into the project's errors.
+* :mod:`._sent`: the tasks one executor has sent to Celery (publishing,
+  matching results to calls, revoking).
 * :mod:`._executor`: :class:`CeleryExecutor` on the shared call queue.
 * :mod:`._benchtasks`: plain Celery tasks for the benchmark's
   ``raw.celery`` target (imported only by its worker and by that target).

@@ -1,5 +1,10 @@
 """The ``celery`` executor: futures in front of a Celery deployment.
 
+This module holds :class:`CeleryExecutor`: its options, starting and
+stopping a deployment, and settling futures from results; the table of
+tasks sent to Celery (publishing, matching results, revoking) is
+:class:`~._sent.SentTasks`.
+
 Data flow::
 
     submit(fn, *args)                                         caller thread
@@ -9,7 +14,8 @@ Data flow::
       |            queued call has never reached Celery
       |  at most `max_workers` calls out at once (the deployment's slots)
       v
-    launch: one task message "executors.run_call" -> broker     any thread
+    SentTasks.launch: one task message "executors.run_call"    any thread
+      |  to the broker; its task id maps back to the call (:mod:`._sent`)
       v
     celery worker pool process: run_call(payload) -> (ok, outcome bytes)
       v  the Redis result backend stores the result and publishes it
@@ -32,12 +38,9 @@ signal instead, since those workers are not ours to stop.
 from __future__ import annotations
 
 import contextlib
-import itertools
-import logging
 import os
 import signal
 import threading
-import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
@@ -62,15 +65,14 @@ from ..._options import (
     cpu_count,
 )
 from ..._outcome import decode, dumps
-from ._celeryside import PUBLISH_RETRY, discover_slots, failure, lost, make_app
+from ._celeryside import discover_slots, failure, lost, make_app
 from ._deployment import QUEUE, DeploymentWatch, LocalDeployment
 from ._results import ResultListener
-from .task import TASK_NAME, from_wire, to_wire
+from ._sent import SentTasks
+from .task import from_wire, to_wire
 from .worker import PRIVATE_CONFIG
 
 __all__ = ["CeleryExecutor"]
-
-_log = logging.getLogger("executors")
 
 T = TypeVar("T")
 
@@ -186,14 +188,7 @@ class CeleryExecutor(BaseExecutor):
                 # Pickled now: a bad initializer fails create().
                 payload = dumps((self._prepare(initializer), initargs))
             self._deployment = LocalDeployment(workers, per_child, payload)
-        self._prefix = uuid.uuid4().hex
-        self._numbers = itertools.count()
-        self._serializer = "json"
-        self._out: dict[str, Call] = {}
-        # Calls being revoked by _stop -> the REVOKED state that arrived
-        # meanwhile (the queue settles them, not that state).
-        self._stopping: dict[str, dict[str, Any] | None] = {}
-        self._out_lock = threading.Lock()
+        self._sent = SentTasks(self._deliver, self._break)
         self._start_lock = threading.Lock()
         self._ready = False
         self._released = False
@@ -203,10 +198,10 @@ class CeleryExecutor(BaseExecutor):
         self._listener: ResultListener | None = None
         self._watch: DeploymentWatch | None = None
         self._calls = CallQueue(
-            self._launch,
+            self._sent.launch,
             lambda: self._max_workers,
             on_idle=self._release,
-            stop=self._stop,
+            stop=self._sent.stop,
             # Celery replaces a pool process that died: the executor lives on.
             retries_crashes=True,
         )
@@ -249,7 +244,7 @@ class CeleryExecutor(BaseExecutor):
     ) -> Future[T]:
         future: OurFuture[T] = OurFuture()
         try:
-            payload = to_wire(dumps((fn, args, kwargs)), self._serializer)
+            payload = to_wire(dumps((fn, args, kwargs)), self._sent.serializer)
         except Exception as exc:
             # Before Celery ever sees it, as on the other process backends.
             settle(future, error=exc)
@@ -259,12 +254,12 @@ class CeleryExecutor(BaseExecutor):
 
     def _interrupt(self) -> None:
         # Ctrl-C leaving a `with` block: stop what runs now.
-        launched = self._take_all()
+        launched = self._sent.take_all()
         if self._deployment is not None:
             self._deployment.kill()
             fate = "its worker was killed"
         else:
-            ids = [f"{self._prefix}-{number}" for number in launched]
+            ids = [self._sent.task_id(number) for number in launched]
             with contextlib.suppress(Exception):
                 self._app.control.revoke(ids, terminate=True, signal="SIGKILL")
             fate = "it was revoked with terminate=True"
@@ -282,7 +277,7 @@ class CeleryExecutor(BaseExecutor):
         super()._end_workers(sig, how)
 
     def _signal_workers(self, sig: signal.Signals) -> None:
-        numbers = self._take_all()
+        numbers = self._sent.take_all()
         deployment = self._deployment
         if deployment is not None:
             worker = deployment.worker
@@ -293,7 +288,7 @@ class CeleryExecutor(BaseExecutor):
                     os.killpg(worker.pid, sig)
         elif numbers and self._ready:
             # Not ours to stop: the tasks this executor is running are.
-            ids = [f"{self._prefix}-{number}" for number in numbers]
+            ids = [self._sent.task_id(number) for number in numbers]
             with contextlib.suppress(Exception):
                 self._app.control.revoke(ids, terminate=True, signal=sig.name)
         with self._lock:
@@ -327,14 +322,14 @@ class CeleryExecutor(BaseExecutor):
                 "the 'celery' backend needs a Redis result backend (redis://, "
                 f"rediss:// or redis+socket://); this app has {app.backend!r}"
             )
-        self._serializer = app.conf.task_serializer
         if self._queue is None:
             self._queue = app.conf.task_default_queue
+        self._sent.connect(app, self._queue)
         listener = ResultListener(
             app.backend,
-            self._prefix,
-            self._on_result,
-            self._outstanding,
+            self._sent.prefix,
+            self._sent.on_result,
+            self._sent.outstanding,
             self._on_lost,
             self._on_thread_failure,
             forget=deployment is None,
@@ -370,43 +365,6 @@ class CeleryExecutor(BaseExecutor):
 
     # -- the calls ----------------------------------------------------------------
 
-    def _launch(self, call: Call) -> None:
-        number = str(next(self._numbers))
-        task_id = f"{self._prefix}-{number}"
-        app = self._app
-        message = app.amqp.create_task_message(task_id, TASK_NAME, (call.payload,), {})
-        with self._out_lock:
-            self._out[number] = call
-        call.handle = number
-        try:
-            with app.producer_or_acquire() as producer:
-                app.amqp.send_task_message(
-                    producer,
-                    TASK_NAME,
-                    message,
-                    queue=self._queue,
-                    serializer=self._serializer,
-                    retry=True,
-                    retry_policy=PUBLISH_RETRY,
-                )
-        except Exception as exc:
-            with self._out_lock:
-                self._out.pop(number, None)
-            if isinstance(exc, app.connection().connection_errors):
-                self._break(lost("broker", exc))
-            raise
-
-    def _on_result(self, number: str, meta: dict[str, Any]) -> None:
-        with self._out_lock:
-            if number in self._stopping and meta["status"] == states.REVOKED:
-                # Our own revoke, faster than _stop: the queue settles it.
-                self._stopping[number] = meta
-                return
-            call = self._out.pop(number, None)
-        if call is None:
-            return  # failed already (interrupted, broken, stopped)
-        self._deliver(call, meta)
-
     def _deliver(self, call: Call, meta: dict[str, Any]) -> None:
         status = meta["status"]
         if status != states.SUCCESS:
@@ -419,49 +377,8 @@ class CeleryExecutor(BaseExecutor):
         else:
             self._calls.settle(call, error=value)
 
-    def _stop(self, call: Call) -> bool:
-        """Stop one running task: revoke it, killing its pool process.
-
-        The worker kills the process running the task (or drops the task
-        if it has not started) and forks a new pool process; the executor
-        lives on. True once the revoke is sent.
-        """
-        number = call.handle
-        with self._out_lock:
-            if number is None or self._out.get(number) is not call:
-                return False  # its result has arrived
-            self._stopping[number] = None
-        task_id = f"{self._prefix}-{number}"
-        try:
-            self._app.control.revoke(task_id, terminate=True, signal="SIGKILL")
-        except Exception:
-            # The broker is unreachable: the task runs on.
-            _log.warning("executors: could not revoke task %s", task_id, exc_info=True)
-            with self._out_lock:
-                revoked = self._stopping.pop(number, None)
-                if revoked is not None:
-                    self._out.pop(number, None)
-            if revoked is not None:
-                self._deliver(call, revoked)  # revoked all the same
-            return False
-        with self._out_lock:
-            # Its REVOKED state, published by the worker, settles nothing.
-            self._stopping.pop(number, None)
-            self._out.pop(number, None)
-        return True
-
-    def _outstanding(self) -> list[str]:
-        with self._out_lock:
-            return list(self._out)
-
-    def _take_all(self) -> list[str]:
-        with self._out_lock:
-            numbers = list(self._out)
-            self._out.clear()
-        return numbers
-
     def _break(self, make_error: Callable[[], BaseException]) -> None:
-        self._take_all()
+        self._sent.take_all()
         self._calls.break_(make_error)
         if self._deployment is not None:
             # Stop a pool that restarts processes whose initializer fails.

@@ -1,0 +1,151 @@
+"""The tasks one executor has sent to Celery: publishing, results, revoking.
+
+Each call the queue launches becomes one task message named
+``executors.run_call`` whose id is ``<executor prefix>-<number>``; the
+:class:`SentTasks` table maps the number back to the call until its result
+arrives, the task is revoked, or the executor breaks. The executor decides
+what a result means; this table only
+decides which call it belongs to, and whether it still counts.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from celery import states
+
+from ..._callqueue import Call
+from ._celeryside import PUBLISH_RETRY, lost
+from .task import TASK_NAME
+
+__all__ = ["SentTasks"]
+
+_log = logging.getLogger("executors")
+
+
+class SentTasks:
+    """The calls one executor has out on Celery, by task number.
+
+    Args:
+        deliver: Settles a call with the result meta of its task; called
+            outside the table's lock.
+        break_executor: Breaks the executor with the error the callable
+            makes (the broker refused a task message).
+    """
+
+    def __init__(
+        self,
+        deliver: Callable[[Call, dict[str, Any]], None],
+        break_executor: Callable[[Callable[[], BaseException]], None],
+    ) -> None:
+        self._deliver = deliver
+        self._break_executor = break_executor
+        #: What every task id of the executor starts with.
+        self.prefix = uuid.uuid4().hex
+        self._numbers = itertools.count()
+        # The app, queue and serializer tasks go out with: set by connect().
+        self.app: Any = None
+        self.queue: str | None = None
+        self.serializer = "json"
+        self._out: dict[str, Call] = {}
+        # Calls being revoked by stop -> the REVOKED state that arrived
+        # meanwhile (the queue settles them, not that state).
+        self._stopping: dict[str, dict[str, Any] | None] = {}
+        self._lock = threading.Lock()
+
+    def connect(self, app: Any, queue: str) -> None:
+        """Send tasks with ``app`` to ``queue``, in the app's serializer."""
+        self.app = app
+        self.queue = queue
+        self.serializer = app.conf.task_serializer
+
+    def task_id(self, number: str) -> str:
+        """The Celery task id of the executor's task ``number``."""
+        return f"{self.prefix}-{number}"
+
+    def launch(self, call: Call) -> None:
+        """Publish one call as a task message (the call queue's launch)."""
+        number = str(next(self._numbers))
+        task_id = self.task_id(number)
+        app = self.app
+        message = app.amqp.create_task_message(task_id, TASK_NAME, (call.payload,), {})
+        with self._lock:
+            self._out[number] = call
+        call.handle = number
+        try:
+            with app.producer_or_acquire() as producer:
+                app.amqp.send_task_message(
+                    producer,
+                    TASK_NAME,
+                    message,
+                    queue=self.queue,
+                    serializer=self.serializer,
+                    retry=True,
+                    retry_policy=PUBLISH_RETRY,
+                )
+        except Exception as exc:
+            with self._lock:
+                self._out.pop(number, None)
+            if isinstance(exc, app.connection().connection_errors):
+                self._break_executor(lost("broker", exc))
+            raise
+
+    def on_result(self, number: str, meta: dict[str, Any]) -> None:
+        """Hand a task's result to its call (the result listener's callback)."""
+        with self._lock:
+            if number in self._stopping and meta["status"] == states.REVOKED:
+                # Our own revoke, faster than stop: the queue settles it.
+                self._stopping[number] = meta
+                return
+            call = self._out.pop(number, None)
+        if call is None:
+            return  # failed already (interrupted, broken, stopped)
+        self._deliver(call, meta)
+
+    def stop(self, call: Call) -> bool:
+        """Stop one running task: revoke it, killing its pool process.
+
+        The worker kills the process running the task (or drops the task
+        if it has not started) and forks a new pool process; the executor
+        lives on. True once the revoke is sent.
+        """
+        number = call.handle
+        with self._lock:
+            if number is None or self._out.get(number) is not call:
+                return False  # its result has arrived
+            self._stopping[number] = None
+        task_id = self.task_id(number)
+        try:
+            self.app.control.revoke(task_id, terminate=True, signal="SIGKILL")
+        except Exception:
+            # The broker is unreachable: the task runs on.
+            _log.warning("executors: could not revoke task %s", task_id, exc_info=True)
+            with self._lock:
+                revoked = self._stopping.pop(number, None)
+                if revoked is not None:
+                    self._out.pop(number, None)
+            if revoked is not None:
+                self._deliver(call, revoked)  # revoked all the same
+            return False
+        with self._lock:
+            # Its REVOKED state, published by the worker, settles nothing.
+            self._stopping.pop(number, None)
+            self._out.pop(number, None)
+        return True
+
+    def outstanding(self) -> list[str]:
+        """The numbers of the tasks still waiting for a result."""
+        with self._lock:
+            return list(self._out)
+
+    def take_all(self) -> list[str]:
+        """Forget every task still out; return their numbers."""
+        with self._lock:
+            numbers = list(self._out)
+            self._out.clear()
+        return numbers
