@@ -80,6 +80,12 @@ class ThreadExecutor(BaseExecutor):
         return future
 
     def _launch(self, call: Call) -> None:
+        broken = self._pool._broken
+        if broken:
+            # Checked here, not by submit(): the stdlib fails its queued
+            # futures when an initializer fails while holding the lock that
+            # submit() takes, and this runs from those futures' callbacks.
+            raise BrokenThreadPool(broken)
         fn, args, kwargs = call.payload
         self._calls.settle_when_done(call, self._pool.submit(fn, *args, **kwargs))
 
