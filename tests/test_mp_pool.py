@@ -4,7 +4,8 @@ The shared contract runs in tests/test_conformance.py and the crash matrix in
 tests/test_faults.py. These tests pin down the places where raw Pool hangs
 or loses information and this backend does not: a worker that dies in a
 ``map``, a failing initializer, results that do not pickle, cancellation,
-``max_tasks_per_child``, and interpreter exit.
+``max_tasks_per_child``, interpreter exit, and stopping one task (a timeout,
+``kill_task``) without breaking the pool.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -29,7 +31,15 @@ import pytest
 
 import executors
 from conftest import backend_factory
-from executors import InitializerFailedError, RemoteTraceback, WorkerCrashedError
+from executors import (
+    InitializerFailedError,
+    RemoteTraceback,
+    TaskKilledError,
+    TaskTimeoutError,
+    WorkerCrashedError,
+    WorkersTerminatedError,
+    with_options,
+)
 from executors._errors import ExecutorInterruptedError
 from executors.testing import BOUND, ContractBase, child_processes, tasks
 from executors.testing._support import ExecutorFactory, wait_for_no_new_children
@@ -303,6 +313,184 @@ class TestMaxTasksPerChild(ContractBase):
         assert executor.submit(tasks.add, 1, 1).result(timeout=BOUND) == 2
         exc = executor.submit(tasks.exit_abruptly, 4).exception(timeout=BOUND)
         assert isinstance(exc, WorkerCrashedError)
+
+
+def _wait_for_file(path: Path) -> str:
+    deadline = time.monotonic() + BOUND
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path.name} never appeared"
+        time.sleep(0.01)
+    return path.read_text()
+
+
+class TestTaskControl(ContractBase):
+    """One task stops without breaking the pool; stopping all leaves nothing."""
+
+    def test_kill_task_replaces_only_that_worker(
+        self, executor: Any, tmp_path: Path
+    ) -> None:
+        target = executor.submit(
+            tasks.write_pid_then_sleep, str(tmp_path / "target"), 30.0, "target"
+        )
+        other = executor.submit(
+            tasks.write_pid_then_sleep, str(tmp_path / "other"), 1.0, "other"
+        )
+        killed_pid = int(_wait_for_file(tmp_path / "target"))
+        _wait_for_file(tmp_path / "other")
+        assert executor.kill_task(target)
+        with pytest.raises(TaskKilledError):
+            target.result(timeout=BOUND)
+        # The other worker's task was not lost: the pool did not break.
+        assert other.result(timeout=BOUND) == "other"
+        deadline = time.monotonic() + BOUND
+        while _alive(killed_pid):
+            assert time.monotonic() < deadline, "the killed worker lives on"
+            time.sleep(0.01)
+        pids = {executor.submit(tasks.get_pid).result(timeout=BOUND) for _ in range(6)}
+        assert killed_pid not in pids
+        assert not executor.kill_task(target)  # done already
+
+    def test_a_timed_out_task_is_stopped_not_abandoned(
+        self, executor: Any, tmp_path: Path
+    ) -> None:
+        marker = tmp_path / "ran-to-its-end"
+        slow = with_options(tasks.touch_after, timeout=0.5)
+        fut = executor.submit(slow, str(marker), 1.5)
+        with pytest.raises(TaskTimeoutError, match="stopped"):
+            fut.result(timeout=BOUND)
+        assert executor.submit(tasks.add, 1, 2).result(timeout=BOUND) == 3
+        time.sleep(1.5)
+        assert not marker.exists()
+
+    def test_a_task_stopped_before_it_started_never_runs(
+        self, make_executor: ExecutorFactory, tmp_path: Path
+    ) -> None:
+        executor = make_executor(max_workers=1)
+        pid = executor.submit(tasks.get_pid).result(timeout=BOUND)
+        blocker = executor.submit(tasks.sleep_and_return, 1.0, "blocker")
+        # Two calls per worker are handed to Pool: this one waits in its
+        # pipe behind the blocker, "running" but not started.
+        waiting = executor.submit(tasks.touch_after, str(tmp_path / "ran"), 0.0)
+        assert waiting.running()
+        assert executor.kill_task(waiting)
+        with pytest.raises(TaskKilledError):
+            waiting.result(timeout=BOUND)
+        assert blocker.result(timeout=BOUND) == "blocker"
+        # The worker skipped the call and lives on.
+        assert executor.submit(tasks.get_pid).result(timeout=BOUND) == pid
+        assert not (tmp_path / "ran").exists()
+
+    def test_kill_task_is_false_where_there_is_nothing_to_stop(
+        self, executor: Any
+    ) -> None:
+        done = executor.submit(tasks.add, 1, 1)
+        assert done.result(timeout=BOUND) == 2
+        assert not executor.kill_task(done)
+        assert not executor.kill_task(futures.Future())
+
+    def test_a_crash_after_a_kill_still_breaks_the_pool(
+        self, executor: Any, tmp_path: Path
+    ) -> None:
+        target = executor.submit(
+            tasks.write_pid_then_sleep, str(tmp_path / "pid"), 30.0
+        )
+        _wait_for_file(tmp_path / "pid")
+        assert executor.kill_task(target)
+        assert executor.submit(tasks.add, 1, 1).result(timeout=BOUND) == 2
+        exc = executor.submit(tasks.exit_abruptly, 4).exception(timeout=BOUND)
+        assert isinstance(exc, WorkerCrashedError)
+
+    def test_kill_task_with_max_tasks_per_child(
+        self, make_executor: ExecutorFactory, tmp_path: Path
+    ) -> None:
+        executor = make_executor(max_tasks_per_child=1)
+        target = executor.submit(
+            tasks.write_pid_then_sleep, str(tmp_path / "pid"), 30.0
+        )
+        _wait_for_file(tmp_path / "pid")
+        assert executor.kill_task(target)
+        got = [executor.submit(tasks.add, i, 1).result(timeout=BOUND) for i in range(6)]
+        assert got == list(range(1, 7))
+
+    @pytest.mark.timeout(120)
+    def test_kills_racing_with_completions_never_hang_the_pool(
+        self, executor: Any
+    ) -> None:
+        # A worker killed just after its task returned (idle on Pool's task
+        # pipe, holding its lock, or sending its result) would hang the
+        # pool. Kill the oldest running future of a stream of instant tasks,
+        # the one most likely to be finishing: every future must still
+        # resolve, with its value or TaskKilledError. (Killing by a pid
+        # table that can be stale hangs here within a few kills.)
+        rng = random.Random(18)
+        assert executor.submit(tasks.add, 1, 1).result(timeout=BOUND) == 2
+        fs: list[futures.Future[Any]] = []
+        kills = 0
+        deadline = time.monotonic() + BOUND * 4
+        for _ in range(4):
+            batch = [
+                executor.submit(tasks.sleep_and_return, rng.choice([0, 0, 0.0005]), i)
+                for i in range(len(fs), len(fs) + 1000)
+            ]
+            fs += batch
+            batch_kills = 0
+            while batch_kills < 15 and time.monotonic() < deadline:
+                running = [f for f in batch if f.running()]
+                if not running and all(f.done() for f in batch):
+                    break
+                if running and executor.kill_task(running[0]):
+                    batch_kills += 1
+                time.sleep(rng.random() * 0.002)
+            kills += batch_kills
+        _, pending = futures.wait(fs, timeout=BOUND)
+        if pending:
+            executor.kill_workers()  # a hung pool would hang the teardown
+        assert not pending, f"{len(pending)} futures never resolved"
+        for i, f in enumerate(fs):
+            exc = f.exception()
+            if exc is None:
+                assert f.result() == i
+            else:
+                assert isinstance(exc, TaskKilledError), exc
+        assert kills > 0
+        assert executor.submit(tasks.add, 1, 1).result(timeout=BOUND) == 2
+
+    def test_the_clock_waits_for_the_workers_to_start(
+        self, make_executor: ExecutorFactory
+    ) -> None:
+        # Workers whose initializer takes longer than the timeout: the
+        # call waits for one to be ready, and its clock starts there.
+        executor = make_executor(initializer=time.sleep, initargs=(1.0,))
+        quick = with_options(tasks.sleep_and_return, timeout=0.5)
+        assert executor.submit(quick, 0.05, "ok").result(timeout=BOUND) == "ok"
+
+    @pytest.mark.parametrize("how", ["terminate_workers", "kill_workers"])
+    def test_stopping_the_workers_is_no_crash(
+        self, make_executor: ExecutorFactory, how: str
+    ) -> None:
+        before = child_processes()
+        executor = make_executor()
+        running = [
+            executor.submit(tasks.sleep_and_return, 30.0, i)
+            for i in range(executor.max_workers)
+        ]
+        queued = executor.submit(tasks.sleep_and_return, 30.0, "queued")
+        deadline = time.monotonic() + BOUND
+        while executor._watch.ready_workers() < executor.max_workers:
+            assert time.monotonic() < deadline, "the workers never started"
+            time.sleep(0.01)
+        start = time.monotonic()
+        getattr(executor, how)()
+        assert time.monotonic() - start < 5.0
+        for fut in running:
+            assert isinstance(fut.exception(timeout=0), WorkersTerminatedError)
+        assert queued.cancelled() or isinstance(
+            queued.exception(timeout=0), WorkersTerminatedError
+        )
+        # Shut down, not broken by the deaths it caused.
+        with pytest.raises(RuntimeError, match="after shutdown"):
+            executor.submit(tasks.add, 1, 1)
+        assert not wait_for_no_new_children(before, bound=5.0)
 
 
 class TestShutdown(ContractBase):

@@ -21,6 +21,23 @@ Dismantling never calls ``Pool.terminate()``: it stops the worker handler,
 kills and reaps every worker itself, then unblocks Pool's other threads one
 by one, within :data:`DISMANTLE_SECONDS`.
 
+Pool cannot lose one worker either: it records nowhere which worker holds
+which task. A backend that wants to stop one task (a timeout, ``kill_task``)
+adds :class:`TaskSlots` and runs its calls through :func:`run_tracked`::
+
+    worker: run_tracked(call_id, payload)
+              under TaskSlots.lock: skip the call if it was stopped before
+              it started, else write call_id into this worker's slot
+              run_call(payload)
+              under TaskSlots.lock: clear the slot
+    caller: PoolWatch.stop_call(call_id)
+              under TaskSlots.lock: the worker whose slot holds call_id is
+              inside the task (holding none of Pool's locks) and cannot
+              leave it before the lock is free: mark its pid "stopped on
+              purpose" and SIGKILL it; the watch then lets Pool replace it
+              like a worker that retired. A call in no slot is marked to be
+              skipped by the worker that takes it.
+
 This module reads Pool's private parts, the only way to see its workers:
 the worker list ``_pool``, the ``Process`` hook through which Pool creates
 each worker (``ThreadPool`` overrides it too), its handler threads and
@@ -36,6 +53,7 @@ import multiprocessing
 import multiprocessing.pool
 import multiprocessing.util
 import os
+import signal
 import sys
 import threading
 import time
@@ -48,10 +66,25 @@ from typing import TYPE_CHECKING, Any
 
 from ._errors import ExecutorFailedError, WorkerCrashedError, describe_exitcode
 from ._lifecycle import ManagerThread, manager_failed
-from ._outcome import INITIALIZER_FAILED_EXITCODE, initializer_error
+from ._outcome import (
+    INITIALIZER_FAILED_EXITCODE,
+    Outcome,
+    dump_error,
+    initializer_error,
+    run_call,
+)
 from ._parentwatch import exit_with_parent
 
-__all__ = ["PoolWatch", "StatusPipe", "WatchedPool", "WatchedPoolMixin"]
+__all__ = [
+    "STOP_KILLED",
+    "STOP_SKIPPED",
+    "PoolWatch",
+    "StatusPipe",
+    "TaskSlots",
+    "WatchedPool",
+    "WatchedPoolMixin",
+    "run_tracked",
+]
 
 _log = logging.getLogger("executors")
 
@@ -74,8 +107,24 @@ DISMANTLE_SECONDS = 5.0
 # which POSIX makes atomic: many workers share the pipe without a lock.
 _STATUS_MAX_BYTES = 4000
 
+# Slots beyond one per worker: Pool may start a replacement before the
+# watch has released the slot of the worker it replaces.
+SPARE_SLOTS = 8
+# Calls stopped before they started and not yet taken by a worker, per
+# worker: a stop beyond this fails (the call is then left to run).
+SKIPPED_PER_WORKER = 8
+# How long a stop waits for the slots' lock, which workers hold only for a
+# few instructions: longer means a worker died holding it, and the watch is
+# breaking the pool.
+SLOTS_LOCK_SECONDS = 1.0
+
 #: ``on_broken``'s argument: builds the error each unfinished future gets.
 MakeError = Callable[[], BaseException]
+
+#: :meth:`PoolWatch.stop_call`: the worker running the call was killed.
+STOP_KILLED = "killed"
+#: :meth:`PoolWatch.stop_call`: the call had not started; no worker runs it.
+STOP_SKIPPED = "skipped"
 
 
 # -- worker side --------------------------------------------------------------
@@ -93,12 +142,14 @@ def start_pool_worker(
     caller_pid: int,
     initializer: Callable[..., object] | None,
     initargs: tuple[Any, ...],
+    task_slots: TaskSlots | None = None,
 ) -> None:
     """Pool's initializer in every worker: tie it to the caller, run the user's.
 
     Reports on the status pipe whether the initializer raised (then exits
     with :data:`~executors._outcome.INITIALIZER_FAILED_EXITCODE`) or the
-    worker is ready, and arranges to report a clean exit.
+    worker is ready, and arranges to report a clean exit. With
+    ``task_slots``, the worker claims a slot there for :func:`run_tracked`.
     """
     exit_with_parent(caller_pid)
     name = multiprocessing.current_process().name
@@ -121,7 +172,184 @@ def start_pool_worker(
     multiprocessing.util.Finalize(
         None, _report, args=(status, b"X", name), exitpriority=0
     )
+    if task_slots is not None:
+        task_slots.claim()
     _report(status, b"R", name)
+
+
+# -- stopping one task ---------------------------------------------------------
+
+
+class TaskSlots:
+    """Which worker runs which call, shared by the caller and its workers.
+
+    Pool hands a task to whichever worker reads its pipe first, so the
+    caller cannot know which process to kill to stop one task; and killing
+    a worker at the wrong moment (idle on the task pipe's lock, or sending
+    a result) would hang the Pool. Each worker claims a slot as it starts
+    and :func:`run_tracked` writes the id of the call it runs there, under
+    :attr:`lock`. :meth:`PoolWatch.stop_call` kills a worker only under the
+    same lock and only while its slot holds the call: the worker is then
+    inside the task, and leaving the task takes the lock, so the kill lands
+    before the worker can touch any of Pool's locks again.
+
+    Created in the caller from the Pool's context and passed to the workers
+    with the Pool's initializer arguments (:meth:`PoolWatch.pool_options`).
+
+    Args:
+        context: The Pool's multiprocessing context.
+        workers: The Pool's number of worker processes.
+    """
+
+    def __init__(self, context: BaseContext, workers: int) -> None:
+        slots = workers + SPARE_SLOTS
+        self.lock = context.Lock()
+        # Shared memory without a lock of its own: every read and write of
+        # more than one value happens under `lock`.
+        self.pids = context.RawArray("q", slots)
+        self.calls = context.RawArray("q", slots)
+        # skipped[0] is the count; the ids follow.
+        self.skipped = context.RawArray("q", 1 + SKIPPED_PER_WORKER * workers)
+
+    # -- worker side --
+
+    def claim(self) -> None:
+        """Take a free slot for this worker process (at its start)."""
+        global _worker_slot
+        pid = os.getpid()
+        with self.lock:
+            for index, owner in enumerate(self.pids):
+                # A slot whose owner is gone, or whose pid this process now
+                # has, was not released yet: the worker it held is dead.
+                if owner in (0, pid) or not _pid_exists(owner):
+                    self.calls[index] = 0
+                    self.pids[index] = pid
+                    _worker_slot = (self, index)
+                    return
+        # No slot: this worker's tasks cannot be stopped (stop_call then
+        # marks them skipped, and the worker checks that too).
+        _worker_slot = (self, -1)
+
+    def take_skipped(self, call_id: int) -> bool:
+        """Drop ``call_id`` from the skipped calls; True if it was there.
+
+        Call with :attr:`lock` held.
+        """
+        skipped = self.skipped
+        count = skipped[0]
+        for index in range(1, count + 1):
+            if skipped[index] == call_id:
+                skipped[index] = skipped[count]
+                skipped[count] = 0
+                skipped[0] = count - 1
+                return True
+        return False
+
+    # -- caller side --
+
+    def stop(self, call_id: int, kill: Callable[[int], None]) -> str | None:
+        """Stop one call: kill its worker, or mark it skipped.
+
+        Args:
+            call_id: The id the call was launched with.
+            kill: Kills the worker with this pid; called under the lock.
+
+        Returns:
+            :data:`STOP_KILLED`, :data:`STOP_SKIPPED`, or None if the call
+            could not be stopped (too many skipped calls pending, or the
+            lock is stuck because a worker died holding it).
+        """
+        if not self.lock.acquire(timeout=SLOTS_LOCK_SECONDS):
+            return None
+        try:
+            calls = self.calls
+            for index in range(len(calls)):
+                if calls[index] == call_id:
+                    pid = self.pids[index]
+                    if pid <= 0:  # never signal a process group
+                        return None
+                    kill(pid)
+                    return STOP_KILLED
+            # Not started yet (or just finished: then its outcome is on its
+            # way, and the backend calls unskip() once it arrives).
+            skipped = self.skipped
+            count = skipped[0]
+            if count >= len(skipped) - 1:
+                return None
+            skipped[count + 1] = call_id
+            skipped[0] = count + 1
+            return STOP_SKIPPED
+        finally:
+            self.lock.release()
+
+    def unskip(self, call_id: int) -> None:
+        """Forget a skipped call whose worker will never take it."""
+        if not self.skipped[0]:
+            return
+        if self.lock.acquire(timeout=SLOTS_LOCK_SECONDS):
+            try:
+                self.take_skipped(call_id)
+            finally:
+                self.lock.release()
+
+    def release(self, pid: int) -> None:
+        """Free the slot of a worker that exited."""
+        if not self.lock.acquire(timeout=SLOTS_LOCK_SECONDS):
+            return  # a worker died holding it: the pool is breaking anyway
+        try:
+            pids = self.pids
+            for index in range(len(pids)):
+                if pids[index] == pid:
+                    self.calls[index] = 0
+                    pids[index] = 0
+        finally:
+            self.lock.release()
+
+
+# In a worker: its TaskSlots and the index of its slot (-1: none free).
+_worker_slot: tuple[TaskSlots, int] | None = None
+
+
+def run_tracked(call_id: int, payload: bytes) -> Outcome:
+    """Run a call as :func:`~executors._outcome.run_call` does, in a slot.
+
+    The task wrapper of a Pool with :class:`TaskSlots`: while the call runs
+    its id is in this worker's slot, so that the caller can stop it, and a
+    call stopped before it started is not run at all.
+    """
+    slot = _worker_slot
+    if slot is None:
+        return run_call(payload)
+    slots, index = slot
+    lock = slots.lock
+    with lock:
+        if slots.skipped[0] and slots.take_skipped(call_id):
+            # Its future has failed already: nothing reads this outcome.
+            return _SKIPPED
+        if index >= 0:
+            slots.calls[index] = call_id
+    try:
+        return run_call(payload)
+    finally:
+        if index >= 0:
+            with lock:
+                slots.calls[index] = 0
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # pragma: no cover - another user's process: not ours
+        return True
+    return True
+
+
+_SKIPPED: Outcome = (
+    False,
+    dump_error(RuntimeError("the call was stopped before it started")),
+)
 
 
 # -- the Pool -----------------------------------------------------------------
@@ -305,6 +533,10 @@ class PoolWatch(ManagerThread):
         self._ready: set[str] = set()
         self._retired: set[str] = set()
         self._init_errors: dict[str, tuple[str, str]] = {}
+        self._slots: TaskSlots | None = None
+        self._on_ready: Callable[[], object] | None = None
+        # Workers killed by stop_call(): their exit is no crash.
+        self._stopped_pids: set[int] = set()
         # A forked child (the fork start method, os.fork) inherits this
         # object, maybe with a lock held; only the creating process may act.
         self._pid = os.getpid()
@@ -313,6 +545,7 @@ class PoolWatch(ManagerThread):
         self,
         initializer: Callable[..., object] | None,
         initargs: tuple[Any, ...],
+        task_slots: TaskSlots | None = None,
     ) -> dict[str, Any]:
         """The keyword arguments the Pool must be created with.
 
@@ -320,16 +553,26 @@ class PoolWatch(ManagerThread):
             initializer: The user's initializer, run in each worker after
                 :func:`start_pool_worker` has tied the worker to the caller.
             initargs: Its arguments.
+            task_slots: Lets :meth:`stop_call` stop one task; the backend
+                then runs its calls through :func:`run_tracked`.
         """
         self._has_initializer = initializer is not None
+        self._slots = task_slots
+        status = self.status.writer
+        worker_args: tuple[Any, ...] = (status, os.getpid(), initializer, initargs)
+        if task_slots is not None:
+            worker_args += (task_slots,)
         return {
             "on_new_worker": self._workers.adopt,
             "initializer": start_pool_worker,
-            "initargs": (self.status.writer, os.getpid(), initializer, initargs),
+            "initargs": worker_args,
         }
 
     def watch(
-        self, pool: WatchedPoolMixin, on_broken: Callable[[MakeError], object]
+        self,
+        pool: WatchedPoolMixin,
+        on_broken: Callable[[MakeError], object],
+        on_ready: Callable[[], object] | None = None,
     ) -> None:
         """Start watching ``pool``.
 
@@ -340,10 +583,21 @@ class PoolWatch(ManagerThread):
                 the factory of the error every unfinished future gets (the
                 backend breaks its call queue with it). The Pool is then
                 dismantled.
+            on_ready: Called in this thread when workers have become ready
+                (see :meth:`ready_workers`); must be quick.
         """
         self._pool = pool
         self._on_broken = on_broken
+        self._on_ready = on_ready
         self.start()
+
+    def ready_workers(self) -> int:
+        """How many workers have started (initializer done) and not exited.
+
+        Workers killed by :meth:`stop_call` no longer count. Safe from any
+        thread; it lags the workers by the watch's reading of their reports.
+        """
+        return max(0, len(self._ready) - len(self._stopped_pids))
 
     def discard(self) -> None:
         """Release the status pipe when the Pool could not be created."""
@@ -362,6 +616,61 @@ class PoolWatch(ManagerThread):
         if os.getpid() == self._pid:
             self._killing = True
             self.status.wake()
+
+    def terminate(self, sig: signal.Signals) -> None:
+        """Send ``sig`` to every worker now, then dismantle the Pool.
+
+        For ``terminate_workers()`` and ``kill_workers()``: the workers'
+        exits are no crash (the backend has failed the running calls
+        itself), and Pool starts no replacement, which would take queued
+        tasks from its pipe. The dismantling kills what survives ``sig``;
+        :meth:`wait` then returns within :data:`DISMANTLE_SECONDS` or so.
+        """
+        if os.getpid() != self._pid:
+            return
+        self._killing = True
+        pool = getattr(self, "_pool", None)
+        if pool is not None and not self._released:
+            deadline = time.monotonic() + DISMANTLE_SECONDS
+            with contextlib.suppress(OSError, ValueError):  # already released
+                _stop_replacing(pool, deadline)
+        for process in self._workers.all():
+            _signal_process(process, sig)
+        self.status.wake()
+
+    def stop_call(self, call_id: int) -> str | None:
+        """Stop the task of one call launched through :func:`run_tracked`.
+
+        Safe from any thread. Needs :class:`TaskSlots` (see
+        :meth:`pool_options`). The worker running the call is killed and
+        Pool replaces it, as after a clean retirement; a call that has not
+        started is skipped by the worker that takes it.
+
+        Returns:
+            :data:`STOP_KILLED` (the call's result will never arrive: the
+            backend must drop it from Pool's cache), :data:`STOP_SKIPPED`,
+            or None if it could not be stopped.
+        """
+        slots = self._slots
+        if slots is None or self._killing or os.getpid() != self._pid:
+            return None
+        return slots.stop(call_id, self._kill_stopped)
+
+    def unskip(self, call_id: int) -> None:
+        """Forget a call :meth:`stop_call` skipped that had finished already.
+
+        The backend calls it when the outcome of a skipped call arrives
+        anyway: no worker will ever take (and drop) that call.
+        """
+        if self._slots is not None:
+            self._slots.unskip(call_id)
+
+    def _kill_stopped(self, pid: int) -> None:
+        # Under the slots' lock. Marked before the kill: the watch must
+        # find the mark when it sees the exit.
+        self._stopped_pids.add(pid)
+        with contextlib.suppress(ProcessLookupError):  # it died on its own
+            os.kill(pid, signal.SIGKILL)
 
     def wait(self) -> None:
         """Wait until the Pool is closed or dismantled.
@@ -424,6 +733,12 @@ class PoolWatch(ManagerThread):
             self._watched[sentinel] = process
 
     def _read_status(self) -> None:
+        ready = len(self._ready)
+        self._read_messages()
+        if len(self._ready) > ready and self._on_ready is not None:
+            self._on_ready()
+
+    def _read_messages(self) -> None:
         reader = self.status.reader
         while True:
             try:
@@ -467,7 +782,18 @@ class PoolWatch(ManagerThread):
         name = process.name
         pid = process.pid
         backend = self._backend
-        if name in self._init_errors:
+        if self._slots is not None and pid is not None:
+            self._slots.release(pid)
+        if self._killing:
+            # Broken already, or the backend stops the workers itself
+            # (terminate, Ctrl-C): an exit now is no news.
+            return
+        if pid in self._stopped_pids:
+            # Killed by stop_call() inside its task: Pool has started its
+            # replacement, and the backend settled the stopped call.
+            self._stopped_pids.discard(pid)
+            self._forget(process)
+        elif name in self._init_errors:
             summary, text = self._init_errors[name]
             self._broken(
                 functools.partial(initializer_error, backend, pid, summary, text)
@@ -512,11 +838,16 @@ class PoolWatch(ManagerThread):
         self._released = True
         try:
             graceful = self._closing and not self._killing
-            if not (graceful and _close(self._pool, self._workers.all())):
-                _kill(self._pool, self._workers.all())
+            if not (graceful and self._close_gracefully()):
+                _kill(self._pool, self._workers.all)
         finally:
             _release(self._pool, self._workers.all())
             self.status.close()
+
+    def _close_gracefully(self) -> bool:
+        # terminate() may come while the Pool closes (the backend's queue
+        # drained because the calls were failed): then stop waiting.
+        return _close(self._pool, self._workers.all(), lambda: self._killing)
 
 
 def _worker_crashed(
@@ -534,14 +865,26 @@ def _worker_crashed(
 # -- closing a Pool -------------------------------------------------------------
 
 
-def _close(pool: WatchedPoolMixin, processes: list[BaseProcess]) -> bool:
-    """Close a Pool whose work has drained; False if it did not end in time."""
+def _close(
+    pool: WatchedPoolMixin,
+    processes: list[BaseProcess],
+    abort: Callable[[], bool] = lambda: False,
+) -> bool:
+    """Close a Pool whose work has drained; False if it did not end in time.
+
+    Also False as soon as ``abort()`` is true (checked every
+    :data:`POLL_SECONDS` or so).
+    """
     deadline = time.monotonic() + CLOSE_SECONDS
     pool.close()
     for thread in pool.handler_threads:
-        thread.join(_remaining(deadline))
+        while thread.is_alive() and not abort() and _remaining(deadline):
+            thread.join(min(POLL_SECONDS * 10, _remaining(deadline)))
     for process in processes:
-        _join_process(process, _remaining(deadline))
+        while _is_alive(process) and not abort() and _remaining(deadline):
+            _join_process(process, min(POLL_SECONDS * 10, _remaining(deadline)))
+    if abort():
+        return False
     if any(t.is_alive() for t in pool.handler_threads) or any(
         _is_alive(p) for p in processes
     ):
@@ -551,7 +894,20 @@ def _close(pool: WatchedPoolMixin, processes: list[BaseProcess]) -> bool:
     return True
 
 
-def _kill(pool: WatchedPoolMixin, processes: list[BaseProcess]) -> None:
+def _stop_replacing(pool: WatchedPoolMixin, deadline: float) -> None:
+    """Stop Pool's worker handler: no worker is replaced from now on."""
+    terminate = multiprocessing.pool.TERMINATE
+    worker_handler, task_handler, _ = pool.handler_threads
+    pool._state = terminate
+    worker_handler._state = terminate  # type: ignore[attr-defined]
+    task_handler._state = terminate  # type: ignore[attr-defined]
+    with contextlib.suppress(OSError):
+        pool._change_notifier.put(None)
+    if worker_handler is not threading.current_thread():
+        worker_handler.join(_remaining(deadline))
+
+
+def _kill(pool: WatchedPoolMixin, workers: Callable[[], list[BaseProcess]]) -> None:
     """Stop a Pool whose workers may be dead or wedged, without blocking.
 
     ``Pool.terminate()`` can block forever here: on the inqueue lock an
@@ -559,17 +915,18 @@ def _kill(pool: WatchedPoolMixin, processes: list[BaseProcess]) -> None:
     when it died mid-send, or on a pipe nobody reads any more. So: stop the
     worker handler (no more replacements), kill and reap every worker, then
     unblock each of Pool's threads in turn.
+
+    Args:
+        pool: The Pool.
+        workers: Every worker the Pool created; read once the worker
+            handler has stopped, so that a replacement it started just
+            before is killed too.
     """
     deadline = time.monotonic() + DISMANTLE_SECONDS
-    terminate = multiprocessing.pool.TERMINATE
-    worker_handler, task_handler, result_handler = pool.handler_threads
-    pool._state = terminate
-    worker_handler._state = terminate  # type: ignore[attr-defined]
-    task_handler._state = terminate  # type: ignore[attr-defined]
-    with contextlib.suppress(OSError):
-        pool._change_notifier.put(None)
-    worker_handler.join(_remaining(deadline))
+    _, task_handler, result_handler = pool.handler_threads
+    _stop_replacing(pool, deadline)
 
+    processes = workers()
     for process in processes:
         _kill_process(process)
     for process in processes:
@@ -613,6 +970,13 @@ def _join_process(process: BaseProcess, timeout: float) -> None:
     with contextlib.suppress(ValueError):  # closed
         if process.pid is not None:  # started
             process.join(timeout)
+
+
+def _signal_process(process: BaseProcess, sig: signal.Signals) -> None:
+    # Closed, not started, or already gone.
+    with contextlib.suppress(ValueError, OSError):
+        if process.pid is not None and process.exitcode is None:
+            os.kill(process.pid, sig)
 
 
 def _kill_process(process: BaseProcess) -> None:

@@ -231,9 +231,8 @@ def _interrupted() -> BaseException:
 def _launch_waiting(calls: CallQueue) -> None:
     # In the watch's thread: a worker has started, so a call with a timeout
     # waiting for a free one may go now. Nothing else would launch it
-    # before the next submit or settle. (CallQueue has no public "launch
-    # what fits now"; the dask backend does the same.)
-    calls._pump()
+    # before the next submit or settle.
+    calls.pump()
 
 
 def _close_abandoned(calls: CallQueue, watch: PoolWatch, pid: int) -> None:
