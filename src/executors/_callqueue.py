@@ -274,15 +274,17 @@ class CallQueue:
         error: BaseException | None = None,
         *,
         retry: bool = True,
+        release: bool = True,
     ) -> bool:
         """Report a launched call's outcome; launch the next call.
 
         Safe from any thread, and nothing the future's callbacks do reaches
         the caller. A failure the task's options allow to retry launches
         the call again instead (after ``retry_delay``), unless ``retry`` is
-        False (a task stopped on purpose). Returns False if the call was no
-        longer launched (the queue broke, or the task was already failed at
-        its timeout).
+        False (a task stopped on purpose). ``release=False`` keeps the
+        payload for a library that still holds the call (an abandoned task).
+        Returns False if the call was no longer launched (the queue broke, or
+        the task was already failed at its timeout).
         """
         nxt = None
         with self._lock:
@@ -310,7 +312,8 @@ class CallQueue:
             self._launch_one(nxt)
         if self._queued:
             self._pump(check_idle=False)
-        call.payload = call.handle = None
+        if release:
+            call.payload = call.handle = None
         if error is not None and call.attempts > 1:
             record_attempts(error, call.attempts)
         settle(call.future, value, error)
@@ -365,6 +368,7 @@ class CallQueue:
                 f"the task ran longer than its timeout of {timeout:g} s; {verb}",
                 timeout,
             ),
+            release=stopped,
         )
 
     def stop(self, call: Call) -> bool:
@@ -482,7 +486,8 @@ class CallQueue:
         for call in launched:
             if call.deadline is not None:
                 call.deadline.cancel()
-            call.payload = call.handle = None
+            # The library may still hold the call (and read its payload):
+            # only its future is finished here.
             settle(call.future, error=make_error())
         self._check_idle()
 

@@ -142,6 +142,10 @@ class SimpleThreadExecutor(executors.BaseExecutor):
             del call
 
     def _run(self, call: executors.Call) -> None:
+        if call.future.done():
+            # Failed by the call queue while it waited here (a timeout,
+            # terminate_workers()): nothing is waiting for it any more.
+            return
         fn, args, kwargs = call.payload
         try:
             value = fn(*args, **kwargs)
