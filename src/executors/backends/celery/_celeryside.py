@@ -6,17 +6,20 @@ exception never gets here (it travels inside the outcome bytes).
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
+from kombu import pools
 
 from ..._errors import ExecutorFailedError, WorkerCrashedError, describe_exitcode
 
 __all__ = [
     "DISCOVER_SECONDS",
     "PUBLISH_RETRY",
+    "close_app",
     "discover_slots",
     "failure",
     "lost",
@@ -104,6 +107,55 @@ def make_app(broker: str | None, backend: str | None, config: dict[str, Any]) ->
     )
     app.conf.update({**_TIMEOUTS, **config})
     return app
+
+
+def close_app(app: Any, private: bool) -> None:
+    """Close the connections an app of ours opened; best effort, never raises.
+
+    ``app.close()`` alone closes nothing: the app's producer and connection
+    pools live on in kombu's process-wide registries (keyed by broker URL),
+    each holding open Redis sockets and an epoll fd. (The result backend's
+    client is the result listener's to close: it may still be reading.)
+
+    Args:
+        app: An app that :func:`make_app` made.
+        private: The broker is the private deployment's, whose URL (socket
+            path, password) no other app shares: its pools are dropped from
+            kombu's registries. An existing deployment's pools are shared by
+            every app on that URL, so they are left to kombu.
+    """
+    if private:
+        # Looked up in kombu's registries (EqualityDicts, keyed by this
+        # hash), not on the app: the producer pool takes its connection
+        # pool from the registry, not from ``app.pool``.
+        key = app.connection_for_write().__eqhash__()
+        # Producers first: each holds a connection of the connection pool.
+        for group in (pools.producers, pools.connections):
+            pool = dict.pop(group, key, None)
+            if pool is not None:
+                _close_pool(pool)
+    with contextlib.suppress(Exception):
+        app.close()
+
+
+def _close_pool(pool: Any) -> None:
+    """Close a kombu pool and the epoll fds of its connections' transports."""
+    connections = [getattr(pool, "connection", None)]
+    with contextlib.suppress(Exception):
+        connections += [*pool._dirty, *pool._resource.queue]
+    # Taken before force_close_all, which drops each connection's transport.
+    # The template connection of a connection pool has one too, once
+    # anything asked it for ``connection_errors``.
+    transports = [getattr(c, "_transport", None) for c in connections]
+    with contextlib.suppress(Exception):
+        pool.force_close_all()
+    for transport in transports:
+        # kombu's Redis transport never closes the epoll of its poller:
+        # only the garbage collector would, much later (reference cycles).
+        poller = getattr(getattr(transport, "cycle", None), "poller", None)
+        if poller is not None:
+            with contextlib.suppress(Exception):
+                poller.close()
 
 
 def discover_slots(app: Any) -> int:

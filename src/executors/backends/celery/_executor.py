@@ -65,7 +65,7 @@ from ..._options import (
     cpu_count,
 )
 from ..._outcome import decode, dumps
-from ._celeryside import discover_slots, failure, lost, make_app
+from ._celeryside import close_app, discover_slots, failure, lost, make_app
 from ._deployment import QUEUE, DeploymentWatch, LocalDeployment
 from ._results import ResultListener
 from ._sent import SentTasks
@@ -333,6 +333,7 @@ class CeleryExecutor(BaseExecutor):
             self._on_lost,
             self._on_thread_failure,
             forget=deployment is None,
+            close_client=self._owns_app,
         )
         listener.subscribe()
         self._listener = listener
@@ -360,8 +361,7 @@ class CeleryExecutor(BaseExecutor):
         if self._deployment is not None:
             self._deployment.stop()
         if self._owns_app and self._app is not None:
-            with contextlib.suppress(Exception):
-                self._app.close()
+            close_app(self._app, private=self._deployment is not None)
 
     # -- the calls ----------------------------------------------------------------
 

@@ -64,6 +64,9 @@ class ResultListener(ManagerThread):
         on_failure: Called if the loop itself raised (a bug).
         forget: Delete each result from Redis once read (an existing
             deployment keeps no litter of ours).
+        close_client: Disconnect the backend's Redis client when the thread
+            ends (the executor made the app); never a caller's app's client,
+            which the caller's own threads may be using.
     """
 
     def __init__(
@@ -75,6 +78,7 @@ class ResultListener(ManagerThread):
         on_lost: Callable[[BaseException], object],
         on_failure: Callable[[BaseException], object],
         forget: bool,
+        close_client: bool = False,
     ) -> None:
         super().__init__(name="executors-celery-results")
         self._backend = backend
@@ -87,6 +91,7 @@ class ResultListener(ManagerThread):
         self._on_lost = on_lost
         self._failed = on_failure
         self._forget = forget
+        self._close_client = close_client
         self._stopping = False
         self._pubsub: Any = None
 
@@ -121,6 +126,12 @@ class ResultListener(ManagerThread):
         self._failed(error)
 
     def loop(self) -> None:
+        try:
+            self._listen()
+        finally:
+            self._end()
+
+    def _listen(self) -> None:
         pending_deletes: list[str] = []
         while not self._stopping:
             try:
@@ -136,7 +147,6 @@ class ResultListener(ManagerThread):
                     break
                 if not self._reconnect(exc):
                     return
-        self._close()
 
     def _handle(self, message: dict[str, Any], pending_deletes: list[str]) -> None:
         if message["type"] != "pmessage":
@@ -188,3 +198,14 @@ class ResultListener(ManagerThread):
         if pubsub is not None:
             with contextlib.suppress(Exception):
                 pubsub.close()
+
+    def _end(self) -> None:
+        """Close the subscription and, if ours, the client's connections.
+
+        Called in this thread as it ends: closing a socket another thread
+        may be reading is never safe (its number can be reused at once).
+        """
+        self._close()
+        if self._close_client:
+            with contextlib.suppress(Exception):
+                self._client.connection_pool.disconnect()
