@@ -211,6 +211,17 @@ class TaskSlots:
         # skipped[0] is the count; the ids follow.
         self.skipped = context.RawArray("q", 1 + SKIPPED_PER_WORKER * workers)
 
+    def close(self) -> None:
+        """Give the shared memory back now that no worker is left.
+
+        The arrays live in multiprocessing's shared heap; left to the
+        garbage collector (the Pool keeps this object in its initializer
+        arguments), the heap would grow a new arena, two more descriptors,
+        every few dozen executors.
+        """
+        empty: Any = ()
+        self.pids = self.calls = self.skipped = empty
+
     # -- worker side --
 
     def claim(self) -> None:
@@ -843,6 +854,9 @@ class PoolWatch(ManagerThread):
         finally:
             _release(self._pool, self._workers.all())
             self.status.close()
+            slots, self._slots = self._slots, None
+            if slots is not None:
+                slots.close()
 
     def _close_gracefully(self) -> bool:
         # terminate() may come while the Pool closes (the backend's queue
