@@ -214,6 +214,12 @@ class ProcessExecutor(BaseExecutor):
         return future
 
     def _launch(self, call: Call) -> None:
+        broken = self._pool._broken
+        if broken:
+            # Checked here, not by submit(): the stdlib's manager fails its
+            # futures while holding the lock submit() takes (3.12+), and
+            # this runs from those futures' callbacks.
+            raise BrokenProcessPool(broken)
         theirs = self._pool.submit(run_call, call.payload)
         theirs.add_done_callback(functools.partial(self._on_done, call))
         call.handle = theirs
