@@ -936,3 +936,22 @@ class TestCallbackThread(QueueBase):
                 executor.submit(tasks.identity, 1)
             errors.append(info.value)
         assert errors[0] is not errors[1]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["terminate_workers", "kill_workers"])
+def test_stopping_workers_right_after_a_crash_returns(how: str) -> None:
+    # The crashed worker's replacement is still starting when the workers
+    # are stopped: it comes too late to register, and the manager must
+    # still be woken to see that nothing is starting any more.
+    ex = executors.create("queue", max_workers=2)
+    try:
+        crashed = ex.submit(tasks.exit_abruptly, 3)
+        assert isinstance(
+            crashed.exception(timeout=BOUND), executors.WorkerCrashedError
+        )
+        start = time.monotonic()
+        getattr(ex, how)()
+        assert time.monotonic() - start < 10
+    finally:
+        ex.shutdown(wait=False)

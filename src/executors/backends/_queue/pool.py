@@ -509,6 +509,7 @@ class Pool:
                             f"the queue executor could not start a worker ({reason})"
                         )
                     )
+                self.wakeup.wake()
                 return
             with self.lock:
                 self.starting -= 1
@@ -524,7 +525,8 @@ class Pool:
                 worker.kill(KillReason(None, 0, None))
                 worker.process.join()
                 _close_quietly(worker)
-                return
+        # Also when it came late: a stopping manager waits for `starting`
+        # to reach zero, and nothing else would wake it to see that.
         self.wakeup.wake()
 
     def _start_process(self, slot: int) -> WorkerHandle:
