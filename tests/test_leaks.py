@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import pytest
+
 from executors.testing import LeakContract
+
+# Descriptors a backend may open once, after the warm-up cycles, and keep:
+# a Celery deployment's client libraries (kombu, redis-py) sometimes open
+# one more the first time a publish or a subscription retries under load.
+# Not a per-executor leak: 25+ cycles still fail the test if each leaks one.
+ONE_TIME_FDS = {"celery": 2}
 
 
 class TestLeaks(LeakContract):
-    pass
+    @pytest.fixture(autouse=True)
+    def _one_time_fds(self, backend_name: str) -> None:
+        self.fd_slack = ONE_TIME_FDS.get(backend_name, LeakContract.fd_slack)

@@ -17,11 +17,17 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import redis.exceptions
 from celery import states
+from kombu.exceptions import OperationalError
 
 from ..._callqueue import Call
 from ._celeryside import PUBLISH_RETRY, lost
 from .task import TASK_NAME
+
+# What a publish raises when the broker is gone (kombu wraps the Redis
+# client's errors once its retries are spent).
+_BROKER_ERRORS = (OperationalError, redis.exceptions.ConnectionError, OSError)
 
 __all__ = ["SentTasks"]
 
@@ -91,7 +97,10 @@ class SentTasks:
         except Exception as exc:
             with self._lock:
                 self._out.pop(number, None)
-            if isinstance(exc, app.connection().connection_errors):
+            # Not app.connection().connection_errors: building a connection
+            # to ask creates a transport whose epoll only the garbage
+            # collector closes.
+            if isinstance(exc, _BROKER_ERRORS):
                 self._break_executor(lost("broker", exc))
             raise
 
