@@ -230,13 +230,20 @@ class BaseExecutor(futures.Executor, metaclass=ABCMeta):
         the workers are released; a program ending on an unhandled Ctrl-C
         stops its running tasks and drops the queued ones instead. The
         executor is not marked shut down, so a submit from an ``atexit``
-        hook raises the stdlib's "after interpreter shutdown" error.
+        hook raises the stdlib's "after interpreter shutdown" error. A
+        Ctrl-C while the hook waits for the work stops it the same way: the
+        ``KeyboardInterrupt`` must not escape, or the libraries' own exit
+        hooks (loky's) would be skipped and the interpreter would wait for
+        workers never told to stop.
         """
-        if ending_on_keyboard_interrupt():
-            self._interrupt()
-            self._shutdown(wait=True, cancel_futures=True)
-        else:
-            self._shutdown(wait=True, cancel_futures=False)
+        if not ending_on_keyboard_interrupt():
+            try:
+                self._shutdown(wait=True, cancel_futures=False)
+                return
+            except KeyboardInterrupt:
+                pass
+        self._interrupt()
+        self._shutdown(wait=True, cancel_futures=True)
 
     @abstractmethod
     def _submit(

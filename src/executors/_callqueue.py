@@ -41,8 +41,11 @@ from typing import Any
 
 from ._control import TaskOptions, record_attempts, submitting_options, timer
 from ._errors import ExecutorFailedError, TaskTimeoutError, WorkerCrashedError
+from ._futures import Future as OurFuture
 from ._futures import fail_futures, notify_cancelled, settle
 from ._lifecycle import ensure_exit_hook_last
+from ._map import Chunk, ChunkResult, run_chunk
+from ._outcome import PickledCall, dumps
 
 __all__ = ["Call", "CallQueue"]
 
@@ -197,6 +200,45 @@ class CallQueue:
         if self._queued:
             self._pump()
         return call
+
+    def submit_pickled(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        chunk: bool = False,
+        wrap: Callable[[bytes], Any] | None = None,
+    ) -> Future[Any]:
+        """Pickle ``fn(*args, **kwargs)`` now and queue it; return its future.
+
+        For a library that runs calls in other processes. A call that fails
+        to pickle fails its own future with the pickling error at once, and
+        the library never sees it: the same on every process backend.
+
+        Args:
+            wrap: Turns the pickled bytes into the payload ``launch``
+                expects; default: the bytes.
+        """
+        future: OurFuture[Any] = OurFuture()
+        try:
+            payload = dumps((fn, args, kwargs))
+        except Exception as exc:
+            settle(future, error=exc)
+            return future
+        self.submit(future, payload if wrap is None else wrap(payload), chunk=chunk)
+        return future
+
+    def submit_chunk(self, fn: Callable[..., Any], chunk: Chunk) -> Future[ChunkResult]:
+        """Queue one chunk of a ``map`` as a :class:`~executors._outcome.PickledCall`.
+
+        For a library with its own sending thread, which pickles the chunk:
+        the first chunk is on its way while the caller submits the others,
+        and one that fails to pickle fails at its position in the map.
+        """
+        future: OurFuture[ChunkResult] = OurFuture()
+        self.submit(future, PickledCall((run_chunk, (fn, chunk), {})), chunk=True)
+        return future
 
     def _limit(self, call: Call) -> int:
         window = self._chunk_window if call.chunk else self._window

@@ -9,6 +9,10 @@
 * **Manager threads.** :class:`ManagerThread` is the loop a backend runs
   beside its library (reading results, watching workers); if the loop ever
   raises, every future it owns fails instead of hanging.
+* **Executors dropped without** ``shutdown()``. :func:`close_when_collected`
+  runs a backend's closing step on one reaper thread once the executor is
+  garbage-collected; the work already submitted still runs and interpreter
+  exit still waits for it, as with the stdlib pools.
 * :func:`join_unless_current`: a thread cannot join itself, and a
   ``shutdown(wait=True)`` from a done-callback runs in the very thread it
   would wait for.
@@ -19,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import sys
 import threading
 import weakref
@@ -30,6 +35,7 @@ from ._futures import drain_callbacks
 __all__ = [
     "ManagerThread",
     "close_at_exit",
+    "close_when_collected",
     "ending_on_keyboard_interrupt",
     "ensure_exit_hook_last",
     "interpreter_exiting",
@@ -75,6 +81,7 @@ def _python_exit() -> None:
         if _exiting:
             return  # registered more than once (see ensure_exit_hook_last)
         _exiting = True
+    _run_collected()
     for owner in list(_live):
         try:
             owner.close_at_exit()
@@ -113,6 +120,76 @@ def _after_fork_in_child() -> None:
     # child would hang at its own exit.
     _live.clear()
     _hook_lock = threading.RLock()
+    _forget_collected()
+
+
+# Closing steps of collected executors. A finalizer may run in any thread at
+# any allocation, maybe while that thread holds a lock the step needs, so it
+# only queues the step (SimpleQueue.put is safe there) and wakes the reaper.
+# Steps are taken off `_collected` only under `_reaping`, so the exit hook,
+# which runs the ones left under the same lock, never misses one the reaper
+# has taken but not run yet.
+_collected: queue.SimpleQueue[Callable[[], object]] = queue.SimpleQueue()
+_reaper_wakeups: queue.SimpleQueue[None] = queue.SimpleQueue()
+_reaping = threading.Lock()
+_reaper: threading.Thread | None = None
+_reaper_start_lock = threading.Lock()
+
+
+def close_when_collected(owner: object, close: Callable[[], object]) -> None:
+    """Call ``close()`` once ``owner`` is garbage-collected.
+
+    For an executor dropped without ``shutdown()``: ``close`` typically
+    closes its call queue (the queued work still runs) and registers with
+    :func:`close_at_exit` whatever finishes that work, so that interpreter
+    exit still waits for it. ``close`` must not hold ``owner``. It runs on
+    the reaper thread, never inside the finalizer; the exit hook runs any
+    the reaper has not come to. Not in a forked child, which may have
+    inherited a lock held.
+    """
+    global _reaper
+    with _reaper_start_lock:
+        # Started here, not in the finalizer; not alive after a fork.
+        if _reaper is None or not _reaper.is_alive():
+            _reaper = threading.Thread(
+                target=_reap, name="executors-reaper", daemon=True
+            )
+            _reaper.start()
+    weakref.finalize(owner, _on_collected, os.getpid(), close).atexit = False
+
+
+def _on_collected(pid: int, close: Callable[[], object]) -> None:
+    if os.getpid() == pid:
+        _collected.put(close)
+        _reaper_wakeups.put(None)
+
+
+def _reap() -> None:
+    while True:
+        _reaper_wakeups.get()
+        _run_collected()
+
+
+def _run_collected() -> None:
+    with _reaping:
+        while True:
+            try:
+                close = _collected.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                close()
+            except Exception:  # pragma: no cover - a backend bug
+                _log.exception("executors: closing a collected executor failed")
+            del close
+
+
+def _forget_collected() -> None:
+    global _collected, _reaper_wakeups, _reaping, _reaper
+    _collected = queue.SimpleQueue()
+    _reaper_wakeups = queue.SimpleQueue()
+    _reaping = threading.Lock()
+    _reaper = None
 
 
 def ending_on_keyboard_interrupt() -> bool:

@@ -18,8 +18,10 @@ __all__ = [
     "DEFAULT_START_METHOD",
     "ProcessPoolOptions",
     "check_buffersize",
+    "check_choice",
     "check_chunksize",
     "check_initializer",
+    "check_int",
     "check_map_arguments",
     "check_max_tasks_per_child",
     "check_max_workers",
@@ -78,6 +80,45 @@ def cpu_count() -> int:
     return os.cpu_count() or 1
 
 
+def check_int(
+    value: object,
+    name: str,
+    *,
+    minimum: int,
+    not_int: str | None = None,
+    too_small: str | None = None,
+) -> int | None:
+    """Validate an optional integer option: ``None``, or an int >= ``minimum``.
+
+    A ``bool`` is not taken for an int. ``not_int`` and ``too_small``
+    replace the default messages where the stdlib has its own.
+
+    Raises:
+        TypeError: not an int (``"NAME must be an int or None, got ..."``).
+        ValueError: below ``minimum`` (``"NAME must be >= MINIMUM"``).
+    """
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(not_int or f"{name} must be an int or None, got {value!r}")
+    if value < minimum:
+        raise ValueError(too_small or f"{name} must be >= {minimum}")
+    return value
+
+
+def check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
+    """Return ``value`` if it is one of ``choices``.
+
+    Raises:
+        ValueError: ``"NAME must be one of 'a', 'b', got ..."``.
+    """
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(
+            f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}"
+        )
+    return value
+
+
 def check_max_workers(value: object, *, default: int) -> int:
     """Return ``value`` as a worker count, ``default`` when it is ``None``.
 
@@ -85,13 +126,10 @@ def check_max_workers(value: object, *, default: int) -> int:
         TypeError: ``value`` is not an int.
         ValueError: ``"max_workers must be greater than 0"``.
     """
-    if value is None:
-        return default
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"max_workers must be an int or None, got {value!r}")
-    if value <= 0:
-        raise ValueError("max_workers must be greater than 0")
-    return value
+    workers = check_int(
+        value, "max_workers", minimum=1, too_small="max_workers must be greater than 0"
+    )
+    return default if workers is None else workers
 
 
 def check_initializer(initializer: object, initargs: object) -> None:
@@ -113,13 +151,7 @@ def check_max_tasks_per_child(value: object) -> int | None:
         TypeError: not an int.
         ValueError: ``"max_tasks_per_child must be >= 1"``.
     """
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"max_tasks_per_child must be an int or None, got {value!r}")
-    if value < 1:
-        raise ValueError("max_tasks_per_child must be >= 1")
-    return value
+    return check_int(value, "max_tasks_per_child", minimum=1)
 
 
 def resolve_mp_context(value: object) -> multiprocessing.context.BaseContext:
@@ -214,13 +246,9 @@ def check_chunksize(chunksize: object) -> int | None:
         TypeError: not an int.
         ValueError: ``"chunksize must be >= 1."`` (the stdlib's message).
     """
-    if chunksize is None:
-        return None
-    if not isinstance(chunksize, int) or isinstance(chunksize, bool):
-        raise TypeError(f"chunksize must be an int or None, got {chunksize!r}")
-    if chunksize < 1:
-        raise ValueError("chunksize must be >= 1.")
-    return chunksize
+    return check_int(
+        chunksize, "chunksize", minimum=1, too_small="chunksize must be >= 1."
+    )
 
 
 def check_buffersize(buffersize: object) -> int | None:
@@ -230,13 +258,13 @@ def check_buffersize(buffersize: object) -> int | None:
         TypeError: ``"buffersize must be an integer or None"``.
         ValueError: ``"buffersize must be None or > 0"``.
     """
-    if buffersize is None:
-        return None
-    if not isinstance(buffersize, int) or isinstance(buffersize, bool):
-        raise TypeError("buffersize must be an integer or None")
-    if buffersize < 1:
-        raise ValueError("buffersize must be None or > 0")
-    return buffersize
+    return check_int(
+        buffersize,
+        "buffersize",
+        minimum=1,
+        not_int="buffersize must be an integer or None",
+        too_small="buffersize must be None or > 0",
+    )
 
 
 def check_callable(fn: object) -> Callable[..., Any]:

@@ -49,10 +49,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
-import os
 import signal
 import threading
-import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
 from multiprocessing.context import BaseContext
@@ -62,12 +60,10 @@ from .._base import BaseExecutor
 from .._callqueue import Call, CallQueue
 from .._capabilities import Capabilities
 from .._errors import ExecutorInterruptedError
-from .._futures import Future as OurFuture
-from .._futures import settle
-from .._lifecycle import close_at_exit
-from .._map import Chunk, ChunkResult, run_chunk
+from .._lifecycle import close_at_exit, close_when_collected
+from .._map import Chunk, ChunkResult
 from .._options import check_process_pool_options, cpu_count
-from .._outcome import Outcome, PickledCall, decode, dumps
+from .._outcome import Outcome, decode
 from .._poolwatch import (
     STOP_KILLED,
     STOP_SKIPPED,
@@ -235,13 +231,11 @@ def _launch_waiting(calls: CallQueue) -> None:
     calls.pump()
 
 
-def _close_abandoned(calls: CallQueue, watch: PoolWatch, pid: int) -> None:
+def _close_abandoned(calls: CallQueue, watch: PoolWatch) -> None:
     # The executor was garbage-collected without shutdown(): let the work
     # drain, then close the Pool, and still finish it at interpreter exit.
-    # Not in a forked child, which may have inherited a lock held.
-    if os.getpid() == pid:
-        calls.close()
-        close_at_exit(watch)
+    calls.close()
+    close_at_exit(watch)
 
 
 class MpPoolExecutor(BaseExecutor):
@@ -333,8 +327,9 @@ class MpPoolExecutor(BaseExecutor):
             on_ready=functools.partial(_launch_waiting, self._queue),
         )
         self._watch = watch
-        finalizer = functools.partial(_close_abandoned, self._queue, watch)
-        weakref.finalize(self, finalizer, os.getpid()).atexit = False
+        close_when_collected(
+            self, functools.partial(_close_abandoned, self._queue, watch)
+        )
 
     def _broken_error(self) -> BaseException | None:
         return self._queue.broken_error()
@@ -342,27 +337,13 @@ class MpPoolExecutor(BaseExecutor):
     def _submit(
         self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Future[T]:
-        future: OurFuture[T] = OurFuture()
-        try:
-            payload = dumps((fn, args, kwargs))
-        except Exception as exc:
-            # Fails this future at once; the pool never sees the task.
-            settle(future, error=exc)
-            return future
-        self._queue.submit(future, payload)
-        return future
+        return self._queue.submit_pickled(fn, args, kwargs)
 
     def _submit_chunk(
         self, fn: Callable[..., Any], chunk: Chunk
     ) -> Future[ChunkResult]:
-        # Pickled by Pool's task handler, so the first chunk is on its way
-        # while the caller submits the others; one that fails to pickle
-        # fails through Pool's error callback, at the chunk's position.
-        future: OurFuture[ChunkResult] = OurFuture()
-        self._queue.submit(
-            future, PickledCall((run_chunk, (fn, chunk), {})), chunk=True
-        )
-        return future
+        # Pickled by the library's task-feeding thread (see submit_chunk).
+        return self._queue.submit_chunk(fn, chunk)
 
     def _interrupt(self) -> None:
         # Ctrl-C: kill the workers now, fail what runs, cancel what is

@@ -45,18 +45,14 @@ from .._errors import (
     WorkerCrashedError,
     describe_exitcode,
 )
-from .._futures import Future as OurFuture
-from .._futures import settle
 from .._lifecycle import join_unless_current
-from .._map import Chunk, ChunkResult, run_chunk
+from .._map import Chunk, ChunkResult
 from .._options import check_process_pool_options, cpu_count
 from .._outcome import (
     INITIALIZER_FAILED_EXITCODE,
     Outcome,
-    PickledCall,
     WorkerBootstrap,
     decode,
-    dumps,
     initializer_error,
     run_call,
 )
@@ -192,26 +188,13 @@ class ProcessExecutor(BaseExecutor):
     def _submit(
         self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Future[T]:
-        future: OurFuture[T] = OurFuture()
-        try:
-            payload: bytes | PickledCall = dumps((fn, args, kwargs))
-        except Exception as exc:
-            # Fails this future at once; the pool never sees the task.
-            settle(future, error=exc)
-            return future
-        self._calls.submit(future, payload)
-        return future
+        return self._calls.submit_pickled(fn, args, kwargs)
 
     def _submit_chunk(
         self, fn: Callable[..., Any], chunk: Chunk
     ) -> Future[ChunkResult]:
-        # Pickled by the stdlib's feeder thread, so the first chunk reaches
-        # a worker while the caller is still submitting the others.
-        future: OurFuture[ChunkResult] = OurFuture()
-        self._calls.submit(
-            future, PickledCall((run_chunk, (fn, chunk), {})), chunk=True
-        )
-        return future
+        # Pickled by the library's task-feeding thread (see submit_chunk).
+        return self._calls.submit_chunk(fn, chunk)
 
     def _launch(self, call: Call) -> None:
         broken = self._pool._broken
