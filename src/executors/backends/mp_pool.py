@@ -19,8 +19,8 @@ each with a piece of the shared core:
 
 And it adds what Pool cannot do at all: stopping one running task (a task
 timeout, ``kill_task``) without breaking the pool. Each call runs through
-:func:`~executors._poolwatch.run_tracked`, which keeps its id in the
-worker's :class:`~executors._poolwatch.TaskSlots` slot while it runs; a stop
+:func:`~executors._taskslots.run_tracked`, which keeps its id in the
+worker's :class:`~executors._taskslots.TaskSlots` slot while it runs; a stop
 kills exactly that worker, at a moment it holds none of Pool's locks, and
 the watch lets Pool replace it.
 
@@ -64,14 +64,8 @@ from .._lifecycle import close_at_exit, close_when_collected
 from .._map import Chunk, ChunkResult
 from .._options import check_process_pool_options, cpu_count
 from .._outcome import Outcome, decode
-from .._poolwatch import (
-    STOP_KILLED,
-    STOP_SKIPPED,
-    PoolWatch,
-    TaskSlots,
-    WatchedPool,
-    run_tracked,
-)
+from .._poolwatch import PoolWatch, WatchedPool
+from .._taskslots import STOP_KILLED, STOP_SKIPPED, TaskSlots, run_tracked
 
 __all__ = ["MpPoolExecutor"]
 

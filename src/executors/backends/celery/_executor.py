@@ -55,8 +55,6 @@ from ..._errors import (
     ExecutorFailedError,
     ExecutorInterruptedError,
 )
-from ..._futures import Future as OurFuture
-from ..._futures import settle
 from ..._lifecycle import join_unless_current, manager_failed
 from ..._options import (
     check_initializer,
@@ -242,15 +240,10 @@ class CeleryExecutor(BaseExecutor):
     def _submit(
         self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Future[T]:
-        future: OurFuture[T] = OurFuture()
-        try:
-            payload = to_wire(dumps((fn, args, kwargs)), self._sent.serializer)
-        except Exception as exc:
-            # Before Celery ever sees it, as on the other process backends.
-            settle(future, error=exc)
-            return future
-        self._calls.submit(future, payload)
-        return future
+        serializer = self._sent.serializer
+        return self._calls.submit_pickled(
+            fn, args, kwargs, wrap=lambda data: to_wire(data, serializer)
+        )
 
     def _interrupt(self) -> None:
         # Ctrl-C leaving a `with` block: stop what runs now.
