@@ -22,6 +22,7 @@ from typing import Any
 from ..._control import TaskOptions
 from ..._errors import (
     ExecutorFailedError,
+    ExecutorInterruptedError,
     TaskKilledError,
     TaskTimeoutError,
     WorkerCrashedError,
@@ -322,9 +323,9 @@ def killed_error() -> BaseException:
 
 
 def interrupted_error() -> BaseException:
-    return TaskKilledError(
-        "the task was stopped by Ctrl-C (KeyboardInterrupt) in the caller; "
-        "its worker process was killed"
+    return ExecutorInterruptedError(
+        "the 'queue' executor was interrupted (KeyboardInterrupt); its "
+        "running tasks were stopped"
     )
 
 

@@ -886,7 +886,8 @@ class Pool:
     def interrupt(self) -> None:
         """Stop now (Ctrl-C): kill every worker, fail what they ran.
 
-        The items the workers held fail with :class:`TaskKilledError`; the
+        The items the workers held fail with
+        :class:`~executors.ExecutorInterruptedError`, as on every backend; the
         queue is cancelled (the executor's ``shutdown(wait=True,
         cancel_futures=True)`` follows).
         """
