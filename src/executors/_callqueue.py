@@ -45,7 +45,7 @@ from ._futures import Future as OurFuture
 from ._futures import fail_futures, notify_cancelled, settle
 from ._lifecycle import ensure_exit_hook_last
 from ._map import Chunk, ChunkResult, run_chunk
-from ._outcome import PickledCall, dumps
+from ._outcome import Outcome, PickledCall, decode, dumps
 
 __all__ = ["Call", "CallQueue"]
 
@@ -363,6 +363,18 @@ class CallQueue:
         # which must find every future settled.
         self._check_idle()
         return True
+
+    def settle_outcome(self, call: Call, outcome: Outcome) -> None:
+        """Settle ``call`` with a worker's outcome (see :mod:`executors._outcome`).
+
+        Decoded here, in the settling thread: a result that fails to
+        unpickle fails this call only, with the unpickling error.
+        """
+        ok, value = decode(outcome)
+        if ok:
+            self.settle(call, value)
+        else:
+            self.settle(call, error=value)
 
     def _retryable(self, call: Call, error: BaseException) -> bool:
         options = call.options

@@ -109,6 +109,14 @@ class ExecutorInterruptedError(BrokenExecutor):
     Ctrl-C; queued futures are cancelled instead.
     """
 
+    @classmethod
+    def stopped(cls, backend: str) -> ExecutorInterruptedError:
+        """The error of a running task that Ctrl-C stopped on ``backend``."""
+        return cls(
+            f"the {backend!r} executor was interrupted (KeyboardInterrupt); "
+            "its running tasks were stopped"
+        )
+
 
 class WorkersTerminatedError(ExecutorInterruptedError):
     """``terminate_workers()`` or ``kill_workers()`` stopped this running task.

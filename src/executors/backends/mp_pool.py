@@ -63,7 +63,7 @@ from .._errors import ExecutorInterruptedError
 from .._lifecycle import close_at_exit, close_when_collected
 from .._map import Chunk, ChunkResult
 from .._options import check_process_pool_options, cpu_count
-from .._outcome import Outcome, decode
+from .._outcome import Outcome
 from .._poolwatch import PoolWatch, WatchedPool
 from .._taskslots import STOP_KILLED, STOP_SKIPPED, TaskSlots, run_tracked
 
@@ -146,11 +146,7 @@ class _Launcher:
         if not arrived:
             self.calls.settle(call, error=outcome)
             return
-        ok, value = decode(outcome)
-        if ok:
-            self.calls.settle(call, value)
-        else:
-            self.calls.settle(call, error=value)
+        self.calls.settle_outcome(call, outcome)
 
     def _stopped(self, handle: _Launched, returned: tuple[bool, Any]) -> bool:
         """Whether a stop owns the call whose outcome just arrived."""
@@ -209,13 +205,6 @@ class _Launcher:
         # (once the Pool is closing), as a result arriving would.
         with contextlib.suppress(KeyError):
             del self.pool._cache[handle.job]
-
-
-def _interrupted() -> BaseException:
-    return ExecutorInterruptedError(
-        "the 'mp_pool' executor was interrupted (KeyboardInterrupt); its "
-        "running tasks were stopped"
-    )
 
 
 def _launch_waiting(calls: CallQueue) -> None:
@@ -345,7 +334,9 @@ class MpPoolExecutor(BaseExecutor):
         # watch to close gracefully, which would wait for the tasks.
         self._watch.kill()
         self._queue.close(cancel_futures=True)
-        self._queue.break_(_interrupted)
+        self._queue.break_(
+            functools.partial(ExecutorInterruptedError.stopped, self.backend)
+        )
 
     def _signal_workers(self, sig: signal.Signals) -> None:
         # terminate_workers(), kill_workers(): the core has failed the

@@ -52,7 +52,6 @@ from .._outcome import (
     INITIALIZER_FAILED_EXITCODE,
     Outcome,
     WorkerBootstrap,
-    decode,
     initializer_error,
     run_call,
 )
@@ -217,11 +216,7 @@ class ProcessExecutor(BaseExecutor):
         if error is not None:
             self._calls.settle(call, error=self._translate(error))
             return
-        ok, value = decode(theirs.result())
-        if ok:
-            self._calls.settle(call, value)
-        else:
-            self._calls.settle(call, error=value)
+        self._calls.settle_outcome(call, theirs.result())
 
     def _translate(self, error: BaseException) -> BaseException:
         """The stdlib's BrokenProcessPool, said the way every backend says it."""
@@ -245,10 +240,7 @@ class ProcessExecutor(BaseExecutor):
         # 3.14's terminate_workers() does, and fail what they were running.
         self._calls.close(cancel_futures=True)
         self._calls.fail_launched(
-            lambda: ExecutorInterruptedError(
-                "the 'process' executor was interrupted (KeyboardInterrupt); "
-                "its running tasks were stopped"
-            )
+            functools.partial(ExecutorInterruptedError.stopped, self.backend)
         )
         self._signal_workers(signal.SIGTERM)
 

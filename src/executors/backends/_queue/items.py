@@ -323,10 +323,7 @@ def killed_error() -> BaseException:
 
 
 def interrupted_error() -> BaseException:
-    return ExecutorInterruptedError(
-        "the 'queue' executor was interrupted (KeyboardInterrupt); its "
-        "running tasks were stopped"
-    )
+    return ExecutorInterruptedError.stopped("queue")
 
 
 def exiting_error() -> BaseException:
