@@ -515,7 +515,7 @@ class TestOptions(ContractBase):
             ({"mp_context": "fork"}, ValueError, "fork"),
             ({"mp_context": "nope"}, ValueError, "mp_context"),
             ({"mp_context": 3}, TypeError, "mp_context"),
-            ({**THREADING, "mp_context": "spawn"}, ValueError, "threading"),
+            ({**THREADING, "mp_context": "spawn"}, ValueError, "mp_context applies"),
             ({**THREADING, "idle_worker_timeout": 1}, ValueError, "loky"),
             ({"batch_size": 4}, ValueError, "map_engine"),
             ({"pre_dispatch": "all"}, ValueError, "map_engine"),

@@ -287,3 +287,34 @@ def test_an_unpicklable_argument_fails_with_the_picklers_error(
     assert got == [0, 1]
     # Nothing broke.
     assert executor.submit(tasks.add, 1, 2).result(timeout=BOUND) == 3
+
+
+# A thread initializer that fails once tasks are queued: the stdlib pool
+# fails its queued futures holding the lock its submit() takes, and the
+# executor's next call was handed over from their callbacks: a deadlock.
+_FAILING_THREAD_INITIALIZER = """
+import time
+import executors
+from executors.testing import tasks
+
+def failing_late():
+    time.sleep(0.3)
+    tasks.failing_init()
+
+if __name__ == "__main__":
+    ex = executors.create(
+        "joblib", joblib_backend="threading", max_workers=1, initializer=failing_late
+    )
+    futs = [ex.submit(tasks.noop) for _ in range(10)]
+    errors = {type(f.exception(timeout=30)).__name__ for f in futs}
+    print("ERRORS", sorted(errors), flush=True)
+    ex.shutdown()
+    print("DONE", flush=True)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_failing_thread_initializer_fails_every_task_instead_of_hanging() -> None:
+    with _program(_FAILING_THREAD_INITIALIZER) as program:
+        assert program.read("ERRORS", bound=20) == "['InitializerFailedError']"
+        program.read("DONE", bound=20)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import multiprocessing.context
 import os
 import signal
-import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from typing import Any, ClassVar, TypeVar
+
+from joblib._utils import eval_expr
+from joblib.disk import memstr_to_bytes
+from joblib.externals.loky.backend import get_context as loky_get_context
 
 from ..._base import BaseExecutor
 from ..._callqueue import CallQueue
@@ -16,13 +20,11 @@ from ..._capabilities import Capabilities
 from ..._control import submitting_options
 from ..._errors import ExecutorInterruptedError
 from ..._futures import Future as OurFuture
-from ..._futures import drain_callbacks
-from ..._lifecycle import (
-    ending_on_keyboard_interrupt,
-    interpreter_exiting,
-)
+from ..._lifecycle import close_when_collected
 from ..._options import (
+    check_choice,
     check_initializer,
+    check_int,
     check_max_tasks_per_child,
     check_max_workers,
     check_timeout,
@@ -30,92 +32,124 @@ from ..._options import (
     resolve_mp_context,
 )
 from ..._outcome import WorkerBootstrap
-from ._checks import (
-    JOBLIB_BACKENDS,
-    MAP_ENGINES,
-    check_batch_size,
-    check_choice,
-    check_inner_threads,
-    check_max_nbytes,
-    check_mmap_mode,
-    check_pre_dispatch,
-    check_temp_folder,
-)
 from ._parallel import parallel_map
-from ._pools import LokyWorkers, MpWorkers, ThreadWorkers, Workers, loky_context
-from ._queue import Abandoned, Window, close_abandoned, start_reaper
-from ._translate import translate_error
-from ._trip import Memmapping
+from ._pools import LokyWorkers, MpWorkers, ThreadWorkers, Workers
+from ._trip import translate_error
 
-__all__ = ["JoblibExecutor"]
+__all__ = ["JOBLIB_BACKENDS", "MAP_ENGINES", "JoblibExecutor"]
 
 T = TypeVar("T")
 
+# Calls handed to the workers at once, per worker, plus one. Two per worker
+# keep a worker busy on tiny tasks (one running, one waiting in its queue);
+# every call beyond that stays in the call queue, where cancel() works.
+HANDED_OVER_PER_WORKER = 2
 
-_PROCESSES = Capabilities(task_control=True, terminates_workers=True)
-# One class, three kinds of workers: threads share the caller's memory, so
-# the process items of the contract do not apply, and cannot be stopped.
+#: The joblib backends an executor can run on.
+JOBLIB_BACKENDS = ("loky", "threading", "multiprocessing")
+#: What runs ``map``: the project's shared map, or ``joblib.Parallel``.
+MAP_ENGINES = ("shared", "parallel")
+LOKY_START_METHODS = ("loky", "loky_init_main", "spawn", "forkserver")
+
+# Threads share the caller's memory (the process items of the contract do
+# not apply), and cannot be stopped.
 _THREADS = Capabilities(process_isolation=False, task_control=True)
 
 
-def _interrupted() -> BaseException:
-    return ExecutorInterruptedError(
-        "the 'joblib' executor was interrupted (KeyboardInterrupt); its "
-        "running tasks were stopped"
+def check_pre_dispatch(value: object, workers: int) -> int | str:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        expected = "an int or an expression such as '2 * n_jobs'"
+        raise TypeError(f"pre_dispatch must be {expected}, got {value!r}")
+    if value == "all":
+        return value
+    try:
+        amount = eval_expr(str(value).replace("n_jobs", str(workers)))
+    except ValueError as exc:
+        raise ValueError(f"pre_dispatch {value!r} is not valid: {exc}") from None
+    if not isinstance(amount, (int, float)) or int(amount) < 1:
+        raise ValueError(f"pre_dispatch must amount to at least 1 item, got {value!r}")
+    return value
+
+
+def check_max_nbytes(value: object) -> int | None:
+    message = f"max_nbytes must be an int, a size such as '1M' or None, got {value!r}"
+    if isinstance(value, str):
+        try:
+            return int(memstr_to_bytes(value))
+        except (ValueError, IndexError):
+            raise ValueError(message) from None
+    return check_int(value, "max_nbytes", minimum=0, not_int=message)
+
+
+def loky_context(value: object) -> multiprocessing.context.BaseContext:
+    """Map ``mp_context`` onto a start method loky supports."""
+    if value is None or value in LOKY_START_METHODS:
+        # None: joblib's own default, "loky" (fork followed by exec): a
+        # worker never inherits the parent's threads and locks.
+        return loky_get_context(value or "loky")  # type: ignore[no-any-return]
+    if isinstance(value, multiprocessing.context.BaseContext):
+        if value.get_start_method() != "fork":
+            return value
+    elif not isinstance(value, str):
+        raise TypeError(
+            "mp_context must be None, a start method name or a multiprocessing "
+            f"context, got {value!r}"
+        )
+    elif value != "fork":
+        raise ValueError(
+            f"mp_context {value!r} is not a start method loky supports; choose "
+            f"one of {', '.join(map(repr, LOKY_START_METHODS))}"
+        )
+    raise ValueError(
+        "the 'joblib' backend does not support the 'fork' start method: loky "
+        "workers must not inherit the parent's threads; use 'loky' (the "
+        "default), 'spawn' or 'forkserver'"
     )
 
 
 class JoblibExecutor(BaseExecutor):
     """An executor on joblib's workers (loky by default), each its own.
 
-    Every executor owns its workers (see the package docstring): a loky pool
-    by default, never joblib's shared reusable executor. ``capabilities``
-    depends on ``joblib_backend``: ``"threading"`` declares
-    ``process_isolation=False`` and ``terminates_workers=False``.
+    Never joblib's reusable executor. With threads, ``capabilities``
+    declares ``process_isolation=False`` and ``terminates_workers=False``.
 
     Args:
-        max_workers: Workers; default: the usable CPUs. Also ``Parallel``'s
-            ``n_jobs``.
+        max_workers: Workers (and ``Parallel``'s ``n_jobs``); default: the
+            usable CPUs.
         joblib_backend: ``"loky"`` (default), ``"threading"`` or
             ``"multiprocessing"``.
-        mp_context: Start method. loky: ``None`` means loky's own ``"loky"``
-            (fork then exec); ``"spawn"``, ``"forkserver"`` and
-            ``"loky_init_main"`` are accepted, ``"fork"`` is rejected.
-            multiprocessing: as for the ``process`` backend (default
-            ``"forkserver"``). threading: must be ``None``.
+        mp_context: Start method. loky: ``"loky"`` (default: fork then
+            exec), ``"loky_init_main"``, ``"spawn"`` or ``"forkserver"``,
+            never ``"fork"``. multiprocessing: as for ``process``. threading:
+            none.
         initializer: Called in each worker as it starts; if it raises, the
             executor is broken (:class:`executors.InitializerFailedError`).
         initargs: Arguments for ``initializer``.
         max_tasks_per_child: Replace a worker after this many tasks; only
-            with ``joblib_backend="multiprocessing"`` (loky has no such
-            setting).
-        idle_worker_timeout: loky only: seconds after which an idle worker
-            exits (loky starts a new one on demand). Default ``None``: workers
-            live until ``shutdown()``.
-        map_engine: What runs ``map`` and ``map_unordered``: ``"shared"``
-            (default), the project's map on these workers, or ``"parallel"``,
-            ``joblib.Parallel`` wherever it can keep the contract.
+            with ``joblib_backend="multiprocessing"``.
+        idle_worker_timeout: loky only: an idle worker exits after this many
+            seconds; default ``None``: workers live until ``shutdown()``.
+        map_engine: What runs ``map`` and ``map_unordered``: the project's
+            ``"shared"`` map (default) or ``"parallel"``, ``joblib.Parallel``.
         batch_size: ``Parallel``'s ``batch_size`` when ``chunksize`` is
-            ``None``: ``"auto"`` (the default) or an int. Needs
-            ``map_engine="parallel"``.
-        pre_dispatch: ``Parallel``'s ``pre_dispatch``; ``"2 * n_jobs"`` by
-            default. Needs ``map_engine="parallel"``.
-        max_nbytes: Numpy arrays larger than this are sent to process workers
-            as memory maps, by ``submit`` and by either map engine; ``None``
-            disables it. Default ``"1M"``.
+            ``None``: ``"auto"`` (default) or an int; needs ``"parallel"``.
+        pre_dispatch: ``Parallel``'s ``pre_dispatch``; default
+            ``"2 * n_jobs"``; needs ``map_engine="parallel"``.
+        max_nbytes: NumPy arrays larger than this (default ``"1M"``) reach
+            process workers as memory maps; ``None`` disables it.
         mmap_mode: Mode of those memory maps in the workers; default ``"r"``.
-        temp_folder: Where the memory maps are written; default: joblib's
-            choice (``/dev/shm`` when large enough).
-        inner_max_num_threads: Threads of BLAS/OpenMP pools in each loky
-            worker; default ``cpus // max_workers`` unless set in the
-            environment (joblib's default).
+        temp_folder: Where they are written; default: joblib's choice.
+        inner_max_num_threads: BLAS/OpenMP threads per loky worker; default
+            ``cpus // max_workers`` unless set in the environment (joblib's).
         cloudpickle: Send the callable and the initializer with the
-            project's cloudpickle wrapper, as every process backend does
-            (tracebacks name the script's file; errors name no values).
+            project's cloudpickle wrapper, as every process backend does.
     """
 
     backend: ClassVar[str] = "joblib"
-    capabilities: ClassVar[Capabilities] = _PROCESSES
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        task_control=True, terminates_workers=True
+    )
+    _calls: CallQueue
 
     def __init__(
         self,
@@ -140,140 +174,90 @@ class JoblibExecutor(BaseExecutor):
         workers = check_max_workers(max_workers, default=cpu_count())
         check_initializer(initializer, initargs)
         per_child = check_max_tasks_per_child(max_tasks_per_child)
-        if per_child is not None and kind != "multiprocessing":
-            raise ValueError(
-                "the 'joblib' backend supports max_tasks_per_child only with "
-                "joblib_backend='multiprocessing': loky workers are replaced "
-                "only when they leak memory or sit idle (see idle_worker_timeout)"
-            )
         idle = check_timeout(idle_worker_timeout, "idle_worker_timeout")
-        if idle is not None and kind != "loky":
-            raise ValueError(
-                "idle_worker_timeout is a loky setting: it needs joblib_backend='loky'"
-            )
         self._map_engine = check_choice("map_engine", map_engine, MAP_ENGINES)
-        if map_engine != "parallel":
-            for name, value in (
-                ("batch_size", batch_size),
-                ("pre_dispatch", pre_dispatch),
-            ):
-                if value is not None:
-                    raise ValueError(
-                        f"{name} is a joblib.Parallel setting: it needs "
-                        "map_engine='parallel'"
-                    )
-        self._batch_size = check_batch_size(
-            "auto" if batch_size is None else batch_size
-        )
+        loky, mp = kind == "loky", kind == "multiprocessing"
+        by_parallel = map_engine == "parallel"
+        for name, value, applies, needs in (
+            ("max_tasks_per_child", per_child, mp, "joblib_backend='multiprocessing'"),
+            ("idle_worker_timeout", idle, loky, "joblib_backend='loky'"),
+            ("mp_context", mp_context, loky or mp, "a process joblib_backend"),
+            ("batch_size", batch_size, by_parallel, "map_engine='parallel'"),
+            ("pre_dispatch", pre_dispatch, by_parallel, "map_engine='parallel'"),
+        ):
+            if value is not None and not applies:
+                raise ValueError(f"{name} applies only with {needs}")
+        if batch_size not in (None, "auto"):
+            message = f"batch_size must be 'auto' or an int, got {batch_size!r}"
+            check_int(batch_size, "batch_size", minimum=1, not_int=message)
+        self._batch_size = "auto" if batch_size is None else batch_size
         self._pre_dispatch = check_pre_dispatch(
             "2 * n_jobs" if pre_dispatch is None else pre_dispatch, workers
         )
         nbytes = check_max_nbytes(max_nbytes)
-        mode = check_mmap_mode(mmap_mode)
-        folder = check_temp_folder(temp_folder)
-        inner = check_inner_threads(inner_max_num_threads)
-        context: multiprocessing.context.BaseContext | None = None
-        if kind == "loky":
+        if mmap_mode is not None:
+            check_choice("mmap_mode", mmap_mode, ("r", "r+", "w+", "c"))
+        if not isinstance(temp_folder, (str, os.PathLike, type(None))):
+            raise TypeError(f"temp_folder must be a path or None, got {temp_folder!r}")
+        folder = None if temp_folder is None else os.fspath(temp_folder)
+        inner = check_int(inner_max_num_threads, "inner_max_num_threads", minimum=1)
+        if loky:
             context = loky_context(mp_context)
-        elif kind == "multiprocessing":
+        elif mp:
             context = resolve_mp_context(mp_context)
-        elif mp_context is not None:
-            raise ValueError("mp_context does not apply to joblib_backend='threading'")
         else:
             self.capabilities = _THREADS  # type: ignore[misc]
         super().__init__(max_workers=workers, cloudpickle=cloudpickle)
         self._joblib_backend = kind
         if initializer is not None:
             initializer = self._prepare(initializer)
+        memmap = (nbytes, mmap_mode, folder)
         pool: Workers
-        if kind == "loky":
-            assert context is not None
-            pool = LokyWorkers(
-                workers,
-                context,
-                WorkerBootstrap(os.getpid(), initializer, initargs),
-                idle,
-                Memmapping(nbytes, mode, folder, unlink_on_gc_collect=True),
-                inner,
-            )
-        elif kind == "threading":
-            pool = ThreadWorkers(workers, initializer, initargs)
+        if loky:
+            bootstrap = WorkerBootstrap(os.getpid(), initializer, initargs)
+            pool = LokyWorkers(workers, context, bootstrap, idle, inner, memmap)
+        elif mp:
+            pool = MpWorkers(workers, context, initializer, initargs, per_child, memmap)
         else:
-            assert context is not None
-            pool = MpWorkers(
-                workers,
-                context,
-                initializer,
-                initargs,
-                per_child,
-                Memmapping(nbytes, mode, folder, unlink_on_gc_collect=False),
-            )
+            pool = ThreadWorkers(workers, initializer, initargs)
         self._workers = pool
         self._booted = False
-        self._window = Window(workers)
-        # BaseExecutor's task control (timeouts, retries, terminate_workers)
-        # works through self._calls.
-        self._calls = self._queue = CallQueue(
+        # A timed call launches only into a free worker (slots): loky reports
+        # no start, and its clock must not run while it waits behind others.
+        self._calls = CallQueue(
             pool.launch,
-            self._window,
+            HANDED_OVER_PER_WORKER * workers + 1,
+            slots=workers,
             on_idle=pool.idle,
             translate=translate_error,
         )
-        if isinstance(pool, MpWorkers):
-            pool.start(self._queue)
-        else:
-            pool.attach(self._queue)
-        start_reaper()
-        leftover = Abandoned(self, self._queue, pool)
-        finalizer = weakref.finalize(self, close_abandoned, leftover, os.getpid())
-        finalizer.atexit = False
+        pool.attach(self._calls)
+        close_when_collected(self, pool.abandon)
 
     @property
     def joblib_backend(self) -> str:
         """``"loky"``, ``"threading"`` or ``"multiprocessing"``."""
         return self._joblib_backend
 
-    # -- BaseExecutor hooks --------------------------------------------------
-
     def _start(self) -> None:
         # A timeout counts from the launch, and a process pool starts its
         # workers on demand: the first timed task would spend its limit
         # waiting for them to boot. Let them boot first, once.
-        if self._booted:
-            return
         options = submitting_options()
-        if options is None or options.timeout is None:
-            return
-        self._workers.boot()
-        self._booted = True
+        if not self._booted and options is not None and options.timeout is not None:
+            self._workers.boot()
+            self._booted = True
 
     def _broken_error(self) -> BaseException | None:
-        return self._workers.broken_error() or self._queue.broken_error()
+        return self._workers.broken_error() or self._calls.broken_error()
 
     def _submit(
         self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Future[T]:
+        # Also the batches of a Parallel map, unguarded (see _parallel).
         future: OurFuture[T] = OurFuture()
-        options = submitting_options()
-        if options is not None and options.timeout is not None:
-            self._window.track(future)
-        self._queue.submit(future, self._workers.payload(fn, args, kwargs))
+        self._calls.submit(future, self._workers.payload(fn, args, kwargs))
         return future
-
-    def _submit_batch(self, batch: Any) -> Future[Any]:
-        # Batches of a running Parallel call: no shutdown guard, so that a
-        # map started before shutdown() completes (shutdown waits for it).
-        # A loky batch points the memmapping reducers at its call's own
-        # folder while it is pickled.
-        future: OurFuture[Any] = OurFuture()
-        self._queue.submit(future, self._workers.payload(batch, (), {}))
-        return future
-
-    def _attach_parallel(self, backend: Any, parallel: Any) -> None:
-        memmapping = self._workers.memmapping
-        if memmapping is not None and self._joblib_backend == "loky":
-            memmapping.manager.register_new_context(parallel._id)
-        backend._workers = self._workers.pool
 
     def _engine_map(
         self,
@@ -285,13 +269,10 @@ class JoblibExecutor(BaseExecutor):
         buffersize: int | None,
         progress: bool,
     ) -> Iterator[Any] | None:
-        """``joblib.Parallel`` runs the map, where it can keep the contract.
+        """``joblib.Parallel`` runs the map, where it keeps the contract.
 
-        Not with a ``timeout`` (joblib's generator blocks in a polling loop
-        that cannot be bounded from outside), a ``buffersize`` (joblib reads
-        the input as batches complete, not as results are consumed) or one
-        worker (joblib runs ``n_jobs=1`` in the caller): the shared map runs
-        those. ``chunksize`` becomes ``Parallel``'s ``batch_size``.
+        The shared map runs it with a ``timeout``, a ``buffersize`` or one
+        worker (see ``docs/backends/joblib.md``).
         """
         if (
             self._map_engine == "shared"
@@ -311,48 +292,26 @@ class JoblibExecutor(BaseExecutor):
         )
 
     def _shutdown(self, wait: bool, cancel_futures: bool) -> None:
-        self._queue.close(cancel_futures)
-        if not wait:
-            return
-        self._queue.wait_idle()
-        self._workers.wait()
-        # As the stdlib's shutdown(wait=True): the done-callbacks have run
-        # when it returns (at exit the exit hook waits for them, bounded).
-        if not interpreter_exiting():
-            drain_callbacks()
+        self._calls.close(cancel_futures)
+        if wait:
+            self._calls.wait_idle()
+            self._workers.wait()
 
     def _interrupt(self) -> None:
         # Ctrl-C: cancel what is queued, fail what runs, stop the workers
         # now, so that the shutdown(wait=True) that follows returns at once.
         self._workers.stopping = True
-        self._queue.close(cancel_futures=True)
-        self._queue.break_(_interrupted)
+        self._calls.close(cancel_futures=True)
+        self._calls.break_(
+            functools.partial(ExecutorInterruptedError.stopped, self.backend)
+        )
         self._workers.kill()
 
     def _end_workers(self, sig: signal.Signals, how: str) -> None:
-        # Before the base class fails the running calls: the queue, idle
-        # then, releases the workers, and a Pool must not start closing
-        # gracefully (waiting for workers about to be signalled).
+        # First: the queue, idle once the base class failed the running
+        # calls, releases a Pool, which must not wait for workers to finish.
         self._workers.ending = True
         super()._end_workers(sig, how)
 
     def _signal_workers(self, sig: signal.Signals) -> None:
         self._workers.signal(sig)
-
-    def close_at_exit(self) -> None:
-        """Finish the pending work at interpreter exit, or stop on Ctrl-C.
-
-        As the base class does, and one more case: a Ctrl-C while the exit
-        hook waits for the pending work stops it too. The
-        ``KeyboardInterrupt`` must not escape: it would skip loky's own exit
-        hook, loky's workers would never be told to stop, and the
-        interpreter would wait for them for good.
-        """
-        try:
-            if not ending_on_keyboard_interrupt():
-                self._shutdown(wait=True, cancel_futures=False)
-                return
-        except KeyboardInterrupt:
-            pass
-        self._interrupt()
-        self._shutdown(wait=True, cancel_futures=True)

@@ -1,18 +1,15 @@
 """``map_engine="parallel"``: ``joblib.Parallel`` on the executor's own workers.
 
-Plugged in through ``BaseExecutor._engine_map``, so ``map``,
-``map_unordered`` and :mod:`executors.aio` all honour it. Each batch
-``Parallel`` dispatches becomes one call on the executor's
-:class:`~executors._callqueue.CallQueue`; each item runs inside
-:class:`~._trip.Guarded`, so a failing item comes back as a value at its
-position and the map yields every earlier result before it raises, where
-joblib alone would abort the call.
+Each batch is one call on the executor's call queue; each item runs inside
+:class:`Guarded`, so a failing item comes back as a value at its
+position and the map raises it after every earlier result.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
+import weakref
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent import futures
 from concurrent.futures import Future
@@ -26,8 +23,7 @@ from joblib._parallel_backends import (
 )
 
 from ..._futures import add_internal_callback
-from ..._map import _progress_bar
-from ._trip import Failure, Guarded
+from ..._map import ChunkResult, _progress_bar
 
 if TYPE_CHECKING:
     from ._executor import JoblibExecutor
@@ -35,13 +31,30 @@ if TYPE_CHECKING:
 __all__ = ["parallel_map"]
 
 
+class Guarded:
+    """``fn`` for one ``Parallel`` item: a raised exception becomes a value.
+
+    A ``ChunkResult`` with no values and the error (it pickles the worker's
+    traceback), so ``Parallel`` delivers the earlier results, not aborting.
+    """
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+
+    def __call__(self, *args: Any) -> Any:
+        try:
+            return self.fn(*args)
+        except BaseException as exc:
+            return ChunkResult([], exc)
+
+
 class _OwnWorkersMixin:
     """A joblib backend that runs ``Parallel``'s batches on one executor.
 
-    ``submit`` hands a batch to the executor's call queue and
-    ``abort_everything`` cancels only this call's queued batches: joblib's
-    own loky backend kills every worker of its executor on abort, which here
-    would kill other tasks of the same executor.
+    On abort it cancels only this call's queued batches: joblib's own loky
+    backend kills every worker, and with them this executor's other tasks.
     """
 
     supports_retrieve_callback = True
@@ -60,20 +73,24 @@ class _OwnWorkersMixin:
     def configure(
         self, n_jobs: int = 1, parallel: Any = None, **backend_kwargs: Any
     ) -> int:
-        # Memmapping options live on the executor (they shape its pickling);
-        # the ones Parallel passes here are ignored.
+        # Memmapping options are the executor's, not Parallel's; on loky each
+        # call gets a folder of its own, as on joblib's executor.
         self.parallel = parallel
-        self._owner._attach_parallel(self, parallel)
+        workers = self._owner._workers
+        if workers.memmapping is not None and self._owner.joblib_backend == "loky":
+            workers.memmapping.manager.register_new_context(parallel._id)
+        self._workers = workers.pool
         return self._owner.max_workers
 
     def submit(self, func: Any, callback: Any = None) -> Future[Any]:
-        fut = self._owner._submit_batch(func)
+        # No shutdown guard: a map started before shutdown() completes, and
+        # shutdown waits for it.
+        fut = self._owner._submit(func, (), {})
         with self._pending_lock:
             self._pending.add(fut)
-        # Internal callbacks run in the thread that settles the batch, before
-        # the queue checks whether it is idle: the next batch Parallel
-        # dispatches from its callback is queued before a shutdown() waiting
-        # for the queue could conclude that the work has drained.
+        # Internal callbacks run before the queue checks whether it is idle:
+        # the next batch Parallel dispatches from its callback is queued
+        # before a waiting shutdown() could think the work has drained.
         if self._bar is not None:
             size = len(func)
             add_internal_callback(
@@ -96,7 +113,7 @@ class _OwnWorkersMixin:
         except BaseException as exc:
             # An infrastructure failure: deliver it at the batch's position,
             # after the earlier results, like a failing item.
-            return [Failure(exc)]
+            return [ChunkResult([], exc)]
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
         with self._pending_lock:
@@ -106,28 +123,18 @@ class _OwnWorkersMixin:
 
 
 class _LokyOnOwnWorkers(_OwnWorkersMixin, LokyBackend):  # type: ignore[misc]
-    """``Parallel`` on this executor's loky pool (``isinstance`` LokyBackend:
-    ``Parallel`` then gives each call its own memmapping folder)."""
+    """On loky; a ``LokyBackend``, so each call gets its own memmapping folder."""
 
 
 class _ThreadsOnOwnWorkers(_OwnWorkersMixin, ParallelBackendBase):  # type: ignore[misc]
-    """``Parallel`` on this executor's threads: one item per batch, as joblib."""
+    """On threads: one item per batch, as joblib."""
 
     uses_threads = True
     supports_sharedmem = True
 
-    def terminate(self) -> None:
-        pass
-
 
 class _MpOnOwnWorkers(_OwnWorkersMixin, AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
-    """``Parallel`` on this executor's ``multiprocessing.Pool``, auto-batching.
-
-    Not a ``LokyBackend``: batches use the executor's memmapping folder.
-    """
-
-    def terminate(self) -> None:
-        self.reset_batch_stats()
+    """On ``multiprocessing``: batches use the executor's memmapping folder."""
 
 
 _BACKENDS: dict[str, type[_OwnWorkersMixin]] = {
@@ -141,66 +148,24 @@ class _StopMap(Exception):
     """Thrown into joblib's generator to end a ``map`` early, quietly."""
 
 
-class _ParallelResults(Iterator[Any]):
-    """The iterator a ``Parallel``-based ``map`` returns.
-
-    Raises a failed item's exception at its position. Ending early (a
-    failure, ``close()``, garbage collection) throws :class:`_StopMap` into
-    joblib's generator: joblib then aborts the call (our backend cancels its
-    queued batches) without the "tasks have been executed but not used"
-    warning that closing its generator would print.
-    """
-
-    def __init__(self, outputs: Generator[Any, None, None], bar: Any) -> None:
-        self._outputs = outputs
-        self._bar = bar
-        self._done = False
-
-    def __iter__(self) -> _ParallelResults:
-        return self
-
-    def __next__(self) -> Any:
-        if self._done:
-            raise StopIteration
-        try:
-            value = next(self._outputs)
-        except BaseException:
-            self._finish()
-            raise
-        if type(value) is Failure:
-            self.close()
-            raise value.error
-        return value
-
-    def _finish(self) -> None:
-        self._done = True
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
-
-    def close(self) -> None:
-        """Stop the map: cancel its queued work and release joblib's call."""
-        if self._done:
-            return
-        self._finish()
-        with contextlib.suppress(_StopMap, StopIteration):
-            self._outputs.throw(_StopMap())
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            self.close()
+def _stop(outputs: Generator[Any, None, None], bar: Any) -> None:
+    # Throwing _StopMap into joblib's generator makes joblib abort the call
+    # (our backend cancels its queued batches) without the "tasks have been
+    # executed but not used" warning that closing the generator would print.
+    if bar is not None:
+        bar.close()
+    with contextlib.suppress(Exception):  # _StopMap, or already finished
+        outputs.throw(_StopMap())
 
 
-def _stream(results: _ParallelResults) -> Generator[Any, None, None]:
-    """The results as a generator, like the shared map's.
-
-    ``yield from`` closes ``results`` when this generator is closed; a
-    generator dropped before it started is closed by ``results.__del__``.
-    """
+def _stream(outputs: Generator[Any, None, None], bar: Any) -> Iterator[Any]:
     try:
-        yield from results
+        for value in outputs:
+            if type(value) is ChunkResult and isinstance(value.error, BaseException):
+                raise value.error
+            yield value
     finally:
-        results.close()
+        _stop(outputs, bar)
 
 
 def parallel_map(
@@ -215,8 +180,7 @@ def parallel_map(
 ) -> Iterator[Any]:
     """Run one ``map`` through ``joblib.Parallel`` on ``owner``'s workers.
 
-    Eager, as the contract wants without ``buffersize``: the whole input is
-    read now; ``Parallel`` dispatches it as batches complete.
+    Eager (no ``buffersize``): the input is read now, dispatched in batches.
     """
     items = list(zip(*iterables, strict=False))
     bar = _progress_bar(len(items)) if progress else None
@@ -235,4 +199,7 @@ def parallel_map(
         if bar is not None:
             bar.close()
         raise
-    return _stream(_ParallelResults(outputs, bar))
+    results = _stream(outputs, bar)
+    # A map dropped or closed before its first result ends joblib's call too.
+    weakref.finalize(results, _stop, outputs, bar)
+    return results

@@ -1,110 +1,130 @@
-"""What travels to the workers, and how large arrays travel as memory maps.
+"""What travels to the workers, and the errors loky reports about it.
 
-A call goes to a process worker as the bytes of ``(fn, args, kwargs)`` and
-comes back as :mod:`executors._outcome` bytes, as on every process
-backend, so a fault is the same fault everywhere: an argument that raises
-while unpickled in the worker, or a result that cannot be unpickled here,
-fails its own future with that error (raw loky breaks the whole pool on
-both). The bytes are made by :class:`Payload`, lazily, in the library's
-own sending thread, with loky's pickler (cloudpickle) and joblib's
-memmapping reducers: a large NumPy argument becomes a reference to a
-memory-mapped file in the executor's temporary folder.
+A call travels as :mod:`executors._outcome` bytes, pickled lazily in loky's
+sending thread by :class:`Payload`. :func:`translate_error` is the one
+boundary where joblib's and loky's errors become the project's.
 """
 
 from __future__ import annotations
 
 import io
+import pickle
+import re
 import uuid
 from collections.abc import Callable
+from concurrent.futures.thread import BrokenThreadPool
 from typing import Any
 
+from joblib._memmapping_reducer import (
+    TemporaryResourcesManager,
+    get_memmapping_reducers,
+)
+from joblib.externals.loky import process_executor as loky
 from joblib.externals.loky.backend.reduction import dump as loky_dump
 
-from ..._remote import picklable_exception
+from ..._errors import InitializerFailedError, WorkerCrashedError, describe_exitcode
+from ..._outcome import INITIALIZER_FAILED_EXITCODE, initializer_error
 
-__all__ = ["Failure", "Guarded", "Memmapping", "Payload"]
+__all__ = ["Memmapping", "Payload", "translate_error"]
+
+BACKEND = "joblib"
+
+# loky's message for a task it could not pickle; it keeps only the text of
+# the pickler's error (as __cause__), not the error itself.
+_LOKY_PICKLING_FAILED = "Could not pickle the task to send it to the workers."
+
+# loky's TerminatedWorkerError message lists the exit codes of the dead
+# workers as "{EXIT(3), SIGKILL(-9)}".
+_EXITCODES = re.compile(r"exit codes of the workers are \{([^}]*)\}")
+_ONE_EXITCODE = re.compile(r"\((-?\d+)\)")
+
+
+def translate_error(exc: BaseException, payload: object = None) -> BaseException:
+    """Turn a pool's infrastructure error into the project's; others pass.
+
+    Each case is in the table of ``docs/backends/joblib.md``; the original
+    is kept as ``__cause__``. A task's own exception never comes here.
+
+    Args:
+        exc: The exception a pool reported for a task.
+        payload: The task's :class:`~._trip.Payload`, if known: it holds the
+            pickler's own error when pickling it failed.
+
+    Returns:
+        A new exception instance to set on one future, or ``exc`` itself.
+    """
+    if type(exc) is pickle.PicklingError and str(exc) == _LOKY_PICKLING_FAILED:
+        original = getattr(payload, "error", None)
+        if isinstance(original, BaseException):
+            # As `raise original from cause` would.
+            original.__cause__ = exc.__cause__
+            original.__suppress_context__ = True
+            return original
+        return exc
+    if isinstance(exc, loky.ShutdownExecutorError):
+        # "cannot schedule new futures after shutdown" (the stdlib's), or
+        # "... shutdown with kill_workers=True before this job could complete".
+        return RuntimeError(str(exc))
+    error: BaseException
+    if isinstance(exc, loky.TerminatedWorkerError):
+        found = _EXITCODES.search(str(exc))
+        codes = [int(c) for c in _ONE_EXITCODE.findall(found.group(1) if found else "")]
+        # The first non-zero exit code names the crash.
+        exitcode = next((code for code in codes if code != 0), None)
+        if INITIALIZER_FAILED_EXITCODE in codes:
+            error = initializer_error(
+                BACKEND, None, exitcode=INITIALIZER_FAILED_EXITCODE
+            )
+        else:
+            exitcode = codes[0] if exitcode is None and codes else exitcode
+            error = WorkerCrashedError(
+                f"a worker process of the {BACKEND!r} executor died unexpectedly "
+                f"({describe_exitcode(exitcode)}) while tasks were pending; "
+                "the executor is broken and every unfinished task failed",
+                exitcode,
+            )
+    elif isinstance(exc, loky.BrokenProcessPool):
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        error = WorkerCrashedError(f"the {BACKEND!r} executor is broken: {first_line}")
+    elif isinstance(exc, BrokenThreadPool):
+        # A thread pool breaks for one reason only: an initializer raised.
+        error = InitializerFailedError(
+            f"the initializer of the {BACKEND!r} executor raised in a thread: {exc}"
+        )
+    else:
+        return exc
+    error.__cause__ = exc
+    return error
 
 
 class Payload:
-    """One call, pickled only when the library sends it.
+    """One call; its pickle is the bytes of ``(fn, args, kwargs)`` for ``run_call``.
 
-    Its own pickle is the bytes of ``(fn, args, kwargs)``, for
-    :func:`executors._outcome.run_call` in the worker.
-
-    Args:
-        call: ``(fn, args, kwargs)``.
-        reducers: joblib's memmapping reducers, or ``None``.
-        before_pickling: Points the memmapping reducers at this executor's
-            temporary folder (a ``Parallel`` batch then points them at its
-            own while it is pickled, as on joblib's executor).
-
-    Attributes:
-        error: What the pickler raised, kept for the error boundary (loky
-            keeps only its text).
+    Pickled with the memmapping reducers pointed at the executor's folder (a
+    ``Parallel`` batch on loky points them at its call's folder, as joblib).
+    ``error`` keeps what the pickler raised: loky keeps only its text.
     """
 
-    __slots__ = ("before_pickling", "call", "error", "reducers")
+    __slots__ = ("call", "error", "memmapping")
 
     def __init__(
         self,
         call: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]],
-        reducers: dict[type, Any] | None,
-        before_pickling: Callable[[], None] | None,
+        memmapping: Memmapping,
     ) -> None:
         self.call = call
-        self.reducers = reducers
-        self.before_pickling = before_pickling
+        self.memmapping = memmapping
         self.error: BaseException | None = None
 
     def __reduce__(self) -> tuple[type[bytes], tuple[bytes]]:
-        if self.before_pickling is not None:
-            self.before_pickling()
+        self.memmapping.use_own_folder()
         buffer = io.BytesIO()
         try:
-            loky_dump(self.call, buffer, reducers=self.reducers)
+            loky_dump(self.call, buffer, reducers=self.memmapping.reducers)
         except Exception as exc:
             self.error = exc
             raise
         return bytes, (buffer.getvalue(),)
-
-
-class Failure:
-    """An item's exception in a ``Parallel`` batch, returned as a value.
-
-    Returning it lets ``Parallel`` deliver the results before a failing
-    item instead of aborting the whole call.
-    """
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-    def __reduce__(self) -> tuple[Any, tuple[Any]]:
-        # Reached only across a process boundary: attach the traceback there.
-        return Failure, (picklable_exception(self.error),)
-
-
-class Guarded:
-    """``fn`` for one ``Parallel`` item: a raised exception becomes a value.
-
-    One instance per map is shared by every item of a batch, so it is
-    pickled once per batch.
-    """
-
-    __slots__ = ("fn",)
-
-    def __init__(self, fn: Callable[..., Any]) -> None:
-        self.fn = fn
-
-    def __call__(self, *args: Any) -> Any:
-        try:
-            return self.fn(*args)
-        except BaseException as exc:
-            return Failure(exc)
-
-    def __reduce__(self) -> tuple[Any, tuple[Any]]:
-        return Guarded, (self.fn,)
 
 
 class Memmapping:
@@ -116,8 +136,7 @@ class Memmapping:
         mmap_mode: Mode of the memory maps in the workers.
         temp_folder: Where they are written; default: joblib's choice.
         unlink_on_gc_collect: Whether a worker deletes a map's file when
-            it lets go of it (loky's workers run loky's resource tracker;
-            ``multiprocessing`` workers do not, as in joblib's own pool).
+            it lets go of it (needs loky's resource tracker in the workers).
     """
 
     def __init__(
@@ -128,11 +147,6 @@ class Memmapping:
         *,
         unlink_on_gc_collect: bool,
     ) -> None:
-        from joblib._memmapping_reducer import (
-            TemporaryResourcesManager,
-            get_memmapping_reducers,
-        )
-
         # The folder context of plain submits; each Parallel call on loky
         # registers its own, as on joblib's executor.
         self.context = uuid.uuid4().hex
@@ -148,11 +162,6 @@ class Memmapping:
 
     def use_own_folder(self) -> None:
         self.manager.set_current_context(self.context)
-
-    def payload(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Payload:
-        return Payload((fn, args, kwargs), self.reducers, self.use_own_folder)
 
     def clean(self) -> None:
         """Remove the folders of this executor (its work has finished)."""
