@@ -88,10 +88,13 @@ def _listening() -> set[tuple[str, int]]:
 
 
 def _our_threads() -> set[str]:
-    # Dask-Offload is distributed's process-wide thread pool, created when
-    # distributed is imported and shared by every client: not ours to stop.
+    # Process-wide, not an executor's to stop: Dask-Offload, distributed's
+    # thread pool shared by every client, and the core's reaper of dropped
+    # executors, started by the first executor (see close_when_collected).
     return {
-        t.name for t in threading.enumerate() if not t.name.startswith("Dask-Offload")
+        t.name
+        for t in threading.enumerate()
+        if not t.name.startswith("Dask-Offload") and t.name != "executors-reaper"
     }
 
 

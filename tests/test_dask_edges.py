@@ -422,10 +422,14 @@ from executors.testing import child_processes, tasks, wait_for_no_new_children
 
 
 def report(tag):
+    # Process-wide helpers, not the cluster's: distributed's Dask-Offload pool
+    # and the core's reaper of dropped executors.
     threads = sorted(
         t.name
         for t in threading.enumerate()
-        if t is not threading.main_thread() and not t.name.startswith("Dask-Offload")
+        if t is not threading.main_thread()
+        and not t.name.startswith("Dask-Offload")
+        and t.name != "executors-reaper"
     )
     # A moment for processes the start left to end; there should be none.
     left = sorted(wait_for_no_new_children(set(), bound=1.0))

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import multiprocessing
-import multiprocessing.context
+import importlib.util
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -11,15 +10,18 @@ from typing import Any
 import distributed
 from distributed.security import Security
 
-from ..._options import check_initializer, check_max_workers, cpu_count
-from ._cluster import NO_TLS_MESSAGE, looks_like_host_port, tls_available
+from ..._options import (
+    check_initializer,
+    check_int,
+    check_max_workers,
+    cpu_count,
+    resolve_mp_context,
+)
 
-__all__ = ["DEFAULT_ALLOWED_FAILURES", "LocalOptions", "check_options"]
+__all__ = ["LocalOptions", "check_options"]
 
-#: Retries of a task whose worker died, on the cluster we start. Dask's
-#: default (3) makes a task that always crashes kill four workers, each
-#: restart costing a second or two; 1 still forgives one unlucky death (an
-#: OOM kill caused by a neighbour) and fails a crashing task within seconds.
+#: Retries of a task whose worker died, on our cluster: Dask's 3 lets a task
+#: that always crashes kill 4 workers; 1 forgives one unlucky death.
 DEFAULT_ALLOWED_FAILURES = 1
 
 # Options of LocalCluster that the backend sets itself: its size and shape,
@@ -40,22 +42,26 @@ _RESERVED_CLUSTER_OPTIONS = frozenset(
     }
 )
 
-# Start methods for the local cluster's workers; fork is left out on purpose
-# (see _options.DEFAULT_START_METHOD).
-_START_METHODS = tuple(
-    m for m in ("spawn", "forkserver") if m in multiprocessing.get_all_start_methods()
+NO_TLS_MESSAGE = (
+    "the 'dask' backend secures its local cluster with TLS and a throw-away "
+    "certificate, which needs the 'cryptography' package: "
+    'pip install "executors[dask]" (or pip install cryptography). Without it, '
+    "pass security=distributed.security.Security() to run the cluster without "
+    "TLS, where any user of this machine who finds its ports can run code in "
+    "this process and its workers."
 )
 
 
 @dataclass(frozen=True)
 class LocalOptions:
-    """The validated options (those of the local cluster are unused remotely)."""
+    """The checked options of the local cluster (unused with a remote one)."""
 
     workers: int
     allowed_failures: int
     dashboard_address: str | None
     start_method: str | None
     cluster_options: dict[str, Any]
+    security: Security | None
 
 
 def check_options(
@@ -85,34 +91,23 @@ def check_options(
             )
         if client.asynchronous:
             raise ValueError("the 'dask' backend needs a synchronous Client")
-    if not local:
-        for name, value in (
-            ("max_workers", max_workers),
-            ("allowed_failures", allowed_failures),
-            ("dashboard_address", dashboard_address),
-            ("mp_context", mp_context),
-            ("cluster_options", cluster_options),
-        ):
-            if value is not None:
-                raise ValueError(
-                    f"{name} configures the local cluster of the 'dask' "
-                    "backend; with address= or client= the remote cluster's "
-                    "own settings apply"
-                )
+    local_only = {
+        "max_workers": max_workers,
+        "allowed_failures": allowed_failures,
+        "dashboard_address": dashboard_address,
+        "mp_context": mp_context,
+        "cluster_options": cluster_options,
+    }
+    given = [name for name, value in local_only.items() if value is not None]
+    if given and not local:
+        raise ValueError(
+            f"{given[0]} configures the local cluster of the 'dask' backend; "
+            "with address= or client= the remote cluster's own settings apply"
+        )
     workers = check_max_workers(max_workers, default=cpu_count())
     check_initializer(initializer, initargs)
-    if allowed_failures is None:
-        allowed_failures = DEFAULT_ALLOWED_FAILURES
-    if not isinstance(allowed_failures, int) or isinstance(allowed_failures, bool):
-        raise TypeError(f"allowed_failures must be an int, got {allowed_failures!r}")
-    if allowed_failures < 0:
-        raise ValueError("allowed_failures must be >= 0")
-    if max_in_flight is not None and (
-        not isinstance(max_in_flight, int) or isinstance(max_in_flight, bool)
-    ):
-        raise TypeError(f"max_in_flight must be an int or None, got {max_in_flight!r}")
-    if max_in_flight is not None and max_in_flight < 1:
-        raise ValueError("max_in_flight must be >= 1")
+    failures = check_int(allowed_failures, "allowed_failures", minimum=0)
+    check_int(max_in_flight, "max_in_flight", minimum=1)
     if security is not None and not isinstance(security, Security):
         raise TypeError(
             "security must be a distributed.security.Security or None, "
@@ -123,15 +118,24 @@ def check_options(
             "security= does not apply with client=: the client already has "
             "its own security settings"
         )
-    if local and security is None and not tls_available():
+    if local and security is None and not _tls_available():
         raise ImportError(NO_TLS_MESSAGE)
     return LocalOptions(
         workers,
-        allowed_failures,
+        DEFAULT_ALLOWED_FAILURES if failures is None else failures,
         _check_dashboard(dashboard_address),
         _check_start_method(mp_context),
         _check_cluster_options(cluster_options),
+        security,
     )
+
+
+def _tls_available() -> bool:
+    """Whether ``cryptography`` (for ``Security.temporary()``) is installed."""
+    try:
+        return importlib.util.find_spec("cryptography") is not None
+    except (ImportError, ValueError):  # ValueError: a stubbed-out module
+        return False
 
 
 def _check_dashboard(dashboard_address: str | None) -> str | None:
@@ -141,35 +145,30 @@ def _check_dashboard(dashboard_address: str | None) -> str | None:
         raise TypeError(
             f"dashboard_address must be a str or None, got {dashboard_address!r}"
         )
-    if not looks_like_host_port(dashboard_address):
-        # Checked now: a bad address would otherwise surface only when the
-        # cluster starts, as a broken executor rather than a bad option.
+    host, sep, port = dashboard_address.rpartition(":")
+    if not (sep and port.isdigit() and int(port) < 65536 and " " not in host):
+        # Now, not as a broken executor when the cluster starts.
         raise ValueError(
             "dashboard_address must be ':PORT' or 'HOST:PORT', such as "
             f"'127.0.0.1:8787', got {dashboard_address!r}"
         )
     if dashboard_address.startswith(":"):
-        # Dask binds a bare port on every interface; serving the dashboard
-        # beyond this machine must be asked for by a host.
+        # Dask binds a bare port on every interface: ask for that by host.
         return "127.0.0.1" + dashboard_address
     return dashboard_address
 
 
 def _check_start_method(mp_context: Any) -> str | None:
-    if isinstance(mp_context, multiprocessing.context.BaseContext):
-        mp_context = mp_context.get_start_method()
-    if mp_context is not None and not isinstance(mp_context, str):
-        raise TypeError(
-            "mp_context must be None, a start method name or a multiprocessing "
-            f"context, got {mp_context!r}"
-        )
-    if mp_context is not None and mp_context not in _START_METHODS:
+    if mp_context is None:
+        return None  # Dask's own setting
+    method = resolve_mp_context(mp_context).get_start_method()
+    if method == "fork":
         raise ValueError(
-            f"mp_context {mp_context!r} is not supported by the 'dask' backend; "
-            f"choose one of {', '.join(map(repr, _START_METHODS))} (fork is "
-            "unsafe: the cluster's event loop runs in a thread of this process)"
+            "mp_context 'fork' is not supported by the 'dask' backend (the "
+            "cluster's event loop runs in a thread of this process); choose "
+            "'spawn' or 'forkserver'"
         )
-    return mp_context
+    return method
 
 
 def _check_cluster_options(cluster_options: Any) -> dict[str, Any]:
