@@ -256,8 +256,12 @@ class BaseExecutor(futures.Executor, metaclass=ABCMeta):
         """Release the workers. Called on every ``shutdown()``; make it idempotent."""
 
     def _broken_error(self) -> BaseException | None:
-        """Return the exception ``submit`` raises once the executor is broken."""
-        return None
+        """Return the exception ``submit`` raises once the executor is broken.
+
+        By default, the call queue's (``self._calls``), if there is one.
+        """
+        calls = self._calls
+        return None if calls is None else calls.broken_error()
 
     def _interrupt(self) -> None:
         """Stop running tasks early: a ``with`` block is leaving on Ctrl-C.

@@ -314,9 +314,6 @@ class MpPoolExecutor(BaseExecutor):
             self, functools.partial(_close_abandoned, self._queue, watch)
         )
 
-    def _broken_error(self) -> BaseException | None:
-        return self._queue.broken_error()
-
     def _submit(
         self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Future[T]:

@@ -206,9 +206,6 @@ class CeleryExecutor(BaseExecutor):
 
     # -- hooks ------------------------------------------------------------------
 
-    def _broken_error(self) -> BaseException | None:
-        return self._calls.broken_error()
-
     def _start(self) -> None:
         if self._ready:
             return

@@ -147,9 +147,6 @@ class DaskExecutor(BaseExecutor):
     def _map_workers(self) -> int:
         return self.max_workers
 
-    def _broken_error(self) -> BaseException | None:
-        return self._calls.broken_error()
-
     def _submit(
         self,
         fn: Callable[..., T],
