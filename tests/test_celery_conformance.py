@@ -54,11 +54,13 @@ from executors.testing.pool import (
 
 pytest.importorskip("celery")
 pytest.importorskip("redis")
-
 from executors.backends.celery._deployment import (
     QUEUE,
     LocalDeployment,
 )
+
+#: The backend column these tests fill in docs/semantics.md.
+SEMANTICS_BACKEND = "celery"
 
 # What only a private deployment takes.
 _PRIVATE_OPTIONS = {"initializer", "initargs", "max_tasks_per_child"}
