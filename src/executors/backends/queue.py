@@ -1,26 +1,6 @@
 """Backend ``queue``: our own worker pool, built from processes and pipes.
 
-The data flow::
-
-     caller threads                    |  worker processes, one pipe pair each
-    ---------------------------------- | -------------------------------------
-     submit(fn, *args) / map chunk     |
-       | pickled in the caller         |
-       v                               |
-    +------------------+   dispatch    |  task pipe  +------------------------+
-    | call queue       |---------------|------------>| worker: post the task  |
-    | (Pool.pending)   | a bounded     |             | on the board, run it,  |
-    +------------------+ few a worker  |             | pickle the result      |
-       ^                               |             +------------------------+
-       | resend what a dead            |  result pipe     |            |
-       | worker held but never ran     |<-----------------+            |
-    +------------------+               |                               |
-    | manager thread   |<--------------|-- exit sentinel of each worker |
-    | (one per pool)   |<--------------|-- board: which task and item  -+
-    +------------------+               |   each worker is running
-       | settle()                      |   (shared memory)
-       v                               |
-     futures --> done-callbacks on the callback thread (executors._futures)
+The data flow, drawn in ``docs/backends/queue.md``, in short:
 
 * The **call queue** holds items no worker has yet. ``cancel()`` works there.
   A worker is sent one item, plus a few ahead of its answers while tasks
