@@ -506,7 +506,11 @@ def test_echo_server(backend: str, server_factory: Any) -> None:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_echo_server_classic_mode(backend: str, server_factory: Any) -> None:
     """One worker per connection: ten clients on two workers still all get served."""
-    server = server_factory(backend, "--mode", "classic", "--delay", "0.02")
+    # Every read of at most 1 KiB is one task here: the 300 KiB message of
+    # _bad_input is 300 of them, six seconds at the other test's delay.
+    # Five milliseconds a message still keep both workers busy while the
+    # other eight clients wait for one.
+    server = server_factory(backend, "--mode", "classic", "--delay", "0.005")
     refusal = server.refused()
     if refusal is not None:
         # Only a backend that pickles its arguments may refuse (threads can
