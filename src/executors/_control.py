@@ -32,7 +32,7 @@ import heapq
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import astuple, dataclass
 from typing import Any, Generic, TypeVar
 
@@ -170,19 +170,26 @@ _submitting: contextvars.ContextVar[TaskOptions | None] = contextvars.ContextVar
 )
 
 
-@contextlib.contextmanager
-def submitting(options: TaskOptions | None) -> Iterator[None]:
+class submitting:
     """Make ``options`` the task options of the calls submitted inside.
 
     ``BaseExecutor`` wraps each submission in it, and
     :meth:`executors.CallQueue.submit` reads it: the hooks between them
-    (``_submit``, ``_submit_chunk``) keep their signatures.
+    (``_submit``, ``_submit_chunk``) keep their signatures. A class rather
+    than a generator context manager: it runs once per ``submit``, and this
+    form costs a third as much.
     """
-    token = _submitting.set(options)
-    try:
-        yield
-    finally:
-        _submitting.reset(token)
+
+    __slots__ = ("_options", "_token")
+
+    def __init__(self, options: TaskOptions | None) -> None:
+        self._options = options
+
+    def __enter__(self) -> None:
+        self._token = _submitting.set(self._options)
+
+    def __exit__(self, *exc_info: object) -> None:
+        _submitting.reset(self._token)
 
 
 def submitting_options() -> TaskOptions | None:
