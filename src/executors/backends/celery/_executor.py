@@ -246,18 +246,22 @@ class CeleryExecutor(BaseExecutor):
         # Ctrl-C leaving a `with` block: stop what runs now.
         launched = self._sent.take_all()
         if self._deployment is not None:
-            self._deployment.kill()
             fate = "its worker was killed"
         else:
-            ids = [self._sent.task_id(number) for number in launched]
-            with contextlib.suppress(Exception):
-                self._app.control.revoke(ids, terminate=True, signal="SIGKILL")
             fate = "it was revoked with terminate=True"
         message = (
             "the 'celery' executor was interrupted (KeyboardInterrupt) while the "
             f"task ran; {fate}"
         )
+        # Failed before the kill: a killed worker's tasks come back through
+        # the result listener as lost workers, and the first to settle wins.
         self._calls.fail_launched(lambda: ExecutorInterruptedError(message))
+        if self._deployment is not None:
+            self._deployment.kill()
+        else:
+            ids = [self._sent.task_id(number) for number in launched]
+            with contextlib.suppress(Exception):
+                self._app.control.revoke(ids, terminate=True, signal="SIGKILL")
 
     def _end_workers(self, sig: signal.Signals, how: str) -> None:
         # Before the base class fails the running calls: the queue, idle
