@@ -42,7 +42,11 @@ from executors import (
 )
 from executors._errors import ExecutorInterruptedError
 from executors.testing import BOUND, ContractBase, child_processes, tasks
-from executors.testing._support import ExecutorFactory, wait_for_no_new_children
+from executors.testing._support import (
+    ExecutorFactory,
+    wait_for_file,
+    wait_for_no_new_children,
+)
 
 
 @pytest.fixture
@@ -315,14 +319,6 @@ class TestMaxTasksPerChild(ContractBase):
         assert isinstance(exc, WorkerCrashedError)
 
 
-def _wait_for_file(path: Path) -> str:
-    deadline = time.monotonic() + BOUND
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path.name} never appeared"
-        time.sleep(0.01)
-    return path.read_text()
-
-
 class TestTaskControl(ContractBase):
     """One task stops without breaking the pool; stopping all leaves nothing."""
 
@@ -335,8 +331,8 @@ class TestTaskControl(ContractBase):
         other = executor.submit(
             tasks.write_pid_then_sleep, str(tmp_path / "other"), 1.0, "other"
         )
-        killed_pid = int(_wait_for_file(tmp_path / "target"))
-        _wait_for_file(tmp_path / "other")
+        killed_pid = int(wait_for_file(tmp_path / "target"))
+        wait_for_file(tmp_path / "other")
         assert executor.kill_task(target)
         with pytest.raises(TaskKilledError):
             target.result(timeout=BOUND)
@@ -394,7 +390,7 @@ class TestTaskControl(ContractBase):
         target = executor.submit(
             tasks.write_pid_then_sleep, str(tmp_path / "pid"), 30.0
         )
-        _wait_for_file(tmp_path / "pid")
+        wait_for_file(tmp_path / "pid")
         assert executor.kill_task(target)
         assert executor.submit(tasks.add, 1, 1).result(timeout=BOUND) == 2
         exc = executor.submit(tasks.exit_abruptly, 4).exception(timeout=BOUND)
@@ -407,7 +403,7 @@ class TestTaskControl(ContractBase):
         target = executor.submit(
             tasks.write_pid_then_sleep, str(tmp_path / "pid"), 30.0
         )
-        _wait_for_file(tmp_path / "pid")
+        wait_for_file(tmp_path / "pid")
         assert executor.kill_task(target)
         got = [executor.submit(tasks.add, i, 1).result(timeout=BOUND) for i in range(6)]
         assert got == list(range(1, 7))

@@ -43,6 +43,7 @@ from executors.backends.queue import (
     with_timeout,
 )
 from executors.testing import BOUND, ContractBase, tasks
+from executors.testing._support import wait_for_file
 
 ExecutorFactory = Callable[..., Any]
 
@@ -133,14 +134,6 @@ def pid_after(seconds: float) -> Callable[[Any], int]:
         return os.getpid()
 
     return fn
-
-
-def wait_for_file(path: Path) -> str:
-    deadline = time.monotonic() + BOUND
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.01)
-    return path.read_text()
 
 
 def worker_pids(executor: Any) -> set[int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ __all__ = [
     "ContractBase",
     "ExecutorFactory",
     "child_processes",
+    "wait_for_file",
     "wait_for_no_new_children",
 ]
 
@@ -44,6 +46,15 @@ def child_processes() -> set[int]:
             continue
         pids.add(child.pid)
     return pids
+
+
+def wait_for_file(path: Path) -> str:
+    """Wait (bounded) until a task has written ``path``; return its text."""
+    deadline = time.monotonic() + BOUND
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path.name} never appeared"
+        time.sleep(0.01)
+    return path.read_text()
 
 
 def wait_for_no_new_children(before: set[int], bound: float = BOUND) -> set[int]:

@@ -51,7 +51,7 @@ from hypothesis import strategies as st
 
 from .._errors import ExecutorInterruptedError
 from . import tasks
-from ._support import BOUND, ContractBase, ExecutorFactory
+from ._support import BOUND, ContractBase, ExecutorFactory, wait_for_file
 from .contract import occupy_workers
 
 __all__ = [
@@ -237,14 +237,6 @@ def after_maybe_broken(executor: Any, error: BaseException | None) -> str:
     return check_after(executor, broken_required=False)
 
 
-def _wait_for_file(path: Path) -> str:
-    deadline = time.monotonic() + BOUND
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path.name} never appeared"
-        time.sleep(0.01)
-    return path.read_text()
-
-
 def _started(executor: Any) -> None:
     """Run one task, so workers exist before the fault is injected."""
     assert executor.submit(tasks.add, 1, 1).result(timeout=BOUND) == 2
@@ -315,7 +307,7 @@ class WorkerCrashContract(FaultBase):
         others = [
             (executor.submit(tasks.sleep_and_return, 0.05, i), i) for i in range(OTHERS)
         ]
-        pid = int(_wait_for_file(pidfile))
+        pid = int(wait_for_file(pidfile))
         assert pid != os.getpid(), "the task ran in the test process"
         os.kill(pid, signal.SIGKILL)
         exc = error_of(fut)
