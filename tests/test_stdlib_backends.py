@@ -81,6 +81,49 @@ def test_thread_name_prefix_and_broken_initializer() -> None:
             ex.submit(tasks.identity, 1).result(timeout=BOUND)
 
 
+def _pool_threads(prefix: str) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith(prefix + "_")]
+
+
+def test_thread_starts_threads_as_work_arrives_and_ends_them_at_shutdown() -> None:
+    # As the stdlib pool: none before the first task, named <prefix>_<n>, at
+    # most max_workers, all gone once shutdown(wait=True) returns.
+    ex = executors.create("thread", max_workers=2, thread_name_prefix="lazy")
+    assert _pool_threads("lazy") == []
+    assert ex.submit(tasks.identity, 1).result(timeout=BOUND) == 1
+    assert [t.name for t in _pool_threads("lazy")] == ["lazy_0"]
+    list(ex.map(tasks.sleep_and_return, [0.05] * 6, chunksize=1))
+    assert sorted(t.name for t in _pool_threads("lazy")) == ["lazy_0", "lazy_1"]
+    ex.shutdown(wait=True)
+    assert _pool_threads("lazy") == []
+
+
+def test_thread_task_waiting_on_a_task_of_the_same_pool_gets_a_thread() -> None:
+    # The second thread starts because the first is busy, not because of
+    # how many tasks ran before.
+    with executors.create("thread", max_workers=2) as ex:
+        for _ in range(5):
+            ex.submit(tasks.identity, 0).result(timeout=BOUND)
+
+        def outer() -> int:
+            return ex.submit(tasks.identity, 7).result(timeout=BOUND) + 1
+
+        assert ex.submit(outer).result(timeout=BOUND) == 8
+
+
+def test_thread_dropped_without_shutdown_finishes_its_work_and_ends() -> None:
+    import gc
+
+    ex = executors.create("thread", max_workers=2, thread_name_prefix="dropped")
+    futures = [ex.submit(tasks.sleep_and_return, 0.05, 1) for _ in range(4)]
+    del ex
+    gc.collect()
+    assert [f.result(timeout=BOUND) for f in futures] == [1] * 4
+    for thread in _pool_threads("dropped"):
+        thread.join(timeout=BOUND)
+    assert _pool_threads("dropped") == []
+
+
 def test_inline_runs_in_the_caller_and_initializer_once() -> None:
     calls = []
     with executors.create("inline", initializer=calls.append, initargs=("init",)) as ex:

@@ -1,32 +1,134 @@
-"""Backend ``thread``: the stdlib :class:`~concurrent.futures.ThreadPoolExecutor`.
+"""Backend ``thread``: a thread pool, as the stdlib's ``ThreadPoolExecutor``.
 
 For I/O-bound work and for code that releases the GIL. Tasks share the
 caller's memory, so nothing is pickled and no crash item of the contract
-applies. Behaviour is the stdlib's; ``map`` is the project's shared one.
+applies. The constructor, the lazily started threads, their names and a
+failing initializer (:class:`~concurrent.futures.thread.BrokenThreadPool`)
+are the stdlib's; ``map`` is the project's shared one.
 
-Calls reach the stdlib pool through a :class:`~executors._callqueue.CallQueue`
-(one call per thread at a time), so the futures handed out are the project's:
-a queued one cancels and notifies ``wait()``, a done-callback that raises
-``SystemExit`` cannot kill a pool thread, and one that waits on another
-future of this executor does not block the thread that would run it.
+The threads take calls straight from a
+:class:`~executors._callqueue.CallQueue` (one call per thread at a time) and
+settle them themselves, so the futures handed out are the project's, and
+there is no second, stdlib future per call to copy from: a queued future
+cancels and notifies ``wait()``, a done-callback that raises ``SystemExit``
+cannot kill a pool thread, and one that waits on another future of this
+executor does not block the thread that would run it.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
+import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures.thread import BrokenThreadPool
+from queue import SimpleQueue
 from typing import Any, TypeVar
 
 from .._base import BaseExecutor
 from .._callqueue import Call, CallQueue
 from .._capabilities import Capabilities
 from .._futures import Future as OurFuture
+from .._lifecycle import close_when_collected, join_unless_current
 from .._options import check_initializer, check_max_workers, cpu_count
 
 __all__ = ["ThreadExecutor"]
 
 T = TypeVar("T")
+
+# The stdlib's logger and words, so logging set up for its pool sees ours.
+_LOGGER = logging.getLogger("concurrent.futures")
+_BROKEN_BY_INITIALIZER = (
+    "A thread initializer failed, the thread pool is not usable anymore"
+)
+
+
+class _Threads:
+    """The worker threads: each runs one call at a time and settles it.
+
+    Holds no reference to the executor, so an executor dropped without
+    ``shutdown()`` is collected and its threads still finish the work.
+    """
+
+    def __init__(
+        self,
+        max_threads: int,
+        name_prefix: str,
+        initializer: Callable[..., object] | None,
+        initargs: tuple[Any, ...],
+    ) -> None:
+        self.calls: CallQueue  # set by the executor, before the first launch
+        self._max = max_threads
+        self._name_prefix = name_prefix
+        self._initializer = initializer
+        self._initargs = initargs
+        self._work: SimpleQueue[Call | None] = SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        # Calls handed to the threads and not finished: a new thread starts
+        # only when every thread has one, as the stdlib's pool starts them.
+        self._busy = 0
+        self._stopped = False
+        self._broken = False
+
+    def launch(self, call: Call) -> None:
+        with self._lock:
+            self._busy += 1
+            if self._busy > len(self._threads) and len(self._threads) < self._max:
+                thread = threading.Thread(
+                    target=self._run,
+                    name=f"{self._name_prefix}_{len(self._threads)}",
+                )
+                # Started under the lock, so a join() that follows sees it.
+                thread.start()
+                self._threads.append(thread)
+        self._work.put(call)
+
+    def _run(self) -> None:
+        calls = self.calls
+        if self._initializer is not None:
+            try:
+                self._initializer(*self._initargs)
+            except BaseException:
+                _LOGGER.critical("Exception in initializer:", exc_info=True)
+                self._broken = True
+                calls.break_(
+                    functools.partial(BrokenThreadPool, _BROKEN_BY_INITIALIZER)
+                )
+                # The calls already handed over were failed: drop them as
+                # they come, with every other thread, until stopped.
+        get = self._work.get
+        while (call := get()) is not None:
+            if not self._broken:
+                try:
+                    fn, args, kwargs = call.payload
+                    value = fn(*args, **kwargs)
+                except BaseException as exc:
+                    calls.settle(call, error=exc)
+                else:
+                    calls.settle(call, value)
+                # No reference to a finished task while waiting for the next.
+                fn = args = kwargs = value = None
+            call = None
+            with self._lock:
+                self._busy -= 1
+
+    def stop(self) -> None:
+        """Let every thread end once the calls handed over are done."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            count = len(self._threads)
+        for _ in range(count):
+            self._work.put(None)
+
+    def join(self) -> None:
+        with self._lock:
+            threads = list(self._threads)
+        for thread in threads:
+            join_unless_current(thread)
 
 
 class ThreadExecutor(BaseExecutor):
@@ -58,19 +160,15 @@ class ThreadExecutor(BaseExecutor):
                 f"thread_name_prefix must be a str, got {thread_name_prefix!r}"
             )
         super().__init__(max_workers=workers)
-        self._pool = ThreadPoolExecutor(
-            workers, thread_name_prefix, initializer=initializer, initargs=initargs
-        )
-        # One call per thread: a thread that finishes takes the next call
-        # itself, in the done-callback that settles the last one. The stdlib
-        # pool stops taking work once ours has handed over the last call.
-        self._calls = CallQueue(self._launch, workers, on_idle=self._release)
-
-    def _broken_error(self) -> BaseException | None:
-        broken = self._pool._broken
-        if broken:
-            return BrokenThreadPool(broken)
-        return self._calls.broken_error()
+        threads = _Threads(workers, thread_name_prefix, initializer, initargs)
+        # One call per thread: a thread that finishes launches the next call
+        # itself, as it settles the last one.
+        calls = CallQueue(threads.launch, workers, on_idle=threads.stop)
+        threads.calls = calls
+        self._calls = calls
+        self._threads = threads
+        # Dropped without shutdown(): the work still runs, then the threads end.
+        close_when_collected(self, calls.close)
 
     def _submit(
         self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -79,21 +177,8 @@ class ThreadExecutor(BaseExecutor):
         self._calls.submit(future, (fn, args, kwargs))
         return future
 
-    def _launch(self, call: Call) -> None:
-        broken = self._pool._broken
-        if broken:
-            # Checked here, not by submit(): the stdlib fails its queued
-            # futures when an initializer fails while holding the lock that
-            # submit() takes, and this runs from those futures' callbacks.
-            raise BrokenThreadPool(broken)
-        fn, args, kwargs = call.payload
-        self._calls.settle_when_done(call, self._pool.submit(fn, *args, **kwargs))
-
-    def _release(self) -> None:
-        self._pool.shutdown(wait=False)
-
     def _shutdown(self, wait: bool, cancel_futures: bool) -> None:
         self._calls.close(cancel_futures)
         if wait:
             self._calls.wait_idle()
-            self._pool.shutdown(wait=True)
+            self._threads.join()
