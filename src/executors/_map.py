@@ -163,18 +163,12 @@ def run_chunk(fn: Callable[..., Any], chunk: Chunk) -> ChunkResult:
     # One call layer less per item: the wrapper only matters for pickling.
     fn = unwrap(fn)
     values: list[Any] = []
-    append = values.append
     error: BaseException | None = None
-    # A plain loop, not map(): CPython 3.11+ calls a Python function from
-    # bytecode without a C frame, which makes this the fastest form, and a
-    # value is appended only once its call returned.
+    # extend() over map(): no bytecode per item, and a value is appended
+    # only once its call returned, so the values before a failure are kept
+    # (list.extend keeps what it appended when the iterator raises).
     try:
-        if chunk.star:
-            for args in chunk.items:
-                append(fn(*args))
-        else:
-            for item in chunk.items:
-                append(fn(item))
+        values.extend((itertools.starmap if chunk.star else map)(fn, chunk.items))
     except KeyboardInterrupt:
         # Ctrl-C belongs to whoever runs the chunk: the caller itself on
         # inline, which must stop the whole map rather than go on.
