@@ -32,7 +32,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from . import _map
 from ._callqueue import CallQueue
 from ._capabilities import Capabilities
-from ._control import TaskOptions, submitting, submitting_options, unwrap_options
+from ._control import (
+    TaskOptions,
+    WithOptions,
+    submitting,
+    submitting_options,
+    unwrap_options,
+)
 from ._errors import TaskKilledError, WorkersTerminatedError
 from ._futures import drain_callbacks, fail_futures, notify_cancelled
 from ._lifecycle import (
@@ -94,10 +100,14 @@ class BaseExecutor(futures.Executor, metaclass=ABCMeta):
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         """Schedule ``fn(*args, **kwargs)``; see :meth:`executors.Executor.submit`."""
         check_callable(fn)
-        fn, options = self._task_options_for(fn)
-        if options is None and submitting_options() is None:
+        if (
+            self._task_options is None
+            and not isinstance(fn, WithOptions)
+            and submitting_options() is None
+        ):
             # No task options in force, here or around: nothing to set.
             return self._submit_task(self._prepare(fn), args, kwargs)
+        fn, options = self._task_options_for(fn)
         with submitting(options):
             return self._submit_task(self._prepare(fn), args, kwargs)
 
