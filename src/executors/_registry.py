@@ -84,7 +84,7 @@ _BUILTINS: dict[str, _Spec] = {
         _Spec(
             "thread",
             "executors.backends.thread:ThreadExecutor",
-            summary="the stdlib ThreadPoolExecutor",
+            summary="a thread pool, as the stdlib ThreadPoolExecutor",
         ),
         _Spec(
             "inline",
