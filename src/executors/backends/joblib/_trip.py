@@ -7,10 +7,12 @@ boundary where joblib's and loky's errors become the project's.
 
 from __future__ import annotations
 
+import copyreg
 import io
 import pickle
 import re
 import uuid
+from collections import ChainMap
 from collections.abc import Callable
 from concurrent.futures.thread import BrokenThreadPool
 from typing import Any
@@ -20,7 +22,7 @@ from joblib._memmapping_reducer import (
     get_memmapping_reducers,
 )
 from joblib.externals.loky import process_executor as loky
-from joblib.externals.loky.backend.reduction import dump as loky_dump
+from joblib.externals.loky.backend import reduction as loky_reduction
 
 from ..._errors import InitializerFailedError, WorkerCrashedError, describe_exitcode
 from ..._outcome import INITIALIZER_FAILED_EXITCODE, initializer_error
@@ -120,7 +122,7 @@ class Payload:
         self.memmapping.use_own_folder()
         buffer = io.BytesIO()
         try:
-            loky_dump(self.call, buffer, reducers=self.memmapping.reducers)
+            self.memmapping.pickler(buffer, pickle.HIGHEST_PROTOCOL).dump(self.call)
         except Exception as exc:
             self.error = exc
             raise
@@ -151,14 +153,15 @@ class Memmapping:
         # registers its own, as on joblib's executor.
         self.context = uuid.uuid4().hex
         self.manager = TemporaryResourcesManager(temp_folder, context_id=self.context)
-        self.reducers: dict[type, Any] | None = None
+        reducers: dict[type, Any] = {}
         if max_nbytes is not None:
-            self.reducers, _ = get_memmapping_reducers(
+            reducers, _ = get_memmapping_reducers(
                 temp_folder_resolver=self.manager.resolve_temp_folder_name,
                 max_nbytes=max_nbytes,
                 mmap_mode=mmap_mode,
                 unlink_on_gc_collect=unlink_on_gc_collect,
             )
+        self.pickler = _pickler_with(reducers)
 
     def use_own_folder(self) -> None:
         self.manager.set_current_context(self.context)
@@ -166,3 +169,20 @@ class Memmapping:
     def clean(self) -> None:
         """Remove the folders of this executor (its work has finished)."""
         self.manager._clean_temporary_resources(force=False, allow_non_empty=True)
+
+
+def _pickler_with(reducers: dict[type, Any]) -> type[pickle.Pickler]:
+    """loky's pickler (cloudpickle by default) with ``reducers`` added.
+
+    loky's own ``dump(obj, file, reducers)`` copies every reducer table into
+    a new pickler on each call, which costs six times the pickling of a
+    small call; this class is built once per executor. Its table is a live
+    view, so a reducer registered later in ``copyreg`` still counts.
+    """
+    base = loky_reduction.get_loky_pickler()._loky_pickler_cls
+    table = ChainMap(
+        reducers,
+        loky_reduction._dispatch_table,
+        getattr(base, "dispatch_table", copyreg.dispatch_table),
+    )
+    return type("PayloadPickler", (base,), {"dispatch_table": table})
