@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -356,3 +357,20 @@ def test_aio_map_needs_one_of_our_executors() -> None:
         pytest.raises(TypeError, match=r"executors\.create"),
     ):
         executors.aio.map(raw, tasks.identity, [1])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("backend", ["thread", "inline"])
+def test_the_exit_hook_is_registered_once_not_once_per_executor(backend: str) -> None:
+    # threading keeps every registered hook for the life of the process:
+    # registering it again per executor would grow that list for good.
+    hooks = getattr(threading, "_threading_atexits", None)
+    if hooks is None:  # pragma: no cover - not CPython
+        pytest.skip("needs CPython's threading._threading_atexits")
+    for _ in range(3):  # the hook may have to move last once
+        with executors.create(backend, max_workers=1) as ex:
+            ex.submit(tasks.identity, 1).result(timeout=BOUND)
+    before = len(hooks)
+    for _ in range(20):
+        with executors.create(backend, max_workers=1) as ex:
+            ex.submit(tasks.identity, 1).result(timeout=BOUND)
+    assert len(hooks) == before

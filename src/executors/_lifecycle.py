@@ -105,7 +105,9 @@ def ensure_exit_hook_last() -> None:
     if register is None or hooks is None:  # pragma: no cover - not CPython
         return
     with _hook_lock:
-        if _exiting or (hooks and hooks[-1] is _python_exit):
+        # threading._register_atexit stores functools.partial(func): compare
+        # what it wraps, or every call would append one more entry.
+        if _exiting or (hooks and getattr(hooks[-1], "func", None) is _python_exit):
             return
         # RuntimeError: the interpreter is already shutting down.
         with contextlib.suppress(RuntimeError):
