@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import weakref
 from abc import ABCMeta, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
@@ -43,6 +44,7 @@ from ._errors import TaskKilledError, WorkersTerminatedError
 from ._futures import drain_callbacks, fail_futures, notify_cancelled
 from ._lifecycle import (
     close_at_exit,
+    close_when_collected,
     ending_on_keyboard_interrupt,
     interpreter_exiting,
 )
@@ -78,6 +80,7 @@ class BaseExecutor(futures.Executor, metaclass=ABCMeta):
     #: through it.
     _calls: CallQueue | None = None
     _task_options: TaskOptions | None = None
+    _when_collected: weakref.finalize[..., object] | None = None
 
     def __init__(self, *, max_workers: int, cloudpickle: bool = True) -> None:
         if not isinstance(cloudpickle, bool):
@@ -204,6 +207,9 @@ class BaseExecutor(futures.Executor, metaclass=ABCMeta):
         # Outside the lock: waiting for running tasks must not block a task
         # (or a callback) that tries to submit and gets the RuntimeError.
         self._shutdown(wait, cancel_futures)
+        if wait and self._when_collected is not None:
+            # Closed for good: nothing is left to close when collected.
+            self._when_collected.detach()
         if wait:
             # As the stdlib's shutdown(wait=True): the done-callbacks of the
             # finished work have run when it returns. (From the callback
@@ -321,6 +327,14 @@ class BaseExecutor(futures.Executor, metaclass=ABCMeta):
         return None
 
     # -- shared plumbing ------------------------------------------------
+
+    def _close_when_collected(self, close: Callable[[], object]) -> None:
+        """Run ``close()`` if this executor is dropped without ``shutdown()``.
+
+        See :func:`executors._lifecycle.close_when_collected`; a
+        ``shutdown(wait=True)`` cancels it.
+        """
+        self._when_collected = close_when_collected(self, close)
 
     def _prepare(self, fn: Callable[..., T]) -> Callable[..., T]:
         return portable(fn) if self._portable_callables else fn

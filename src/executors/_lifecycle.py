@@ -138,7 +138,9 @@ _reaper: threading.Thread | None = None
 _reaper_start_lock = threading.Lock()
 
 
-def close_when_collected(owner: object, close: Callable[[], object]) -> None:
+def close_when_collected(
+    owner: object, close: Callable[[], object]
+) -> weakref.finalize[..., object]:
     """Call ``close()`` once ``owner`` is garbage-collected.
 
     For an executor dropped without ``shutdown()``: ``close`` typically
@@ -148,6 +150,10 @@ def close_when_collected(owner: object, close: Callable[[], object]) -> None:
     the reaper thread, never inside the finalizer; the exit hook runs any
     the reaper has not come to. Not in a forked child, which may have
     inherited a lock held.
+
+    Returns:
+        The finalizer: ``detach()`` it once ``owner`` has closed for good,
+        so that collecting it costs no wake-up of the reaper.
     """
     global _reaper
     with _reaper_start_lock:
@@ -157,7 +163,9 @@ def close_when_collected(owner: object, close: Callable[[], object]) -> None:
                 target=_reap, name="executors-reaper", daemon=True
             )
             _reaper.start()
-    weakref.finalize(owner, _on_collected, os.getpid(), close).atexit = False
+    finalizer = weakref.finalize(owner, _on_collected, os.getpid(), close)
+    finalizer.atexit = False
+    return finalizer
 
 
 def _on_collected(pid: int, close: Callable[[], object]) -> None:

@@ -60,7 +60,7 @@ from .._base import BaseExecutor
 from .._callqueue import Call, CallQueue
 from .._capabilities import Capabilities
 from .._errors import ExecutorInterruptedError
-from .._lifecycle import close_at_exit, close_when_collected
+from .._lifecycle import close_at_exit
 from .._map import Chunk, ChunkResult
 from .._options import check_process_pool_options, cpu_count
 from .._outcome import Outcome
@@ -310,8 +310,8 @@ class MpPoolExecutor(BaseExecutor):
             on_ready=functools.partial(_launch_waiting, self._queue),
         )
         self._watch = watch
-        close_when_collected(
-            self, functools.partial(_close_abandoned, self._queue, watch)
+        self._close_when_collected(
+            functools.partial(_close_abandoned, self._queue, watch)
         )
 
     def _submit(

@@ -30,7 +30,7 @@ from .._base import BaseExecutor
 from .._callqueue import Call, CallQueue
 from .._capabilities import Capabilities
 from .._futures import Future as OurFuture
-from .._lifecycle import close_when_collected, join_unless_current
+from .._lifecycle import join_unless_current
 from .._options import check_initializer, check_max_workers, cpu_count
 
 __all__ = ["ThreadExecutor"]
@@ -73,6 +73,9 @@ class _Threads:
         self._broken = False
 
     def launch(self, call: Call) -> None:
+        # Queued before a new thread starts, so that it finds the call at
+        # once instead of going to sleep first.
+        self._work.put(call)
         with self._lock:
             self._busy += 1
             if self._busy > len(self._threads) and len(self._threads) < self._max:
@@ -83,7 +86,6 @@ class _Threads:
                 # Started under the lock, so a join() that follows sees it.
                 thread.start()
                 self._threads.append(thread)
-        self._work.put(call)
 
     def _run(self) -> None:
         calls = self.calls
@@ -168,7 +170,7 @@ class ThreadExecutor(BaseExecutor):
         self._calls = calls
         self._threads = threads
         # Dropped without shutdown(): the work still runs, then the threads end.
-        close_when_collected(self, calls.close)
+        self._close_when_collected(calls.close)
 
     def _submit(
         self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]

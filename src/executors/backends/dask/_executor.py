@@ -17,7 +17,7 @@ from ... import _map
 from ..._base import BaseExecutor
 from ..._callqueue import CallQueue
 from ..._capabilities import Capabilities
-from ..._lifecycle import close_when_collected, join_unless_current
+from ..._lifecycle import join_unless_current
 from ..._options import check_timeout
 from ..._outcome import dumps, initializer_error
 from ..._serialize import unwrap
@@ -125,7 +125,7 @@ class DaskExecutor(BaseExecutor):
             stop=dispatch.stop_call,
             retries_crashes=True,
         )
-        close_when_collected(self, dispatch.abandon)
+        self._close_when_collected(dispatch.abandon)
         self._start_lock = threading.Lock()
         self._manager: Dispatch | None = None  # once its thread has started
         # A cluster we did not start, until the first submit hands it over.

@@ -20,7 +20,6 @@ from ..._capabilities import Capabilities
 from ..._control import submitting_options
 from ..._errors import ExecutorInterruptedError
 from ..._futures import Future as OurFuture
-from ..._lifecycle import close_when_collected
 from ..._options import (
     check_choice,
     check_initializer,
@@ -232,7 +231,7 @@ class JoblibExecutor(BaseExecutor):
             translate=translate_error,
         )
         pool.attach(self._calls)
-        close_when_collected(self, pool.abandon)
+        self._close_when_collected(pool.abandon)
 
     @property
     def joblib_backend(self) -> str:
