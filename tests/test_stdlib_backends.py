@@ -124,6 +124,23 @@ def test_thread_dropped_without_shutdown_finishes_its_work_and_ends() -> None:
     assert _pool_threads("dropped") == []
 
 
+def test_thread_task_that_shuts_its_pool_down_and_waits_gets_an_error() -> None:
+    # It would wait for its own end: the stdlib raises, and so do we, rather
+    # than hang. The shutdown itself stands.
+    ex = executors.create("thread", max_workers=2, thread_name_prefix="selfstop")
+
+    def stop_own_pool() -> str:
+        with pytest.raises(RuntimeError, match="would wait for itself"):
+            ex.shutdown(wait=True)
+        return "raised"
+
+    assert ex.submit(stop_own_pool).result(timeout=BOUND) == "raised"
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        ex.submit(tasks.identity, 1)
+    ex.shutdown(wait=True)
+    assert _pool_threads("selfstop") == []
+
+
 def test_inline_runs_in_the_caller_and_initializer_once() -> None:
     calls = []
     with executors.create("inline", initializer=calls.append, initargs=("init",)) as ex:

@@ -40,6 +40,7 @@ __all__ = [
     "ensure_exit_hook_last",
     "interpreter_exiting",
     "join_unless_current",
+    "shutdown_from_own_task_error",
 ]
 
 _log = logging.getLogger("executors")
@@ -90,6 +91,10 @@ def _python_exit() -> None:
     drain_callbacks(EXIT_CALLBACKS_SECONDS)
 
 
+# The entry threading._register_atexit appended for our hook, last time.
+_registered_entry: object = None
+
+
 def ensure_exit_hook_last() -> None:
     """Make the exit hook run before every other interpreter-exit hook.
 
@@ -104,14 +109,17 @@ def ensure_exit_hook_last() -> None:
     hooks = getattr(threading, "_threading_atexits", None)
     if register is None or hooks is None:  # pragma: no cover - not CPython
         return
+    global _registered_entry
     with _hook_lock:
-        # threading._register_atexit stores functools.partial(func): compare
-        # what it wraps, or every call would append one more entry.
-        if _exiting or (hooks and getattr(hooks[-1], "func", None) is _python_exit):
+        # threading stores a wrapper of the hook (a partial up to 3.12, a
+        # lambda from 3.13), not the hook: compare with the entry our last
+        # registration appended, or every call would append one more.
+        if _exiting or (hooks and hooks[-1] is _registered_entry):
             return
         # RuntimeError: the interpreter is already shutting down.
         with contextlib.suppress(RuntimeError):
             register(_python_exit)
+            _registered_entry = hooks[-1]
 
 
 def _after_fork_in_child() -> None:
@@ -227,6 +235,20 @@ def join_unless_current(
     if thread.ident is None:
         return
     thread.join(timeout)
+
+
+def shutdown_from_own_task_error() -> RuntimeError:
+    """What ``shutdown(wait=True)`` raises when a task of the executor calls it.
+
+    On a backend whose tasks run in the executor's own threads, the task
+    would wait for its own end. The stdlib's thread pool raises here too
+    ("cannot join current thread"); the shutdown itself stands.
+    """
+    return RuntimeError(
+        "shutdown(wait=True) was called from a task of this executor, which "
+        "would wait for itself; the executor is shutting down, use "
+        "shutdown(wait=False) from its tasks"
+    )
 
 
 class ManagerThread(threading.Thread):

@@ -30,7 +30,7 @@ from .._base import BaseExecutor
 from .._callqueue import Call, CallQueue
 from .._capabilities import Capabilities
 from .._futures import Future as OurFuture
-from .._lifecycle import join_unless_current
+from .._lifecycle import join_unless_current, shutdown_from_own_task_error
 from .._options import check_initializer, check_max_workers, cpu_count
 
 __all__ = ["ThreadExecutor"]
@@ -126,6 +126,10 @@ class _Threads:
         for _ in range(count):
             self._work.put(None)
 
+    def runs_in_current_thread(self) -> bool:
+        """True when called from one of these threads (from a task)."""
+        return threading.current_thread() in self._threads
+
     def join(self) -> None:
         with self._lock:
             threads = list(self._threads)
@@ -182,5 +186,7 @@ class ThreadExecutor(BaseExecutor):
     def _shutdown(self, wait: bool, cancel_futures: bool) -> None:
         self._calls.close(cancel_futures)
         if wait:
+            if self._threads.runs_in_current_thread():
+                raise shutdown_from_own_task_error()
             self._calls.wait_idle()
             self._threads.join()

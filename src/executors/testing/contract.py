@@ -432,6 +432,29 @@ class ShutdownContract(ContractBase):
         ):
             executor.map(tasks.identity, [1, 2])
 
+    def test_a_task_that_shuts_its_own_executor_down_does_not_hang(
+        self, executor: Any
+    ) -> None:
+        # Only where a task can hold its executor (it runs in this process).
+        # Waiting would mean waiting for itself: it returns (inline) or
+        # raises RuntimeError, as the stdlib's thread pool does; either way
+        # the shutdown stands.
+        self.require(executor, "process_isolation", value=False)
+
+        def shut_own_executor_down() -> str:
+            try:
+                executor.shutdown(wait=True)
+            except RuntimeError:
+                return "raised"
+            return "returned"
+
+        outcome = executor.submit(shut_own_executor_down).result(timeout=BOUND)
+        assert outcome in ("raised", "returned")
+        with pytest.raises(
+            RuntimeError, match="cannot schedule new futures after shutdown"
+        ):
+            executor.submit(tasks.identity, 1)
+
     def test_context_manager_waits(self, make_executor: ExecutorFactory) -> None:
         with make_executor() as ex:
             fs = [ex.submit(tasks.sleep_and_return, 0.2, i) for i in range(3)]

@@ -20,6 +20,7 @@ from ..._capabilities import Capabilities
 from ..._control import submitting_options
 from ..._errors import ExecutorInterruptedError
 from ..._futures import Future as OurFuture
+from ..._lifecycle import shutdown_from_own_task_error
 from ..._options import (
     check_choice,
     check_initializer,
@@ -293,6 +294,8 @@ class JoblibExecutor(BaseExecutor):
     def _shutdown(self, wait: bool, cancel_futures: bool) -> None:
         self._calls.close(cancel_futures)
         if wait:
+            if self._workers.runs_in_current_thread():
+                raise shutdown_from_own_task_error()
             self._calls.wait_idle()
             self._workers.wait()
 

@@ -59,6 +59,10 @@ class Workers:
     def attach(self, calls: CallQueue) -> None:
         self.calls = calls
 
+    def runs_in_current_thread(self) -> bool:
+        """True when called from one of the workers (threads only)."""
+        return False
+
     def idle(self) -> None:
         """The call queue's ``on_idle``: closed, and every call settled."""
         self.release()
@@ -241,6 +245,9 @@ class ThreadWorkers(Workers):
         if broken:
             return translate_error(futures.thread.BrokenThreadPool(broken))
         return None
+
+    def runs_in_current_thread(self) -> bool:
+        return threading.current_thread() in self._threads._threads
 
     def release(self) -> None:
         self._threads.shutdown(wait=False)

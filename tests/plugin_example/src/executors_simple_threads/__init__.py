@@ -109,10 +109,15 @@ class SimpleThreadExecutor(executors.BaseExecutor):
         # the call queue is idle (_stop_threads).
         self._calls.close(cancel_futures)
         if wait:
+            if threading.current_thread() in self._threads:
+                # A task would wait for its own end; the stdlib's thread
+                # pool raises here too. The shutdown stands.
+                raise RuntimeError(
+                    "shutdown(wait=True) was called from a task of this "
+                    "executor, which would wait for itself"
+                )
             for thread in self._threads:
-                # Not from a task or a callback of this executor.
-                if thread is not threading.current_thread():
-                    thread.join()
+                thread.join()
 
     def _broken_error(self) -> BaseException | None:
         return self._calls.broken_error()
