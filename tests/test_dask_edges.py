@@ -437,7 +437,12 @@ def report(tag):
 
 
 if __name__ == "__main__":
-    executor = executors.create("dask", max_workers=2)
+    options = {}
+    if len(sys.argv) > 1:
+        # Workers that take this many seconds to connect, as on a loaded machine.
+        delay = float(sys.argv[1])
+        options["cluster_options"] = {"preload": [f"import time; time.sleep({delay})"]}
+    executor = executors.create("dask", max_workers=2, **options)
     print("STARTING", flush=True)
     try:
         executor.submit(tasks.add, 1, 2).result()
@@ -466,7 +471,17 @@ def _wait_for_a_starting_worker(running: Program) -> None:
 def test_ctrl_c_while_the_cluster_starts_leaves_one_cluster_at_most(
     program: Any, to: str
 ) -> None:
-    running = program(START_INTERRUPTED)
+    _interrupt_the_start(program(START_INTERRUPTED), to)
+
+
+@pytest.mark.timeout(180)
+def test_ctrl_c_while_slow_workers_start_leaves_none_of_them(program: Any) -> None:
+    # Closing a nanny waits for its starting worker to connect first; workers
+    # slower than the teardown's bound used to outlive the abandoned cluster.
+    _interrupt_the_start(program(START_INTERRUPTED, "8"), "parent")
+
+
+def _interrupt_the_start(running: Program, to: str) -> None:
     running.line_starting("STARTING", START_BOUND)
     # The scheduler is up and the workers are being spawned: the cluster is
     # half built.

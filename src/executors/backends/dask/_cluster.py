@@ -134,7 +134,13 @@ def _kill(nanny: Any, sig: signal.Signals) -> bool:
 
 
 async def _close_nannies(cluster: Any, scheduler: bool = False) -> None:
-    """On the loop: close every nanny now, even those ``close()`` would skip."""
+    """On the loop: close every nanny now, even those ``close()`` would skip.
+
+    With ``scheduler`` (a start that failed or was interrupted) every worker
+    process is killed first, and again after the nannies closed.
+    """
+    if scheduler:
+        _kill_worker_processes(cluster)
     # Nannies still starting are only in _created.
     nannies = {*cluster._created, *cluster.workers.values()}
     await asyncio.gather(
@@ -144,9 +150,29 @@ async def _close_nannies(cluster: Any, scheduler: bool = False) -> None:
         ),
         return_exceptions=True,
     )
-    if scheduler and cluster.scheduler is not None:  # maybe half-started
-        with contextlib.suppress(Exception):
-            await cluster.scheduler.close()
+    if scheduler:
+        # A nanny whose start was still running may have spawned since.
+        _kill_worker_processes(cluster)
+        if cluster.scheduler is not None:  # maybe half-started
+            with contextlib.suppress(Exception):
+                await cluster.scheduler.close()
+
+
+def _kill_worker_processes(cluster: Any) -> None:
+    """On the loop: SIGKILL each worker process a nanny started or is starting.
+
+    Closing a nanny whose worker is still starting first waits for that worker
+    to connect, which on a loaded machine outlasts our bound; the processes
+    would then outlive the abandoned cluster.
+    """
+    for nanny in {*cluster._created, *cluster.workers.values()}:
+        worker = getattr(nanny, "process", None)  # the nanny's WorkerProcess
+        process = getattr(worker, "process", None)  # its AsyncProcess
+        if process is not None:
+            # Queued to the process's own thread behind its start, so a
+            # process still being spawned is killed once it exists.
+            with contextlib.suppress(Exception):
+                process.kill()
 
 
 def start_local_cluster(options: LocalOptions) -> Runtime:
