@@ -374,3 +374,28 @@ def test_the_exit_hook_is_registered_once_not_once_per_executor(backend: str) ->
         with executors.create(backend, max_workers=1) as ex:
             ex.submit(tasks.identity, 1).result(timeout=BOUND)
     assert len(hooks) == before
+
+
+@pytest.mark.parametrize("protocol", [4, 5])
+def test_an_outcome_with_buffers_apart_survives_any_library_pickler(
+    protocol: int,
+) -> None:
+    # loky pickles an outcome at protocol 5, multiprocessing before Python
+    # 3.14 at 4: the value comes back equal, and as writable as it was sent.
+    import pickle
+
+    import numpy as np
+
+    from executors._outcome import Pickled, decode, dumps, run_call
+
+    frozen = np.arange(100_000.0)
+    frozen.flags.writeable = False
+    value = {"writable": np.arange(100_000.0), "frozen": frozen}
+    ok, data = run_call(dumps((tasks.identity, (value,), {})), buffers_apart=True)
+    assert ok and isinstance(data, Pickled)
+    assert len(data.data) < 1_000  # the arrays are not in the value's pickle
+    ok, got = decode(pickle.loads(pickle.dumps((ok, data), protocol=protocol)))
+    assert ok
+    for name, array in value.items():
+        np.testing.assert_array_equal(got[name], array)
+        assert got[name].flags.writeable == array.flags.writeable

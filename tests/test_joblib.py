@@ -18,6 +18,7 @@ import threading
 import time
 import warnings
 from concurrent.futures import BrokenExecutor, Future
+from pathlib import Path
 from typing import Any, ClassVar
 
 import joblib
@@ -711,6 +712,41 @@ class TestLargeArrays(ContractBase):
         assert kind == "memmap"
         assert total == pytest.approx(float(arrays[0].sum()))
 
+    @pytest.mark.parametrize(
+        "options",
+        [{}, PARALLEL_ENGINE, MULTIPROCESSING],
+        ids=["loky", "loky-parallel", "multiprocessing"],
+    )
+    def test_an_argument_returned_comes_back_as_from_parallel(
+        self,
+        make_executor: ExecutorFactory,
+        arrays: list[np.ndarray],
+        options: dict[str, Any],
+    ) -> None:
+        # Returned from the worker, an argument that travelled as one of the
+        # executor's temporary maps is a plain read-only array, as
+        # joblib.Parallel returns it (with either of its process backends):
+        # not an np.memmap detached from its (deleted) file.
+        executor = make_executor(**options)
+        results = [
+            executor.submit(tasks.identity, arrays[0]).result(timeout=BOUND),
+            *executor.map(tasks.identity, arrays[1:2], timeout=None),
+        ]
+        for got, array in zip(results, arrays[:2], strict=True):
+            assert type(got) is np.ndarray
+            assert not got.flags.writeable
+            np.testing.assert_array_equal(got, array)
+
+    def test_a_map_of_a_users_file_comes_back_as_that_map(
+        self, executor: Any, tmp_path: Path
+    ) -> None:
+        path = tmp_path / "values.dat"
+        np.arange(1000.0).tofile(path)
+        got = executor.submit(_open_map, str(path)).result(timeout=BOUND)
+        assert type(got) is np.memmap
+        assert os.path.samefile(got.filename, path)
+        np.testing.assert_array_equal(got, np.arange(1000.0))
+
     def test_memmapping_can_be_disabled(
         self, make_executor: ExecutorFactory, arrays: list[np.ndarray]
     ) -> None:
@@ -736,6 +772,10 @@ class TestLargeArrays(ContractBase):
         while os.path.exists(folder) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not os.path.exists(folder)
+
+
+def _open_map(path: str) -> Any:
+    return np.memmap(path, dtype=float, mode="r", shape=(1000,))
 
 
 def _open_fds() -> int:

@@ -24,9 +24,9 @@ from joblib.externals.loky.backend.utils import kill_process_tree
 from ..._callqueue import Call, CallQueue
 from ..._errors import ExecutorFailedError
 from ..._lifecycle import close_at_exit, join_unless_current
-from ..._outcome import WorkerBootstrap, run_call
+from ..._outcome import WorkerBootstrap
 from ..._poolwatch import MakeError, PoolWatch, WatchedPool
-from ._trip import Memmapping, Payload, translate_error
+from ._trip import Memmapping, Payload, run_on_loky, run_on_pool, translate_error
 
 __all__ = ["LokyWorkers", "MemmapOptions", "MpWorkers", "ThreadWorkers", "Workers"]
 
@@ -159,7 +159,7 @@ class LokyWorkers(Workers):
         self._manager_thread: threading.Thread | None = None
 
     def launch(self, call: Call) -> None:
-        theirs = self.pool.submit(run_call, call.payload)
+        theirs = self.pool.submit(run_on_loky, call.payload)
         call.handle = theirs
         theirs.add_done_callback(functools.partial(self._done, call))
 
@@ -311,7 +311,7 @@ class MpWorkers(Workers):
     def launch(self, call: Call) -> None:
         try:
             self._pool.apply_async(
-                run_call,
+                run_on_pool,
                 (call.payload,),
                 callback=functools.partial(self.calls.settle_outcome, call),
                 # Pool's task handler could not pickle the call: the
