@@ -399,3 +399,18 @@ def test_an_outcome_with_buffers_apart_survives_any_library_pickler(
     for name, array in value.items():
         np.testing.assert_array_equal(got[name], array)
         assert got[name].flags.writeable == array.flags.writeable
+
+
+class _Celsius(float):
+    pass
+
+
+def test_reducers_given_to_dumps_come_before_the_shared_table() -> None:
+    # joblib's workers pass their rule for arrays in results this way.
+    import pickle
+
+    from executors._outcome import dumps
+
+    as_float = {_Celsius: lambda value: (float, (float(value),))}
+    assert type(pickle.loads(dumps(_Celsius(21.5)))) is _Celsius
+    assert type(pickle.loads(dumps(_Celsius(21.5), reducers=as_float))) is float
