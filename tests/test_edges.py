@@ -270,6 +270,10 @@ _FORKSERVER_PROBE = textwrap.dedent(
     connection.arbitrary_address = arbitrary_address_3_10_8
     import executors
     from executors.testing import tasks
+    # The library itself is imported under the real version: only resolving
+    # the start method may see the fake one.
+    import executors._base
+    import executors.backends.process
 
     if sys.argv[1] == "protected":
         with mock.patch.object(sys, "version_info", (3, 10, 8, "final", 0)):
