@@ -587,3 +587,27 @@ def test_with_a_client_a_timed_out_task_is_abandoned(shared_client: Any) -> None
         _wait_until(blocker.running, "the task to run")
         assert not executor.kill_task(blocker)
         assert blocker.result(timeout=BOUND) is None
+
+
+@pytest.mark.timeout(60)
+def test_our_scheduler_gives_up_on_a_dead_workers_address_in_seconds() -> None:
+    # The scheduler fetches a finished result from its worker. Fetched from
+    # a worker that has just died, it retried the connection for Dask's
+    # 30 s connect timeout, and the future waited as long although the
+    # result had been computed again elsewhere (a race of the fault suite
+    # when a crashing task took both workers down).
+    import asyncio
+
+    with _create() as executor:
+        assert executor.submit(tasks.add, 1, 1).result(timeout=BOUND) == 2
+        cluster = executor._dispatch.runtime.cluster
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            dead = f"tls://127.0.0.1:{probe.getsockname()[1]}"  # nobody listens
+        pending = asyncio.run_coroutine_threadsafe(
+            cluster.scheduler.rpc.connect(dead), cluster.loop.asyncio_loop
+        )
+        start = time.monotonic()
+        with pytest.raises(OSError):
+            pending.result(timeout=40)
+        assert time.monotonic() - start < 15

@@ -29,6 +29,8 @@ CLOSE_TIMEOUT_SECONDS = 10.0
 LOOP_TIMEOUT_SECONDS = 5.0
 #: How long stopping a task waits for its submission to reach the scheduler.
 ARRIVAL_SECONDS = 2.0
+#: How long our scheduler tries to connect to a worker (Dask's default: 30 s).
+WORKER_CONNECT_SECONDS = 5.0
 #: How often a remote cluster's thread count is re-read (a round trip).
 CAPACITY_REFRESH_SECONDS = 0.5
 
@@ -211,6 +213,11 @@ def start_local_cluster(options: LocalOptions) -> Runtime:
             preload=[_PRELOAD, *preload],
             **cluster_options,
         )
+        # A result is fetched from its worker by the scheduler; one fetched
+        # from a worker that just died would retry the connection for
+        # Dask's 30 s connect timeout, and its future wait as long, though
+        # the result was computed again elsewhere in a few seconds.
+        cluster.scheduler.rpc.timeout = WORKER_CONNECT_SECONDS
         client = distributed.Client(  # type: ignore[no-untyped-call]
             cluster, set_as_default=False
         )
