@@ -690,12 +690,16 @@ def arrays() -> list[np.ndarray]:
     return [rng.random(5 * 1024 * 1024 // 8) for _ in range(6)] + [np.arange(10.0)]
 
 
+# Every way the executor reaches process workers.
+EACH_PROCESS_MODE = pytest.mark.parametrize(
+    "options",
+    [{}, PARALLEL_ENGINE, MULTIPROCESSING],
+    ids=["loky", "loky-parallel", "multiprocessing"],
+)
+
+
 class TestLargeArrays(ContractBase):
-    @pytest.mark.parametrize(
-        "options",
-        [{}, PARALLEL_ENGINE, MULTIPROCESSING],
-        ids=["loky", "loky-parallel", "multiprocessing"],
-    )
+    @EACH_PROCESS_MODE
     def test_large_arguments_travel_as_memory_maps(
         self,
         make_executor: ExecutorFactory,
@@ -712,11 +716,7 @@ class TestLargeArrays(ContractBase):
         assert kind == "memmap"
         assert total == pytest.approx(float(arrays[0].sum()))
 
-    @pytest.mark.parametrize(
-        "options",
-        [{}, PARALLEL_ENGINE, MULTIPROCESSING],
-        ids=["loky", "loky-parallel", "multiprocessing"],
-    )
+    @EACH_PROCESS_MODE
     def test_an_argument_returned_comes_back_as_from_parallel(
         self,
         make_executor: ExecutorFactory,

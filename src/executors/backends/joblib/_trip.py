@@ -18,9 +18,11 @@ from collections.abc import Callable
 from concurrent.futures.thread import BrokenThreadPool
 from typing import Any
 
-from joblib import _memmapping_reducer as _memmapping
 from joblib._memmapping_reducer import (
+    JOBLIB_MMAPS,
     TemporaryResourcesManager,
+    _get_backing_memmap,
+    _reduce_memmap_backed,
     get_memmapping_reducers,
 )
 from joblib.externals.loky import process_executor as loky
@@ -139,12 +141,9 @@ def _reduce_result_array(array: Any) -> Any:
     """
     import numpy as np
 
-    backing = _memmapping._get_backing_memmap(array)
-    if (
-        isinstance(backing, np.memmap)
-        and backing.filename not in _memmapping.JOBLIB_MMAPS
-    ):
-        return _memmapping._reduce_memmap_backed(array, backing)
+    backing = _get_backing_memmap(array)
+    if isinstance(backing, np.memmap) and backing.filename not in JOBLIB_MMAPS:
+        return _reduce_memmap_backed(array, backing)
     # NumPy's own reduction of a plain array keeps its buffer apart.
     return np.asarray(array).__reduce_ex__(pickle.HIGHEST_PROTOCOL)
 
