@@ -30,6 +30,7 @@ import contextlib
 import contextvars
 import heapq
 import itertools
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -348,6 +349,8 @@ class Timer:
                     logging.getLogger("executors").exception("timer callback failed")
 
     def after_fork(self) -> None:
+        """Forget the parent's thread and deadlines: a forked child has neither
+        the thread nor the tasks whose deadlines the heap holds."""
         self.__init__()  # type: ignore[misc]
 
 
@@ -362,3 +365,8 @@ class _Entry:
 
 
 timer = Timer()
+
+if hasattr(os, "register_at_fork"):
+    # Without it a child forked while the parent's timer thread runs keeps
+    # the "started" mark, so its own deadlines would never fire.
+    os.register_at_fork(after_in_child=timer.after_fork)
