@@ -10,15 +10,23 @@ its processes are killed.
 
 Layout::
 
-    __main__   the command line
-    _config    workload sizes, full and --quick
-    _targets   our backends, raw libraries and the serial baseline, behind
-               one small Session interface
-    _workloads what is measured and how (runs in the subprocess)
-    _child     the measurement subprocess
-    _runner    launches, bounds and cleans up the subprocesses
-    _report    summaries, ratios, goals, markdown and JSON
-    _plot      the PNG chart
+    __main__        the command line
+    _config         workload sizes, full and --quick
+    _targets        what can be measured here: our backends, the raw
+                    libraries, the serial baseline (specs only, no import)
+    _sessions       the one small Session interface; our backends' session
+    _raw_sessions   the raw libraries' sessions, used as their docs show
+    _measure        what every workload shares: Context, Outcome, checks
+    _workloads      the table of workloads (and the user's own function)
+    _pool_workloads start-up, tiny tasks, round trip, classic, CPU, payload
+    _streaming      the lazy map over a generator, and its memory
+    _child          the measurement subprocess
+    _runner         launches, bounds and cleans up the subprocesses
+    _format         medians, ranges and rounding of a figure
+    _machine        the machine and the package versions
+    _goals          the performance goals: goals.json plus per-backend rules
+    _report         ratios, goals met, markdown and JSON
+    _plot           the PNG chart
 """
 
 from __future__ import annotations

@@ -264,7 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         inputs=args.inputs,
         cwd=os.getcwd(),
     )
-    from ._report import Results, machine_info
+    from ._machine import machine_info
+    from ._report import Results
 
     machine = machine_info()
     started = time.time()

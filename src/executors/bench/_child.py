@@ -18,8 +18,9 @@ import traceback
 from typing import IO, Any
 
 from ._config import Config
+from ._measure import Context, WrongResult
 from ._targets import TargetSpec, Unsupported
-from ._workloads import WORKLOADS, Context, WrongResult
+from ._workloads import WORKLOADS
 
 __all__ = ["SHUTDOWN", "main"]
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ._report import Results, summarize
+from ._format import summarize
+from ._report import Results
 from ._workloads import WORKLOADS
 
 __all__ = ["MISSING_MATPLOTLIB", "check_matplotlib", "plot"]

@@ -1,226 +1,25 @@
-"""Turn the records into figures: summaries, ratios, goals, markdown, JSON.
+"""Turn the records into a report: ratios, goals met, markdown, JSON.
 
-Every figure is a median over repeats, shown with its range (min-max, or the
-10th-90th percentiles once there are ten samples or more, so one stray
-garbage collection does not set the range). Ratios are always "this target's
+Figures are summarised as in :mod:`._format`. Ratios are always "this target's
 figure over the other's" in the figure's own unit: above 1 is better for a
 rate (tasks/s, MB/s), below 1 is better for a time or a memory growth.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
-import os
-import platform
 import shlex
-import statistics
-import sys
-from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from ._config import Config
+from ._format import fmt, fmt_ratio, summarize
+from ._goals import goals_for
+from ._machine import load_average, versions
+from ._measure import Metric
 from ._runner import TargetRun
 from ._targets import TargetSpec, default_start_method
-from ._workloads import WORKLOADS, Metric, WorkloadInfo
+from ._workloads import WORKLOADS, WorkloadInfo
 
-__all__ = ["Goal", "Results", "machine_info", "summarize", "versions"]
-
-_VERSIONED = (
-    "executors",
-    "cloudpickle",
-    "joblib",
-    "dask",
-    "distributed",
-    "celery",
-    "numpy",
-    "psutil",
-    "matplotlib",
-)
-_RATES = ("tasks/s", "items/s")
-
-
-def summarize(samples: list[float]) -> dict[str, float] | None:
-    """Median, range and count of ``samples`` (None when there are none)."""
-    if not samples:
-        return None
-    ordered = sorted(samples)
-    n = len(ordered)
-    if n >= 10:
-        lo = ordered[int(0.1 * (n - 1))]
-        hi = ordered[round(0.9 * (n - 1))]
-    else:
-        lo, hi = ordered[0], ordered[-1]
-    return {"median": statistics.median(ordered), "lo": lo, "hi": hi, "n": float(n)}
-
-
-def fmt(value: float, unit: str) -> str:
-    """A figure with about three significant digits."""
-    if unit in _RATES:
-        if abs(value) >= 1e6:
-            return f"{value / 1e6:.2f}M"
-        if abs(value) >= 1e4:
-            return f"{value / 1e3:.0f}k"
-        if abs(value) >= 1e3:
-            return f"{value / 1e3:.1f}k"
-    if abs(value) >= 100:
-        return f"{value:,.0f}"
-    if abs(value) >= 10:
-        return f"{value:.1f}"
-    return f"{value:.2f}"
-
-
-def fmt_ratio(value: float) -> str:
-    """A ratio, as ``1.23x``."""
-    if value >= 100:
-        return f"{value:,.0f}x"
-    if value >= 10:
-        return f"{value:.1f}x"
-    if value >= 0.1:
-        return f"{value:.2f}x"
-    return f"{value:.2g}x"
-
-
-def versions() -> dict[str, str | None]:
-    """Installed versions of the packages that matter to the figures."""
-    found: dict[str, str | None] = {"python": platform.python_version()}
-    for name in _VERSIONED:
-        try:
-            found[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            found[name] = None
-    return found
-
-
-def _cpu_model() -> str | None:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
-
-
-def _memory_gb() -> float | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def _load() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except (OSError, AttributeError):
-        return None
-
-
-def machine_info() -> dict[str, Any]:
-    """What the figures were measured on."""
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count() or 1
-    return {
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpu": _cpu_model(),
-        "cpus": os.cpu_count(),
-        "usable_cpus": usable,
-        "memory_gb": _memory_gb(),
-        "python": sys.version.split()[0],
-        "implementation": platform.python_implementation(),
-        "load_average": _load(),
-    }
-
-
-@dataclass(frozen=True)
-class Goal:
-    """One of the project's performance goals, and the figure that checks it.
-
-    Either a ratio (``target``'s ``metric`` over ``other``'s ``other_metric``)
-    or an absolute figure (``other`` is None), compared with ``threshold``.
-    ``area`` says what the row measures, for the reader of the report.
-    """
-
-    area: str
-    text: str
-    workload: str
-    target: str
-    metric: str
-    op: str
-    threshold: float
-    other: str | None = None
-    other_metric: str | None = None
-
-
-def _goals(names: Iterable[str], counterparts: dict[str, str | None]) -> list[Goal]:
-    goals = [
-        Goal("map throughput",
-             "mp_pool map of no-ops, default vs raw Pool.map default",
-             "tiny", "mp_pool", "default", ">=", 1.0, "raw.Pool", "default"),
-        Goal("round-trip latency",
-             "mp_pool round trip vs raw apply_async().get()",
-             "roundtrip", "mp_pool", "us", "<=", 1.05, "raw.Pool", "us"),
-        Goal("map throughput, large input",
-             "queue map of the large no-op input, default vs raw Pool.map",
-             "tiny-large", "queue", "default", ">=", 1.2, "raw.Pool", "default"),
-        Goal("round-trip latency",
-             "queue round trip vs raw ProcessPoolExecutor",
-             "roundtrip", "queue", "us", "<=", 0.4, "raw.ProcessPoolExecutor", "us"),
-        Goal("start-up",
-             "queue pool start to first result vs raw Pool",
-             "startup", "queue", "warm", "<=", 1.0, "raw.Pool", "warm"),
-        Goal("classic workload",
-             "queue classic workload, ms over ideal (3.01 s on 5 x 1 s)",
-             "classic", "queue", "overhead", "<=", 10.0),
-        Goal("payload throughput",
-             "queue payload round trip, MB/s",
-             "payload", "queue", "mb_per_s", ">=", 380.0),
-        Goal("map throughput",
-             "joblib map of no-ops, default vs raw Parallel default",
-             "tiny", "joblib", "default", ">=", 1.0, "raw.joblib", "default"),
-        Goal("payload throughput",
-             "joblib payload vs raw joblib (at most 5% slower)",
-             "payload", "joblib", "mb_per_s", ">=", 1 / 1.05, "raw.joblib",
-             "mb_per_s"),
-        Goal("round-trip latency",
-             "joblib round trip vs a one-task Parallel call (far below)",
-             "roundtrip", "joblib", "us", "<=", 1.0, "raw.joblib", "us"),
-        Goal("map throughput",
-             "dask map of no-ops, default vs raw client.map + gather",
-             "tiny", "dask", "default", ">=", 50.0, "raw.dask", "default"),
-        Goal("round-trip latency",
-             "dask round trip vs raw client.submit().result()",
-             "roundtrip", "dask", "us", "<=", 1.05, "raw.dask", "us"),
-        Goal("classic workload",
-             "dask classic workload, ms over ideal (3.03 s on 5 x 1 s)",
-             "classic", "dask", "overhead", "<=", 30.0),
-        Goal("round-trip latency",
-             "celery round trip vs raw task.delay(x).get()",
-             "roundtrip", "celery", "us", "<=", 1.05, "raw.celery", "us"),
-        Goal("map throughput",
-             "celery map of no-ops, default vs a raw group of tasks",
-             "tiny", "celery", "default", ">=", 20.0, "raw.celery", "default"),
-        Goal("classic workload",
-             "celery classic workload, ms over ideal (3.05 s on 5 x 1 s)",
-             "classic", "celery", "overhead", "<=", 50.0),
-    ]  # fmt: skip
-    for name in names:
-        goals.append(
-            Goal("streaming memory", f"{name} streaming: caller's RSS growth, MB",
-                 "streaming", name, "rss_mb", "<=", 50.0)
-        )  # fmt: skip
-        raw = counterparts.get(name)
-        if raw and raw.startswith("raw."):
-            goals.append(
-                Goal("map throughput vs best hand-tuned",
-                     f"{name} map of no-ops, default vs {raw} at its best chunksize",
-                     "tiny", name, "default", ">=", 0.8, raw, "best")
-            )  # fmt: skip
-    return goals
+__all__ = ["Results"]
 
 
 class Results:
@@ -260,7 +59,7 @@ class Results:
         self.duration = duration
         self.machine = machine
         self.interrupted = interrupted
-        self.load_after = _load()
+        self.load_after = load_average()
         self.versions = versions()
         self._by_key = {
             (run.spec.name, record["workload"]): record
@@ -333,7 +132,7 @@ class Results:
         ours = [s.name for s in self.targets if s.kind == "ours" and s.available]
         counterparts = {s.name: s.counterpart for s in self.targets}
         out = []
-        for goal in _goals(ours, counterparts):
+        for goal in goals_for(ours, counterparts):
             if goal.workload not in self.workloads:
                 continue
             if goal.other is None:
