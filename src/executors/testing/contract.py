@@ -719,6 +719,47 @@ class ReferenceContract(ContractBase):
                     f"map kept result {index} alive after yielding it"
                 )
 
+    # Each way a map runs its items: one task per item (a short input with
+    # the default chunksize, and always with timeout=), fixed chunks, guided
+    # chunks (a longer input), lazy reading, and completion order.
+    _MAP_PATHS = {
+        "default": ({}, 8),
+        "timeout": ({"timeout": 4 * BOUND}, 8),
+        "chunksize": ({"chunksize": 4}, 8),
+        "guided_chunks": ({}, None),
+        "buffersize": ({"buffersize": 2}, 8),
+        "unordered": ({"unordered": True}, 8),
+    }
+
+    @pytest.mark.parametrize("path", list(_MAP_PATHS))
+    def test_map_frees_every_result_as_it_is_yielded(
+        self, executor: Any, path: str
+    ) -> None:
+        # CPython's test_free_reference, on every map path: each value,
+        # the last one included, is freed once the caller drops it, while
+        # the map is still open.
+        import weakref
+
+        from .. import _map
+
+        options, size = self._MAP_PATHS[path]
+        options = dict(options)
+        if size is None:  # past one task per item: guided chunks
+            size = (_map.PER_ITEM_ITEMS_PER_WORKER + 4) * executor.max_workers
+        unordered = options.pop("unordered", False)
+        run = executor.map_unordered if unordered else executor.map
+        results = run(tasks.make_holder, range(size), **options)
+        seen: set[int] = set()
+        for value in results:
+            seen.add(value.value)
+            ref = weakref.ref(value)
+            del value
+            assert _collected(ref, 5.0), (
+                f"map ({path}) kept a result alive after yielding it "
+                f"({len(seen)} of {size} yielded)"
+            )
+        assert seen == set(range(size))
+
 
 class TaskControlContract(ContractBase):
     """Timeouts, retries and stopping work (``capabilities.task_control``)."""

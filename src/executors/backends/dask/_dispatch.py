@@ -211,6 +211,10 @@ class Dispatch(ManagerThread):
                     return
                 if event[0] == "done":
                     self._settle(*event[1:])
+                # The event holds the call, and through its future the
+                # result: kept until the next event (the last result of a
+                # map until shutdown), after the caller has dropped it.
+                del event
         finally:
             self._drop_all()
             self.runtime.close()
