@@ -722,7 +722,7 @@ class ReferenceContract(ContractBase):
     # Each way a map runs its items: one task per item (a short input with
     # the default chunksize, and always with timeout=), fixed chunks, guided
     # chunks (a longer input), lazy reading, and completion order.
-    _MAP_PATHS = {
+    _MAP_PATHS: dict[str, tuple[dict[str, Any], int | None]] = {
         "default": ({}, 8),
         "timeout": ({"timeout": 4 * BOUND}, 8),
         "chunksize": ({"chunksize": 4}, 8),
