@@ -22,7 +22,13 @@ engine) gets work from the executor through a call queue, never directly::
   :meth:`CallQueue.broken_error` is what ``submit`` raises from then on.
 * **Closing** lets the queued calls run (or cancels them); ``on_idle`` runs
   once the queue has closed and every call has settled, which is when a
-  backend may release its workers.
+  backend may release its workers. It runs in the thread that closed the
+  queue (the caller's ``shutdown()``) if that thread finds it idle, and
+  otherwise on the core's reaper thread, never in the thread that settled
+  the last call: that may be a library's own thread running our
+  done-callback with the library's locks held, where releasing the
+  library's pool would wait for itself (the stdlib process pool on 3.13).
+  :meth:`CallQueue.wait_idle` on a closed queue returns once it has run.
 
 A backend's whole job is then ``launch`` (hand one call to the library,
 remember the library's handle in ``call.handle``) and calling
@@ -43,7 +49,7 @@ from ._control import TaskOptions, record_attempts, submitting_options, timer
 from ._errors import ExecutorFailedError, TaskTimeoutError, WorkerCrashedError
 from ._futures import Future as OurFuture
 from ._futures import fail_futures, notify_cancelled, settle
-from ._lifecycle import ensure_exit_hook_last
+from ._lifecycle import ensure_exit_hook_last, run_released
 from ._map import Chunk, ChunkResult, run_chunk
 from ._outcome import Outcome, PickledCall, decode, dumps
 
@@ -120,8 +126,11 @@ class CallQueue:
             callable read before each launch (a cluster that grows).
         chunk_window: The same for chunks of a ``map``; default ``window``.
         on_idle: Called once, outside the lock, when the queue is closed
-            and nothing is queued or launched any more (maybe at once, in
-            :meth:`close`).
+            and nothing is queued or launched any more: in :meth:`close`
+            if the queue is idle then (or the closing thread settles the
+            last call), else on the core's reaper thread (see
+            :func:`executors._lifecycle.run_released`). It may block and
+            call the library's ``shutdown``.
         translate: Turns an exception from ``launch`` into the one the
             future gets (a library's error into ours); default: as is.
         stop: Stops one launched call's task (kills its worker) and returns
@@ -165,7 +174,12 @@ class CallQueue:
         self._queued: deque[Call] = deque()
         self._launched: set[Call] = set()
         self._closing = False
+        # The thread that closed the queue last: on_idle may run in it.
+        self._closer: threading.Thread | None = None
         self._idle_notified = False
+        # on_idle has returned (or there is none): a closed queue is idle
+        # for wait_idle() only then.
+        self._released = on_idle is None
         self._broken: Callable[[], BaseException] | None = None
         # Set while a thread is inside _pump: a call that settles inside
         # launch() would otherwise recurse once per queued call.
@@ -494,6 +508,7 @@ class CallQueue:
         """
         with self._lock:
             self._closing = True
+            self._closer = threading.current_thread()
             dropped = list(self._queued) if cancel_futures else []
             if cancel_futures:
                 self._queued.clear()
@@ -573,9 +588,17 @@ class CallQueue:
             return self._is_idle_locked()
 
     def wait_idle(self, timeout: float | None = None) -> bool:
-        """Block until the queue is idle (see :meth:`is_idle`); False on timeout."""
+        """Block until the queue is idle (see :meth:`is_idle`); False on timeout.
+
+        On a closed queue, until ``on_idle`` has run too.
+        """
         with self._idle:
-            return self._idle.wait_for(self._is_idle_locked, timeout)
+            return self._idle.wait_for(self._waited_idle_locked, timeout)
+
+    def _waited_idle_locked(self) -> bool:
+        if not self._is_idle_locked():
+            return False
+        return self._released or not self._closing
 
     def _is_idle_locked(self) -> bool:
         return not self._queued and not self._launched and not self._delayed
@@ -599,8 +622,24 @@ class CallQueue:
             run_hook = self._closing and not self._idle_notified
             if run_hook:
                 self._idle_notified = True
-        if run_hook and self._on_idle is not None:
-            self._on_idle()
+            closer = self._closer
+        if not run_hook or self._on_idle is None:
+            return
+        if threading.current_thread() is closer:
+            self._run_on_idle()
+        else:
+            # Maybe a library's thread, inside the library's locks.
+            run_released(self._run_on_idle)
+
+    def _run_on_idle(self) -> None:
+        on_idle = self._on_idle
+        try:
+            if on_idle is not None:
+                on_idle()
+        finally:
+            with self._lock:
+                self._released = True
+                self._idle.notify_all()
 
 
 def _dropped_by_library() -> BaseException:

@@ -13,6 +13,13 @@
   runs a backend's closing step on one reaper thread once the executor is
   garbage-collected; the work already submitted still runs and interpreter
   exit still waits for it, as with the stdlib pools.
+* **Steps that must not run where they were triggered.**
+  :func:`run_released` runs a step (a call queue's "idle, let the workers
+  go") on the same reaper thread: the thread that triggered it may be a
+  library's own, holding that library's locks (the stdlib process pool's
+  manager thread fails futures inside its shutdown lock on 3.12+, so a
+  done-callback that calls back into the pool's ``shutdown()`` waits for
+  itself).
 * :func:`join_unless_current`: a thread cannot join itself, and a
   ``shutdown(wait=True)`` from a done-callback runs in the very thread it
   would wait for.
@@ -40,6 +47,7 @@ __all__ = [
     "ensure_exit_hook_last",
     "interpreter_exiting",
     "join_unless_current",
+    "run_released",
     "shutdown_from_own_task_error",
 ]
 
@@ -82,6 +90,7 @@ def _python_exit() -> None:
         if _exiting:
             return  # registered more than once (see ensure_exit_hook_last)
         _exiting = True
+    _run_released()
     _run_collected()
     for owner in list(_live):
         try:
@@ -163,14 +172,8 @@ def close_when_collected(
         The finalizer: ``detach()`` it once ``owner`` has closed for good,
         so that collecting it costs no wake-up of the reaper.
     """
-    global _reaper
-    with _reaper_start_lock:
-        # Started here, not in the finalizer; not alive after a fork.
-        if _reaper is None or not _reaper.is_alive():
-            _reaper = threading.Thread(
-                target=_reap, name="executors-reaper", daemon=True
-            )
-            _reaper.start()
+    # Started here, not in the finalizer; not alive after a fork.
+    _ensure_reaper()
     finalizer = weakref.finalize(owner, _on_collected, os.getpid(), close)
     finalizer.atexit = False
     return finalizer
@@ -182,10 +185,69 @@ def _on_collected(pid: int, close: Callable[[], object]) -> None:
         _reaper_wakeups.put(None)
 
 
+def _ensure_reaper() -> bool:
+    """Start the reaper thread if it is not running; False if it cannot start."""
+    global _reaper
+    with _reaper_start_lock:
+        if _reaper is None or not _reaper.is_alive():
+            reaper = threading.Thread(
+                target=_reap, name="executors-reaper", daemon=True
+            )
+            try:
+                reaper.start()
+            except RuntimeError:
+                # The interpreter is finalizing (3.12+ refuses new threads
+                # then); whatever asked must do without it.
+                return False
+            _reaper = reaper
+    return True
+
+
 def _reap() -> None:
     while True:
         _reaper_wakeups.get()
+        _run_released()
         _run_collected()
+
+
+# Steps handed over by run_released(), run by the reaper outside `_reaping`:
+# a closing step of a collected executor (run under it) may wait for one.
+_released: queue.SimpleQueue[Callable[[], object]] = queue.SimpleQueue()
+
+
+def run_released(step: Callable[[], object]) -> None:
+    """Run ``step`` soon on the reaper thread, a thread of the core's own.
+
+    For a step that may block or take a library's locks (release a pool,
+    stop a listener) when the thread that triggered it may be a library's
+    own, running our done-callback with its locks held: in that thread the
+    step could wait for itself. The reaper holds no lock while it runs
+    steps. From the reaper itself, or when no thread can start any more
+    (interpreter finalization), the step runs at once. The interpreter-exit
+    hook runs the steps still waiting.
+    """
+    if threading.current_thread() is _reaper or not _ensure_reaper():
+        _run_step(step)
+        return
+    _released.put(step)
+    _reaper_wakeups.put(None)
+
+
+def _run_released() -> None:
+    while True:
+        try:
+            step = _released.get_nowait()
+        except queue.Empty:
+            return
+        _run_step(step)
+        del step
+
+
+def _run_step(step: Callable[[], object]) -> None:
+    try:
+        step()
+    except Exception:  # pragma: no cover - a backend bug
+        _log.exception("executors: releasing an executor's workers failed")
 
 
 def _run_collected() -> None:
@@ -203,8 +265,9 @@ def _run_collected() -> None:
 
 
 def _forget_collected() -> None:
-    global _collected, _reaper_wakeups, _reaping, _reaper
+    global _collected, _released, _reaper_wakeups, _reaping, _reaper
     _collected = queue.SimpleQueue()
+    _released = queue.SimpleQueue()
     _reaper_wakeups = queue.SimpleQueue()
     _reaping = threading.Lock()
     _reaper = None
