@@ -22,7 +22,7 @@ def slow_square(x: int, seconds: float = 0.0) -> int:
     return x * x
 
 
-async def demo(ex: executors.BaseExecutor, seconds: float) -> None:
+async def demo(ex: executors.Executor, seconds: float) -> None:
     # --8<-- [start:submit]
     # await one task; the event loop stays free meanwhile.
     print(f"submit: {await executors.aio.submit(ex, slow_square, 12)}")

@@ -125,7 +125,7 @@ class EchoServer:
         delay: Seconds each task sleeps, to make concurrency visible.
     """
 
-    def __init__(self, executor: executors.BaseExecutor, delay: float) -> None:
+    def __init__(self, executor: executors.Executor, delay: float) -> None:
         self.executor = executor
         self.delay = delay
         self.connections: set[asyncio.Task[None]] = set()
@@ -257,7 +257,7 @@ def _probe(sock: socket.socket) -> bool:
     return True
 
 
-def can_pass_sockets(executor: executors.BaseExecutor) -> bool:
+def can_pass_sockets(executor: executors.Executor) -> bool:
     """Whether the executor can hand a socket to a worker (one real try)."""
     ours, theirs = socket.socketpair()
     try:
@@ -281,7 +281,7 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 
 def serve_classic(
-    executor: executors.BaseExecutor, host: str, port: int, delay: float
+    executor: executors.Executor, host: str, port: int, delay: float
 ) -> None:
     if not can_pass_sockets(executor):
         sys.exit(

@@ -34,7 +34,7 @@ def work(n: int, seconds: float) -> tuple[int, int, str]:
     return n, os.getpid(), threading.current_thread().name
 
 
-def make(backend: str, workers: int) -> executors.BaseExecutor:
+def make(backend: str, workers: int) -> executors.Executor:
     # Every backend takes max_workers (inline too: it runs one task at a time).
     return executors.create(backend, max_workers=workers)
 

@@ -32,7 +32,7 @@ def work(n: int, seconds: float) -> tuple[int, int]:
     return n, os.getpid()
 
 
-def synchronous(pool: executors.BaseExecutor, seconds: float) -> None:
+def synchronous(pool: executors.Executor, seconds: float) -> None:
     print("== synchronous: submit(...).result() one task at a time ==")
     start = time.perf_counter()
     results = [pool.submit(work, n, seconds).result() for n in range(TASKS)]
@@ -40,7 +40,7 @@ def synchronous(pool: executors.BaseExecutor, seconds: float) -> None:
     print(f"synchronous: {results} in {elapsed:.2f} s")
 
 
-def asynchronous(pool: executors.BaseExecutor, seconds: float) -> None:
+def asynchronous(pool: executors.Executor, seconds: float) -> None:
     print("== asynchronous: submit every task, then collect ==")
     start = time.perf_counter()
     futures = [pool.submit(work, n, seconds) for n in range(TASKS)]

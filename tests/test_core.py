@@ -310,7 +310,7 @@ def test_adaptive_chunks_grow_for_cheap_tasks_and_stay_small_for_slow() -> None:
 
 def test_aio_submit_and_map() -> None:
     async def main(
-        ex: executors.BaseExecutor,
+        ex: executors.Executor,
     ) -> tuple[object, list[object], list[object]]:
         one = await executors.aio.submit(ex, tasks.add, 40, 2)
         ordered = [
@@ -361,7 +361,7 @@ def test_aio_cancelling_the_awaiting_task_cancels_queued_work() -> None:
 
 
 def test_aio_map_error_and_timeout() -> None:
-    async def main(ex: executors.BaseExecutor) -> None:
+    async def main(ex: executors.Executor) -> None:
         got = []
         with pytest.raises(ValueError, match="item 3 is bad"):
             async for x in executors.aio.map(ex, tasks.fail_on, range(6), [3] * 6):

@@ -17,8 +17,6 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ._base import BaseExecutor, fail_futures
-    from ._callqueue import Call, CallQueue
     from ._capabilities import Capabilities
     from ._control import with_options
     from ._errors import (
@@ -33,7 +31,7 @@ if TYPE_CHECKING:
         WorkerCrashedError,
         WorkersTerminatedError,
     )
-    from ._futures import Future, settle
+    from ._futures import Future
     from ._protocol import Executor
     from ._registry import BackendInfo, create, list_backends
     from ._remote import RemoteTraceback
@@ -43,9 +41,6 @@ __all__ = [
     "BackendInfo",
     "BackendNotFoundError",
     "BackendNotInstalledError",
-    "BaseExecutor",
-    "Call",
-    "CallQueue",
     "Capabilities",
     "DaskClusterError",
     "Executor",
@@ -60,10 +55,9 @@ __all__ = [
     "WorkerCrashedError",
     "WorkersTerminatedError",
     "aio",
+    "backend",
     "create",
-    "fail_futures",
     "list_backends",
-    "settle",
     "with_options",
 ]
 
@@ -78,9 +72,6 @@ _HOMES = {
     "BackendInfo": "._registry",
     "BackendNotFoundError": "._errors",
     "BackendNotInstalledError": "._errors",
-    "BaseExecutor": "._base",
-    "Call": "._callqueue",
-    "CallQueue": "._callqueue",
     "Capabilities": "._capabilities",
     "DaskClusterError": "._errors",
     "Executor": "._protocol",
@@ -95,20 +86,37 @@ _HOMES = {
     "WorkerCrashedError": "._errors",
     "WorkersTerminatedError": "._errors",
     "create": "._registry",
-    "fail_futures": "._base",
     "list_backends": "._registry",
-    "settle": "._futures",
     "with_options": "._control",
 }
+
+# Names for backend authors, now in executors.backend; still found here,
+# with a warning, for one release.
+_MOVED_TO_BACKEND = frozenset(
+    {"BaseExecutor", "Call", "CallQueue", "fail_futures", "settle"}
+)
 
 
 def __getattr__(name: str) -> object:
     home = _HOMES.get(name)
     if home is not None:
         value = getattr(importlib.import_module(home, __name__), name)
+    elif name in _MOVED_TO_BACKEND:
+        import warnings
+
+        warnings.warn(
+            f"executors.{name} is for backend authors and has moved: "
+            f"use executors.backend.{name}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        # Not cached in globals(): each use warns.
+        return getattr(importlib.import_module(".backend", __name__), name)
     elif name == "aio":
         # asyncio costs ~100 ms cold: only for those who use it.
         value = importlib.import_module(".aio", __name__)
+    elif name == "backend":
+        value = importlib.import_module(".backend", __name__)
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     globals()[name] = value

@@ -44,7 +44,7 @@ class Capabilities:
             abandoned.
 
     The task-control flags default to ``False``: a backend gets them by
-    keeping its futures in a :class:`~executors.CallQueue` and declaring
+    keeping its futures in a :class:`~executors.backend.CallQueue` and declaring
     them (see the plugin guide).
     """
 

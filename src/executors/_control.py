@@ -175,7 +175,7 @@ class submitting:
     """Make ``options`` the task options of the calls submitted inside.
 
     ``BaseExecutor`` wraps each submission in it, and
-    :meth:`executors.CallQueue.submit` reads it: the hooks between them
+    :meth:`executors.backend.CallQueue.submit` reads it: the hooks between them
     (``_submit``, ``_submit_chunk``) keep their signatures. A class rather
     than a generator context manager: it runs once per ``submit``, and this
     form costs a third as much.

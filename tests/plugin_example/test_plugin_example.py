@@ -147,7 +147,7 @@ def test_a_plugin_cannot_replace_a_builtin(installed_plugin: str, site: Path) ->
 @pytest.fixture(params=["entry point", "class"])
 def executor_factory(
     request: pytest.FixtureRequest, site: Path
-) -> Callable[..., executors.BaseExecutor]:
+) -> Callable[..., executors.Executor]:
     if request.param == "entry point":
         name = request.getfixturevalue("installed_plugin")
         return lambda **options: executors.create(name, **{"max_workers": 2, **options})

@@ -1,7 +1,7 @@
 """An example backend plugin: a small thread pool written from scratch.
 
 It shows everything a backend writes, and nothing more. The base class
-:class:`executors.BaseExecutor` owns the guards of ``submit`` (broken, shut
+:class:`executors.backend.BaseExecutor` owns the guards of ``submit`` (broken, shut
 down, interpreter exiting), argument checks, ``map``, ``map_unordered``,
 ``progress``, the context manager and the interpreter-exit hook; a backend
 supplies three hooks::
@@ -10,7 +10,7 @@ supplies three hooks::
     _shutdown(wait, cancel_futures)       # release the workers
     _broken_error() -> exception | None   # why submit must refuse, if it must
 
-and puts an :class:`executors.CallQueue` in front of whatever runs the
+and puts an :class:`executors.backend.CallQueue` in front of whatever runs the
 calls (here, threads). The call queue hands over one call per free thread,
 so a queued future still cancels; it settles every future outside its lock
 and away from the worker threads, so user callbacks cannot hang the pool;
@@ -33,13 +33,15 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 import executors
+from executors.backend import BaseExecutor, Call, CallQueue
+from executors.backend import Future as OurFuture
 
 __all__ = ["SimpleThreadExecutor"]
 
 T = TypeVar("T")
 
 
-class SimpleThreadExecutor(executors.BaseExecutor):
+class SimpleThreadExecutor(BaseExecutor):
     """Runs tasks on a fixed set of threads fed by one FIFO queue.
 
     Args:
@@ -78,9 +80,9 @@ class SimpleThreadExecutor(executors.BaseExecutor):
         if not isinstance(initargs, tuple):
             raise TypeError(f"initargs must be a tuple, got {type(initargs).__name__}")
         super().__init__(max_workers=max_workers)
-        self._work_queue: queue.SimpleQueue[executors.Call | None] = queue.SimpleQueue()
+        self._work_queue: queue.SimpleQueue[Call | None] = queue.SimpleQueue()
         # One call per thread; when closed and drained, stop the threads.
-        self._calls = executors.CallQueue(
+        self._calls = CallQueue(
             self._work_queue.put, max_workers, on_idle=self._stop_threads
         )
         self._threads = [
@@ -100,7 +102,7 @@ class SimpleThreadExecutor(executors.BaseExecutor):
     def _submit(
         self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Future[T]:
-        future: executors.Future[T] = executors.Future()
+        future: OurFuture[T] = OurFuture()
         self._calls.submit(future, (fn, args, kwargs))
         return future
 
@@ -146,7 +148,7 @@ class SimpleThreadExecutor(executors.BaseExecutor):
             # Hold nothing of a finished task while waiting for the next.
             del call
 
-    def _run(self, call: executors.Call) -> None:
+    def _run(self, call: Call) -> None:
         if call.future.done():
             # Failed by the call queue while it waited here (a timeout,
             # terminate_workers()): nothing is waiting for it any more.

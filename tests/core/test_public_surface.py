@@ -1,0 +1,96 @@
+"""The public names: what users see, what backend authors see, and the docs.
+
+A drift between the code and the pages that describe it fails here.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import executors
+import executors.backend
+
+ROOT = Path(__file__).resolve().parents[2]
+PLUGIN = ROOT / "tests" / "plugin_example" / "src" / "executors_simple_threads"
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _documented(page: str, prefix: str) -> set[str]:
+    text = (ROOT / "docs" / page).read_text(encoding="utf-8")
+    return set(re.findall(rf"^::: {re.escape(prefix)}(\w+)\s*$", text, re.MULTILINE))
+
+
+def test_the_api_page_documents_exactly_the_public_names() -> None:
+    # executors.testing is public but not in __all__: it imports pytest.
+    assert _documented("api.md", "executors.") == {*executors.__all__, "testing"}
+
+
+def test_every_public_name_resolves() -> None:
+    for name in executors.__all__:
+        assert getattr(executors, name) is not None
+    for name in executors.backend.__all__:
+        assert getattr(executors.backend, name) is not None
+
+
+def test_the_architecture_page_lists_the_public_names() -> None:
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    block = text.split("├── __init__.py", 1)[1].split("├── _protocol.py", 1)[0]
+    listed = set(re.findall(r"\w+", block))
+    missing = {
+        name
+        for name in executors.__all__
+        # The error classes are listed as "errors".
+        if not name.endswith("Error") and name not in listed
+    }
+    assert not missing
+
+
+@pytest.mark.parametrize(
+    "name", ["BaseExecutor", "Call", "CallQueue", "fail_futures", "settle"]
+)
+def test_backend_author_names_left_the_top_level_with_a_warning(name: str) -> None:
+    assert name not in executors.__all__
+    with pytest.warns(DeprecationWarning, match=f"executors.backend.{name}"):
+        moved = getattr(executors, name)
+    assert moved is getattr(executors.backend, name)
+
+
+def test_the_plugin_example_imports_only_public_modules() -> None:
+    private = []
+    for path in PLUGIN.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+                names = [f"{node.value.id}.{node.attr}"]
+            else:
+                continue
+            private += [
+                f"{path.name}:{node.lineno}: {n}"
+                for n in names
+                if n.startswith("executors.") and ".backend._" not in n
+                for part in [n.split(".")[1]]
+                if part.startswith("_")
+            ]
+    assert not private
+
+
+def test_import_executors_does_not_import_the_backend_module() -> None:
+    code = "import sys, executors; print('executors.backend' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.stdout.strip() == "False", out.stderr
