@@ -90,7 +90,12 @@ _token_key = pytest.StashKey[str]()
 # to start; one per test would cost minutes): that module inherits the
 # same behaviour classes.
 SHARED_DEPLOYMENT_SUITES = {
-    "celery": ("test_conformance.py", "test_faults.py", "test_pool.py")
+    "celery": (
+        "test_conformance.py",
+        "test_faults.py",
+        "test_pool.py",
+        "test_backpressure.py",
+    )
 }
 
 

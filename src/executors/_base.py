@@ -11,15 +11,20 @@ hooks and nothing else::
     _broken_error() -> BaseException | None  # optional: why it is broken
 
 and may override ``_submit_chunk`` when it can run a chunk of ``map`` better
-than "one task that loops" (see :mod:`executors.backends.queue`), and
+than "one task that loops" (see :mod:`executors.backends.queue`),
 ``_engine_map`` when its library has a map engine of its own (joblib's
-``Parallel``). The futures a backend returns are :class:`executors._futures.
+``Parallel``), and ``_in_own_task`` when its tasks run in threads of the
+caller's process. Every backend's constructor takes ``max_pending=`` (the
+bound on unfinished ``submit`` futures) through this class, without
+declaring it. The futures a backend returns are :class:`executors._futures.
 Future` objects, settled through :func:`executors._futures.settle`, usually by
 way of a :class:`executors._callqueue.CallQueue` in front of the library.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import signal
 import threading
 import weakref
@@ -41,14 +46,19 @@ from ._control import (
     unwrap_options,
 )
 from ._errors import TaskKilledError, WorkersTerminatedError
-from ._futures import drain_callbacks, fail_futures, notify_cancelled
+from ._futures import (
+    add_internal_callback,
+    drain_callbacks,
+    fail_futures,
+    notify_cancelled,
+)
 from ._lifecycle import (
     close_at_exit,
     close_when_collected,
     ending_on_keyboard_interrupt,
     interpreter_exiting,
 )
-from ._options import check_callable, check_map_arguments
+from ._options import check_callable, check_int, check_map_arguments
 from ._serialize import portable
 
 if TYPE_CHECKING:
@@ -57,6 +67,107 @@ if TYPE_CHECKING:
 __all__ = ["BaseExecutor", "fail_futures", "notify_cancelled"]
 
 T = TypeVar("T")
+
+
+class _PendingSlots:
+    """``max_pending``: at most ``limit`` futures of ``submit`` unfinished.
+
+    A slot is taken before a task is handed to the backend and given back
+    by an internal done-callback, which runs in the thread that settles or
+    cancels the future (never on the callback thread, which a user's
+    callback blocked in ``submit`` could hold). The waiting is done with no
+    lock of the executor held, so ``shutdown()`` can always come in and
+    wake the waiters (:meth:`close`).
+    """
+
+    __slots__ = ("_cond", "_used", "closed", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._used = 0
+        self.closed = False
+        self._cond = threading.Condition(threading.Lock())
+
+    def try_take(self) -> bool:
+        """Take a slot if one is free, without waiting."""
+        with self._cond:
+            if self._used < self.limit:
+                self._used += 1
+                return True
+        return False
+
+    def take(self) -> bool:
+        """Wait for a free slot and take it; False if closed meanwhile.
+
+        A ``KeyboardInterrupt`` in the waiting thread propagates at once
+        (a lock wait is interruptible by signals on POSIX) and takes no
+        slot.
+        """
+        with self._cond:
+            while self._used >= self.limit:
+                if self.closed:
+                    return False
+                self._cond.wait()
+            self._used += 1
+            return True
+
+    def give_back(self, _future: object = None) -> None:
+        with self._cond:
+            self._used -= 1
+            self._cond.notify()
+
+    def close(self) -> None:
+        """Wake every waiter for good: the executor is shutting down."""
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+
+    @property
+    def used(self) -> int:
+        return self._used
+
+
+def check_max_pending(value: object) -> int | None:
+    """Validate ``max_pending`` (``None``: unbounded, the default).
+
+    Raises:
+        TypeError: not an int.
+        ValueError: ``"max_pending must be greater than 0"``.
+    """
+    return check_int(
+        value, "max_pending", minimum=1, too_small="max_pending must be greater than 0"
+    )
+
+
+def _taking_max_pending(init: Callable[..., None]) -> Callable[..., None]:
+    """Wrap a backend's ``__init__`` so that it also takes ``max_pending=``.
+
+    Checked before the backend starts anything; set once the constructor
+    has returned. The wrapper's signature shows the option, so that
+    ``create()``, which checks options against the constructor, takes it.
+    """
+
+    @functools.wraps(init)
+    def __init__(self: BaseExecutor, *args: Any, **kwargs: Any) -> None:
+        max_pending = check_max_pending(kwargs.pop("max_pending", None))
+        init(self, *args, **kwargs)
+        self._limit_pending(max_pending)
+
+    signature = inspect.signature(init)
+    params = list(signature.parameters.values())
+    if "max_pending" not in signature.parameters:
+        option = inspect.Parameter(
+            "max_pending", inspect.Parameter.KEYWORD_ONLY, default=None
+        )
+        # Before a **kwargs, which must come last.
+        at = len(params)
+        if params and params[-1].kind is inspect.Parameter.VAR_KEYWORD:
+            at -= 1
+        params.insert(at, option)
+    # A function takes any attribute; its __dict__ says so to mypy.
+    __init__.__dict__["__signature__"] = signature.replace(parameters=params)
+    __init__.__dict__["_takes_max_pending"] = True
+    return __init__
 
 
 class BaseExecutor(futures.Executor, metaclass=ABCMeta):
@@ -81,6 +192,17 @@ class BaseExecutor(futures.Executor, metaclass=ABCMeta):
     _calls: CallQueue | None = None
     _task_options: TaskOptions | None = None
     _when_collected: weakref.finalize[..., object] | None = None
+    # max_pending's slots; None when unbounded (the default).
+    _slots: _PendingSlots | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Every backend takes max_pending=, written once here: a
+        # constructor of its own is wrapped to take it (a subclass that
+        # inherits its parent's constructor inherits the wrapper).
+        init = cls.__dict__.get("__init__")
+        if init is not None and not getattr(init, "_takes_max_pending", False):
+            cls.__init__ = _taking_max_pending(init)  # type: ignore[method-assign]
 
     def __init__(self, *, max_workers: int, cloudpickle: bool = True) -> None:
         if not isinstance(cloudpickle, bool):
@@ -99,6 +221,12 @@ class BaseExecutor(futures.Executor, metaclass=ABCMeta):
     def max_workers(self) -> int:
         """The number of workers (1 for ``inline``)."""
         return self._max_workers
+
+    @property
+    def max_pending(self) -> int | None:
+        """How many ``submit`` futures may be unfinished at once; None: any."""
+        slots = self._slots
+        return None if slots is None else slots.limit
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         """Schedule ``fn(*args, **kwargs)``; see :meth:`executors.Executor.submit`."""
@@ -185,6 +313,7 @@ class BaseExecutor(futures.Executor, metaclass=ABCMeta):
     def _end_workers(self, sig: signal.Signals, how: str) -> None:
         with self._lock:
             self._shutdown_started = True
+        self._wake_blocked_submits()
         calls = self._calls
         if calls is not None:
             calls.close(cancel_futures=True)
@@ -204,6 +333,7 @@ class BaseExecutor(futures.Executor, metaclass=ABCMeta):
         """Release the workers; see :meth:`executors.Executor.shutdown`."""
         with self._lock:
             self._shutdown_started = True
+        self._wake_blocked_submits()
         # Outside the lock: waiting for running tasks must not block a task
         # (or a callback) that tries to submit and gets the RuntimeError.
         self._shutdown(wait, cancel_futures)
@@ -290,6 +420,17 @@ class BaseExecutor(futures.Executor, metaclass=ABCMeta):
         does so here, so the program exits without waiting for its tasks.
         """
 
+    def _in_own_task(self) -> bool:
+        """True when called from a task of this executor, in its own thread.
+
+        Optional; a backend whose tasks run in threads of the caller's
+        process (``thread``, ``inline``) says so. A ``submit`` from such a
+        task at the ``max_pending`` limit raises instead of waiting: the
+        waiting task would hold a worker that the futures it waits for may
+        need.
+        """
+        return False
+
     def _start(self) -> None:
         """Start the workers, if the backend starts them lazily.
 
@@ -355,9 +496,52 @@ class BaseExecutor(futures.Executor, metaclass=ABCMeta):
         self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Future[T]:
         self._start()
+        slots = self._slots
+        if slots is None:
+            with self._lock:
+                self._check_open()
+                return self._submit(fn, args, kwargs)
+        self._take_slot(slots)
+        try:
+            with self._lock:
+                self._check_open()
+                future = self._submit(fn, args, kwargs)
+        except BaseException:
+            slots.give_back()
+            raise
+        add_internal_callback(future, slots.give_back)
+        return future
+
+    # -- max_pending ----------------------------------------------------
+
+    def _limit_pending(self, max_pending: int | None) -> None:
+        """Bound the unfinished futures of ``submit`` (``create(max_pending=)``)."""
+        self._slots = None if max_pending is None else _PendingSlots(max_pending)
+
+    def _take_slot(self, slots: _PendingSlots) -> None:
+        if slots.try_take():
+            return
+        # At the limit. Closed, broken or exiting: say so rather than wait.
         with self._lock:
             self._check_open()
-            return self._submit(fn, args, kwargs)
+        if self._in_own_task():
+            raise RuntimeError(
+                f"submit() was called from a task of this {self.backend!r} "
+                f"executor while max_pending={slots.limit} futures are "
+                "unfinished; a task does not wait for a free slot, since it "
+                "would hold a worker that those futures may need. Submit "
+                "from outside the executor's tasks, or raise max_pending"
+            )
+        if not slots.take():
+            # shutdown() woke us: the stdlib's message (or broken, exiting).
+            with self._lock:
+                self._check_open()
+            raise RuntimeError("cannot schedule new futures after shutdown")
+
+    def _wake_blocked_submits(self) -> None:
+        slots = self._slots
+        if slots is not None:
+            slots.close()
 
     def _submit_chunk_task(
         self, fn: Callable[..., Any], chunk: _map.Chunk

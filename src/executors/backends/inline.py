@@ -17,6 +17,7 @@ runs at a time, and ``repr`` says so.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
@@ -65,6 +66,9 @@ class InlineExecutor(BaseExecutor):
         self._requested_workers = check_max_workers(max_workers, default=1)
         check_initializer(initializer, initargs)
         super().__init__(max_workers=1)
+        # Tasks of this executor running now in each thread (a task may
+        # submit to its own executor): _in_own_task reads it.
+        self._running = threading.local()
         self._init_error: BaseException | None = None
         if initializer is not None:
             try:
@@ -97,6 +101,9 @@ class InlineExecutor(BaseExecutor):
         # The project's future: a falsy exception still raises.
         future: Future[T] = SettledFuture()
         future.set_running_or_notify_cancel()
+        running = self._running
+        depth = getattr(running, "depth", 0)
+        running.depth = depth + 1
         try:
             result = fn(*args, **kwargs)
         except KeyboardInterrupt as exc:
@@ -107,7 +114,12 @@ class InlineExecutor(BaseExecutor):
             future.set_exception(exc)
         else:
             future.set_result(result)
+        finally:
+            running.depth = depth
         return future
+
+    def _in_own_task(self) -> bool:
+        return bool(getattr(self._running, "depth", 0))
 
     def _shutdown(self, wait: bool, cancel_futures: bool) -> None:
         return None

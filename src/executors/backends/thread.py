@@ -183,6 +183,9 @@ class ThreadExecutor(BaseExecutor):
         self._calls.submit(future, (fn, args, kwargs))
         return future
 
+    def _in_own_task(self) -> bool:
+        return self._threads.runs_in_current_thread()
+
     def _shutdown(self, wait: bool, cancel_futures: bool) -> None:
         self._calls.close(cancel_futures)
         if wait:
