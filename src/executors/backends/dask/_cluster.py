@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
+import shutil
 import signal
+import tempfile
+import threading
 import time
 import traceback
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +24,14 @@ from distributed.security import Security
 from ..._errors import DaskClusterError
 from ._options import LocalOptions
 
-__all__ = ["Runtime", "connect", "start_local_cluster"]
+__all__ = [
+    "HEALTH_ONLY_ROUTES",
+    "QuietHandshakes",
+    "Runtime",
+    "connect",
+    "serve_health_only",
+    "start_local_cluster",
+]
 
 #: How long a busy worker gets to stop on Ctrl-C before its nanny kills it.
 INTERRUPT_CLOSE_SECONDS = 0.5
@@ -37,6 +49,17 @@ CAPACITY_REFRESH_SECONDS = 0.5
 # The module our workers import as a Dask preload (its dask_setup() runs).
 _PRELOAD = "executors.backends.dask._dispatch"
 START_METHOD_KEY = "distributed.worker.multiprocessing-method"
+#: The HTTP routes of our scheduler and workers without a dashboard: the
+#: health check only. Dask's others (info pages, JSON, Prometheus metrics,
+#: statics, the proxy) show logs, task keys and call stacks to any user of
+#: this machine, over plain HTTP and without authentication.
+HEALTH_ONLY_ROUTES = ["distributed.http.health"]
+#: Folders of our local clusters: Dask's workspace, where workers spill
+#: pickled data, and the scheduler's (Dask's default is the shared
+#: $TMPDIR/dask-scratch-space, which another user may have created).
+SCRATCH_PREFIX = "executors-dask-"
+# What distributed.comm.tcp logs when a connection speaks no TLS.
+_HANDSHAKE_FAILED = "Listener on %r: TLS handshake failed with remote %r: %s"
 
 
 @dataclass(eq=False)
@@ -46,6 +69,7 @@ class Runtime:
     client: Any
     cluster: Any = None
     close_client: bool = False
+    scratch: str | None = None  # our local cluster's folder
     plugin: str | None = None
     # Ctrl-C: stop the workers now (a nanny waits 4 s for a busy worker).
     interrupted: bool = False
@@ -66,6 +90,9 @@ class Runtime:
         if self.cluster is not None:
             with contextlib.suppress(Exception):
                 self.cluster.close(timeout=CLOSE_TIMEOUT_SECONDS)
+            quiet_handshakes.forget(self.cluster)
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
     def thread_count(self) -> int:
         """A remote cluster's threads, re-read if old: not from the event loop."""
@@ -186,6 +213,14 @@ def start_local_cluster(options: LocalOptions) -> Runtime:
         scheduler_options.update(dashboard=False, dashboard_address="127.0.0.1:0")
     cluster_options = dict(options.cluster_options)
     scheduler_options.update(cluster_options.pop("scheduler_kwargs", None) or {})
+    private: dict[str, Any] = {}
+    if options.dashboard_address is None:
+        # Read by the scheduler as it starts, and copied by each nanny into
+        # the configuration of every worker it starts or restarts.
+        private = {
+            "distributed.scheduler.http.routes": HEALTH_ONLY_ROUTES,
+            "distributed.worker.http.routes": HEALTH_ONLY_ROUTES,
+        }
     # Passing preload replaces Dask's configured list: keep it after ours.
     preload = cluster_options.pop("preload", None)
     if preload is None:
@@ -199,20 +234,29 @@ def start_local_cluster(options: LocalOptions) -> Runtime:
     security = options.security
     if security is None:
         security = Security.temporary()  # type: ignore[no-untyped-call]
+    # Made 0700 by mkdtemp; Dask puts its dask-scratch-space in it.
+    scratch = tempfile.mkdtemp(prefix=SCRATCH_PREFIX)
+    scheduler_options.setdefault("local_directory", scratch)
+    cluster_options.setdefault("local_directory", scratch)
     cluster: Any = None
     client: Any = None
     try:
-        cluster = distributed.LocalCluster(  # type: ignore[no-untyped-call]
-            n_workers=options.workers,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            security=security,
-            dashboard_address=options.dashboard_address,
-            scheduler_kwargs=scheduler_options,
-            preload=[_PRELOAD, *preload],
-            **cluster_options,
-        )
+        # Set only while the cluster starts: Dask reads it then.
+        with dask.config.set(private):
+            cluster = distributed.LocalCluster(  # type: ignore[no-untyped-call]
+                n_workers=options.workers,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                security=security,
+                dashboard_address=options.dashboard_address,
+                scheduler_kwargs=scheduler_options,
+                preload=[_PRELOAD, *preload],
+                **cluster_options,
+            )
+        quiet_handshakes.watch(cluster)
+        if options.dashboard_address is None:
+            serve_health_only(cluster.scheduler)
         # A result is fetched from its worker by the scheduler; one fetched
         # from a worker that just died would retry the connection for
         # Dask's 30 s connect timeout, and its future wait as long, though
@@ -225,12 +269,98 @@ def start_local_cluster(options: LocalOptions) -> Runtime:
         # Ctrl-C included: nothing of it may outlive this call, or the next
         # submit would start a second cluster beside it.
         _tear_down_half_built(exc, cluster, client)
+        if cluster is not None:
+            quiet_handshakes.forget(cluster)
+        shutil.rmtree(scratch, ignore_errors=True)
         if not isinstance(exc, Exception):
             raise
         raise DaskClusterError(
             f"could not start the local Dask cluster: {exc!r}"
         ) from exc
-    return Runtime(client, cluster, close_client=True)
+    return Runtime(client, cluster, close_client=True, scratch=scratch)
+
+
+def serve_health_only(server: Any) -> None:
+    """Drop Dask's ``/sitemap.json`` from ``server``, whose routes are health only.
+
+    Dask adds it to every HTTP server, whatever the routes: it would list
+    the routes (only ``/health`` here), the one page left besides that.
+    """
+    from distributed.http.routing import DirectoryHandler
+
+    application = getattr(server, "http_application", None)
+    if application is None:
+        return
+    for rule in application.default_router.rules:
+        router = rule.target
+        rules = getattr(router, "rules", None)
+        if isinstance(rules, list):
+            rules[:] = [r for r in rules if r.target is not DirectoryHandler]
+
+
+class QuietHandshakes(logging.Filter):
+    """Lowers a failed TLS handshake on our cluster's ports to a DEBUG record.
+
+    Any process of this machine may open a connection to those ports; one
+    that speaks no TLS (a port scan, a stray client) is turned away, and
+    Dask would log a WARNING about it in the caller: no news to the caller,
+    and noise in its logs. Installed on Dask's logger only while one of our
+    clusters runs, and only for their ports, unless ``everywhere`` (a worker
+    process of ours, whose every port is the cluster's).
+    """
+
+    def __init__(self, everywhere: bool = False) -> None:
+        super().__init__()
+        self.everywhere = everywhere
+        self._clusters: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._logger = logging.getLogger("distributed.comm.tcp")
+
+    def watch(self, cluster: Any) -> None:
+        """Quieten the ports of ``cluster`` until :meth:`forget`."""
+        with self._lock:
+            if not self._clusters:
+                self._logger.addFilter(self)
+            self._clusters.add(cluster)
+
+    def install(self) -> None:
+        """Quieten every port of this process (``everywhere``)."""
+        self._logger.addFilter(self)
+
+    def forget(self, cluster: Any) -> None:
+        with self._lock:
+            self._clusters.discard(cluster)
+            if not self._clusters:
+                self._logger.removeFilter(self)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if (
+            record.levelno != logging.WARNING
+            or record.msg != _HANDSHAKE_FAILED
+            or not isinstance(record.args, tuple)
+            or not record.args
+        ):
+            return True
+        if not self.everywhere and not self._ours(record.args[0]):
+            return True
+        # Handled by this logger's filters again, now as DEBUG: let through.
+        self._logger.debug(record.msg, *record.args)
+        return False
+
+    def _ours(self, listener: object) -> bool:
+        with self._lock:
+            clusters = list(self._clusters)
+        for cluster in clusters:
+            with contextlib.suppress(Exception):
+                servers = [cluster.scheduler, *cluster.workers.values()]
+                for server in servers:
+                    for found in getattr(server, "listeners", ()):
+                        if found.listen_address == listener:
+                            return True
+        return False
+
+
+quiet_handshakes = QuietHandshakes()
 
 
 def connect(address: str, timeout: float | None, security: Security | None) -> Any:

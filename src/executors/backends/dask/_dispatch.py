@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import dask
 from distributed import KilledWorker, WorkerPlugin
 
 from ..._callqueue import Call, CallQueue
@@ -36,7 +37,7 @@ from ..._lifecycle import (
     manager_failed,
 )
 from ..._outcome import Outcome, decode, initializer_error, run_call
-from ._cluster import Runtime
+from ._cluster import HEALTH_ONLY_ROUTES, QuietHandshakes, Runtime, serve_health_only
 
 __all__ = ["Dispatch", "InitializerPlugin", "dask_setup", "summarize", "translate"]
 
@@ -316,10 +317,15 @@ def dask_setup(worker: Any) -> None:
     """Dask preload hook: ignore Ctrl-C, which the caller handles.
 
     A terminal's Ctrl-C reaches the workers too: one that stopped would be
-    restarted by its nanny, and its task run again.
+    restarted by its nanny, and its task run again. And a connection that
+    speaks no TLS to a worker's port is logged at DEBUG, not as a WARNING
+    on the caller's terminal (the worker's stderr).
     """
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+    QuietHandshakes(everywhere=True).install()
+    if dask.config.get("distributed.worker.http.routes") == HEALTH_ONLY_ROUTES:
+        serve_health_only(worker)  # no dashboard asked for
 
 
 def run_task(payload: bytes, initializer: str | None) -> Outcome | InitializerFailure:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
+import os
+import sys
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -155,7 +159,39 @@ def _check_dashboard(dashboard_address: str | None) -> str | None:
     if dashboard_address.startswith(":"):
         # Dask binds a bare port on every interface: ask for that by host.
         return "127.0.0.1" + dashboard_address
+    if not _is_loopback(host):
+        warnings.warn(
+            f"dashboard_address={dashboard_address!r} serves Dask's dashboard "
+            "beyond this machine, over plain HTTP without authentication: "
+            "whoever reaches it sees the cluster's task names, logs and call "
+            "stacks. Use '127.0.0.1:PORT' and an SSH tunnel to reach it "
+            "from elsewhere",
+            UserWarning,
+            stacklevel=_caller_level(),
+        )
     return dashboard_address
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return False
+
+
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` of the first frame outside this package."""
+    level = 1
+    frame = sys._getframe(1)
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame = frame.f_back
+        level += 1
+    return level
 
 
 def _check_start_method(mp_context: Any) -> str | None:
