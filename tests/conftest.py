@@ -12,15 +12,32 @@ trackers, Dask nannies, the programs the fault tests run), and at the end
 the controller finds every process still carrying it, waits
 :data:`ORPHAN_GRACE` seconds, kills the survivors and fails the session
 with their list.
+
+And that **no file of ours outlives the run**: the controller notes the
+``executors-*`` folders in :func:`tempfile.gettempdir` and the entries of
+``/dev/shm`` (shared memory segments, ``sem.mp-*`` semaphores) at the start;
+at the end, an entry that appeared meanwhile, that no live process holds
+open or mapped and whose name does not carry a live process's pid, is a
+leftover once :data:`LEFTOVER_GRACE` seconds have passed (resource trackers
+unlink what their processes left as they end). Leftovers fail the session
+with their list, and are removed. While another test run is alive on the
+machine (a process with another run token that is not an ancestor's, or a
+resource tracker of another program), a new entry may be its: the entries
+are then listed as a warning, neither counted nor removed. A run alone on
+the machine, as in CI, is checked exactly.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Generator
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -119,6 +136,7 @@ def pytest_configure(config: pytest.Config) -> None:
     token = uuid.uuid4().hex
     os.environ[RUN_TOKEN_VARIABLE] = token
     config.stash[_token_key] = token
+    _snapshot_files(config)
 
 
 def _marked_processes(token: str) -> list[psutil.Process]:
@@ -155,6 +173,13 @@ def pytest_sessionfinish(session: pytest.Session) -> Generator[None, None, None]
     token = session.config.stash.get(_token_key, None)
     if token is None:
         return
+    _check_processes(session, token)
+    snapshot = session.config.stash.get(_files_key, None)
+    if snapshot is not None:
+        _check_files(session, token, snapshot)
+
+
+def _check_processes(session: pytest.Session, token: str) -> None:
     deadline = time.monotonic() + ORPHAN_GRACE
     left = _marked_processes(token)
     while left and time.monotonic() < deadline:
@@ -172,4 +197,170 @@ def pytest_sessionfinish(session: pytest.Session) -> Generator[None, None, None]
     for line in described:
         writer.line(line, red=True)
     writer.line("(all were killed; the run fails: a test or a backend leaks processes)")
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+# -- no file of the run survives it -------------------------------------------
+
+#: Seconds the files of the run get to go after the last test, once its
+#: processes have ended (a resource tracker unlinks what its program left).
+#: The environment variable shortens it for the test of this check.
+LEFTOVER_GRACE = float(os.environ.get("EXECUTORS_TEST_LEFTOVER_GRACE", "5"))
+#: For the test of this check, which runs beside other runs: only entries
+#: whose name contains this are looked at, and no other run can own them.
+LEFTOVER_MATCH = os.environ.get("EXECUTORS_TEST_LEFTOVER_MATCH", "")
+#: Where POSIX shared memory and named semaphores live on Linux.
+SHM = Path("/dev/shm")
+#: The prefix of every temporary folder the library creates.
+TMP_PREFIX = "executors-"
+# Names that carry the pid of the process that made them (loky's and
+# joblib's, the Celery deployment's folder): alive, it may still use them.
+_PID_IN_NAME = re.compile(
+    r"^(?:sem\.loky-|joblib_memmapping_folder_|executors-celery-)(\d+)[-_]"
+)
+_files_key = pytest.StashKey[tuple[Path, frozenset[str], frozenset[str]]]()
+
+
+def _tmp_entries(tmp: Path) -> frozenset[str]:
+    with contextlib.suppress(OSError):
+        return frozenset(n for n in os.listdir(tmp) if n.startswith(TMP_PREFIX))
+    return frozenset()
+
+
+def _shm_entries() -> frozenset[str]:
+    with contextlib.suppress(OSError):
+        return frozenset(os.listdir(SHM))
+    return frozenset()
+
+
+def _snapshot_files(config: pytest.Config) -> None:
+    tmp = Path(tempfile.gettempdir())
+    config.stash[_files_key] = (tmp, _tmp_entries(tmp), _shm_entries())
+
+
+def _paths_in_use() -> list[str]:
+    """Every path a live process has open, mapped, or as its working directory."""
+    used = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, OSError):
+            used.extend(f.path for f in proc.open_files())
+        with contextlib.suppress(psutil.Error, OSError):
+            used.extend(m.path for m in proc.memory_maps(grouped=False))
+        with contextlib.suppress(psutil.Error, OSError):
+            used.append(proc.cwd())
+    return used
+
+
+def _owner_alive(name: str) -> bool:
+    match = _PID_IN_NAME.match(name)
+    if match is None:
+        return False
+    pid = int(match.group(1))
+    # This process is ending its run: what it made and holds no more is left.
+    if pid == os.getpid() or not psutil.pid_exists(pid):
+        return False
+    with contextlib.suppress(psutil.Error):
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    return False
+
+
+def _leftover_files(
+    snapshot: tuple[Path, frozenset[str], frozenset[str]],
+) -> list[Path]:
+    """Entries that appeared during the run and that no live process holds."""
+    tmp, tmp_before, shm_before = snapshot
+    candidates = [tmp / n for n in sorted(_tmp_entries(tmp) - tmp_before)]
+    candidates += [SHM / n for n in sorted(_shm_entries() - shm_before)]
+    candidates = [
+        path
+        for path in candidates
+        if LEFTOVER_MATCH in path.name and not _owner_alive(path.name)
+    ]
+    if not candidates:
+        return []
+    used = _paths_in_use()
+    left = []
+    for path in candidates:
+        text = str(path)
+        inside = text + os.sep
+        if any(u == text or u.startswith(inside) for u in used):
+            continue
+        if os.path.lexists(path):
+            left.append(path)
+    return left
+
+
+def _family_tokens(token: str) -> set[str]:
+    """This run's token and those of the runs it runs inside (its ancestors')."""
+    tokens = {token}
+    with contextlib.suppress(psutil.Error):
+        for parent in psutil.Process().parents():
+            with contextlib.suppress(psutil.Error):
+                theirs = parent.environ().get(RUN_TOKEN_VARIABLE)
+                if theirs:
+                    tokens.add(theirs)
+    return tokens
+
+
+def _other_runs(token: str) -> list[psutil.Process]:
+    """Live processes of other test runs, and resource trackers of other programs.
+
+    Either may own a new entry of /dev/shm or of the temporary directory
+    (a resource tracker unlinks its program's leftovers when it ends).
+    """
+    family = _family_tokens(token)
+    others = []
+    for proc in psutil.process_iter():
+        try:
+            theirs = proc.environ().get(RUN_TOKEN_VARIABLE)
+            if theirs in family or proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if theirs or any(h in " ".join(proc.cmdline()) for h in _TRACKERS):
+                others.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return others
+
+
+_TRACKERS = ("multiprocessing.resource_tracker", "loky.backend.resource_tracker")
+
+
+def _check_files(
+    session: pytest.Session,
+    token: str,
+    snapshot: tuple[Path, frozenset[str], frozenset[str]],
+) -> None:
+    deadline = time.monotonic() + LEFTOVER_GRACE
+    left = _leftover_files(snapshot)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = _leftover_files(snapshot)
+    if not left:
+        return
+    writer = session.config.get_terminal_writer()
+    writer.line()
+    others = [] if LEFTOVER_MATCH else _other_runs(token)
+    if others:
+        writer.sep("!", f"{len(left)} new files no live process holds", yellow=True)
+        for path in left:
+            writer.line(f"{'folder' if path.is_dir() else 'file'} {path}", yellow=True)
+        writer.line(
+            "(not counted and not removed: they may belong to another test run "
+            f"or program alive now, e.g. {_describe(others[0])})",
+            yellow=True,
+        )
+        return
+    writer.sep("!", f"{len(left)} files of this test run outlived it", red=True)
+    for path in left:
+        kind = "folder" if path.is_dir() else "file"
+        writer.line(f"{kind} {path}", red=True)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                path.unlink()
+    writer.line(
+        "(all were removed; the run fails: a test or a backend leaves files "
+        "behind; no live process held them)"
+    )
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
