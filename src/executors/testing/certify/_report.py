@@ -101,7 +101,8 @@ def markdown(card: Scorecard) -> str:
     ]
     if card.error:
         out += [f"Error: {card.error}", ""]
-    out += ["## Capabilities", "", "| capability | value | how it was known |"]
+    out += [f"Note: {note}." for note in card.notes]
+    out += ["", "## Capabilities", "", "| capability | value | how it was known |"]
     out += ["|---|---|---|"]
     for name, (value, how) in card.capabilities.items():
         out.append(f"| `{name}` | {'yes' if value else 'no'} | {_cell(how)} |")
@@ -146,6 +147,7 @@ def comparison(cards: list[Scorecard], intro: str = "") -> str:
     out += ["|---|---|---|---|---|"]
     for card in cards:
         result = _totals(card) + (f"; error: {card.error}" if card.error else "")
+        result += "".join(f"; note: {note}" for note in card.notes)
         out.append(
             f"| {card.label} | `{_cell(_command(card))}` | {_cell(result)} "
             f"| {_versions(card)} | {card.date}, {_duration(card.seconds)} |"

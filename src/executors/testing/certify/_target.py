@@ -131,6 +131,8 @@ def features_of(executor: Any, signature_source: Callable[..., Any]) -> dict[str
             callable(getattr(executor, name, None))
             for name in ("terminate_workers", "kill_workers")
         ),
+        # The stdlib's since Python 3.9; loky's shutdown lacks it.
+        "shutdown_cancel_futures": accepts(executor.shutdown, "cancel_futures"),
     }
 
 
