@@ -50,9 +50,17 @@ from ..._errors import BackendNotInstalledError, ExecutorFailedError, describe_e
 from ..._lifecycle import ManagerThread
 from ..._outcome import initializer_error
 from ..._parentwatch import process_alive
-from .worker import PRIVATE_VARIABLE
+from .worker import PRIVATE_VARIABLE, RESULT_REFUSED
 
-__all__ = ["QUEUE", "START_SECONDS", "DeploymentWatch", "LocalDeployment"]
+__all__ = [
+    "DEFAULT_MAX_MEMORY",
+    "QUEUE",
+    "START_SECONDS",
+    "DeploymentWatch",
+    "LocalDeployment",
+    "exit_status",
+    "memory_cap_error",
+]
 
 #: The queue the private worker consumes.
 QUEUE = "executors"
@@ -62,6 +70,91 @@ QUEUE = "executors"
 START_SECONDS = 60.0
 # How often the watch looks at the processes while the pipe is quiet.
 _WATCH_SECONDS = 0.2
+#: The private Redis server's memory cap unless ``redis_max_memory`` says
+#: otherwise: a quarter of the machine's memory, at least 1 GiB. It holds
+#: only the tasks in flight (``max_workers`` of them) and results not yet
+#: read, each deleted once its future settles, so it is reached only by
+#: arguments or results of hundreds of megabytes.
+DEFAULT_MAX_MEMORY = max(
+    1 << 30,
+    (os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) // 4
+    if hasattr(os, "sysconf")
+    else 0,
+)
+# sun_path holds 108 bytes, the terminating NUL included.
+_SOCKET_PATH_BYTES = 107
+# Variables of the caller's environment the private worker must not take:
+# Celery reads the first two before its own settings, and a configuration
+# module of the caller's own Celery app is not this deployment's.
+_NOT_INHERITED = frozenset(
+    {"CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "CELERY_CONFIG_MODULE"}
+)
+# How much of Redis's output an error message carries.
+_WORDS_LINES = 10
+_WORDS_BYTES = 4096
+
+
+def _quote(value: str) -> str:
+    """``value`` as one argument of a Redis configuration line."""
+    escaped = (
+        value.replace("\\", "\\\\")
+        .replace('"', '\\"')
+        .replace("\n", "\\n")
+        .replace("\r", "\\r")
+    )
+    return f'"{escaped}"'
+
+
+def _import_path() -> list[str]:
+    """The caller's import path, absolute (``""`` is its working directory)."""
+    return [os.path.abspath(p or os.curdir) for p in sys.path if isinstance(p, str)]
+
+
+def _size(nbytes: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if nbytes >= 1 << shift and nbytes % (1 << shift) == 0:
+            return f"{nbytes >> shift} {unit}"
+    return f"{nbytes} bytes"
+
+
+def memory_cap_error(max_memory: int) -> ExecutorFailedError:
+    """The error of a task that Redis refused for its memory cap."""
+    return ExecutorFailedError(
+        "the Redis server of the private Celery deployment reached its memory "
+        f"cap ({_size(max_memory)}, maxmemory) and refused this task's "
+        "arguments or result: the tasks in flight and their unread results "
+        "take more than that; pass a larger redis_max_memory= (in bytes) to "
+        "create()"
+    )
+
+
+def exit_status(proc: subprocess.Popen[bytes]) -> int | None:
+    """The exit code of ``proc`` if it ended, without reaping it.
+
+    A process that is not reaped keeps its pid (and its process group id)
+    to itself, so signalling its group later cannot hit a stranger.
+    """
+    if proc.returncode is not None:
+        return proc.returncode
+    if not hasattr(os, "waitid"):
+        return proc.poll()  # not Linux: reaped; no group signal follows
+    try:
+        info = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return proc.poll()
+    if info is None or info.si_pid == 0:
+        return None
+    if info.si_code == os.CLD_EXITED:
+        return info.si_status
+    return -info.si_status
+
+
+def _wait_exit(proc: subprocess.Popen[bytes], bound: float = 5.0) -> int | None:
+    """The exit code of ``proc`` once it ended (None if not within ``bound``)."""
+    deadline = time.monotonic() + bound
+    while (code := exit_status(proc)) is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return code
 
 
 def redis_server_binary() -> str:
@@ -97,6 +190,7 @@ class LocalDeployment:
         initializer: The pickled ``(initializer, initargs)``, or ``None``.
         include: More task modules for the worker to import (``--include``),
             beyond the executors' generic task.
+        max_memory: The Redis server's memory cap in bytes.
     """
 
     def __init__(
@@ -105,8 +199,10 @@ class LocalDeployment:
         max_tasks_per_child: int | None = None,
         initializer: bytes | None = None,
         include: tuple[str, ...] = (),
+        max_memory: int = DEFAULT_MAX_MEMORY,
     ) -> None:
         self.slots = slots
+        self.max_memory = max_memory
         self._include = include
         self._max_tasks_per_child = max_tasks_per_child
         self._initializer = initializer
@@ -133,55 +229,92 @@ class LocalDeployment:
             raise
 
     def _start(self) -> None:
-        self._folder = tempfile.mkdtemp(prefix="executors-celery-")
-        socket_path = os.path.join(self._folder, "redis.sock")
+        # The caller's pid in the name: a leftover tells whose it was.
+        self._folder = folder = tempfile.mkdtemp(
+            prefix=f"executors-celery-{os.getpid()}-"
+        )
+        socket_path = os.path.join(folder, "redis.sock")
+        if len(os.fsencode(socket_path)) > _SOCKET_PATH_BYTES:
+            raise ExecutorFailedError(
+                f"the private Celery deployment cannot put its Redis socket in "
+                f"{folder!r}: a unix socket path is limited to "
+                f"{_SOCKET_PATH_BYTES} bytes; set TMPDIR to a shorter folder"
+            )
         password = secrets.token_hex(24)
         # The configuration goes through stdin: the password never shows in
-        # a command line that every user can read.
+        # a command line that every user can read. Paths are quoted: TMPDIR
+        # may hold spaces.
         config = "\n".join(
             [
                 "port 0",
-                f"unixsocket {socket_path}",
+                f"unixsocket {_quote(socket_path)}",
                 "unixsocketperm 700",
                 f"requirepass {password}",
                 'save ""',
                 "appendonly no",
-                f"dir {self._folder}",
+                f"dir {_quote(folder)}",
                 "loglevel warning",
-                f"logfile {os.path.join(self._folder, 'redis.log')}",
+                f"logfile {_quote(os.path.join(folder, 'redis.log'))}",
+                # A cap on what tasks in flight and unread results may take;
+                # at the cap Redis refuses writes instead of evicting keys,
+                # and the task that hit it fails with a message naming it.
+                f"maxmemory {self.max_memory}",
+                "maxmemory-policy noeviction",
                 "",
             ]
         )
-        self.redis = subprocess.Popen(
-            [self._binary, "-"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        # What Redis prints before its log file is open (a configuration
+        # error) goes to a file beside the log, for the error message.
+        with open(os.path.join(folder, "redis.out"), "wb") as out:
+            self.redis = subprocess.Popen(
+                [self._binary, "-"],
+                stdin=subprocess.PIPE,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+            )
         assert self.redis.stdin is not None
-        self.redis.stdin.write(config.encode())
+        self.redis.stdin.write(config.encode(errors="surrogateescape"))
         self.redis.stdin.close()
         self.url = f"redis+socket://:{password}@{socket_path}"
         init_path = None
         if self._initializer is not None:
-            init_path = os.path.join(self._folder, "initializer.pickle")
-            with open(init_path, "wb") as file:
+            # The worker reads and deletes it as it starts.
+            init_path = os.path.join(folder, "initializer.pickle")
+            fd = os.open(init_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with open(fd, "wb") as file:
                 file.write(self._initializer)
         read_end, write_end = os.pipe()
         self.report = read_end
-        env = {
-            **os.environ,
-            "CELERY_BROKER_URL": self.url,
-            "CELERY_RESULT_BACKEND": self.url,
-            PRIVATE_VARIABLE: json.dumps(
-                {
-                    "caller": os.getpid(),
-                    "redis": self.redis.pid,
-                    "report": write_end,
-                    "init": init_path,
-                }
-            ),
-        }
+        # The URL holds the password: it goes through a pipe that the
+        # worker reads once, never through the environment, which every
+        # task and every process a task starts can read.
+        secret_read, secret_write = os.pipe()
+        try:
+            os.write(secret_write, self.url.encode())
+        finally:
+            os.close(secret_write)
+        env = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
+        # Billiard's temporary folder (pymp-*) is made in the worker's
+        # TMPDIR and removed only at a clean exit, which a killed worker
+        # never has: in the private folder it goes with it. The pool
+        # processes get the caller's TMPDIR back for the tasks.
+        env["TMPDIR"] = folder
+        env[PRIVATE_VARIABLE] = json.dumps(
+            {
+                "caller": os.getpid(),
+                "redis": self.redis.pid,
+                "folder": folder,
+                "report": write_end,
+                "secret": secret_read,
+                "init": init_path,
+                # For the pool processes: the caller's tasks may need the
+                # modules the caller imported from its own path.
+                "path": _import_path(),
+                "cwd": os.getcwd(),
+                "tmpdir": os.environ.get("TMPDIR"),
+            }
+        )
         command = [
             sys.executable,
             # Celery warns when a worker runs as root; this one runs as the
@@ -212,30 +345,52 @@ class LocalDeployment:
         if self._include:
             command.append(f"--include={','.join(self._include)}")
         try:
+            # In the private folder, not the caller's working directory:
+            # `python -m` puts the working directory first on the import
+            # path, and Celery adds it as it imports the app, so a
+            # celery.py (or kombu.py, ...) planted there would run in the
+            # worker. The pool processes go back to the caller's.
             self.worker = subprocess.Popen(
-                command, env=env, pass_fds=[write_end], start_new_session=True
+                command,
+                env=env,
+                cwd=folder,
+                pass_fds=[write_end, secret_read],
+                start_new_session=True,
             )
         finally:
             os.close(write_end)
+            os.close(secret_read)
         self._wait_for_socket(socket_path)
 
     def _wait_for_socket(self, path: str) -> None:
         deadline = time.monotonic() + START_SECONDS
         while not os.path.exists(path):
             assert self.redis is not None
-            code = self.redis.poll()
+            code = exit_status(self.redis)
             if code is not None:
                 raise ExecutorFailedError(
                     f"the Redis server of the private Celery deployment exited "
-                    f"with {describe_exitcode(code)} as it started; see "
-                    f"{self._folder}/redis.log"
+                    f"with {describe_exitcode(code)} as it started; its last "
+                    f"words:\n{self._redis_words()}"
                 )
             if time.monotonic() > deadline:
                 raise ExecutorFailedError(
                     f"the Redis server of the private Celery deployment did not "
-                    f"start within {START_SECONDS:.0f}s"
+                    f"start within {START_SECONDS:.0f}s; its last words:\n"
+                    f"{self._redis_words()}"
                 )
             time.sleep(0.002)
+
+    def _redis_words(self) -> str:
+        """The last lines Redis wrote: read now, the folder goes on failure."""
+        assert self._folder is not None
+        lines: list[str] = []
+        for name in ("redis.out", "redis.log"):
+            with contextlib.suppress(OSError):
+                with open(os.path.join(self._folder, name), "rb") as file:
+                    text = file.read()[-_WORDS_BYTES:]
+                lines += text.decode(errors="replace").strip().splitlines()
+        return "\n".join(lines[-_WORDS_LINES:]) or "(nothing)"
 
     def wait_ready(self) -> list[dict[str, Any]]:
         """Block until the worker reports ``ready``; return earlier records.
@@ -257,8 +412,8 @@ class LocalDeployment:
                 )
             readable, _, _ = select.select([self.report], [], [], min(left, 0.5))
             chunk = os.read(self.report, 65536) if readable else None
-            if chunk == b"" or self.worker.poll() is not None:
-                code = self.worker.wait()
+            if chunk == b"" or exit_status(self.worker) is not None:
+                code = _wait_exit(self.worker)
                 raise ExecutorFailedError(
                     "the worker of the private Celery deployment exited with "
                     f"{describe_exitcode(code)} as it started (its errors are "
@@ -278,16 +433,25 @@ class LocalDeployment:
 
     # -- stopping -------------------------------------------------------------
 
+    def signal_worker(self, sig: signal.Signals) -> None:
+        """Send ``sig`` to the worker's whole process group.
+
+        Pool processes that outlived their main process (it was killed
+        alone) are still in the group. The group is signalled only while
+        the main process is not reaped: its pid, and so the group's id,
+        cannot be reused before (nothing here reaps it but :meth:`stop`).
+        """
+        worker = self.worker
+        if worker is not None and worker.returncode is None:
+            with contextlib.suppress(OSError):
+                os.killpg(worker.pid, sig)
+
     def kill(self) -> None:
         """Kill the worker (its whole process group) and Redis, now."""
-        for proc in (self.worker, self.redis):
-            if proc is None or proc.poll() is not None:
-                continue
+        self.signal_worker(signal.SIGKILL)
+        if self.redis is not None and exit_status(self.redis) is None:
             with contextlib.suppress(OSError):
-                if proc is self.worker:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                else:
-                    proc.kill()
+                self.redis.kill()
 
     def stop(self) -> None:
         """Kill everything, reap it and remove the private folder. Idempotent."""
@@ -295,12 +459,6 @@ class LocalDeployment:
         for proc in (self.worker, self.redis):
             if proc is not None:
                 proc.wait()
-        worker = self.worker
-        if worker is not None:
-            # Pool processes that outlived their main process (it was
-            # killed alone) are still in its process group.
-            with contextlib.suppress(OSError):
-                os.killpg(worker.pid, signal.SIGKILL)
         if self.report is not None:
             os.close(self.report)
             self.report = None
@@ -318,6 +476,8 @@ class DeploymentWatch(ManagerThread):
         on_broken: Called once with an error factory when the deployment
             can no longer run tasks (an initializer failed, a process died).
         on_failure: Called if the loop itself raised (a bug).
+        on_refused: Called with a task id whose result Redis refused for
+            its memory cap.
     """
 
     def __init__(
@@ -326,11 +486,13 @@ class DeploymentWatch(ManagerThread):
         early: list[dict[str, Any]],
         on_broken: Callable[[Callable[[], BaseException]], object],
         on_failure: Callable[[BaseException], object],
+        on_refused: Callable[[str], object],
     ) -> None:
         super().__init__(name="executors-celery-watch")
         self._deployment = deployment
         self._early = early
         self._on_broken = on_broken
+        self._on_refused = on_refused
         self._failed = on_failure
         self._initializing: set[int] = set()
         self.stopping = False
@@ -370,6 +532,8 @@ class DeploymentWatch(ManagerThread):
             summary, text = record.get("summary"), record.get("text")
             self._on_broken(lambda: initializer_error("celery", pid, summary, text))
             return True
+        elif event == RESULT_REFUSED:
+            self._on_refused(record["task"])
         return False
 
     def _check_processes(self) -> bool:
@@ -378,7 +542,8 @@ class DeploymentWatch(ManagerThread):
             ("worker", deployment.worker),
             ("Redis server", deployment.redis),
         ):
-            code = None if proc is None else proc.poll()
+            # Not reaped: see LocalDeployment.signal_worker.
+            code = None if proc is None else exit_status(proc)
             if code is not None and not self.stopping:
                 message = (
                     f"the {name} of the private Celery deployment exited with "

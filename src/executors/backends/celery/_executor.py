@@ -38,7 +38,7 @@ signal instead, since those workers are not ours to stop.
 from __future__ import annotations
 
 import contextlib
-import os
+import functools
 import signal
 import threading
 from collections.abc import Callable
@@ -64,15 +64,25 @@ from ..._options import (
 )
 from ..._outcome import decode, dumps
 from ._celeryside import close_app, discover_slots, failure, lost, make_app
-from ._deployment import QUEUE, DeploymentWatch, LocalDeployment
+from ._deployment import (
+    DEFAULT_MAX_MEMORY,
+    QUEUE,
+    DeploymentWatch,
+    LocalDeployment,
+    memory_cap_error,
+)
 from ._results import ResultListener
 from ._sent import SentTasks
 from .task import from_wire, to_wire
-from .worker import PRIVATE_CONFIG
+from .worker import PRIVATE_CONFIG, refused_for_memory
 
 __all__ = ["CeleryExecutor"]
 
 T = TypeVar("T")
+
+# The smallest memory cap taken: Redis itself, its connections and
+# Celery's bookkeeping take a few MiB.
+_LEAST_MEMORY = 8 << 20
 
 
 class CeleryExecutor(BaseExecutor):
@@ -93,6 +103,10 @@ class CeleryExecutor(BaseExecutor):
         initargs: Arguments for ``initializer``.
         max_tasks_per_child: Private deployment only: replace a pool
             process after this many tasks.
+        redis_max_memory: Private deployment only: the Redis server's
+            memory cap in bytes (default: a quarter of the machine's
+            memory, at least 1 GiB). A task whose arguments or result Redis
+            refuses at the cap fails with ``ExecutorFailedError``.
         cloudpickle: Send the callable with cloudpickle (lambdas work).
     """
 
@@ -120,6 +134,7 @@ class CeleryExecutor(BaseExecutor):
         initializer: Callable[..., object] | None = None,
         initargs: tuple[Any, ...] = (),
         max_tasks_per_child: int | None = None,
+        redis_max_memory: int | None = None,
         cloudpickle: bool = True,
     ) -> None:
         existing = app is not None or broker is not None or backend is not None
@@ -146,6 +161,7 @@ class CeleryExecutor(BaseExecutor):
                 ("initializer", initializer is not None),
                 ("initargs", initargs != ()),
                 ("max_tasks_per_child", max_tasks_per_child is not None),
+                ("redis_max_memory", redis_max_memory is not None),
             ):
                 if given:
                     raise TypeError(
@@ -162,6 +178,7 @@ class CeleryExecutor(BaseExecutor):
         workers = check_max_workers(max_workers, default=default)
         check_initializer(initializer, initargs)
         per_child = check_max_tasks_per_child(max_tasks_per_child)
+        max_memory = _check_max_memory(redis_max_memory)
         if existing and app is None:
             app = make_app(broker, backend or broker, {})
             self._owns_app = True
@@ -185,8 +202,16 @@ class CeleryExecutor(BaseExecutor):
             if initializer is not None:
                 # Pickled now: a bad initializer fails create().
                 payload = dumps((self._prepare(initializer), initargs))
-            self._deployment = LocalDeployment(workers, per_child, payload)
-        self._sent = SentTasks(self._deliver, self._break)
+            self._deployment = LocalDeployment(
+                workers, per_child, payload, max_memory=max_memory
+            )
+        self._sent = SentTasks(
+            self._deliver,
+            self._break,
+            refused=None
+            if self._deployment is None
+            else functools.partial(memory_cap_error, max_memory),
+        )
         self._start_lock = threading.Lock()
         self._ready = False
         self._released = False
@@ -274,12 +299,9 @@ class CeleryExecutor(BaseExecutor):
         numbers = self._sent.take_all()
         deployment = self._deployment
         if deployment is not None:
-            worker = deployment.worker
-            if worker is not None and worker.poll() is None:
-                # Its own process group: the main process and every pool
-                # process, whatever they run.
-                with contextlib.suppress(OSError):
-                    os.killpg(worker.pid, sig)
+            # Its own process group: the main process and every pool
+            # process, whatever they run.
+            deployment.signal_worker(sig)
         elif numbers and self._ready:
             # Not ours to stop: the tasks this executor is running are.
             ids = [self._sent.task_id(number) for number in numbers]
@@ -326,7 +348,6 @@ class CeleryExecutor(BaseExecutor):
             self._sent.outstanding,
             self._on_lost,
             self._on_thread_failure,
-            forget=deployment is None,
             close_client=self._owns_app,
         )
         listener.subscribe()
@@ -334,7 +355,11 @@ class CeleryExecutor(BaseExecutor):
         listener.start()
         if deployment is not None:
             watch = DeploymentWatch(
-                deployment, early, self._break, self._on_thread_failure
+                deployment,
+                early,
+                self._break,
+                self._on_thread_failure,
+                self._on_refused,
             )
             self._watch = watch
             watch.start()
@@ -362,7 +387,13 @@ class CeleryExecutor(BaseExecutor):
     def _deliver(self, call: Call, meta: dict[str, Any]) -> None:
         status = meta["status"]
         if status != states.SUCCESS:
-            self._calls.settle(call, error=failure(status, meta.get("result")))
+            error = meta.get("result")
+            deployment = self._deployment
+            if deployment is not None and refused_for_memory(error):
+                # The result was refused, Celery's failure record fit.
+                self._calls.settle(call, error=memory_cap_error(deployment.max_memory))
+                return
+            self._calls.settle(call, error=failure(status, error))
             return
         ok, wire = meta["result"]
         ok, value = decode((bool(ok), from_wire(wire)))
@@ -378,8 +409,34 @@ class CeleryExecutor(BaseExecutor):
             # Stop a pool that restarts processes whose initializer fails.
             self._deployment.kill()
 
+    def _on_refused(self, task_id: str) -> None:
+        # A pool process could not store the result: Redis is at its cap.
+        deployment = self._deployment
+        assert deployment is not None
+        prefix = self._sent.prefix + "-"
+        call = None
+        if task_id.startswith(prefix):
+            call = self._sent.take(task_id[len(prefix) :])
+        if call is not None:
+            self._calls.settle(call, error=memory_cap_error(deployment.max_memory))
+
     def _on_lost(self, error: BaseException) -> None:
         self._break(lost("result backend", error))
 
     def _on_thread_failure(self, error: BaseException) -> None:
         self._break(manager_failed("celery", "result", error))
+
+
+def _check_max_memory(value: int | None) -> int:
+    if value is None:
+        return DEFAULT_MAX_MEMORY
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(
+            f"redis_max_memory must be a number of bytes (an int), got {value!r}"
+        )
+    if value < _LEAST_MEMORY:
+        raise ValueError(
+            f"redis_max_memory must be at least {_LEAST_MEMORY} bytes (8 MiB), "
+            f"got {value!r}"
+        )
+    return value

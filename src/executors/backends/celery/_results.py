@@ -11,7 +11,8 @@ executor and nothing else: no subscribe per task, no poll per outstanding
 Pub/sub forgets what it published while the connection was down, so after
 a reconnect the keys of the calls still out are read back in one ``MGET``.
 A result backend that stays unreachable for :data:`LOST_SECONDS` breaks
-the executor.
+the executor. Each result is deleted from Redis right after its future
+settles (one ``DEL`` per batch of messages read).
 """
 
 from __future__ import annotations
@@ -62,8 +63,6 @@ class ResultListener(ManagerThread):
         on_lost: Called once with the error if the result backend stays
             unreachable; the thread then ends.
         on_failure: Called if the loop itself raised (a bug).
-        forget: Delete each result from Redis once read (an existing
-            deployment keeps no litter of ours).
         close_client: Disconnect the backend's Redis client when the thread
             ends (the executor made the app); never a caller's app's client,
             which the caller's own threads may be using.
@@ -77,7 +76,6 @@ class ResultListener(ManagerThread):
         outstanding: Callable[[], list[str]],
         on_lost: Callable[[BaseException], object],
         on_failure: Callable[[BaseException], object],
-        forget: bool,
         close_client: bool = False,
     ) -> None:
         super().__init__(name="executors-celery-results")
@@ -90,7 +88,6 @@ class ResultListener(ManagerThread):
         self._outstanding = outstanding
         self._on_lost = on_lost
         self._failed = on_failure
-        self._forget = forget
         self._close_client = close_client
         self._stopping = False
         self._pubsub: Any = None
@@ -160,8 +157,10 @@ class ResultListener(ManagerThread):
         meta = self._backend.decode_result(data)
         if meta.get("status") not in states.READY_STATES:
             return  # STARTED, RETRY: not an outcome
-        if self._forget:
-            pending_deletes.append(key)
+        # Deleted once read, on every deployment: Redis keeps nothing of
+        # a settled future (the private one would otherwise hold every
+        # result for result_expires, an existing one would hold our litter).
+        pending_deletes.append(key)
         self._on_result(key[len(self._key_prefix) :], meta)
 
     def _reconnect(self, error: BaseException) -> bool:

@@ -24,6 +24,7 @@ from kombu.exceptions import OperationalError
 from ..._callqueue import Call
 from ._celeryside import PUBLISH_RETRY, lost
 from .task import TASK_NAME
+from .worker import refused_for_memory
 
 # What a publish raises when the broker is gone (kombu wraps the Redis
 # client's errors once its retries are spent).
@@ -42,15 +43,20 @@ class SentTasks:
             outside the table's lock.
         break_executor: Breaks the executor with the error the callable
             makes (the broker refused a task message).
+        refused: Makes the error of a task message that Redis refused for
+            its memory cap (the private deployment's); ``None`` lets the
+            refusal through as it is.
     """
 
     def __init__(
         self,
         deliver: Callable[[Call, dict[str, Any]], None],
         break_executor: Callable[[Callable[[], BaseException]], None],
+        refused: Callable[[], BaseException] | None = None,
     ) -> None:
         self._deliver = deliver
         self._break_executor = break_executor
+        self._refused = refused
         #: What every task id of the executor starts with.
         self.prefix = uuid.uuid4().hex
         self._numbers = itertools.count()
@@ -100,6 +106,9 @@ class SentTasks:
             # Not app.connection().connection_errors: building a connection
             # to ask creates a transport whose epoll only the garbage
             # collector closes.
+            if self._refused is not None and refused_for_memory(exc):
+                # That task alone fails: memory frees as results are read.
+                raise self._refused() from exc
             if isinstance(exc, _BROKER_ERRORS):
                 self._break_executor(lost("broker", exc))
             raise
@@ -146,6 +155,11 @@ class SentTasks:
             self._stopping.pop(number, None)
             self._out.pop(number, None)
         return True
+
+    def take(self, number: str) -> Call | None:
+        """The call of task ``number``, no longer out; None if it was not."""
+        with self._lock:
+            return self._out.pop(number, None)
 
     def outstanding(self) -> list[str]:
         """The numbers of the tasks still waiting for a result."""

@@ -11,17 +11,33 @@ module of further settings.) A deployment with its own app includes
 
 The private deployment that ``create("celery")`` starts runs this same app,
 with ``EXECUTORS_CELERY_PRIVATE`` set to a JSON object: the caller's pid,
-the Redis server's pid, a pipe to report on and the file holding the
-pickled initializer. Then, and only then, three hooks are connected:
+the Redis server's pid, the private folder, a pipe to report on, a pipe
+holding the broker URL, the file holding the pickled initializer, and the
+caller's import path and working directory. Then, and only then, this
+module, as the worker imports it:
 
-* **worker_init** (the main process): a thread waits for the caller to end
-  and then kills the Redis server and this process, so a caller killed with
-  SIGKILL leaves nothing running.
+* reads the broker URL (with the Redis password) from its pipe, never
+  from the environment, and removes the variable: nothing a task or its
+  subprocesses can read holds the password;
+* reads the initializer's pickle and deletes the file: the bytes stay in
+  this process's memory, and every pool process forked later gets them;
+* starts a thread that waits for the caller to end and then kills the
+  Redis server, removes the private folder and ends this process, so a
+  caller killed with SIGKILL or SIGTERM leaves nothing behind;
+
+and connects three hooks:
+
 * **worker_process_init** (each pool process): exit with the caller and
   with the main process (:func:`executors._parentwatch.exit_with_parent`),
-  then run the user's initializer; if it raises, report it, print the
-  traceback and exit with ``INITIALIZER_FAILED_EXITCODE``.
+  take the caller's import path and working directory (the main process
+  runs in the private folder, so that nothing planted in the caller's
+  working directory is imported by Celery), then run the user's
+  initializer; if it raises, report it, print the traceback and exit with
+  ``INITIALIZER_FAILED_EXITCODE``.
 * **worker_ready**: tell the caller the worker consumes.
+* **task_internal_error** (a pool process could not store a result): if
+  Redis refused it for its memory cap, tell the caller which task lost its
+  result, so that its future fails instead of waiting forever.
 """
 
 from __future__ import annotations
@@ -30,21 +46,31 @@ import contextlib
 import json
 import os
 import pickle
+import select
+import shutil
 import signal
 import sys
+import tempfile
 import threading
+import time
 import traceback
 from typing import Any
 
 from celery import Celery, signals
 
 from ..._outcome import INITIALIZER_FAILED_EXITCODE
-from ..._parentwatch import PARENT_GONE_EXITCODE, exit_with_parent
+from ..._parentwatch import PARENT_GONE_EXITCODE, exit_with_parent, process_alive
 
 # The generic task: shared_task registers it with this app too.
 from . import task as _task  # noqa: F401
 
-__all__ = ["PRIVATE_CONFIG", "PRIVATE_VARIABLE", "app"]
+__all__ = [
+    "PRIVATE_CONFIG",
+    "PRIVATE_VARIABLE",
+    "RESULT_REFUSED",
+    "app",
+    "refused_for_memory",
+]
 
 #: The environment variable that marks a worker of a private deployment.
 PRIVATE_VARIABLE = "EXECUTORS_CELERY_PRIVATE"
@@ -68,8 +94,25 @@ PRIVATE_CONFIG: dict[str, Any] = {
     "worker_hijack_root_logger": False,
     "worker_send_task_events": False,
     "broker_connection_retry_on_startup": True,
+    # A net only: the caller deletes each result once its future settles;
+    # one that nobody reads (its executor broke first) expires.
     "result_expires": 3600,
 }
+
+# Settings only the private worker takes (the caller's app has its own
+# transport options).
+_WORKER_CONFIG: dict[str, Any] = {
+    # No "unacked" bookkeeping in Redis for each message a worker takes (a
+    # write that a full Redis refuses, losing the message): a private
+    # worker that dies breaks the executor, nothing is ever redelivered.
+    "broker_transport_options": {"ack_emulation": False},
+}
+#: The event a pool process reports when Redis refused a result for its
+#: memory cap.
+RESULT_REFUSED = "result-refused"
+# The longest line written to the report pipe: a write of at most PIPE_BUF
+# (4096) bytes is atomic, so lines of several pool processes never mix.
+_LINE_BYTES = 4000
 
 app = Celery("executors", set_as_current=False)
 # A deployment configures these workers with a module of Celery settings
@@ -77,20 +120,78 @@ app = Celery("executors", set_as_current=False)
 app.config_from_envvar("CELERY_CONFIG_MODULE", silent=True)
 
 _private: dict[str, Any] | None = None
-_setting = os.environ.get(PRIVATE_VARIABLE)
-if _setting:
-    _private = json.loads(_setting)
-    app.conf.update(PRIVATE_CONFIG)
+# The pickled (initializer, initargs), read once in the main process.
+_initializer: bytes | None = None
+
+
+def _take_private() -> dict[str, Any] | None:
+    """Read the private deployment's settings and remove them from view."""
+    setting = os.environ.pop(PRIVATE_VARIABLE, None)
+    if not setting:
+        return None
+    private: dict[str, Any] = json.loads(setting)
+    secret = private.pop("secret")
+    with os.fdopen(secret, "rb") as pipe:
+        url = pipe.read().decode()
+    # Celery reads these variables before its own settings: they must not
+    # name another deployment (the caller's environment may hold them).
+    for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
+        os.environ.pop(name, None)
+    app.conf.update(
+        {**PRIVATE_CONFIG, **_WORKER_CONFIG, "broker_url": url, "result_backend": url}
+    )
+    return private
+
+
+def _take_initializer(path: str | None) -> bytes | None:
+    if not path:
+        return None
+    with open(path, "rb") as file:
+        payload = file.read()
+    # Its arguments may be secrets: off the disk before any task runs.
+    os.unlink(path)
+    return payload
 
 
 def _report(record: dict[str, Any]) -> None:
-    """Send one record to the caller (a pipe write is atomic up to 4 KiB)."""
+    """Send one record to the caller, shortened to one atomic write."""
     if _private is None:
         return
-    line = json.dumps(record).encode()[:4000] + b"\n"
+    line = json.dumps(record).encode()
+    while len(line) >= _LINE_BYTES:
+        # Shorten the longest text, never the encoded line: cut JSON is
+        # not JSON (and a non-ASCII character takes 6 bytes as \uXXXX).
+        key = max(
+            (k for k, v in record.items() if isinstance(v, str)),
+            key=lambda k: len(record[k]),
+        )
+        text = record[key]
+        keep = len(text) * (_LINE_BYTES - 100) // len(line) - 1
+        record = {**record, key: _shorten(text, max(keep, 0), key == "text")}
+        line = json.dumps(record).encode()
     # OSError: the caller is gone, and its watch ends this process.
     with contextlib.suppress(OSError):
-        os.write(_private["report"], line)
+        os.write(_private["report"], line + b"\n")
+
+
+def _shorten(text: str, keep: int, tail: bool) -> str:
+    """``text`` cut to ``keep`` characters, marked (a traceback keeps its end)."""
+    if len(text) <= keep:
+        return text
+    if tail:
+        return "[...]" + text[len(text) - keep + 5 :] if keep > 5 else ""
+    return text[: max(keep - 5, 0)] + "[...]"
+
+
+def _poll_until_gone(pid: int, interval: float = 0.5) -> None:
+    """Return once process ``pid`` has ended: the watch where no pidfd exists.
+
+    A zombie (ended, not yet reaped by its parent) has ended; a pid that
+    answers EPERM belongs to another user now, so the caller (always this
+    user) has ended and its pid was reused.
+    """
+    while process_alive(pid):
+        time.sleep(interval)
 
 
 def _wait_for(pid: int) -> None:
@@ -100,42 +201,57 @@ def _wait_for(pid: int) -> None:
     except ProcessLookupError:
         return
     except (AttributeError, OSError):
-        import time
-
-        while True:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.5)
-    import select
-
+        _poll_until_gone(pid)
+        return
+    # Readable once the process has ended, zombie or reaped.
     poller = select.poll()
     poller.register(fd, select.POLLIN)
     while not poller.poll():
         pass
 
 
-def _end_with_caller(caller: int, redis_pid: int) -> None:
+def _end_with_caller(caller: int, redis_pid: int, folder: str) -> None:
     _wait_for(caller)
     with contextlib.suppress(OSError):
         os.kill(redis_pid, signal.SIGKILL)
+    # The socket, the Redis log and anything else of the deployment.
+    shutil.rmtree(folder, ignore_errors=True)
     os._exit(PARENT_GONE_EXITCODE)
 
 
-def _on_worker_init(**_: Any) -> None:
+def _start_private() -> None:
+    global _private, _initializer
+    _private = _take_private()
     if _private is None:
         return
+    # Started as the worker imports this module, before Celery's slow start:
+    # a caller that dies now still leaves nothing.
     threading.Thread(
         target=_end_with_caller,
-        args=(_private["caller"], _private["redis"]),
+        args=(_private["caller"], _private["redis"], _private["folder"]),
         name="executors-caller-watch",
         daemon=True,
     ).start()
+    _initializer = _take_initializer(_private.get("init"))
 
 
 def _on_worker_ready(**_: Any) -> None:
     _report({"event": "ready", "pid": os.getpid()})
+
+
+def _take_callers_place(private: dict[str, Any]) -> None:
+    """The caller's import path, working directory and TMPDIR, for its tasks."""
+    path = private["path"]
+    folder = os.path.realpath(private["folder"])
+    own = [p for p in sys.path if os.path.realpath(p) != folder]
+    sys.path[:] = [*path, *(p for p in own if p not in path)]
+    with contextlib.suppress(OSError):
+        os.chdir(private["cwd"])
+    if private["tmpdir"] is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = private["tmpdir"]
+    tempfile.tempdir = None  # found again, from the caller's TMPDIR
 
 
 def _on_process_init(**_: Any) -> None:
@@ -143,14 +259,13 @@ def _on_process_init(**_: Any) -> None:
         return
     exit_with_parent(_private["caller"])
     exit_with_parent(os.getppid())
-    path = _private.get("init")
-    if not path:
+    _take_callers_place(_private)
+    if _initializer is None:
         return
     pid = os.getpid()
     _report({"event": "init", "pid": pid})
     try:
-        with open(path, "rb") as file:
-            initializer, initargs = pickle.load(file)
+        initializer, initargs = pickle.loads(_initializer)
         initializer(*initargs)
     except BaseException as exc:
         summary = "".join(traceback.format_exception_only(type(exc), exc)).strip()
@@ -159,8 +274,8 @@ def _on_process_init(**_: Any) -> None:
             {
                 "event": "init-failed",
                 "pid": pid,
-                "summary": summary[:500],
-                "text": text[-3000:],
+                "summary": _shorten(summary, 500, tail=False),
+                "text": _shorten(text, 3000, tail=True),
             }
         )
         traceback.print_exc()
@@ -169,7 +284,34 @@ def _on_process_init(**_: Any) -> None:
     _report({"event": "init-ok", "pid": pid})
 
 
+def _on_internal_error(
+    task_id: str | None = None, exception: BaseException | None = None, **_: Any
+) -> None:
+    # Storing the result failed: Celery logs it, but the caller, waiting
+    # for that result, would wait forever.
+    if _private is None or task_id is None or not refused_for_memory(exception):
+        return
+    _report({"event": RESULT_REFUSED, "pid": os.getpid(), "task": task_id})
+
+
+def refused_for_memory(error: object) -> bool:
+    """Whether ``error`` is Redis refusing a write for its ``maxmemory`` cap.
+
+    By name: redis-py raises ``OutOfMemoryError``, and Celery rebuilds it
+    from a stored failure as a class of that name from no module.
+    """
+    seen = 0
+    while isinstance(error, BaseException) and seen < 10:
+        if type(error).__name__ == "OutOfMemoryError" or "'maxmemory'" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+        seen += 1
+    return False
+
+
+_start_private()
+
 # Connected here, not by decorator: Celery's decorators are untyped.
-signals.worker_init.connect(_on_worker_init)
 signals.worker_ready.connect(_on_worker_ready)
 signals.worker_process_init.connect(_on_process_init)
+signals.task_internal_error.connect(_on_internal_error)
