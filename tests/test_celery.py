@@ -16,7 +16,9 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import BrokenExecutor
 from pathlib import Path
 from typing import Any
@@ -32,11 +34,38 @@ pytest.importorskip("celery")
 
 from executors.backends.celery._executor import CeleryExecutor
 
+# The executors the running test made: killed at its end, failed or not.
+_made: list[CeleryExecutor] = []
+
 
 def _create(**options: Any) -> CeleryExecutor:
     executor = executors.create("celery", **{"max_workers": 2, **options})
     assert isinstance(executor, CeleryExecutor)
+    _made.append(executor)
     return executor
+
+
+def _own_folders() -> set[Path]:
+    """The private folders this process's deployments made."""
+    return set(Path(tempfile.gettempdir()).glob(f"executors-celery-{os.getpid()}-*"))
+
+
+@pytest.fixture(autouse=True)
+def _nothing_left() -> Iterator[None]:
+    """Every deployment a test started is stopped, its folder removed, even
+    when the test failed halfway (a full run once left a folder behind)."""
+    before = _own_folders()
+    try:
+        yield
+    finally:
+        made = list(_made)
+        _made.clear()
+        for executor in made:
+            executor.kill_workers()
+    deadline = time.monotonic() + BOUND
+    while left := _own_folders() - before:
+        assert time.monotonic() < deadline, f"folders left behind: {left}"
+        time.sleep(0.05)
 
 
 @pytest.mark.parametrize(

@@ -19,8 +19,11 @@ revokes them with ``terminate=True``.
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -63,7 +66,29 @@ from executors.backends.celery._deployment import (
 SEMANTICS_BACKEND = "celery"
 
 # What only a private deployment takes.
-_PRIVATE_OPTIONS = {"initializer", "initargs", "max_tasks_per_child"}
+_PRIVATE_OPTIONS = {
+    "initializer",
+    "initargs",
+    "max_tasks_per_child",
+    "redis_max_memory",
+}
+
+
+def _own_folders() -> set[Path]:
+    """The private folders this process's deployments made."""
+    return set(Path(tempfile.gettempdir()).glob(f"executors-celery-{os.getpid()}-*"))
+
+
+@pytest.fixture(autouse=True)
+def _no_folder_left() -> Iterator[None]:
+    """No private deployment of a test outlives it, failed or not (the
+    shared one, made before, is the module's)."""
+    before = _own_folders()
+    yield
+    deadline = time.monotonic() + BOUND
+    while left := _own_folders() - before:
+        assert time.monotonic() < deadline, f"folders left behind: {left}"
+        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
