@@ -122,11 +122,16 @@ def cluster(hosts: Hosts, tmp_path: Path) -> Cluster:
     """The page's recipe: certificates, a scheduler on A, workers on B and C."""
     tls_dir = tmp_path / "tls"
     tls_dir.mkdir()
-    (tls_dir / "make_certs.py").write_text((SCRIPTS / "make_certs.py").read_text())
-    env, words = argv(CERTS_COMMAND)
     # Certificates are made on one machine and copied: no network involved.
-    proc = Popen(words, cwd=tls_dir)
-    assert proc.wait(60) == 0, "make_certs.py failed"
+    # Those of another CA, in stranger/, are a client the cluster must refuse.
+    stranger = tls_dir / "stranger"
+    stranger.mkdir()
+    for directory in (tls_dir, stranger):
+        (directory / "make_certs.py").write_text(
+            (SCRIPTS / "make_certs.py").read_text()
+        )
+        _, words = argv(CERTS_COMMAND)
+        assert Popen(words, cwd=directory).wait(60) == 0, "make_certs.py failed"
     scheduler = hosts.a.address
     env, words = argv(SCHEDULER_COMMAND, scheduler=scheduler)
     scheduler_proc = hosts.a.run(words, env=env, cwd=tls_dir)
@@ -179,6 +184,12 @@ def test_a_map_runs_on_both_worker_hosts(cluster: Cluster) -> None:
         f"tasks ran on {per_host} only"
     )
     assert caller.proc.wait(SHUTDOWN_BOUND) == 0
+    # Mutual TLS: a client whose certificate another CA signed is turned away.
+    stranger = cluster.start_caller("stranger")
+    event = stranger.next_event(RUN_BOUND)
+    assert event["event"] == "refused", "a client of another CA connected"
+    print(f"a client of another CA: {event['error']}")
+    assert stranger.proc.wait(SHUTDOWN_BOUND) == 0
 
 
 def _lose_host_mid_map(
@@ -244,7 +255,9 @@ def test_losing_the_scheduler_fails_every_unfinished_future_in_bounded_time(
     outcomes = done["outcomes"]
     counts = settled["counts"]
     failed = [o for o in outcomes if o[1] not in ("ok", "pending")]
-    last = max(o[2] for o in failed) - lost_at if failed else 0.0
+    times = [o[2] for o in failed]
+    assert None not in times, "a failed future's done-callback never ran"
+    last = max(times) - lost_at if failed else 0.0
     took = done["shutdown_seconds"]
     print(
         f"scheduler lost: {counts}; the last future failed {last:.2f} s after; "
@@ -295,6 +308,8 @@ def test_the_page_shows_the_commands_these_tests_run() -> None:
     page = PAGE.read_text()
     assert (SCRIPTS / "make_certs.py").read_text().strip() in page
     caller = (SCRIPTS / "dask_caller.py").read_text()
-    connect = caller[caller.index("    security = Security(") :]
+    connect = caller[
+        caller.index('    security = Security(\n        tls_ca_file="ca.pem"') :
+    ]
     connect = connect[: connect.index("\n    deadline")]
     assert _squeezed(connect) in _squeezed(page), connect

@@ -11,6 +11,8 @@ runs N tasks of 10 ms, each returning the address of the worker that ran it:
 * ``futures``: N ``submit`` calls; prints ``quarter`` once a quarter are
   done, then ``done`` with how each future ended and when, and how long
   ``shutdown()`` took.
+* ``stranger``: connects with the certificates in ``stranger/``, of another
+  CA, and prints ``refused`` with the error (or ``connected``).
 
 Every line it prints is a JSON object; times are ``time.monotonic()``,
 which the test process shares (one kernel, one clock).
@@ -74,17 +76,23 @@ def run_futures(ex, n):
         emit("quarter")
     wait(futures, timeout=SETTLE_SECONDS)
     # Left unfinished by then, a future counts as "pending": a hang.
+    # Done-callbacks run on the library's callback thread, a moment later.
+    deadline = time.monotonic() + 10
+    while len(settled) < sum(f.done() for f in futures):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
     outcomes = []
     for i, future in enumerate(futures):
         if not future.done():
             outcomes.append((i, "pending", None, None))
         elif future.cancelled():
-            outcomes.append((i, "cancelled", settled[i], None))
+            outcomes.append((i, "cancelled", settled.get(i), None))
         elif future.exception() is None:
-            outcomes.append((i, "ok", settled[i], future.result()[0]))
+            outcomes.append((i, "ok", settled.get(i), future.result()[0]))
         else:
             error = future.exception()
-            outcomes.append((i, type(error).__name__, settled[i], str(error)))
+            outcomes.append((i, type(error).__name__, settled.get(i), str(error)))
     emit("settled", counts=Counter(kind for _, kind, _, _ in outcomes))
     started = time.monotonic()
     closing = threading.Thread(target=ex.shutdown, daemon=True)
@@ -96,8 +104,27 @@ def run_futures(ex, n):
         os._exit(1)  # shutdown() hangs: the test reports it
 
 
+def try_a_stranger(address):
+    """Connect with a certificate of another CA: mutual TLS refuses it."""
+    security = Security(
+        tls_ca_file="stranger/ca.pem",
+        tls_client_cert="stranger/client-cert.pem",
+        tls_client_key="stranger/client-key.pem",
+        require_encryption=True,
+    )
+    try:
+        executors.create("dask", address=address, security=security, connect_timeout=10)
+    except Exception as exc:
+        emit("refused", error=repr(exc))
+    else:
+        emit("connected")
+
+
 def main():
     address, mode, threads, n = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:5])
+    if mode == "stranger":
+        try_a_stranger(address)
+        return
     security = Security(
         tls_ca_file="ca.pem",  # the cluster's CA
         tls_client_cert="client-cert.pem",  # this program's certificate ...
