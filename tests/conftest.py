@@ -238,17 +238,34 @@ def _snapshot_files(config: pytest.Config) -> None:
     config.stash[_files_key] = (tmp, _tmp_entries(tmp), _shm_entries())
 
 
-def _paths_in_use() -> list[str]:
-    """Every path a live process has open, mapped, or as its working directory."""
-    used = []
-    for proc in psutil.process_iter():
-        with contextlib.suppress(psutil.Error, OSError):
-            used.extend(f.path for f in proc.open_files())
-        with contextlib.suppress(psutil.Error, OSError):
-            used.extend(m.path for m in proc.memory_maps(grouped=False))
-        with contextlib.suppress(psutil.Error, OSError):
-            used.append(proc.cwd())
-    return used
+def _in_use() -> tuple[list[str], set[tuple[int, int]]]:
+    """What live processes hold: paths open or worked in, and (device, inode) pairs.
+
+    Inodes, because a path can lie: glibc's ``sem_open`` maps a semaphore
+    under a temporary name it then renames, so ``/proc/PID/maps`` shows
+    ``/dev/shm/sem.XXXXXX (deleted)`` for a live ``sem.mp-*`` entry.
+    """
+    paths: list[str] = []
+    inodes: set[tuple[int, int]] = set()
+    for pid in psutil.pids():
+        proc = f"/proc/{pid}"
+        with contextlib.suppress(OSError):
+            paths.append(os.readlink(f"{proc}/cwd"))
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"{proc}/fd"):
+                with contextlib.suppress(OSError):
+                    paths.append(os.readlink(f"{proc}/fd/{fd}"))
+                    st = os.stat(f"{proc}/fd/{fd}")
+                    inodes.add((st.st_dev, st.st_ino))
+        with contextlib.suppress(OSError, ValueError), open(f"{proc}/maps") as maps:
+            for line in maps:
+                # address perms offset major:minor inode [path]
+                fields = line.split(None, 5)
+                if len(fields) >= 5 and fields[4] != "0":
+                    major, minor = fields[3].split(":")
+                    device = os.makedev(int(major, 16), int(minor, 16))
+                    inodes.add((device, int(fields[4])))
+    return paths, inodes
 
 
 def _owner_alive(name: str) -> bool:
@@ -278,15 +295,20 @@ def _leftover_files(
     ]
     if not candidates:
         return []
-    used = _paths_in_use()
+    paths, inodes = _in_use()
     left = []
     for path in candidates:
+        try:
+            st = path.lstat()
+        except OSError:
+            continue  # gone meanwhile
+        if (st.st_dev, st.st_ino) in inodes:
+            continue
         text = str(path)
         inside = text + os.sep
-        if any(u == text or u.startswith(inside) for u in used):
+        if any(u == text or u.startswith(inside) for u in paths):
             continue
-        if os.path.lexists(path):
-            left.append(path)
+        left.append(path)
     return left
 
 

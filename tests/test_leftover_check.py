@@ -2,9 +2,9 @@
 
 A small pytest session runs in a subprocess with this suite's conftest.py:
 its test leaves an ``executors-*`` folder in the temporary directory and an
-entry in ``/dev/shm``, and keeps a third entry open until the session ends.
-The session must fail, name the two leftovers, remove them, and spare the
-entry still held open.
+entry in ``/dev/shm``, and keeps a file and a named semaphore there open
+until the session ends. The session must fail, name the two leftovers,
+remove them, and spare the entries still held.
 """
 
 from __future__ import annotations
@@ -28,10 +28,12 @@ pytestmark = [
 LEAVING_TEST = """
 import os
 import tempfile
+import _multiprocessing
 
 FOLDER_PREFIX = {folder_prefix!r}
 SHM_LEFT = {shm_left!r}
 SHM_HELD = {shm_held!r}
+SEM_HELD = {sem_held!r}
 HELD = []
 
 
@@ -41,8 +43,10 @@ def test_leaves_files_behind():
         log.write("left behind")
     with open(SHM_LEFT, "wb") as segment:
         segment.write(b"x" * 4096)
-    # Still open when the session ends: in use, not a leftover.
+    # Still open when the session ends: in use, not leftovers. A named
+    # semaphore is mapped under another name (glibc renames it).
     HELD.append(open(SHM_HELD, "wb"))
+    HELD.append(_multiprocessing.SemLock(1, 1, 1, SEM_HELD, False))
 """
 
 CLEAN_TEST = """
@@ -97,8 +101,12 @@ def test_a_session_that_leaves_files_fails_and_names_them(tmp_path: Path) -> Non
     folder_prefix = f"executors-leftover-check-{tag}-"
     shm_left = SHM / f"sem.mp-leftover-check-{tag}"
     shm_held = SHM / f"psm_leftover-check-held-{tag}"
+    sem_held = SHM / f"sem.mp-leftover-check-held-{tag}"
     source = LEAVING_TEST.format(
-        folder_prefix=folder_prefix, shm_left=str(shm_left), shm_held=str(shm_held)
+        folder_prefix=folder_prefix,
+        shm_left=str(shm_left),
+        shm_held=str(shm_held),
+        sem_held=f"/mp-leftover-check-held-{tag}",
     )
     try:
         result = _run_session(tmp_path, source, tag)
@@ -110,11 +118,12 @@ def test_a_session_that_leaves_files_fails_and_names_them(tmp_path: Path) -> Non
         assert f"folder {tmp_path / 'tmp' / folder_prefix}" in output, output
         assert f"file {shm_left}" in output, output
         assert str(shm_held) not in output, output
+        assert str(sem_held) not in output, output
         # Reported, then removed; the entry in use is left alone.
         assert folders == []
         assert not shm_left.exists()
     finally:
-        for path in (shm_left, shm_held):
+        for path in (shm_left, shm_held, sem_held):
             if path.exists():
                 path.unlink()
 
