@@ -22,11 +22,15 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import executors
+from executors._callqueue import CallQueue
+from executors._futures import Future
 
 SCRIPT = Path(__file__).parent / "_fault_scripts" / "shutdown_deadlock.py"
 # The source tree, for an interpreter that has not installed the package.
@@ -109,3 +113,51 @@ def test_the_same_on_python_3_13(backend: str) -> None:
     if python is None:
         pytest.skip("no Python 3.13 interpreter found (PATH or pyenv)")
     _check(_run(python, backend))
+
+
+# -- the core rule, without a process pool ------------------------------------
+
+
+def test_on_idle_never_runs_in_the_thread_that_settles_the_last_call() -> None:
+    """The stdlib's shape, in miniature: a library thread settles our calls
+    while holding a lock that releasing the library takes."""
+    library_lock = threading.Lock()
+    launched: list[Any] = []
+    released_in: list[str] = []
+
+    def release() -> None:
+        with library_lock:  # the stdlib's shutdown() takes its shutdown lock
+            released_in.append(threading.current_thread().name)
+
+    calls = CallQueue(launched.append, 2, on_idle=release)
+    future: Future[Any] = Future()
+    calls.submit(future, None)
+    calls.close()  # the caller's shutdown(): not idle yet
+
+    def library_thread() -> None:
+        with library_lock:  # terminate_broken() fails futures under its lock
+            calls.settle(launched[0], error=RuntimeError("worker died"))
+
+    # A daemon: before the fix it never ends.
+    thread = threading.Thread(
+        target=library_thread, name="library-manager", daemon=True
+    )
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive(), "the library's thread waited for itself"
+    # wait_idle() on a closed queue returns once the workers are released.
+    assert calls.wait_idle(BOUND)
+    assert released_in == ["executors-reaper"]
+    assert isinstance(future.exception(timeout=0), RuntimeError)
+
+
+def test_on_idle_runs_at_once_in_the_closing_thread_when_idle() -> None:
+    released_in: list[str] = []
+    calls = CallQueue(
+        lambda call: None,
+        1,
+        on_idle=lambda: released_in.append(threading.current_thread().name),
+    )
+    calls.close()
+    assert released_in == [threading.current_thread().name]
+    assert calls.wait_idle(0)
