@@ -70,17 +70,22 @@ QUEUE = "executors"
 START_SECONDS = 60.0
 # How often the watch looks at the processes while the pipe is quiet.
 _WATCH_SECONDS = 0.2
+
+
 #: The private Redis server's memory cap unless ``redis_max_memory`` says
 #: otherwise: a quarter of the machine's memory, at least 1 GiB. It holds
 #: only the tasks in flight (``max_workers`` of them) and results not yet
 #: read, each deleted once its future settles, so it is reached only by
 #: arguments or results of hundreds of megabytes.
-DEFAULT_MAX_MEMORY = max(
-    1 << 30,
-    (os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) // 4
-    if hasattr(os, "sysconf")
-    else 0,
-)
+def _physical_memory() -> int:
+    """The machine's memory in bytes; 0 where the system does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 0
+
+
+DEFAULT_MAX_MEMORY = max(1 << 30, _physical_memory() // 4)
 # sun_path holds 108 bytes, the terminating NUL included.
 _SOCKET_PATH_BYTES = 107
 # Variables of the caller's environment the private worker must not take:
