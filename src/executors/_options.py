@@ -30,6 +30,7 @@ __all__ = [
     "cpu_count",
     "protect_forkserver_socket",
     "resolve_mp_context",
+    "start_method_of",
 ]
 
 # forkserver on POSIX: forking a parent that runs threads (every executor
@@ -192,6 +193,19 @@ def _context_of(value: object) -> multiprocessing.context.BaseContext:
         "mp_context must be None, a start method name or a multiprocessing "
         f"context, got {value!r}"
     )
+
+
+def start_method_of(mp_context: object) -> str:
+    """The start method an ``mp_context`` option names (``None``: the default).
+
+    For a backend's ``_workers_start_method`` hook (see
+    :mod:`executors._mainmodule`), which runs before the backend checks its
+    options.
+
+    Raises:
+        ValueError, TypeError: as :func:`resolve_mp_context`.
+    """
+    return _context_of(mp_context).get_start_method()
 
 
 class ProcessPoolOptions(NamedTuple):

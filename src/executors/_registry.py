@@ -230,6 +230,12 @@ def create(backend: str | None = None, /, **options: Any) -> BaseExecutor:
     if backend is None:
         backend = os.environ.get(ENV_VAR) or DEFAULT_BACKEND
     cls = backend_class(backend)
+    if cls.capabilities.process_isolation:
+        # Before any worker starts: a script without its __main__ guard
+        # fails here, and a worker re-running it exits here.
+        from ._mainmodule import check_create
+
+        check_create(cls, backend, options)
     # Task control is the core's, the same on every backend that declares
     # it: checked here, before any worker starts.
     options, task_options = split_options(dict(options))

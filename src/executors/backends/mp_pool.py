@@ -51,7 +51,7 @@ import functools
 import itertools
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from multiprocessing.context import BaseContext
 from typing import Any, TypeVar
@@ -62,7 +62,7 @@ from .._capabilities import Capabilities
 from .._errors import ExecutorInterruptedError
 from .._lifecycle import close_at_exit
 from .._map import Chunk, ChunkResult
-from .._options import check_process_pool_options, cpu_count
+from .._options import check_process_pool_options, cpu_count, start_method_of
 from .._outcome import Outcome
 from .._poolwatch import PoolWatch, WatchedPool
 from .._taskslots import STOP_KILLED, STOP_SKIPPED, TaskSlots, run_tracked
@@ -253,6 +253,11 @@ class MpPoolExecutor(BaseExecutor):
         terminates_workers=True,
     )
     _calls: CallQueue
+
+    @classmethod
+    def _workers_start_method(cls, options: Mapping[str, Any]) -> str:
+        """How the workers start, for :mod:`executors._mainmodule`."""
+        return start_method_of(options.get("mp_context"))
 
     def __init__(
         self,

@@ -6,7 +6,7 @@ import functools
 import multiprocessing.context
 import os
 import signal
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from typing import Any, ClassVar, TypeVar
 
@@ -30,6 +30,7 @@ from ..._options import (
     check_timeout,
     cpu_count,
     resolve_mp_context,
+    start_method_of,
 )
 from ..._outcome import WorkerBootstrap
 from ._parallel import parallel_map
@@ -150,6 +151,17 @@ class JoblibExecutor(BaseExecutor):
         task_control=True, terminates_workers=True
     )
     _calls: CallQueue
+
+    @classmethod
+    def _workers_start_method(cls, options: Mapping[str, Any]) -> str | None:
+        """How the workers start, for :mod:`executors._mainmodule`."""
+        kind = options.get("joblib_backend", "loky")
+        if kind == "threading":
+            return None
+        if kind == "multiprocessing":
+            return start_method_of(options.get("mp_context"))
+        method: str = loky_context(options.get("mp_context")).get_start_method()
+        return method
 
     def __init__(
         self,
