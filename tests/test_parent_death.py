@@ -6,6 +6,12 @@ executor with two workers, makes each run a task, reports every process it
 started, and is SIGKILLed: its workers, the fork server, the resource
 tracker and whatever else the backend started must all end on their own
 within :data:`GONE_BOUND` seconds.
+
+The same holds while every worker is in the middle of a task
+(tests/_fault_scripts/parent_death_busy.py): a worker looping in Python or
+sleeping in C never goes back to read its task pipe, so only a watch that
+does not wait for the task can end it; and a SIGTERM the program does not
+handle kills it as surely as SIGKILL.
 """
 
 from __future__ import annotations
@@ -15,17 +21,21 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import psutil
 import pytest
 
 from _fault_scripts import Script, alive, options_json
+from _fault_scripts.parent_death_busy import running_pids
 from conftest import DEFAULT_TEST_OPTIONS, TEST_OPTIONS, backend_factory
 from executors import _registry
 
 #: Seconds after the SIGKILL by which every process the program started
 #: must be gone.
 GONE_BOUND = 3.0
+#: The same bound for workers in the middle of a task, on a loaded machine.
+BUSY_GONE_BOUND = 10.0
 #: Starting the backend and running a task on each worker (a Dask cluster
 #: takes seconds).
 START_BOUND = 90.0
@@ -80,6 +90,78 @@ def test_killed_owner_leaves_no_process(backend_name: str) -> None:
             f"{GONE_BOUND:.0f}s after their owner was SIGKILLed: "
             f"{_describe(left)}\n{script.report()}"
         )
+    finally:
+        for p in alive(tree):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        script.kill_tree()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(START_BOUND + 60)
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])
+@pytest.mark.parametrize("kind", ["python", "sleep"])
+def test_killed_owner_of_busy_workers_leaves_no_process(
+    backend_name: str, kind: str, sig: int, tmp_path: Path
+) -> None:
+    backend_factory(backend_name)  # skips an unavailable backend
+    if not _registry.backend_class(backend_name).capabilities.process_isolation:
+        pytest.skip(f"{backend_name!r} starts no processes (process_isolation)")
+    options = {**TEST_OPTIONS.get(backend_name, DEFAULT_TEST_OPTIONS)}
+    options["max_workers"] = 2
+    _kill_busy_owner(backend_name, options, kind, sig, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(START_BOUND + 60)
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_killed_owner_of_busy_queue_workers_any_start_method(
+    method: str, tmp_path: Path
+) -> None:
+    # The backend test above runs the default, forkserver; a forked worker
+    # also holds its siblings' pipes until it closes them, and a spawned
+    # one is the caller's own child.
+    options = {"max_workers": 2, "mp_context": method}
+    _kill_busy_owner("queue", options, "python", signal.SIGKILL, tmp_path)
+
+
+def _kill_busy_owner(
+    backend_name: str, options: dict[str, object], kind: str, sig: int, tmp_path: Path
+) -> None:
+    script = Script(
+        "parent_death_busy.py",
+        backend_name,
+        options_json(options),
+        kind,
+        str(tmp_path),
+    )
+    tree: list[psutil.Process] = []
+    try:
+        assert script.wait_for_line("READY", START_BOUND), (
+            f"the workers never all ran a task\n{script.report()}"
+        )
+        workers = _parse(script, "WORKERS")
+        assert len(workers) == 2, f"not one task per worker: {workers}"
+        for pid in {*workers, *_parse(script, "TREE")}:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                tree.append(psutil.Process(pid))
+        assert {p.pid for p in tree} >= set(workers), "a worker ended early"
+        assert all(p.pid != os.getpid() for p in tree)
+        os.kill(script.proc.pid, sig)
+        killed = time.monotonic()
+        assert script.proc.wait(timeout=10) == -sig
+        while alive(tree) and time.monotonic() < killed + BUSY_GONE_BOUND:
+            time.sleep(0.05)
+        left = alive(tree)
+        assert not left, (
+            f"{len(left)} of {len(tree)} processes still alive "
+            f"{BUSY_GONE_BOUND:.0f}s after their owner, whose workers ran "
+            f"{kind!r} tasks, got {signal.Signals(sig).name}: "
+            f"{_describe(left)}\n{script.report()}"
+        )
+        # No task started after the owner died (a queued one, say).
+        started = running_pids(str(tmp_path))
+        assert set(started) <= {p.pid for p in tree}, started
     finally:
         for p in alive(tree):
             with contextlib.suppress(psutil.NoSuchProcess):

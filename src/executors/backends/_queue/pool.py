@@ -557,7 +557,7 @@ class Pool:
                 self.initializer,
                 self.initargs,
                 self.max_tasks,
-                self.fork,
+                os.getpid(),
                 close_fds,
             ),
             name=f"executors-queue-worker-{slot}",

@@ -20,13 +20,19 @@ A worker exits at end-of-file on its pipe (the parent closed it, or died),
 after ``max_tasks`` tasks, or after its initializer failed. It ignores
 SIGINT: Ctrl-C reaches every process of the terminal's process group, and a
 worker dying of it would fail a task the parent is about to cancel anyway.
+
+End-of-file alone would not end a worker whose parent was killed: a worker
+in the middle of a task does not read its pipe, and a forked one may hold a
+sibling's copy of it. Under forkserver an orphan also keeps the fork server
+and the resource tracker alive (each worker holds their pipes). So every
+worker runs the shared parent watch (:mod:`executors._parentwatch`) from its
+first instruction: it exits the moment the caller is gone, busy or idle.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import select
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -34,6 +40,7 @@ from itertools import starmap
 from multiprocessing.connection import Connection
 from typing import Any
 
+from ..._parentwatch import exit_with_parent
 from ..._remote import picklable_exception
 from ..._serialize import unwrap
 from .wire import (
@@ -67,10 +74,6 @@ FLUSH_SECONDS = 0.01
 # A chunk's pieces grow while one takes less than this: pieces stay well
 # under FLUSH_SECONDS, and an item this slow always runs alone.
 PIECE_SECONDS = FLUSH_SECONDS / 4
-# With the fork start method a worker can inherit a sibling's copy of its
-# own pipe, so end-of-file may not come when the parent dies; it then checks
-# its parent this often while idle.
-PARENT_CHECK_SECONDS = 1.0
 
 
 def run_worker(
@@ -81,7 +84,7 @@ def run_worker(
     initializer: Callable[..., object] | None,
     initargs: tuple[Any, ...],
     max_tasks: int | None,
-    watch_parent: bool,
+    caller: int,
     close_fds: Sequence[int],
 ) -> None:
     """The entry point of a worker process.
@@ -94,10 +97,12 @@ def run_worker(
         initializer: Called once before the first task.
         initargs: Arguments for ``initializer``.
         max_tasks: Exit after this many tasks (``None``: never).
-        watch_parent: Check the parent process while idle (fork only).
+        caller: The pid of the process that owns the pool (not this
+            worker's parent under forkserver): the worker exits when it ends.
         close_fds: Descriptors of the parent's other pipes, inherited by
             fork; closed so that only the parent holds them.
     """
+    exit_with_parent(caller)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for fd in close_fds:
         with contextlib.suppress(OSError):
@@ -111,7 +116,7 @@ def run_worker(
                 _send_exception(outbox, INIT_FAILED, 0, exc, 0.0)
                 return
         outbox.send(READY, 0)
-        _Runner(inbox, outbox, board, slot).serve(max_tasks, watch_parent)
+        _Runner(inbox, outbox, board, slot).serve(max_tasks)
     except OSError:
         # The parent is gone (broken pipe): nobody is left to report to.
         return
@@ -126,17 +131,9 @@ class _Runner:
         self.view = board.view
         self.base = slot * FIELDS
 
-    def serve(self, max_tasks: int | None, watch_parent: bool) -> None:
-        parent = os.getppid()
+    def serve(self, max_tasks: int | None) -> None:
         done = 0
-        # poll, not select: select fails on descriptors past 1023, which a
-        # forked worker inherits from a parent with many files open.
-        poller = select.poll() if watch_parent else None
-        if poller is not None:
-            poller.register(self.inbox.fileno(), select.POLLIN)
         while max_tasks is None or done < max_tasks:
-            if poller is not None and not self._wait_for_task(poller, parent):
-                return
             try:
                 message = self.inbox.recv(self._announce)
             except EOFError:
@@ -162,12 +159,6 @@ class _Runner:
         view[base + END] = 0
         view[base + STARTED] = 0
         view[base + TASK] = task_id
-
-    def _wait_for_task(self, poller: Any, parent: int) -> bool:
-        while not poller.poll(PARENT_CHECK_SECONDS * 1000):
-            if os.getppid() != parent:
-                return False
-        return True
 
     def run_call(self, message: Message) -> None:
         start = time.perf_counter()
