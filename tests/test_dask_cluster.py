@@ -235,3 +235,56 @@ def test_a_crashing_task_ends_as_worker_crashed_error(
             fut.result(timeout=BOOT_BOUND)
         _wait_for_workers(raw_client, 2)
         assert executor.submit(tasks.add, 2, 2).result(timeout=BOOT_BOUND) == 4
+
+
+# A caller that connects with an initializer, runs a task, and is killed.
+KILLED_CALLER = """
+import sys, time
+import executors
+from executors.testing import tasks
+
+if __name__ == "__main__":
+    executor = executors.create(
+        "dask", address=sys.argv[1], initializer=tasks.record_init, initargs=("x",)
+    )
+    assert executor.submit(tasks.read_init).result(timeout=60) == "x"
+    print("READY", flush=True)
+    time.sleep(120)
+"""
+
+
+def _initializers(raw_client: Any) -> list[str]:
+    def plugins(dask_scheduler: Any) -> list[str]:
+        return [*dask_scheduler.worker_plugins, *dask_scheduler.plugins]
+
+    found = raw_client.run_on_scheduler(plugins)
+    return [name for name in found if name.startswith("executors-initializer-")]
+
+
+@pytest.mark.timeout(180)
+def test_a_killed_caller_leaves_no_initializer_on_the_scheduler(
+    cluster: Cluster, raw_client: Any, tmp_path: Any
+) -> None:
+    script = tmp_path / "killed_caller.py"
+    script.write_text(KILLED_CALLER)
+    caller = subprocess.Popen(
+        [sys.executable, str(script), cluster.address],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert caller.stdout is not None
+        assert caller.stdout.readline().strip() == "READY"
+        assert _initializers(raw_client), "the initializer was never registered"
+        caller.kill()  # no shutdown(), no exit hook
+        caller.wait(BOUND)
+        # The scheduler sees the client go once its connection closes.
+        deadline = time.monotonic() + BOOT_BOUND
+        while left := _initializers(raw_client):
+            assert time.monotonic() < deadline, f"left on the scheduler: {left}"
+            time.sleep(0.1)
+    finally:
+        if caller.poll() is None:
+            caller.kill()
+            caller.wait(BOUND)

@@ -71,6 +71,8 @@ class Runtime:
     close_client: bool = False
     scratch: str | None = None  # our local cluster's folder
     plugin: str | None = None
+    # On a remote scheduler: the plugin that removes ours when our client goes.
+    forget: str | None = None
     # Ctrl-C: stop the workers now (a nanny waits 4 s for a busy worker).
     interrupted: bool = False
     threads: int = 0  # a remote cluster's, as last read
@@ -84,6 +86,9 @@ class Runtime:
             # Not our cluster: its later workers must not run our initializer.
             with contextlib.suppress(Exception):
                 self.client.unregister_worker_plugin(self.plugin)
+        if self.forget is not None:
+            with contextlib.suppress(Exception):
+                self.client.unregister_scheduler_plugin(self.forget)
         if self.close_client:
             with contextlib.suppress(Exception):
                 self.client.close(timeout=CLOSE_TIMEOUT_SECONDS)

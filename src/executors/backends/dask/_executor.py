@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
+import cloudpickle
 import distributed
 from distributed.security import Security
 
@@ -21,11 +22,15 @@ from ..._lifecycle import join_unless_current
 from ..._options import check_timeout
 from ..._outcome import dumps, initializer_error
 from ..._serialize import unwrap
+from . import _scheduler_side
 from ._cluster import Runtime, connect, start_local_cluster
 from ._dispatch import Dispatch, InitializerPlugin, summarize, translate
 from ._options import check_options
 
 __all__ = ["DaskExecutor"]
+
+# A remote scheduler unpickles it without importing executors.
+cloudpickle.register_pickle_by_value(_scheduler_side)
 
 T = TypeVar("T")
 
@@ -238,7 +243,17 @@ class DaskExecutor(BaseExecutor):
     def _register_initializer(self, runtime: Runtime) -> None:
         if self._initializer_payload is None:
             return
-        name = runtime.plugin = f"executors-initializer-{uuid.uuid4().hex}"
+        name = f"executors-initializer-{uuid.uuid4().hex}"
+        if runtime.cluster is None:
+            # First: the plugin must not outlive our client, even if this
+            # process dies before shutdown() removes it.
+            forget = _scheduler_side.ForgetWithClient(runtime.client.id, name)
+            try:
+                runtime.client.register_plugin(forget, name=forget.name)
+                runtime.forget = forget.name
+            except Exception:  # a scheduler that takes no pickles
+                runtime.forget = None  # then shutdown() alone removes it
+        runtime.plugin = name
         try:
             runtime.client.register_plugin(
                 InitializerPlugin(name, self._initializer_payload), name=name
