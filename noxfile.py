@@ -1,4 +1,4 @@
-"""The core conformance suite on the oldest and newest supported Pythons.
+"""The core conformance and fault suites on the oldest and newest Pythons.
 
 Run by .ci/run. No optional extras are installed here: this proves that the
 core (inline, thread, process, and the hand-written pools) needs nothing but
@@ -12,7 +12,17 @@ import nox
 nox.options.error_on_missing_interpreters = True
 nox.options.reuse_existing_virtualenvs = True
 
-CORE_TESTS = ["tests/test_core.py", "tests/test_conformance.py"]
+CORE_TESTS = [
+    "tests/test_core.py",
+    "tests/test_conformance.py",
+    # The crash matrix and the shutdown-deadlock programs: how a pool
+    # breaks changes between Python versions (the stdlib's manager thread
+    # fails futures under its shutdown lock from 3.12 on), so these run on
+    # the oldest and newest Pythons too, not only on the default one.
+    "tests/test_faults.py",
+    "tests/test_shutdown_deadlock.py",
+    "tests/test_backpressure.py",
+]
 
 
 @nox.session(python=["3.10", "3.13"])
@@ -20,8 +30,14 @@ def core(session: nox.Session) -> None:
     """Core tests without optional extras."""
     session.install("-e", ".[test]")
     session.run(
-        "python", "-m", "pytest", "-q", "-p", "no:cacheprovider",
-        "-k", "not joblib and not dask",
+        "python",
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-k",
+        "not joblib and not dask",
         *CORE_TESTS,
         *session.posargs,
     )
