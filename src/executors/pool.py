@@ -15,7 +15,8 @@ The pool is a thin layer over the public :class:`executors.Executor` API:
 ```
 Pool.apply_async ──▶ executor.submit ──▶ Future ──done callback──▶ AsyncResult
 Pool.map_async   ──▶ executor.map (every chunk submitted at the call)
-                        └─▶ one collecting thread ──▶ AsyncResult (the list)
+                        └─▶ done callbacks: once the map cannot block,
+                            its list ──▶ AsyncResult (no thread per call)
 Pool.imap        ──▶ executor.map(buffersize=...) ──▶ IMapIterator (lazy, bounded)
 Pool.terminate   ──▶ stop running tasks, cancel queued ones, no process left
 ```
@@ -26,6 +27,7 @@ Where it differs from the stdlib, it is stronger, and
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import multiprocessing
@@ -37,7 +39,20 @@ from concurrent.futures import TimeoutError as FuturesTimeoutError
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
 
+from ._map import ChunkResult, MapRun
 from ._registry import create
+from ._remote import RemoteTraceback
+
+if TYPE_CHECKING:
+    # typeshed does not declare it.
+    class MaybeEncodingError(Exception):
+        exc: str
+        value: str
+
+        def __init__(self, exc: object, value: object) -> None: ...
+
+else:
+    from multiprocessing.pool import MaybeEncodingError
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -59,6 +74,11 @@ TERMINATE = "TERMINATE"
 # and not yet handed to the caller: enough to keep every worker busy while
 # the caller consumes, few enough to bound memory on an endless input.
 IMAP_CHUNKS_PER_WORKER = 4
+
+# A map run by a backend's own engine (joblib's map_engine="parallel") has no
+# futures to watch: its map_async results are collected by at most this many
+# threads per pool, in turn, however many such calls are pending.
+ENGINE_COLLECTORS = 4
 
 
 class _Starred:
@@ -196,7 +216,7 @@ class AsyncResult(Generic[T]):
         if error is None:
             self._set(True, future.result())
         else:
-            self._set(False, error)
+            self._set(False, _stdlib_error(error))
 
 
 class IMapIterator(Generic[T]):
@@ -287,9 +307,12 @@ class IMapIterator(Generic[T]):
             if error is not None:
                 raise error from None
             raise
-        except BaseException:
+        except BaseException as exc:
             self._finished = True
-            raise
+            translated = _stdlib_error(exc)
+            if translated is exc:
+                raise
+            raise translated from exc
 
 
 class Pool:
@@ -359,15 +382,31 @@ class Pool:
             options["max_tasks_per_child"] = maxtasksperchild
         if context is not None:
             options["mp_context"] = context
-        self._executor: BaseExecutor = (
-            backend(**options) if callable(backend) else create(backend, **options)
-        )
+        try:
+            self._executor: BaseExecutor = (
+                backend(**options) if callable(backend) else create(backend, **options)
+            )
+        except ValueError as exc:
+            if maxtasksperchild is None or _start_method(context) != "fork":
+                raise
+            if "fork" not in str(exc):
+                raise
+            # ProcessPoolExecutor's restriction, in Pool's terms and with the
+            # ways out; no other start method is picked behind the caller's
+            # back: "fork" means workers inherit the caller's memory (data
+            # loaded before the pool, copy-on-write), which no other start
+            # method gives.
+            raise ValueError(_fork_refused(backend)) from exc
         self._state = RUN
         self._lock = threading.Lock()
         # What join() waits for beyond the executor's shutdown: results
-        # whose callbacks may still be running, and the map_async threads.
+        # whose callbacks may still be running, and the threads collecting
+        # engine maps (see ENGINE_COLLECTORS).
         self._unfinished: set[AsyncResult[Any]] = set()
         self._collectors: set[threading.Thread] = set()
+        self._engine_maps: collections.deque[tuple[Iterator[Any], AsyncResult[Any]]] = (
+            collections.deque()
+        )
 
     # -- what the stdlib does not have ------------------------------------
 
@@ -588,6 +627,19 @@ class Pool:
 
         future.add_done_callback(done)
 
+    def _track_map(self, result: AsyncResult[list[T]], run: MapRun) -> None:
+        # As _track: the collector holds the pool's set, never the pool.
+        lock, unfinished = self._lock, self._unfinished
+        with lock:
+            unfinished.add(result)
+
+        def done(values: Iterator[T]) -> None:
+            _collect(values, result)
+            with lock:
+                unfinished.discard(result)
+
+        _MapCollector(run, done).start()
+
     def _map_async(
         self,
         func: Callable[[Any], T],
@@ -609,32 +661,44 @@ class Pool:
                 return result
         else:
             items = list(iterable)
-        # Every chunk is submitted here, by the shared map; what is left is
-        # to collect the values, off the caller's thread.
-        values = self._executor.map(func, items, chunksize=chunksize)
-        if not self._executor.capabilities.runs_concurrently:
-            # inline: the tasks ran inside map(); no thread to add.
-            _collect(values, result)
-            return result
-        thread = threading.Thread(
-            target=self._collect_in_thread,
-            args=(values, result),
-            name="executors.Pool map_async",
-            daemon=True,
+        # Every chunk is submitted here, by the shared map (the executor's
+        # own map, so its chunking and task options apply); what is left is
+        # to collect the values, which the futures' callbacks do.
+        run = self._executor._start_map(
+            func, (items,), True, None, chunksize, None, False
         )
-        with self._lock:
-            self._collectors.add(thread)
-        thread.start()
+        if isinstance(run, MapRun):
+            self._track_map(result, run)
+        else:
+            self._collect_engine_map(run.results(), result)
         return result
 
-    def _collect_in_thread(
+    def _collect_engine_map(
         self, values: Iterator[T], result: AsyncResult[list[T]]
     ) -> None:
-        try:
-            _collect(values, result)
-        finally:
+        with self._lock:
+            self._unfinished.add(result)
+            self._engine_maps.append((values, result))
+            if len(self._collectors) >= ENGINE_COLLECTORS:
+                return
+            thread = threading.Thread(
+                target=self._collect_engine_maps,
+                name="executors.Pool map_async",
+                daemon=True,
+            )
+            self._collectors.add(thread)
+        thread.start()
+
+    def _collect_engine_maps(self) -> None:
+        while True:
             with self._lock:
-                self._collectors.discard(threading.current_thread())
+                if not self._engine_maps:
+                    self._collectors.discard(threading.current_thread())
+                    return
+                values, result = self._engine_maps.popleft()
+            _collect(values, result)
+            with self._lock:
+                self._unfinished.discard(result)
 
     def _imap(
         self,
@@ -656,10 +720,97 @@ class Pool:
         )
 
 
+def _start_method(context: Any) -> str | None:
+    if isinstance(context, str):
+        return context
+    get = getattr(context, "get_start_method", None)
+    return None if get is None else str(get())
+
+
+def _fork_refused(backend: object) -> str:
+    where = f"the {backend!r} backend" if isinstance(backend, str) else "this backend"
+    return (
+        f"maxtasksperchild cannot be used with the 'fork' start method on "
+        f"{where}, which replaces workers by 'spawn' or 'forkserver' only: "
+        "pass context='forkserver' or context='spawn' (new workers then do "
+        "not inherit the caller's memory), or use backend='mp_pool' or "
+        "backend='queue', which fork replacement workers as "
+        "multiprocessing.Pool does"
+    )
+
+
 def _collect(values: Iterator[T], result: AsyncResult[list[T]]) -> None:
     try:
         collected = list(values)
     except BaseException as exc:
-        result._set(False, exc)
+        result._set(False, _stdlib_error(exc))
     else:
         result._set(True, collected)
+
+
+class _MapCollector:
+    """Finishes a ``map_async`` from its futures' done callbacks.
+
+    The stdlib's result thread fills every pending ``map_async``; here each
+    map's own futures report, so no thread waits per call however many are
+    pending. Once no step of the map can block (every task up to the first
+    failure in input order is done, or every task is), the map's own
+    iterator is read to its end in the thread of the last callback: it
+    raises the first failing item's error and cancels the work not started,
+    exactly as ``list(executor.map(...))`` would.
+    """
+
+    def __init__(self, run: MapRun, done: Callable[[Iterator[Any]], None]) -> None:
+        self._run = run
+        # Eager map: every task is submitted already, in input order.
+        self._tasks = list(run.pending)
+        self._done = done
+        self._next = 0
+        self._lock = threading.Lock()
+        self._claimed = False
+
+    def start(self) -> None:
+        for task in self._tasks:
+            task.future.add_done_callback(self._on_done)
+        if not self._tasks:
+            self._on_done(None)
+
+    def _on_done(self, _future: Future[Any] | None) -> None:
+        with self._lock:
+            if self._claimed:
+                return
+            tasks = self._tasks
+            while self._next < len(tasks) and _succeeded(tasks[self._next].future):
+                self._next += 1
+            if self._next < len(tasks) and not tasks[self._next].future.done():
+                return
+            self._claimed = True
+        # Outside the lock: reading the map cancels what is left on a failure,
+        # and a cancelled future calls back here at once, in this thread.
+        self._done(self._run.results())
+
+
+def _succeeded(future: Future[Any]) -> bool:
+    """Whether a map task is done with every one of its items run."""
+    if not future.done() or future.cancelled() or future.exception() is not None:
+        return False
+    outcome = future.result()
+    return not (isinstance(outcome, ChunkResult) and outcome.error is not None)
+
+
+def _stdlib_error(error: BaseException) -> BaseException:
+    """``error`` as ``multiprocessing.Pool`` would raise it.
+
+    A result the worker could not pickle is the pickler's exception at the
+    executor level; Pool code catches ``MaybeEncodingError`` for it, with
+    the stdlib's message and attributes (``exc`` and ``value``, reprs).
+    """
+    cause = error.__cause__
+    if not isinstance(cause, RemoteTraceback) or cause.unsent_result is None:
+        return error
+    wrapped = MaybeEncodingError(error, None)
+    # The stdlib's value is repr(result), which only the worker could take.
+    wrapped.value = cause.unsent_result
+    wrapped.args = (wrapped.exc, wrapped.value)
+    wrapped.__cause__ = error
+    return wrapped
