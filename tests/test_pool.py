@@ -27,6 +27,7 @@ from executors.testing.pool import (
     PoolImapContract,
     PoolLifecycleContract,
     PoolMapContract,
+    PoolStdlibErrorsContract,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -75,6 +76,10 @@ class TestPoolLifecycle(SharedPool, PoolLifecycleContract):
 
 
 class TestPoolCrash(PoolCrashContract):
+    pass
+
+
+class TestPoolStdlibErrors(SharedPool, PoolStdlibErrorsContract):
     pass
 
 

@@ -20,11 +20,14 @@ from __future__ import annotations
 import functools
 import itertools
 import multiprocessing
+import multiprocessing.pool
 import pickle
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import BrokenExecutor, CancelledError
+from concurrent.futures.process import _RemoteTraceback as FuturesRemoteTraceback
 from typing import Any
 
 import pytest
@@ -45,6 +48,7 @@ __all__ = [
     "PoolImapContract",
     "PoolLifecycleContract",
     "PoolMapContract",
+    "PoolStdlibErrorsContract",
 ]
 
 # A one-argument task that needs nothing but builtins in the worker: the
@@ -52,6 +56,10 @@ __all__ = [
 square = functools.partial(pow, exp=2)
 
 PoolFactory = Callable[..., Pool]
+
+# The stdlib's own classes, looked up by name: typeshed declares neither.
+MaybeEncodingError: Any = vars(multiprocessing.pool)["MaybeEncodingError"]
+PoolRemoteTraceback: Any = vars(multiprocessing.pool)["RemoteTraceback"]
 
 
 class SayWhen(ValueError):
@@ -284,6 +292,67 @@ class PoolMapContract(PoolContractBase):
         with pytest.raises(ValueError, match="Chunksize must be 1"):
             shared_pool.imap(square, [1, 2], chunksize=0)
 
+    @pytest.mark.slow
+    @pytest.mark.timeout(20 * BOUND)
+    def test_pending_map_async_calls_start_no_thread_each(self, pool: Pool) -> None:
+        # A thread per pending call used to make 1,000 calls cost 1,000
+        # threads. Every worker is kept busy, so the calls stay pending.
+        self.require_pool(pool, "runs_concurrently")
+        workers = pool.executor.max_workers
+        busy = [
+            pool.apply_async(tasks.sleep_and_return, (3.0, i)) for i in range(workers)
+        ]
+        baseline = threading.active_count()
+        peak = baseline
+        results = []
+        for i in range(1000):
+            if i % 2:
+                results.append(pool.map_async(square, [i]))
+            else:
+                results.append(pool.starmap_async(tasks.add, [(i, 0)]))
+            if i % 50 == 0:
+                peak = max(peak, threading.active_count())
+        peak = max(peak, threading.active_count())
+        assert peak - baseline < 20, f"{peak - baseline} threads more"
+        assert sum(r.ready() for r in results) < 1000
+        # A thousand tasks take Dask or Celery half a minute on a busy
+        # machine: one deadline for all of them.
+        deadline = time.monotonic() + 15 * BOUND
+        values = [r.get(timeout=max(0.0, deadline - time.monotonic())) for r in results]
+        assert values == [[i * i if i % 2 else i] for i in range(1000)]
+        assert [r.get(timeout=BOUND) for r in busy] == list(range(workers))
+
+    def test_map_async_error_callback_gets_the_first_error_once(
+        self, shared_pool: Pool
+    ) -> None:
+        # Items 2 and 5 fail; the first in input order is the one reported,
+        # once, and before the result is ready (as the stdlib's order).
+        calls: list[tuple[str, Any, bool]] = []
+        result: Any = None
+
+        def on_error(exc: BaseException) -> None:
+            calls.append(("error", exc, result is not None and result.ready()))
+
+        def on_value(value: Any) -> None:
+            calls.append(("value", value, True))
+
+        items = [(i, 2) if i != 5 else (5, 5) for i in range(8)]
+        result = shared_pool.starmap_async(
+            tasks.fail_on, items, 1, callback=on_value, error_callback=on_error
+        )
+        with pytest.raises(ValueError, match="item 2 is bad") as info:
+            result.get(timeout=BOUND)
+        assert len(calls) == 1
+        kind, error, was_ready = calls[0]
+        assert kind == "error"
+        assert error is info.value
+        assert not was_ready
+        assert not result.successful()
+        seen: list[Any] = []
+        done = shared_pool.map_async(square, range(30), 4, callback=seen.append)
+        assert done.get(timeout=BOUND) == [i * i for i in range(30)]
+        assert seen == [[i * i for i in range(30)]]
+
 
 class PoolImapContract(PoolContractBase):
     """``imap`` and ``imap_unordered``: lazy, bounded, ``next(timeout)``."""
@@ -463,6 +532,33 @@ class PoolLifecycleContract(PoolContractBase):
         with pytest.raises((CancelledError, BrokenExecutor)):
             result.get(timeout=BOUND)
 
+    def test_maxtasksperchild_with_fork_works_or_says_how(
+        self, make_pool: PoolFactory
+    ) -> None:
+        # multiprocessing.Pool takes both; ProcessPoolExecutor refuses fork
+        # with max_tasks_per_child. Either the pool honours both, or it says
+        # so in Pool's terms, with the ways out.
+        fork = multiprocessing.get_context("fork")
+        try:
+            pool = make_pool(2, maxtasksperchild=1, context=fork)
+        except (TypeError, ValueError) as exc:
+            message = str(exc)
+            if "fork" not in message:
+                # The backend takes one of the options in no form at all.
+                assert "max_tasks_per_child" in message or "mp_context" in message
+                pytest.skip(f"the backend refuses an option: {exc}")
+            assert isinstance(exc, ValueError)
+            assert message.startswith(
+                "maxtasksperchild cannot be used with the 'fork' start method"
+            )
+            assert "context='forkserver'" in message
+            assert "backend='mp_pool'" in message
+            return
+        results = [pool.apply_async(tasks.sleep_then_pid, (0.05,)) for _ in range(6)]
+        pool.close()
+        pool.join()
+        assert len({r.get(0) for r in results}) > 2
+
     def test_max_tasks_per_child_replaces_workers(self, make_pool: PoolFactory) -> None:
         try:
             pool = make_pool(2, maxtasksperchild=1)
@@ -526,3 +622,85 @@ class PoolCrashContract(PoolContractBase):
         it = pool.imap(tasks.exit_abruptly, [3])
         with pytest.raises(BrokenExecutor):
             it.next(timeout=BOUND)
+
+
+class PoolStdlibErrorsContract(PoolContractBase):
+    """Errors as ``multiprocessing.Pool`` raises them (process backends).
+
+    What CPython's own Pool and ``concurrent.futures`` tests look for: a
+    result the worker cannot pickle is ``MaybeEncodingError``, and the
+    worker's traceback is the stdlib's remote-traceback class.
+    """
+
+    @pytest.fixture(autouse=True)
+    def _only_process_backends(self, shared_pool: Pool) -> None:
+        self.require_pool(shared_pool, "process_isolation")
+
+    def test_an_unpicklable_result_is_maybe_encoding_error(
+        self, shared_pool: Pool
+    ) -> None:
+        # CPython's test_unpickleable_result, with its error_callback; twice,
+        # so a lost worker would show.
+        for _ in range(2):
+            seen: list[BaseException] = []
+            result = shared_pool.apply_async(
+                tasks.return_unpicklable, error_callback=seen.append
+            )
+            with pytest.raises(MaybeEncodingError) as info:
+                result.get(timeout=BOUND)
+            assert seen == [info.value]
+            error = info.value
+            assert error.exc == "TypeError('UnpicklableArg refuses to be pickled')"
+            assert error.value.startswith("<executors.testing.tasks.UnpicklableArg")
+            assert str(error) == (
+                f"Error sending result: '{error.value}'. Reason: '{error.exc}'"
+            )
+            # The pickler's own error, with the worker's traceback, behind it.
+            assert isinstance(error.__cause__, TypeError)
+            assert "return_unpicklable" not in str(error)
+            copy = pickle.loads(pickle.dumps(error))
+            assert (copy.exc, copy.value) == (error.exc, error.value)
+        calls: list[Callable[[], object]] = [
+            lambda: shared_pool.map(tasks.return_unpicklable, range(3)),
+            lambda: shared_pool.map(tasks.return_unpicklable, range(40), 8),
+            lambda: shared_pool.map_async(tasks.return_unpicklable, [1]).get(BOUND),
+            lambda: list(shared_pool.imap(tasks.return_unpicklable, range(3))),
+            lambda: list(shared_pool.imap_unordered(tasks.return_unpicklable, [1])),
+        ]
+        for call in calls:
+            with pytest.raises(MaybeEncodingError) as info:
+                call()
+            assert "UnpicklableArg refuses to be pickled" in info.value.exc
+        assert shared_pool.map(square, range(4)) == [0, 1, 4, 9]
+
+    def test_a_task_error_is_not_an_encoding_error(self, shared_pool: Pool) -> None:
+        # The same exception type raised by the task itself stays as it is.
+        with pytest.raises(TypeError) as info:
+            shared_pool.apply(tasks.add, ("a", 1))
+        assert not isinstance(info.value, MaybeEncodingError)
+
+    def test_the_remote_traceback_is_the_stdlib_class(self, shared_pool: Pool) -> None:
+        errors: list[BaseException] = []
+        with pytest.raises(ValueError) as info:
+            shared_pool.apply(tasks.raise_value_error, ("bad value",))
+        errors.append(info.value)
+        with pytest.raises(ValueError) as info:
+            shared_pool.starmap(tasks.fail_on, [(i, 3) for i in range(10)], 5)
+        errors.append(info.value)
+        # The executor's futures, as CPython's test_concurrent_futures sees.
+        future = shared_pool.executor.submit(tasks.raise_value_error, "bad value")
+        error = future.exception(timeout=BOUND)
+        assert error is not None
+        errors.append(error)
+        for error in errors:
+            cause = error.__cause__
+            assert isinstance(cause, PoolRemoteTraceback)
+            assert isinstance(cause, FuturesRemoteTraceback)
+            assert str(cause) == cause.tb
+            assert "Traceback (most recent call last)" in cause.tb
+            copy = pickle.loads(pickle.dumps(cause))
+            assert type(copy) is type(cause)
+            assert str(copy) == str(cause)
+            text = _full_traceback(error)
+            assert "The above exception was the direct cause" in text
+            assert ("raise_value_error" in text) or ("fail_on" in text)
