@@ -370,6 +370,7 @@ class Hosts:
         """Make the hosts (skip unless possible), yield them, remove them."""
         require_netns()
         sweep_leftovers()
+        log_dir.mkdir(parents=True, exist_ok=True)
         made = cls(log_dir)
         try:
             made._build()

@@ -28,8 +28,6 @@ import pytest
 
 from _hosts import Hosts, Program
 
-pytestmark = [pytest.mark.slow, pytest.mark.cluster]
-
 HERE = Path(__file__).resolve().parent
 SCRIPTS = HERE / "_multihost"
 PAGE = HERE.parent / "docs" / "scaling-out.md"
@@ -111,9 +109,7 @@ class Cluster:
 
 @pytest.fixture
 def hosts(tmp_path: Path) -> Iterator[Hosts]:
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    with Hosts.create(logs) as made:
+    with Hosts.create(tmp_path / "logs") as made:
         yield made
 
 
@@ -174,6 +170,8 @@ def _stall_after(results: list[list[Any]], moment: float) -> float:
     return max(b - a for a, b in itertools.pairwise(times))
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 @pytest.mark.timeout(READY_BOUND + RUN_BOUND + 60)
 def test_a_map_runs_on_both_worker_hosts(cluster: Cluster) -> None:
     caller = cluster.start_caller("map")
@@ -225,6 +223,8 @@ def _lose_host_mid_map(
     return figures
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 @pytest.mark.timeout(READY_BOUND + LINK_CUT_RECOVERY + RUN_BOUND + 60)
 def test_a_worker_host_whose_link_is_cut_mid_map_loses_nothing(
     cluster: Cluster,
@@ -232,6 +232,8 @@ def test_a_worker_host_whose_link_is_cut_mid_map_loses_nothing(
     _lose_host_mid_map(cluster, "link", LINK_CUT_RECOVERY)
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 @pytest.mark.timeout(READY_BOUND + KILLED_RECOVERY + RUN_BOUND + 60)
 def test_a_worker_host_whose_processes_are_killed_mid_map_loses_nothing(
     cluster: Cluster,
@@ -239,6 +241,8 @@ def test_a_worker_host_whose_processes_are_killed_mid_map_loses_nothing(
     _lose_host_mid_map(cluster, "kill", KILLED_RECOVERY)
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 @pytest.mark.timeout(READY_BOUND + SCHEDULER_LOSS_BOUND + SHUTDOWN_BOUND + 60)
 def test_losing_the_scheduler_fails_every_unfinished_future_in_bounded_time(
     cluster: Cluster,
