@@ -142,6 +142,39 @@ def test_backend_comes_from_the_environment() -> None:
     assert out.strip() == "thread [1, 2]"
 
 
+def test_a_pool_left_in_a_global_lets_the_program_exit(backend_name: str) -> None:
+    # CPython bpo-38744 / bpo-39360: a pool never closed, held by a global
+    # object, hung or crashed the interpreter's exit.
+    script = textwrap.dedent(
+        """
+        from executors import Pool
+        problem = None
+        class A:
+            def __init__(self):
+                self.pool = Pool(processes=1)
+        def test():
+            global problem
+            problem = A()
+            print(problem.pool.map(float, tuple(range(3))))
+        if __name__ == "__main__":
+            test()
+        """
+    )
+    env = {**os.environ, "EXECUTORS_BACKEND": backend_name}
+    before = child_processes()
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[0.0, 1.0, 2.0]"
+    assert not wait_for_no_new_children(before)
+
+
 def test_an_option_the_backend_lacks_is_a_type_error() -> None:
     with pytest.raises(TypeError, match="max_tasks_per_child"):
         executors.Pool(2, maxtasksperchild=3, backend="thread")

@@ -18,6 +18,7 @@ Tests select themselves by declared capability, never by backend name.
 from __future__ import annotations
 
 import functools
+import gc
 import itertools
 import multiprocessing
 import multiprocessing.pool
@@ -25,6 +26,7 @@ import pickle
 import threading
 import time
 import traceback
+import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import BrokenExecutor, CancelledError
 from concurrent.futures.process import _RemoteTraceback as FuturesRemoteTraceback
@@ -285,6 +287,35 @@ class PoolMapContract(PoolContractBase):
         with pytest.raises((TypeError, pickle.PicklingError)):
             shared_pool.map(tasks.identity, [tasks.UnpicklableArg()] * 10)
         assert shared_pool.map(square, [3]) == [9]
+
+    def test_arguments_and_results_are_released(self, shared_pool: Pool) -> None:
+        # CPython bpo-29861: a map kept its tasks' arguments and results
+        # alive after it returned. (Sets: picklable, and weakly referable.)
+        objs = [{i} for i in range(10)]
+        refs = [weakref.ref(o) for o in objs]
+        results = shared_pool.map(tasks.identity, objs, 3)
+        assert results == objs
+        refs += [weakref.ref(r) for r in results]
+        result = shared_pool.map_async(tasks.identity, objs)
+        async_values = result.get(timeout=BOUND)
+        refs += [weakref.ref(r) for r in async_values]
+        del objs, results, result, async_values
+        deadline = time.monotonic() + BOUND
+        while any(ref() is not None for ref in refs):
+            # Released by a backend's own thread a moment later, at most.
+            assert time.monotonic() < deadline, "a map keeps its items alive"
+            gc.collect()
+            time.sleep(0.05)
+
+    def test_a_failed_map_then_close_and_join_return(self, pool: Pool) -> None:
+        # CPython bpo-23992: after a failing map, join() deadlocked while a
+        # worker still had results to send.
+        start = time.monotonic()
+        with pytest.raises(ValueError, match="item 0 is bad"):
+            pool.starmap(tasks.fail_on, [(i, 0) for i in range(50)], 1)
+        pool.close()
+        pool.join()
+        assert time.monotonic() - start < BOUND
 
     def test_chunksize_below_one_raises(self, shared_pool: Pool) -> None:
         with pytest.raises(ValueError):
@@ -704,3 +735,5 @@ class PoolStdlibErrorsContract(PoolContractBase):
             text = _full_traceback(error)
             assert "The above exception was the direct cause" in text
             assert ("raise_value_error" in text) or ("fail_on" in text)
+        # The failing source line itself, as CPython's test_traceback checks.
+        assert "raise ValueError(message, 42)" in str(errors[0].__cause__)
