@@ -58,7 +58,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Mapping
-from types import CodeType, FrameType, ModuleType
+from types import FrameType, ModuleType
 from typing import Any, TypeVar, cast
 
 __all__ = [
@@ -265,7 +265,7 @@ def _certain_in_workers(frame: FrameType) -> bool:
             return _reached(tree.body, frame.f_lineno)
         if code.co_flags & _SUSPENDS:
             return False
-        function = _function_node(tree, code)
+        function = _function_node(code.co_filename, code.co_name, code.co_firstlineno)
         if function is None or not _reached(function.body, frame.f_lineno):
             return False
         frame = frame.f_back  # type: ignore[assignment]
@@ -276,13 +276,16 @@ def _certain_in_workers(frame: FrameType) -> bool:
 _SUSPENDS = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
 
 
+@functools.lru_cache(maxsize=64)
 def _function_node(
-    tree: ast.Module, code: CodeType
+    path: str, name: str, first_line: int
 ) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
-    for node in ast.walk(tree):
+    """The definition of the function whose code starts at ``first_line``."""
+    tree = _parse(path)
+    for node in ast.walk(tree) if tree is not None else ():
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
-            if node.name == code.co_name and first == code.co_firstlineno:
+            if node.name == name and first == first_line:
                 return node
     return None
 
