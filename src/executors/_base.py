@@ -122,10 +122,6 @@ class _PendingSlots:
             self.closed = True
             self._cond.notify_all()
 
-    @property
-    def used(self) -> int:
-        return self._used
-
 
 def check_max_pending(value: object) -> int | None:
     """Validate ``max_pending`` (``None``: unbounded, the default).
@@ -149,21 +145,25 @@ def _taking_max_pending(init: Callable[..., None]) -> Callable[..., None]:
 
     @functools.wraps(init)
     def __init__(self: BaseExecutor, *args: Any, **kwargs: Any) -> None:
-        max_pending = check_max_pending(kwargs.pop("max_pending", None))
+        if "max_pending" not in kwargs:
+            # Left as it is: unbounded, or set by a subclass's wrapper
+            # around this constructor.
+            init(self, *args, **kwargs)
+            return
+        max_pending = check_max_pending(kwargs.pop("max_pending"))
         init(self, *args, **kwargs)
         self._limit_pending(max_pending)
 
     signature = inspect.signature(init)
     params = list(signature.parameters.values())
-    if "max_pending" not in signature.parameters:
-        option = inspect.Parameter(
-            "max_pending", inspect.Parameter.KEYWORD_ONLY, default=None
-        )
-        # Before a **kwargs, which must come last.
-        at = len(params)
-        if params and params[-1].kind is inspect.Parameter.VAR_KEYWORD:
-            at -= 1
-        params.insert(at, option)
+    option = inspect.Parameter(
+        "max_pending", inspect.Parameter.KEYWORD_ONLY, default=None
+    )
+    # Before a **kwargs, which must come last.
+    at = len(params)
+    if params and params[-1].kind is inspect.Parameter.VAR_KEYWORD:
+        at -= 1
+    params.insert(at, option)
     # A function takes any attribute; its __dict__ says so to mypy.
     __init__.__dict__["__signature__"] = signature.replace(parameters=params)
     __init__.__dict__["_takes_max_pending"] = True
@@ -200,8 +200,12 @@ class BaseExecutor(futures.Executor, metaclass=ABCMeta):
         # Every backend takes max_pending=, written once here: a
         # constructor of its own is wrapped to take it (a subclass that
         # inherits its parent's constructor inherits the wrapper).
+        # A constructor that declares max_pending itself keeps it, and
+        # calls _limit_pending().
         init = cls.__dict__.get("__init__")
-        if init is not None and not getattr(init, "_takes_max_pending", False):
+        if init is None or getattr(init, "_takes_max_pending", False):
+            return
+        if "max_pending" not in inspect.signature(init).parameters:
             cls.__init__ = _taking_max_pending(init)  # type: ignore[method-assign]
 
     def __init__(self, *, max_workers: int, cloudpickle: bool = True) -> None:
