@@ -146,6 +146,9 @@ def one_line(report: pytest.TestReport) -> str:
     text = _SKIPPED_PREFIX.sub("", text.strip())
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     line = lines[0] if lines else ""
+    if line.endswith("did not match.") and len(lines) > 1:
+        # pytest.raises(match=...): what the message was is the finding.
+        line += " " + " ".join(lines[1:3])
     if crash is not None and re.fullmatch(r"[\w.]+", line):
         # A bare exception name ("TimeoutError"): say which line of the
         # suite raised it (the innermost frame is often the stdlib's).

@@ -170,30 +170,54 @@ def _versions(target: str) -> dict[str, str]:
 # -- processes ------------------------------------------------------------
 
 
-def _kill_group(proc: subprocess.Popen[Any]) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(10)
+#: multiprocessing's (and loky's) resource trackers unlink the semaphores
+#: and shared memory their processes leaked once those are gone: they are
+#: killed last, after this many seconds to do so.
+TRACKER_GRACE = 5.0
+_TRACKERS = ("resource_tracker", "semaphore_tracker")
 
 
-def kill_marked(token: str) -> list[int]:
-    """Kill every process whose environment carries the run's token."""
+def kill_marked(token: str, child: subprocess.Popen[Any] | None = None) -> list[int]:
+    """Kill every process whose environment carries the run's token.
+
+    Resource trackers go last, once the processes they watch are dead, so
+    that they remove what those left in ``/dev/shm``; then, as a backstop,
+    the child's whole process group.
+    """
     import psutil
 
-    killed = []
     me = os.getpid()
+    marked: list[psutil.Process] = []
     for proc in psutil.process_iter():
         try:
-            if proc.pid == me or proc.environ().get(RUN_TOKEN_VARIABLE) != token:
-                continue
-            proc.kill()
-            killed.append(proc.pid)
+            if proc.pid != me and proc.environ().get(RUN_TOKEN_VARIABLE) == token:
+                marked.append(proc)
         except (psutil.Error, OSError):
             continue
-    if killed:
-        psutil.wait_procs([p for p in psutil.process_iter() if p.pid in killed], 5)
-    return killed
+
+    def is_tracker(proc: psutil.Process) -> bool:
+        try:
+            return any(t in " ".join(proc.cmdline()) for t in _TRACKERS)
+        except psutil.Error:
+            return False
+
+    def kill(procs: list[psutil.Process]) -> None:
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        psutil.wait_procs(procs, timeout=5)
+
+    trackers = [p for p in marked if is_tracker(p)]
+    kill([p for p in marked if p not in trackers])
+    # Orphaned, a tracker reads EOF, cleans up and exits by itself.
+    _, alive = psutil.wait_procs(trackers, timeout=TRACKER_GRACE)
+    kill(alive)
+    if child is not None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(10)
+    return [p.pid for p in marked]
 
 
 class _Child:
@@ -301,7 +325,7 @@ class _Runner:
             try:
                 child.proc.wait(PROBE_BOUND)
             except subprocess.TimeoutExpired:
-                _kill_group(child.proc)
+                kill_marked(self.token, child.proc)
         kill_marked(self.token)
         result: dict[str, Any] = {}
         if out_path.exists():
@@ -485,7 +509,7 @@ class _Runner:
                     if finished:
                         with contextlib.suppress(subprocess.TimeoutExpired):
                             child.proc.wait(EXIT_GRACE)
-                        _kill_group(child.proc)
+                        kill_marked(self.token, child.proc)
                         break
                     if code is not None:
                         why_ended = _describe_exit(code)
@@ -497,20 +521,20 @@ class _Runner:
                     low, high = HANG_GRACE
                     limit = timeout + max(low, min(high, timeout / 2))
                     if running is not None and now - started > limit:
-                        _kill_group(child.proc)
+                        kill_marked(self.token, child.proc)
                         self.settle(
                             running,
                             forced=(
                                 "hung",
-                                f"did not end within {limit:.0f} s; the test "
-                                "process was killed",
+                                f"{self.phase_of(running)} did not end within "
+                                f"{limit:.0f} s; the test process was killed",
                             ),
                         )
                         running = None
                         why_ended = "hang"
                         break
                     if now > deadline:
-                        _kill_group(child.proc)
+                        kill_marked(self.token, child.proc)
                         if running is not None:
                             self.settle(
                                 running,
@@ -546,6 +570,13 @@ class _Runner:
                 self.write_done()
         for test_id in self.order:
             self.print_topic_if_done(self.results[test_id].topic, final=True)
+
+    def phase_of(self, test_id: str) -> str:
+        """The phase a test was in, from the reports of those it finished."""
+        done = {r["when"] for r in self.reports.get(test_id, [])}
+        if "call" in done:
+            return "its teardown (the executor's shutdown)"
+        return "the test" if "setup" in done else "its setup"
 
     def timeout_of(self, test_id: str | None) -> float:
         timeout = self.timeouts.get(test_id or "", 0.0) or self.options.timeout
