@@ -124,15 +124,15 @@ def page(cards: list[Scorecard], missing: list[Peer]) -> str:
     """The whole peers page."""
     from ._report import comparison
 
-    intro = f"""# Peers, measured
+    intro = """# Peers, measured
 
 Every column is one run of `python -m executors.testing certify` against one
 executor: the shipped conformance suite, each test bounded in time, in a
 child process that a hang or a crash cannot take down. A cell is *pass*,
 **FAIL** or **HUNG** (the reason follows each table), *n/a* (the test
 needs a capability the target does not have, or this library's API beyond
-the stdlib's `Executor`: the run's `--json` file says which), or *not run*
-(the run reached its time bound first). Nothing here is written by hand.
+the stdlib's `Executor`: point at the cell for which), or *not run* (the
+run reached its time bound first). Nothing here is written by hand.
 
 The *machine* in the versions says where the runs were made. Each wait in
 the suite is bounded at 15 s; on a machine shared with other work (as these
@@ -144,8 +144,9 @@ Foreign executors get no special treatment: their capabilities are probed
 by running a few tasks (does a task run in another process, does the pool
 survive a worker that calls `os._exit`?), and a test is judged against what
 was probed, exactly as a backend is judged against what it declares.
-
-## Regenerate it
+How to regenerate the page, and the two adapters, are at its end.
+"""
+    outro = f"""## Regenerate it
 
 ```bash
 pip install -e ".[all,test,peers]"
@@ -175,7 +176,7 @@ executors themselves, so each gets the smallest adapter that makes it one
         intro += "\n## Not measured\n\n"
         intro += "These columns have no run in this version of the page:\n\n"
         intro += "".join(f"* {p.label} (`{p.target}`)\n" for p in missing)
-    return comparison(cards, intro)
+    return comparison(cards, intro, outro)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -125,23 +125,28 @@ def probe(config: dict[str, Any]) -> dict[str, Any]:
         result["declared"] = dataclasses.asdict(executor.capabilities)
         _shutdown_quietly(executor)
         return result
-    skip = set(config.get("given") or ())
+    # What a flag gives is not probed: a target that cannot run the probe's
+    # tasks can still be certified with flags.
+    given: dict[str, bool] = config.get("given") or {}
     probed: dict[str, tuple[bool, str]] = result["probed"]
+
+    def known(name: str, default: bool) -> bool:
+        if name in given:
+            return given[name]
+        return probed[name][0] if name in probed else default
+
     try:
-        if "runs_concurrently" not in skip:
+        if "runs_concurrently" not in given:
             probed["runs_concurrently"] = _probe_concurrency(executor)
-        isolated, why = _probe_isolation(executor)
-        if "process_isolation" not in skip:
-            probed["process_isolation"] = (isolated, why)
-        isolated = config.get("given", {}).get("process_isolation", isolated)
-        if isolated and "survives_worker_death" not in skip:
+        if "process_isolation" not in given:
+            probed["process_isolation"] = _probe_isolation(executor)
+        isolated = known("process_isolation", True)
+        if isolated and "survives_worker_death" not in given:
             probed["survives_worker_death"] = _probe_worker_death(executor)
     finally:
         _shutdown_quietly(executor)
-    survives = config.get("given", {}).get(
-        "survives_worker_death", probed.get("survives_worker_death", (False, ""))[0]
-    )
-    if isolated and survives and "retries_lost_tasks" not in skip:
+    survives = known("survives_worker_death", False)
+    if isolated and survives and "retries_lost_tasks" not in given:
         probed["retries_lost_tasks"] = _probe_lost_task_retry(make)
     return result
 

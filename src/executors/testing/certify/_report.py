@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import Iterable
 
@@ -132,11 +133,14 @@ def _compare_cell(test: TestResult | None) -> str:
         return "—"
     word = _OUTCOME_WORD[test.outcome]
     if test.outcome in ("failed", "hung"):
-        word = f"**{word}**"
+        return f"**{word}**"
+    if test.outcome == "n/a" and test.reason:
+        title = html.escape(test.reason.replace("|", "/"), quote=True)
+        return f'<span title="{title}">{word}</span>'
     return word
 
 
-def comparison(cards: list[Scorecard], intro: str = "") -> str:
+def comparison(cards: list[Scorecard], intro: str = "", outro: str = "") -> str:
     """Scorecards side by side: one table per topic, one column per target.
 
     Each row has an anchor (:func:`anchor`) that other pages link to; each
@@ -200,4 +204,6 @@ def comparison(cards: list[Scorecard], intro: str = "") -> str:
                     )
         if failures:
             out += ["", "Why they failed:", "", *failures]
+    if outro:
+        out += ["", outro.strip()]
     return "\n".join(out) + "\n"

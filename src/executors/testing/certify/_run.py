@@ -513,8 +513,9 @@ class _Runner:
                         break
                     if code is not None:
                         why_ended = _describe_exit(code)
-                        time.sleep(0.2)
-                        if not buffer and events.stat().st_size == offset:
+                        # Read to the end of what it wrote (a line cut short
+                        # by its death is dropped), then go on without it.
+                        if not chunk:
                             break
                         continue
                     timeout = self.timeout_of(running)
