@@ -30,15 +30,19 @@ backend, from :func:`executors.create`:
   in the caller and in the worker:
 
   - the caller raises :class:`RuntimeError` at the ``create()`` call when
-    the script calls it directly from a top-level statement that a
-    worker re-running the script is certain to reach too, and the backend
+    the script calls it from a top-level statement (directly or through
+    its own functions) that a worker re-running the script is certain to
+    reach too (:func:`_certain_in_workers`), and the backend
     says its workers start by a method that re-runs the main module (its
     ``_workers_start_method(options)`` class hook; without one, only the
     worker's check applies);
   - a worker whose re-run of the main module reaches ``create()`` exits at
     once, silently, with :data:`MAIN_REIMPORTED_EXITCODE`, and the
     caller's message for that exit code (:func:`describe_reimport`) names
-    the guard and the line that the caller saw create an executor.
+    the guard and the line that the caller saw create an executor. (From
+    Python 3.13.8 and 3.14.1 the fork server itself preloads ``__main__``:
+    this check then ends the fork server, and the caller sees its backend's
+    error for a worker that could not start.)
 
 A backend's hook, a classmethod given the options of ``create()``, returns
 the start method of its local worker processes (``"fork"``, ``"spawn"``,
