@@ -93,8 +93,12 @@ class Runtime:
             with contextlib.suppress(Exception):
                 self.client.close(timeout=CLOSE_TIMEOUT_SECONDS)
         if self.cluster is not None:
-            with contextlib.suppress(Exception):
+            try:
                 self.cluster.close(timeout=CLOSE_TIMEOUT_SECONDS)
+            except Exception:
+                # Timed out, on a very busy machine: its workers must not
+                # outlive it (nor run on in the folder removed below).
+                _abandon(self.cluster)
             quiet_handshakes.forget(self.cluster)
         if self.scratch is not None:
             shutil.rmtree(self.scratch, ignore_errors=True)

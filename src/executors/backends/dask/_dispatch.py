@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import os
 import pickle
 import queue
@@ -313,17 +314,50 @@ class InitializerPlugin(WorkerPlugin):
         _failed_initializers.pop(self.name, None)
 
 
+#: What a Dask worker logs, with a traceback, when a heartbeat fails.
+_HEARTBEAT_FAILED = "Failed to communicate with scheduler during heartbeat."
+
+
+class QuietHeartbeats(logging.Filter):
+    """In our workers, a heartbeat that could not reach the scheduler is DEBUG.
+
+    Dask's ``Worker.close()`` closes its connections under a heartbeat in
+    flight, which then fails ("ConnectionPool closing") and is logged as an
+    ERROR with three chained tracebacks, on the caller's stderr (workers
+    share it): at the end of a program that did nothing wrong, and the
+    more often the busier the machine. Our scheduler runs in the caller's
+    process, so the other way a heartbeat fails, the scheduler gone, also
+    means the caller closed the cluster or died, and the worker is ending.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._logger = logging.getLogger("distributed.worker")
+
+    def install(self) -> None:
+        self._logger.addFilter(self)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno <= logging.DEBUG or record.msg != _HEARTBEAT_FAILED:
+            return True
+        # Handled by this logger's filters again, now as DEBUG: let through.
+        self._logger.debug(record.msg, exc_info=record.exc_info)
+        return False
+
+
 def dask_setup(worker: Any) -> None:
     """Dask preload hook: ignore Ctrl-C, which the caller handles.
 
     A terminal's Ctrl-C reaches the workers too: one that stopped would be
-    restarted by its nanny, and its task run again. And a connection that
-    speaks no TLS to a worker's port is logged at DEBUG, not as a WARNING
-    on the caller's terminal (the worker's stderr).
+    restarted by its nanny, and its task run again. And what Dask would
+    log on the caller's terminal (the worker's stderr) though nothing went
+    wrong is logged at DEBUG: a connection that speaks no TLS to the
+    worker's port, a heartbeat cut short as the worker closes.
     """
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     QuietHandshakes(everywhere=True).install()
+    QuietHeartbeats().install()
     if dask.config.get("distributed.worker.http.routes") == HEALTH_ONLY_ROUTES:
         serve_health_only(worker)  # no dashboard asked for
 
