@@ -134,10 +134,12 @@ needs a capability the target does not have, or this library's API beyond
 the stdlib's `Executor`: point at the cell for which), or *not run* (the
 run reached its time bound first). Nothing here is written by hand.
 
-The *machine* in the versions says where the runs were made. Each wait in
-the suite is bounded at 15 s; on a machine shared with other work (as these
-runs were: a few at a time, on 2 cores) a row that failed on a timeout may
-pass on a quiet one, and the reason given is always the test's own message.
+The property-based tests run with a fixed seed, so each run draws the same
+examples. The *machine* in the versions says where the runs were made. Each
+wait in the suite is bounded at 15 s; on a machine shared with other work
+(as these runs were: a few at a time, on 2 cores) a row that failed on a
+timeout may pass on a quiet one, and the reason given is always the test's
+own message.
 
 The first five columns are peers; the others are this library's backends.
 Foreign executors get no special treatment: their capabilities are probed

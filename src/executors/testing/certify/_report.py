@@ -147,20 +147,35 @@ def comparison(cards: list[Scorecard], intro: str = "", outro: str = "") -> str:
     table is followed by the reason of every failure in it.
     """
     out = [intro.rstrip(), ""] if intro else []
-    out += ["## The runs", "", "| column | target | result | versions | date |"]
+    shared = {
+        key: value
+        for key, value in (cards[0].versions.items() if cards else ())
+        if all(card.versions.get(key) == value for card in cards)
+    }
+    out += ["## The runs", ""]
+    if shared:
+        listed = ", ".join(f"{k} {v}" for k, v in shared.items())
+        out += [f"Every run: {listed}.", ""]
+    out += ["| column | command | result | when, how long | other versions |"]
     out += ["|---|---|---|---|---|"]
+    notes: list[str] = []
     for card in cards:
         result = _totals(card) + (f"; error: {card.error}" if card.error else "")
-        result += "".join(f"; note: {note}" for note in card.notes)
+        notes += [f"* {card.label}: {note}." for note in card.notes]
+        other = ", ".join(
+            f"{k} {v}" for k, v in card.versions.items() if shared.get(k) != v
+        )
         out.append(
             f"| {card.label} | `{_cell(_command(card))}` | {_cell(result)} "
-            f"| {_versions(card)} | {card.date}, {_duration(card.seconds)} |"
+            f"| {card.date}, {_duration(card.seconds)} | {_cell(other)} |"
         )
+    if notes:
+        out += ["", *notes]
     out += ["", "## Capabilities", ""]
     out += [
         "What each run assumed: *d* declared by the executor, *p* probed "
-        "by running tasks, *g* given as a flag, *a* assumed (see the "
-        "`--json` files for the evidence of each).",
+        "by running tasks, *g* given as a flag, *a* assumed; point at a "
+        "cell for the evidence.",
         "",
     ]
     out += ["| capability | " + " | ".join(c.label for c in cards) + " |"]
@@ -173,7 +188,9 @@ def comparison(cards: list[Scorecard], intro: str = "", outro: str = "") -> str:
             if value is None:
                 cells.append("—")
                 continue
-            cells.append(f"{'yes' if value else 'no'} ({how[0]})")
+            title = html.escape(how.replace("|", "/"), quote=True)
+            word = f"{'yes' if value else 'no'} ({how[0]})"
+            cells.append(f'<span title="{title}">{word}</span>')
         out.append(f"| `{name}` | " + " | ".join(cells) + " |")
     for topic in _topics(cards):
         out += ["", f"## {topic}", ""]
