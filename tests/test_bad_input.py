@@ -70,6 +70,9 @@ COMMON_BAD_OPTIONS: list[tuple[str, Any, type[Exception], str]] = [
     ("max_tasks_per_child", "1", TypeError, "max_tasks_per_child"),
     ("cloudpickle", "yes", TypeError, "cloudpickle"),
     ("cloudpickle", 1, TypeError, "cloudpickle"),
+    ("max_pending", 0, ValueError, "max_pending"),
+    ("max_pending", "1", TypeError, "max_pending"),
+    ("max_pending", True, TypeError, "max_pending"),
 ]
 
 

@@ -55,6 +55,7 @@ from executors.testing import (
     tasks,
 )
 from executors.testing._support import ExecutorFactory
+from executors.testing.backpressure import BackpressureContract
 
 
 def _factory(**defaults: Any) -> ExecutorFactory:
@@ -94,6 +95,12 @@ class TestThreadingShutdown(_Variant, ShutdownContract):
 
 
 class TestThreadingInitializer(_Variant, InitializerContract):
+    options = THREADING
+
+
+class TestThreadingBackpressure(_Variant, BackpressureContract):
+    # Its tasks run in threads of the caller: one that submits at the
+    # max_pending limit must raise, not wait for a slot its own thread holds.
     options = THREADING
 
 

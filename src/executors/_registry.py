@@ -211,7 +211,10 @@ def create(backend: str | None = None, /, **options: Any) -> BaseExecutor:
             the ``EXECUTORS_BACKEND`` environment variable, else ``"process"``.
         **options: Keyword options of that backend. The common ones keep the
             stdlib's names and meanings: ``max_workers``, ``initializer``,
-            ``initargs``, ``max_tasks_per_child``, ``mp_context``; and every
+            ``initargs``, ``max_tasks_per_child``, ``mp_context``; every
+            backend takes ``max_pending`` (``submit`` waits while that many
+            of its futures are unfinished; ``None``, the default: no bound);
+            and every
             backend that declares ``capabilities.task_control`` takes
             ``task_timeout``, ``retries``, ``retry_on`` and ``retry_delay``
             (see :func:`executors.with_options`).

@@ -16,8 +16,9 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Callable, Iterable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from typing import Any, TypeVar
 
 from ._base import BaseExecutor
@@ -39,12 +40,39 @@ async def submit(
     Returns:
         The task's result; its exception is raised as ``Future.result()`` would.
     """
-    future = executor.submit(fn, *args, **kwargs)
+    if getattr(executor, "max_pending", None) is None:
+        future = executor.submit(fn, *args, **kwargs)
+    else:
+        future = await _submit_in_a_thread(executor, fn, args, kwargs)
     try:
         return await asyncio.wrap_future(future)
     except asyncio.CancelledError:
         future.cancel()
         raise
+
+
+async def _submit_in_a_thread(
+    executor: Executor,
+    fn: Callable[..., T],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Future[T]:
+    # With create(max_pending=N), submit() waits for a free slot: waiting
+    # in the event loop's thread would stop every other coroutine.
+    submitting = asyncio.get_running_loop().run_in_executor(
+        None, functools.partial(executor.submit, fn, *args, **kwargs)
+    )
+    try:
+        return await asyncio.shield(submitting)
+    except asyncio.CancelledError:
+        # The submit goes on in its thread: cancel its future when it comes.
+        submitting.add_done_callback(_cancel_submitted)
+        raise
+
+
+def _cancel_submitted(submitting: asyncio.Future[Future[Any]]) -> None:
+    if not submitting.cancelled() and submitting.exception() is None:
+        submitting.result().cancel()
 
 
 def _require_ours(executor: object) -> BaseExecutor:

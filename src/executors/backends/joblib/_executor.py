@@ -303,6 +303,10 @@ class JoblibExecutor(BaseExecutor):
             progress=progress,
         )
 
+    def _in_own_task(self) -> bool:
+        # The threading engine runs tasks in threads of this process.
+        return self._workers.runs_in_current_thread()
+
     def _shutdown(self, wait: bool, cancel_futures: bool) -> None:
         self._calls.close(cancel_futures)
         if wait:
