@@ -17,9 +17,13 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing.util
 import os
+import shutil
 import socket
 import stat
+import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -51,12 +55,25 @@ PAGES = [
 
 
 @pytest.fixture
-def shared_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def short_tmp() -> Iterator[Path]:
+    """A $TMPDIR of our own, short: a fork server's socket is made there."""
+    shared = Path(tempfile.mkdtemp(prefix="shared-"))
+    try:
+        yield shared
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+@pytest.fixture
+def shared_tmp(short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A $TMPDIR holding a dask-scratch-space another user left open to all."""
-    shared = tmp_path / "tmp"
-    (shared / "dask-scratch-space").mkdir(parents=True)
+    shared = short_tmp
+    (shared / "dask-scratch-space").mkdir()
     os.chmod(shared / "dask-scratch-space", 0o777)
     os.chmod(shared, 0o1777)
+    # multiprocessing's own folder (the fork server's socket) stays in the
+    # real one: it outlives this test.
+    multiprocessing.util.get_temp_dir()
     # What Dask and mkdtemp read (TMPDIR is read once, into this).
     monkeypatch.setattr(tempfile, "tempdir", str(shared))
     return shared
@@ -104,6 +121,9 @@ def test_the_cluster_keeps_its_files_in_a_private_folder(shared_tmp: Path) -> No
     assert not wait_for_no_new_children(before)
     assert list((shared_tmp / "dask-scratch-space").iterdir()) == []
     assert _ours(shared_tmp) == [], "the cluster's folder outlived shutdown()"
+    # Dask put the workspaces on sys.path: a folder of that name made later
+    # by anyone must not be imported from.
+    assert not [p for p in sys.path if p.startswith(str(folder))], sys.path
 
 
 def test_a_failed_start_leaves_no_folder(shared_tmp: Path) -> None:
@@ -241,3 +261,43 @@ def test_a_stranger_failing_the_tls_handshake_is_no_warning(executor: Any) -> No
     assert not loud, f"failed handshakes logged above DEBUG: {loud}"
     # The cluster works on.
     assert executor.submit(tasks.add, 2, 3).result(timeout=BOUND) == 5
+
+
+KILLED_CALLER = """
+import sys, time
+import executors
+from executors.testing import tasks
+
+if __name__ == "__main__":
+    executor = executors.create("dask", max_workers=1, mp_context="forkserver")
+    assert executor.submit(tasks.add, 1, 2).result(timeout=60) == 3
+    print("READY", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_killed_caller_leaves_no_folder(tmp_path: Path, short_tmp: Path) -> None:
+    shared = short_tmp
+    script = tmp_path / "killed_caller.py"
+    script.write_text(KILLED_CALLER)
+    caller = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "TMPDIR": str(shared)},
+        text=True,
+    )
+    try:
+        assert caller.stdout is not None
+        assert caller.stdout.readline().strip() == "READY"
+        assert len(_ours(shared)) == 1
+        caller.kill()  # nothing of the caller runs any more
+        caller.wait(BOUND)
+        deadline = time.monotonic() + BOUND
+        while left := _ours(shared):
+            assert time.monotonic() < deadline, f"left after SIGKILL: {left}"
+            time.sleep(0.05)
+    finally:
+        if caller.poll() is None:
+            caller.kill()
+            caller.wait(BOUND)

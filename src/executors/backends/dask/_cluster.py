@@ -8,6 +8,8 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -58,8 +60,73 @@ HEALTH_ONLY_ROUTES = ["distributed.http.health"]
 #: pickled data, and the scheduler's (Dask's default is the shared
 #: $TMPDIR/dask-scratch-space, which another user may have created).
 SCRATCH_PREFIX = "executors-dask-"
+#: How long removing the folder waits for its watcher to exit.
+WATCHER_EXIT_SECONDS = 5.0
+# The watcher of a cluster's folder: it reads its stdin, a pipe that only
+# the caller holds, to the end, which comes when the caller closes the
+# cluster or dies (even by SIGKILL), and removes the folder. A terminal's
+# Ctrl-C or SIGTERM leaves it to that.
+_WATCHER = """
+import shutil, signal, sys, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+sys.stdin.buffer.read()
+shutil.rmtree(sys.argv[1], ignore_errors=True)
+time.sleep(0.1)  # a worker still exiting may have written since
+shutil.rmtree(sys.argv[1], ignore_errors=True)
+"""
 # What distributed.comm.tcp logs when a connection speaks no TLS.
 _HANDSHAKE_FAILED = "Listener on %r: TLS handshake failed with remote %r: %s"
+
+
+class Scratch:
+    """Our cluster's private folder: removed at close, or when the caller dies.
+
+    Made 0700 by mkdtemp. A small watcher process removes it once the
+    caller is gone, however it ended.
+    """
+
+    def __init__(self) -> None:
+        self.path = tempfile.mkdtemp(prefix=SCRATCH_PREFIX)
+        self._watcher: subprocess.Popen[bytes] | None = None
+        if not sys.executable:  # embedded: removed at close only
+            return
+        try:
+            self._watcher = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _WATCHER, self.path],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                # Out of the caller's process group: a SIGKILL sent to the
+                # whole group must leave it to remove the folder.
+                start_new_session=True,
+            )
+        except BaseException:
+            shutil.rmtree(self.path, ignore_errors=True)
+            raise
+
+    def remove(self) -> None:
+        # Dask puts each workspace on sys.path, and takes it off only if it
+        # is still first there: once the folder is gone anyone could make
+        # one of that name, and the modules in it would be imported here.
+        inside = self.path + os.sep
+        sys.path[:] = [
+            entry
+            for entry in sys.path
+            if entry != self.path and not entry.startswith(inside)
+        ]
+        shutil.rmtree(self.path, ignore_errors=True)
+        watcher, self._watcher = self._watcher, None
+        if watcher is None:
+            return
+        if watcher.stdin is not None:
+            with contextlib.suppress(OSError):
+                watcher.stdin.close()
+        try:
+            watcher.wait(WATCHER_EXIT_SECONDS)
+        except subprocess.TimeoutExpired:
+            watcher.kill()
+            watcher.wait()
 
 
 @dataclass(eq=False)
@@ -69,7 +136,7 @@ class Runtime:
     client: Any
     cluster: Any = None
     close_client: bool = False
-    scratch: str | None = None  # our local cluster's folder
+    scratch: Scratch | None = None  # our local cluster's folder
     plugin: str | None = None
     # On a remote scheduler: the plugin that removes ours when our client goes.
     forget: str | None = None
@@ -101,7 +168,7 @@ class Runtime:
                 _abandon(self.cluster)
             quiet_handshakes.forget(self.cluster)
         if self.scratch is not None:
-            shutil.rmtree(self.scratch, ignore_errors=True)
+            self.scratch.remove()
 
     def thread_count(self) -> int:
         """A remote cluster's threads, re-read if old: not from the event loop."""
@@ -243,10 +310,10 @@ def start_local_cluster(options: LocalOptions) -> Runtime:
     security = options.security
     if security is None:
         security = Security.temporary()  # type: ignore[no-untyped-call]
-    # Made 0700 by mkdtemp; Dask puts its dask-scratch-space in it.
-    scratch = tempfile.mkdtemp(prefix=SCRATCH_PREFIX)
-    scheduler_options.setdefault("local_directory", scratch)
-    cluster_options.setdefault("local_directory", scratch)
+    # Dask puts its dask-scratch-space in it.
+    scratch = Scratch()
+    scheduler_options.setdefault("local_directory", scratch.path)
+    cluster_options.setdefault("local_directory", scratch.path)
     cluster: Any = None
     client: Any = None
     try:
@@ -280,7 +347,7 @@ def start_local_cluster(options: LocalOptions) -> Runtime:
         _tear_down_half_built(exc, cluster, client)
         if cluster is not None:
             quiet_handshakes.forget(cluster)
-        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.remove()
         if not isinstance(exc, Exception):
             raise
         raise DaskClusterError(
