@@ -37,6 +37,7 @@ __all__ = [
     "Replay",
     "WorkItem",
     "WorkerHandle",
+    "bad_frame_error",
     "crash_error",
     "drop",
     "early_crash_error",
@@ -228,11 +229,14 @@ class WorkerHandle:
         self.gone = False
         self.kill_reason: KillReason | None = None
 
-    def kill(self, reason: KillReason, sig: signal.Signals | None = None) -> None:
+    def kill(
+        self, reason: KillReason | None, sig: signal.Signals | None = None
+    ) -> None:
         """Stop the worker; the first reason is the one :meth:`.pool.Pool.on_exit` sees.
 
         Args:
-            reason: Why, for the item it held.
+            reason: Why, for the item it held; ``None``: its death is handled
+                as if it had died by itself.
             sig: The signal to send; default SIGKILL. ``terminate_workers()``
                 sends SIGTERM, which a task may ignore: a later kill (at
                 shutdown's grace) still sends SIGKILL. On Windows both end
@@ -292,6 +296,15 @@ def crash_error(exitcode: int | None, kind: int) -> BaseException:
         f"the worker process running {what} died ({describe_exitcode(exitcode)}); "
         "the executor replaced it and runs the other tasks as usual",
         exitcode,
+    )
+
+
+def bad_frame_error(why: str, kind: int) -> BaseException:
+    what = "this item of a map" if kind == CHUNK else "this task"
+    return WorkerCrashedError(
+        f"the worker process running {what} sent a bad frame on its result "
+        f"pipe: {why}; the executor killed and replaced the worker and runs the "
+        "other tasks as usual"
     )
 
 

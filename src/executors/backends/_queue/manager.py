@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..._lifecycle import ManagerThread, manager_failed
 from .items import WorkerHandle
+from .wire import BadFrameError
 
 if TYPE_CHECKING:
     from .pool import Pool
@@ -149,6 +150,13 @@ class Manager(ManagerThread):
             # Dead or dying: its sentinel follows.
             worker.eof = True
             self.selector.unregister(worker.results)
+            return
+        except BadFrameError as why:
+            # The stream is out of step: read no more of it. The worker is
+            # killed; its sentinel follows.
+            worker.eof = True
+            self.selector.unregister(worker.results)
+            self.pool.on_bad_frame(worker, why)
             return
         self.pool.on_message(worker, message)
 

@@ -78,6 +78,7 @@ from .items import (
     Replay,
     WorkerHandle,
     WorkItem,
+    bad_frame_error,
     crash_error,
     drop,
     early_crash_error,
@@ -93,10 +94,13 @@ from .wire import (
     CHUNK,
     CHUNK_DONE,
     ERROR,
+    FIELDS,
     INIT_FAILED,
     PARTIAL,
     READY,
     RESULT,
+    SENT,
+    BadFrameError,
     Board,
     Channel,
     Message,
@@ -573,6 +577,7 @@ class Pool:
         _grow_pipe(result_reader)
         tasks, results = Channel(task_writer), Channel(result_reader)
         tasks.make_nonblocking()
+        results.check_against(self.board.view, slot * FIELDS + SENT)
         return WorkerHandle(process, tasks, results, slot, capacity)
 
     # -- results (manager thread) --------------------------------------------
@@ -631,6 +636,47 @@ class Pool:
             self._dispatch_locked()
         if not retried:
             settle(item.future, value, error)
+
+    def on_bad_frame(self, worker: WorkerHandle, why: BadFrameError) -> None:
+        """Handle a frame ``worker`` did not send: fail one task, replace it.
+
+        Called once the manager has stopped reading the worker (the stream
+        is out of step). Frames arrive in order and a worker runs its items
+        in order, so the bytes came before the result of the oldest item it
+        holds: that item was running (or being received) when they were
+        written, and it fails; the others run again on other workers.
+        """
+        settled: list[tuple[WorkItem, Any, BaseException | None]] = []
+        task_id, first = self.board.read(worker.slot)[:2]
+        with self.lock:
+            item = worker.held[0] if worker.held and worker.ready else None
+            if item is not None:
+                worker.held.popleft()
+                worker.held_bytes -= item.size
+                if item.watched:
+                    self.watched -= 1
+                error = bad_frame_error(str(why), item.kind)
+                if item.kind != CHUNK:
+                    if not self.retry_locked(item, error):
+                        self.by_future.pop(item.future, None)
+                        settled.append((item, None, error))
+                else:
+                    # At the piece the board shows running, if it is this
+                    # chunk's; else after the values already received.
+                    stop = first if task_id == item.task_id else len(item.values)
+                    recovery = self._finish_chunk_locked(item, stop, error, 0, settled)
+                    if recovery is not None:
+                        self.pending.appendleft(recovery)
+        if worker.ready:
+            # The rest it held is sent again (on_exit: killed for no item).
+            worker.kill(KillReason(None, 0, None))
+        elif self.initializer is not None:
+            # Only the initializer has run in it.
+            self._initializer_failed(why, None)
+        else:
+            worker.kill(None)  # counted as a worker that failed to start
+        for done, value, failure in settled:
+            settle(done.future, value, failure)
 
     def on_exit(self, worker: WorkerHandle) -> None:
         """Handle the death of ``worker``: settle or resend what it held."""
@@ -819,7 +865,8 @@ class Pool:
         while readable():
             try:
                 message = worker.results.recv()
-            except (EOFError, OSError):
+            except (EOFError, OSError, BadFrameError):
+                # A bad frame from a dead worker: its death fails the task.
                 break
             self.on_message(worker, message)
         worker.eof = True

@@ -27,6 +27,19 @@ the task (and the piece of a chunk) it is running. Writing it costs a worker
 a few memory stores per task or piece, no system call; it is what lets the
 parent tell, after a crash, which task was running and which were only
 waiting in the pipe.
+
+The parent does not trust the lengths in a worker's frames. A task runs in
+the worker and can write to the result pipe itself (an inherited descriptor,
+a C library, on purpose), and a header it forges could make the parent
+allocate gigabytes, or wait for ever for bytes that never come. So before
+each frame a worker posts on the board how many bytes it has sent in all,
+this frame included (:data:`SENT`; one memory store), and the parent reads
+a frame only as far as that count covers: a header, a buffer count or a
+length past it, an unknown kind or an impossible duration raise
+:class:`BadFrameError` before anything is allocated or waited for. The bound
+is exact, so no frame a worker legitimately sends is ever refused, whatever
+its size; and since the worker writes what it posted right after posting
+it, the parent never waits for bytes the worker is not writing.
 """
 
 from __future__ import annotations
@@ -58,8 +71,10 @@ __all__ = [
     "READY",
     "RESULT",
     "RETURNED",
+    "SENT",
     "STARTED",
     "TASK",
+    "BadFrameError",
     "Board",
     "Channel",
     "Message",
@@ -80,6 +95,9 @@ RESULT = 12  # body: the return value
 ERROR = 13  # body: the task's exception, with its traceback
 PARTIAL = 14  # body: the values of a chunk's next items, sent early
 CHUNK_DONE = 15  # body: (the last values, the exception or None)
+# A worker sends only the kinds READY to CHUNK_DONE.
+_FIRST_FROM_WORKER, _LAST_FROM_WORKER = READY, CHUNK_DONE
+_INFINITY = float("inf")
 
 HEADER = struct.Struct("<BIQdQ")
 _LENGTH = struct.Struct("<Q")
@@ -100,6 +118,16 @@ _RAW_FDS = os.name == "posix"
 
 # A piece of a frame: ``writev`` takes any of these.
 Part = bytes | memoryview
+
+
+class BadFrameError(Exception):
+    """A frame from a worker that the worker's own sends do not account for.
+
+    Raised by :meth:`Channel.recv` on a channel that
+    :meth:`~Channel.check_against` a worker's posted count, before anything
+    the frame announces is allocated or waited for. The stream is out of
+    step from then on: the parent stops reading it and replaces the worker.
+    """
 
 
 class Message(NamedTuple):
@@ -156,11 +184,34 @@ class Channel:
             what gets pickled to a worker, and it owns the descriptor.
     """
 
-    __slots__ = ("_fd", "conn")
+    __slots__ = ("_count", "_fd", "_index", "_posted", "conn")
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self._fd = conn.fileno() if _RAW_FDS else -1
+        # The board and index of the sender's byte count (see the module
+        # docstring), and the bytes sent or received so far.
+        self._posted: memoryview | None = None
+        self._index = 0
+        self._count = 0
+
+    def post_sent_to(self, view: memoryview, index: int) -> None:
+        """Before each frame, post at ``view[index]`` the bytes sent in all.
+
+        For a worker's end of its result pipe: the parent reads no byte
+        past the count (:meth:`check_against`).
+        """
+        self._posted, self._index = view, index
+        self._count = view[index] = 0
+
+    def check_against(self, view: memoryview, index: int) -> None:
+        """Receive only what the sender posted at ``view[index]``.
+
+        For the parent's end of a worker's result pipe: :meth:`recv` raises
+        :class:`BadFrameError` on a frame that the count does not cover.
+        """
+        self._posted, self._index = view, index
+        self._count = 0
 
     def fileno(self) -> int:
         return self.conn.fileno()
@@ -182,6 +233,11 @@ class Channel:
             OSError: The other end is closed (``BrokenPipeError``).
         """
         parts = frame(kind, task_id, value, body, buffers)
+        posted = self._posted
+        if posted is not None:
+            # Posted before the first byte is written (see check_against).
+            count = self._count + (len(parts[0]) if len(parts) == 1 else _size(parts))
+            self._count = posted[self._index] = count
         if self._fd < 0:
             self._send_via_connection(parts)
         elif len(parts) == 1:
@@ -285,10 +341,43 @@ class Channel:
         if self._fd < 0:
             return self._recv_via_connection(announce)
         fd = self._fd
-        kind, nbuf, task_id, value, length = HEADER.unpack(_read_exact(fd, HEADER.size))
+        posted = self._posted
+        if posted is None:
+            head = _read_exact(fd, HEADER.size)
+        else:
+            # Called once the pipe is readable: this read does not wait.
+            head = os.read(fd, HEADER.size)
+            # Bytes the worker posted and the parent has not read. Read
+            # after the bytes came: it covers every frame in the pipe.
+            room = posted[self._index] - self._count
+            if len(head) < HEADER.size:
+                if not head:
+                    raise EOFError("the pipe was closed")
+                if room < HEADER.size:
+                    # Waiting for the rest of this header could take for
+                    # ever: nobody is writing it.
+                    raise self._bad(f"{len(head)} bytes", len(head), room)
+                head += _read_exact(fd, HEADER.size - len(head))
+        kind, nbuf, task_id, value, length = HEADER.unpack(head)
         if announce is not None:
             announce(task_id)
+        if posted is not None:
+            need = HEADER.size + 8 * nbuf + length
+            # What the worker posted, the kinds it sends, a duration (NaN
+            # fails too): a comparison each.
+            if (
+                need > room
+                or not _FIRST_FROM_WORKER <= kind <= _LAST_FROM_WORKER
+                or not 0.0 <= value < _INFINITY
+            ):
+                raise self._header_error(kind, nbuf, value, length, need, room)
         sizes = _read_exact(fd, 8 * nbuf) if nbuf else b""
+        if posted is not None:
+            if nbuf:
+                need += sum(size for (size,) in _LENGTH.iter_unpack(sizes))
+                if need > room:
+                    raise self._header_error(kind, nbuf, value, length, need, room)
+            self._count += need
         body = _read_exact(fd, length)
         buffers = []
         for (size,) in _LENGTH.iter_unpack(sizes):
@@ -297,12 +386,48 @@ class Channel:
             buffers.append(buffer)
         return Message(kind, task_id, value, body, buffers)
 
+    def _header_error(
+        self, kind: int, nbuf: int, value: float, length: int, need: int, room: int
+    ) -> BadFrameError:
+        what = (
+            f"a frame of kind {kind} with {nbuf} out-of-band buffers, "
+            f"a {length}-byte body and a duration of {value!r}"
+        )
+        return self._bad(what, need, room)
+
+    @staticmethod
+    def _bad(what: str, need: int, room: int) -> BadFrameError:
+        return BadFrameError(
+            f"{what} ({need} bytes in all) where the worker had sent {room} "
+            "more bytes of its own: something else in the worker process "
+            "wrote to the pipe (the task, a thread or C library it uses, or a "
+            "child process, through an inherited descriptor)"
+        )
+
     def _recv_via_connection(self, announce: Callable[[int], None] | None) -> Message:
         data = memoryview(self.conn.recv_bytes())
         kind, nbuf, task_id, value, length = HEADER.unpack_from(data)
         if announce is not None:
             announce(task_id)
         start = HEADER.size + 8 * nbuf
+        posted = self._posted
+        if posted is not None:
+            # The Connection has read (and allocated) the first message by
+            # its own length prefix; the buffers are still checked.
+            room = posted[self._index] - self._count
+            need = start + length
+            if start <= len(data):
+                need += sum(
+                    s for (s,) in _LENGTH.iter_unpack(data[HEADER.size : start])
+                )
+            if (
+                start > len(data)
+                or need > room
+                or not _FIRST_FROM_WORKER <= kind <= _LAST_FROM_WORKER
+                or not 0.0 <= value < _INFINITY
+            ):
+                raise self._header_error(kind, nbuf, value, length, need, room)
+            self._count += need
         buffers = []
         for (size,) in _LENGTH.iter_unpack(data[HEADER.size : start]):
             buffer = bytearray(size)
@@ -322,6 +447,11 @@ def frame(
     if len(head) + len(body) <= _SMALL_READ:
         return [head + body]
     return [head, body]
+
+
+def _size(parts: list[Part]) -> int:
+    # Every part is bytes or a one-dimensional byte view: len is its size.
+    return sum(map(len, parts))
 
 
 def _advance(parts: list[Part], written: int) -> None:
@@ -374,9 +504,10 @@ def _read_into(fd: int, view: memoryview) -> None:
         view = view[n:]
 
 
-# Board layout: FIELDS int64 per worker slot.
-TASK, ITEM, END, STARTED = 0, 1, 2, 3
-FIELDS = 4
+# Board layout: FIELDS int64 per worker slot. SENT: the bytes the worker
+# has sent on its result pipe, the frame being written included.
+TASK, ITEM, END, STARTED, SENT = 0, 1, 2, 3, 4
+FIELDS = 5
 # STARTED holds a start time while a task (or a piece of a chunk) runs; 0
 # while the task is received and its arguments unpickled, before it starts;
 # RETURNED once its function has returned (or raised) and the outcome is

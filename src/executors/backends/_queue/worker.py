@@ -55,6 +55,7 @@ from .wire import (
     READY,
     RESULT,
     RETURNED,
+    SENT,
     STARTED,
     TASK,
     Board,
@@ -108,6 +109,8 @@ def run_worker(
         with contextlib.suppress(OSError):
             os.close(fd)
     inbox, outbox = Channel(tasks), Channel(results)
+    # The parent reads only what this worker posts it sends (wire.SENT).
+    outbox.post_sent_to(board.view, slot * FIELDS + SENT)
     try:
         if initializer is not None:
             try:
