@@ -261,10 +261,17 @@ def _assert_names_the_guard(
         pytest.param("joblib", "spawn", marks=pytest.mark.slow),
         pytest.param("joblib", "forkserver", marks=pytest.mark.slow),
         pytest.param("joblib", "loky_init_main", marks=pytest.mark.slow),
+        pytest.param("process", "spawn", marks=pytest.mark.slow),
+        pytest.param("process", "forkserver", marks=pytest.mark.slow),
+        pytest.param("queue", "spawn", marks=pytest.mark.slow),
+        pytest.param("queue", "forkserver", marks=pytest.mark.slow),
+        pytest.param("dask", "spawn", marks=pytest.mark.slow),
+        pytest.param("dask", "forkserver", marks=pytest.mark.slow),
+        pytest.param("dask", None, marks=pytest.mark.slow),
     ],
 )
 def test_an_unguarded_script_fails_once_at_its_line(
-    backend: str, method: str, tmp_path: Path
+    backend: str, method: str | None, tmp_path: Path
 ) -> None:
     source = _source(UNGUARDED, backend, _options(backend, method))
     script = _script(tmp_path, source)
@@ -297,6 +304,7 @@ def test_an_unguarded_module_run_with_dash_m_fails_at_its_line(tmp_path: Path) -
         pytest.param("queue", "spawn", marks=pytest.mark.slow),
         pytest.param("queue", "forkserver", marks=pytest.mark.slow),
         pytest.param("process", "forkserver", marks=pytest.mark.slow),
+        pytest.param("process", "spawn", marks=pytest.mark.slow),
     ],
 )
 def test_a_worker_that_reaches_create_exits_silently(
@@ -310,6 +318,9 @@ def test_a_worker_that_reaches_create_exits_silently(
     _assert_one_error(result)
     last = result.stderr.strip().splitlines()[-1]
     assert "exit code 78" in last, _report(result)
+    assert GUARD in last, _report(result)
+    line = _line_of(source, "    ex = executors.create(")
+    assert f"at line {line} of {script}" in last, _report(result)
 
 
 @pytest.mark.parametrize(

@@ -186,6 +186,10 @@ def describe_exitcode(exitcode: int | None) -> str:
     if exitcode is None:
         return "an unknown exit code"
     if exitcode >= 0:
+        if exitcode == 78:  # executors._mainmodule.MAIN_REIMPORTED_EXITCODE
+            from ._mainmodule import describe_reimport
+
+            return f"exit code {exitcode}, {describe_reimport()}"
         return f"exit code {exitcode}"
     try:
         name = signal.Signals(-exitcode).name

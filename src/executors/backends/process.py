@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import multiprocessing.connection
 import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from concurrent.futures.process import (
     BrokenProcessPool,
@@ -47,7 +48,7 @@ from .._errors import (
 )
 from .._lifecycle import join_unless_current
 from .._map import Chunk, ChunkResult
-from .._options import check_process_pool_options, cpu_count
+from .._options import check_process_pool_options, cpu_count, start_method_of
 from .._outcome import (
     INITIALIZER_FAILED_EXITCODE,
     Outcome,
@@ -129,6 +130,11 @@ class ProcessExecutor(BaseExecutor):
     # breaking itself.
     capabilities = Capabilities(task_control=True, terminates_workers=True)
     _calls: CallQueue
+
+    @classmethod
+    def _workers_start_method(cls, options: Mapping[str, Any]) -> str:
+        """How the workers start, for :mod:`executors._mainmodule`."""
+        return start_method_of(options.get("mp_context"))
 
     def __init__(
         self,
@@ -292,6 +298,10 @@ class ProcessExecutor(BaseExecutor):
         self._manager = None
 
 
+# Bounds the wait for a worker whose sentinel is ready to be reaped; it is
+# exiting already, so this is reached only on a badly loaded machine.
+SENTINEL_TO_REAP_SECONDS = 1.0
+
 _DROPPED = (
     "the stdlib process pool dropped a task it had accepted; the 'process' "
     "executor is shutting down or broken"
@@ -314,6 +324,12 @@ def _crash_error(
     codes = []
     for proc in processes.values():
         with contextlib.suppress(ValueError):
+            if proc.exitcode is None and multiprocessing.connection.wait(
+                [proc.sentinel], 0
+            ):
+                # Under spawn the sentinel is a pipe the worker closes as
+                # it exits, a moment before it can be reaped.
+                proc.join(SENTINEL_TO_REAP_SECONDS)
             codes.append((proc.exitcode, proc.pid))
     if any(code == INITIALIZER_FAILED_EXITCODE for code, _ in codes):
         pid = next(pid for code, pid in codes if code == INITIALIZER_FAILED_EXITCODE)

@@ -34,7 +34,7 @@ from __future__ import annotations
 import signal
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from multiprocessing.context import BaseContext
 from typing import Any, TypeVar
@@ -46,7 +46,7 @@ from .._errors import TaskKilledError, WorkersTerminatedError
 from .._futures import Future as OurFuture
 from .._futures import add_internal_callback, notify_cancelled, settle
 from .._map import Chunk, ChunkResult
-from .._options import check_process_pool_options, cpu_count
+from .._options import check_process_pool_options, cpu_count, start_method_of
 from .._serialize import portable, unwrap
 from ._queue.pool import Pool
 from ._queue.wire import CALL, CHUNK, dumps, dumps_chunk
@@ -155,6 +155,11 @@ class QueueExecutor(BaseExecutor):
         kills_single_task=True,
         terminates_workers=True,
     )
+
+    @classmethod
+    def _workers_start_method(cls, options: Mapping[str, Any]) -> str:
+        """How the workers start, for :mod:`executors._mainmodule`."""
+        return start_method_of(options.get("mp_context"))
 
     def __init__(
         self,
