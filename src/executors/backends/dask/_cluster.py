@@ -101,6 +101,8 @@ class Scratch:
                 # whole group must leave it to remove the folder.
                 start_new_session=True,
             )
+        except OSError:
+            pass  # no Python to run it: removed at close only
         except BaseException:
             shutil.rmtree(self.path, ignore_errors=True)
             raise
