@@ -520,18 +520,22 @@ def test_a_timed_out_task_is_stopped_and_never_run_again(tmp_path: Path) -> None
     # Functions of executors.testing: a test module's own would be pickled
     # by value, and unpickling it imports pytest in each worker (0.5 s).
     finished = tmp_path / "finished"
-    with _create(task_timeout=2) as executor:
+    # The timeout on this task only: the quick ones around it must not
+    # depend on the machine's speed.
+    slow = with_options(tasks.touch_after, timeout=2)
+    with _create() as executor:
         assert executor.submit(tasks.add, 1, 1).result(timeout=BOUND) == 2
         start = time.monotonic()
-        fut = executor.submit(tasks.touch_after, str(finished), 4.0)
+        # Three times its timeout: stopped well before it would have ended.
+        fut = executor.submit(slow, str(finished), 6.0)
         with pytest.raises(TaskTimeoutError, match="stopped and its worker replaced"):
             fut.result(timeout=BOUND)
-        assert time.monotonic() - start < 4.0
+        assert time.monotonic() - start < 6.0
         # The executor serves the next task at once, on the other worker.
         assert executor.submit(tasks.add, 2, 2).result(timeout=BOUND) == 4
         # Dask retries a task whose worker died; a stopped one must not be:
-        # run again, it would touch the file 4 s later.
-        time.sleep(6.0)
+        # run again, it would touch the file 6 s later.
+        time.sleep(8.0)
         assert not finished.exists()
         assert executor.submit(tasks.add, 3, 3).result(timeout=BOUND) == 6
 
