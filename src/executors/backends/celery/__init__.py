@@ -12,6 +12,8 @@ Modules, each one role:
   ``celery worker``) that ``create("celery")`` starts and stops.
 * :mod:`._results`: the thread that settles futures from the result
   backend's pub/sub.
+* :mod:`._lostwatch`: on an existing deployment, the thread that fails the
+  tasks of a worker that stopped answering (its machine lost).
 * :mod:`._celeryside`: the apps the executor makes, and Celery's failures
   translated into the project's errors.
 * :mod:`._sent`: the tasks one executor has sent to Celery (publishing,

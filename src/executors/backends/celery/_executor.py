@@ -22,6 +22,10 @@ Data flow::
     ResultListener thread: one PSUBSCRIBE for this executor's task ids;
       decode, settle the future, launch the next call
 
+    LostWorkerWatch thread (existing deployments): asks the workers which
+      of our tasks each holds; fails the tasks of a worker silent for
+      lost_worker_timeout with WorkerCrashedError (:mod:`._lostwatch`)
+
 Two ways to start: without ``app``/``broker``/``backend`` the executor
 starts a private deployment on its first ``submit`` or ``map`` (see
 :mod:`._deployment`) and stops it at ``shutdown()``; with them it uses an
@@ -54,6 +58,7 @@ from ..._capabilities import Capabilities
 from ..._errors import (
     ExecutorFailedError,
     ExecutorInterruptedError,
+    WorkerCrashedError,
 )
 from ..._lifecycle import join_unless_current, manager_failed
 from ..._options import (
@@ -71,6 +76,7 @@ from ._deployment import (
     LocalDeployment,
     memory_cap_error,
 )
+from ._lostwatch import DEFAULT_LOST_WORKER_TIMEOUT, LostWorkerWatch
 from ._results import ResultListener
 from ._sent import SentTasks
 from .task import from_wire, to_wire
@@ -83,6 +89,16 @@ T = TypeVar("T")
 # The smallest memory cap taken: Redis itself, its connections and
 # Celery's bookkeeping take a few MiB.
 _LEAST_MEMORY = 8 << 20
+
+
+class _Default:
+    """The type of an option left out (``None`` means something else)."""
+
+    def __repr__(self) -> str:
+        return "<default>"
+
+
+_DEFAULT = _Default()
 
 
 class CeleryExecutor(BaseExecutor):
@@ -107,6 +123,10 @@ class CeleryExecutor(BaseExecutor):
             memory cap in bytes (default: a quarter of the machine's
             memory, at least 1 GiB). A task whose arguments or result Redis
             refuses at the cap fails with ``ExecutorFailedError``.
+        lost_worker_timeout: Existing deployment only: seconds a worker
+            holding this executor's tasks may stop answering before those
+            tasks fail with ``WorkerCrashedError`` (default 10; ``None``
+            never gives up on them). See :mod:`._lostwatch`.
         cloudpickle: Send the callable with cloudpickle (lambdas work).
     """
 
@@ -135,6 +155,7 @@ class CeleryExecutor(BaseExecutor):
         initargs: tuple[Any, ...] = (),
         max_tasks_per_child: int | None = None,
         redis_max_memory: int | None = None,
+        lost_worker_timeout: float | _Default | None = _DEFAULT,
         cloudpickle: bool = True,
     ) -> None:
         existing = app is not None or broker is not None or backend is not None
@@ -169,11 +190,21 @@ class CeleryExecutor(BaseExecutor):
                         "deployment of the 'celery' backend; an existing "
                         "deployment (app=, broker=) runs its workers its own way"
                     )
-        elif queue is not None:
-            raise TypeError(
-                "the option 'queue' applies only to an existing deployment "
-                "(app=, broker=); the private one has its own queue"
-            )
+        else:
+            for name, given, why in (
+                ("queue", queue is not None, "the private one has its own queue"),
+                (
+                    "lost_worker_timeout",
+                    lost_worker_timeout is not _DEFAULT,
+                    "the private worker is this process's own, watched as a whole",
+                ),
+            ):
+                if given:
+                    raise TypeError(
+                        f"the option {name!r} applies only to an existing "
+                        f"deployment (app=, broker=); {why}"
+                    )
+        lost_after = _check_lost_worker_timeout(lost_worker_timeout)
         default = cpu_count() if not existing else 1
         workers = check_max_workers(max_workers, default=default)
         check_initializer(initializer, initargs)
@@ -220,6 +251,9 @@ class CeleryExecutor(BaseExecutor):
         self._ending = False
         self._listener: ResultListener | None = None
         self._watch: DeploymentWatch | None = None
+        self._lost_after = lost_after if existing else None
+        self._lostwatch: LostWorkerWatch | None = None
+        self._sent.track_times = self._lost_after is not None
         self._calls = CallQueue(
             self._sent.launch,
             lambda: self._max_workers,
@@ -319,7 +353,7 @@ class CeleryExecutor(BaseExecutor):
         self._calls.wait_idle()
         with self._start_lock:
             pass  # a start in progress sees the shutdown and stops
-        for thread in (self._listener, self._watch):
+        for thread in (self._listener, self._watch, self._lostwatch):
             join_unless_current(thread)
 
     # -- starting and stopping ------------------------------------------------
@@ -353,6 +387,19 @@ class CeleryExecutor(BaseExecutor):
         listener.subscribe()
         self._listener = listener
         listener.start()
+        if self._lost_after is not None:
+            lostwatch = LostWorkerWatch(
+                app,
+                self._sent.outstanding_since,
+                self._sent.task_id,
+                self._on_worker_lost,
+                lambda error: self._break(
+                    manager_failed("celery", "lost-worker watch", error)
+                ),
+                self._lost_after,
+            )
+            self._lostwatch = lostwatch
+            lostwatch.start()
         if deployment is not None:
             watch = DeploymentWatch(
                 deployment,
@@ -377,6 +424,8 @@ class CeleryExecutor(BaseExecutor):
             self._watch.stopping = True
         if self._listener is not None:
             self._listener.stop()
+        if self._lostwatch is not None:
+            self._lostwatch.stop()
         if self._deployment is not None:
             self._deployment.stop()
         if self._owns_app and self._app is not None:
@@ -420,11 +469,42 @@ class CeleryExecutor(BaseExecutor):
         if call is not None:
             self._calls.settle(call, error=memory_cap_error(deployment.max_memory))
 
+    def _on_worker_lost(self, numbers: list[str], worker: str, silent: float) -> None:
+        # The lost-worker watch: these tasks went with a worker that stopped
+        # answering. Their futures fail (or are retried, retries_crashes)
+        # and their slots free up for the workers that answer.
+        for number in numbers:
+            call = self._sent.take(number)
+            if call is None:
+                continue  # its result arrived meanwhile
+            error = WorkerCrashedError(
+                f"the Celery worker {worker!r} holding this task stopped answering "
+                f"{silent:.1f} s ago (lost_worker_timeout={self._lost_after:g} s): "
+                "its machine, its network or its process is likely lost. The task "
+                "was revoked; if that machine is only cut off, it may still run there",
+                None,
+            )
+            self._calls.settle(call, error=error)
+
     def _on_lost(self, error: BaseException) -> None:
         self._break(lost("result backend", error))
 
     def _on_thread_failure(self, error: BaseException) -> None:
         self._break(manager_failed("celery", "result", error))
+
+
+def _check_lost_worker_timeout(value: float | _Default | None) -> float | None:
+    if isinstance(value, _Default):
+        return DEFAULT_LOST_WORKER_TIMEOUT
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(
+            f"lost_worker_timeout must be a number of seconds or None, got {value!r}"
+        )
+    if not value > 0:
+        raise ValueError(f"lost_worker_timeout must be greater than 0, got {value!r}")
+    return float(value)
 
 
 def _check_max_memory(value: int | None) -> int:

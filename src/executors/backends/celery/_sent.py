@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -65,6 +66,10 @@ class SentTasks:
         self.queue: str | None = None
         self.serializer = "json"
         self._out: dict[str, Call] = {}
+        # Task number -> when its message was sent, kept only for the
+        # lost-worker watch (an existing deployment), which prunes it.
+        self.track_times = False
+        self._sent_at: dict[str, float] = {}
         # Calls being revoked by stop -> the REVOKED state that arrived
         # meanwhile (the queue settles them, not that state).
         self._stopping: dict[str, dict[str, Any] | None] = {}
@@ -88,6 +93,8 @@ class SentTasks:
         message = app.amqp.create_task_message(task_id, TASK_NAME, (call.payload,), {})
         with self._lock:
             self._out[number] = call
+            if self.track_times:
+                self._sent_at[number] = time.monotonic()
         call.handle = number
         try:
             with app.producer_or_acquire() as producer:
@@ -103,6 +110,7 @@ class SentTasks:
         except Exception as exc:
             with self._lock:
                 self._out.pop(number, None)
+                self._sent_at.pop(number, None)
             # Not app.connection().connection_errors: building a connection
             # to ask creates a transport whose epoll only the garbage
             # collector closes.
@@ -165,6 +173,15 @@ class SentTasks:
         """The numbers of the tasks still waiting for a result."""
         with self._lock:
             return list(self._out)
+
+    def outstanding_since(self) -> dict[str, float]:
+        """``{number: time.monotonic() when sent}`` of the tasks still out."""
+        with self._lock:
+            # Entries of tasks no longer out go here, once a second, not
+            # on every result: no extra work per task.
+            for number in [n for n in self._sent_at if n not in self._out]:
+                del self._sent_at[number]
+            return dict(self._sent_at)
 
     def take_all(self) -> list[str]:
         """Forget every task still out; return their numbers."""

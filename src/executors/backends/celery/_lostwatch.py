@@ -1,0 +1,179 @@
+"""The thread that notices tasks lost with a worker that went silent.
+
+Only on an existing deployment (the private worker is this process's own,
+watched by :mod:`._deployment`). Celery acks a task as it starts
+(``acks_late`` off), so a worker whose machine loses its network or power
+takes the task with it: no result, no ``WorkerLostError`` (nobody is left
+to send it), and its future would wait forever, holding one of the
+executor's ``max_workers`` slots. Lose as many tasks as there are slots
+and the executor hands the surviving workers nothing more.
+
+So the thread learns which worker holds each task and notices a worker
+that stops answering. As the executor connects, and then about once every
+:data:`POLL_SECONDS` while tasks are out, it sends one broadcast: the ids
+of the tasks no worker has named yet (``inspect().query_task``; each
+worker answers with those it has received, running or prefetched), or a
+plain ``ping`` once every task has its worker (the answer to
+``query_task`` carries each task's arguments: a task's are fetched once)::
+
+    a worker answers          -> alive; the tasks it names are held by it
+    a worker that answered once stops answering, for lost_worker_timeout:
+        the tasks it holds, and the tasks no worker has named that were
+        sent before it fell silent (it may have taken them just before a
+        poll could see them) -> lost
+
+A lost task's future fails with :class:`~executors.WorkerCrashedError`
+(which ``retries=`` retries, on a worker that answers), its slot frees, and
+its id is revoked, so that a worker that gets its message again (the Redis
+transport restores unacknowledged messages after its visibility timeout)
+drops it. A task may still be running on a machine that is cut off and
+comes back: its late result is ignored.
+
+A poll that cannot reach the broker counts for nothing: a lost broker is
+the result listener's to report (:data:`._results.LOST_SECONDS`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..._lifecycle import ManagerThread
+
+__all__ = ["DEFAULT_LOST_WORKER_TIMEOUT", "POLL_SECONDS", "LostWorkerWatch"]
+
+#: How long a worker holding our tasks may stay silent before they count
+#: as lost. Shorter notices a lost machine sooner; too short takes a worker
+#: that is merely slow to answer (a loaded machine, a slow network) for a
+#: lost one, and its tasks then run twice.
+DEFAULT_LOST_WORKER_TIMEOUT = 10.0
+#: The pause between two polls while tasks are out.
+POLL_SECONDS = 1.0
+#: How long a poll collects the workers' answers (Celery waits this long
+#: whatever answers, since it cannot know how many workers there are).
+REPLY_SECONDS = 1.0
+
+
+class LostWorkerWatch(ManagerThread):
+    """Polls the workers holding one executor's tasks; reports lost ones.
+
+    Args:
+        app: The executor's Celery app.
+        outstanding: Returns ``{task number: time sent}`` of the tasks out.
+        task_id: The Celery task id of a task number.
+        on_lost: Called with ``(numbers, worker, silent_seconds)`` for the
+            tasks lost with ``worker``, silent for that many seconds.
+        on_failure: Called if the loop itself raised (a bug).
+        timeout: ``lost_worker_timeout`` in seconds.
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        outstanding: Callable[[], dict[str, float]],
+        task_id: Callable[[str], str],
+        on_lost: Callable[[list[str], str, float], object],
+        on_failure: Callable[[BaseException], object],
+        timeout: float,
+    ) -> None:
+        super().__init__(name="executors-celery-lostwatch")
+        self._app = app
+        self._outstanding = outstanding
+        self._task_id = task_id
+        self._on_lost = on_lost
+        self._failed = on_failure
+        self._timeout = timeout
+        self._stopping = threading.Event()
+        # Worker name -> when the first poll it did not answer started.
+        self._silent: dict[str, float] = {}
+        # Workers that answered a poll, and the worker each task was last
+        # named by.
+        self._known: set[str] = set()
+        self._holder: dict[str, str] = {}
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def on_failure(self, error: BaseException) -> None:
+        self._failed(error)
+
+    def loop(self) -> None:
+        # At once, tasks or not: a worker must have answered once for its
+        # silence to count, and the first tasks go out now.
+        self.poll({})
+        while not self._stopping.wait(POLL_SECONDS):
+            sent = self._outstanding()
+            if sent:
+                self.poll(sent)
+
+    def poll(self, sent: dict[str, float]) -> None:
+        """One round: ask, then report what is lost."""
+        started = time.monotonic()
+        # Only the tasks no worker has named yet are asked about (an answer
+        # carries each task's arguments); a ping is enough for the others,
+        # whose worker does not change.
+        by_id = {
+            self._task_id(number): number
+            for number in sent
+            if number not in self._holder
+        }
+        try:
+            inspect = self._app.control.inspect(timeout=REPLY_SECONDS)
+            replies = (inspect.query_task(*by_id) if by_id else inspect.ping()) or {}
+        except Exception:
+            return  # the broker: the result listener judges that
+        if self._stopping.is_set():
+            return
+        now = time.monotonic()
+        for worker, tasks in replies.items():
+            self._known.add(worker)
+            self._silent.pop(worker, None)
+            if not by_id or not isinstance(tasks, dict):
+                continue
+            for task_id in tasks:
+                number = by_id.get(task_id)
+                if number is not None:
+                    self._holder[number] = worker
+        for worker in self._known - set(replies):
+            self._silent.setdefault(worker, started)
+        lost: dict[str, list[str]] = {}
+        for number, sent_at in sent.items():
+            worker = self._lost_with(number, sent_at, now)
+            if worker is not None:
+                lost.setdefault(worker, []).append(number)
+        self._forget(sent, now)
+        for worker, numbers in lost.items():
+            for number in numbers:
+                self._holder.pop(number, None)
+            self._on_lost(numbers, worker, now - self._silent[worker])
+            with contextlib.suppress(Exception):
+                # A worker that receives the message again drops it.
+                self._app.control.revoke([self._task_id(n) for n in numbers])
+
+    def _lost_with(self, number: str, sent_at: float, now: float) -> str | None:
+        holder = self._holder.get(number)
+        if holder is not None:
+            silent = self._silent.get(holder)
+            if silent is not None and now - silent >= self._timeout:
+                return holder
+            return None
+        # Never named by anyone: taken by a worker that fell silent before
+        # the next poll could see it, or still queued. Only a task sent
+        # before a worker fell silent can be on it.
+        for worker, silent in self._silent.items():
+            if sent_at < silent and now - silent >= self._timeout:
+                return worker
+        return None
+
+    def _forget(self, sent: dict[str, float], now: float) -> None:
+        for number in [n for n in self._holder if n not in sent]:
+            del self._holder[number]
+        # A worker silent this long has had its tasks failed: forgotten, so
+        # that tasks sent later are not blamed on it.
+        for worker, silent in list(self._silent.items()):
+            if now - silent >= 3 * self._timeout:
+                del self._silent[worker]
+                self._known.discard(worker)
