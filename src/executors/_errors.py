@@ -15,10 +15,11 @@ written for the stdlib keeps working::
     ├── BrokenProcessPool (stdlib)
     │   └── WorkerCrashedError      a worker died under this task
     ├── InitializerFailedError      the initializer raised or killed a worker
-    ├── ExecutorFailedError         the executor's own machinery failed
-    ├── ExecutorInterruptedError    Ctrl-C stopped the running tasks
-    └── DaskClusterError            the Dask cluster could not run the task
-    │   └── WorkersTerminatedError  terminate_workers()/kill_workers() stopped it
+    ├── ExecutorFailedError         the executor's own machinery failed, or it
+    │   │                           lost its scheduler or broker
+    │   └── DaskClusterError        the Dask cluster could not run the task
+    └── ExecutorInterruptedError    Ctrl-C stopped the running tasks
+        └── WorkersTerminatedError  terminate_workers()/kill_workers() stopped it
     concurrent.futures.CancelledError
     └── TaskKilledError             kill_task() stopped the running task
     TimeoutError
@@ -95,10 +96,12 @@ class InitializerFailedError(BrokenExecutor):
 
 
 class ExecutorFailedError(BrokenExecutor):
-    """The executor's own machinery failed (a thread of its library died).
+    """The executor's own machinery failed, or it lost what it depends on.
 
-    Never a task's fault: every unfinished future fails with it, and the
-    executor is broken for good.
+    A thread of its library died, or the scheduler or broker of a
+    distributed backend is gone (:class:`DaskClusterError` on Dask). Never a
+    task's fault: every unfinished future fails with it, and the executor is
+    broken for good.
     """
 
 
@@ -154,12 +157,14 @@ class TaskTimeoutError(_TimeoutBase):
         return (type(self), (str(self), self.timeout))
 
 
-class DaskClusterError(BrokenExecutor):
+class DaskClusterError(ExecutorFailedError):
     """Dask could not run the task.
 
     The local cluster failed to start, the connection to the scheduler was
     lost, Dask itself cancelled the task (someone restarted the cluster), or
-    a Ctrl-C leaving a ``with`` block stopped it.
+    a Ctrl-C leaving a ``with`` block stopped it. An
+    :class:`ExecutorFailedError`, as the loss of any backend's scheduler or
+    broker is.
     """
 
 

@@ -140,6 +140,7 @@ class Runtime:
     close_client: bool = False
     scratch: Scratch | None = None  # our local cluster's folder
     plugin: str | None = None
+    address: str | None = None  # the scheduler's, when we connected to it
     # On a remote scheduler: the plugin that removes ours when our client goes.
     forget: str | None = None
     # Ctrl-C: stop the workers now (a nanny waits 4 s for a busy worker).
@@ -171,6 +172,15 @@ class Runtime:
             quiet_handshakes.forget(self.cluster)
         if self.scratch is not None:
             self.scratch.remove()
+
+    def lost_scheduler(self) -> DaskClusterError:
+        """The error of a task whose client lost its scheduler for good."""
+        where = f" at {self.address}" if self.address else ""
+        return DaskClusterError(
+            f"lost the connection to the Dask scheduler{where} and could not "
+            "reconnect within connect_timeout: the scheduler died, or its "
+            "machine or the network is down"
+        )
 
     def thread_count(self) -> int:
         """A remote cluster's threads, re-read if old: not from the event loop."""

@@ -91,6 +91,11 @@ class Dispatch(ManagerThread):
             self.capacity = lambda: runtime.threads
 
     def window(self) -> int:
+        if self.runtime.client.status != "running":
+            # The client is reconnecting to a lost scheduler: Dask loses a
+            # task submitted meanwhile, even if it reconnects. The poll
+            # (_look_for_room) launches the queued calls once it runs again.
+            return 0
         # At least one, so that queued calls always have one in flight whose
         # settling launches them, even while every worker restarts.
         return max(1, self.capacity())
@@ -225,6 +230,11 @@ class Dispatch(ManagerThread):
         self.calls.break_(manager_failed("dask", "manager", error))
 
     def _look_for_room(self) -> None:
+        if self.runtime.client.status in ("closing", "closed"):
+            # Dask gave up reconnecting to a lost scheduler: its futures,
+            # ours included, will never finish.
+            self.calls.break_(self.runtime.lost_scheduler)
+            return
         # Workers came back, or a remote cluster grew: the window is larger
         # now, but only a settle would launch more.
         if self.runtime.cluster is None:

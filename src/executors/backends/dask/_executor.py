@@ -11,6 +11,7 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 import cloudpickle
+import dask
 import distributed
 from distributed.security import Security
 
@@ -19,11 +20,11 @@ from ..._base import BaseExecutor
 from ..._callqueue import CallQueue
 from ..._capabilities import Capabilities
 from ..._lifecycle import join_unless_current
-from ..._options import check_timeout
+from ..._options import check_timeout, start_method_of
 from ..._outcome import dumps, initializer_error
 from ..._serialize import unwrap
 from . import _scheduler_side
-from ._cluster import Runtime, connect, start_local_cluster
+from ._cluster import START_METHOD_KEY, Runtime, connect, start_local_cluster
 from ._dispatch import Dispatch, InitializerPlugin, summarize, translate
 from ._options import check_options
 
@@ -83,6 +84,16 @@ class DaskExecutor(BaseExecutor):
     )
     _calls: CallQueue
 
+    @classmethod
+    def _workers_start_method(cls, options: Mapping[str, Any]) -> str | None:
+        """How the nannies start workers, for :mod:`executors._mainmodule`."""
+        if options.get("address") is not None or options.get("client") is not None:
+            return None  # a remote cluster's workers are not started here
+        if options.get("mp_context") is None:
+            method: str = dask.config.get(START_METHOD_KEY)
+            return method
+        return start_method_of(options.get("mp_context"))
+
     def __init__(
         self,
         *,
@@ -139,7 +150,9 @@ class DaskExecutor(BaseExecutor):
         if address is not None:
             client = connect(address, timeout, security)
         if client is not None:
-            self._remote = Runtime(client, close_client=address is not None)
+            self._remote = Runtime(
+                client, close_client=address is not None, address=address
+            )
             self._threads = self._remote.thread_count
             # For repr() and chunking: what the cluster has now.
             self._max_workers = max(1, self._threads())
