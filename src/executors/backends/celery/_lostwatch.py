@@ -52,9 +52,14 @@ __all__ = ["DEFAULT_LOST_WORKER_TIMEOUT", "POLL_SECONDS", "LostWorkerWatch"]
 DEFAULT_LOST_WORKER_TIMEOUT = 10.0
 #: The pause between two polls while tasks are out.
 POLL_SECONDS = 1.0
-#: How long a poll collects the workers' answers (Celery waits this long
-#: whatever answers, since it cannot know how many workers there are).
-REPLY_SECONDS = 1.0
+#: How long a poll waits for the next answer. A full poll waits this long
+#: after the last answer (nobody knows how many workers there are); the
+#: others end as soon as every worker that answered before has answered,
+#: so that ``shutdown()``, which waits for a poll in progress, is not held.
+REPLY_SECONDS = 0.5
+#: One poll in this many is full, to meet workers that joined since; so is
+#: every poll while a task sent before the last poll has no worker yet.
+FULL_EVERY = 5
 
 
 class LostWorkerWatch(ManagerThread):
@@ -93,6 +98,8 @@ class LostWorkerWatch(ManagerThread):
         # named by.
         self._known: set[str] = set()
         self._holder: dict[str, str] = {}
+        self._polls = 0
+        self._last_poll = float("-inf")
 
     def stop(self) -> None:
         self._stopping.set()
@@ -112,6 +119,8 @@ class LostWorkerWatch(ManagerThread):
     def poll(self, sent: dict[str, float]) -> None:
         """One round: ask, then report what is lost."""
         started = time.monotonic()
+        previous, self._last_poll = self._last_poll, started
+        self._polls += 1
         # Only the tasks no worker has named yet are asked about (an answer
         # carries each task's arguments); a ping is enough for the others,
         # whose worker does not change.
@@ -120,8 +129,15 @@ class LostWorkerWatch(ManagerThread):
             for number in sent
             if number not in self._holder
         }
+        full = (
+            not self._known
+            or self._polls % FULL_EVERY == 0
+            or any(sent[number] < previous for number in by_id.values())
+        )
         try:
-            inspect = self._app.control.inspect(timeout=REPLY_SECONDS)
+            inspect = self._app.control.inspect(
+                timeout=REPLY_SECONDS, limit=None if full else len(self._known)
+            )
             replies = (inspect.query_task(*by_id) if by_id else inspect.ping()) or {}
         except Exception:
             return  # the broker: the result listener judges that
