@@ -1,12 +1,12 @@
 """Backend ``mp_pool``: :class:`multiprocessing.pool.Pool`, made hang-free.
 
 Raw ``Pool`` breaks the contract in four places, and this backend closes
-each with a piece of the shared core:
+each with a piece of :mod:`executors.backends._mp` or of the shared core:
 
 * A worker that dies mid-task is silently replaced and its task's result
   never arrives (CPython gh-66587, bpo-22393). A
-  :class:`~executors._poolwatch.PoolWatch` sees every worker's exit and
-  breaks the executor.
+  :class:`~executors.backends._mp.watch.PoolWatch` sees every worker's exit
+  and breaks the executor.
 * A failing ``initializer`` makes raw Pool restart workers forever. The
   watch raises :class:`~executors.InitializerFailedError` instead.
 * ``apply_async`` has no ``cancel()``. Work waits in a
@@ -19,10 +19,10 @@ each with a piece of the shared core:
 
 And it adds what Pool cannot do at all: stopping one running task (a task
 timeout, ``kill_task``) without breaking the pool. Each call runs through
-:func:`~executors._taskslots.run_tracked`, which keeps its id in the
-worker's :class:`~executors._taskslots.TaskSlots` slot while it runs; a stop
-kills exactly that worker, at a moment it holds none of Pool's locks, and
-the watch lets Pool replace it.
+:func:`~executors.backends._mp.taskslots.run_tracked`, which keeps its id
+in the worker's :class:`~executors.backends._mp.taskslots.TaskSlots` slot
+while it runs; a stop kills exactly that worker, at a moment it holds none
+of Pool's locks, and the watch lets Pool replace it.
 
 How a task flows::
 
@@ -64,8 +64,9 @@ from .._lifecycle import close_at_exit
 from .._map import Chunk, ChunkResult
 from .._options import check_process_pool_options, cpu_count, start_method_of
 from .._outcome import Outcome
-from .._poolwatch import PoolWatch, WatchedPool
-from .._taskslots import STOP_KILLED, STOP_SKIPPED, TaskSlots, run_tracked
+from ._mp.pool import WatchedPool
+from ._mp.taskslots import STOP_KILLED, STOP_SKIPPED, TaskSlots, run_tracked
+from ._mp.watch import PoolWatch
 
 __all__ = ["MpPoolExecutor"]
 

@@ -25,7 +25,8 @@ from ..._callqueue import Call, CallQueue
 from ..._errors import ExecutorFailedError
 from ..._lifecycle import close_at_exit, join_unless_current
 from ..._outcome import WorkerBootstrap
-from ..._poolwatch import MakeError, PoolWatch, WatchedPool
+from .._mp.pool import WatchedPool
+from .._mp.watch import MakeError, PoolWatch
 from ._trip import Memmapping, Payload, run_on_loky, run_on_pool, translate_error
 
 __all__ = ["LokyWorkers", "MemmapOptions", "MpWorkers", "ThreadWorkers", "Workers"]

@@ -4,8 +4,8 @@ Pool cannot lose one worker: it records nowhere which worker holds which
 task, and killing a worker at the wrong moment (idle on the task pipe's
 lock, or sending a result) hangs it. A backend that wants to stop one task
 (a timeout, ``kill_task``) creates a :class:`TaskSlots`, hands it to the
-workers through :meth:`executors._poolwatch.PoolWatch.pool_options`, and
-runs its calls through :func:`run_tracked`::
+workers through :meth:`.watch.PoolWatch.pool_options`, and runs its calls
+through :func:`run_tracked`::
 
     worker: run_tracked(call_id, payload)
               under TaskSlots.lock: skip the call if it was stopped before
@@ -28,7 +28,7 @@ from collections.abc import Callable
 from multiprocessing.context import BaseContext
 from typing import Any
 
-from ._outcome import Outcome, dump_error, run_call
+from ..._outcome import Outcome, dump_error, run_call
 
 __all__ = ["STOP_KILLED", "STOP_SKIPPED", "TaskSlots", "run_tracked"]
 
