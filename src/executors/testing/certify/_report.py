@@ -156,18 +156,24 @@ def comparison(cards: list[Scorecard], intro: str = "", outro: str = "") -> str:
     if shared:
         listed = ", ".join(f"{k} {v}" for k, v in shared.items())
         out += [f"Every run: {listed}.", ""]
-    out += ["| column | command | result | when, how long | other versions |"]
-    out += ["|---|---|---|---|---|"]
+    others = [
+        ", ".join(f"{k} {v}" for k, v in card.versions.items() if shared.get(k) != v)
+        for card in cards
+    ]
+    extra = any(others)
+    out += [
+        "| column | command | result | when, how long |"
+        + (" other versions |" if extra else ""),
+        "|---|---|---|---|" + ("---|" if extra else ""),
+    ]
     notes: list[str] = []
-    for card in cards:
+    for card, other in zip(cards, others, strict=True):
         result = _totals(card) + (f"; error: {card.error}" if card.error else "")
         notes += [f"* {card.label}: {note}." for note in card.notes]
-        other = ", ".join(
-            f"{k} {v}" for k, v in card.versions.items() if shared.get(k) != v
-        )
         out.append(
             f"| {card.label} | `{_cell(_command(card))}` | {_cell(result)} "
-            f"| {card.date}, {_duration(card.seconds)} | {_cell(other)} |"
+            f"| {card.date}, {_duration(card.seconds)} |"
+            + (f" {_cell(other)} |" if extra else "")
         )
     if notes:
         out += ["", *notes]
