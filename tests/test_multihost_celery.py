@@ -245,6 +245,42 @@ def test_a_worker_killed_mid_map_on_one_host_loses_nothing(local: Deployment) ->
         caller.proc.wait(30)
 
 
+@pytest.mark.timeout(READY_BOUND + 90 + 30 + 60)
+def test_without_retries_a_killed_workers_tasks_fail_in_bounded_time(
+    local: Deployment,
+) -> None:
+    """Nothing hangs and nothing is lost silently: WorkerCrashedError, in time."""
+    n = 300
+    caller = _start_local_caller(local, "no-retries", n)
+    try:
+        caller.wait_for("ready", READY_BOUND)
+        caller.wait_for("quarter", RUN_BOUND)
+        lost_at = time.monotonic()
+        os.killpg(local.workers["w2"].pid, signal.SIGKILL)
+        settled = caller.wait_for("settled", 90 + 30)
+        done = caller.wait_for("done", 30 + 10)
+        counts = settled["counts"]
+        assert "pending" not in counts, f"futures unfinished after 90 s: {counts}"
+        failed = [o for o in done["outcomes"] if o[1] != "ok"]
+        print(f"worker w2 killed, no retries: {counts}")
+        assert failed, "no task was lost with the killed worker"
+        assert {kind for _, kind, _, _ in failed} == {"WorkerCrashedError"}, failed
+        assert all("worker@w2" in message for _, _, _, message in failed), failed
+        # The dead worker held at most its running and its prefetched task.
+        assert len(failed) <= 2, failed
+        last = max(t for _, _, t, _ in failed) - lost_at
+        assert last < LOST_WORKER_RECOVERY, f"failed {last:.1f} s after the kill"
+        ok = [o for o in done["outcomes"] if o[1] == "ok"]
+        assert {host for _, _, _, host in ok} <= {"w1", "w2"}
+        assert done["shutdown_seconds"] is not None
+        assert done["shutdown_seconds"] < SHUTDOWN_BOUND
+        assert caller.proc.wait(SHUTDOWN_BOUND) == 0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(caller.proc.pid, signal.SIGKILL)
+        caller.proc.wait(30)
+
+
 # -- three hosts ---------------------------------------------------------------
 
 

@@ -12,6 +12,7 @@ that ran it (the test sets it per host):
 * ``futures``: N ``submit`` calls; prints ``quarter`` once a quarter are
   done, then ``settled`` with a count of how they ended, then ``done``
   with how each future ended and when, and how long ``shutdown()`` took.
+* ``no-retries``: the same, on an executor without ``retries=``.
 
 Every line it prints is a JSON object; times are ``time.monotonic()``,
 which the test process shares (one kernel, one clock).
@@ -127,6 +128,11 @@ def main():
     password = os.environ["REDIS_PASSWORD"]
     url = f"redis://:{password}@{host}:{port}/0"
     emit("ready", workers=wait_for_workers(url, workers))
+    if mode == "no-retries":
+        # What a task lost with its worker does without retries=.
+        ex = executors.create("celery", broker=url, backend=url, max_workers=2)
+        run_futures(ex, n)
+        return
     ex = executors.create("celery", broker=url, backend=url, max_workers=2, retries=2)
     if mode == "map":
         run_map(ex, n)
