@@ -313,3 +313,19 @@ def test_a_target_that_kills_the_test_process_fails_that_test(
     (test,) = card["tests"]
     assert test["outcome"] == "failed", output
     assert "the test process died during this test (exit code 7)" in test["reason"]
+
+
+def test_executors_create_is_given_its_backend_by_position(tmp_path: Path) -> None:
+    # create()'s backend is positional-only; --kwargs names every argument.
+    code, card, output = certify(
+        tmp_path,
+        "executors:create",
+        "--kwargs",
+        '{"backend": "thread"}',
+        "--topic",
+        "submit",
+        bound=240,
+    )
+    assert code == 0, output
+    assert card["ours"]
+    assert card["executor_type"].endswith("ThreadExecutor"), card["executor_type"]

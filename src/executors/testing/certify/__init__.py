@@ -68,7 +68,13 @@ def _parser() -> argparse.ArgumentParser:
     cert = commands.add_parser(
         "certify",
         help="run the suite against one executor and print its scorecard",
-        description=__doc__.split("\n\n")[1] if __doc__ else None,
+        description="Run the conformance suite of executors against TARGET, "
+        "each test bounded in time in a child process, and print its "
+        "scorecard: per test passed, failed (with the reason), not applicable "
+        "(with why) or hung.",
+        epilog="Exit status: 0 when nothing applicable failed or hung, 1 "
+        "otherwise (or when the target could not be created), 2 for a usage "
+        "error.",
     )
     cert.add_argument(
         "target",

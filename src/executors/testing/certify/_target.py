@@ -60,6 +60,31 @@ def _has_parameter(fn: Any, name: str) -> bool:
         return False
 
 
+def by_position(
+    options: dict[str, Any], fn: Callable[..., Any]
+) -> tuple[list[Any], dict[str, Any]]:
+    """Split off the options that name ``fn``'s positional-only parameters.
+
+    The command line gives every argument by name (``--kwargs``), so
+    ``executors:create`` with ``{"backend": "queue"}`` must become
+    ``create("queue")``: its ``backend`` is positional-only.
+    """
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return [], options
+    args: list[Any] = []
+    rest = dict(options)
+    for param in params:
+        if (
+            param.kind is not inspect.Parameter.POSITIONAL_ONLY
+            or param.name not in rest
+        ):
+            break
+        args.append(rest.pop(param.name))
+    return args, rest
+
+
 def is_ours(executor: Any) -> bool:
     """Whether the executor declares :class:`executors.Capabilities` itself."""
     return isinstance(getattr(executor, "capabilities", None), Capabilities)
@@ -83,7 +108,8 @@ def make_factory(config: dict[str, Any], *, raw: bool = False) -> Callable[..., 
     label = str(config.get("label") or config["target"])
 
     def make(**options: Any) -> Any:
-        executor = build(**{**defaults, **options})
+        args, kwargs = by_position({**defaults, **options}, build)
+        executor = build(*args, **kwargs)
         if not raw and caps is not None and not is_ours(executor):
             decorate(executor, caps, label, config.get("workers") or 1)
         return executor
