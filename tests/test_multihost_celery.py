@@ -281,6 +281,44 @@ def test_without_retries_a_killed_workers_tasks_fail_in_bounded_time(
         caller.proc.wait(30)
 
 
+def test_a_task_sent_before_a_long_silence_is_reported_once(local: Deployment) -> None:
+    """A worker silent for 3x the timeout is forgotten in the same poll that
+    blames a task on it: the report must not need it any more (KeyError)."""
+    # REPLY_SECONDS (0.5 s) of a poll is over 3x this test's timeout.
+    from executors.backends.celery._celeryside import make_app
+    from executors.backends.celery._lostwatch import LostWorkerWatch
+
+    url = broker_env(local.password, local.broker, local.port)["CELERY_BROKER_URL"]
+    app = make_app(url, url, {})
+    reports: list[tuple[list[str], str, float]] = []
+    failures: list[BaseException] = []
+    try:
+        deadline = time.monotonic() + READY_BOUND
+        while len(app.control.ping(timeout=1.0)) < 2:
+            assert time.monotonic() < deadline, "the workers never answered"
+        watch = LostWorkerWatch(
+            app,
+            dict,
+            lambda number: f"test-{number}",
+            lambda *report: reports.append(report),
+            failures.append,
+            timeout=0.1,
+        )
+        watch.poll({})  # both workers answer: known
+        sent_at = time.monotonic()
+        os.killpg(local.workers["w2"].pid, signal.SIGKILL)
+        local.workers["w2"].wait(30)
+        # The next poll comes late (a broker that stalled): the poll that
+        # finds w2 silent finds it silent for over 3x the timeout.
+        watch.poll({"7": sent_at})
+    finally:
+        app.close()
+    assert not failures
+    assert [(numbers, worker) for numbers, worker, _ in reports] == [
+        (["7"], "worker@w2")
+    ]
+
+
 # -- three hosts ---------------------------------------------------------------
 
 

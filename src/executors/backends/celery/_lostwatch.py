@@ -160,11 +160,13 @@ class LostWorkerWatch(ManagerThread):
             worker = self._lost_with(number, sent_at, now)
             if worker is not None:
                 lost.setdefault(worker, []).append(number)
+        # Read before _forget, which may drop a worker silent for long.
+        silent_for = {worker: now - self._silent[worker] for worker in lost}
         self._forget(sent, now)
         for worker, numbers in lost.items():
             for number in numbers:
                 self._holder.pop(number, None)
-            self._on_lost(numbers, worker, now - self._silent[worker])
+            self._on_lost(numbers, worker, silent_for[worker])
             with contextlib.suppress(Exception):
                 # A worker that receives the message again drops it.
                 self._app.control.revoke([self._task_id(n) for n in numbers])
