@@ -13,6 +13,7 @@ task with a :class:`~concurrent.futures.BrokenExecutor` instead of leaving
 The pool is a thin layer over the public :class:`executors.Executor` API:
 
 ```
+Pool.apply, map  ──▶ executor.submit / executor.map, waited for in the caller
 Pool.apply_async ──▶ executor.submit ──▶ Future ──done callback──▶ AsyncResult
 Pool.map_async   ──▶ executor.map (every chunk submitted at the call)
                         └─▶ done callbacks: once the map cannot block,
@@ -39,6 +40,7 @@ from concurrent.futures import TimeoutError as FuturesTimeoutError
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
 
+from ._futures import add_internal_callback
 from ._map import ChunkResult, MapRun
 from ._registry import create
 from ._remote import RemoteTraceback
@@ -147,6 +149,10 @@ class AsyncResult(Generic[T]):
         self._success = False
         self._value: Any = None
 
+    @property
+    def _has_callbacks(self) -> bool:
+        return self._callback is not None or self._error_callback is not None
+
     def ready(self) -> bool:
         """Return whether the call has completed."""
         return self._event.is_set()
@@ -209,14 +215,7 @@ class AsyncResult(Generic[T]):
             self._event.set()
 
     def _set_from_future(self, future: Future[Any]) -> None:
-        if future.cancelled():
-            self._set(False, CancelledError("the pool was terminated before it ran"))
-            return
-        error = future.exception()
-        if error is None:
-            self._set(True, future.result())
-        else:
-            self._set(False, _stdlib_error(error))
+        self._set(*_outcome_of(future))
 
 
 class IMapIterator(Generic[T]):
@@ -429,7 +428,13 @@ class Pool:
         kwds: Mapping[str, Any] = {},  # the stdlib's default; never mutated
     ) -> T:
         """Call ``func(*args, **kwds)`` in a worker and return its result."""
-        return self.apply_async(func, args, kwds).get()
+        self._check_running()
+        # Waited for right here, as the stdlib's get(): no callback thread
+        # is involved, so a callback may call apply() too.
+        success, value = _outcome_of(self._executor.submit(func, *args, **kwds))
+        if success:
+            return value  # type: ignore[no-any-return]
+        raise value
 
     def apply_async(
         self,
@@ -461,7 +466,7 @@ class Pool:
 
         ``chunksize=None`` lets the shared map pick chunk sizes.
         """
-        return self._map_async(func, iterable, chunksize, None, None).get()
+        return self._map(func, iterable, chunksize)
 
     def map_async(
         self,
@@ -481,7 +486,7 @@ class Pool:
         chunksize: int | None = None,
     ) -> list[T]:
         """Like :meth:`map`, each item unpacked: ``func(*item)``."""
-        return self._map_async(_Starred(func), iterable, chunksize, None, None).get()
+        return self._map(_Starred(func), iterable, chunksize)
 
     def starmap_async(
         self,
@@ -625,7 +630,7 @@ class Pool:
             with lock:
                 unfinished.discard(result)
 
-        future.add_done_callback(done)
+        _when_done(result._has_callbacks, future, done)
 
     def _track_map(self, result: AsyncResult[list[T]], run: MapRun) -> None:
         # As _track: the collector holds the pool's set, never the pool.
@@ -639,6 +644,25 @@ class Pool:
                 unfinished.discard(result)
 
         _MapCollector(run, done).start()
+
+    def _map(
+        self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int | None
+    ) -> list[T]:
+        # In the caller's thread, as the stdlib's map() waits: no callback
+        # thread is involved, so a callback may call map() too. An error of
+        # the input is raised from here, sized or not, as by the stdlib.
+        self._check_running()
+        items = list(iterable)
+        run = self._executor._start_map(
+            func, (items,), True, None, chunksize, None, False
+        )
+        try:
+            return list(run.results())
+        except BaseException as exc:
+            translated = _stdlib_error(exc)
+            if translated is exc:
+                raise
+            raise translated from exc
 
     def _map_async(
         self,
@@ -770,6 +794,9 @@ class _MapCollector:
         self._claimed = False
 
     def start(self) -> None:
+        # On the callback thread, never in the thread that settles a future
+        # (a library's own): reading a failed map cancels the work left,
+        # which must not happen in a thread the pool needs.
         for task in self._tasks:
             task.future.add_done_callback(self._on_done)
         if not self._tasks:
@@ -788,6 +815,35 @@ class _MapCollector:
         # Outside the lock: reading the map cancels what is left on a failure,
         # and a cancelled future calls back here at once, in this thread.
         self._done(self._run.results())
+
+
+def _outcome_of(future: Future[Any]) -> tuple[bool, Any]:
+    """Wait for ``future``; ``(True, value)``, or ``(False, error)`` as Pool's."""
+    try:
+        return True, future.result()
+    except BaseException as exc:
+        if not future.done():
+            raise  # interrupted while waiting (Ctrl-C): not the task's error
+        if future.cancelled():
+            return False, CancelledError("the pool was terminated before it ran")
+        return False, _stdlib_error(exc)
+
+
+def _when_done(
+    has_callbacks: bool, future: Future[Any], fn: Callable[[Future[Any]], None]
+) -> None:
+    """Call ``fn(future)`` once ``future`` is done, in the right thread.
+
+    A result with a user callback is finished on the thread that runs the
+    futures' callbacks: the callback may take its time. One without is
+    finished at once, in the thread that settles the future: it only stores
+    the outcome, and it must not wait for that callback thread, which may
+    be running a callback that waits for this very result.
+    """
+    if has_callbacks:
+        future.add_done_callback(fn)
+    else:
+        add_internal_callback(future, fn)
 
 
 def _succeeded(future: Future[Any]) -> bool:

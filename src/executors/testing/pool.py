@@ -215,6 +215,25 @@ class PoolApplyContract(PoolContractBase):
         assert len(seen) == 2
         assert isinstance(seen[1], ValueError)
 
+    def test_a_callback_may_call_the_pool(self, shared_pool: Pool) -> None:
+        # The stdlib's result thread waits forever here: the callback runs
+        # on it, and so would the completion of the call it waits for.
+        seen: list[Any] = []
+
+        def callback(value: int) -> None:
+            seen.append(shared_pool.apply(tasks.sleep_and_return, (0.2, value)))
+            seen.append(shared_pool.map(square, [value]))
+
+        first = shared_pool.apply_async(square, (3,), callback=callback)
+        second = shared_pool.map_async(
+            square,
+            [2],
+            callback=lambda v: seen.append(shared_pool.starmap(tasks.add, [(v[0], 1)])),
+        )
+        assert first.get(timeout=BOUND) == 9
+        assert second.get(timeout=BOUND) == [4]
+        assert sorted(seen, key=repr) == sorted([9, [81], [5]], key=repr)
+
     def test_a_failing_callback_is_logged_and_get_still_returns(
         self, shared_pool: Pool, caplog: pytest.LogCaptureFixture
     ) -> None:
