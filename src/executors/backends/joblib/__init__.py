@@ -2,11 +2,40 @@
 
 Each executor owns its workers, never joblib's reusable executor. How a call
 flows, and what each option does: ``docs/backends/joblib.md``.
+
+The names below are imported on first use: a worker imports this package
+to unpickle the function it runs (:mod:`._worker`), and must not import the
+executor's side with it.
 """
 
 from __future__ import annotations
 
-from ._executor import JOBLIB_BACKENDS, MAP_ENGINES, JoblibExecutor
-from ._trip import translate_error
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._executor import JOBLIB_BACKENDS, MAP_ENGINES, JoblibExecutor
+    from ._trip import translate_error
 
 __all__ = ["JOBLIB_BACKENDS", "MAP_ENGINES", "JoblibExecutor", "translate_error"]
+
+# Public name -> the module that defines it.
+_HOMES = {
+    "JOBLIB_BACKENDS": "._executor",
+    "MAP_ENGINES": "._executor",
+    "JoblibExecutor": "._executor",
+    "translate_error": "._trip",
+}
+
+
+def __getattr__(name: str) -> object:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(home, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -27,7 +27,8 @@ from ..._lifecycle import close_at_exit, join_unless_current
 from ..._outcome import WorkerBootstrap
 from .._mp.pool import WatchedPool
 from .._mp.watch import MakeError, PoolWatch
-from ._trip import Memmapping, Payload, run_on_loky, run_on_pool, translate_error
+from ._trip import Memmapping, Payload, translate_error
+from ._worker import run_on_loky, run_on_pool
 
 __all__ = ["LokyWorkers", "MemmapOptions", "MpWorkers", "ThreadWorkers", "Workers"]
 

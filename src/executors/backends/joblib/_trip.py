@@ -1,14 +1,14 @@
 """What travels to the workers, and the errors loky reports about it.
 
 A call travels as :mod:`executors._outcome` bytes, pickled lazily in loky's
-sending thread by :class:`Payload`. :func:`translate_error` is the one
+sending thread by :class:`Payload`; what the workers run with it is in
+:mod:`._worker`. :func:`translate_error` is the one
 boundary where joblib's and loky's errors become the project's.
 """
 
 from __future__ import annotations
 
 import copyreg
-import functools
 import io
 import pickle
 import re
@@ -19,24 +19,16 @@ from concurrent.futures.thread import BrokenThreadPool
 from typing import Any
 
 from joblib._memmapping_reducer import (
-    JOBLIB_MMAPS,
     TemporaryResourcesManager,
-    _get_backing_memmap,
-    _reduce_memmap_backed,
     get_memmapping_reducers,
 )
 from joblib.externals.loky import process_executor as loky
 from joblib.externals.loky.backend import reduction as loky_reduction
 
 from ..._errors import InitializerFailedError, WorkerCrashedError, describe_exitcode
-from ..._outcome import (
-    INITIALIZER_FAILED_EXITCODE,
-    Outcome,
-    initializer_error,
-    run_call,
-)
+from ..._outcome import INITIALIZER_FAILED_EXITCODE, initializer_error
 
-__all__ = ["Memmapping", "Payload", "run_on_loky", "run_on_pool", "translate_error"]
+__all__ = ["Memmapping", "Payload", "translate_error"]
 
 BACKEND = "joblib"
 
@@ -106,46 +98,6 @@ def translate_error(exc: BaseException, payload: object = None) -> BaseException
         return exc
     error.__cause__ = exc
     return error
-
-
-def run_on_loky(payload: bytes) -> Outcome:
-    """Run a call in a loky worker: its value's buffers travel as they are.
-
-    loky pickles the outcome at protocol 5, so a large array is copied once
-    into loky's message instead of three times.
-    """
-    return run_call(payload, buffers_apart=True, reducers=_result_reducers())
-
-
-def run_on_pool(payload: bytes) -> Outcome:
-    """Run a call in a ``multiprocessing.Pool`` worker of the executor."""
-    return run_call(payload, reducers=_result_reducers())
-
-
-@functools.cache
-def _result_reducers() -> dict[type, Callable[[Any], Any]]:
-    """joblib's rule for arrays in results, where NumPy is installed."""
-    try:
-        import numpy as np
-    except ImportError:  # pragma: no cover - joblib runs without NumPy
-        return {}
-    return {np.ndarray: _reduce_result_array, np.memmap: _reduce_result_array}
-
-
-def _reduce_result_array(array: Any) -> Any:
-    """As joblib's pools return an array: by value, unless it maps a user's file.
-
-    An array on one of this executor's temporary memory maps (an argument
-    that travelled as a map) comes back as a plain array, as from
-    ``Parallel``: not as an ``np.memmap`` whose file will be deleted.
-    """
-    import numpy as np
-
-    backing = _get_backing_memmap(array)
-    if isinstance(backing, np.memmap) and backing.filename not in JOBLIB_MMAPS:
-        return _reduce_memmap_backed(array, backing)
-    # NumPy's own reduction of a plain array keeps its buffer apart.
-    return np.asarray(array).__reduce_ex__(pickle.HIGHEST_PROTOCOL)
 
 
 class Payload:
