@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import traceback
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,15 +22,9 @@ from distributed.security import Security
 
 from ..._errors import DaskClusterError
 from ._options import LocalOptions
+from ._quiet import HEALTH_ONLY_ROUTES, quiet_handshakes, serve_health_only
 
-__all__ = [
-    "HEALTH_ONLY_ROUTES",
-    "QuietHandshakes",
-    "Runtime",
-    "connect",
-    "serve_health_only",
-    "start_local_cluster",
-]
+__all__ = ["Runtime", "connect", "start_local_cluster"]
 
 #: How long a busy worker gets to stop on Ctrl-C before its nanny kills it.
 INTERRUPT_CLOSE_SECONDS = 0.5
@@ -49,13 +40,8 @@ WORKER_CONNECT_SECONDS = 5.0
 CAPACITY_REFRESH_SECONDS = 0.5
 
 # The module our workers import as a Dask preload (its dask_setup() runs).
-_PRELOAD = "executors.backends.dask._dispatch"
+_PRELOAD = "executors.backends.dask._worker"
 START_METHOD_KEY = "distributed.worker.multiprocessing-method"
-#: The HTTP routes of our scheduler and workers without a dashboard: the
-#: health check only. Dask's others (info pages, JSON, Prometheus metrics,
-#: statics, the proxy) show logs, task keys and call stacks to any user of
-#: this machine, over plain HTTP and without authentication.
-HEALTH_ONLY_ROUTES = ["distributed.http.health"]
 #: Folders of our local clusters: Dask's workspace, where workers spill
 #: pickled data, and the scheduler's (Dask's default is the shared
 #: $TMPDIR/dask-scratch-space, which another user may have created).
@@ -75,8 +61,6 @@ shutil.rmtree(sys.argv[1], ignore_errors=True)
 time.sleep(0.1)  # a worker still exiting may have written since
 shutil.rmtree(sys.argv[1], ignore_errors=True)
 """
-# What distributed.comm.tcp logs when a connection speaks no TLS.
-_HANDSHAKE_FAILED = "Listener on %r: TLS handshake failed with remote %r: %s"
 
 
 class Scratch:
@@ -366,89 +350,6 @@ def start_local_cluster(options: LocalOptions) -> Runtime:
             f"could not start the local Dask cluster: {exc!r}"
         ) from exc
     return Runtime(client, cluster, close_client=True, scratch=scratch)
-
-
-def serve_health_only(server: Any) -> None:
-    """Drop Dask's ``/sitemap.json`` from ``server``, whose routes are health only.
-
-    Dask adds it to every HTTP server, whatever the routes: it would list
-    the routes (only ``/health`` here), the one page left besides that.
-    """
-    from distributed.http.routing import DirectoryHandler
-
-    application = getattr(server, "http_application", None)
-    if application is None:
-        return
-    for rule in application.default_router.rules:
-        router = rule.target
-        rules = getattr(router, "rules", None)
-        if isinstance(rules, list):
-            rules[:] = [r for r in rules if r.target is not DirectoryHandler]
-
-
-class QuietHandshakes(logging.Filter):
-    """Lowers a failed TLS handshake on our cluster's ports to a DEBUG record.
-
-    Any process of this machine may open a connection to those ports; one
-    that speaks no TLS (a port scan, a stray client) is turned away, and
-    Dask would log a WARNING about it in the caller: no news to the caller,
-    and noise in its logs. Installed on Dask's logger only while one of our
-    clusters runs, and only for their ports, unless ``everywhere`` (a worker
-    process of ours, whose every port is the cluster's).
-    """
-
-    def __init__(self, everywhere: bool = False) -> None:
-        super().__init__()
-        self.everywhere = everywhere
-        self._clusters: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._lock = threading.Lock()
-        self._logger = logging.getLogger("distributed.comm.tcp")
-
-    def watch(self, cluster: Any) -> None:
-        """Quieten the ports of ``cluster`` until :meth:`forget`."""
-        with self._lock:
-            if not self._clusters:
-                self._logger.addFilter(self)
-            self._clusters.add(cluster)
-
-    def install(self) -> None:
-        """Quieten every port of this process (``everywhere``)."""
-        self._logger.addFilter(self)
-
-    def forget(self, cluster: Any) -> None:
-        with self._lock:
-            self._clusters.discard(cluster)
-            if not self._clusters:
-                self._logger.removeFilter(self)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if (
-            record.levelno != logging.WARNING
-            or record.msg != _HANDSHAKE_FAILED
-            or not isinstance(record.args, tuple)
-            or not record.args
-        ):
-            return True
-        if not self.everywhere and not self._ours(record.args[0]):
-            return True
-        # Handled by this logger's filters again, now as DEBUG: let through.
-        self._logger.debug(record.msg, *record.args)
-        return False
-
-    def _ours(self, listener: object) -> bool:
-        with self._lock:
-            clusters = list(self._clusters)
-        for cluster in clusters:
-            with contextlib.suppress(Exception):
-                servers = [cluster.scheduler, *cluster.workers.values()]
-                for server in servers:
-                    for found in getattr(server, "listeners", ()):
-                        if found.listen_address == listener:
-                            return True
-        return False
-
-
-quiet_handshakes = QuietHandshakes()
 
 
 def connect(address: str, timeout: float | None, security: Security | None) -> Any:

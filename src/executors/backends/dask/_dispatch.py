@@ -1,6 +1,7 @@
-"""Calls on their way to Dask and back: :class:`Dispatch` and the worker end.
+"""Calls on their way to Dask and back, the caller's end: :class:`Dispatch`.
 
-Drawn in docs/backends/dask.md; our workers import it as a Dask preload.
+Drawn in docs/backends/dask.md. The worker's end, which our workers import
+as their Dask preload, is :mod:`._worker`.
 """
 
 from __future__ import annotations
@@ -8,20 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import logging
-import os
-import pickle
 import queue
-import signal
 import threading
-import traceback
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-import dask
-from distributed import KilledWorker, WorkerPlugin
+from distributed import KilledWorker
 
 from ..._callqueue import Call, CallQueue
 from ..._errors import (
@@ -37,10 +31,11 @@ from ..._lifecycle import (
     join_unless_current,
     manager_failed,
 )
-from ..._outcome import Outcome, decode, initializer_error, run_call
-from ._cluster import HEALTH_ONLY_ROUTES, QuietHandshakes, Runtime, serve_health_only
+from ..._outcome import decode, initializer_error
+from ._cluster import Runtime
+from ._worker import InitializerFailure, run_task
 
-__all__ = ["Dispatch", "InitializerPlugin", "dask_setup", "summarize", "translate"]
+__all__ = ["Dispatch", "translate"]
 
 #: How long a result we have may wait on its worker to be released with
 #: the next hand-over (Dask's client sends one batch per 10 ms at most).
@@ -283,101 +278,3 @@ def translate(exc: BaseException) -> BaseException:
         error = DaskClusterError(f"the Dask cluster did not run the task: {exc!r}")
     error.__cause__ = exc
     return error
-
-
-# Plugin name -> "Type: message" of its initializer's failure in this worker.
-_failed_initializers: dict[str, str] = {}
-
-
-@dataclass(frozen=True)
-class InitializerFailure:
-    """What :func:`run_task` returns on a worker whose initializer failed."""
-
-    pid: int
-    summary: str
-
-
-def summarize(exc: BaseException) -> str:
-    """The ``"Type: message"`` line of ``exc``."""
-    return "".join(traceback.format_exception_only(type(exc), exc)).strip()
-
-
-class InitializerPlugin(WorkerPlugin):
-    """Runs ``payload``, ``dumps((initializer, initargs))``, in every worker."""
-
-    def __init__(self, name: str, payload: bytes) -> None:
-        self.name = name
-        self.payload = payload
-
-    def setup(self, worker: Any) -> None:
-        try:
-            initializer, initargs = pickle.loads(self.payload)
-            initializer(*initargs)
-        except BaseException as exc:
-            _failed_initializers[self.name] = summarize(exc)
-            if isinstance(exc, Exception):
-                raise
-            # SystemExit and friends would stop the worker's event loop.
-            raise RuntimeError(f"the initializer raised {exc!r}") from exc
-
-    def teardown(self, worker: Any) -> None:
-        _failed_initializers.pop(self.name, None)
-
-
-#: What a Dask worker logs, with a traceback, when a heartbeat fails.
-_HEARTBEAT_FAILED = "Failed to communicate with scheduler during heartbeat."
-
-
-class QuietHeartbeats(logging.Filter):
-    """In our workers, a heartbeat that could not reach the scheduler is DEBUG.
-
-    Dask's ``Worker.close()`` closes its connections under a heartbeat in
-    flight, which then fails ("ConnectionPool closing") and is logged as an
-    ERROR with three chained tracebacks, on the caller's stderr (workers
-    share it): at the end of a program that did nothing wrong, and the
-    more often the busier the machine. Our scheduler runs in the caller's
-    process, so the other way a heartbeat fails, the scheduler gone, also
-    means the caller closed the cluster or died, and the worker is ending.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._logger = logging.getLogger("distributed.worker")
-
-    def install(self) -> None:
-        self._logger.addFilter(self)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno <= logging.DEBUG or record.msg != _HEARTBEAT_FAILED:
-            return True
-        # Handled by this logger's filters again, now as DEBUG: let through.
-        self._logger.debug(record.msg, exc_info=record.exc_info)
-        return False
-
-
-def dask_setup(worker: Any) -> None:
-    """Dask preload hook: ignore Ctrl-C, which the caller handles.
-
-    A terminal's Ctrl-C reaches the workers too: one that stopped would be
-    restarted by its nanny, and its task run again. And what Dask would
-    log on the caller's terminal (the worker's stderr) though nothing went
-    wrong is logged at DEBUG: a connection that speaks no TLS to the
-    worker's port, a heartbeat cut short as the worker closes.
-    """
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-    QuietHandshakes(everywhere=True).install()
-    QuietHeartbeats().install()
-    if dask.config.get("distributed.worker.http.routes") == HEALTH_ONLY_ROUTES:
-        serve_health_only(worker)  # no dashboard asked for
-
-
-def run_task(payload: bytes, initializer: str | None) -> Outcome | InitializerFailure:
-    """Run ``dumps((fn, args, kwargs))``; return its outcome, never raise.
-
-    So that a task's errors stay apart from Dask's own. Dask only logs a
-    plugin that fails on a late worker: the task reports it instead.
-    """
-    if initializer is not None and initializer in _failed_initializers:
-        return InitializerFailure(os.getpid(), _failed_initializers[initializer])
-    return run_call(payload)

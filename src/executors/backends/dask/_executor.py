@@ -25,8 +25,9 @@ from ..._outcome import dumps, initializer_error
 from ..._serialize import unwrap
 from . import _scheduler_side
 from ._cluster import START_METHOD_KEY, Runtime, connect, start_local_cluster
-from ._dispatch import Dispatch, InitializerPlugin, summarize, translate
+from ._dispatch import Dispatch, translate
 from ._options import check_options
+from ._worker import InitializerPlugin, summarize
 
 __all__ = ["DaskExecutor"]
 
