@@ -28,10 +28,38 @@ CALLER_SIDE = frozenset(
     }
 )
 
-FRESH_START = {
-    "process": {"mp_context": "spawn"},
-    "mp_pool": {"mp_context": "spawn"},
-    "queue": {"mp_context": "spawn"},
+#: Modules of a backend's caller side, which its workers must not import
+#: either: a worker that unpickles a function of a package whose
+#: ``__init__`` imports the executor brings in the caller's whole side.
+BACKEND_CALLER_SIDE = frozenset(
+    {
+        "executors.backends.mp_pool",
+        "executors.backends._mp.watch",
+        "executors.backends._mp.pool",
+        "executors.backends._mp.reaping",
+        "executors.backends.joblib._executor",
+        "executors.backends.joblib._pools",
+        "executors.backends.joblib._parallel",
+        "executors.backends.joblib._trip",
+        "executors.backends.dask._cluster",
+        "executors.backends.dask._dispatch",
+        "executors.backends.dask._executor",
+    }
+)
+
+#: Case -> (backend, options): workers that start as a fresh interpreter.
+FRESH_START: dict[str, tuple[str, dict[str, object]]] = {
+    "process": ("process", {"mp_context": "spawn"}),
+    "mp_pool": ("mp_pool", {"mp_context": "spawn"}),
+    "queue": ("queue", {"mp_context": "spawn"}),
+    # loky's default start method, "loky", is fork then exec.
+    "joblib-loky": ("joblib", {}),
+    "joblib-multiprocessing": (
+        "joblib",
+        {"joblib_backend": "multiprocessing", "mp_context": "spawn"},
+    ),
+    # A LocalCluster's worker processes, with our preload.
+    "dask": ("dask", {"mp_context": "spawn"}),
 }
 
 
@@ -39,21 +67,21 @@ def executors_modules(_: object = None) -> list[str]:
     return sorted(name for name in sys.modules if name.startswith("executors"))
 
 
-@pytest.mark.parametrize("backend", sorted(FRESH_START))
-def test_a_worker_imports_no_caller_side_module(backend: str) -> None:
+@pytest.mark.parametrize("case", sorted(FRESH_START))
+def test_a_worker_imports_no_caller_side_module(case: str) -> None:
     import executors
     from executors import _registry
 
+    backend, options = FRESH_START[case]
     try:
         _registry.backend_class(backend)
     except ImportError as exc:
         pytest.skip(f"{backend} is not installed: {exc}")
 
-    with executors.create(backend, max_workers=2, **FRESH_START[backend]) as ex:
+    with executors.create(backend, max_workers=2, **options) as ex:
         after_task = set(ex.submit(executors_modules).result(timeout=60))
         after_chunks = set().union(
             *ex.map(executors_modules, range(8), chunksize=4, timeout=60)
         )
-    assert not (after_task | after_chunks) & CALLER_SIDE, sorted(
-        (after_task | after_chunks) & CALLER_SIDE
-    )
+    imported = (after_task | after_chunks) & (CALLER_SIDE | BACKEND_CALLER_SIDE)
+    assert not imported, sorted(imported)
