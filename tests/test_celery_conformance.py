@@ -31,6 +31,7 @@ import pytest
 
 import executors
 from executors.testing import (
+    BackpressureContract,
     BadInputContract,
     CallbackContract,
     CrashContract,
@@ -53,6 +54,7 @@ from executors.testing.pool import (
     PoolImapContract,
     PoolLifecycleContract,
     PoolMapContract,
+    PoolStdlibErrorsContract,
 )
 
 pytest.importorskip("celery")
@@ -240,6 +242,10 @@ class TestBadInput(_Shared, BadInputContract):
         return make
 
 
+class TestBackpressure(_Shared, BackpressureContract):
+    pass
+
+
 class TestTaskControl(_Shared, TaskControlContract):
     """On the shared deployment, reached as an existing one: a timeout or
     kill_task() revokes the task with SIGKILL, and terminate_workers()
@@ -290,4 +296,8 @@ class TestPoolLifecycle(_SharedPool, PoolLifecycleContract):
 
 
 class TestPoolCrash(_SharedPool, PoolCrashContract):
+    pass
+
+
+class TestPoolStdlibErrors(_SharedPool, PoolStdlibErrorsContract):
     pass

@@ -47,7 +47,7 @@ from typing import Any, Literal, SupportsIndex, overload
 
 from ._errors import InitializerFailedError, describe_exitcode
 from ._parentwatch import exit_with_parent
-from ._remote import RemoteTraceback, picklable_exception
+from ._remote import RemoteTraceback, picklable_exception, result_not_sent
 
 __all__ = [
     "INITIALIZER_FAILED_EXITCODE",
@@ -185,7 +185,9 @@ def run_call(
             return True, Pickled.of(value, reducers)
         return True, dumps(value, reducers=reducers)
     except BaseException as exc:
-        return False, dump_error(exc)
+        # The pickler's error is the task's, marked as a result that could
+        # not be sent (executors.Pool raises it as MaybeEncodingError).
+        return False, dumps(result_not_sent(exc, value))
 
 
 def decode(outcome: Outcome) -> tuple[bool, Any]:

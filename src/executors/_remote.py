@@ -176,8 +176,9 @@ def result_not_sent(exc: BaseException, value: object) -> ExceptionWithTraceback
 
 
 def _describe_unsent(value: object) -> str:
-    # Imported here: _map imports this module, and only a failure needs it.
-    from ._map import ChunkResult
+    # Imported here: _chunks imports this module, and only a failure needs
+    # it. Not _map: that is the caller's side, and this runs in a worker.
+    from ._chunks import ChunkResult
 
     if isinstance(value, ChunkResult):
         # A map's chunk: show its values, as the stdlib's message shows the

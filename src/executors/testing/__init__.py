@@ -19,6 +19,7 @@ if TYPE_CHECKING:
         child_processes,
         wait_for_no_new_children,
     )
+    from .backpressure import BackpressureContract
     from .contract import (
         CrashContract,
         InitializerContract,
@@ -56,6 +57,8 @@ _EXPORTS = {
     "PoolImapContract": ".pool",
     "PoolLifecycleContract": ".pool",
     "PoolMapContract": ".pool",
+    "PoolStdlibErrorsContract": ".pool",
+    "BackpressureContract": ".backpressure",
     "BadInputContract": ".faults",
     "InitializerFaultContract": ".faults",
     "LeakContract": ".faults",
@@ -80,6 +83,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "BOUND",
+    "BackpressureContract",
     "BadInputContract",
     "CallbackContract",
     "ContractBase",
@@ -94,6 +98,7 @@ __all__ = [
     "PoolImapContract",
     "PoolLifecycleContract",
     "PoolMapContract",
+    "PoolStdlibErrorsContract",
     "ReferenceContract",
     "ShutdownContract",
     "ShutdownFaultContract",

@@ -41,7 +41,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from ..._parentwatch import exit_with_parent
-from ..._remote import picklable_exception
+from ..._remote import picklable_exception, result_not_sent
 from ..._serialize import unwrap
 from .wire import (
     CALL,
@@ -184,8 +184,10 @@ class _Runner:
         try:
             body, buffers = dumps(value)
         except BaseException as exc:
-            # The pickling error is this task's error, as with the stdlib.
-            _send_exception(self.outbox, ERROR, message.task_id, exc, elapsed)
+            # The pickling error is this task's error, as with the stdlib,
+            # marked as a result that could not be sent.
+            body, buffers = dumps(result_not_sent(exc, value))
+            self.outbox.send(ERROR, message.task_id, elapsed, body, buffers)
             return
         self.outbox.send(RESULT, message.task_id, elapsed, body, buffers)
 
@@ -277,14 +279,17 @@ class _Runner:
         # A value that does not pickle ends the chunk at its position, as a
         # task error there would: find it, send what comes before it.
         good = 0
+        carrier = None
         for value in values:
             try:
                 dumps(value)
             except BaseException as exc:
-                cause = exc
+                carrier = result_not_sent(exc, value)
                 break
             good += 1
-        body, buffers = dumps((values[:good], picklable_exception(cause)))
+        if carrier is None:
+            carrier = picklable_exception(cause)
+        body, buffers = dumps((values[:good], carrier))
         self.outbox.send(CHUNK_DONE, task_id, elapsed, body, buffers)
         return False
 
