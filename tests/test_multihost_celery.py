@@ -281,6 +281,60 @@ def test_without_retries_a_killed_workers_tasks_fail_in_bounded_time(
         caller.proc.wait(30)
 
 
+@pytest.mark.timeout(READY_BOUND + LOST_WORKER_RECOVERY + RUN_BOUND + 60)
+def test_a_worker_that_never_answers_polls_is_missed_by_its_tasks(
+    local: Deployment, tmp_path: Path
+) -> None:
+    """A third worker with remote control off never answers a poll (as one
+    that died as it joined): its tasks are found missing from the queue."""
+    (tmp_path / "no_control.py").write_text("worker_enable_remote_control = False\n")
+    env = {
+        **os.environ,
+        **_worker_env(local, "w3"),
+        "CELERY_CONFIG_MODULE": "no_control",
+        "PYTHONPATH": str(tmp_path),
+    }
+    with (tmp_path / "w3.log").open("w") as log:
+        w3 = subprocess.Popen(
+            [*argv(WORKER_COMMAND, worker="w3"), "--loglevel=INFO"],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+    local.workers["w3"] = w3
+    # It answers no ping: its log says when it consumes.
+    deadline = time.monotonic() + READY_BOUND
+    while "ready." not in (tmp_path / "w3.log").read_text():
+        assert w3.poll() is None, (tmp_path / "w3.log").read_text()
+        assert time.monotonic() < deadline, "worker w3 never became ready"
+        time.sleep(0.2)
+    n = 300
+    caller = _start_local_caller(local, "map", n)
+    try:
+        caller.wait_for("ready", READY_BOUND)
+        caller.wait_for("quarter", RUN_BOUND)
+        lost_at = time.monotonic()
+        os.killpg(w3.pid, signal.SIGKILL)
+        done = caller.wait_for("done", LOST_WORKER_RECOVERY + RUN_BOUND)
+        results = done["results"]
+        assert [i for _, _, i in results] == list(range(n)), "results lost"
+        hosts = {host for t, host, _ in results if t < lost_at}
+        assert "w3" in hosts, f"worker w3 ran nothing before it was killed: {hosts}"
+        stall = _stall_after(results, lost_at)
+        print(f"worker w3 (no remote control) killed: ran {hosts}; stall {stall:.2f} s")
+        assert stall < LOST_WORKER_RECOVERY
+        assert caller.proc.wait(SHUTDOWN_BOUND) == 0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(w3.pid, signal.SIGKILL)
+        w3.wait(30)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(caller.proc.pid, signal.SIGKILL)
+        caller.proc.wait(30)
+
+
 def test_a_task_sent_before_a_long_silence_is_reported_once(local: Deployment) -> None:
     """A worker silent for 3x the timeout is forgotten in the same poll that
     blames a task on it: the report must not need it any more (KeyError)."""
@@ -304,7 +358,11 @@ def test_a_task_sent_before_a_long_silence_is_reported_once(local: Deployment) -
             failures.append,
             timeout=0.1,
         )
-        watch.poll({})  # both workers answer: known
+        # Both workers answer, and are known (a loaded machine may answer
+        # a poll too late).
+        while len(watch._known) < 2:
+            assert time.monotonic() < deadline, "the watch never met both workers"
+            watch.poll({})
         sent_at = time.monotonic()
         os.killpg(local.workers["w2"].pid, signal.SIGKILL)
         local.workers["w2"].wait(30)

@@ -397,6 +397,7 @@ class CeleryExecutor(BaseExecutor):
                     manager_failed("celery", "lost-worker watch", error)
                 ),
                 self._lost_after,
+                self._queue,
             )
             self._lostwatch = lostwatch
             lostwatch.start()
@@ -469,19 +470,32 @@ class CeleryExecutor(BaseExecutor):
         if call is not None:
             self._calls.settle(call, error=memory_cap_error(deployment.max_memory))
 
-    def _on_worker_lost(self, numbers: list[str], worker: str, silent: float) -> None:
+    def _on_worker_lost(
+        self, numbers: list[str], worker: str | None, silent: float
+    ) -> None:
         # The lost-worker watch: these tasks went with a worker that stopped
         # answering. Their futures fail (or are retried, retries_crashes)
         # and their slots free up for the workers that answer.
+        if worker is None:
+            what = (
+                "no Celery worker has named this task in "
+                f"{self._lost_after:g} s (lost_worker_timeout) and it left the "
+                "broker's queue: the worker that took it never answered a poll "
+                "and is likely lost"
+            )
+        else:
+            what = (
+                f"the Celery worker {worker!r} holding this task stopped answering "
+                f"{silent:.1f} s ago (lost_worker_timeout={self._lost_after:g} s): "
+                "its machine, its network or its process is likely lost"
+            )
         for number in numbers:
             call = self._sent.take(number)
             if call is None:
                 continue  # its result arrived meanwhile
             error = WorkerCrashedError(
-                f"the Celery worker {worker!r} holding this task stopped answering "
-                f"{silent:.1f} s ago (lost_worker_timeout={self._lost_after:g} s): "
-                "its machine, its network or its process is likely lost. The task "
-                "was revoked; if that machine is only cut off, it may still run there",
+                f"{what}. The task was revoked; if that machine is only cut off, "
+                "it may still run there",
                 None,
             )
             self._calls.settle(call, error=error)

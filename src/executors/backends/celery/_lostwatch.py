@@ -21,6 +21,10 @@ plain ``ping`` once every task has its worker (the answer to
         the tasks it holds, and the tasks no worker has named that were
         sent before it fell silent (it may have taken them just before a
         poll could see them) -> lost
+    a task sent lost_worker_timeout ago that no worker named and that is
+        not in the broker's queue, at two polls in a row (Redis brokers:
+        taken by a worker that never answered, one that died as it
+        joined or was too slow to answer the polls) -> lost
 
 A lost task's future fails with :class:`~executors.WorkerCrashedError`
 (which ``retries=`` retries, on a worker that answers), its slot frees, and
@@ -70,9 +74,12 @@ class LostWorkerWatch(ManagerThread):
         outstanding: Returns ``{task number: time sent}`` of the tasks out.
         task_id: The Celery task id of a task number.
         on_lost: Called with ``(numbers, worker, silent_seconds)`` for the
-            tasks lost with ``worker``, silent for that many seconds.
+            tasks lost with ``worker``, silent for that many seconds;
+            ``worker`` is None for tasks that no worker ever named and that
+            left the queue (``silent_seconds`` is then the timeout).
         on_failure: Called if the loop itself raised (a bug).
         timeout: ``lost_worker_timeout`` in seconds.
+        queue: The queue the executor sends to (read on a Redis broker).
     """
 
     def __init__(
@@ -80,11 +87,15 @@ class LostWorkerWatch(ManagerThread):
         app: Any,
         outstanding: Callable[[], dict[str, float]],
         task_id: Callable[[str], str],
-        on_lost: Callable[[list[str], str, float], object],
+        on_lost: Callable[[list[str], str | None, float], object],
         on_failure: Callable[[BaseException], object],
         timeout: float,
+        queue: str | None = None,
     ) -> None:
         super().__init__(name="executors-celery-lostwatch")
+        self._queue = queue
+        # Tasks neither named nor queued at the last poll.
+        self._unaccounted: set[str] = set()
         self._app = app
         self._outstanding = outstanding
         self._task_id = task_id
@@ -155,18 +166,23 @@ class LostWorkerWatch(ManagerThread):
                     self._holder[number] = worker
         for worker in self._known - set(replies):
             self._silent.setdefault(worker, started)
-        lost: dict[str, list[str]] = {}
+        lost: dict[str | None, list[str]] = {}
         for number, sent_at in sent.items():
             worker = self._lost_with(number, sent_at, now)
             if worker is not None:
                 lost.setdefault(worker, []).append(number)
+        blamed = {number for numbers in lost.values() for number in numbers}
+        for number in self._nowhere(sent, blamed, now):
+            lost.setdefault(None, []).append(number)
         # Read before _forget, which may drop a worker silent for long.
-        silent_for = {worker: now - self._silent[worker] for worker in lost}
+        silent_for: dict[str | None, float] = {
+            worker: now - self._silent[worker] for worker in lost if worker is not None
+        }
         self._forget(sent, now)
         for worker, numbers in lost.items():
             for number in numbers:
                 self._holder.pop(number, None)
-            self._on_lost(numbers, worker, silent_for[worker])
+            self._on_lost(numbers, worker, silent_for.get(worker, self._timeout))
             with contextlib.suppress(Exception):
                 # A worker that receives the message again drops it.
                 self._app.control.revoke([self._task_id(n) for n in numbers])
@@ -185,6 +201,53 @@ class LostWorkerWatch(ManagerThread):
             if sent_at < silent and now - silent >= self._timeout:
                 return worker
         return None
+
+    def _nowhere(
+        self, sent: dict[str, float], blamed: set[str], now: float
+    ) -> list[str]:
+        """Old tasks no worker named, not in the queue now nor at the last poll."""
+        old = [
+            number
+            for number, sent_at in sent.items()
+            if number not in self._holder
+            and number not in blamed
+            and now - sent_at >= self._timeout
+        ]
+        if not old:
+            self._unaccounted.clear()
+            return []
+        queued = self._queued([self._task_id(number) for number in old])
+        if queued is None:
+            return []  # not a Redis broker, or it did not answer
+        unaccounted = {number for number in old if self._task_id(number) not in queued}
+        # Twice in a row: a task that a live worker took between this
+        # poll's question and the queue's read is named at the next poll.
+        nowhere = sorted(unaccounted & self._unaccounted)
+        self._unaccounted = unaccounted - set(nowhere)
+        return nowhere
+
+    def _queued(self, task_ids: list[str]) -> set[str] | None:
+        """Which of ``task_ids`` wait in the broker's queue (Redis only)."""
+        if self._queue is None:
+            return None
+        try:
+            with self._app.connection_for_write() as conn:
+                if conn.transport.driver_type != "redis":
+                    return None
+                channel = conn.default_channel
+                client = channel.client
+                found: set[str] = set()
+                for priority in channel.priority_steps:
+                    name = channel._q_for_pri(self._queue, priority)
+                    for message in client.lrange(name, 0, -1):
+                        found.update(
+                            task_id
+                            for task_id in task_ids
+                            if f'"{task_id}"'.encode() in message
+                        )
+                return found
+        except Exception:
+            return None
 
     def _forget(self, sent: dict[str, float], now: float) -> None:
         for number in [n for n in self._holder if n not in sent]:
