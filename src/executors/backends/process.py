@@ -166,6 +166,8 @@ class ProcessExecutor(BaseExecutor):
         if initializer is not None:
             initializer = self._prepare(initializer)
         self._manager: threading.Thread | None = None
+        # The signal terminate_workers()/kill_workers() sent, if any.
+        self._ending_signal: signal.Signals | None = None
         self._pool = _Pool(
             workers,
             context,
@@ -255,6 +257,7 @@ class ProcessExecutor(BaseExecutor):
         self._signal_workers(signal.SIGTERM)
 
     def _signal_workers(self, sig: signal.Signals) -> None:
+        self._ending_signal = sig
         self._remember_manager()
         # The manager thread keeps the workers after shutdown() drops the
         # pool's own reference to them.
@@ -266,6 +269,19 @@ class ProcessExecutor(BaseExecutor):
             with contextlib.suppress(ValueError, OSError, ProcessLookupError):
                 if proc.pid is not None and proc.exitcode is None:
                     os.kill(proc.pid, sig)
+
+    def _join_ending_manager(self, sig: signal.Signals) -> None:
+        # After terminate_workers()/kill_workers(). With max_tasks_per_child
+        # the stdlib's manager thread may start a replacement worker after
+        # the signal went out; that worker then waits for the call queue's
+        # lock, which a signalled worker may have died holding, and the
+        # manager thread waits for it forever. Signal again whatever is
+        # still alive until the manager thread has seen every worker go.
+        manager = self._manager
+        while manager is not None and manager.is_alive():
+            manager.join(RESIGNAL_SECONDS)
+            if manager.is_alive():
+                self._signal_workers(sig)
 
     def _release(self) -> None:
         # Every call has settled and no more will come: let the stdlib pool
@@ -291,8 +307,13 @@ class ProcessExecutor(BaseExecutor):
             return
         self._calls.wait_idle()
         self._remember_manager()
-        self._pool.shutdown(wait=True)
-        join_unless_current(self._manager)
+        sig = self._ending_signal
+        if sig is None:
+            self._pool.shutdown(wait=True)
+            join_unless_current(self._manager)
+        else:
+            self._pool.shutdown(wait=False)
+            self._join_ending_manager(sig)
         # Done with it: the thread object holds the pool's pipes and the
         # workers' sentinels, which must close with the pool.
         self._manager = None
@@ -301,6 +322,10 @@ class ProcessExecutor(BaseExecutor):
 # Bounds the wait for a worker whose sentinel is ready to be reaped; it is
 # exiting already, so this is reached only on a badly loaded machine.
 SENTINEL_TO_REAP_SECONDS = 1.0
+# How often the workers are signalled again while terminate_workers() or
+# kill_workers() waits for the stdlib's manager thread: a replacement
+# started after the first signal is stopped within this.
+RESIGNAL_SECONDS = 0.2
 
 _DROPPED = (
     "the stdlib process pool dropped a task it had accepted; the 'process' "
