@@ -328,15 +328,16 @@ sys.modules["cryptography"] = None  # as if it were not installed
 import executors
 from distributed.security import Security
 
-try:
-    executors.create("dask", max_workers=1)
-except ImportError as exc:
-    print("REFUSED", exc, flush=True)
-else:
-    print("ACCEPTED", flush=True)
-# TLS off, explicitly: accepted (create() starts nothing).
-executors.create("dask", max_workers=1, security=Security()).shutdown()
-print("INSECURE BY CHOICE ACCEPTED", flush=True)
+if __name__ == "__main__":
+    try:
+        executors.create("dask", max_workers=1)
+    except ImportError as exc:
+        print("REFUSED", exc, flush=True)
+    else:
+        print("ACCEPTED", flush=True)
+    # TLS off, explicitly: accepted (create() starts nothing).
+    executors.create("dask", max_workers=1, security=Security()).shutdown()
+    print("INSECURE BY CHOICE ACCEPTED", flush=True)
 """
 
 

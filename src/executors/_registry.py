@@ -162,6 +162,9 @@ def backend_class(name: str) -> type[BaseExecutor]:
     module_name, _, attr = spec.target.partition(":")
     try:
         module = importlib.import_module(module_name)
+        # Inside the try: a backend package imports its executor module on
+        # first use, so a broken install fails here, not at the import.
+        cls: type[BaseExecutor] = getattr(module, attr)
     except ImportError as exc:
         hint = _install_hint(spec)
         raise BackendNotInstalledError(
@@ -169,7 +172,6 @@ def backend_class(name: str) -> type[BaseExecutor]:
             + (f"; install it with: {hint}" if hint else ""),
             name=exc.name,
         ) from exc
-    cls: type[BaseExecutor] = getattr(module, attr)
     return cls
 
 
