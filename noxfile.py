@@ -13,6 +13,7 @@ nox.options.error_on_missing_interpreters = True
 nox.options.reuse_existing_virtualenvs = True
 
 CORE_TESTS = [
+    "tests/core",
     "tests/test_core.py",
     "tests/test_conformance.py",
     # The crash matrix and the shutdown-deadlock programs: how a pool

@@ -231,7 +231,9 @@ def test_an_executor_that_hangs_on_shutdown_is_reported_hung_and_killed(
     )
     took = time.monotonic() - start
     assert code == 1, output
-    got = outcomes(card)
+    # Not those that need this library's extensions (max_pending).
+    got = {name: o for name, o in outcomes(card).items() if o != "n/a"}
+    assert len(got) >= 2, output
     assert got, output
     # Every test shuts its executor down (at teardown, or leaving `with`):
     # each one hangs, is killed, and the run goes on with the next.
@@ -310,7 +312,8 @@ def test_a_target_that_kills_the_test_process_fails_that_test(
         False,
         "given: --no-process-isolation",
     ]
-    (test,) = card["tests"]
+    # The topic's other tests need this library's extensions (max_pending).
+    (test,) = [t for t in card["tests"] if t["outcome"] != "n/a"]
     assert test["outcome"] == "failed", output
     assert "the test process died during this test (exit code 7)" in test["reason"]
 

@@ -33,6 +33,7 @@ TOPICS = [
     "leaks",
     "Ctrl-C",
     "task control",
+    "backpressure",
 ]
 
 _CLASS_TOPICS = {
@@ -50,6 +51,7 @@ _CLASS_TOPICS = {
     "BadInputContract": "bad input",
     "LeakContract": "leaks",
     "TaskControlContract": "task control",
+    "BackpressureContract": "backpressure",
 }
 
 # Tests of map whose subject is the order of the results.
@@ -114,6 +116,10 @@ FEATURES = {
     "terminate_workers": (
         "uses terminate_workers() and kill_workers(), which the target does not have"
     ),
+    "max_pending": (
+        "creates the executor with max_pending=, this library's bound on "
+        "unfinished submits, which the target does not take"
+    ),
 }
 
 _TEST_NEEDS: dict[str, tuple[str, ...]] = {
@@ -133,6 +139,7 @@ _TEST_NEEDS: dict[str, tuple[str, ...]] = {
 _CLASS_NEEDS: dict[str, tuple[str, ...]] = {
     "InitializerContract": ("initializer",),
     "InitializerFaultContract": ("initializer",),
+    "BackpressureContract": ("max_pending",),
 }
 
 
@@ -145,6 +152,7 @@ _MISSING_USE = {
     "map_buffersize": re.compile(r"unexpected keyword argument 'buffersize'"),
     "map_progress": re.compile(r"unexpected keyword argument 'progress'"),
     "kill_task": re.compile(r"has no attribute 'kill_task'"),
+    "max_pending": re.compile(r"unexpected keyword argument 'max_pending'"),
     "terminate_workers": re.compile(
         r"has no attribute '(terminate_workers|kill_workers)'"
     ),

@@ -152,6 +152,7 @@ def features_of(executor: Any, signature_source: Callable[..., Any]) -> dict[str
         "map_progress": has_map and _has_parameter(executor.map, "progress"),
         "error_classes": is_ours(executor),
         "initializer": accepts(signature_source, "initializer"),
+        "max_pending": accepts(signature_source, "max_pending"),
         "kill_task": callable(getattr(executor, "kill_task", None)),
         "terminate_workers": all(
             callable(getattr(executor, name, None))
