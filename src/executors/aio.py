@@ -16,7 +16,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
-import functools
+import threading
 from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import Executor, Future
 from typing import Any, TypeVar
@@ -59,13 +59,22 @@ async def _submit_in_a_thread(
 ) -> Future[T]:
     # With create(max_pending=N), submit() waits for a free slot: waiting
     # in the event loop's thread would stop every other coroutine.
-    submitting = asyncio.get_running_loop().run_in_executor(
-        None, functools.partial(executor.submit, fn, *args, **kwargs)
-    )
+    abandoned = threading.Event()
+
+    def submit_in_thread() -> Future[T]:
+        future = executor.submit(fn, *args, **kwargs)
+        if abandoned.is_set():
+            # The await was cancelled while submit() waited: cancel the task
+            # at once, from this thread, before a worker can take it.
+            future.cancel()
+        return future
+
+    submitting = asyncio.get_running_loop().run_in_executor(None, submit_in_thread)
     try:
         return await asyncio.shield(submitting)
     except asyncio.CancelledError:
-        # The submit goes on in its thread: cancel its future when it comes.
+        abandoned.set()
+        # Submitted between the check above and now: cancel it when it comes.
         submitting.add_done_callback(_cancel_submitted)
         raise
 

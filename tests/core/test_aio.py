@@ -47,22 +47,32 @@ def test_a_submit_waiting_for_max_pending_does_not_block_the_event_loop() -> Non
 
 
 def test_a_cancelled_await_cancels_the_task_it_was_waiting_to_submit() -> None:
-    release = threading.Event()
+    first = threading.Event()
+    second = threading.Event()
     ran = threading.Event()
 
     async def main() -> None:
-        with executors.create("thread", max_workers=1, max_pending=1) as ex:
-            held = ex.submit(release.wait, 20)
+        # One worker, two slots: one task runs, one waits in the queue, and
+        # the awaited submit waits for a slot.
+        with executors.create("thread", max_workers=1, max_pending=2) as ex:
+            running = ex.submit(first.wait, 20)
+            queued = ex.submit(second.wait, 20)
             waiting = asyncio.create_task(aio.submit(ex, ran.set))
             await asyncio.sleep(0.2)
             waiting.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await waiting
-            release.set()
-            assert held.result(timeout=10) is True
+            # A slot frees: the abandoned submit goes through, behind the
+            # queued task, and is cancelled there.
+            first.set()
+            await asyncio.sleep(0.5)
+            second.set()
+            assert running.result(timeout=10) is True
+            assert queued.result(timeout=10) is True
 
     try:
         asyncio.run(main())
     finally:
-        release.set()
+        first.set()
+        second.set()
     assert not ran.is_set()
