@@ -114,7 +114,6 @@ def _quick_run(
 # One test, not one per check: the run they check takes a minute, and a
 # module fixture shared by several tests is run again on every xdist worker
 # that gets one of them.
-@pytest.mark.slow  # the bench smoke run: a minute of every target
 @pytest.mark.timeout(QUICK_BOUND + 60)
 def test_quick_run_measures_and_reports_every_target(tmp_path: Path) -> None:
     done, report, left = _quick_run(tmp_path)

@@ -41,6 +41,9 @@ _POLL = 0.05
 # tracker, Dask workers) notice within a moment and exit too; only what is
 # still there after this grace period counts as left behind.
 _GRACE = 5.0
+# How long a killed target's resource trackers get to unlink what its
+# processes left in /dev/shm before they are killed too.
+_TRACKER_GRACE = 5.0
 _POSIX = os.name == "posix"
 _STARTING = "<start-up>"
 
@@ -162,12 +165,42 @@ def _live_processes_elsewhere(pgid: int, root: int | None) -> dict[int, str]:
 
 
 def _kill(pids: dict[int, str], pgid: int) -> None:
+    # A resource tracker unlinks the semaphores and shared memory that the
+    # processes it served leave in /dev/shm, once the last of them is gone:
+    # killed along with them, it would leave those behind. So the others
+    # go first, the trackers get a moment to clean up, then the group goes.
+    trackers = {pid for pid in pids if _is_resource_tracker(pid)}
+    for pid in pids:
+        if pid not in trackers:
+            with contextlib.suppress(ProcessLookupError, PermissionError, OSError):
+                os.kill(pid, signal.SIGKILL if _POSIX else signal.SIGTERM)
+    deadline = time.monotonic() + _TRACKER_GRACE
+    while trackers and time.monotonic() < deadline:
+        trackers = {pid for pid in trackers if _exists(pid)}
+        time.sleep(_POLL)
     if _POSIX:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGKILL)
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError, OSError):
             os.kill(pid, signal.SIGKILL if _POSIX else signal.SIGTERM)
+
+
+def _is_resource_tracker(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as file:
+            return b"resource_tracker" in file.read()
+    except OSError:
+        return False
+
+
+def _exists(pid: int) -> bool:
+    # A zombie (exited, not yet reaped by its parent) counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            return file.read().rpartition(b")")[2].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _describe_exit(code: int) -> str:
