@@ -6,7 +6,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -76,6 +76,11 @@ class ContractBase:
     from it.
     """
 
+    #: What ``make_executor`` passes to each executor's ``shutdown(wait=True)``
+    #: at teardown; empty for a target whose ``shutdown()`` lacks
+    #: ``cancel_futures`` (loky's).
+    teardown_shutdown_options: ClassVar[dict[str, Any]] = {"cancel_futures": True}
+
     @pytest.fixture
     def make_executor(
         self, executor_factory: ExecutorFactory
@@ -96,7 +101,7 @@ class ContractBase:
         yield make
         for executor in created:
             start = time.monotonic()
-            executor.shutdown(wait=True, cancel_futures=True)
+            executor.shutdown(wait=True, **self.teardown_shutdown_options)
             took = time.monotonic() - start
             assert took < BOUND, f"shutdown took {took:.1f}s"
         leftover = wait_for_no_new_children(before)

@@ -21,10 +21,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 
 import pytest
 
@@ -196,31 +195,12 @@ class NoCancelFuturesTeardown:
     The suite's ``make_executor`` shuts every executor down at teardown with
     ``shutdown(wait=True, cancel_futures=True)``; on such a target every
     test would fail on that one missing parameter. Mixed in before the
-    behaviour class, this fixture keeps the same bounded teardown and leak
-    check with ``shutdown(wait=True)``; the tests that pass
+    behaviour class, it keeps the same bounded teardown and leak check
+    with ``shutdown(wait=True)`` alone; the tests that pass
     ``cancel_futures`` themselves still fail on it, as they should.
     """
 
-    @pytest.fixture
-    def make_executor(self, executor_factory: Any) -> Iterator[Callable[..., Any]]:
-        from .._support import BOUND, child_processes, wait_for_no_new_children
-
-        before = child_processes()
-        created: list[Any] = []
-
-        def make(**options: Any) -> Any:
-            executor = executor_factory(**options)
-            created.append(executor)
-            return executor
-
-        yield make
-        for executor in created:
-            start = time.monotonic()
-            executor.shutdown(wait=True)
-            took = time.monotonic() - start
-            assert took < BOUND, f"shutdown took {took:.1f}s"
-        leftover = wait_for_no_new_children(before)
-        assert not leftover, f"child processes left after shutdown: {sorted(leftover)}"
+    teardown_shutdown_options: ClassVar[dict[str, Any]] = {}
 
 
 @pytest.fixture
