@@ -32,6 +32,7 @@ from concurrent.futures.process import (
     BrokenProcessPool,
     _ExecutorManagerThread,
     _process_worker,
+    _threads_wakeups,
 )
 from multiprocessing.context import BaseContext
 from typing import Any, TypeVar, cast
@@ -72,8 +73,26 @@ _MAX_DEFAULT_WORKERS = 61
 # at the semaphore, which _Pool does here; a fixed Python no longer calls
 # _adjust_process_count on a worker's exit, so the override is then inert.
 _REPLACEMENT_BUG = (3, 11) <= sys.version_info[:2] <= (3, 13)
+# CPython gh-94777 (fixed in 3.11): when a worker dies while the call
+# queue's feeder thread is blocked writing a large call into the pipe, the
+# 3.10 manager thread joins that feeder for ever, because the parent still
+# holds the pipe's read end and so the write never fails. The fix closes the
+# read end once the workers are terminated; _BrokenPoolManager backports it.
+_FEEDER_HANG_BUG = sys.version_info < (3, 11)
 # Calls handed to the stdlib pool and not yet finished, per worker.
 DISPATCH_PER_WORKER = 2
+
+
+class _BrokenPoolManager(_ExecutorManagerThread):
+    """3.10's manager thread with gh-94777's fix: a broken pool never hangs."""
+
+    def terminate_broken(self, cause: Any) -> None:
+        # Closing the parent's read end before the stdlib terminates the
+        # workers is as good as after: the feeder's write fails (EPIPE) once
+        # the workers, the other readers, are gone, and the stdlib's feeder
+        # swallows that error and moves on to its sentinel.
+        self.call_queue._reader.close()  # type: ignore[attr-defined]
+        super().terminate_broken(cause)
 
 
 class _Pool(ProcessPoolExecutor):
@@ -87,6 +106,19 @@ class _Pool(ProcessPoolExecutor):
             self._replace_exited_worker(manager)
         else:
             super()._adjust_process_count()
+
+    if _FEEDER_HANG_BUG:
+
+        def _start_executor_manager_thread(self) -> None:
+            # 3.10's own body, with the manager class swapped (gh-94777).
+            pool: Any = self
+            if pool._executor_manager_thread is None:
+                if not pool._safe_to_dynamically_spawn_children:
+                    pool._launch_processes()
+                manager = _BrokenPoolManager(self)
+                pool._executor_manager_thread = manager
+                manager.start()
+                _threads_wakeups[manager] = pool._executor_manager_thread_wakeup
 
     def _replace_exited_worker(self, manager: _ExecutorManagerThread) -> None:
         # The manager's own references: shutdown(wait=False) sets the
