@@ -2,33 +2,26 @@
 
 :class:`BaseExecutor` owns what is the same everywhere: the guards of
 ``submit`` (broken, then shut down, then the work, under one lock), argument
-validation, ``map`` and ``map_unordered`` (through :mod:`executors._map`),
-idempotent ``shutdown`` and the context manager. A backend implements three
-hooks and nothing else::
-
-    _submit(fn, args, kwargs) -> Future      # run one task
-    _shutdown(wait, cancel_futures)          # release the workers, once
-    _broken_error() -> BaseException | None  # optional: why it is broken
-
-and may override ``_submit_chunk`` when it can run a chunk of ``map`` better
-than "one task that loops" (see :mod:`executors.backends.queue`),
-``_engine_map`` when its library has a map engine of its own (joblib's
-``Parallel``), and ``_in_own_task`` when its tasks run in threads of the
-caller's process. Every backend's constructor takes ``max_pending=`` (the
-bound on unfinished ``submit`` futures) through this class, without
-declaring it. The futures a backend returns are :class:`executors._futures.
-Future` objects, settled through :func:`executors._futures.settle`, usually by
-way of a :class:`executors._callqueue.CallQueue` in front of the library.
+validation, ``max_pending``, task options, ``map`` and ``map_unordered``
+(through :mod:`executors._map`), idempotent ``shutdown``, Ctrl-C,
+``terminate_workers`` / ``kill_workers``, ``kill_task``, the exit hook and
+the context manager. A backend implements the hooks of
+:class:`executors._hooks.BackendHooks`, the one list of them. Every
+backend's constructor takes ``max_pending=`` (the bound on unfinished
+``submit`` futures) through this class, without declaring it
+(:mod:`executors._pending`). The futures a backend returns are
+:class:`executors._futures.Future` objects, settled through
+:func:`executors._futures.settle`, usually by way of a
+:class:`executors._callqueue.CallQueue` in front of the library.
 """
 
 from __future__ import annotations
 
-import functools
 import inspect
 import signal
 import threading
 import weakref
-from abc import ABCMeta, abstractmethod
+from abc import ABCMeta
 from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 from concurrent.futures import Future
@@ -36,7 +29,6 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from . import _map
-from ._callqueue import CallQueue
 from ._capabilities import Capabilities
 from ._control import (
     TaskOptions,
@@ -52,13 +44,14 @@ from ._futures import (
     fail_futures,
     notify_cancelled,
 )
+from ._hooks import BackendHooks
 from ._lifecycle import (
     close_at_exit,
     close_when_collected,
-    ending_on_keyboard_interrupt,
     interpreter_exiting,
 )
-from ._options import check_callable, check_int, check_map_arguments
+from ._options import check_callable, check_map_arguments
+from ._pending import PendingSlots, taking_max_pending
 from ._serialize import portable
 
 if TYPE_CHECKING:
@@ -69,108 +62,7 @@ __all__ = ["BaseExecutor", "fail_futures", "notify_cancelled"]
 T = TypeVar("T")
 
 
-class _PendingSlots:
-    """``max_pending``: at most ``limit`` futures of ``submit`` unfinished.
-
-    A slot is taken before a task is handed to the backend and given back
-    by an internal done-callback, which runs in the thread that settles or
-    cancels the future (never on the callback thread, which a user's
-    callback blocked in ``submit`` could hold). The waiting is done with no
-    lock of the executor held, so ``shutdown()`` can always come in and
-    wake the waiters (:meth:`close`).
-    """
-
-    __slots__ = ("_cond", "_used", "closed", "limit")
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._used = 0
-        self.closed = False
-        self._cond = threading.Condition(threading.Lock())
-
-    def try_take(self) -> bool:
-        """Take a slot if one is free, without waiting."""
-        with self._cond:
-            if self._used < self.limit:
-                self._used += 1
-                return True
-        return False
-
-    def take(self) -> bool:
-        """Wait for a free slot and take it; False if closed meanwhile.
-
-        A ``KeyboardInterrupt`` in the waiting thread propagates at once
-        (a lock wait is interruptible by signals on POSIX) and takes no
-        slot.
-        """
-        with self._cond:
-            while self._used >= self.limit:
-                if self.closed:
-                    return False
-                self._cond.wait()
-            self._used += 1
-            return True
-
-    def give_back(self, _future: object = None) -> None:
-        with self._cond:
-            self._used -= 1
-            self._cond.notify()
-
-    def close(self) -> None:
-        """Wake every waiter for good: the executor is shutting down."""
-        with self._cond:
-            self.closed = True
-            self._cond.notify_all()
-
-
-def check_max_pending(value: object) -> int | None:
-    """Validate ``max_pending`` (``None``: unbounded, the default).
-
-    Raises:
-        TypeError: not an int.
-        ValueError: ``"max_pending must be greater than 0"``.
-    """
-    return check_int(
-        value, "max_pending", minimum=1, too_small="max_pending must be greater than 0"
-    )
-
-
-def _taking_max_pending(init: Callable[..., None]) -> Callable[..., None]:
-    """Wrap a backend's ``__init__`` so that it also takes ``max_pending=``.
-
-    Checked before the backend starts anything; set once the constructor
-    has returned. The wrapper's signature shows the option, so that
-    ``create()``, which checks options against the constructor, takes it.
-    """
-
-    @functools.wraps(init)
-    def __init__(self: BaseExecutor, *args: Any, **kwargs: Any) -> None:
-        if "max_pending" not in kwargs:
-            # Left as it is: unbounded, or set by a subclass's wrapper
-            # around this constructor.
-            init(self, *args, **kwargs)
-            return
-        max_pending = check_max_pending(kwargs.pop("max_pending"))
-        init(self, *args, **kwargs)
-        self._limit_pending(max_pending)
-
-    signature = inspect.signature(init)
-    params = list(signature.parameters.values())
-    option = inspect.Parameter(
-        "max_pending", inspect.Parameter.KEYWORD_ONLY, default=None
-    )
-    # Before a **kwargs, which must come last.
-    at = len(params)
-    if params and params[-1].kind is inspect.Parameter.VAR_KEYWORD:
-        at -= 1
-    params.insert(at, option)
-    # A function takes any attribute; its __dict__ says so to mypy.
-    __init__.__dict__["__signature__"] = signature.replace(parameters=params)
-    __init__.__dict__["_takes_max_pending"] = True
-    return __init__
-
-
-class BaseExecutor(futures.Executor, metaclass=ABCMeta):
+class BaseExecutor(BackendHooks, futures.Executor, metaclass=ABCMeta):
     """Shared machinery of every backend; subclasses supply the hooks.
 
     Subclasses set the class attributes ``backend`` and ``capabilities`` and
@@ -186,14 +78,10 @@ class BaseExecutor(futures.Executor, metaclass=ABCMeta):
 
     backend: ClassVar[str] = "base"
     capabilities: ClassVar[Capabilities] = Capabilities()
-    #: The call queue in front of the library, for backends that keep one:
-    #: task control (timeouts, retries, kill_task, terminate_workers) works
-    #: through it.
-    _calls: CallQueue | None = None
     _task_options: TaskOptions | None = None
     _when_collected: weakref.finalize[..., object] | None = None
     # max_pending's slots; None when unbounded (the default).
-    _slots: _PendingSlots | None = None
+    _slots: PendingSlots | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -206,7 +94,7 @@ class BaseExecutor(futures.Executor, metaclass=ABCMeta):
         if init is None or getattr(init, "_takes_max_pending", False):
             return
         if "max_pending" not in inspect.signature(init).parameters:
-            cls.__init__ = _taking_max_pending(init)  # type: ignore[method-assign]
+            cls.__init__ = taking_max_pending(init)  # type: ignore[method-assign]
 
     def __init__(self, *, max_workers: int, cloudpickle: bool = True) -> None:
         if not isinstance(cloudpickle, bool):
@@ -374,103 +262,6 @@ class BaseExecutor(futures.Executor, metaclass=ABCMeta):
         workers = self._max_workers
         return f"<{name} backend={self.backend!r} max_workers={workers} {state}>"
 
-    # -- hooks for backends --------------------------------------------
-
-    def close_at_exit(self) -> None:
-        """Called once when the interpreter exits (see :mod:`executors._lifecycle`).
-
-        As the stdlib pools do, the work already submitted is finished and
-        the workers are released; a program ending on an unhandled Ctrl-C
-        stops its running tasks and drops the queued ones instead. The
-        executor is not marked shut down, so a submit from an ``atexit``
-        hook raises the stdlib's "after interpreter shutdown" error. A
-        Ctrl-C while the hook waits for the work stops it the same way: the
-        ``KeyboardInterrupt`` must not escape, or the libraries' own exit
-        hooks (loky's) would be skipped and the interpreter would wait for
-        workers never told to stop.
-        """
-        if not ending_on_keyboard_interrupt():
-            try:
-                self._shutdown(wait=True, cancel_futures=False)
-                return
-            except KeyboardInterrupt:
-                pass
-        self._interrupt()
-        self._shutdown(wait=True, cancel_futures=True)
-
-    @abstractmethod
-    def _submit(
-        self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Future[T]:
-        """Start one task and return its stdlib future. Called under the lock."""
-
-    @abstractmethod
-    def _shutdown(self, wait: bool, cancel_futures: bool) -> None:
-        """Release the workers. Called on every ``shutdown()``; make it idempotent."""
-
-    def _broken_error(self) -> BaseException | None:
-        """Return the exception ``submit`` raises once the executor is broken.
-
-        By default, the call queue's (``self._calls``), if there is one.
-        """
-        calls = self._calls
-        return None if calls is None else calls.broken_error()
-
-    def _interrupt(self) -> None:
-        """Stop running tasks early: a ``with`` block is leaving on Ctrl-C.
-
-        Optional. ``shutdown(wait=True, cancel_futures=True)`` follows; a
-        backend that can stop its workers at once (terminate processes)
-        does so here, so the program exits without waiting for its tasks.
-        """
-
-    def _in_own_task(self) -> bool:
-        """True when called from a task of this executor, in its own thread.
-
-        Optional; a backend whose tasks run in threads of the caller's
-        process (``thread``, ``inline``) says so. A ``submit`` from such a
-        task at the ``max_pending`` limit raises instead of waiting: the
-        waiting task would hold a worker that the futures it waits for may
-        need.
-        """
-        return False
-
-    def _start(self) -> None:
-        """Start the workers, if the backend starts them lazily.
-
-        Optional. Called before every submit and map, *outside* the lock, so
-        a slow start (a Dask cluster takes seconds) never holds up a
-        concurrent ``shutdown(wait=False)``. Must be cheap once started and
-        raise the errors of ``_check_open`` if the executor is closed.
-        """
-
-    def _submit_chunk(
-        self, fn: Callable[..., Any], chunk: _map.Chunk
-    ) -> Future[_map.ChunkResult]:
-        """Start one chunk of a ``map``. Called under the lock."""
-        return self._submit(_map.run_chunk, (fn, chunk), {})
-
-    def _engine_map(
-        self,
-        fn: Callable[..., Any],
-        iterables: tuple[Iterable[Any], ...],
-        ordered: bool,
-        timeout: float | None,
-        chunksize: int | None,
-        buffersize: int | None,
-        progress: bool,
-    ) -> Iterator[Any] | None:
-        """Run a map on the library's own engine instead of the shared map.
-
-        Optional; the default ``None`` means "use the shared map". Called
-        with validated arguments, after the open check, outside the lock,
-        by ``map``, ``map_unordered`` and :mod:`executors.aio` alike. The
-        iterator returned must keep the map contract (results in order for
-        ``ordered``, a failing item raised at its position, ``close()``
-        cancels the rest).
-        """
-        return None
-
     # -- shared plumbing ------------------------------------------------
 
     def _close_when_collected(self, close: Callable[[], object]) -> None:
@@ -520,9 +311,9 @@ class BaseExecutor(futures.Executor, metaclass=ABCMeta):
 
     def _limit_pending(self, max_pending: int | None) -> None:
         """Bound the unfinished futures of ``submit`` (``create(max_pending=)``)."""
-        self._slots = None if max_pending is None else _PendingSlots(max_pending)
+        self._slots = None if max_pending is None else PendingSlots(max_pending)
 
-    def _take_slot(self, slots: _PendingSlots) -> None:
+    def _take_slot(self, slots: PendingSlots) -> None:
         if slots.try_take():
             return
         # At the limit. Closed, broken or exiting: say so rather than wait.
@@ -553,9 +344,6 @@ class BaseExecutor(futures.Executor, metaclass=ABCMeta):
         with self._lock:
             self._check_open()
             return self._submit_chunk(fn, chunk)
-
-    def _map_workers(self) -> int:
-        return self._max_workers
 
     def _start_map(
         self,
@@ -617,10 +405,3 @@ class BaseExecutor(futures.Executor, metaclass=ABCMeta):
                 "(capabilities.task_control is false)"
             )
         return fn, per_call.over(self._task_options)
-
-    def _signal_workers(self, sig: signal.Signals) -> None:
-        """Send ``sig`` to every worker process (``terminate_workers``).
-
-        Optional; a backend whose workers are processes implements it and
-        declares ``capabilities.terminates_workers``.
-        """

@@ -12,8 +12,11 @@ of the built-in ones) is written against this module::
 What it holds:
 
 * :class:`BaseExecutor`: the base class that keeps the contract (guards,
-  ``map``, ``shutdown``, the context manager, the exit hook); a backend
-  supplies the hooks its docstring lists.
+  ``map``, ``shutdown``, Ctrl-C, ``terminate_workers``, the context
+  manager, the exit hook).
+* :class:`BackendHooks`: the interface a backend implements, the one list
+  of its hooks (two required, the others optional with defaults);
+  ``BaseExecutor`` inherits it.
 * :class:`CallQueue` and :class:`Call`: the queue of futures in front of a
   library (window, exact cancellation, task control, break, close).
 * :class:`Future`, :func:`settle`, :func:`fail_futures`,
@@ -38,10 +41,12 @@ from ._base import BaseExecutor
 from ._callqueue import Call, CallQueue
 from ._capabilities import Capabilities
 from ._futures import Future, fail_futures, notify_cancelled, settle
+from ._hooks import BackendHooks
 from ._lifecycle import ManagerThread
 from ._outcome import Outcome, PickledCall, WorkerBootstrap, decode, dumps, run_call
 
 __all__ = [
+    "BackendHooks",
     "BaseExecutor",
     "Call",
     "CallQueue",

@@ -94,3 +94,20 @@ def test_import_executors_does_not_import_the_backend_module() -> None:
         timeout=60,
     )
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_the_architecture_page_lists_the_backend_hooks_in_order() -> None:
+    from executors._hooks import HOOKS
+
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    section = text.split("## The hooks a backend implements", 1)[1].split("\n## ", 1)[0]
+    documented = re.findall(r"^\* `(\w+)\(", section, flags=re.M)
+    assert tuple(documented) == HOOKS
+
+
+def test_the_base_class_and_the_plugin_example_defer_to_the_hooks_class() -> None:
+    # The hook list has one source: no second list that could disagree.
+    from executors import _base
+
+    assert "BackendHooks" in (_base.__doc__ or "")
+    assert "three hooks" not in (_base.__doc__ or "")
