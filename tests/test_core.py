@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import executors
-from executors import _map, _registry
+from executors import _chunkplan, _map, _registry
 from executors._errors import describe_exitcode
 from executors.testing import BOUND, tasks
 
@@ -257,10 +257,10 @@ def test_worker_crashed_error_pickles_with_exitcode() -> None:
 @pytest.mark.parametrize("n", [0, 1, 5, 32, 33, 1000, 20000, 123457])
 @pytest.mark.parametrize("workers", [1, 2, 8])
 def test_chunk_plan_covers_the_input(n: int, workers: int) -> None:
-    sizes = list(_map.plan_chunks(n, workers, None))
+    sizes = list(_chunkplan.plan_chunks(n, workers, None))
     assert sum(sizes) == n
-    assert all(1 <= s <= _map.MAX_CHUNK for s in sizes)
-    if n <= _map.PER_ITEM_ITEMS_PER_WORKER * workers:
+    assert all(1 <= s <= _chunkplan.MAX_CHUNK for s in sizes)
+    if n <= _chunkplan.PER_ITEM_ITEMS_PER_WORKER * workers:
         assert set(sizes) <= {1}
     else:
         # Guided: never growing, down to a floor of half the first chunk.
@@ -269,7 +269,7 @@ def test_chunk_plan_covers_the_input(n: int, workers: int) -> None:
         # The floor is Pool.map's own chunk: a tail as fine as its, and no
         # more chunks than it sends.
         pool_chunk = math.ceil(n / (4 * workers))
-        if pool_chunk <= _map.MAX_CHUNK:
+        if pool_chunk <= _chunkplan.MAX_CHUNK:
             assert min(sizes[:-1], default=pool_chunk) == pool_chunk
             assert len(sizes) <= math.ceil(n / pool_chunk)
 
@@ -296,12 +296,12 @@ def test_chunk_rows_are_argument_tuples() -> None:
 
 
 def test_adaptive_chunks_grow_for_cheap_tasks_and_stay_small_for_slow() -> None:
-    fast = _map._AdaptiveChunker(cap=1000, fixed=None)
+    fast = _chunkplan.AdaptiveChunker(cap=1000, fixed=None)
     for _ in range(20):
         size = fast.next_size()
         fast.observe(_map.ChunkResult([None] * size, None, 1e-6 * size), size)
     assert fast.next_size() == 1000
-    slow = _map._AdaptiveChunker(cap=1000, fixed=None)
+    slow = _chunkplan.AdaptiveChunker(cap=1000, fixed=None)
     for _ in range(20):
         size = slow.next_size()
         slow.observe(_map.ChunkResult([None] * size, None, 0.5 * size), size)
