@@ -144,6 +144,7 @@ print("exiting:", _lifecycle.interpreter_exiting(), flush=True)
 """
     done = subprocess.run(
         [sys.executable, "-c", script],
+        check=False,
         capture_output=True,
         text=True,
         timeout=25,
