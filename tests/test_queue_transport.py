@@ -37,8 +37,8 @@ import pytest
 
 from conftest import backend_factory
 from executors import TaskTimeoutError, WorkerCrashedError, with_options
-from executors.backends._queue import pool as queue_pool
-from executors.backends._queue.wire import CALL, HEADER, Channel, dumps
+from executors.backends.queue import _pool as queue_pool
+from executors.backends.queue._wire import CALL, HEADER, Channel, dumps
 from executors.testing import BOUND, ContractBase, tasks
 
 ExecutorFactory = Callable[..., Any]

@@ -3,7 +3,7 @@
 A task runs inside the worker and can write to the worker's result pipe
 itself (an inherited descriptor, a C library, a thread, on purpose). Each
 test here runs a task that does exactly that, writing a forged 29-byte
-frame header (:data:`executors.backends._queue.wire.HEADER`), and checks
+frame header (:data:`executors.backends.queue._wire.HEADER`), and checks
 that only that task fails, with a :class:`~executors.WorkerCrashedError`
 naming the bad frame, that the caller allocated nothing the header
 announced, and that the executor goes on running the next tasks. Before
@@ -27,8 +27,8 @@ import pytest
 
 from conftest import backend_factory
 from executors import WorkerCrashedError
-from executors.backends._queue import wire
-from executors.backends._queue.wire import HEADER, RESULT, BadFrameError, Channel
+from executors.backends.queue import _wire as wire
+from executors.backends.queue._wire import HEADER, RESULT, BadFrameError, Channel
 from executors.testing import BOUND, tasks
 
 GiB = 1024**3

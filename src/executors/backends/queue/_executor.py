@@ -39,17 +39,17 @@ from concurrent.futures import Future
 from multiprocessing.context import BaseContext
 from typing import Any, TypeVar
 
-from .._base import BaseExecutor
-from .._capabilities import Capabilities
-from .._control import TaskOptions, WithOptions, submitting_options
-from .._errors import TaskKilledError, WorkersTerminatedError
-from .._futures import Future as OurFuture
-from .._futures import add_internal_callback, notify_cancelled, settle
-from .._map import Chunk, ChunkResult
-from .._options import check_process_pool_options, cpu_count, start_method_of
-from .._serialize import portable, unwrap
-from ._queue.pool import Pool
-from ._queue.wire import CALL, CHUNK, dumps, dumps_chunk
+from ..._base import BaseExecutor
+from ..._capabilities import Capabilities
+from ..._control import TaskOptions, WithOptions, submitting_options
+from ..._errors import TaskKilledError, WorkersTerminatedError
+from ..._futures import Future as OurFuture
+from ..._futures import add_internal_callback, notify_cancelled, settle
+from ..._map import Chunk, ChunkResult
+from ..._options import check_process_pool_options, cpu_count, start_method_of
+from ..._serialize import portable, unwrap
+from ._pool import Pool
+from ._wire import CALL, CHUNK, dumps, dumps_chunk
 
 __all__ = ["QueueExecutor", "TaskKilledError", "TimeLimited", "with_timeout"]
 

@@ -30,7 +30,7 @@ from ..._errors import (
 )
 from ..._futures import fail_futures, notify_cancelled
 from ..._map import Chunk
-from .wire import CHUNK, HEADER, Channel, Part
+from ._wire import CHUNK, HEADER, Channel, Part
 
 __all__ = [
     "KillReason",

@@ -43,7 +43,7 @@ from typing import Any
 from ..._parentwatch import exit_with_parent
 from ..._remote import picklable_exception, result_not_sent
 from ..._serialize import unwrap
-from .wire import (
+from ._wire import (
     CALL,
     CHUNK_DONE,
     END,

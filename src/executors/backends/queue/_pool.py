@@ -73,7 +73,7 @@ from ..._lifecycle import (
     join_unless_current,
 )
 from ..._map import Chunk, ChunkResult
-from .items import (
+from ._items import (
     KillReason,
     Replay,
     WorkerHandle,
@@ -89,8 +89,8 @@ from .items import (
     manager_failed_error,
     time_limit,
 )
-from .manager import Manager, Wakeup
-from .wire import (
+from ._manager import Manager, Wakeup
+from ._wire import (
     CHUNK,
     CHUNK_DONE,
     ERROR,
@@ -108,7 +108,7 @@ from .wire import (
     frame,
     loads,
 )
-from .worker import run_worker
+from ._worker import run_worker
 
 __all__ = ["Pool"]
 

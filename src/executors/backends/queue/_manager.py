@@ -23,11 +23,11 @@ from multiprocessing.connection import wait as wait_connections
 from typing import TYPE_CHECKING, Any
 
 from ..._lifecycle import ManagerThread, manager_failed
-from .items import WorkerHandle
-from .wire import BadFrameError
+from ._items import WorkerHandle
+from ._wire import BadFrameError
 
 if TYPE_CHECKING:
-    from .pool import Pool
+    from ._pool import Pool
 
 __all__ = ["Manager", "Wakeup"]
 

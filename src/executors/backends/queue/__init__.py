@@ -1,0 +1,40 @@
+"""Backend ``queue``: our own worker pool, built from processes and pipes.
+
+How a task flows, and the transport's invariants: ``docs/backends/queue.md``.
+The parts:
+
+* :mod:`._executor`: :class:`QueueExecutor`, on the shared
+  :class:`~executors._callqueue.CallQueue` (queueing, cancel, timeouts,
+  retries, stopping a task).
+* :mod:`._pool`: what only this pool does: send-ahead per worker, starting
+  and replacing workers; :mod:`._triage`: what a worker's death means for
+  each item it held (crash triage, chunk replay).
+* :mod:`._manager`: the manager thread; :mod:`._wire`: frames, pipes and the
+  board; :mod:`._worker`: the loop a worker runs; :mod:`._items`: records.
+
+The names below are imported on first use: a worker imports
+:mod:`._worker` (and so this package), and must not import the executor's
+side with it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from ..._errors import TaskKilledError
+    from ._executor import QueueExecutor, TimeLimited, with_timeout
+
+__all__ = ["QueueExecutor", "TaskKilledError", "TimeLimited", "with_timeout"]
+
+# Public name -> the module that defines it.
+_HOMES = {
+    "QueueExecutor": "._executor",
+    "TaskKilledError": "executors._errors",
+    "TimeLimited": "._executor",
+    "with_timeout": "._executor",
+}
+
+__getattr__, __dir__ = lazy_exports(__name__, _HOMES, __all__)
