@@ -10,6 +10,14 @@ running beside the caller: ``cancel()`` always fails, ``map(timeout=)`` only
 limits how long a lazy map waits between results, and ``shutdown(wait=False)``
 has nothing to leave running.
 
+Task control takes the options of every other backend, so a program that
+sets them still runs when switched here to debug. Each attempt runs in the
+caller, inside ``submit``, and a retry delay is slept there too (Ctrl-C
+cuts it short). The task is the caller's own code running, so nothing can
+stop it: a task past its timeout runs to its end, and only then does its
+future fail with :class:`~executors.TaskTimeoutError`; ``kill_task``
+returns False.
+
 It takes the ``max_workers`` of every other backend, so a program that sizes
 its pool still runs when switched to ``inline``; whatever the size, one task
 runs at a time, and ``repr`` says so.
@@ -18,13 +26,15 @@ runs at a time, and ``repr`` says so.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from .._base import BaseExecutor
 from .._capabilities import Capabilities
-from .._errors import InitializerFailedError
+from .._control import TaskOptions, record_attempts, submitting_options
+from .._errors import InitializerFailedError, TaskTimeoutError
 from .._futures import Future as SettledFuture
 from .._options import check_initializer, check_max_workers
 
@@ -50,7 +60,12 @@ class InlineExecutor(BaseExecutor):
 
     backend = "inline"
     capabilities = Capabilities(
-        runs_concurrently=False, process_isolation=False, cancels_queued=False
+        runs_concurrently=False,
+        process_isolation=False,
+        cancels_queued=False,
+        # Honoured in place; the task is the caller's own thread running,
+        # so stops_timed_out_tasks and kills_single_task stay False.
+        task_control=True,
     )
 
     def __init__(
@@ -101,11 +116,16 @@ class InlineExecutor(BaseExecutor):
         # The project's future: a falsy exception still raises.
         future: Future[T] = SettledFuture()
         future.set_running_or_notify_cancel()
+        options = submitting_options()
         running = self._running
         depth = getattr(running, "depth", 0)
         running.depth = depth + 1
         try:
-            result = fn(*args, **kwargs)
+            if options is None or options.is_default:
+                result = fn(*args, **kwargs)
+            else:
+                _attempts(future, fn, args, kwargs, options)
+                return future
         except KeyboardInterrupt as exc:
             # Ctrl-C belongs to the caller, who is running the task.
             future.set_exception(exc)
@@ -123,3 +143,69 @@ class InlineExecutor(BaseExecutor):
 
     def _shutdown(self, wait: bool, cancel_futures: bool) -> None:
         return None
+
+
+def _attempts(
+    future: Future[T],
+    fn: Callable[..., T],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    options: TaskOptions,
+) -> None:
+    """Run ``fn`` as its task options say, every attempt in this thread.
+
+    Settles ``future`` with the last attempt's outcome: set, never raised
+    again, since a raise would replace the error's ``__context__`` with
+    whatever exception the caller is handling around ``submit``. The
+    retry decision is the one every backend makes
+    (:meth:`~executors._control.TaskOptions.retryable`); no worker can die
+    under an inline task, so only ``retry_on`` earns a retry. A
+    ``KeyboardInterrupt``, from the task or during a retry delay, is the
+    caller's and propagates at once: it is never retried.
+    """
+    timeout = options.timeout
+    attempts = 0
+    while True:
+        attempts += 1
+        start = time.monotonic()
+        try:
+            result = fn(*args, **kwargs)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
+            error: BaseException = _late(start, timeout, exc) or exc
+        else:
+            late = _late(start, timeout, None)
+            if late is None:
+                future.set_result(result)
+                return
+            del result  # ran past its timeout: dropped, as elsewhere
+            error = late
+        if not options.retryable(error, attempts, crashed=False):
+            future.set_exception(record_attempts(error, attempts))
+            return
+        del error
+        if options.delay:
+            # In place, as the attempts: an interruptible sleep, so Ctrl-C
+            # raises here and reaches the caller.
+            time.sleep(options.delay)
+
+
+def _late(
+    start: float, timeout: float | None, raised: BaseException | None
+) -> TaskTimeoutError | None:
+    """The error of a run that began at ``start`` and ran past ``timeout``;
+    None if it ended in time. ``raised``: what the run itself raised."""
+    if timeout is None or time.monotonic() - start <= timeout:
+        return None
+    # The first half is CallQueue's message for the same event; the rest
+    # says what happens here instead of a stop or an abandon.
+    late = TaskTimeoutError(
+        f"the task ran longer than its timeout of {timeout:g} s; this backend "
+        "cannot stop it (it runs in the caller), so it ran to its end and its "
+        "outcome was dropped",
+        timeout,
+    )
+    # What the task raised at the end of its run stays in sight.
+    late.__context__ = raised
+    return late
