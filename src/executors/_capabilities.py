@@ -42,6 +42,22 @@ class Capabilities:
             stop running tasks. ``False`` (threads, inline) means they can
             only fail the futures and drop the queue: running tasks are
             abandoned.
+        shared_memory: Large pickle-5 buffers of arguments and results
+            travel through shared memory (``shm_threshold=``), and
+            ``share()`` places an object once for many tasks.
+        worker_identity: ``executors.worker_id()`` and
+            ``executors.worker_state()`` work inside its tasks.
+        worker_finalizer: ``finalizer=`` / ``finalargs=`` run in each
+            worker when it leaves normally.
+        recycles_workers: ``max_memory_per_child=`` (and
+            ``max_tasks_per_child=`` where the backend takes it) replace a
+            worker after a task, the replacement started first.
+        forwards_logs: ``logging`` records emitted in a task reach the
+            caller's loggers (``forward_logs=``).
+        limits_worker_threads: ``threads_per_worker=`` caps the BLAS and
+            OpenMP thread pools in each worker.
+        nested_executors: a task may create and use an executor of its own
+            (any backend).
 
     The task-control flags default to ``False``: a backend gets them by
     keeping its futures in a :class:`~executors.backend.CallQueue` and declaring
@@ -57,3 +73,10 @@ class Capabilities:
     stops_timed_out_tasks: bool = False
     kills_single_task: bool = False
     terminates_workers: bool = False
+    shared_memory: bool = False
+    worker_identity: bool = False
+    worker_finalizer: bool = False
+    recycles_workers: bool = False
+    forwards_logs: bool = False
+    limits_worker_threads: bool = False
+    nested_executors: bool = False
