@@ -59,7 +59,7 @@ def test_a_worker_unpickling_our_initializer_imports_only_what_it_runs() -> None
     out = run_python(
         """
         import json, pickle, sys
-        from executors._outcome import WorkerBootstrap
+        from executors._bootstrap import WorkerBootstrap
         payload = pickle.dumps(WorkerBootstrap(1, None, ()))
         for name in [m for m in sys.modules if m.startswith("executors")]:
             del sys.modules[name]
@@ -69,7 +69,7 @@ def test_a_worker_unpickling_our_initializer_imports_only_what_it_runs() -> None
     )
     loaded = set(json.loads(out.splitlines()[0]))
     assert not loaded & {"executors._base", "executors._map", "executors._callqueue"}
-    assert "executors._outcome" in loaded
+    assert "executors._bootstrap" in loaded
 
 
 def test_every_public_name_is_reachable() -> None:

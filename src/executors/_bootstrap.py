@@ -1,0 +1,101 @@
+"""How every worker process starts: one bootstrap for every process backend.
+
+:class:`WorkerBootstrap` is the initializer every process backend installs.
+It ties the worker's life to the caller's
+(:func:`executors._parentwatch.exit_with_parent`) and runs the user's
+initializer; if that raises, the worker prints the traceback and exits with
+:data:`INITIALIZER_FAILED_EXITCODE`, which the caller reads as "the
+initializer failed" (:func:`initializer_error`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from ._errors import InitializerFailedError, describe_exitcode
+from ._parentwatch import exit_with_parent
+from ._remote import RemoteTraceback
+
+__all__ = ["INITIALIZER_FAILED_EXITCODE", "WorkerBootstrap", "initializer_error"]
+
+#: Exit code of a worker whose initializer raised (after printing it).
+INITIALIZER_FAILED_EXITCODE = 77
+
+
+class WorkerBootstrap:
+    """The initializer of every worker process a backend starts.
+
+    Args:
+        parent_pid: The caller's pid: the worker exits when it dies.
+        initializer: The user's initializer, or ``None``.
+        initargs: Its arguments.
+    """
+
+    __slots__ = ("initargs", "initializer", "parent_pid")
+
+    def __init__(
+        self,
+        parent_pid: int,
+        initializer: Callable[..., object] | None,
+        initargs: tuple[Any, ...],
+    ) -> None:
+        self.parent_pid = parent_pid
+        self.initializer = initializer
+        self.initargs = initargs
+
+    def __call__(self) -> None:
+        exit_with_parent(self.parent_pid)
+        if self.initializer is None:
+            return
+        try:
+            self.initializer(*self.initargs)
+        except BaseException:
+            traceback.print_exc()
+            sys.stderr.flush()
+            os._exit(INITIALIZER_FAILED_EXITCODE)
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return WorkerBootstrap, (self.parent_pid, self.initializer, self.initargs)
+
+
+def initializer_error(
+    backend: str,
+    pid: int | None,
+    summary: str | None = None,
+    text: str | None = None,
+    exitcode: int | None = None,
+) -> InitializerFailedError:
+    """The error of an executor whose initializer failed in a worker.
+
+    Args:
+        backend: The backend's name.
+        pid: The worker's pid, if known.
+        summary: ``"Type: message"`` of the initializer's exception, when
+            the worker could report it.
+        text: Its formatted traceback, chained as ``__cause__``.
+        exitcode: The worker's exit code when it died instead.
+    """
+    where = f"worker pid {pid}" if pid is not None else "a worker"
+    if summary is not None:
+        error = InitializerFailedError(
+            f"the initializer of the {backend!r} executor raised in {where}: "
+            f"{summary}; the executor is broken"
+        )
+        if text is not None:
+            error.__cause__ = RemoteTraceback(text)
+        return error
+    if exitcode == INITIALIZER_FAILED_EXITCODE:
+        return InitializerFailedError(
+            f"the initializer of the {backend!r} executor raised in {where} "
+            "(its traceback was printed to the worker's stderr); the executor "
+            "is broken"
+        )
+    return InitializerFailedError(
+        f"{where} of the {backend!r} executor died with "
+        f"{describe_exitcode(exitcode)} while its initializer ran; the "
+        "executor is broken"
+    )
