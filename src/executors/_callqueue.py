@@ -117,6 +117,9 @@ Window = int | Callable[[], int]
 class CallQueue:
     """Hands calls to a library a few at a time; settles their futures.
 
+    A backend sets ``shm_threshold`` (see :func:`executors._outcome.dumps`)
+    when its workers take large buffers through shared memory.
+
     Args:
         launch: Hands one call to the library; called outside the queue's
             lock, in the thread that submitted or settled last. May settle
@@ -158,6 +161,7 @@ class CallQueue:
         retries_crashes: bool = False,
         slots: Window | None = None,
     ) -> None:
+        self.shm_threshold: int | None = None
         self._slots = window if slots is None else slots
         self._launch = launch
         self._stop = stop
@@ -236,7 +240,7 @@ class CallQueue:
         """
         future: OurFuture[Any] = OurFuture()
         try:
-            payload = dumps((fn, args, kwargs))
+            payload = dumps((fn, args, kwargs), shm_threshold=self.shm_threshold)
         except Exception as exc:
             settle(future, error=exc)
             return future
@@ -251,7 +255,11 @@ class CallQueue:
         and one that fails to pickle fails at its position in the map.
         """
         future: OurFuture[ChunkResult] = OurFuture()
-        self.submit(future, PickledCall((run_chunk, (fn, chunk), {})), chunk=True)
+        self.submit(
+            future,
+            PickledCall((run_chunk, (fn, chunk), {}), self.shm_threshold),
+            chunk=True,
+        )
         return future
 
     def _limit(self, call: Call) -> int:
@@ -432,10 +440,7 @@ class CallQueue:
         call.deadline = None
         self.settle(
             call,
-            error=TaskTimeoutError(
-                f"the task ran longer than its timeout of {timeout:g} s; {verb}",
-                timeout,
-            ),
+            error=TaskTimeoutError.ran_past(timeout, verb),
             release=stopped,
         )
 

@@ -156,6 +156,13 @@ class TaskTimeoutError(_TimeoutBase):
     def __reduce__(self) -> tuple[type[TaskTimeoutError], tuple[str, float | None]]:
         return (type(self), (str(self), self.timeout))
 
+    @classmethod
+    def ran_past(cls, timeout: float, fate: str) -> TaskTimeoutError:
+        """The one message for a task past its timeout; ``fate``: what became of it."""
+        return cls(
+            f"the task ran longer than its timeout of {timeout:g} s; {fate}", timeout
+        )
+
 
 class DaskClusterError(ExecutorFailedError):
     """Dask could not run the task.

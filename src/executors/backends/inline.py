@@ -198,13 +198,10 @@ def _late(
     None if it ended in time. ``raised``: what the run itself raised."""
     if timeout is None or time.monotonic() - start <= timeout:
         return None
-    # The first half is CallQueue's message for the same event; the rest
-    # says what happens here instead of a stop or an abandon.
-    late = TaskTimeoutError(
-        f"the task ran longer than its timeout of {timeout:g} s; this backend "
-        "cannot stop it (it runs in the caller), so it ran to its end and its "
-        "outcome was dropped",
+    late = TaskTimeoutError.ran_past(
         timeout,
+        "this backend cannot stop it (it runs in the caller), so it ran to its "
+        "end and its outcome was dropped",
     )
     # What the task raised at the end of its run stays in sight.
     late.__context__ = raised
