@@ -2,8 +2,10 @@
 
 :class:`WorkerBootstrap` is the initializer every process backend installs.
 It ties the worker's life to the caller's
-(:func:`executors._parentwatch.exit_with_parent`) and runs the user's
-initializer; if that raises, the worker prints the traceback and exits with
+(:func:`executors._parentwatch.exit_with_parent`), makes the process a
+worker of the executor when given a :class:`~executors._workers.WorkerSpec`
+(slot, state, thread caps, logs in the caller, finalizer; see
+:mod:`executors._workers`), and runs the user's initializer; if that raises, the worker prints the traceback and exits with
 :data:`INITIALIZER_FAILED_EXITCODE`, which the caller reads as "the
 initializer failed" (:func:`initializer_error`).
 """
@@ -14,11 +16,14 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._errors import InitializerFailedError, describe_exitcode
 from ._parentwatch import exit_with_parent
 from ._remote import RemoteTraceback
+
+if TYPE_CHECKING:
+    from ._workers import WorkerSpec
 
 __all__ = ["INITIALIZER_FAILED_EXITCODE", "WorkerBootstrap", "initializer_error"]
 
@@ -33,22 +38,31 @@ class WorkerBootstrap:
         parent_pid: The caller's pid: the worker exits when it dies.
         initializer: The user's initializer, or ``None``.
         initargs: Its arguments.
+        worker: What makes the process a worker of the executor (from
+            :meth:`executors._workers.WorkerSettings.spec`), started before
+            the initializer, so that the thread caps precede what it
+            imports and its log records reach the caller; ``None``: none
+            of that, as before.
     """
 
-    __slots__ = ("initargs", "initializer", "parent_pid")
+    __slots__ = ("initargs", "initializer", "parent_pid", "worker")
 
     def __init__(
         self,
         parent_pid: int,
         initializer: Callable[..., object] | None,
         initargs: tuple[Any, ...],
+        worker: WorkerSpec | None = None,
     ) -> None:
         self.parent_pid = parent_pid
         self.initializer = initializer
         self.initargs = initargs
+        self.worker = worker
 
     def __call__(self) -> None:
         exit_with_parent(self.parent_pid)
+        if self.worker is not None:
+            self.worker.start()
         if self.initializer is None:
             return
         try:
@@ -59,7 +73,12 @@ class WorkerBootstrap:
             os._exit(INITIALIZER_FAILED_EXITCODE)
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        return WorkerBootstrap, (self.parent_pid, self.initializer, self.initargs)
+        return WorkerBootstrap, (
+            self.parent_pid,
+            self.initializer,
+            self.initargs,
+            self.worker,
+        )
 
 
 def initializer_error(

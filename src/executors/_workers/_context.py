@@ -1,0 +1,284 @@
+"""The worker's side: who this worker is, its state, its exit, its limits.
+
+A worker is a process (its context set by :meth:`WorkerSpec.start`, from
+the backend's start-up path) or, for the ``thread`` backend, a thread (its
+context set with :func:`enter_thread`). A thread's context wins over its
+process's: a thread pool inside a process worker has its own identities.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import multiprocessing
+import multiprocessing.util
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._limits import limit_threads, rss_bytes
+from ._logsend import DROPPED_LOGGER, Forwarder
+from ._slots import Slot
+
+__all__ = [
+    "WorkerContext",
+    "WorkerSpec",
+    "after_task",
+    "current",
+    "enter_thread",
+    "leave_process",
+    "leave_thread",
+    "worker_id",
+    "worker_state",
+]
+
+_logger = logging.getLogger(DROPPED_LOGGER)
+
+
+class WorkerContext:
+    """One worker's identity, state, exit hook and recycling rule."""
+
+    def __init__(
+        self,
+        index: int | None = None,
+        slot: Slot | None = None,
+        finalizer: Callable[..., object] | None = None,
+        finalargs: tuple[Any, ...] = (),
+        max_memory: int | None = None,
+        max_tasks: int | None = None,
+    ) -> None:
+        self.index = index
+        self.slot = slot
+        self.state: dict[Any, Any] = {}
+        self.finalizer = finalizer
+        self.finalargs = finalargs
+        self.max_memory = max_memory
+        self.max_tasks = max_tasks
+        self.tasks = 0
+        self.forwarder: Forwarder | None = None
+        #: Set once a task left the worker over a limit: it should be replaced.
+        self.leaving = False
+        self._left = False
+        self._lock = threading.Lock()
+
+    def worker_id(self) -> int | None:
+        if self.index is None and self.slot is not None:
+            # A replacement started while the worker it replaces was still
+            # exiting: its slot frees in a moment.
+            self.index = self.slot.claim()
+        return self.index
+
+    def peek_id(self) -> int | None:
+        """The slot if claimed, never waiting (for log records)."""
+        return self.index
+
+    def after_task(self) -> bool:
+        """Flush the task's log records; True when the worker should go."""
+        forwarder = self.forwarder
+        if forwarder is not None:
+            forwarder.sync()
+        self.tasks += 1
+        if self.max_tasks is not None and self.tasks >= self.max_tasks:
+            self.leaving = True
+        if self.max_memory is not None and rss_bytes() > self.max_memory:
+            self.leaving = True
+        return self.leaving
+
+    def leave(self) -> None:
+        """Run the finalizer, then send the last records; once, never raising."""
+        with self._lock:
+            if self._left:
+                return
+            self._left = True
+        if self.finalizer is not None:
+            try:
+                self.finalizer(*self.finalargs)
+            except BaseException:
+                _logger.exception(
+                    "the finalizer %r raised in worker %s (pid %d)",
+                    self.finalizer,
+                    self.index,
+                    os.getpid(),
+                )
+        forwarder, self.forwarder = self.forwarder, None
+        if forwarder is not None:
+            logging.getLogger().removeHandler(forwarder)
+            forwarder.close()
+        if self.slot is not None:
+            self.slot.release()
+
+
+_process: WorkerContext | None = None
+_thread = threading.local()
+
+
+def current() -> WorkerContext | None:
+    """The context of the worker running this code, or ``None``."""
+    context: WorkerContext | None = getattr(_thread, "context", None)
+    return context if context is not None else _process
+
+
+def worker_id() -> int | None:
+    """The slot of the worker running this task, an ``int`` in ``range(max_workers)``.
+
+    Stable across the tasks a worker runs; a worker that replaces another
+    (after a crash or recycling) takes the slot of the one it replaces.
+    ``None`` outside any worker, and on a backend that does not declare
+    ``Capabilities.worker_identity``.
+    """
+    context = current()
+    return None if context is None else context.worker_id()
+
+
+def worker_state() -> dict[Any, Any]:
+    """A ``dict`` that lives as long as the worker running this task.
+
+    For what a worker should make once and keep, such as a model loaded for
+    its tasks; a worker that replaces another starts with an empty one. Per
+    process on process backends, per thread on ``thread``.
+
+    Raises:
+        RuntimeError: Called outside a worker (or on a backend that does
+            not declare ``Capabilities.worker_identity``).
+    """
+    context = current()
+    if context is None:
+        raise RuntimeError(
+            "executors.worker_state() was called outside a worker: it is "
+            "for tasks of an executor whose backend declares "
+            "Capabilities.worker_identity"
+        )
+    return context.state
+
+
+def after_task() -> bool:
+    """Called after each task in a worker: True when the worker should go.
+
+    Flushes the task's log records to the caller first, so that they have
+    been handled there before its result is sent. Free outside a worker.
+    """
+    context = current()
+    return False if context is None else context.after_task()
+
+
+def enter_thread(context: WorkerContext) -> None:
+    """Make ``context`` the current thread's worker context."""
+    _thread.context = context
+
+
+def leave_thread() -> None:
+    """Leave the current thread's worker context (its finalizer runs)."""
+    context: WorkerContext | None = getattr(_thread, "context", None)
+    _thread.context = None
+    if context is not None:
+        context.leave()
+
+
+def leave_process() -> None:
+    """Leave this process's worker context, for a backend's own exit hook."""
+    context = _process
+    if context is not None:
+        context.leave()
+
+
+def _forget_in_child() -> None:
+    # A child forked by a task is not the worker (a nested pool's workers
+    # start their own context).
+    global _process
+    _process = None
+    _thread.context = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_in_child)
+
+
+@dataclass
+class WorkerSpec:
+    """What a process worker needs to start as one, pickled to it.
+
+    Made in the caller by :meth:`~executors._workers.WorkerSettings.spec`.
+    """
+
+    token: str
+    slots: int | None = None
+    folder: str | None = None
+    threads: int | None = None
+    log_address: str | None = None
+    log_secret: bytes = b""
+    levels: dict[str, int] = field(default_factory=dict)
+    finalizer: Callable[..., object] | None = None
+    finalargs: tuple[Any, ...] = ()
+    max_memory: int | None = None
+    max_tasks: int | None = None
+    allow_children: bool = True
+
+    def start(self) -> WorkerContext:
+        """Make this process a worker: call first thing in its start-up.
+
+        Caps the native thread pools (before the initializer imports them),
+        lets tasks start processes of their own, claims a slot, connects
+        the logs and arranges for the finalizer to run at a normal exit.
+        """
+        global _process
+        if self.threads is not None:
+            limit_threads(self.threads)
+        if self.allow_children:
+            _allow_children()
+        slot = None
+        if self.slots is not None:
+            slot = Slot(self.token, self.slots, self.folder)
+            slot.try_claim()
+        context = WorkerContext(
+            slot.index if slot is not None else None,
+            slot,
+            self.finalizer,
+            self.finalargs,
+            self.max_memory,
+            self.max_tasks,
+        )
+        if self.log_address is not None:
+            _forward_logs(context, self.log_address, self.log_secret, self.levels)
+        _process = context
+        # multiprocessing's children end through os._exit after running its
+        # finalizers, not atexit: register both (leave() runs once).
+        multiprocessing.util.Finalize(None, context.leave, exitpriority=100)
+        atexit.register(context.leave)
+        return context
+
+
+def _allow_children() -> None:
+    """Let a task start processes, though its worker was started as a daemon.
+
+    ``multiprocessing`` refuses children to a daemonic process ("daemonic
+    processes are not allowed to have children"; pebble#76, joblib#1609),
+    and Pool's and Dask's workers are daemonic. The flag matters only to
+    this process's own view: its parent still ends it as a daemon, and
+    the pools a task starts tie their workers to this worker's life.
+    """
+    process = multiprocessing.current_process()
+    if process.daemon:
+        process.daemon = False
+
+
+def _forward_logs(
+    context: WorkerContext, address: str, secret: bytes, levels: dict[str, int]
+) -> None:
+    try:
+        forwarder = Forwarder(address, secret, context.peek_id)
+    except OSError:
+        # The caller is gone or closing: the worker ends with it.
+        return
+    context.forwarder = forwarder
+    root = logging.getLogger()
+    # A forked worker inherits the caller's handlers: its records would be
+    # shown twice, once here and once in the caller. The initializer runs
+    # after this and may add handlers of its own.
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.addHandler(forwarder)
+    # The caller's levels, so that what it would show is sent, no more.
+    for name, level in levels.items():
+        logging.getLogger(name or None).setLevel(level)
