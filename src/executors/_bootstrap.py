@@ -5,7 +5,8 @@ It ties the worker's life to the caller's
 (:func:`executors._parentwatch.exit_with_parent`), makes the process a
 worker of the executor when given a :class:`~executors._workers.WorkerSpec`
 (slot, state, thread caps, logs in the caller, finalizer; see
-:mod:`executors._workers`), and runs the user's initializer; if that raises, the worker prints the traceback and exits with
+:mod:`executors._workers`), and runs the user's initializer; if that
+raises, the worker prints the traceback and exits with
 :data:`INITIALIZER_FAILED_EXITCODE`, which the caller reads as "the
 initializer failed" (:func:`initializer_error`).
 """
