@@ -362,7 +362,7 @@ class _Runner:
                 value, why = probed[name]
                 caps[name] = [value, f"probed: {why}"]
             else:
-                caps[name] = list(_ASSUMED[name])
+                caps[name] = list(_ASSUMED.get(name, _EXTENSION_ASSUMED))
         if declared is not None and self.options.given:
             self.say(
                 "note: the executor declares its capabilities; the capability "
@@ -698,7 +698,28 @@ _ASSUMED: dict[str, tuple[bool, str]] = {
         False,
         "assumed: terminate_workers() is this library's API",
     ),
+    "shared_memory": (
+        False,
+        "assumed: shm_threshold= and share() are this library's API",
+    ),
+    "worker_identity": (False, "assumed: worker_id() is this library's API"),
+    "worker_finalizer": (False, "assumed: finalizer= is this library's API"),
+    "recycles_workers": (
+        False,
+        "assumed: max_memory_per_child= is this library's API",
+    ),
+    "forwards_logs": (False, "assumed: forward_logs= is this library's API"),
+    "limits_worker_threads": (
+        False,
+        "assumed: threads_per_worker= is this library's API",
+    ),
+    "nested_executors": (False, "assumed: not probed"),
 }
+
+# A capability flag added to executors.Capabilities before this table names
+# it: every flag beyond the stdlib's behaviour is an extension of this
+# library, which a foreign executor does not have.
+_EXTENSION_ASSUMED = (False, "assumed: an extension of this library's API")
 
 
 def topic_line(topic: str, tests: list[TestResult]) -> str:
