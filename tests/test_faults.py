@@ -1,8 +1,10 @@
 """The crash matrix and pickling failures, on every backend.
 
-The behaviour classes live in :mod:`executors.testing.faults`; each case
-selects itself by declared capability, so in-process backends show up as
-skipped with the capability that excludes them.
+The fault classes live beside their topic's ordinary classes in
+:mod:`executors.testing` (``crash``, ``pickling``, ``initializer``,
+``shutdown``); each case selects itself by declared capability, so
+in-process backends show up as skipped with the capability that excludes
+them.
 """
 
 from __future__ import annotations

@@ -4,6 +4,13 @@ A backend's test module inherits the behaviour classes and provides one
 fixture, ``executor_factory``: a callable taking keyword options and returning
 a new executor. See ``docs/plugins.md``.
 
+One module per topic, each holding that topic's ordinary and fault classes
+side by side: :mod:`.submit`, :mod:`.map`, :mod:`.shutdown` (and Ctrl-C),
+:mod:`.initializer`, :mod:`.crash`, :mod:`.pickling`, :mod:`.callbacks`,
+:mod:`.references`, :mod:`.task_control`, :mod:`.bad_input`, :mod:`.leaks`,
+:mod:`.backpressure`, and :mod:`.pool` for the ``Pool`` API. Import the
+classes from here: the modules they live in may move.
+
 Needs the ``test`` extra (pytest, hypothesis, psutil).
 """
 
@@ -13,6 +20,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ._faults import ACCEPTED
     from ._support import (
         BOUND,
         ContractBase,
@@ -20,38 +28,43 @@ if TYPE_CHECKING:
         wait_for_no_new_children,
     )
     from .backpressure import BackpressureContract
-    from .contract import (
-        CrashContract,
-        InitializerContract,
-        MapContract,
-        ShutdownContract,
-        SubmitContract,
+    from .bad_input import BadInputContract
+    from .callbacks import CallbackContract
+    from .crash import CrashContract, WorkerCrashContract
+    from .initializer import InitializerContract, InitializerFaultContract
+    from .leaks import LeakContract
+    from .map import MapContract
+    from .pickling import PicklingFaultContract
+    from .pool import (
+        PoolApplyContract,
+        PoolCrashContract,
+        PoolImapContract,
+        PoolLifecycleContract,
+        PoolMapContract,
+        PoolStdlibErrorsContract,
     )
-    from .faults import (
-        BadInputContract,
-        InitializerFaultContract,
-        LeakContract,
-        PicklingFaultContract,
-        ShutdownFaultContract,
-        WorkerCrashContract,
-    )
+    from .references import ReferenceContract
+    from .shutdown import ShutdownContract, ShutdownFaultContract
+    from .submit import SubmitContract
+    from .task_control import TaskControlContract
 
 # Imported on first use (PEP 562): worker processes unpickle the task
 # functions of ``executors.testing.tasks``, and importing this package must
 # not cost them pytest and hypothesis (a third of a second per worker).
 _EXPORTS = {
+    "ACCEPTED": "._faults",
     "BOUND": "._support",
     "ContractBase": "._support",
     "child_processes": "._support",
     "wait_for_no_new_children": "._support",
-    "CallbackContract": ".contract",
-    "CrashContract": ".contract",
-    "InitializerContract": ".contract",
-    "MapContract": ".contract",
-    "ReferenceContract": ".contract",
-    "ShutdownContract": ".contract",
-    "SubmitContract": ".contract",
-    "TaskControlContract": ".contract",
+    "CallbackContract": ".callbacks",
+    "CrashContract": ".crash",
+    "InitializerContract": ".initializer",
+    "MapContract": ".map",
+    "ReferenceContract": ".references",
+    "ShutdownContract": ".shutdown",
+    "SubmitContract": ".submit",
+    "TaskControlContract": ".task_control",
     "PoolApplyContract": ".pool",
     "PoolCrashContract": ".pool",
     "PoolImapContract": ".pool",
@@ -59,12 +72,12 @@ _EXPORTS = {
     "PoolMapContract": ".pool",
     "PoolStdlibErrorsContract": ".pool",
     "BackpressureContract": ".backpressure",
-    "BadInputContract": ".faults",
-    "InitializerFaultContract": ".faults",
-    "LeakContract": ".faults",
-    "PicklingFaultContract": ".faults",
-    "ShutdownFaultContract": ".faults",
-    "WorkerCrashContract": ".faults",
+    "BadInputContract": ".bad_input",
+    "InitializerFaultContract": ".initializer",
+    "LeakContract": ".leaks",
+    "PicklingFaultContract": ".pickling",
+    "ShutdownFaultContract": ".shutdown",
+    "WorkerCrashContract": ".crash",
 }
 
 
@@ -82,6 +95,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "ACCEPTED",
     "BOUND",
     "BackpressureContract",
     "BadInputContract",

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import os
 import time
+import traceback
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+
+from . import tasks
 
 __all__ = [
     "BOUND",
     "ContractBase",
     "ExecutorFactory",
     "child_processes",
+    "full_traceback",
+    "occupy_workers",
     "wait_for_file",
     "wait_for_no_new_children",
 ]
@@ -129,3 +135,21 @@ def pid_is_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def full_traceback(exc: BaseException) -> str:
+    """The exception's whole traceback text, its causes included."""
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+def occupy_workers(executor: Any, seconds: float) -> list[Future[Any]]:
+    """Submit one blocking task per worker, and wait until they run."""
+    blockers = [
+        executor.submit(tasks.sleep_and_return, seconds, "blocker")
+        for _ in range(executor.max_workers)
+    ]
+    deadline = time.monotonic() + BOUND
+    while not all(f.running() or f.done() for f in blockers):
+        assert time.monotonic() < deadline, "blocking tasks never started"
+        time.sleep(0.01)
+    return blockers

@@ -34,8 +34,8 @@ from ._target import make_factory
 # failed bare `assert` in the suite reports only "AssertionError".
 pytest.register_assert_rewrite(
     "executors.testing._support",
-    "executors.testing.contract",
-    "executors.testing.faults",
+    "executors.testing._faults",
+    *(f"executors.testing.{module}" for module in _suite.MODULE_TOPICS),
 )
 
 _CONFIG: dict[str, Any] = json.loads(
@@ -209,7 +209,7 @@ def executor_factory() -> Callable[..., Any]:
     return make_factory(_CONFIG)
 
 
-# Names in the bad-input tables of executors.testing.faults that use
+# Names in the bad-input tables of executors.testing.bad_input that use
 # this library's map extensions; a target without them is not judged on them.
 _EXTENSION_CALLS = {
     "map_unordered": re.compile(r"^map_unordered"),
@@ -228,10 +228,10 @@ def _bad_input_within_the_target_api(
     those calls are left out of the tables for the test (and the scorecard
     says so), instead of failing the whole test on an ``AttributeError``.
     """
-    from .. import faults
+    from .. import bad_input
 
     cls = getattr(request, "cls", None)
-    if cls is None or not issubclass(cls, faults.BadInputContract):
+    if cls is None or not issubclass(cls, bad_input.BadInputContract):
         yield
         return
     features: dict[str, bool] = _CONFIG["features"]
@@ -242,12 +242,11 @@ def _bad_input_within_the_target_api(
         def keep(entry: tuple[Any, ...]) -> bool:
             return not any(p.search(entry[0]) for p in patterns)
 
-        left = [e for e in faults._BAD_CALLS if keep(e)]
-        dropped = len(faults._BAD_CALLS) - len(left)
-        monkeypatch.setattr(faults, "_BAD_CALLS", left)
-        monkeypatch.setattr(
-            faults, "_AFTER_SHUTDOWN", [e for e in faults._AFTER_SHUTDOWN if keep(e)]
-        )
+        left = [e for e in bad_input._BAD_CALLS if keep(e)]
+        dropped = len(bad_input._BAD_CALLS) - len(left)
+        monkeypatch.setattr(bad_input, "_BAD_CALLS", left)
+        after = [e for e in bad_input._AFTER_SHUTDOWN if keep(e)]
+        monkeypatch.setattr(bad_input, "_AFTER_SHUTDOWN", after)
         lacking = " and ".join(n for n in missing if n in _EXTENSION_CALLS)
         request.node.user_properties.append(
             ("observed", f"{dropped} calls left out (the target lacks {lacking})")

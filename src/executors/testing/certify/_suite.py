@@ -11,6 +11,7 @@ import re
 
 __all__ = [
     "FEATURES",
+    "MODULE_TOPICS",
     "TOPICS",
     "contract_classes",
     "missing_feature_used",
@@ -36,23 +37,36 @@ TOPICS = [
     "backpressure",
 ]
 
-_CLASS_TOPICS = {
-    "SubmitContract": "submit",
-    "MapContract": "map",
-    "ShutdownContract": "shutdown",
-    "ShutdownFaultContract": "shutdown",
-    "CallbackContract": "callbacks",
-    "ReferenceContract": "references",
-    "CrashContract": "crashes",
-    "WorkerCrashContract": "crashes",
-    "PicklingFaultContract": "pickling faults",
-    "InitializerContract": "initializer",
-    "InitializerFaultContract": "initializer",
-    "BadInputContract": "bad input",
-    "LeakContract": "leaks",
-    "TaskControlContract": "task control",
-    "BackpressureContract": "backpressure",
+#: The topic of each module of the suite (see ``executors.testing``): a
+#: module holds one topic's ordinary and fault classes side by side, so a
+#: class gets its topic from where it lives. Ordering, pickling and Ctrl-C
+#: tests are picked out of their module's topic by name (``topic_of``).
+MODULE_TOPICS = {
+    "submit": "submit",
+    "map": "map",
+    "shutdown": "shutdown",
+    "callbacks": "callbacks",
+    "references": "references",
+    "crash": "crashes",
+    "pickling": "pickling faults",
+    "initializer": "initializer",
+    "bad_input": "bad input",
+    "leaks": "leaks",
+    "task_control": "task control",
+    "backpressure": "backpressure",
 }
+
+
+def _module_of(class_name: str) -> str:
+    """The suite module an exported class lives in (``"submit"``), or ``""``."""
+    from .. import _EXPORTS
+
+    return _EXPORTS.get(class_name, "").lstrip(".")
+
+
+def _class_topic(class_name: str) -> str | None:
+    return MODULE_TOPICS.get(_module_of(class_name))
+
 
 # Tests of map whose subject is the order of the results.
 _ORDERING = re.compile(
@@ -76,7 +90,7 @@ def contract_classes() -> list[str]:
     ]
     order = {topic: i for i, topic in enumerate(TOPICS)}
     return sorted(
-        names, key=lambda name: order.get(_CLASS_TOPICS.get(name, ""), len(order))
+        names, key=lambda name: order.get(_class_topic(name) or "", len(order))
     )
 
 
@@ -84,7 +98,7 @@ def topic_of(class_name: str, test_name: str) -> str:
     """The topic of a test, from its behaviour class and its name."""
     if "ctrl_c" in test_name:
         return "Ctrl-C"
-    topic = _CLASS_TOPICS.get(class_name)
+    topic = _class_topic(class_name)
     if topic is None:
         return class_name.removesuffix("Contract")
     if topic == "map" and _ORDERING.search(test_name):
