@@ -32,7 +32,7 @@ from executors.testing import BOUND, tasks
 
 pytest.importorskip("celery")
 
-from executors.backends.celery._deployment import redis_server_binary
+from executors.backends.celery._redisserver import redis_server_binary
 
 #: Starting Redis and two workers (a loaded CI machine is slow).
 START_SECONDS = 60.0

@@ -39,8 +39,8 @@ from _hosts import Hosts, Program
 
 pytest.importorskip("celery")
 
-from executors.backends.celery._deployment import redis_server_binary
 from executors.backends.celery._lostwatch import DEFAULT_LOST_WORKER_TIMEOUT
+from executors.backends.celery._redisserver import redis_server_binary
 
 HERE = Path(__file__).resolve().parent
 SCRIPTS = HERE / "_multihost"

@@ -10,6 +10,10 @@ Modules, each one role:
   deployment's worker runs (caller watch, initializer, readiness).
 * :mod:`._deployment`: the private deployment (a Redis server and one
   ``celery worker``) that ``create("celery")`` starts and stops.
+* :mod:`._redisserver`: that deployment's Redis server (found, configured,
+  memory-capped).
+* :mod:`._deploymentwatch`: the thread that reads the private worker's
+  reports and breaks the executor when the deployment cannot go on.
 * :mod:`._results`: the thread that settles futures from the result
   backend's pub/sub.
 * :mod:`._lostwatch`: on an existing deployment, the thread that fails the
@@ -18,6 +22,7 @@ Modules, each one role:
   translated into the project's errors.
 * :mod:`._sent`: the tasks one executor has sent to Celery (publishing,
   matching results to calls, revoking).
+* :mod:`._arguments`: the options of ``create("celery")``, checked.
 * :mod:`._executor`: :class:`CeleryExecutor` on the shared call queue.
 * :mod:`._benchtasks`: plain Celery tasks for the benchmark's
   ``raw.celery`` target (imported only by its worker and by that target).

@@ -20,10 +20,11 @@ __all__ = [
     "DISCOVER_SECONDS",
     "PUBLISH_RETRY",
     "close_app",
+    "connection_lost",
     "discover_slots",
     "failure",
-    "lost",
     "make_app",
+    "worker_lost_error",
 ]
 
 #: How long the workers of an existing deployment get to report their pool
@@ -89,7 +90,9 @@ def failure(status: str, error: Any) -> BaseException:
     return failed
 
 
-def lost(what: str, error: BaseException) -> Callable[[], BaseException]:
+def connection_lost(what: str, error: BaseException) -> Callable[[], BaseException]:
+    """The error factory of an executor that lost its broker or result backend."""
+
     def make() -> BaseException:
         exc = ExecutorFailedError(
             f"lost the connection to the Celery {what} ({type(error).__name__}: "
@@ -99,6 +102,37 @@ def lost(what: str, error: BaseException) -> Callable[[], BaseException]:
         return exc
 
     return make
+
+
+def worker_lost_error(
+    worker: str | None, silent: float, lost_worker_timeout: float
+) -> WorkerCrashedError:
+    """The error of a task lost with a worker that stopped answering.
+
+    Args:
+        worker: The worker that held it, or ``None`` if no worker ever
+            named it (see :mod:`._lostwatch`).
+        silent: Seconds the worker has been silent.
+        lost_worker_timeout: The executor's option, in seconds.
+    """
+    if worker is None:
+        what = (
+            "no Celery worker has named this task in "
+            f"{lost_worker_timeout:g} s (lost_worker_timeout) and it left the "
+            "broker's queue: the worker that took it never answered a poll "
+            "and is likely lost"
+        )
+    else:
+        what = (
+            f"the Celery worker {worker!r} holding this task stopped answering "
+            f"{silent:.1f} s ago (lost_worker_timeout={lost_worker_timeout:g} s): "
+            "its machine, its network or its process is likely lost"
+        )
+    return WorkerCrashedError(
+        f"{what}. The task was revoked; if that machine is only cut off, "
+        "it may still run there",
+        None,
+    )
 
 
 def make_app(broker: str | None, backend: str | None, config: dict[str, Any]) -> Any:

@@ -1,9 +1,9 @@
 """The ``celery`` executor: futures in front of a Celery deployment.
 
-This module holds :class:`CeleryExecutor`: its options, starting and
-stopping a deployment, and settling futures from results; the table of
-tasks sent to Celery (publishing, matching results, revoking) is
-:class:`~._sent.SentTasks`.
+This module holds :class:`CeleryExecutor`: starting and stopping a
+deployment, and settling futures from results. Its arguments are checked
+by :mod:`._arguments`; the table of tasks sent to Celery (publishing,
+matching results, revoking) is :class:`~._sent.SentTasks`.
 
 Data flow::
 
@@ -26,6 +26,9 @@ Data flow::
       of our tasks each holds; fails the tasks of a worker silent for
       lost_worker_timeout with WorkerCrashedError (:mod:`._lostwatch`)
 
+    DeploymentWatch thread (the private deployment): reads its worker's
+      reports, watches Redis and the worker (:mod:`._deploymentwatch`)
+
 Two ways to start: without ``app``/``broker``/``backend`` the executor
 starts a private deployment on its first ``submit`` or ``map`` (see
 :mod:`._deployment`) and stops it at ``shutdown()``; with them it uses an
@@ -41,7 +44,6 @@ signal instead, since those workers are not ours to stop.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import signal
 import threading
@@ -49,34 +51,28 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from celery import Celery, states
+from celery import states
 from celery.backends.redis import RedisBackend
 
 from ..._base import BaseExecutor
 from ..._callqueue import Call, CallQueue
 from ..._capabilities import Capabilities
-from ..._errors import (
-    ExecutorFailedError,
-    ExecutorInterruptedError,
-    WorkerCrashedError,
-)
+from ..._errors import ExecutorFailedError, ExecutorInterruptedError
 from ..._lifecycle import join_unless_current, manager_failed
-from ..._options import (
-    check_initializer,
-    check_max_tasks_per_child,
-    check_max_workers,
-    cpu_count,
+from ..._outcome import dumps
+from ._arguments import DEFAULT, Default, check_arguments
+from ._celeryside import (
+    close_app,
+    connection_lost,
+    discover_slots,
+    failure,
+    make_app,
+    worker_lost_error,
 )
-from ..._outcome import decode, dumps
-from ._celeryside import close_app, discover_slots, failure, lost, make_app
-from ._deployment import (
-    DEFAULT_MAX_MEMORY,
-    QUEUE,
-    DeploymentWatch,
-    LocalDeployment,
-    memory_cap_error,
-)
-from ._lostwatch import DEFAULT_LOST_WORKER_TIMEOUT, LostWorkerWatch
+from ._deployment import QUEUE, LocalDeployment
+from ._deploymentwatch import DeploymentWatch
+from ._lostwatch import LostWorkerWatch
+from ._redisserver import memory_cap_error
 from ._results import ResultListener
 from ._sent import SentTasks
 from .task import from_wire, to_wire
@@ -85,20 +81,6 @@ from .worker import PRIVATE_CONFIG, refused_for_memory
 __all__ = ["CeleryExecutor"]
 
 T = TypeVar("T")
-
-# The smallest memory cap taken: Redis itself, its connections and
-# Celery's bookkeeping take a few MiB.
-_LEAST_MEMORY = 8 << 20
-
-
-class _Default:
-    """The type of an option left out (``None`` means something else)."""
-
-    def __repr__(self) -> str:
-        return "<default>"
-
-
-_DEFAULT = _Default()
 
 
 class CeleryExecutor(BaseExecutor):
@@ -155,61 +137,22 @@ class CeleryExecutor(BaseExecutor):
         initargs: tuple[Any, ...] = (),
         max_tasks_per_child: int | None = None,
         redis_max_memory: int | None = None,
-        lost_worker_timeout: float | _Default | None = _DEFAULT,
+        lost_worker_timeout: float | Default | None = DEFAULT,
         cloudpickle: bool = True,
     ) -> None:
-        existing = app is not None or broker is not None or backend is not None
-        if app is not None and not isinstance(app, Celery):
-            raise TypeError(f"app must be a celery.Celery app, got {app!r}")
-        if app is not None and (broker is not None or backend is not None):
-            raise ValueError("pass app= or broker=/backend=, not both")
-        for name, value in (("broker", broker), ("backend", backend), ("queue", queue)):
-            if value is not None and not isinstance(value, str):
-                raise TypeError(f"{name} must be a URL string or None, got {value!r}")
-        for name, value in (("broker", broker), ("backend", backend)):
-            if value is not None and "://" not in value:
-                raise ValueError(
-                    f"{name} must be a URL such as redis://host:6379/0, got {value!r}"
-                )
-        if backend is not None and broker is None:
-            # Celery would fall back to its default broker (AMQP on
-            # localhost): never what a caller who named a backend meant.
-            raise ValueError("backend= needs broker= too (or pass app=)")
-        if queue == "":
-            raise ValueError("queue must be a queue name, got ''")
-        if existing:
-            for name, given in (
-                ("initializer", initializer is not None),
-                ("initargs", initargs != ()),
-                ("max_tasks_per_child", max_tasks_per_child is not None),
-                ("redis_max_memory", redis_max_memory is not None),
-            ):
-                if given:
-                    raise TypeError(
-                        f"the option {name!r} applies only to the private "
-                        "deployment of the 'celery' backend; an existing "
-                        "deployment (app=, broker=) runs its workers its own way"
-                    )
-        else:
-            for name, given, why in (
-                ("queue", queue is not None, "the private one has its own queue"),
-                (
-                    "lost_worker_timeout",
-                    lost_worker_timeout is not _DEFAULT,
-                    "the private worker is this process's own, watched as a whole",
-                ),
-            ):
-                if given:
-                    raise TypeError(
-                        f"the option {name!r} applies only to an existing "
-                        f"deployment (app=, broker=); {why}"
-                    )
-        lost_after = _check_lost_worker_timeout(lost_worker_timeout)
-        default = cpu_count() if not existing else 1
-        workers = check_max_workers(max_workers, default=default)
-        check_initializer(initializer, initargs)
-        per_child = check_max_tasks_per_child(max_tasks_per_child)
-        max_memory = _check_max_memory(redis_max_memory)
+        checked = check_arguments(
+            max_workers=max_workers,
+            app=app,
+            broker=broker,
+            backend=backend,
+            queue=queue,
+            initializer=initializer,
+            initargs=initargs,
+            max_tasks_per_child=max_tasks_per_child,
+            redis_max_memory=redis_max_memory,
+            lost_worker_timeout=lost_worker_timeout,
+        )
+        existing, workers = checked.existing, checked.workers
         if existing and app is None:
             app = make_app(broker, backend or broker, {})
             self._owns_app = True
@@ -226,7 +169,8 @@ class CeleryExecutor(BaseExecutor):
                 raise
         super().__init__(max_workers=workers, cloudpickle=cloudpickle)
         self._app: Any = app
-        self._queue = queue
+        # The Celery queue tasks go to: the app's default unless given.
+        self._queue_name = queue
         self._deployment: LocalDeployment | None = None
         if not existing:
             payload = None
@@ -234,14 +178,21 @@ class CeleryExecutor(BaseExecutor):
                 # Pickled now: a bad initializer fails create().
                 payload = dumps((self._prepare(initializer), initargs))
             self._deployment = LocalDeployment(
-                workers, per_child, payload, max_memory=max_memory
+                workers,
+                checked.max_tasks_per_child,
+                payload,
+                max_memory=checked.max_memory,
+            )
+        # The error of a task whose message or result the private Redis
+        # server refused at its memory cap; an existing deployment's
+        # refusals are Celery failures like any other.
+        self._refused_error: Callable[[], BaseException] | None = None
+        if self._deployment is not None:
+            self._refused_error = functools.partial(
+                memory_cap_error, checked.max_memory
             )
         self._sent = SentTasks(
-            self._deliver,
-            self._break,
-            refused=None
-            if self._deployment is None
-            else functools.partial(memory_cap_error, max_memory),
+            self._settle_task, self._break, refused=self._refused_error
         )
         self._start_lock = threading.Lock()
         self._ready = False
@@ -251,7 +202,7 @@ class CeleryExecutor(BaseExecutor):
         self._ending = False
         self._listener: ResultListener | None = None
         self._watch: DeploymentWatch | None = None
-        self._lost_after = lost_after if existing else None
+        self._lost_after = checked.lost_after
         self._lostwatch: LostWorkerWatch | None = None
         self._sent.track_times = self._lost_after is not None
         self._calls = CallQueue(
@@ -318,9 +269,7 @@ class CeleryExecutor(BaseExecutor):
         if self._deployment is not None:
             self._deployment.kill()
         else:
-            ids = [self._sent.task_id(number) for number in launched]
-            with contextlib.suppress(Exception):
-                self._app.control.revoke(ids, terminate=True, signal="SIGKILL")
+            self._sent.terminate(launched, "SIGKILL")
 
     def _end_workers(self, sig: signal.Signals, how: str) -> None:
         # Before the base class fails the running calls: the queue, idle
@@ -338,9 +287,7 @@ class CeleryExecutor(BaseExecutor):
             deployment.signal_worker(sig)
         elif numbers and self._ready:
             # Not ours to stop: the tasks this executor is running are.
-            ids = [self._sent.task_id(number) for number in numbers]
-            with contextlib.suppress(Exception):
-                self._app.control.revoke(ids, terminate=True, signal=sig.name)
+            self._sent.terminate(numbers, sig.name)
         with self._lock:
             released, self._released = self._released, True
         if not released:
@@ -365,22 +312,22 @@ class CeleryExecutor(BaseExecutor):
             deployment.start()
             early = deployment.wait_ready()
             self._app = make_app(deployment.url, deployment.url, PRIVATE_CONFIG)
-            self._queue = QUEUE
+            self._queue_name = QUEUE
         app = self._app
         if not isinstance(app.backend, RedisBackend):
             raise TypeError(
                 "the 'celery' backend needs a Redis result backend (redis://, "
                 f"rediss:// or redis+socket://); this app has {app.backend!r}"
             )
-        if self._queue is None:
-            self._queue = app.conf.task_default_queue
-        self._sent.connect(app, self._queue)
+        if self._queue_name is None:
+            self._queue_name = app.conf.task_default_queue
+        self._sent.connect(app, self._queue_name)
         listener = ResultListener(
             app.backend,
             self._sent.prefix,
             self._sent.on_result,
             self._sent.outstanding,
-            self._on_lost,
+            self._on_backend_lost,
             self._on_thread_failure,
             close_client=self._owns_app,
         )
@@ -397,7 +344,7 @@ class CeleryExecutor(BaseExecutor):
                     manager_failed("celery", "lost-worker watch", error)
                 ),
                 self._lost_after,
-                self._queue,
+                self._queue_name,
             )
             self._lostwatch = lostwatch
             lostwatch.start()
@@ -422,7 +369,7 @@ class CeleryExecutor(BaseExecutor):
 
     def _tear_down(self) -> None:
         if self._watch is not None:
-            self._watch.stopping = True
+            self._watch.stop()
         if self._listener is not None:
             self._listener.stop()
         if self._lostwatch is not None:
@@ -434,23 +381,19 @@ class CeleryExecutor(BaseExecutor):
 
     # -- the calls ----------------------------------------------------------------
 
-    def _deliver(self, call: Call, meta: dict[str, Any]) -> None:
+    def _settle_task(self, call: Call, meta: dict[str, Any]) -> None:
+        """Settle ``call`` with its task's result meta (a ready state)."""
         status = meta["status"]
         if status != states.SUCCESS:
             error = meta.get("result")
-            deployment = self._deployment
-            if deployment is not None and refused_for_memory(error):
+            if self._refused_error is not None and refused_for_memory(error):
                 # The result was refused, Celery's failure record fit.
-                self._calls.settle(call, error=memory_cap_error(deployment.max_memory))
+                self._calls.settle(call, error=self._refused_error())
                 return
             self._calls.settle(call, error=failure(status, error))
             return
         ok, wire = meta["result"]
-        ok, value = decode((bool(ok), from_wire(wire)))
-        if ok:
-            self._calls.settle(call, value)
-        else:
-            self._calls.settle(call, error=value)
+        self._calls.settle_outcome(call, (bool(ok), from_wire(wire)))
 
     def _break(self, make_error: Callable[[], BaseException]) -> None:
         self._sent.take_all()
@@ -461,14 +404,10 @@ class CeleryExecutor(BaseExecutor):
 
     def _on_refused(self, task_id: str) -> None:
         # A pool process could not store the result: Redis is at its cap.
-        deployment = self._deployment
-        assert deployment is not None
-        prefix = self._sent.prefix + "-"
-        call = None
-        if task_id.startswith(prefix):
-            call = self._sent.take(task_id[len(prefix) :])
+        assert self._refused_error is not None
+        call = self._sent.take_by_id(task_id)
         if call is not None:
-            self._calls.settle(call, error=memory_cap_error(deployment.max_memory))
+            self._calls.settle(call, error=self._refused_error())
 
     def _on_worker_lost(
         self, numbers: list[str], worker: str | None, silent: float
@@ -476,61 +415,16 @@ class CeleryExecutor(BaseExecutor):
         # The lost-worker watch: these tasks went with a worker that stopped
         # answering. Their futures fail (or are retried, retries_crashes)
         # and their slots free up for the workers that answer.
-        if worker is None:
-            what = (
-                "no Celery worker has named this task in "
-                f"{self._lost_after:g} s (lost_worker_timeout) and it left the "
-                "broker's queue: the worker that took it never answered a poll "
-                "and is likely lost"
-            )
-        else:
-            what = (
-                f"the Celery worker {worker!r} holding this task stopped answering "
-                f"{silent:.1f} s ago (lost_worker_timeout={self._lost_after:g} s): "
-                "its machine, its network or its process is likely lost"
-            )
+        assert self._lost_after is not None
         for number in numbers:
             call = self._sent.take(number)
             if call is None:
                 continue  # its result arrived meanwhile
-            error = WorkerCrashedError(
-                f"{what}. The task was revoked; if that machine is only cut off, "
-                "it may still run there",
-                None,
-            )
+            error = worker_lost_error(worker, silent, self._lost_after)
             self._calls.settle(call, error=error)
 
-    def _on_lost(self, error: BaseException) -> None:
-        self._break(lost("result backend", error))
+    def _on_backend_lost(self, error: BaseException) -> None:
+        self._break(connection_lost("result backend", error))
 
     def _on_thread_failure(self, error: BaseException) -> None:
         self._break(manager_failed("celery", "result", error))
-
-
-def _check_lost_worker_timeout(value: float | _Default | None) -> float | None:
-    if isinstance(value, _Default):
-        return DEFAULT_LOST_WORKER_TIMEOUT
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(
-            f"lost_worker_timeout must be a number of seconds or None, got {value!r}"
-        )
-    if not value > 0:
-        raise ValueError(f"lost_worker_timeout must be greater than 0, got {value!r}")
-    return float(value)
-
-
-def _check_max_memory(value: int | None) -> int:
-    if value is None:
-        return DEFAULT_MAX_MEMORY
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(
-            f"redis_max_memory must be a number of bytes (an int), got {value!r}"
-        )
-    if value < _LEAST_MEMORY:
-        raise ValueError(
-            f"redis_max_memory must be at least {_LEAST_MEMORY} bytes (8 MiB), "
-            f"got {value!r}"
-        )
-    return value

@@ -73,13 +73,13 @@ class LostWorkerWatch(ManagerThread):
         app: The executor's Celery app.
         outstanding: Returns ``{task number: time sent}`` of the tasks out.
         task_id: The Celery task id of a task number.
-        on_lost: Called with ``(numbers, worker, silent_seconds)`` for the
+        on_worker_lost: Called with ``(numbers, worker, silent_seconds)`` for the
             tasks lost with ``worker``, silent for that many seconds;
             ``worker`` is None for tasks that no worker ever named and that
             left the queue (``silent_seconds`` is then the timeout).
         on_failure: Called if the loop itself raised (a bug).
         timeout: ``lost_worker_timeout`` in seconds.
-        queue: The queue the executor sends to (read on a Redis broker).
+        queue_name: The queue the executor sends to (read on a Redis broker).
     """
 
     def __init__(
@@ -87,19 +87,19 @@ class LostWorkerWatch(ManagerThread):
         app: Any,
         outstanding: Callable[[], dict[str, float]],
         task_id: Callable[[str], str],
-        on_lost: Callable[[list[str], str | None, float], object],
+        on_worker_lost: Callable[[list[str], str | None, float], object],
         on_failure: Callable[[BaseException], object],
         timeout: float,
-        queue: str | None = None,
+        queue_name: str | None = None,
     ) -> None:
         super().__init__(name="executors-celery-lostwatch")
-        self._queue = queue
+        self._queue_name = queue_name
         # Tasks neither named nor queued at the last poll.
         self._unaccounted: set[str] = set()
         self._app = app
         self._outstanding = outstanding
         self._task_id = task_id
-        self._on_lost = on_lost
+        self._on_worker_lost = on_worker_lost
         self._failed = on_failure
         self._timeout = timeout
         self._stopping = threading.Event()
@@ -182,7 +182,7 @@ class LostWorkerWatch(ManagerThread):
         for worker, numbers in lost.items():
             for number in numbers:
                 self._holder.pop(number, None)
-            self._on_lost(numbers, worker, silent_for.get(worker, self._timeout))
+            self._on_worker_lost(numbers, worker, silent_for.get(worker, self._timeout))
             with contextlib.suppress(Exception):
                 # A worker that receives the message again drops it.
                 self._app.control.revoke([self._task_id(n) for n in numbers])
@@ -228,7 +228,7 @@ class LostWorkerWatch(ManagerThread):
 
     def _queued(self, task_ids: list[str]) -> set[str] | None:
         """Which of ``task_ids`` wait in the broker's queue (Redis only)."""
-        if self._queue is None:
+        if self._queue_name is None:
             return None
         try:
             with self._app.connection_for_write() as conn:
@@ -238,7 +238,7 @@ class LostWorkerWatch(ManagerThread):
                 client = channel.client
                 found: set[str] = set()
                 for priority in channel.priority_steps:
-                    name = channel._q_for_pri(self._queue, priority)
+                    name = channel._q_for_pri(self._queue_name, priority)
                     for message in client.lrange(name, 0, -1):
                         found.update(
                             task_id

@@ -60,7 +60,7 @@ class ResultListener(ManagerThread):
             ``REVOKED``).
         outstanding: Returns the task ids still waiting for a result (read
             back after a reconnect).
-        on_lost: Called once with the error if the result backend stays
+        on_connection_lost: Called once with the error if the result backend stays
             unreachable; the thread then ends.
         on_failure: Called if the loop itself raised (a bug).
         close_client: Disconnect the backend's Redis client when the thread
@@ -74,7 +74,7 @@ class ResultListener(ManagerThread):
         prefix: str,
         on_result: Callable[[str, dict[str, Any]], object],
         outstanding: Callable[[], list[str]],
-        on_lost: Callable[[BaseException], object],
+        on_connection_lost: Callable[[BaseException], object],
         on_failure: Callable[[BaseException], object],
         close_client: bool = False,
     ) -> None:
@@ -86,7 +86,7 @@ class ResultListener(ManagerThread):
         self._pattern = _escape_glob(self._key_prefix) + "*"
         self._on_result = on_result
         self._outstanding = outstanding
-        self._on_lost = on_lost
+        self._on_connection_lost = on_connection_lost
         self._failed = on_failure
         self._close_client = close_client
         self._stopping = False
@@ -134,7 +134,7 @@ class ResultListener(ManagerThread):
             try:
                 message = self._pubsub.get_message(timeout=READ_SECONDS)
                 while message is not None:
-                    self._handle(message, pending_deletes)
+                    self._on_message(message, pending_deletes)
                     message = self._pubsub.get_message(timeout=0)
                 if pending_deletes:
                     self._client.delete(*pending_deletes)
@@ -145,15 +145,15 @@ class ResultListener(ManagerThread):
                 if not self._reconnect(exc):
                     return
 
-    def _handle(self, message: dict[str, Any], pending_deletes: list[str]) -> None:
+    def _on_message(self, message: dict[str, Any], pending_deletes: list[str]) -> None:
         if message["type"] != "pmessage":
             return
         channel = _text(message["channel"])
         if channel == self._stop_channel:
             return
-        self._deliver(channel, message["data"], pending_deletes)
+        self._hand_on(channel, message["data"], pending_deletes)
 
-    def _deliver(self, key: str, data: Any, pending_deletes: list[str]) -> None:
+    def _hand_on(self, key: str, data: Any, pending_deletes: list[str]) -> None:
         meta = self._backend.decode_result(data)
         if meta.get("status") not in states.READY_STATES:
             return  # STARTED, RETRY: not an outcome
@@ -175,7 +175,7 @@ class ResultListener(ManagerThread):
             except (*self._backend.connection_errors, TimeoutError) as exc:
                 error = exc
             if time.monotonic() > deadline:
-                self._on_lost(error)
+                self._on_connection_lost(error)
                 return False
             time.sleep(_RETRY_SECONDS)
         return False
@@ -188,7 +188,7 @@ class ResultListener(ManagerThread):
         pending: list[str] = []
         for key, data in zip(keys, self._client.mget(keys), strict=True):
             if data is not None:
-                self._deliver(key, data, pending)
+                self._hand_on(key, data, pending)
         if pending:
             self._client.delete(*pending)
 

@@ -10,6 +10,7 @@ decides which call it belongs to, and whether it still counts.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import threading
@@ -23,7 +24,7 @@ from celery import states
 from kombu.exceptions import OperationalError
 
 from ..._callqueue import Call
-from ._celeryside import PUBLISH_RETRY, lost
+from ._celeryside import PUBLISH_RETRY, connection_lost
 from .task import TASK_NAME
 from .worker import refused_for_memory
 
@@ -40,7 +41,7 @@ class SentTasks:
     """The calls one executor has out on Celery, by task number.
 
     Args:
-        deliver: Settles a call with the result meta of its task; called
+        settle_task: Settles a call with the result meta of its task; called
             outside the table's lock.
         break_executor: Breaks the executor with the error the callable
             makes (the broker refused a task message).
@@ -51,11 +52,11 @@ class SentTasks:
 
     def __init__(
         self,
-        deliver: Callable[[Call, dict[str, Any]], None],
+        settle_task: Callable[[Call, dict[str, Any]], None],
         break_executor: Callable[[Callable[[], BaseException]], None],
         refused: Callable[[], BaseException] | None = None,
     ) -> None:
-        self._deliver = deliver
+        self._settle_task = settle_task
         self._break_executor = break_executor
         self._refused = refused
         #: What every task id of the executor starts with.
@@ -63,7 +64,7 @@ class SentTasks:
         self._numbers = itertools.count()
         # The app, queue and serializer tasks go out with: set by connect().
         self.app: Any = None
-        self.queue: str | None = None
+        self.queue_name: str | None = None
         self.serializer = "json"
         self._out: dict[str, Call] = {}
         # Task number -> when its message was sent, kept only for the
@@ -72,13 +73,13 @@ class SentTasks:
         self._sent_at: dict[str, float] = {}
         # Calls being revoked by stop -> the REVOKED state that arrived
         # meanwhile (the queue settles them, not that state).
-        self._stopping: dict[str, dict[str, Any] | None] = {}
+        self._revoking: dict[str, dict[str, Any] | None] = {}
         self._lock = threading.Lock()
 
-    def connect(self, app: Any, queue: str) -> None:
-        """Send tasks with ``app`` to ``queue``, in the app's serializer."""
+    def connect(self, app: Any, queue_name: str) -> None:
+        """Send tasks with ``app`` to ``queue_name``, in the app's serializer."""
         self.app = app
-        self.queue = queue
+        self.queue_name = queue_name
         self.serializer = app.conf.task_serializer
 
     def task_id(self, number: str) -> str:
@@ -102,7 +103,7 @@ class SentTasks:
                     producer,
                     TASK_NAME,
                     message,
-                    queue=self.queue,
+                    queue=self.queue_name,
                     serializer=self.serializer,
                     retry=True,
                     retry_policy=PUBLISH_RETRY,
@@ -118,20 +119,20 @@ class SentTasks:
                 # That task alone fails: memory frees as results are read.
                 raise self._refused() from exc
             if isinstance(exc, _BROKER_ERRORS):
-                self._break_executor(lost("broker", exc))
+                self._break_executor(connection_lost("broker", exc))
             raise
 
     def on_result(self, number: str, meta: dict[str, Any]) -> None:
         """Hand a task's result to its call (the result listener's callback)."""
         with self._lock:
-            if number in self._stopping and meta["status"] == states.REVOKED:
+            if number in self._revoking and meta["status"] == states.REVOKED:
                 # Our own revoke, faster than stop: the queue settles it.
-                self._stopping[number] = meta
+                self._revoking[number] = meta
                 return
             call = self._out.pop(number, None)
         if call is None:
             return  # failed already (interrupted, broken, stopped)
-        self._deliver(call, meta)
+        self._settle_task(call, meta)
 
     def stop(self, call: Call) -> bool:
         """Stop one running task: revoke it, killing its pool process.
@@ -144,7 +145,7 @@ class SentTasks:
         with self._lock:
             if number is None or self._out.get(number) is not call:
                 return False  # its result has arrived
-            self._stopping[number] = None
+            self._revoking[number] = None
         task_id = self.task_id(number)
         try:
             self.app.control.revoke(task_id, terminate=True, signal="SIGKILL")
@@ -152,15 +153,15 @@ class SentTasks:
             # The broker is unreachable: the task runs on.
             _log.warning("executors: could not revoke task %s", task_id, exc_info=True)
             with self._lock:
-                revoked = self._stopping.pop(number, None)
+                revoked = self._revoking.pop(number, None)
                 if revoked is not None:
                     self._out.pop(number, None)
             if revoked is not None:
-                self._deliver(call, revoked)  # revoked all the same
+                self._settle_task(call, revoked)  # revoked all the same
             return False
         with self._lock:
             # Its REVOKED state, published by the worker, settles nothing.
-            self._stopping.pop(number, None)
+            self._revoking.pop(number, None)
             self._out.pop(number, None)
         return True
 
@@ -168,6 +169,13 @@ class SentTasks:
         """The call of task ``number``, no longer out; None if it was not."""
         with self._lock:
             return self._out.pop(number, None)
+
+    def take_by_id(self, task_id: str) -> Call | None:
+        """:meth:`take` by Celery task id; None for another executor's task."""
+        prefix = self.prefix + "-"
+        if not task_id.startswith(prefix):
+            return None
+        return self.take(task_id[len(prefix) :])
 
     def outstanding(self) -> list[str]:
         """The numbers of the tasks still waiting for a result."""
@@ -189,3 +197,13 @@ class SentTasks:
             numbers = list(self._out)
             self._out.clear()
         return numbers
+
+    def terminate(self, numbers: list[str], signal_name: str) -> None:
+        """Revoke tasks with ``terminate=True``, sending ``signal_name``.
+
+        Their pool processes get the signal. Best effort: through a broker
+        that is gone, nothing is stopped.
+        """
+        ids = [self.task_id(number) for number in numbers]
+        with contextlib.suppress(Exception):
+            self.app.control.revoke(ids, terminate=True, signal=signal_name)

@@ -239,7 +239,7 @@ def _on_worker_ready(**_: Any) -> None:
     _report({"event": "ready", "pid": os.getpid()})
 
 
-def _take_callers_place(private: dict[str, Any]) -> None:
+def _enter_callers_place(private: dict[str, Any]) -> None:
     """The caller's import path, working directory and TMPDIR, for its tasks."""
     path = private["path"]
     folder = os.path.realpath(private["folder"])
@@ -259,7 +259,7 @@ def _on_process_init(**_: Any) -> None:
         return
     exit_with_parent(_private["caller"])
     exit_with_parent(os.getppid())
-    _take_callers_place(_private)
+    _enter_callers_place(_private)
     if _initializer is None:
         return
     pid = os.getpid()
