@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from ._protocol import Executor
     from ._registry import BackendInfo, create, list_backends
     from ._remote import RemoteTraceback
+    from ._workers import worker_id, worker_state
     from .pool import Pool
 
 __all__ = [
@@ -59,6 +60,8 @@ __all__ = [
     "create",
     "list_backends",
     "with_options",
+    "worker_id",
+    "worker_state",
 ]
 
 __version__ = "0.1.0"
@@ -88,6 +91,8 @@ _HOMES = {
     "create": "._registry",
     "list_backends": "._registry",
     "with_options": "._control",
+    "worker_id": "._workers",
+    "worker_state": "._workers",
 }
 
 # Names for backend authors, now in executors.backend; still found here,

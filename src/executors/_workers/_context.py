@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._serialize import unwrap
 from ._limits import limit_threads, rss_bytes
 from ._logsend import DROPPED_LOGGER, Forwarder
 from ._slots import Slot
@@ -96,9 +97,10 @@ class WorkerContext:
             try:
                 self.finalizer(*self.finalargs)
             except BaseException:
+                target = unwrap(self.finalizer)
                 _logger.exception(
-                    "the finalizer %r raised in worker %s (pid %d)",
-                    self.finalizer,
+                    "the finalizer %s raised in worker %s (pid %d)",
+                    getattr(target, "__qualname__", None) or repr(target),
                     self.index,
                     os.getpid(),
                 )
@@ -171,9 +173,9 @@ def enter_thread(context: WorkerContext) -> None:
 def leave_thread() -> None:
     """Leave the current thread's worker context (its finalizer runs)."""
     context: WorkerContext | None = getattr(_thread, "context", None)
-    _thread.context = None
     if context is not None:
-        context.leave()
+        context.leave()  # worker_id() still answers in the finalizer
+    _thread.context = None
 
 
 def leave_process() -> None:

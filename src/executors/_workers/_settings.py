@@ -7,7 +7,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Callable
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 from .._options import check_int, cpu_count
 from ._context import WorkerSpec
@@ -63,7 +63,7 @@ class WorkerSettings:
         workers: int,
         finalizer: Callable[..., object] | None = None,
         finalargs: tuple[Any, ...] = (),
-        threads_per_worker: int | Literal["auto"] | None = AUTO,
+        threads_per_worker: int | str | None = AUTO,
         forward_logs: bool = True,
         max_memory_per_child: int | str | None = None,
         max_tasks_per_child: int | None = None,
@@ -142,6 +142,10 @@ def _check_threads(value: object, workers: int, in_process: bool) -> int | None:
         return default_threads_per_worker(workers, cpu_count())
     if value is None:
         return None
+    if isinstance(value, str):
+        raise ValueError(
+            f"threads_per_worker must be an int, 'auto' or None, got {value!r}"
+        )
     threads = check_int(value, "threads_per_worker", minimum=1)
     if threads is None:  # pragma: no cover - None handled above
         return None

@@ -13,12 +13,17 @@ there is no second, stdlib future per call to copy from: a queued future
 cancels and notifies ``wait()``, a done-callback that raises ``SystemExit``
 cannot kill a pool thread, and one that waits on another future of this
 executor does not block the thread that would run it.
+
+Each thread is a worker (:mod:`executors._workers`): ``worker_id()`` is
+its number, ``worker_state()`` its own dict, and ``finalizer`` runs in it
+when it ends. Its log records are already in the caller's process.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -32,6 +37,14 @@ from .._capabilities import Capabilities
 from .._futures import Future as OurFuture
 from .._lifecycle import join_unless_current, shutdown_from_own_task_error
 from .._options import check_initializer, check_max_workers, cpu_count
+from .._workers import (
+    WorkerContext,
+    WorkerSettings,
+    enter_thread,
+    leave_thread,
+    limit_threads,
+)
+from .._workers._limits import THREAD_VARIABLES
 
 __all__ = ["ThreadExecutor"]
 
@@ -57,8 +70,10 @@ class _Threads:
         name_prefix: str,
         initializer: Callable[..., object] | None,
         initargs: tuple[Any, ...],
+        settings: WorkerSettings,
     ) -> None:
         self.calls: CallQueue  # set by the executor, before the first launch
+        self._settings = settings
         self._max = max_threads
         self._name_prefix = name_prefix
         self._initializer = initializer
@@ -79,15 +94,32 @@ class _Threads:
         with self._lock:
             self._busy += 1
             if self._busy > len(self._threads) and len(self._threads) < self._max:
+                number = len(self._threads)
                 thread = threading.Thread(
                     target=self._run,
-                    name=f"{self._name_prefix}_{len(self._threads)}",
+                    args=(number,),
+                    name=f"{self._name_prefix}_{number}",
                 )
                 # Started under the lock, so a join() that follows sees it.
                 thread.start()
                 self._threads.append(thread)
 
-    def _run(self) -> None:
+    def _run(self, number: int) -> None:
+        settings = self._settings
+        # Threads never die and are never replaced: a thread's number is
+        # its slot. Entered before the initializer, which may fill the state.
+        context = WorkerContext(number, None, settings.finalizer, settings.finalargs)
+        enter_thread(context)
+        try:
+            self._serve()
+        finally:
+            if self._broken:
+                # Not a normal exit: the initializer failed, the finalizer
+                # has nothing to undo.
+                context.finalizer = None
+            leave_thread()
+
+    def _serve(self) -> None:
         calls = self.calls
         if self._initializer is not None:
             try:
@@ -145,10 +177,28 @@ class ThreadExecutor(BaseExecutor):
         initializer: Called in each thread as it starts.
         initargs: Arguments for ``initializer``.
         thread_name_prefix: Names the threads, for debuggers and logs.
+        finalizer: Called in each thread as it ends (at shutdown); an
+            exception there is logged on ``executors.workers``.
+        finalargs: Arguments for ``finalizer``.
+        threads_per_worker: Cap the BLAS/OpenMP thread pools at this many
+            threads while the executor is open. Those pools are
+            process-wide, so the cap is the caller's too, and applies only
+            when asked for (``"auto"`` and ``None``: no cap).
+        forward_logs: Accepted for the shared signature: a task's records
+            are in the caller's logging tree already.
     """
 
     backend = "thread"
-    capabilities = Capabilities(process_isolation=False, task_control=True)
+    capabilities = Capabilities(
+        process_isolation=False,
+        task_control=True,
+        worker_identity=True,
+        worker_finalizer=True,
+        # Tasks log in the caller's process: their records are there already.
+        forwards_logs=True,
+        limits_worker_threads=True,
+        nested_executors=True,
+    )
     _calls: CallQueue
 
     def __init__(
@@ -158,6 +208,10 @@ class ThreadExecutor(BaseExecutor):
         initializer: Callable[..., object] | None = None,
         initargs: tuple[Any, ...] = (),
         thread_name_prefix: str = "executors-thread",
+        finalizer: Callable[..., object] | None = None,
+        finalargs: tuple[Any, ...] = (),
+        threads_per_worker: int | str | None = "auto",
+        forward_logs: bool = True,
     ) -> None:
         workers = check_max_workers(max_workers, default=min(32, cpu_count() + 4))
         check_initializer(initializer, initargs)
@@ -165,8 +219,19 @@ class ThreadExecutor(BaseExecutor):
             raise TypeError(
                 f"thread_name_prefix must be a str, got {thread_name_prefix!r}"
             )
+        settings = WorkerSettings(
+            workers=workers,
+            finalizer=finalizer,
+            finalargs=finalargs,
+            threads_per_worker=threads_per_worker,
+            forward_logs=forward_logs,
+            in_process=True,
+        )
         super().__init__(max_workers=workers)
-        threads = _Threads(workers, thread_name_prefix, initializer, initargs)
+        self._thread_cap: _ThreadCap | None = None
+        if settings.threads is not None:
+            self._thread_cap = _ThreadCap(settings.threads)
+        threads = _Threads(workers, thread_name_prefix, initializer, initargs, settings)
         # One call per thread: a thread that finishes launches the next call
         # itself, as it settles the last one.
         calls = CallQueue(threads.launch, workers, on_idle=threads.stop)
@@ -193,3 +258,23 @@ class ThreadExecutor(BaseExecutor):
                 raise shutdown_from_own_task_error()
             self._calls.wait_idle()
             self._threads.join()
+            cap, self._thread_cap = self._thread_cap, None
+            if cap is not None:
+                cap.restore()
+
+
+class _ThreadCap:
+    """``threads_per_worker`` on threads: a process-wide cap, undone at shutdown."""
+
+    def __init__(self, threads: int) -> None:
+        self._environ = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+        self._limiter = limit_threads(threads)
+
+    def restore(self) -> None:
+        if self._limiter is not None:
+            self._limiter.restore_original_limits()
+        for name, value in self._environ.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -21,6 +21,7 @@ from distributed.core import Status
 from distributed.security import Security
 
 from ..._errors import DaskClusterError
+from ..._workers import WorkerSettings
 from ._options import LocalOptions
 from ._quiet import HEALTH_ONLY_ROUTES, quiet_handshakes, serve_health_only
 
@@ -131,6 +132,8 @@ class Runtime:
     interrupted: bool = False
     threads: int = 0  # a remote cluster's, as last read
     threads_read_at: float = -CAPACITY_REFRESH_SECONDS
+    # Our workers' settings: their log listener closes after them.
+    settings: WorkerSettings | None = None
 
     def close(self) -> None:
         if self.interrupted and self.cluster is not None:
@@ -156,6 +159,10 @@ class Runtime:
             quiet_handshakes.forget(self.cluster)
         if self.scratch is not None:
             self.scratch.remove()
+        if self.settings is not None:
+            # The workers are gone: their last records have come (or never
+            # will, if they were killed).
+            self.settings.close(wait=not self.interrupted)
 
     def lost_scheduler(self) -> DaskClusterError:
         """The error of a task whose client lost its scheduler for good."""

@@ -23,6 +23,7 @@ from ..._lifecycle import join_unless_current
 from ..._options import check_timeout, start_method_of
 from ..._outcome import dumps, initializer_error
 from ..._serialize import unwrap
+from ..._workers import WorkerSettings
 from . import _scheduler_side
 from ._cluster import START_METHOD_KEY, Runtime, connect, start_local_cluster
 from ._dispatch import Dispatch, translate
@@ -63,17 +64,35 @@ class DaskExecutor(BaseExecutor):
             ``address`` with, or for the local cluster instead of mutual TLS
             with a throw-away certificate; ``Security()`` turns TLS off.
         cloudpickle: Send the callable with cloudpickle (lambdas work).
+        finalizer: Called in every worker process as it closes (shutdown,
+            or a worker retired); an exception there is logged in the
+            caller on ``executors.workers``.
+        finalargs: Arguments for ``finalizer``.
+        threads_per_worker: Cap on the BLAS/OpenMP threads of each worker
+            process (not Dask's option of that name, which is the number
+            of task threads: one here); ``"auto"``: ``max(1, cpus //
+            max_workers)``; ``None``: Dask's own (one, by its
+            ``distributed.nanny.pre-spawn-environ``).
+        forward_logs: Send the records that tasks log to this process's
+            loggers (the local cluster's workers).
 
     ``max_workers``, ``allowed_failures``, ``dashboard_address``,
     ``mp_context`` and ``cluster_options`` configure the local cluster: they
     are refused with ``address`` or ``client``; ``security`` with ``client``.
+    On a remote cluster ``worker_id()`` is ``None`` and log records stay on
+    the workers (``Client.forward_logging()`` brings them), and
+    ``threads_per_worker`` is the cluster's own; ``worker_state()`` and
+    ``finalizer`` work there too.
 
     Raises:
         ImportError: The local cluster would need ``cryptography``.
     """
 
     backend = "dask"
-    # The last three need the worker processes: the local cluster's only.
+    # stops_timed_out_tasks, kills_single_task, terminates_workers,
+    # worker_identity's worker_id(), forwards_logs and limits_worker_threads
+    # need the worker processes: the local cluster's only. Recycling is not
+    # Dask's memory_limit, which kills a worker in the middle of its task.
     capabilities = Capabilities(
         cancels_queued=True,
         survives_worker_death=True,
@@ -82,6 +101,11 @@ class DaskExecutor(BaseExecutor):
         stops_timed_out_tasks=True,
         kills_single_task=True,
         terminates_workers=True,
+        worker_identity=True,
+        worker_finalizer=True,
+        forwards_logs=True,
+        limits_worker_threads=True,
+        nested_executors=True,
     )
     _calls: CallQueue
 
@@ -111,6 +135,10 @@ class DaskExecutor(BaseExecutor):
         connect_timeout: float = 30.0,
         security: Security | None = None,
         cloudpickle: bool = True,
+        finalizer: Callable[..., object] | None = None,
+        finalargs: tuple[Any, ...] = (),
+        threads_per_worker: int | str | None = "auto",
+        forward_logs: bool = True,
     ) -> None:
         self._options = check_options(
             max_workers=max_workers,
@@ -126,12 +154,23 @@ class DaskExecutor(BaseExecutor):
             security=security,
         )
         timeout = check_timeout(connect_timeout, "connect_timeout")
+        self._settings = WorkerSettings(
+            workers=self._options.workers,
+            finalizer=finalizer,
+            finalargs=finalargs,
+            threads_per_worker=threads_per_worker,
+            forward_logs=forward_logs,
+        )
         super().__init__(max_workers=self._options.workers, cloudpickle=cloudpickle)
         self._max_in_flight = max_in_flight
-        # Pickled now: a bad initializer fails create(); only workers unpickle.
-        self._initializer_payload: bytes | None = None
         if initializer is not None:
-            self._initializer_payload = dumps((self._prepare(initializer), initargs))
+            initializer = self._prepare(initializer)
+        if finalizer is not None:
+            self._settings.finalizer = self._prepare(finalizer)
+        # Pickled now: a bad initializer fails create(); only workers unpickle.
+        # The worker spec is pickled at the start (its listener starts then).
+        dumps((initializer, initargs, self._settings.finalizer, finalargs))
+        self._initializer = initializer, initargs
         self._dispatch = dispatch = Dispatch(self._options.workers)
         self._calls = dispatch.calls = CallQueue(
             dispatch.launch,
@@ -255,8 +294,17 @@ class DaskExecutor(BaseExecutor):
                 raise RuntimeError("cannot schedule new futures after shutdown")
 
     def _register_initializer(self, runtime: Runtime) -> None:
-        if self._initializer_payload is None:
+        initializer, initargs = self._initializer
+        if runtime.cluster is not None:
+            # Our cluster: every worker is ours, on this machine.
+            spec = self._settings.spec()
+            runtime.settings = self._settings
+        elif initializer is not None or self._settings.finalizer is not None:
+            # Somebody else's: no slots, no listener, its own thread caps.
+            spec = self._settings.spec(slots=None, threads=None, log_address=None)
+        else:
             return
+        payload = dumps((initializer, initargs, spec))
         name = f"executors-initializer-{uuid.uuid4().hex}"
         if runtime.cluster is None:
             # First: the plugin must not outlive our client, even if this
@@ -269,9 +317,7 @@ class DaskExecutor(BaseExecutor):
                 runtime.forget = None  # then shutdown() alone removes it
         runtime.plugin = name
         try:
-            runtime.client.register_plugin(
-                InitializerPlugin(name, self._initializer_payload), name=name
-            )
+            runtime.client.register_plugin(InitializerPlugin(name, payload), name=name)
         except Exception as exc:
             make_error = functools.partial(_initializer_failed, summarize(exc), exc)
             self._calls.break_(make_error)

@@ -4,6 +4,10 @@ Every worker of our local clusters imports this module as its Dask preload
 (:func:`dask_setup`), and unpickles :func:`run_task` and
 :class:`InitializerPlugin` from it: so it imports nothing of the caller's
 side (the executor, the dispatch, the call queue, the cluster's start).
+
+The plugin also makes each worker process a worker of the executor
+(:mod:`executors._workers`): its slot, state, thread caps and logs in the
+caller as it joins, the finalizer as it closes.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import dask
 from distributed import WorkerPlugin
 
 from ..._outcome import Outcome, run_call
+from ..._workers import after_task, leave_process
 from ._quiet import (
     HEALTH_ONLY_ROUTES,
     QuietHandshakes,
@@ -54,7 +59,12 @@ def summarize(exc: BaseException) -> str:
 
 
 class InitializerPlugin(WorkerPlugin):
-    """Runs ``payload``, ``dumps((initializer, initargs))``, in every worker."""
+    """Starts every worker from ``payload``, ``dumps((initializer, initargs, spec))``.
+
+    ``spec`` (a :class:`executors._workers.WorkerSpec`, or ``None``) starts
+    first, then ``initializer`` (or ``None``). At the worker's close
+    (``teardown``) the spec's finalizer runs and its last log records go.
+    """
 
     def __init__(self, name: str, payload: bytes) -> None:
         self.name = name
@@ -62,8 +72,11 @@ class InitializerPlugin(WorkerPlugin):
 
     def setup(self, worker: Any) -> None:
         try:
-            initializer, initargs = pickle.loads(self.payload)
-            initializer(*initargs)
+            initializer, initargs, spec = pickle.loads(self.payload)
+            if spec is not None:
+                spec.start()
+            if initializer is not None:
+                initializer(*initargs)
         except BaseException as exc:
             _failed_initializers[self.name] = summarize(exc)
             if isinstance(exc, Exception):
@@ -72,6 +85,8 @@ class InitializerPlugin(WorkerPlugin):
             raise RuntimeError(f"the initializer raised {exc!r}") from exc
 
     def teardown(self, worker: Any) -> None:
+        if self.name not in _failed_initializers:
+            leave_process()
         _failed_initializers.pop(self.name, None)
 
 
@@ -100,4 +115,7 @@ def run_task(payload: bytes, initializer: str | None) -> Outcome | InitializerFa
     """
     if initializer is not None and initializer in _failed_initializers:
         return InitializerFailure(os.getpid(), _failed_initializers[initializer])
-    return run_call(payload)
+    outcome = run_call(payload)
+    # The task's log records reach the caller before its outcome does.
+    after_task()
+    return outcome

@@ -1,0 +1,264 @@
+"""Workers that behave (issue 26), on every backend that declares each item.
+
+The classes select themselves by capability flag; until a backend is wired
+(its flags still False) its tests show as skipped. Celery runs them in its
+shared-deployment module once wired.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import executors
+from executors._workers import WorkerSettings, parse_size, rss_bytes
+from executors._workers._limits import default_threads_per_worker
+from executors._workers._slots import Slot
+from executors.testing.workers import (
+    LogForwardingContract,
+    NestedExecutorContract,
+    RecyclingContract,
+    ThreadLimitContract,
+    WorkerFinalizerContract,
+    WorkerIdentityContract,
+)
+
+BACKENDS = ["inline", "thread", "process", "mp_pool", "queue", "joblib", "dask"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_name(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+class TestWorkerIdentity(WorkerIdentityContract):
+    pass
+
+
+class TestWorkerFinalizer(WorkerFinalizerContract):
+    pass
+
+
+class TestLogForwarding(LogForwardingContract):
+    pass
+
+
+class TestRecycling(RecyclingContract):
+    pass
+
+
+class TestThreadLimit(ThreadLimitContract):
+    pass
+
+
+class TestNestedExecutor(NestedExecutorContract):
+    pass
+
+
+# -- the shared machinery itself ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("512MB", 512 * 10**6),
+        ("1.5GiB", int(1.5 * 2**30)),
+        (" 150 mb ", 150 * 10**6),
+        ("100", 100),
+        (4096, 4096),
+        (None, None),
+    ],
+)
+def test_parse_size(text: object, size: int | None) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("bad", ["12 parsecs", "MB", "-5MB", 0, "0B"])
+def test_parse_size_refuses(bad: object) -> None:
+    with pytest.raises(ValueError, match="max_memory_per_child"):
+        parse_size(bad)
+
+
+def test_parse_size_refuses_other_types() -> None:
+    with pytest.raises(TypeError, match="max_memory_per_child"):
+        parse_size(1.5)
+    with pytest.raises(TypeError):
+        parse_size(True)
+
+
+def test_rss_bytes_grows_with_what_is_kept() -> None:
+    before = rss_bytes()
+    block = bytearray(64 * 2**20)
+    block[::4096] = b"x" * len(block[::4096])
+    assert rss_bytes() - before > 32 * 2**20
+    del block
+
+
+def test_default_threads_per_worker() -> None:
+    assert default_threads_per_worker(2, 2) == 1
+    assert default_threads_per_worker(2, 8) == 4
+    assert default_threads_per_worker(16, 8) == 1
+
+
+def test_settings_check_their_options() -> None:
+    with pytest.raises(TypeError, match="finalizer must be callable"):
+        WorkerSettings(workers=2, finalizer=3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="finalargs must be a tuple"):
+        WorkerSettings(workers=2, finalargs=[1])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="threads_per_worker must be >= 1"):
+        WorkerSettings(workers=2, threads_per_worker=0)
+    with pytest.raises(ValueError, match="threads_per_worker must be an int"):
+        WorkerSettings(workers=2, threads_per_worker="many")
+    with pytest.raises(TypeError, match="forward_logs must be a bool"):
+        WorkerSettings(workers=2, forward_logs=1)  # type: ignore[arg-type]
+    assert WorkerSettings(workers=2, in_process=True).threads is None
+
+
+@pytest.mark.parametrize("files", [False, True], ids=["abstract-socket", "flock"])
+def test_slots_are_freed_when_their_holder_dies(files: bool, tmp_path: Path) -> None:
+    """A slot held by a killed process is free again; a live holder keeps it."""
+    if not files and not sys.platform.startswith("linux"):
+        pytest.skip("abstract sockets are Linux's")
+    folder = str(tmp_path) if files else None
+    token = os.urandom(8).hex()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from executors._workers._slots import Slot\n"
+            f"slot = Slot({token!r}, 2, {folder!r})\n"
+            "print(slot.try_claim(), flush=True)\n"
+            "time.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "0"
+        mine = Slot(token, 2, folder)
+        assert mine.try_claim() == 1
+        other = Slot(token, 2, folder)
+        assert other.try_claim() is None
+        holder.kill()
+        holder.wait()
+        assert other.claim(wait=5.0) == 0  # the dead holder's slot
+        other.release()
+        mine.release()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_slot_claim_that_cannot_succeed_names_the_cause() -> None:
+    token = os.urandom(8).hex()
+    held = Slot(token, 1, None if sys.platform.startswith("linux") else "/tmp")
+    assert held.try_claim() == 0
+    try:
+        with pytest.raises(RuntimeError, match="all 1 worker slots held"):
+            Slot(token, 1, held.folder).claim(wait=0.05)
+    finally:
+        held.release()
+
+
+def test_the_listener_refuses_a_stranger() -> None:
+    """A process without the secret gets no record into the caller's logs."""
+    from executors._workers import LogListener
+    from executors._workers._logsend import Forwarder
+
+    name = "executors.testing.listener"
+    listener = LogListener()
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger(name)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        stranger = Forwarder(listener.address, b"\0" * 32, lambda: None)
+        friend = Forwarder(listener.address, listener.secret, lambda: 7)
+        for forwarder, message in ((stranger, "from a stranger"), (friend, "hi")):
+            forwarder.emit(
+                logging.makeLogRecord({"name": name, "levelno": 20, "msg": message})
+            )
+        assert friend.sync(timeout=5.0)
+        assert not stranger.sync(timeout=5.0)  # its connection was closed
+        stranger.close()
+        friend.close()
+    finally:
+        listener.close()
+        logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
+    assert [r.getMessage() for r in records] == ["hi"]
+    assert records[0].worker_id == 7  # type: ignore[attr-defined]
+    assert records[0].worker_pid == os.getpid()  # type: ignore[attr-defined]
+
+
+def test_a_flood_is_bounded_and_its_drops_counted() -> None:
+    """A worker whose caller takes nothing drops records after a short wait."""
+    from executors._workers import LogListener
+    from executors._workers._logsend import BLOCK_SECONDS, Forwarder
+
+    listener = LogListener()
+    forwarder = Forwarder(listener.address, listener.secret, lambda: 0, capacity=10)
+    logger = logging.getLogger("executors.testing.congested")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    blocked = logging.getLogger("executors.testing.congested.sink")
+    gate = __import__("threading").Event()
+
+    class Slow(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            gate.wait(10)
+
+    slow = Slow()
+    blocked.addHandler(slow)
+    dropped: list[str] = []
+    note = logging.Handler()
+    note.emit = lambda r: dropped.append(r.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("executors.workers").addHandler(note)
+    try:
+        start = time.monotonic()
+        for i in range(5000):
+            forwarder.emit(
+                logging.makeLogRecord(
+                    {"name": blocked.name, "levelno": 40, "msg": f"r{i}"}
+                )
+            )
+        took = time.monotonic() - start
+        # One bounded wait at most, not one per record.
+        assert took < BLOCK_SECONDS * 4, took
+        gate.set()
+        assert forwarder.sync(timeout=10.0)
+    finally:
+        gate.set()
+        forwarder.close()
+        listener.close()
+        blocked.removeHandler(slow)
+        logging.getLogger("executors.workers").removeHandler(note)
+        logger.propagate = True
+        logger.setLevel(logging.NOTSET)
+    assert any("dropped" in message for message in dropped), dropped
+
+
+def test_no_socket_file_is_left(tmp_path: Path) -> None:
+    """On Linux the listener and the slots live in the abstract namespace."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("abstract sockets are Linux's")
+    settings = WorkerSettings(workers=2)
+    spec = settings.spec()
+    assert spec.log_address is not None and spec.log_address.startswith("\0")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.connect(spec.log_address)
+    probe.close()
+    settings.close()
+    assert spec.folder is None
+    assert executors.worker_id() is None
