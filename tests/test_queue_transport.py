@@ -239,7 +239,7 @@ class TestFullPipeUnderLoad(ContractBase):
         big = executor.submit(slow_result(0.6, 64 * 1024))
         small = executor.submit(tasks.sleep_and_return, 0.2, "small")
         with pool.lock:
-            running = max(item.size for w in workers for item in w.held)
+            running = max(item.task.size for w in workers for item in w.held)
         # Three frames per worker fit by bytes, each over half a page.
         filler = (SMALL_PIPE - running) // 3
         assert filler > PAGE // 2

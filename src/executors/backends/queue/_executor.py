@@ -1,36 +1,14 @@
-"""Backend ``queue``: our own worker pool, built from processes and pipes.
+"""The ``queue`` executor: :class:`QueueExecutor`.
 
-The data flow, drawn in ``docs/backends/queue.md``, in short:
-
-* The **call queue** holds items no worker has yet. ``cancel()`` works there.
-  A worker is sent one item, plus a few ahead of its answers while tasks
-  are short (about ``AHEAD_SECONDS`` of work, at most ``MAX_TASKS_AHEAD``);
-  an item is marked running when it is sent. Queued work stays
-  cancellable, and memory bounded.
-* Each **worker** has its own pipes, so the pool knows which items each
-  worker holds; as it receives an item it posts it on the shared **board**.
-  Writes to a task pipe never block: a caller writes what the pipe takes at
-  once, the manager thread the rest (the invariants: :mod:`._queue.pool`).
-* The **manager thread** (it holds only a weak reference to the executor)
-  waits on every result pipe and every worker's exit. A worker that dies
-  fails only the task the board shows it running (a
-  :class:`~executors.WorkerCrashedError` naming the exit code or signal);
-  the items it held but had not started go back to the call queue; a
-  replacement starts. In a chunk of ``map`` only the running item fails:
-  the values before it come back. The manager also kills the worker of a
-  task that outlives its timeout or is stopped with :meth:`kill_task`.
-* **Task control** (:mod:`executors._control`) maps onto the pool: a
-  timeout is the per-item limit the manager enforces from the board; a
-  retry puts the failed task back at the front of the call queue (after
-  its ``retry_delay``), as a fresh attempt; ``terminate_workers()``
-  signals every worker and resolves every future at once.
-
-The tunables are named constants in :mod:`._queue.pool` and
-:mod:`._queue.worker`, each with the trade-off it makes.
+The shared :class:`~executors._callqueue.CallQueue` owns queueing, exact
+cancel, timeouts, retries and stopping a task, as on every backend; the
+pool behind it (:mod:`._pool`) owns what is this backend's own. The data
+flow and the transport's invariants: ``docs/backends/queue.md``.
 """
 
 from __future__ import annotations
 
+import functools
 import signal
 import sys
 import warnings
@@ -41,17 +19,29 @@ from typing import Any, TypeVar
 
 from ..._base import BaseExecutor
 from ..._capabilities import Capabilities
-from ..._control import TaskOptions, WithOptions, submitting_options
-from ..._errors import TaskKilledError, WorkersTerminatedError
+from ..._control import (
+    OPTION_NAMES,
+    TaskOptions,
+    WithOptions,
+    check_task_options,
+    submitting,
+    submitting_options,
+)
+from ..._errors import ExecutorInterruptedError
 from ..._futures import Future as OurFuture
 from ..._futures import add_internal_callback, notify_cancelled, settle
+from ..._lifecycle import close_at_exit, join_unless_current
 from ..._map import Chunk, ChunkResult
 from ..._options import check_process_pool_options, cpu_count, start_method_of
 from ..._serialize import portable, unwrap
+from ._calls import PoolCalls
+from ._items import Task
+from ._manager import Manager
 from ._pool import Pool
+from ._triage import Triage
 from ._wire import CALL, CHUNK, dumps, dumps_chunk
 
-__all__ = ["QueueExecutor", "TaskKilledError", "TimeLimited", "with_timeout"]
+__all__ = ["QueueExecutor", "TimeLimited", "with_timeout"]
 
 T = TypeVar("T")
 
@@ -112,15 +102,9 @@ def with_timeout(fn: Callable[..., T], seconds: float) -> TimeLimited[T]:
     )
     if not callable(fn):
         raise TypeError(f"with_timeout: fn must be callable, got {fn!r:.80}")
-    return TimeLimited(fn, _check_seconds(seconds, "with_timeout: seconds"))
-
-
-def _check_seconds(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
-    if not value > 0:
-        raise ValueError(f"{name} must be greater than 0, got {value!r}")
-    return float(value)
+    names = ("with_timeout: seconds", *OPTION_NAMES[1:])
+    options = check_task_options(timeout=seconds, names=names)
+    return TimeLimited(fn, options.timeout or 0.0)
 
 
 class QueueExecutor(BaseExecutor):
@@ -155,6 +139,7 @@ class QueueExecutor(BaseExecutor):
         kills_single_task=True,
         terminates_workers=True,
     )
+    _calls: PoolCalls
 
     @classmethod
     def _workers_start_method(cls, options: Mapping[str, Any]) -> str:
@@ -182,45 +167,37 @@ class QueueExecutor(BaseExecutor):
         )
         if task_timeout is not None:
             # Direct construction; create() passes it as a task option.
-            self._task_options = TaskOptions(
-                timeout=_check_seconds(task_timeout, "task_timeout")
-            )
+            self._task_options = check_task_options(timeout=task_timeout)
         super().__init__(max_workers=workers, cloudpickle=cloudpickle)
         if initializer is not None and self._portable_callables:
             # Workers started by spawn or forkserver receive it pickled.
             initializer = portable(initializer)
-        self._pool = Pool(context, workers, initializer, initargs, per_child, self)
+        pool = Pool(context, workers, initializer, initargs, per_child, self)
+        # The pool and its call queue hold each other, never the executor:
+        # an executor dropped without shutdown() is collected, and the
+        # manager then finishes its work and stops (see Pool.should_stop).
+        pool.calls = self._calls = PoolCalls(
+            pool.room,
+            pool.run_left,
+            pool.launch,
+            workers,
+            on_idle=pool.wakeup.wake,
+            stop=pool.stop,
+            retries_crashes=True,
+        )
+        self._pool = pool
+        self._manager: Manager | None = None
 
-    # -- the extra API ---------------------------------------------------
-
-    def kill_task(self, future: Future[Any]) -> bool:
-        """Stop the task of ``future``, whether it is queued or running.
-
-        A queued task is cancelled (as ``future.cancel()``). A running task
-        is stopped by killing its worker process, which the pool replaces;
-        its future then raises :class:`TaskKilledError` (a
-        :class:`~concurrent.futures.CancelledError`). Other tasks are not
-        affected, except that tasks sent to the same worker but not started
-        are sent to another.
-
-        ``future.cancel()`` keeps its stdlib meaning and never stops a
-        running task.
-
-        Args:
-            future: A future returned by this executor's ``submit``.
-
-        Returns:
-            ``True`` if the task was cancelled or will be stopped (if it
-            finishes before its worker is killed, its result stands);
-            ``False`` if it had already finished or is not this executor's.
-        """
-        return self._pool.kill_task(future)
+    def _start_manager(self) -> None:
+        # At the first task, under the executor's lock.
+        pool = self._pool
+        self._manager = pool.manager = Manager(pool, Triage(pool))
+        self._manager.start()
+        # The pool takes part in the exit hook itself, for an executor
+        # dropped without shutdown() whose manager still runs its work.
+        close_at_exit(pool)
 
     # -- hooks -----------------------------------------------------------
-
-    def _broken_error(self) -> BaseException | None:
-        broken = self._pool.broken
-        return None if broken is None else broken()
 
     def _submit(
         self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -233,23 +210,18 @@ class QueueExecutor(BaseExecutor):
             # Fails this future only; the pool never saw it.
             settle(future, error=exc)
             return future
-        # Made ambient by BaseExecutor: the executor's task options, or a
-        # with_options() wrapper's over them.
-        options = submitting_options()
-        if options is None:
-            self._pool.submit(CALL, future, body, buffers, None)
-        else:
-            retries = options if options.retries else None
-            self._pool.submit(
-                CALL, future, body, buffers, options.timeout, options=retries
-            )
+        if self._manager is None:
+            self._start_manager()
+        self._calls.submit(future, Task(CALL, body, buffers))
+        self._pool.raise_deferred()
         return future
 
     def _submit_chunk(
         self, fn: Callable[..., Any], chunk: Chunk
     ) -> Future[ChunkResult]:
         # The shared map sends a map with task options one item per task
-        # (through _submit); a chunk still honours a timeout, per item.
+        # (through _submit); a chunk with a timeout has it per item, which
+        # the pool enforces from the board, not the call queue per chunk.
         options = submitting_options()
         timeout = None if options is None else options.timeout
         fn = self._unwrap(fn)
@@ -258,8 +230,15 @@ class QueueExecutor(BaseExecutor):
             body, buffers = dumps_chunk(fn, chunk)
         except Exception as exc:
             return self._submit_up_to_unpicklable(fn, chunk, timeout, exc)
-        self._pool.submit(CHUNK, future, body, buffers, timeout, fn, chunk)
+        self._submit_chunk_call(Task(CHUNK, body, buffers, timeout, fn, chunk), future)
         return future
+
+    def _submit_chunk_call(self, task: Task, future: Future[Any]) -> None:
+        if self._manager is None:
+            self._start_manager()
+        with submitting(None):
+            self._calls.submit(future, task, chunk=True)
+        self._pool.raise_deferred()
 
     def _submit_up_to_unpicklable(
         self,
@@ -289,7 +268,7 @@ class QueueExecutor(BaseExecutor):
         head = chunk[:bad]
         body, buffers = dumps_chunk(fn, head)
         inner: OurFuture[ChunkResult] = OurFuture()
-        self._pool.submit(CHUNK, inner, body, buffers, timeout, fn, head)
+        self._submit_chunk_call(Task(CHUNK, body, buffers, timeout, fn, head), inner)
 
         def finish(done: Future[ChunkResult]) -> None:
             if future.done():
@@ -318,43 +297,25 @@ class QueueExecutor(BaseExecutor):
         add_internal_callback(inner, finish)
         return future
 
-    def close_at_exit(self) -> None:
-        """At interpreter exit: finish the work, unless Ctrl-C ended the program.
-
-        The pool's own exit handling (``Pool.close_at_exit``; the pool takes
-        part in the exit hook itself, for an executor dropped without
-        ``shutdown()``). Unlike ``shutdown()``, it does not mark the
-        executor shut down: a ``submit`` from an ``atexit`` hook then raises
-        the stdlib's "after interpreter shutdown" error.
-        """
-        self._pool.close_at_exit()
-
     def _shutdown(self, wait: bool, cancel_futures: bool) -> None:
-        self._pool.close(cancel_futures)
+        self._calls.close(cancel_futures)
+        self._pool.close()
         if wait:
-            self._pool.join()
+            join_unless_current(self._manager)
 
     def _interrupt(self) -> None:
         # Ctrl-C in a `with` block: kill the workers now rather than let
         # shutdown() wait for tasks that may run for minutes.
-        self._pool.interrupt()
-
-    def _end_workers(self, sig: signal.Signals, how: str) -> None:
-        # terminate_workers() / kill_workers(). The pool keeps no CallQueue,
-        # so BaseExecutor's version (through self._calls) cannot resolve
-        # the futures: the pool does, in one step under its lock, so that
-        # no queued item can reach a worker in between.
-        with self._lock:
-            self._shutdown_started = True
-        self._pool.end_workers(
-            lambda: WorkersTerminatedError(
-                f"{how}() stopped the workers of the 'queue' executor while "
-                "this task ran"
-            ),
-            sig,
+        self._calls.close(cancel_futures=True)
+        self._calls.fail_launched(
+            functools.partial(ExecutorInterruptedError.stopped, self.backend)
         )
-        # Bounded: the workers are dying, and none is started any more.
-        self._shutdown(wait=True, cancel_futures=True)
+        self._pool.end_workers()
+
+    def _signal_workers(self, sig: signal.Signals) -> None:
+        # terminate_workers() / kill_workers(), after the call queue has
+        # failed the running calls: no worker is started from now on.
+        self._pool.end_workers(sig)
 
     def _unwrap(self, fn: Callable[..., T]) -> Callable[..., T]:
         inner: Callable[..., T] = unwrap(fn)

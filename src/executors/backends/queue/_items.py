@@ -1,6 +1,7 @@
-"""The records the pool keeps: work items, worker handles, their errors.
+"""The records the pool keeps: tasks, work items, worker handles, errors.
 
-* :class:`WorkItem`: one task (or one chunk of a ``map``) and its future.
+* :class:`Task`: what a call carries (its frame body); :class:`WorkItem`:
+  one attempt at it in the pool (its task id, what a chunk has returned).
 * :class:`WorkerHandle`: the parent's view of one worker process: its two
   pipes, the items sent to it and not yet answered, oldest first, and the
   frames not yet (fully) written to its pipe.
@@ -17,96 +18,63 @@ import signal
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..._control import TaskOptions
 from ..._errors import (
     ExecutorFailedError,
-    ExecutorInterruptedError,
-    TaskKilledError,
     TaskTimeoutError,
     WorkerCrashedError,
     describe_exitcode,
 )
-from ..._futures import fail_futures, notify_cancelled
-from ..._map import Chunk
 from ._wire import CHUNK, HEADER, Channel, Part
+
+if TYPE_CHECKING:
+    from ..._callqueue import Call
+    from ..._map import Chunk
 
 __all__ = [
     "KillReason",
     "Replay",
+    "Task",
     "WorkItem",
     "WorkerHandle",
     "bad_frame_error",
     "crash_error",
-    "drop",
     "early_crash_error",
-    "exiting_error",
     "find_item",
-    "interrupted_error",
-    "killed_error",
-    "manager_failed_error",
+    "stopped_error",
     "time_limit",
     "timeout_error",
 ]
 
 
-class WorkItem:
-    """One task, or one chunk of a ``map``, and the future it resolves.
+class Task:
+    """What a call carries to the pool: its pickled frame body, and more.
+
+    The payload of the call (the same object for every attempt).
 
     Args:
-        task_id: Unique within the pool; workers echo it back.
-        kind: ``wire.CALL`` or ``wire.CHUNK``.
-        future: The future to resolve.
+        kind: ``_wire.CALL`` or ``_wire.CHUNK``.
         body: The pickled ``(fn, args, kwargs)`` or ``(fn, chunk)``, kept
-            until the item is done so that it can be sent again.
+            until the call is done so that it can be sent again.
         buffers: The pickle's out-of-band buffers.
-        timeout: Seconds the task (each item of a chunk) may run.
+        timeout: For a chunk: seconds each of its items may run.
         fn: For a chunk: the callable, to send a part of it again.
         chunk: For a chunk: its items.
-        internal: A future no caller holds (the rest of a crashed chunk).
-        options: For a task with retries: its options (see
-            :meth:`.pool.Pool.retry_locked`).
     """
 
-    __slots__ = (
-        "attempts",
-        "body",
-        "buffers",
-        "chunk",
-        "early_deaths",
-        "elapsed",
-        "fn",
-        "future",
-        "internal",
-        "kill",
-        "kind",
-        "options",
-        "replay",
-        "size",
-        "started",
-        "task_id",
-        "timeout",
-        "undecodable",
-        "values",
-    )
+    __slots__ = ("body", "buffers", "chunk", "fn", "kind", "size", "timeout")
 
     def __init__(
         self,
-        task_id: int,
         kind: int,
-        future: Future[Any],
         body: bytes,
         buffers: list[memoryview],
-        timeout: float | None,
+        timeout: float | None = None,
         fn: Callable[..., Any] | None = None,
         chunk: Chunk | None = None,
-        internal: bool = False,
-        options: TaskOptions | None = None,
     ) -> None:
-        self.task_id = task_id
         self.kind = kind
-        self.future = future
         self.body = body
         self.buffers = buffers
         # Bytes it takes in a pipe, frame header included.
@@ -116,23 +84,56 @@ class WorkItem:
         self.timeout = timeout
         self.fn = fn
         self.chunk = chunk
-        self.internal = internal
-        self.options = options
-        self.attempts = 1  # runs so far, counting the one in progress
-        self.started = False  # set_running_or_notify_cancel() was called
-        self.kill = False  # kill_task() asked for it
+
+
+class WorkItem:
+    """One attempt at a task, or at a chunk of a ``map``, in the pool.
+
+    Args:
+        task_id: Unique within the pool; workers echo it back. A retry is a
+            new item with a new id: nothing an earlier attempt's worker
+            posts or sends can be taken for it.
+        task: What to send.
+        call: The call it settles; ``None`` for an internal item (the rest
+            of a crashed chunk), which settles ``future`` instead.
+    """
+
+    __slots__ = (
+        "call",
+        "early_deaths",
+        "elapsed",
+        "future",
+        "kill",
+        "replay",
+        "task",
+        "task_id",
+        "undecodable",
+        "values",
+    )
+
+    def __init__(
+        self,
+        task_id: int,
+        task: Task,
+        call: Call | None,
+        future: Future[Any] | None = None,
+    ) -> None:
+        self.task_id = task_id
+        self.task = task
+        self.call = call
+        self.future = future
+        self.kill = False  # stopped (timeout, kill_task): its call is settled
         self.values: list[Any] = []  # a chunk's values received so far
         self.undecodable: BaseException | None = None  # a PARTIAL that failed
         self.elapsed = 0.0
         self.replay: Replay | None = None
-        # Workers that died with it posted but not started (see
-        # Pool._sort_out_locked).
+        # Workers that died with it posted but not started (see _triage).
         self.early_deaths = 0
 
     @property
     def watched(self) -> bool:
-        """The manager must watch it while it runs (timeout, kill, replay)."""
-        return self.kill or self.timeout is not None or self.replay is not None
+        """The manager must watch it while it runs (kill, timeout, replay)."""
+        return self.kill or self.task.timeout is not None or self.replay is not None
 
 
 class Replay:
@@ -259,10 +260,11 @@ class WorkerHandle:
 def time_limit(
     item: WorkItem, index: int
 ) -> tuple[float, Callable[[], BaseException]] | None:
-    """The time item ``index`` of ``item`` may run, and the error past it."""
+    """The time item ``index`` of a chunk may run, and the error past it."""
     limits: list[tuple[float, Callable[[], BaseException]]] = []
-    if item.timeout is not None:
-        limits.append((item.timeout, functools.partial(timeout_error, item.timeout)))
+    timeout = item.task.timeout
+    if timeout is not None:
+        limits.append((timeout, functools.partial(timeout_error, timeout)))
     replay = item.replay
     if replay is not None and index < replay.careful:
         limits.append((replay.budget, replay.error))
@@ -274,20 +276,6 @@ def find_item(held: Iterable[WorkItem], task_id: int) -> WorkItem | None:
         if item.task_id == task_id:
             return item
     return None
-
-
-def drop(items: Iterable[WorkItem], error: Callable[[], BaseException]) -> None:
-    """Fail the items the pool gives up on, each with its own exception.
-
-    Call it outside the pool lock, on items no longer in any of its lists.
-    """
-    futures = [item.future for item in items]
-    fail_futures(futures, error)
-    # A queued future the caller cancelled (before, or while this ran) is
-    # never dequeued: notified here, or wait() and as_completed() hang on
-    # it (CPython gh-109934). Only after failing the others, so that a
-    # cancel() racing with this is notified too.
-    notify_cancelled(futures)
 
 
 def crash_error(exitcode: int | None, kind: int) -> BaseException:
@@ -322,26 +310,16 @@ def early_crash_error(exitcode: int | None, kind: int, deaths: int) -> BaseExcep
 
 
 def timeout_error(seconds: float) -> BaseException:
+    # An item of a chunk (a task's own timeout is the call queue's): the
+    # same words as the call queue's.
     return TaskTimeoutError(
-        f"the task ran longer than its timeout of {seconds:g} s; its worker "
-        "process was stopped and replaced",
+        f"the task ran longer than its timeout of {seconds:g} s; it was "
+        "stopped and its worker replaced",
         seconds,
     )
 
 
-def killed_error() -> BaseException:
-    return TaskKilledError(
-        "the task was stopped by kill_task(); its worker process was replaced"
+def stopped_error() -> BaseException:
+    return ExecutorFailedError(
+        "the 'queue' executor stopped its workers before this task ran"
     )
-
-
-def interrupted_error() -> BaseException:
-    return ExecutorInterruptedError.stopped("queue")
-
-
-def exiting_error() -> BaseException:
-    return RuntimeError("cannot schedule new futures after interpreter shutdown")
-
-
-def manager_failed_error() -> BaseException:
-    return ExecutorFailedError("the queue executor stopped before this task ran")

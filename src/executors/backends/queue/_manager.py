@@ -2,13 +2,16 @@
 
 * :class:`Manager`: the one thread per pool that waits on every worker's
   result pipe and exit sentinel, feeds what arrives to the
-  :class:`~.pool.Pool`, finishes writing the frames a caller could not
-  write whole (on the task pipes with an outbox), and enforces timeouts.
+  :class:`~._pool.Pool` (and a worker's death to its
+  :class:`~._triage.Triage`), finishes writing the frames a caller could
+  not write whole (on the task pipes with an outbox), and kills the worker
+  of a task that is stopped or out of time.
 * :class:`Wakeup`: how other threads interrupt the manager's wait.
 
-At interpreter exit, the one exit hook of :mod:`executors._lifecycle` closes
-every pool and joins its manager (``Pool.close_at_exit``): the work already
-submitted finishes, then the workers stop.
+The executor starts it at its first task. At interpreter exit, the one exit
+hook of :mod:`executors._lifecycle` closes every pool and joins its manager
+(``Pool.close_at_exit``): the work already submitted finishes, then the
+workers stop.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from ._wire import BadFrameError
 
 if TYPE_CHECKING:
     from ._pool import Pool
+    from ._triage import Triage
 
 __all__ = ["Manager", "Wakeup"]
 
@@ -99,9 +103,10 @@ class Manager(ManagerThread):
     collected, and the manager then winds the pool down.
     """
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: Pool, triage: Triage) -> None:
         super().__init__(name="executors-queue-manager")
         self.pool = pool
+        self.triage = triage
         self.selector = _Selector()
         self.watching: dict[int, WorkerHandle] = {}
         # Workers whose task pipe is watched for room (their outbox).
@@ -133,7 +138,7 @@ class Manager(ManagerThread):
                     continue
                 elif what == _EXITED:
                     self._forget(worker)
-                    pool.on_exit(worker)
+                    self.triage.on_exit(worker)
                 elif what == _WRITABLE:
                     if pool.flush(worker):
                         self._stop_writing(worker)
@@ -156,7 +161,7 @@ class Manager(ManagerThread):
             # killed; its sentinel follows.
             worker.eof = True
             self.selector.unregister(worker.results)
-            self.pool.on_bad_frame(worker, why)
+            self.triage.on_bad_frame(worker, why)
             return
         self.pool.on_message(worker, message)
 

@@ -1,22 +1,25 @@
 """The state the callers and the manager thread share: :class:`Pool`.
 
-The pool owns the call queue (items no worker has yet), the worker handles
-and the policy: which worker gets which item, when to start or replace a
-worker, and what a worker's death means for each item it held (see
-:meth:`Pool.on_exit`). Everything is guarded by one lock; futures are
-settled outside it (:func:`executors._futures.settle`): the users'
-done-callbacks run on the callback thread, but the project's own (``map``'s
-bookkeeping, the rest of a crashed chunk) run in the settling thread, and
-may submit.
+What only this pool does: which worker gets which call (send-ahead per
+worker), starting and replacing workers, writing frames, reading results.
+The shared :class:`~executors._callqueue.CallQueue` in front of it (see
+:mod:`._calls`) owns the queue, cancel, timeouts, retries and stopping a
+task; it hands the pool a call (:meth:`Pool.launch`) only when
+:meth:`Pool.room` says a worker can take it now, so that queued work stays
+cancellable. What a worker's death means for each item it held is
+:mod:`._triage`'s.
 
-Callers dispatch their own work: ``submit`` pickles in the calling thread and
-writes straight to an idle worker's pipe, so the only thread hop of a task is
-the manager setting its result.
+One lock guards the pool; the call queue's lock is taken before it, never
+after, so nothing here calls into the call queue with ``lock`` held:
+outcomes are reported (:meth:`Pool.finish`) outside it. Callers dispatch
+their own work: ``submit`` pickles in the calling thread and writes straight
+to an idle worker's pipe, so the only thread hop of a task is the manager
+reporting its result.
 
 Writing to a worker (the invariants the transport rests on):
 
 * Every write to a task pipe happens under ``lock`` and is non-blocking
-  (:meth:`.wire.Channel.send_nowait`): it takes what the pipe holds now and
+  (:meth:`._wire.Channel.send_nowait`): it takes what the pipe holds now and
   returns. No byte count can promise a blocking write will not block (a
   pipe fills by pages: two 2.6 KB frames take two 4 KiB pages), and a
   blocked write under the lock would stop the manager, which needs the lock
@@ -34,7 +37,7 @@ Writing to a worker (the invariants the transport rests on):
   frame nobody will write.
 * A worker that dies with a frame half written takes the rest of the
   ``outbox`` with it: its held items are settled or sent again from the
-  board, as for any death (:meth:`Pool.on_exit`).
+  board, as for any death (:mod:`._triage`).
 """
 
 from __future__ import annotations
@@ -51,47 +54,29 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..._control import TaskOptions, record_attempts, timer
-from ..._errors import (
-    ExecutorFailedError,
-    InitializerFailedError,
-    TaskKilledError,
-    WorkerCrashedError,
-    describe_exitcode,
-)
-from ..._futures import Future as OurFuture
-from ..._futures import add_internal_callback, notify_cancelled, settle
+from ..._errors import ExecutorFailedError, InitializerFailedError, describe_exitcode
+from ..._futures import settle
 from ..._lifecycle import (
-    close_at_exit,
     ending_on_keyboard_interrupt,
     interpreter_exiting,
     join_unless_current,
 )
-from ..._map import Chunk, ChunkResult
+from ..._map import ChunkResult
 from ._items import (
     KillReason,
-    Replay,
+    Task,
     WorkerHandle,
     WorkItem,
-    bad_frame_error,
-    crash_error,
-    drop,
-    early_crash_error,
-    exiting_error,
     find_item,
-    interrupted_error,
-    killed_error,
-    manager_failed_error,
+    stopped_error,
     time_limit,
 )
-from ._manager import Manager, Wakeup
+from ._manager import Wakeup
 from ._wire import (
-    CHUNK,
     CHUNK_DONE,
     ERROR,
     FIELDS,
@@ -99,16 +84,19 @@ from ._wire import (
     PARTIAL,
     READY,
     RESULT,
+    RETURNED,
     SENT,
-    BadFrameError,
     Board,
     Channel,
     Message,
-    dumps_chunk,
     frame,
     loads,
 )
 from ._worker import run_worker
+
+if TYPE_CHECKING:
+    from ..._callqueue import Call
+    from ._calls import PoolCalls
 
 __all__ = ["Pool"]
 
@@ -174,7 +162,14 @@ class Pool:
         max_tasks_per_child: Replace a worker after this many tasks.
         owner: The executor; held weakly, so that dropping the executor
             without shutting it down still stops the pool.
+
+    Attributes:
+        calls: The executor's call queue; set by the executor.
+        manager: The manager thread, once the executor has started it.
     """
+
+    calls: PoolCalls
+    manager: threading.Thread | None = None
 
     def __init__(
         self,
@@ -201,148 +196,188 @@ class Pool:
         wakeup = self.wakeup
         self.owner = weakref.ref(owner, lambda _: wakeup.wake())
         self.board = Board(max_workers, ctx)
+        # Launched items no worker has yet: sent again after a crash, the
+        # rest of a crashed chunk, or a call whose worker was taken between
+        # room() and launch(). They go before any new call.
         self.pending: deque[WorkItem] = deque()
         self.workers: dict[int, WorkerHandle] = {}
         self.free_slots = list(range(max_workers - 1, -1, -1))
         self.starting = 0
         self.generation = 0  # bumped when a worker is registered
         self.ids = itertools.count(1)
-        self.by_future: dict[Future[Any], WorkItem] = {}
-        # Tasks waiting out their retry_delay, with their timer entries: in
-        # no queue and no worker, but not done (see retry_locked).
-        self.delayed: dict[WorkItem, Any] = {}
         # Workers whose outbox became non-empty, for the manager to watch
         # their task pipe until it has written everything.
         self.unflushed: list[WorkerHandle] = []
-        self.watched = 0  # held items with a timeout or a kill request
+        self.watched = 0  # held items with a kill request, timeout or replay
         # Moving average of task durations; None until a task has finished.
         self.task_seconds: float | None = None
         self.startup_failures = 0
-        self.broken: Callable[[], BaseException] | None = None
         self.closing = False
-        self.interrupted = False  # no more replacements: Ctrl-C
+        self.ended = False  # workers stopped for good: no more start
         self.stopped = False
-        self.manager: Manager | None = None
+        self.deferred = threading.local()  # see launch()
 
-    # -- called by the executor ----------------------------------------------
+    # -- the call queue's side -------------------------------------------------
 
-    def submit(
-        self,
-        kind: int,
-        future: Future[Any],
-        body: bytes,
-        buffers: list[memoryview],
-        timeout: float | None,
-        fn: Callable[..., Any] | None = None,
-        chunk: Chunk | None = None,
-        options: TaskOptions | None = None,
-    ) -> None:
-        """Queue one item and send it to a worker if one can take it now.
+    def room(self, call: Call, waiting: int) -> bool:
+        """Whether a worker can take ``call`` now (under the queue's lock).
 
-        ``options`` (a task's retries) only for a single task, not a chunk.
+        Where none can, starts workers for the ``waiting`` calls.
         """
+        task: Task = call.payload
         with self.lock:
-            if self.broken is not None:
-                raise self.broken()
-            if self.stopped or interpreter_exiting():
-                # The executor's own guards run first; this is the window
-                # after the interpreter began to exit.
-                raise exiting_error()
-            item = WorkItem(
-                next(self.ids),
-                kind,
-                future,
-                body,
-                buffers,
-                timeout,
-                fn,
-                chunk,
-                options=options,
-            )
-            if kind != CHUNK:
-                self.by_future[future] = item
-            self.pending.append(item)
-            if self.manager is None:
-                self.manager = Manager(self)
-                self.manager.start()
-                close_at_exit(self)
-            self._dispatch_locked()
-            slot = self._reserve_spawn_locked()
-        if slot is not None:
-            self._spawn(slot)
+            if self.ended or self.stopped:
+                return True  # launch() fails it at once
+            if not self.pending and self._pick_worker_locked(task.size):
+                return True
+            slots = self._reserve_spawns_locked(waiting + len(self.pending))
+        for slot in slots:
+            self._spawn_in_thread(slot)
+        return False
 
-    def kill_task(self, future: Future[Any]) -> bool:
-        """Stop the task of ``future``; see ``QueueExecutor.kill_task``."""
+    def launch(self, call: Call) -> None:
+        """Hand ``call`` to a worker (``CallQueue``'s launch)."""
+        item = WorkItem(next(self.ids), call.payload, call)
+        call.handle = item
+        try:
+            with self.lock:
+                if self.ended or self.stopped:
+                    raise stopped_error()
+                self.pending.append(item)
+                self._dispatch_locked()
+        except Exception:
+            raise
+        except BaseException as exc:
+            # Ctrl-C in the caller as it wrote the frame: the worker is
+            # replaced and the call sent again (_send_locked). The call queue
+            # would fail the call with it and swallow it (it should not: see
+            # ._calls); the executor raises it once the submit is done.
+            self.deferred.error = exc
+
+    def raise_deferred(self) -> None:
+        """Raise a Ctrl-C that landed in :meth:`launch` in this thread."""
+        error = getattr(self.deferred, "error", None)
+        if error is not None:
+            self.deferred.error = None
+            raise error
+
+    def stop(self, call: Call) -> bool:
+        """Stop ``call``'s task: kill its worker (a timeout, ``kill_task``).
+
+        A task sent ahead and not started yet is stopped as it starts (the
+        manager watches the board); one not sent is dropped.
+        """
+        item: WorkItem | None = call.handle
+        if item is None:
+            return False
         with self.lock:
-            item = self.by_future.get(future)
-            if item is None or future.done():
-                return False
-            started = item.started
-            waiting = started and (item in self.delayed or item in self.pending)
-            if waiting:
-                # Sent again after a crash, or waiting to be retried, and
-                # not yet resent: it never runs again.
-                self._undelay_locked(item)
-                if item in self.pending:
-                    self.pending.remove(item)
-                del self.by_future[future]
-            elif started and not item.kill:
+            if item in self.pending:
+                self.pending.remove(item)
+                return True
+            worker = next((w for w in self.workers.values() if item in w.held), None)
+            if worker is None:
+                return False  # its outcome is on its way
+            if not item.kill:
                 if not item.watched:
                     self.watched += 1
-                item.kill = True
-        # Outside the lock: cancel() runs the done-callbacks in this thread.
-        if not started:
-            return future.cancel()
-        if waiting:
-            settle(future, error=killed_error())
-        else:
-            self.wakeup.wake()
+                item.kill = True  # dropped when its worker's death is handled
+            task_id, index = self.board.read(worker.slot)[:2]
+            if task_id == item.task_id:
+                worker.kill(KillReason(item, index, None))
+        self.wakeup.wake()
         return True
 
-    def close(self, cancel_futures: bool) -> None:
-        """Start shutting down; with ``cancel_futures``, cancel the queue."""
-        cancelled: list[Future[Any]] = []
-        with self.lock:
-            self.closing = True
-            if cancel_futures:
-                keep = deque(i for i in self.pending if i.started or i.internal)
-                for item in self.pending:
-                    if not (item.started or item.internal):
-                        cancelled.append(item.future)
-                        self.by_future.pop(item.future, None)
-                self.pending = keep
-        self.wakeup.wake()
-        for future in cancelled:
-            future.cancel()
-        # The pool will never dequeue them: wake wait() and as_completed().
-        notify_cancelled(cancelled)
+    def run_left(self, call: Call, timeout: float) -> float | None:
+        """Seconds ``call``'s task may still run; None once it has returned.
 
-    def join(self) -> None:
-        join_unless_current(self.manager)
+        Read from the board. A task that has not started has its whole
+        ``timeout`` left: asked again then, it is never stopped late.
+        """
+        item: WorkItem | None = call.handle
+        if item is None:
+            return timeout
+        with self.lock:
+            for worker in self.workers.values():
+                if item in worker.held:
+                    task_id, _, _, started = self.board.read(worker.slot)
+                    if task_id != item.task_id or started == 0:
+                        return timeout
+                    if started == RETURNED:
+                        return None
+                    return (started - time.monotonic_ns()) / 1e9 + timeout
+        return timeout
+
+    def finish(self, item: WorkItem, value: Any, error: BaseException | None) -> bool:
+        """Report an item's outcome; never with ``lock`` held."""
+        if item.call is None:
+            assert item.future is not None
+            return settle(item.future, value, error)
+        return self.calls.settle(item.call, value, error)
+
+    def end_workers(self, sig: signal.Signals | None = None) -> None:
+        """Kill every worker now; start none again (Ctrl-C, terminate, broken).
+
+        The call queue has failed or cancelled the calls they held.
+        """
+        with self.lock:
+            self.ended = True
+            for worker in self.workers.values():
+                worker.held.clear()
+                worker.held_bytes = 0
+                worker.outbox.clear()
+                worker.kill(KillReason(None, 0, None), sig)
+            self.pending.clear()
+            self.watched = 0
+        self.wakeup.wake()
+
+    def break_pool(self, make_error: Callable[[], BaseException]) -> None:
+        """Fail every unfinished call and stop every worker, for good."""
+        self.calls.break_(make_error)
+        self.end_workers()
+
+    def initializer_failed(
+        self, cause: BaseException | None, exitcode: int | None
+    ) -> None:
+        if cause is not None:
+            text = f"the initializer raised {type(cause).__name__}: {cause}"
+        else:
+            text = (
+                f"a worker process died ({describe_exitcode(exitcode)}) "
+                "while running the initializer"
+            )
+
+        def make() -> BaseException:
+            error = InitializerFailedError(
+                f"{text}; the executor is broken and runs no more tasks"
+            )
+            error.__cause__ = cause
+            return error
+
+        self.break_pool(make)
+
+    def close(self) -> None:
+        """Stop once the call queue is idle and every worker's items are done."""
+        self.closing = True
+        self.wakeup.wake()
 
     def close_at_exit(self) -> None:
-        """At interpreter exit: finish the work, unless Ctrl-C ended the program.
+        """At interpreter exit, for an executor dropped without ``shutdown()``.
 
-        The pool takes part in the exit hook itself, not only through its
-        executor: an executor dropped without ``shutdown()`` is collected
-        while its manager still finishes the work submitted to it, and that
-        work must complete before the interpreter ends.
-
-        A program ended by an unhandled ``KeyboardInterrupt``, or interrupted
-        again while this waits, stops instead, as a ``with`` block leaving on
-        Ctrl-C does: the running tasks (which may run for minutes) fail with
-        :class:`~executors.TaskKilledError` and the queue is cancelled.
+        Its manager still finishes the work submitted to it, which must
+        complete before the interpreter ends; on Ctrl-C it stops instead, as
+        :meth:`executors._base.BaseExecutor.close_at_exit` does.
         """
         if not ending_on_keyboard_interrupt():
-            try:
-                self.close(cancel_futures=False)
-                self.join()
+            with contextlib.suppress(KeyboardInterrupt):
+                self.calls.close()
+                self.close()
+                join_unless_current(self.manager)
                 return
-            except KeyboardInterrupt:
-                pass
-        self.interrupt()
-        self.close(cancel_futures=True)
-        self.join()
+        self.calls.close(cancel_futures=True)
+        self.calls.fail_launched(stopped_error)
+        self.end_workers()
+        self.close()
+        join_unless_current(self.manager)
 
     # -- dispatch ------------------------------------------------------------
 
@@ -350,21 +385,12 @@ class Pool:
         pending = self.pending
         while pending:
             item = pending[0]
-            worker = self._pick_worker_locked(item)
+            worker = self._pick_worker_locked(item.task.size)
             if worker is None:
                 return
-            if not item.started:
-                # Marked first: an exception landing between the two must
-                # not make the next dispatch set the future running again.
-                item.started = True
-                if not item.future.set_running_or_notify_cancel():
-                    pending.popleft()
-                    self.by_future.pop(item.future, None)
-                    continue
             self._send_locked(worker, item)
 
-    def _pick_worker_locked(self, item: WorkItem) -> WorkerHandle | None:
-        size = item.size
+    def _pick_worker_locked(self, size: int) -> WorkerHandle | None:
         seconds = self.task_seconds
         if seconds is None:
             ahead = 1
@@ -379,6 +405,8 @@ class Pool:
             if worker.kill_reason is not None or (
                 self.max_tasks is not None and worker.sent >= self.max_tasks
             ):
+                # On its way out: its replacement may take the item soon.
+                any_unready = True
                 continue
             held = len(worker.held)
             if worker.ready:
@@ -416,23 +444,24 @@ class Pool:
 
         Never blocks: see "Writing to a worker" at the top of this module.
         """
+        task = item.task
         try:
             # Held before it leaves the queue: it is always in one of them.
             worker.held.append(item)
             self.pending.popleft()
-            worker.held_bytes += item.size
+            worker.held_bytes += task.size
             worker.sent += 1
             if item.watched:
                 self.watched += 1
-            timeout = item.timeout or 0.0
+            timeout = task.timeout or 0.0
             if worker.outbox:
                 # The manager is writing an earlier frame: queue behind it.
                 worker.outbox.append(
-                    frame(item.kind, item.task_id, timeout, item.body, item.buffers)
+                    frame(task.kind, item.task_id, timeout, task.body, task.buffers)
                 )
             else:
                 rest = worker.tasks.send_nowait(
-                    item.kind, item.task_id, timeout, item.body, item.buffers
+                    task.kind, item.task_id, timeout, task.body, task.buffers
                 )
                 if rest is not None:
                     # The pipe is full: the manager writes the rest.
@@ -480,22 +509,25 @@ class Pool:
 
     # -- workers: start, register -------------------------------------------
 
-    def _reserve_spawn_locked(self, replace: bool = False) -> int | None:
-        if (
-            self.broken is not None
-            or self.stopped
-            or self.interrupted
-            or not self.free_slots
-        ):
-            return None
-        if replace:
-            if self.closing and not self.pending:
-                return None
-        elif len(self.pending) <= self.starting:
-            # Each worker already starting will take a queued item.
-            return None
-        self.starting += 1
-        return self.free_slots.pop()
+    def _reserve_spawns_locked(self, want: int, replace: bool = False) -> list[int]:
+        """Slots for new workers: one per item waiting beyond those starting."""
+        if self.ended or self.stopped:
+            return []
+        if replace and not (self.closing and not want):
+            want = max(want, self.starting + 1)
+        slots = []
+        while self.free_slots and want > self.starting:
+            self.starting += 1
+            slots.append(self.free_slots.pop())
+        return slots
+
+    def _spawn_in_thread(self, slot: int) -> None:
+        # Not in the caller's thread, which may hold the call queue's lock,
+        # nor in the manager's: starting a process takes milliseconds (more
+        # on a loaded machine), and results must keep flowing meanwhile.
+        threading.Thread(
+            target=self._spawn, args=(slot,), name="executors-queue-spawn"
+        ).start()
 
     def _spawn(self, slot: int) -> None:
         with self.spawn_lock:
@@ -517,21 +549,22 @@ class Pool:
                 return
             with self.lock:
                 self.starting -= 1
-                # Stopped, or its workers ended (Ctrl-C, terminate_workers())
-                # while this one started: it must take no work.
-                late = self.stopped or self.interrupted
+                # Its workers ended (Ctrl-C, terminate_workers()) while this
+                # one started: it must take no work.
+                late = self.stopped or self.ended
                 if not late:
                     self.workers[slot] = worker
                     self.generation += 1
                     self._dispatch_locked()
             if late:
-                # The pool stopped while this worker started: never leave it.
                 worker.kill(KillReason(None, 0, None))
                 worker.process.join()
                 _close_quietly(worker)
         # Also when it came late: a stopping manager waits for `starting`
         # to reach zero, and nothing else would wake it to see that.
         self.wakeup.wake()
+        if not late:
+            self.calls.pump()  # a worker that is starting takes a call
 
     def _start_process(self, slot: int) -> WorkerHandle:
         task_reader, task_writer = self.ctx.Pipe(duplex=False)
@@ -580,6 +613,15 @@ class Pool:
         results.check_against(self.board.view, slot * FIELDS + SENT)
         return WorkerHandle(process, tasks, results, slot, capacity)
 
+    def after_exit(self, replace: bool) -> None:
+        """Send what waits, and replace a worker that died (manager thread)."""
+        with self.lock:
+            self._dispatch_locked()
+            slots = self._reserve_spawns_locked(len(self.pending), replace)
+        for slot in slots:
+            self._spawn_in_thread(slot)
+        self.calls.pump()
+
     # -- results (manager thread) --------------------------------------------
 
     def on_message(self, worker: WorkerHandle, message: Message) -> None:
@@ -590,9 +632,10 @@ class Pool:
                 worker.ready = True
                 self.startup_failures = 0
                 self._dispatch_locked()
+            self.calls.pump()
             return
         if kind == INIT_FAILED:
-            self._initializer_failed(_decode_exception(message), None)
+            self.initializer_failed(decode_exception(message), None)
             return
         held = worker.held
         # held[0] without the lock: deque indexing is atomic, and callers
@@ -617,16 +660,9 @@ class Pool:
                 worker.held.popleft()
             else:
                 worker.held.remove(item)
-            worker.held_bytes -= item.size
+            worker.held_bytes -= item.task.size
             if item.watched:
                 self.watched -= 1
-            retried = (
-                error is not None
-                and item.options is not None
-                and self.retry_locked(item, error)
-            )
-            if not retried:
-                self.by_future.pop(item.future, None)
             # A moving average: recent tasks say whether sending ahead pays.
             seconds = self.task_seconds
             if seconds is None:
@@ -634,432 +670,15 @@ class Pool:
             else:
                 self.task_seconds = seconds + (message.value - seconds) * 0.25
             self._dispatch_locked()
-        if not retried:
-            settle(item.future, value, error)
-
-    def on_bad_frame(self, worker: WorkerHandle, why: BadFrameError) -> None:
-        """Handle a frame ``worker`` did not send: fail one task, replace it.
-
-        Called once the manager has stopped reading the worker (the stream
-        is out of step). Frames arrive in order and a worker runs its items
-        in order, so the bytes came before the result of the oldest item it
-        holds: that item was running (or being received) when they were
-        written, and it fails; the others run again on other workers.
-        """
-        settled: list[tuple[WorkItem, Any, BaseException | None]] = []
-        task_id, first = self.board.read(worker.slot)[:2]
-        with self.lock:
-            item = worker.held[0] if worker.held and worker.ready else None
-            if item is not None:
-                worker.held.popleft()
-                worker.held_bytes -= item.size
-                if item.watched:
-                    self.watched -= 1
-                error = bad_frame_error(str(why), item.kind)
-                if item.kind != CHUNK:
-                    if not self.retry_locked(item, error):
-                        self.by_future.pop(item.future, None)
-                        settled.append((item, None, error))
-                else:
-                    # At the piece the board shows running, if it is this
-                    # chunk's; else after the values already received.
-                    stop = first if task_id == item.task_id else len(item.values)
-                    recovery = self._finish_chunk_locked(item, stop, error, 0, settled)
-                    if recovery is not None:
-                        self.pending.appendleft(recovery)
-        if worker.ready:
-            # The rest it held is sent again (on_exit: killed for no item).
-            worker.kill(KillReason(None, 0, None))
-        elif self.initializer is not None:
-            # Only the initializer has run in it.
-            self._initializer_failed(why, None)
-        else:
-            worker.kill(None)  # counted as a worker that failed to start
-        for done, value, failure in settled:
-            settle(done.future, value, failure)
-
-    def on_exit(self, worker: WorkerHandle) -> None:
-        """Handle the death of ``worker``: settle or resend what it held."""
-        self._drain(worker)
-        process = worker.process
-        process.join(STOP_GRACE_SECONDS)
-        exitcode = process.exitcode
-        posted = self.board.read(worker.slot)
-        settled: list[tuple[WorkItem, Any, BaseException | None]] = []
-        with self.lock:
-            worker.gone = True
-            if self.workers.get(worker.slot) is worker:
-                del self.workers[worker.slot]
-                self.free_slots.append(worker.slot)
-            held = list(worker.held)
-            worker.held.clear()
-            worker.held_bytes = 0
-            worker.outbox.clear()
-            self.watched -= sum(1 for item in held if item.watched)
-            broken = self.broken is not None
-            if broken or (not held and worker.ready):
-                redo: list[WorkItem] = []
-            elif not worker.ready:
-                redo = held
-            else:
-                redo = self._sort_out_locked(worker, held, posted, exitcode, settled)
-            self.pending.extendleft(reversed(redo))
-        if not broken and not worker.ready and worker.kill_reason is None:
-            self._startup_failed(exitcode)
-        for item, value, error in settled:
-            settle(item.future, value, error)
-        _close_quietly(worker)
-        # A retired worker (max_tasks_per_child) is replaced when work
-        # waits; a crashed or killed one at once, to keep the pool's size.
-        abnormal = bool(held) or worker.kill_reason is not None or exitcode != 0
-        with self.lock:
-            self._dispatch_locked()
-            slot = self._reserve_spawn_locked(replace=abnormal)
-        if slot is not None:
-            # Not in this thread: starting a process takes milliseconds
-            # (more on a loaded machine), and the live workers' results
-            # must keep flowing meanwhile.
-            threading.Thread(
-                target=self._spawn, args=(slot,), name="executors-queue-spawn"
-            ).start()
-
-    def _sort_out_locked(
-        self,
-        worker: WorkerHandle,
-        held: list[WorkItem],
-        posted: tuple[int, int, int, int],
-        exitcode: int | None,
-        settled: list[tuple[WorkItem, Any, BaseException | None]],
-    ) -> list[WorkItem]:
-        """Decide what each item a dead worker held becomes.
-
-        The item the board shows running is the victim (or, when the pool
-        killed the worker on purpose, the item it was killed for); every
-        other item had not started and is sent again. A chunk's victim
-        keeps the values of the items before the one that was running.
-        """
-        task_id, first, end, started = posted
-        reason = worker.kill_reason
-        redo: list[WorkItem] = []
-        for item in held:
-            if item.task_id != task_id:
-                redo.append(item)
-                continue
-            if reason is None and started == 0:
-                # It died before the task started: while reading its frame
-                # or unpickling its arguments. The task is the likely cause
-                # (too large for the worker's memory): counted, so that it
-                # cannot kill worker after worker.
-                item.early_deaths += 1
-                if item.early_deaths < EARLY_DEATHS_BEFORE_FAILED:
-                    redo.append(item)
-                    continue
-                error = early_crash_error(exitcode, item.kind, item.early_deaths)
-                if item.kind != CHUNK:
-                    if not self.retry_locked(item, error):
-                        self.by_future.pop(item.future, None)
-                        settled.append((item, None, error))
-                else:
-                    self._finish_chunk_locked(item, 0, error, 0, settled)
-                continue
-            aimed = None
-            if reason is not None and reason.item is item:
-                aimed = reason.error  # the error it was killed with
-            if item.kind != CHUNK:
-                if reason is None:
-                    error = crash_error(exitcode, item.kind)
-                elif aimed is not None:
-                    error = aimed()
-                else:
-                    # Killed for another item (or to stop the pool) as this
-                    # one began: it did nothing wrong, run it again.
-                    redo.append(item)
-                    continue
-                if not self.retry_locked(item, error):
-                    self.by_future.pop(item.future, None)
-                    settled.append((item, None, error))
-                continue
-            size = len(item.chunk or ())
-            careful = 0
-            replay = None
-            chunk_error: BaseException | None = None
-            if reason is None and end - first <= 1:
-                stop, chunk_error = first, crash_error(exitcode, item.kind)
-            elif reason is None:
-                # Several fast items ran as one piece: rerun them one at a
-                # time; the one that crashes again, or outlives the time
-                # the piece had run, is the culprit (see Replay).
-                stop, careful = size, end
-                ran = (
-                    max(0, time.monotonic_ns() - started) / 1e9 if started > 0 else 0.0
-                )
-                budget = max(2 * ran, ran + REPLAY_SLACK_SECONDS)
-                replay = (budget, functools.partial(crash_error, exitcode, CHUNK))
-            elif aimed is not None and reason is not None and reason.index == first:
-                stop, chunk_error = first, aimed()
-            else:
-                stop = size  # not this chunk's fault: run the rest again
-            recovery = self._finish_chunk_locked(
-                item, stop, chunk_error, careful, settled, replay
-            )
-            if recovery is not None:
-                redo.insert(0, recovery)
-        return redo
-
-    def _finish_chunk_locked(
-        self,
-        item: WorkItem,
-        stop: int,
-        error: BaseException | None,
-        careful: int,
-        settled: list[tuple[WorkItem, Any, BaseException | None]],
-        replay: tuple[float, Callable[[], BaseException]] | None = None,
-    ) -> WorkItem | None:
-        """End a chunk at item ``stop`` with ``error``.
-
-        Values of items that ran but never reached the parent are lost with
-        the worker; those items (at most ``FLUSH_SECONDS`` of work) run again
-        as an internal chunk whose outcome completes this one, the items
-        before ``careful`` one per piece.
-        """
-        chunk = item.chunk or Chunk([], star=False)
-        have = len(item.values)
-        if item.undecodable is not None:
-            stop, error = have, item.undecodable
-        if have >= stop:
-            result = ChunkResult(item.values[:stop], error, item.elapsed)
-            settled.append((item, result, None))
-            return None
-        rest = chunk[have:stop]
-        careful = max(0, careful - have)
-        try:
-            body, buffers = dumps_chunk(item.fn, rest, careful)
-        except Exception as exc:
-            settled.append((item, None, exc))
-            return None
-        recovery = WorkItem(
-            next(self.ids),
-            CHUNK,
-            OurFuture(),
-            body,
-            buffers,
-            item.timeout,
-            item.fn,
-            rest,
-            internal=True,
-        )
-        if replay is not None and careful:
-            recovery.replay = Replay(replay[0], careful, replay[1])
-        # Internal: it completes the caller's future in the settling thread,
-        # and must never wait behind users' callbacks.
-        add_internal_callback(
-            recovery.future, functools.partial(_complete_recovered, item, error)
-        )
-        return recovery
-
-    def _drain(self, worker: WorkerHandle) -> None:
-        # What a worker wrote before it died is still in its pipe.
-        if worker.eof:
-            return
-        readable = _poller(worker.results)
-        while readable():
-            try:
-                message = worker.results.recv()
-            except (EOFError, OSError, BadFrameError):
-                # A bad frame from a dead worker: its death fails the task.
-                break
-            self.on_message(worker, message)
-        worker.eof = True
-
-    # -- failures --------------------------------------------------------------
-
-    def _startup_failed(self, exitcode: int | None) -> None:
-        if self.initializer is not None:
-            self._initializer_failed(None, exitcode)
-            return
-        with self.lock:
-            self.startup_failures += 1
-            if self.startup_failures < STARTUP_FAILURES_BEFORE_BROKEN:
-                return
-        text = describe_exitcode(exitcode)
-        self.break_pool(
-            lambda: WorkerCrashedError(
-                f"{STARTUP_FAILURES_BEFORE_BROKEN} worker processes in a row died "
-                f"while starting (the last with {text}); the executor is broken",
-                exitcode,
-            )
-        )
-
-    def _initializer_failed(
-        self, cause: BaseException | None, exitcode: int | None
-    ) -> None:
-        if cause is not None:
-            text = f"the initializer raised {type(cause).__name__}: {cause}"
-        else:
-            text = (
-                f"a worker process died ({describe_exitcode(exitcode)}) "
-                "while running the initializer"
-            )
-
-        def make() -> BaseException:
-            error = InitializerFailedError(
-                f"{text}; the executor is broken and runs no more tasks"
-            )
-            error.__cause__ = cause
-            return error
-
-        self.break_pool(make)
-
-    def break_pool(self, make_error: Callable[[], BaseException]) -> None:
-        """Fail every unfinished item and stop every worker, for good."""
-        with self.lock:
-            if self.broken is not None:
-                return
-            self.broken = make_error
-            items = list(self.pending)
-            self.pending.clear()
-            items += self._undelay_all_locked()
-            for worker in self.workers.values():
-                items += worker.held
-                worker.held.clear()
-                worker.held_bytes = 0
-                worker.outbox.clear()
-                worker.kill(KillReason(None, 0, None))
-            self.by_future.clear()
-            self.watched = 0
-        drop(items, make_error)
-        self.wakeup.wake()
-
-    def interrupt(self) -> None:
-        """Stop now (Ctrl-C): kill every worker, fail what they ran.
-
-        The items the workers held fail with
-        :class:`~executors.ExecutorInterruptedError`, as on every backend; the
-        queue is cancelled (the executor's ``shutdown(wait=True,
-        cancel_futures=True)`` follows).
-        """
-        self.end_workers(interrupted_error)
-
-    def end_workers(
-        self,
-        make_error: Callable[[], BaseException],
-        sig: signal.Signals | None = None,
-    ) -> None:
-        """Stop every worker now and resolve every unfinished future.
-
-        For Ctrl-C and ``terminate_workers()``/``kill_workers()``: queued
-        items that never ran are cancelled; items a worker held, items
-        waiting to be sent again or retried, and the rest of a crashed
-        chunk fail with ``make_error``. No worker is started from now on.
-        A closing pool then stops as soon as the killed workers are gone.
-
-        Args:
-            make_error: Builds the exception of each item that had started.
-            sig: The signal for the workers; default SIGKILL.
-        """
-        with self.lock:
-            self.closing = self.interrupted = True
-            failed: list[WorkItem] = []
-            for worker in self.workers.values():
-                failed += worker.held
-                worker.held.clear()
-                worker.held_bytes = 0
-                worker.outbox.clear()
-                worker.kill(KillReason(None, 0, None), sig)
-            cancelled: list[Future[Any]] = []
-            for item in self.pending:
-                if item.started or item.internal:
-                    failed.append(item)
-                else:
-                    cancelled.append(item.future)
-            self.pending.clear()
-            failed += self._undelay_all_locked()
-            self.by_future.clear()
-            self.watched = 0
-        # Cancelled first: a done-callback of a failed future (a map's)
-        # must find the queued ones already cancelled.
-        for future in cancelled:
-            future.cancel()
-        notify_cancelled(cancelled)
-        drop(failed, make_error)
-        self.wakeup.wake()
-
-    # -- retries ---------------------------------------------------------------
-
-    def retry_locked(self, item: WorkItem, error: BaseException) -> bool:
-        """Run a failed task again if its options allow; else note its attempts.
-
-        A task that raised an exception its ``retry_on`` lists, or whose
-        worker died under it (or before it started), runs again, in a fresh
-        attempt on whichever worker takes it first, after its
-        ``retry_delay``. A task stopped on purpose (``kill_task()``, Ctrl-C,
-        a broken or stopping pool) is not.
-
-        Returns:
-            True if the item runs again: the caller must not settle it.
-        """
-        options = item.options
-        if options is None:
-            return False
-        if (
-            self.broken is not None
-            or self.interrupted
-            or self.stopped
-            or item.kill  # kill_task() asked for it as it failed
-            or isinstance(error, TaskKilledError)
-            or not options.retryable(
-                error, item.attempts, crashed=isinstance(error, WorkerCrashedError)
-            )
-        ):
-            record_attempts(error, item.attempts)
-            return False
-        item.attempts += 1
-        # A new id: nothing the previous attempt's worker posted or sent can
-        # be taken for this attempt's.
-        item.task_id = next(self.ids)
-        item.kill = False
-        item.early_deaths = 0
-        delay = options.delay
-        if delay > 0:
-            self.delayed[item] = timer.call_later(
-                delay, functools.partial(self._retry_due, item)
-            )
-        else:
-            # First in line: it was running already.
-            self.pending.appendleft(item)
-        return True
-
-    def _undelay_locked(self, item: WorkItem) -> None:
-        entry = self.delayed.pop(item, None)
-        if entry is not None:
-            entry.cancel()
-
-    def _undelay_all_locked(self) -> list[WorkItem]:
-        """Take every task waiting out a retry delay; their timers are dropped."""
-        items = list(self.delayed)
-        for entry in self.delayed.values():
-            entry.cancel()
-        self.delayed.clear()
-        return items
-
-    def _retry_due(self, item: WorkItem) -> None:
-        # In the timer thread: quick, and never blocking (see _send_locked).
-        with self.lock:
-            if self.delayed.pop(item, None) is None:
-                return  # killed, or the pool ended, while it waited
-            self.pending.appendleft(item)
-            self._dispatch_locked()
-            slot = self._reserve_spawn_locked()
-        if slot is not None:
-            threading.Thread(
-                target=self._spawn, args=(slot,), name="executors-queue-spawn"
-            ).start()
-        self.wakeup.wake()
+        if not self.finish(item, value, error):
+            # Stopped (its call settled at a timeout): nothing launched the
+            # next call in its place.
+            self.calls.pump()
 
     # -- timeouts (manager thread) -------------------------------------------
 
     def check_deadlines(self) -> float | None:
-        """Kill workers whose item ran out of time; return when to look again."""
+        """Kill workers whose item is stopped or out of time; when to look again."""
         if self.watched <= 0:
             return None
         now = time.monotonic_ns()
@@ -1075,7 +694,7 @@ class Pool:
                 item = find_item(worker.held, task_id)
                 limit = None if item is None else time_limit(item, index)
                 if item is not None and item.kill:
-                    worker.kill(KillReason(item, index, killed_error))
+                    worker.kill(KillReason(item, index, None))
                     continue
                 if limit is None or started <= 0:
                     # Its watched item has not started yet, or has returned
@@ -1098,20 +717,18 @@ class Pool:
 
     def should_stop(self) -> bool:
         """True once there is nothing left to do, ever."""
-        if self.broken is None and not (
-            self.closing or interpreter_exiting() or self.owner() is None
+        if not (
+            self.closing or self.ended or interpreter_exiting() or self.owner() is None
         ):
-            return False  # the common case, without taking the lock
+            return False  # the common case, without taking a lock
+        if self.calls.is_broken:
+            self.stopped = True
+            return True
+        # The call queue first: its lock comes before the pool's.
+        if not self.ended and not self.calls.is_idle():
+            return False
         with self.lock:
-            if self.broken is not None:
-                self.stopped = True
-                return True
-            closing = self.closing or interpreter_exiting() or self.owner() is None
-            if not closing:
-                return False
-            # Drops the queued futures cancelled since the last dispatch.
-            self._dispatch_locked()
-            if self.pending or self.starting or self.delayed:
+            if self.pending or self.starting:
                 return False
             if any(worker.held for worker in self.workers.values()):
                 return False
@@ -1124,14 +741,10 @@ class Pool:
             self.stopped = True
             workers = list(self.workers.values())
             self.workers.clear()
-            leftover = list(self.pending)
             self.pending.clear()
-            leftover += self._undelay_all_locked()
-            for worker in workers:
-                leftover += worker.held
-            broken = self.broken
+        broken = self.calls.is_broken
         for worker in workers:
-            if broken is not None:
+            if broken:
                 worker.kill(KillReason(None, 0, None))
             with contextlib.suppress(OSError):
                 worker.tasks.close()
@@ -1143,9 +756,9 @@ class Pool:
                 worker.process.join()
             _close_quietly(worker)
         # Only after a bug in the manager can work be left: never leave it
-        # pending forever.
-        error = broken or manager_failed_error
-        drop(leftover, error)
+        # pending for ever.
+        if not self.calls.is_idle():
+            self.calls.break_(stopped_error)
         self.wakeup.close()
         self.board.close()
 
@@ -1158,7 +771,7 @@ class Pool:
 # thread would break the whole pool. It fails only its own task.
 
 
-def _decode_exception(message: Message) -> BaseException:
+def decode_exception(message: Message) -> BaseException:
     try:
         error = loads(message.body, message.buffers)
     except BaseException as exc:
@@ -1173,7 +786,7 @@ def _decode_outcome(
 ) -> tuple[Any, BaseException | None]:
     """Unpickle a final message; an unpicklable result fails its task."""
     if message.kind == ERROR:
-        return None, _decode_exception(message)
+        return None, decode_exception(message)
     try:
         payload = loads(message.body, message.buffers)
     except BaseException as exc:
@@ -1188,19 +801,6 @@ def _decode_outcome(
     if item.values:
         values = item.values + values
     return ChunkResult(values, error, elapsed), None
-
-
-def _complete_recovered(
-    item: WorkItem, error: BaseException | None, recovery: Future[Any]
-) -> None:
-    try:
-        rest: ChunkResult = recovery.result()
-    except BaseException as exc:
-        settle(item.future, error=exc)
-        return
-    final = rest.error if rest.error is not None else error
-    values = item.values + rest.values
-    settle(item.future, ChunkResult(values, final, item.elapsed + rest.elapsed))
 
 
 def _poller(channel: Channel) -> Callable[[], bool]:
