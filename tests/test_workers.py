@@ -62,6 +62,43 @@ class TestNestedExecutor(NestedExecutorContract):
     pass
 
 
+# -- the docs' table --------------------------------------------------------------
+
+WORKER_FLAGS = (
+    "worker_identity",
+    "worker_finalizer",
+    "recycles_workers",
+    "forwards_logs",
+    "limits_worker_threads",
+    "nested_executors",
+)
+
+
+def capability_table() -> str:
+    """The table of docs/workers.md, from the built-in backends' flags."""
+    from executors import _registry
+
+    lines = [
+        "| backend | " + " | ".join(f"`{flag}`" for flag in WORKER_FLAGS) + " |",
+        "|---|" + "---|" * len(WORKER_FLAGS),
+    ]
+    for name in _registry._BUILTINS:
+        caps = _registry.backend_class(name).capabilities
+        cells = ["yes" if getattr(caps, flag) else "no" for flag in WORKER_FLAGS]
+        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def test_the_docs_table_matches_the_flags() -> None:
+    """On a mismatch, the message holds the table to paste."""
+    page = Path(__file__).parents[1] / "docs" / "workers.md"
+    text = page.read_text(encoding="utf-8")
+    table = text.split("<!-- capability-table -->\n", 1)[1].split("\n<!--", 1)[0]
+    assert table == capability_table(), (
+        "docs/workers.md's table:\n" + capability_table()
+    )
+
+
 # -- the shared machinery itself ------------------------------------------------
 
 
