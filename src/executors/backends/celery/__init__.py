@@ -23,6 +23,8 @@ Modules, each one role:
 * :mod:`._sent`: the tasks one executor has sent to Celery (publishing,
   matching results to calls, revoking).
 * :mod:`._arguments`: the options of ``create("celery")``, checked.
+* :mod:`._connection`: one executor's app, private deployment and threads,
+  started on its first task and stopped once.
 * :mod:`._executor`: :class:`CeleryExecutor` on the shared call queue.
 * :mod:`._benchtasks`: plain Celery tasks for the benchmark's
   ``raw.celery`` target (imported only by its worker and by that target).

@@ -15,9 +15,9 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
+from ..._bootstrap import initializer_error
 from ..._errors import ExecutorFailedError, describe_exitcode
 from ..._lifecycle import ManagerThread
-from ..._outcome import initializer_error
 from ..._parentwatch import process_alive
 from ._deployment import LocalDeployment, exit_status
 from .worker import RESULT_REFUSED

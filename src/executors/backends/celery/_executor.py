@@ -1,9 +1,11 @@
 """The ``celery`` executor: futures in front of a Celery deployment.
 
-This module holds :class:`CeleryExecutor`: starting and stopping a
-deployment, and settling futures from results. Its arguments are checked
-by :mod:`._arguments`; the table of tasks sent to Celery (publishing,
-matching results, revoking) is :class:`~._sent.SentTasks`.
+This module holds :class:`CeleryExecutor`: the executor's hooks in Celery's
+terms, and what a task's result, a lost worker or a refusal means for its
+future. Its arguments are checked by :mod:`._arguments`; the app, the
+private deployment and the threads are wired by :mod:`._connection`; the
+table of tasks sent to Celery (publishing, matching results, revoking) is
+:class:`~._sent.SentTasks`.
 
 Data flow::
 
@@ -52,31 +54,21 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from celery import states
-from celery.backends.redis import RedisBackend
 
 from ..._base import BaseExecutor
 from ..._callqueue import Call, CallQueue
 from ..._capabilities import Capabilities
 from ..._errors import ExecutorFailedError, ExecutorInterruptedError
-from ..._lifecycle import join_unless_current, manager_failed
+from ..._lifecycle import join_unless_current
 from ..._outcome import dumps
 from ._arguments import DEFAULT, Default, check_arguments
-from ._celeryside import (
-    close_app,
-    connection_lost,
-    discover_slots,
-    failure,
-    make_app,
-    worker_lost_error,
-)
-from ._deployment import QUEUE, LocalDeployment
-from ._deploymentwatch import DeploymentWatch
-from ._lostwatch import LostWorkerWatch
+from ._celeryside import discover_slots, failure, make_app, worker_lost_error
+from ._connection import DeploymentConnection
+from ._deployment import LocalDeployment
 from ._redisserver import memory_cap_error
-from ._results import ResultListener
 from ._sent import SentTasks
 from .task import from_wire, to_wire
-from .worker import PRIVATE_CONFIG, refused_for_memory
+from .worker import refused_for_memory
 
 __all__ = ["CeleryExecutor"]
 
@@ -155,22 +147,19 @@ class CeleryExecutor(BaseExecutor):
         existing, workers = checked.existing, checked.workers
         if existing and app is None:
             app = make_app(broker, backend or broker, {})
-            self._owns_app = True
+            owns_app = True
         else:
-            self._owns_app = not existing
+            owns_app = not existing
         if existing and max_workers is None:
             # Asked now, so max_workers (and map's chunking) is right from
             # the start; a deployment whose workers do not answer fails here.
             try:
                 workers = discover_slots(app)
             except BaseException:
-                if self._owns_app:
+                if owns_app:
                     app.close()
                 raise
         super().__init__(max_workers=workers, cloudpickle=cloudpickle)
-        self._app: Any = app
-        # The Celery queue tasks go to: the app's default unless given.
-        self._queue_name = queue
         self._deployment: LocalDeployment | None = None
         if not existing:
             payload = None
@@ -195,16 +184,24 @@ class CeleryExecutor(BaseExecutor):
             self._settle_task, self._break, refused=self._refused_error
         )
         self._start_lock = threading.Lock()
-        self._ready = False
+        self._connected = False
         self._released = False
         # Set by terminate_workers()/kill_workers(): the idle queue must not
         # tear the deployment down before the workers get the signal.
         self._ending = False
-        self._listener: ResultListener | None = None
-        self._watch: DeploymentWatch | None = None
         self._lost_after = checked.lost_after
-        self._lostwatch: LostWorkerWatch | None = None
         self._sent.track_times = self._lost_after is not None
+        self._connection = DeploymentConnection(
+            app,
+            owns_app=owns_app,
+            queue_name=queue,
+            deployment=self._deployment,
+            sent=self._sent,
+            lost_after=self._lost_after,
+            on_broken=self._break,
+            on_worker_lost=self._on_worker_lost,
+            on_refused=self._on_refused,
+        )
         self._calls = CallQueue(
             self._sent.launch,
             lambda: self._max_workers,
@@ -217,17 +214,17 @@ class CeleryExecutor(BaseExecutor):
     # -- hooks ------------------------------------------------------------------
 
     def _start(self) -> None:
-        if self._ready:
+        if self._connected:
             return
         with self._start_lock:
             with self._lock:
                 self._check_open()
-            if self._ready:
+            if self._connected:
                 return
             try:
-                self._connect()
+                self._connection.open()
             except BaseException as exc:
-                self._tear_down()
+                self._connection.close()
                 if isinstance(exc, Exception) and not isinstance(
                     exc, ExecutorFailedError
                 ):
@@ -238,10 +235,10 @@ class CeleryExecutor(BaseExecutor):
                     raise error from exc
                 raise
             with self._lock:
-                refused = self._shutdown_started
-                self._ready = not refused
-        if refused:
-            self._tear_down()
+                shut_down = self._shutdown_started
+                self._connected = not shut_down
+        if shut_down:
+            self._connection.close()
             raise RuntimeError("cannot schedule new futures after shutdown")
 
     def _submit(
@@ -285,13 +282,13 @@ class CeleryExecutor(BaseExecutor):
             # Its own process group: the main process and every pool
             # process, whatever they run.
             deployment.signal_worker(sig)
-        elif numbers and self._ready:
+        elif numbers and self._connected:
             # Not ours to stop: the tasks this executor is running are.
             self._sent.terminate(numbers, sig.name)
         with self._lock:
             released, self._released = self._released, True
         if not released:
-            self._tear_down()
+            self._connection.close()
 
     def _shutdown(self, wait: bool, cancel_futures: bool) -> None:
         self._calls.close(cancel_futures)
@@ -300,64 +297,8 @@ class CeleryExecutor(BaseExecutor):
         self._calls.wait_idle()
         with self._start_lock:
             pass  # a start in progress sees the shutdown and stops
-        for thread in (self._listener, self._watch, self._lostwatch):
+        for thread in self._connection.threads():
             join_unless_current(thread)
-
-    # -- starting and stopping ------------------------------------------------
-
-    def _connect(self) -> None:
-        deployment = self._deployment
-        early: list[dict[str, Any]] = []
-        if deployment is not None:
-            deployment.start()
-            early = deployment.wait_ready()
-            self._app = make_app(deployment.url, deployment.url, PRIVATE_CONFIG)
-            self._queue_name = QUEUE
-        app = self._app
-        if not isinstance(app.backend, RedisBackend):
-            raise TypeError(
-                "the 'celery' backend needs a Redis result backend (redis://, "
-                f"rediss:// or redis+socket://); this app has {app.backend!r}"
-            )
-        if self._queue_name is None:
-            self._queue_name = app.conf.task_default_queue
-        self._sent.connect(app, self._queue_name)
-        listener = ResultListener(
-            app.backend,
-            self._sent.prefix,
-            self._sent.on_result,
-            self._sent.outstanding,
-            self._on_backend_lost,
-            self._on_thread_failure,
-            close_client=self._owns_app,
-        )
-        listener.subscribe()
-        self._listener = listener
-        listener.start()
-        if self._lost_after is not None:
-            lostwatch = LostWorkerWatch(
-                app,
-                self._sent.outstanding_since,
-                self._sent.task_id,
-                self._on_worker_lost,
-                lambda error: self._break(
-                    manager_failed("celery", "lost-worker watch", error)
-                ),
-                self._lost_after,
-                self._queue_name,
-            )
-            self._lostwatch = lostwatch
-            lostwatch.start()
-        if deployment is not None:
-            watch = DeploymentWatch(
-                deployment,
-                early,
-                self._break,
-                self._on_thread_failure,
-                self._on_refused,
-            )
-            self._watch = watch
-            watch.start()
 
     def _release(self) -> None:
         # on_idle: closed, and every future settled. Maybe in the listener.
@@ -365,19 +306,7 @@ class CeleryExecutor(BaseExecutor):
             if self._released or self._ending:
                 return  # terminate_workers(): _signal_workers tears down
             self._released = True
-        self._tear_down()
-
-    def _tear_down(self) -> None:
-        if self._watch is not None:
-            self._watch.stop()
-        if self._listener is not None:
-            self._listener.stop()
-        if self._lostwatch is not None:
-            self._lostwatch.stop()
-        if self._deployment is not None:
-            self._deployment.stop()
-        if self._owns_app and self._app is not None:
-            close_app(self._app, private=self._deployment is not None)
+        self._connection.close()
 
     # -- the calls ----------------------------------------------------------------
 
@@ -422,9 +351,3 @@ class CeleryExecutor(BaseExecutor):
                 continue  # its result arrived meanwhile
             error = worker_lost_error(worker, silent, self._lost_after)
             self._calls.settle(call, error=error)
-
-    def _on_backend_lost(self, error: BaseException) -> None:
-        self._break(connection_lost("result backend", error))
-
-    def _on_thread_failure(self, error: BaseException) -> None:
-        self._break(manager_failed("celery", "result", error))

@@ -58,7 +58,7 @@ from typing import Any
 
 from celery import Celery, signals
 
-from ..._outcome import INITIALIZER_FAILED_EXITCODE
+from ..._bootstrap import INITIALIZER_FAILED_EXITCODE
 from ..._parentwatch import PARENT_GONE_EXITCODE, exit_with_parent, process_alive
 
 # The generic task: shared_task registers it with this app too.
