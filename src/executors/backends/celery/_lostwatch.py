@@ -1,7 +1,7 @@
 """The thread that notices tasks lost with a worker that went silent.
 
 Only on an existing deployment (the private worker is this process's own,
-watched by :mod:`._deployment`). Celery acks a task as it starts
+watched by :mod:`._deploymentwatch`). Celery acks a task as it starts
 (``acks_late`` off), so a worker whose machine loses its network or power
 takes the task with it: no result, no ``WorkerLostError`` (nobody is left
 to send it), and its future would wait forever, holding one of the

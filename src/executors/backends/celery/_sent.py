@@ -4,8 +4,8 @@ Each call the queue launches becomes one task message named
 ``executors.run_call`` whose id is ``<executor prefix>-<number>``; the
 :class:`SentTasks` table maps the number back to the call until its result
 arrives, the task is revoked, or the executor breaks. The executor decides
-what a result means; this table only
-decides which call it belongs to, and whether it still counts.
+what a result means; this table only decides which call it belongs to, and
+whether it still counts.
 """
 
 from __future__ import annotations
