@@ -26,11 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import queue
 import signal
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,6 +39,7 @@ import pytest
 from distributed.security import Security
 
 import executors
+from _programs import Program, alive, describe, wait_until_gone
 from executors.testing import BOUND, child_processes, tasks, wait_for_no_new_children
 
 #: Seconds within which a program interrupted by Ctrl-C must have exited.
@@ -57,126 +54,6 @@ START_BOUND = 90.0
 # -- the harness ---------------------------------------------------------------
 
 
-class Program:
-    """A Python program run in a new session, read line by line.
-
-    Args:
-        path: The program's file.
-        *args: Its command-line arguments.
-    """
-
-    def __init__(self, path: Path, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, str(path), *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            # Its own process group: killpg() reaches it and its children
-            # only, never pytest.
-            start_new_session=True,
-        )
-        self.lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
-        self.stdout: list[str] = []
-        self.stderr: list[str] = []
-        self.seen: dict[int, psutil.Process] = {}
-        self._readers = [
-            threading.Thread(target=self._read_stdout, daemon=True),
-            threading.Thread(target=self._read_stderr, daemon=True),
-        ]
-        for reader in self._readers:
-            reader.start()
-
-    def _read_stdout(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.stdout.append(line.rstrip("\n"))
-            self.lines.put(line.rstrip("\n"))
-        self.lines.put(None)
-
-    def _read_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.stderr.append(line.rstrip("\n"))
-
-    def line_starting(self, prefix: str, bound: float) -> str:
-        """The next stdout line that starts with ``prefix``; fails the test if none."""
-        deadline = time.monotonic() + bound
-        while True:
-            try:
-                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                line = None
-            if line is None:
-                pytest.fail(f"no line {prefix!r} within {bound:.0f}s\n{self.report()}")
-            if line.startswith(prefix):
-                return line
-
-    def json_after(self, prefix: str, bound: float) -> Any:
-        return json.loads(self.line_starting(prefix, bound)[len(prefix) :])
-
-    def descendants(self) -> list[psutil.Process]:
-        """Every live descendant now, remembered for the final kill."""
-        try:
-            found = psutil.Process(self.proc.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            found = []
-        for process in found:
-            self.seen.setdefault(process.pid, process)
-        return found
-
-    def wait(self, bound: float) -> int | None:
-        """The exit code, or None if the program still runs after ``bound`` s."""
-        try:
-            return self.proc.wait(timeout=bound)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def kill_all(self) -> None:
-        """SIGKILL the program and every process it was ever seen with."""
-        self.descendants()
-        for process in self.seen.values():
-            with contextlib.suppress(psutil.NoSuchProcess):
-                process.kill()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=BOUND)
-        for reader in self._readers:
-            reader.join(BOUND)
-
-    def report(self) -> str:
-        out, err = "\n".join(self.stdout), "\n".join(self.stderr[-60:])
-        return f"stdout:\n{out}\nstderr (end):\n{err}"
-
-
-def alive(processes: list[psutil.Process]) -> list[psutil.Process]:
-    """Those still running; a zombie has exited and counts as gone."""
-    left = []
-    for process in processes:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
-                left.append(process)
-    return left
-
-
-def wait_until_gone(processes: list[psutil.Process], bound: float) -> float | None:
-    """Seconds until every process has exited, or None if some outlive ``bound``."""
-    start = time.monotonic()
-    while alive(processes):
-        if time.monotonic() - start > bound:
-            return None
-        time.sleep(0.02)
-    return time.monotonic() - start
-
-
-def describe(processes: list[psutil.Process]) -> list[tuple[int, str]]:
-    described = []
-    for process in processes:
-        with contextlib.suppress(psutil.Error):
-            described.append((process.pid, " ".join(process.cmdline())[-70:]))
-    return described
-
-
 @pytest.fixture
 def program(tmp_path: Path) -> Iterator[Any]:
     """Start a program from its source text; every one is killed at teardown."""
@@ -185,12 +62,12 @@ def program(tmp_path: Path) -> Iterator[Any]:
     def start(source: str, *args: str) -> Program:
         path = tmp_path / f"program_{len(started)}.py"
         path.write_text(source)
-        started.append(Program(path, *args))
+        started.append(Program(str(path), *args))
         return started[-1]
 
     yield start
     for running in started:
-        running.kill_all()
+        running.kill_tree()
 
 
 def _send_sigint(running: Program, to: str) -> None:
@@ -540,7 +417,7 @@ def test_ctrl_c_in_a_map_without_with_exits_at_once(program: Any, to: str) -> No
     took = time.monotonic() - sent
     # The unhandled KeyboardInterrupt: Python ends itself with SIGINT.
     assert code == -signal.SIGINT, f"exit code {code}\n{running.report()}"
-    assert any("KeyboardInterrupt" in line for line in running.stderr)
+    assert "KeyboardInterrupt" in running.stderr
     assert wait_until_gone(tree, ORPHAN_BOUND) is not None, (
         f"left after exiting in {took:.1f}s: {describe(alive(tree))}"
     )
@@ -573,9 +450,7 @@ def test_ctrl_c_while_exit_waits_for_the_work_stops_it(program: Any) -> None:
     assert code is not None, (
         f"still running {EXIT_BOUND:.0f}s after SIGINT\n{running.report()}"
     )
-    assert not any("Exception ignored" in line for line in running.stderr), (
-        running.report()
-    )
+    assert "Exception ignored" not in running.stderr, running.report()
     assert wait_until_gone(tree, ORPHAN_BOUND) is not None, describe(alive(tree))
 
 

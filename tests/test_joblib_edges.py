@@ -12,10 +12,7 @@ import contextlib
 import json
 import os
 import pickle
-import queue
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +22,7 @@ import psutil
 import pytest
 
 import executors
+from _programs import Program, alive, describe, wait_until_gone
 from executors.testing import BOUND, tasks
 
 # How long the workers of a SIGKILLed caller may take to notice: the brief
@@ -83,99 +81,33 @@ if __name__ == "__main__":
 """
 
 
-def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
-    left = []
-    for proc in procs:
-        # A zombie has exited; is_running() also rules out a reused pid.
-        with contextlib.suppress(psutil.NoSuchProcess):
-            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
-                left.append(proc)
-    return left
-
-
-def _describe(procs: list[psutil.Process]) -> str:
-    described = []
-    for proc in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            described.append(f"{proc.pid} {' '.join(proc.cmdline())[:80]}")
-    return ", ".join(described)
-
-
-class _Program:
-    """A Python program in a session of its own, read line by line.
-
-    Its descendants are those it prints after ``DESCENDANTS``; :meth:`close`
-    kills every one still alive and the whole session, so that nothing
-    outlives the test, not even a process that outlived the program.
-    """
-
-    def __init__(self, code: str, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", code, *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        self.lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
-        self.stderr: list[str] = []
-        self.descendants: list[psutil.Process] = []
-        threading.Thread(target=self._read_stdout, daemon=True).start()
-        threading.Thread(target=self._read_stderr, daemon=True).start()
-
-    def _read_stdout(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line.rstrip("\n"))
-        self.lines.put(None)
-
-    def _read_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        self.stderr.extend(self.proc.stderr)
-
-    def read(self, tag: str, bound: float = 60.0) -> str:
-        """The rest of the next line that starts with ``tag``."""
-        deadline = time.monotonic() + bound
-        while True:
-            try:
-                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                line = None
-            assert line is not None, f"no {tag} line; stderr:\n{''.join(self.stderr)}"
-            if line.startswith(tag):
-                rest = line[len(tag) :].strip()
-                if tag == "DESCENDANTS":
-                    for pid in json.loads(rest):
-                        with contextlib.suppress(psutil.NoSuchProcess):
-                            self.descendants.append(psutil.Process(pid))
-                return rest
-
-    def wait_gone(self, bound: float) -> list[psutil.Process]:
-        """Wait up to ``bound`` s for every descendant to end; the rest."""
-        deadline = time.monotonic() + bound
-        left = _alive(self.descendants)
-        while left and time.monotonic() < deadline:
-            time.sleep(0.05)
-            left = _alive(left)
-        return left
-
-    def close(self) -> None:
-        for leftover in _alive(self.descendants):
-            with contextlib.suppress(psutil.NoSuchProcess):
-                leftover.kill()
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.kill()
-        self.proc.wait(timeout=BOUND)
-
-
 @contextlib.contextmanager
-def _program(code: str, *args: str) -> Iterator[_Program]:
-    program = _Program(code, *args)
+def _program(code: str, *args: str) -> Iterator[Program]:
+    """Run ``code`` in a session of its own; kill all it started at the end.
+
+    Its descendants are also those it prints after ``DESCENDANTS``: once it
+    is killed, they are orphans that no longer show as its children.
+    """
+    program = Program("-c", code, *args)
     try:
         yield program
     finally:
-        program.close()
+        program.kill_tree()
+
+
+def _read(program: Program, tag: str, bound: float = 60.0) -> str:
+    """The rest of the next line that starts with ``tag``."""
+    return program.line_starting(tag, bound)[len(tag) :].strip()
+
+
+def _descendants(program: Program) -> list[psutil.Process]:
+    return program.track(json.loads(_read(program, "DESCENDANTS")))
+
+
+def _left_after(processes: list[psutil.Process], bound: float) -> list[psutil.Process]:
+    """Those of ``processes`` still alive ``bound`` s from now at the latest."""
+    wait_until_gone(processes, bound)
+    return alive(processes)
 
 
 @pytest.mark.timeout(90)
@@ -184,14 +116,14 @@ def _program(code: str, *args: str) -> Iterator[_Program]:
 )
 def test_a_sigkilled_caller_leaves_no_process(options: dict[str, Any]) -> None:
     with _program(_CALLER, json.dumps(options)) as caller:
-        workers = json.loads(caller.read("WORKERS"))
-        caller.read("DESCENDANTS")
+        workers = json.loads(_read(caller, "WORKERS"))
+        descendants = _descendants(caller)
         assert len(workers) == 2
-        assert set(workers) <= {p.pid for p in caller.descendants}
+        assert set(workers) <= {p.pid for p in descendants}
         caller.proc.kill()
         caller.proc.wait(timeout=BOUND)
-        left = caller.wait_gone(GONE_WITHIN)
-        assert not left, f"alive after the caller died: {_describe(left)}"
+        left = _left_after(descendants, GONE_WITHIN)
+        assert not left, f"alive after the caller died: {describe(left)}"
 
 
 # -- Ctrl-C without a with block ------------------------------------------------
@@ -212,25 +144,22 @@ def test_ctrl_c_without_with_stops_at_once_and_leaves_no_process(
     told to stop, and were left orphaned with the resource trackers once
     the program was killed)."""
     with _program(_INTERRUPTED, json.dumps(options), where) as program:
-        program.read("DESCENDANTS")
-        program.read("RUNNING")
+        descendants = _descendants(program)
+        _read(program, "RUNNING")
         time.sleep(1.0)  # inside the map, or in the exit hook's wait
         if target == "group":  # Ctrl-C in a terminal
             os.killpg(program.proc.pid, signal.SIGINT)
         else:
             os.kill(program.proc.pid, signal.SIGINT)
         sent = time.monotonic()
-        try:
-            code = program.proc.wait(timeout=STOPS_WITHIN)
-        except subprocess.TimeoutExpired:
-            code = None
+        code = program.wait(STOPS_WITHIN)
         took = time.monotonic() - sent
         assert code is not None, f"still running {took:.1f}s after Ctrl-C"
         if where == "map":
             # Python re-raises SIGINT for an unhandled KeyboardInterrupt.
-            assert code == -signal.SIGINT, "".join(program.stderr)
-        left = program.wait_gone(GONE_WITHIN)
-        assert not left, f"alive after the program exited: {_describe(left)}"
+            assert code == -signal.SIGINT, program.report()
+        left = _left_after(descendants, GONE_WITHIN)
+        assert not left, f"alive after the program exited: {describe(left)}"
 
 
 # -- arguments that cannot be pickled -----------------------------------------
@@ -316,5 +245,5 @@ if __name__ == "__main__":
 @pytest.mark.timeout(60)
 def test_a_failing_thread_initializer_fails_every_task_instead_of_hanging() -> None:
     with _program(_FAILING_THREAD_INITIALIZER) as program:
-        assert program.read("ERRORS", bound=20) == "['InitializerFailedError']"
-        program.read("DONE", bound=20)
+        assert _read(program, "ERRORS", bound=20) == "['InitializerFailedError']"
+        _read(program, "DONE", bound=20)
