@@ -62,6 +62,15 @@ class TestNestedExecutor(NestedExecutorContract):
     pass
 
 
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 # -- the docs' table --------------------------------------------------------------
 
 WORKER_FLAGS = (
@@ -213,9 +222,8 @@ def test_the_listener_refuses_a_stranger() -> None:
 
     name = "executors.testing.listener"
     listener = LogListener()
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append  # type: ignore[method-assign]
+    handler = _Collect()
+    records = handler.records
     logger = logging.getLogger(name)
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
@@ -235,8 +243,8 @@ def test_the_listener_refuses_a_stranger() -> None:
         logger.removeHandler(handler)
         logger.setLevel(logging.NOTSET)
     assert [r.getMessage() for r in records] == ["hi"]
-    assert records[0].worker_id == 7  # type: ignore[attr-defined]
-    assert records[0].worker_pid == os.getpid()  # type: ignore[attr-defined]
+    assert getattr(records[0], "worker_id", None) == 7
+    assert getattr(records[0], "worker_pid", None) == os.getpid()
 
 
 def test_a_flood_is_bounded_and_its_drops_counted() -> None:
@@ -258,9 +266,7 @@ def test_a_flood_is_bounded_and_its_drops_counted() -> None:
 
     slow = Slow()
     blocked.addHandler(slow)
-    dropped: list[str] = []
-    note = logging.Handler()
-    note.emit = lambda r: dropped.append(r.getMessage())  # type: ignore[method-assign]
+    note = _Collect()
     logging.getLogger("executors.workers").addHandler(note)
     try:
         start = time.monotonic()
@@ -283,6 +289,7 @@ def test_a_flood_is_bounded_and_its_drops_counted() -> None:
         logging.getLogger("executors.workers").removeHandler(note)
         logger.propagate = True
         logger.setLevel(logging.NOTSET)
+    dropped = [r.getMessage() for r in note.records]
     assert any("dropped" in message for message in dropped), dropped
 
 
@@ -299,3 +306,48 @@ def test_no_socket_file_is_left(tmp_path: Path) -> None:
     settings.close()
     assert spec.folder is None
     assert executors.worker_id() is None
+
+
+@pytest.mark.parametrize(
+    ("max_tasks", "max_memory", "expected"),
+    [
+        (4, None, [False, False, False, True]),
+        (None, 1, [True, True, True, True]),
+    ],
+    ids=["max_tasks", "max_memory"],
+)
+def test_after_task_says_when_to_go_and_warns_the_caller_first(
+    max_tasks: int | None, max_memory: int | None, expected: list[bool]
+) -> None:
+    """The worker side of recycling, through the stdlib's own pool."""
+    import multiprocessing
+    import threading
+    from concurrent.futures import ProcessPoolExecutor
+
+    from executors._bootstrap import WorkerBootstrap
+    from executors.testing import worker_tasks
+
+    notices: list[tuple[int, int | None]] = []
+    noticed = threading.Event()
+
+    def on_leaving(pid: int, slot: int | None) -> None:
+        notices.append((pid, slot))
+        noticed.set()
+
+    settings = WorkerSettings(
+        workers=1,
+        forward_logs=False,
+        max_tasks_per_child=max_tasks,
+        max_memory_per_child=max_memory,
+        on_leaving=on_leaving,
+    )
+    bootstrap = WorkerBootstrap(os.getpid(), None, (), settings.spec())
+    context = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(1, mp_context=context, initializer=bootstrap) as pool:
+        found = [
+            pool.submit(worker_tasks.finish_task).result(timeout=30) for _ in range(4)
+        ]
+    settings.close()
+    assert [leave for _, leave in found] == expected
+    assert noticed.wait(10)
+    assert notices == [(found[0][0], 0)]

@@ -9,6 +9,7 @@ process's: a thread pool inside a process worker has its own identities.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import multiprocessing
 import multiprocessing.util
@@ -37,6 +38,10 @@ __all__ = [
 
 _logger = logging.getLogger(DROPPED_LOGGER)
 
+#: A worker whose memory passed this fraction of ``max_memory_per_child``
+#: tells the caller it will leave soon.
+SOON_FRACTION = 0.75
+
 
 class WorkerContext:
     """One worker's identity, state, exit hook and recycling rule."""
@@ -61,6 +66,7 @@ class WorkerContext:
         self.forwarder: Forwarder | None = None
         #: Set once a task left the worker over a limit: it should be replaced.
         self.leaving = False
+        self._announced = False
         self._left = False
         self._lock = threading.Lock()
 
@@ -76,15 +82,34 @@ class WorkerContext:
         return self.index
 
     def after_task(self) -> bool:
-        """Flush the task's log records; True when the worker should go."""
-        forwarder = self.forwarder
-        if forwarder is not None:
-            forwarder.sync()
-        self.tasks += 1
-        if self.max_tasks is not None and self.tasks >= self.max_tasks:
-            self.leaving = True
-        if self.max_memory is not None and rss_bytes() > self.max_memory:
-            self.leaving = True
+        """Flush the task's log records; True when the worker should go.
+
+        Once the worker is past half its ``max_tasks``, or its memory past
+        :data:`SOON_FRACTION` of ``max_memory``, it tells the caller it
+        will leave soon, once: a backend that listens starts the
+        replacement then, so the slot does not wait for a cold start.
+        """
+        try:
+            forwarder = self.forwarder
+            if forwarder is not None:
+                forwarder.sync()
+            self.tasks += 1
+            if self.max_tasks is None and self.max_memory is None:
+                return False
+            soon = False
+            if self.max_tasks is not None:
+                self.leaving |= self.tasks >= self.max_tasks
+                soon = 2 * self.tasks >= self.max_tasks
+            if self.max_memory is not None:
+                rss = rss_bytes()
+                self.leaving |= rss > self.max_memory
+                soon |= rss > self.max_memory * SOON_FRACTION
+            if (soon or self.leaving) and not self._announced:
+                self._announced = True
+                if forwarder is not None:
+                    forwarder.announce(("l", os.getpid(), self.index))
+        except Exception:  # never the task's failure, nor the worker's
+            _logger.exception("after_task failed in worker pid %d", os.getpid())
         return self.leaving
 
     def leave(self) -> None:
@@ -206,10 +231,15 @@ class WorkerSpec:
 
     token: str
     slots: int | None = None
+    #: The slot, for a backend that numbers its workers itself (no claim).
+    index: int | None = None
     folder: str | None = None
     threads: int | None = None
     log_address: str | None = None
     log_secret: bytes = b""
+    #: Install the log handler; without it the connection carries only
+    #: the notices of a worker that will leave (recycling).
+    forward: bool = True
     levels: dict[str, int] = field(default_factory=dict)
     finalizer: Callable[..., object] | None = None
     finalargs: tuple[Any, ...] = ()
@@ -234,7 +264,7 @@ class WorkerSpec:
             slot = Slot(self.token, self.slots, self.folder)
             slot.try_claim()
         context = WorkerContext(
-            slot.index if slot is not None else None,
+            slot.index if slot is not None else self.index,
             slot,
             self.finalizer,
             self.finalargs,
@@ -242,7 +272,9 @@ class WorkerSpec:
             self.max_tasks,
         )
         if self.log_address is not None:
-            _forward_logs(context, self.log_address, self.log_secret, self.levels)
+            _connect(context, self.log_address, self.log_secret)
+            if self.forward and context.forwarder is not None:
+                _forward_logs(context.forwarder, self.levels)
         _process = context
         # multiprocessing's children end through os._exit after running its
         # finalizers, not atexit: register both (leave() runs once).
@@ -265,15 +297,13 @@ def _allow_children() -> None:
         process.daemon = False
 
 
-def _forward_logs(
-    context: WorkerContext, address: str, secret: bytes, levels: dict[str, int]
-) -> None:
-    try:
-        forwarder = Forwarder(address, secret, context.peek_id)
-    except OSError:
-        # The caller is gone or closing: the worker ends with it.
-        return
-    context.forwarder = forwarder
+def _connect(context: WorkerContext, address: str, secret: bytes) -> None:
+    # OSError: the caller is gone or closing; the worker ends with it.
+    with contextlib.suppress(OSError):
+        context.forwarder = Forwarder(address, secret, context.peek_id)
+
+
+def _forward_logs(forwarder: Forwarder, levels: dict[str, int]) -> None:
     root = logging.getLogger()
     # A forked worker inherits the caller's handlers: its records would be
     # shown twice, once here and once in the caller. The initializer runs

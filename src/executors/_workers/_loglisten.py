@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from ._slots import abstract_sockets
@@ -56,9 +57,18 @@ class _Peer:
 
 
 class LogListener:
-    """Receives the records of an executor's workers and re-emits them."""
+    """Receives the records of an executor's workers and re-emits them.
 
-    def __init__(self) -> None:
+    Args:
+        on_leaving: Called in the listener's thread with ``(pid, slot)``
+            when a worker says it will leave soon (it is being recycled),
+            so that its replacement can start before it goes.
+    """
+
+    def __init__(
+        self, on_leaving: Callable[[int, int | None], None] | None = None
+    ) -> None:
+        self._on_leaving = on_leaving
         self.secret = os.urandom(_SECRET_BYTES)
         self._folder: str | None = None
         if abstract_sockets():
@@ -171,6 +181,13 @@ class LogListener:
                         logging.getLogger(__name__).exception(
                             "a forwarded log record could not be handled"
                         )
+            elif frame[0] == "l" and self._on_leaving is not None:
+                try:
+                    self._on_leaving(frame[1], frame[2])
+                except Exception:  # the backend's: its pool carries on cold
+                    logging.getLogger(__name__).exception(
+                        "starting the replacement of worker pid %s failed", frame[1]
+                    )
             elif frame[0] == "s":
                 # The one byte fits any socket buffer: never blocks.
                 with contextlib.suppress(OSError):

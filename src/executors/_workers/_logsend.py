@@ -12,8 +12,10 @@
                                 record before it was handled in the caller
 
 Wire: the worker first sends the listener's secret (32 bytes), then frames
-of a 4-byte big-endian length and a pickle: ``("r", [record dicts])`` or
-``("s",)``, which the listener answers with one byte.
+of a 4-byte big-endian length and a pickle: ``("r", [record dicts])``;
+``("s",)``, which the listener answers with one byte; ``("l", pid, slot)``,
+the worker will leave soon (recycling): the caller may start its
+replacement now.
 """
 
 from __future__ import annotations
@@ -90,7 +92,7 @@ class Forwarder(logging.Handler):
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.connect(address)
         self._sock.sendall(secret)
-        self._queue: deque[dict[str, Any] | threading.Event] = deque()
+        self._queue: deque[dict[str, Any] | threading.Event | tuple[Any, ...]] = deque()
         self._cond = threading.Condition(threading.Lock())
         self._dropped = 0
         self._congested = False
@@ -135,6 +137,14 @@ class Forwarder(logging.Handler):
     def flush(self) -> None:
         self.sync()
 
+    def announce(self, frame: tuple[Any, ...]) -> None:
+        """Send ``frame`` (a notice to the caller) after the records so far."""
+        with self._cond:
+            if self._broken or self._closed:
+                return
+            self._queue.append(frame)
+            self._cond.notify_all()
+
     def sync(self, timeout: float = FLUSH_SECONDS) -> bool:
         """Wait (bounded) until the records emitted so far reached the caller."""
         with self._cond:
@@ -166,10 +176,14 @@ class Forwarder(logging.Handler):
                         return  # closed, and everything was sent
                     batch: list[dict[str, Any]] = []
                     sync: threading.Event | None = None
+                    notice: tuple[Any, ...] | None = None
                     while self._queue and len(batch) < BATCH:
                         item = self._queue.popleft()
                         if isinstance(item, threading.Event):
                             sync = item
+                            break
+                        if isinstance(item, tuple):
+                            notice = item
                             break
                         batch.append(item)
                     dropped, self._dropped = self._dropped, 0
@@ -178,6 +192,8 @@ class Forwarder(logging.Handler):
                     batch.append(self._dropped_record(dropped))
                 if batch:
                     self._send(("r", batch))
+                if notice is not None:
+                    self._send(notice)
                 if sync is not None:
                     self._send(("s",))
                     if not self._sock.recv(1):

@@ -55,6 +55,9 @@ class WorkerSettings:
         max_tasks_per_child: A worker that ran this many tasks is replaced.
         in_process: The workers are threads of this process: no slots
             sockets, no listener, and no cap unless asked for.
+        on_leaving: With recycling, called (in the listener's thread) with
+            ``(pid, slot)`` when a worker says it will leave soon: start its
+            replacement now, and the pool keeps its throughput.
     """
 
     def __init__(
@@ -68,6 +71,7 @@ class WorkerSettings:
         max_memory_per_child: int | str | None = None,
         max_tasks_per_child: int | None = None,
         in_process: bool = False,
+        on_leaving: Callable[[int, int | None], None] | None = None,
     ) -> None:
         if finalizer is not None and not callable(finalizer):
             raise TypeError(f"finalizer must be callable or None, got {finalizer!r}")
@@ -87,6 +91,7 @@ class WorkerSettings:
             max_tasks_per_child, "max_tasks_per_child", minimum=1
         )
         self.in_process = in_process
+        self.on_leaving = on_leaving
         self.token = uuid.uuid4().hex
         self._folder: str | None = None
         self.listener: LogListener | None = None
@@ -98,8 +103,10 @@ class WorkerSettings:
         backend that numbers its workers itself, ``max_tasks=None`` for one
         that counts tasks itself).
         """
-        if self.forward_logs and self.listener is None:
-            self.listener = LogListener()
+        recycles = self.max_tasks is not None or self.max_memory is not None
+        wanted = self.forward_logs or (recycles and self.on_leaving is not None)
+        if wanted and self.listener is None:
+            self.listener = LogListener(self.on_leaving)
         if not abstract_sockets() and self._folder is None:
             # Not "executors-*": that prefix marks the project's own folders.
             self._folder = tempfile.mkdtemp(prefix="exslots-")
@@ -111,7 +118,8 @@ class WorkerSettings:
             threads=self.threads,
             log_address=listener.address if listener is not None else None,
             log_secret=listener.secret if listener is not None else b"",
-            levels=caller_levels() if listener is not None else {},
+            forward=self.forward_logs,
+            levels=caller_levels() if self.forward_logs else {},
             finalizer=self.finalizer,
             finalargs=self.finalargs,
             max_memory=self.max_memory,

@@ -129,3 +129,10 @@ def nested_sum(backend: str, count: int) -> int:
     """Create an executor inside a task and use it."""
     with executors.create(backend, max_workers=2) as inner:
         return sum(inner.map(abs, range(-count, 0)))
+
+
+def finish_task() -> tuple[int, bool]:
+    """What a worker loop does after a task: ``(pid, after_task())``."""
+    from executors._workers import after_task
+
+    return os.getpid(), after_task()
