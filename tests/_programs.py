@@ -26,7 +26,7 @@ import pytest
 
 from executors.testing import BOUND
 
-__all__ = ["Program", "alive", "describe", "wait_until_gone"]
+__all__ = ["Program", "alive", "alive_at", "describe", "wait_until_gone"]
 
 
 class Program:
@@ -181,6 +181,13 @@ def alive(processes: Iterable[psutil.Process]) -> list[psutil.Process]:
             if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
                 left.append(process)
     return left
+
+
+def alive_at(processes: list[psutil.Process], deadline: float) -> list[psutil.Process]:
+    """Those still running at ``deadline`` (``time.monotonic()``); sooner if none."""
+    while alive(processes) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return alive(processes)
 
 
 def wait_until_gone(processes: list[psutil.Process], bound: float) -> float | None:

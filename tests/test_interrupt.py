@@ -23,6 +23,7 @@ from typing import Literal
 import pytest
 
 from _fault_scripts import Script, alive, options_json
+from _programs import alive_at
 from conftest import DEFAULT_TEST_OPTIONS, TEST_OPTIONS, backend_factory
 from executors.testing import BOUND
 
@@ -55,9 +56,7 @@ def test_ctrl_c_in_a_map_leaves_no_orphans(backend_name: str, mode: str) -> None
             f"{script.report()}"
         )
         assert code == 130, f"exit code {code}\n{script.report()}"
-        while alive(tree) and time.monotonic() < sent + ORPHAN_BOUND:
-            time.sleep(0.05)
-        left = alive(tree)
+        left = alive_at(tree, sent + ORPHAN_BOUND)
         assert not left, (
             f"{len(left)} processes still alive {ORPHAN_BOUND:.0f}s after SIGINT: "
             f"{[(p.pid, p.name()) for p in left]}\n{script.report()}"
@@ -103,9 +102,7 @@ def test_ctrl_c_without_with_exits_promptly(
         # An unhandled KeyboardInterrupt ends Python by SIGINT, as a shell
         # expects of a program stopped by Ctrl-C.
         assert code == -signal.SIGINT, f"exit code {code}\n{script.report()}"
-        while alive(tree) and time.monotonic() < sent + ORPHAN_BOUND:
-            time.sleep(0.05)
-        left = alive(tree)
+        left = alive_at(tree, sent + ORPHAN_BOUND)
         assert not left, (
             f"{len(left)} processes still alive {ORPHAN_BOUND:.0f}s after SIGINT "
             f"(the program exited after {took:.1f}s): "

@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 import executors
-from _programs import Program, alive, describe, wait_until_gone
+from _programs import Program, alive_at, describe
 from executors.testing import BOUND, tasks
 
 # How long the workers of a SIGKILLed caller may take to notice: the brief
@@ -104,12 +104,6 @@ def _descendants(program: Program) -> list[psutil.Process]:
     return program.track(json.loads(_read(program, "DESCENDANTS")))
 
 
-def _left_after(processes: list[psutil.Process], bound: float) -> list[psutil.Process]:
-    """Those of ``processes`` still alive ``bound`` s from now at the latest."""
-    wait_until_gone(processes, bound)
-    return alive(processes)
-
-
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize(
     "options", [{}, MULTIPROCESSING], ids=["loky", "multiprocessing"]
@@ -122,7 +116,7 @@ def test_a_sigkilled_caller_leaves_no_process(options: dict[str, Any]) -> None:
         assert set(workers) <= {p.pid for p in descendants}
         caller.proc.kill()
         caller.proc.wait(timeout=BOUND)
-        left = _left_after(descendants, GONE_WITHIN)
+        left = alive_at(descendants, time.monotonic() + GONE_WITHIN)
         assert not left, f"alive after the caller died: {describe(left)}"
 
 
@@ -158,7 +152,7 @@ def test_ctrl_c_without_with_stops_at_once_and_leaves_no_process(
         if where == "map":
             # Python re-raises SIGINT for an unhandled KeyboardInterrupt.
             assert code == -signal.SIGINT, program.report()
-        left = _left_after(descendants, GONE_WITHIN)
+        left = alive_at(descendants, time.monotonic() + GONE_WITHIN)
         assert not left, f"alive after the program exited: {describe(left)}"
 
 

@@ -16,18 +16,17 @@ handle kills it as surely as SIGKILL.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
-from _fault_scripts import Script, alive, options_json
+from _fault_scripts import Script, options_json
 from _fault_scripts.parent_death_busy import running_pids
+from _programs import alive_at, describe
 from conftest import DEFAULT_TEST_OPTIONS, TEST_OPTIONS, backend_factory
 from executors import _registry
 
@@ -48,16 +47,6 @@ def _parse(script: Script, tag: str) -> list[int]:
     raise AssertionError(f"no {tag} line\n{script.report()}")
 
 
-def _describe(procs: list[psutil.Process]) -> list[tuple[int, str]]:
-    described = []
-    for p in procs:
-        try:
-            described.append((p.pid, " ".join(p.cmdline())[:160]))
-        except psutil.Error:
-            described.append((p.pid, "?"))
-    return described
-
-
 @pytest.mark.timeout(START_BOUND + 30)
 def test_killed_owner_leaves_no_process(backend_name: str) -> None:
     backend_factory(backend_name)  # skips an unavailable backend
@@ -66,34 +55,26 @@ def test_killed_owner_leaves_no_process(backend_name: str) -> None:
     options = {**TEST_OPTIONS.get(backend_name, DEFAULT_TEST_OPTIONS)}
     options["max_workers"] = 2
     script = Script("parent_death.py", backend_name, options_json(options))
-    tree: list[psutil.Process] = []
     try:
         assert script.wait_for_line("READY", START_BOUND), (
             f"the program never got ready\n{script.report()}"
         )
         workers = _parse(script, "WORKERS")
         assert len(workers) == 2, f"one worker ran both tasks: {workers}"
-        for pid in {*workers, *_parse(script, "TREE")}:
-            # psutil.Process remembers the start time: a reused pid is not
-            # mistaken for a survivor.
-            with contextlib.suppress(psutil.NoSuchProcess):
-                tree.append(psutil.Process(pid))
+        # psutil.Process remembers the start time: a reused pid is not
+        # mistaken for a survivor. Tracked, they are killed at teardown too.
+        tree = script.track({*workers, *_parse(script, "TREE")})
         assert all(p.pid != os.getpid() for p in tree)
         os.kill(script.proc.pid, signal.SIGKILL)
         killed = time.monotonic()
         script.proc.wait(timeout=10)
-        while alive(tree) and time.monotonic() < killed + GONE_BOUND:
-            time.sleep(0.05)
-        left = alive(tree)
+        left = alive_at(tree, killed + GONE_BOUND)
         assert not left, (
             f"{len(left)} of {len(tree)} processes still alive "
             f"{GONE_BOUND:.0f}s after their owner was SIGKILLed: "
-            f"{_describe(left)}\n{script.report()}"
+            f"{describe(left)}\n{script.report()}"
         )
     finally:
-        for p in alive(tree):
-            with contextlib.suppress(psutil.NoSuchProcess):
-                p.kill()
         script.kill_tree()
 
 
@@ -135,35 +116,27 @@ def _kill_busy_owner(
         kind,
         str(tmp_path),
     )
-    tree: list[psutil.Process] = []
     try:
         assert script.wait_for_line("READY", START_BOUND), (
             f"the workers never all ran a task\n{script.report()}"
         )
         workers = _parse(script, "WORKERS")
         assert len(workers) == 2, f"not one task per worker: {workers}"
-        for pid in {*workers, *_parse(script, "TREE")}:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                tree.append(psutil.Process(pid))
+        tree = script.track({*workers, *_parse(script, "TREE")})
         assert {p.pid for p in tree} >= set(workers), "a worker ended early"
         assert all(p.pid != os.getpid() for p in tree)
         os.kill(script.proc.pid, sig)
         killed = time.monotonic()
         assert script.proc.wait(timeout=10) == -sig
-        while alive(tree) and time.monotonic() < killed + BUSY_GONE_BOUND:
-            time.sleep(0.05)
-        left = alive(tree)
+        left = alive_at(tree, killed + BUSY_GONE_BOUND)
         assert not left, (
             f"{len(left)} of {len(tree)} processes still alive "
             f"{BUSY_GONE_BOUND:.0f}s after their owner, whose workers ran "
             f"{kind!r} tasks, got {signal.Signals(sig).name}: "
-            f"{_describe(left)}\n{script.report()}"
+            f"{describe(left)}\n{script.report()}"
         )
         # No task started after the owner died (a queued one, say).
         started = running_pids(str(tmp_path))
         assert set(started) <= {p.pid for p in tree}, started
     finally:
-        for p in alive(tree):
-            with contextlib.suppress(psutil.NoSuchProcess):
-                p.kill()
         script.kill_tree()
