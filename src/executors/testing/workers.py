@@ -351,6 +351,7 @@ class ThreadLimitContract(ContractBase):
         assert all(size == expected for size in sizes), sizes
 
     def test_an_explicit_cap(self, make_executor: ExecutorFactory) -> None:
+        before = os.environ.get("OMP_NUM_THREADS")
         executor = _declaring(
             make_executor, ("limits_worker_threads",), threads_per_worker=1
         )
@@ -358,10 +359,10 @@ class ThreadLimitContract(ContractBase):
         assert variable == "1"
         assert all(size == 1 for size in sizes), sizes
         if not executor.capabilities.process_isolation:
-            before = os.environ.get("OMP_NUM_THREADS")
             executor.shutdown(wait=True)
-            # Process-wide on threads: undone at shutdown.
-            assert os.environ.get("OMP_NUM_THREADS") != "1" or before == "1"
+            # Process-wide on threads: undone at shutdown. (Not asserted on
+            # process backends: Dask's nanny sets its own in the caller.)
+            assert os.environ.get("OMP_NUM_THREADS") == before
 
 
 class NestedExecutorContract(ContractBase):
