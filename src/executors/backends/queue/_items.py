@@ -233,7 +233,7 @@ class WorkerHandle:
     def kill(
         self, reason: KillReason | None, sig: signal.Signals | None = None
     ) -> None:
-        """Stop the worker; the first reason is the one :meth:`.pool.Pool.on_exit` sees.
+        """Stop the worker; the first reason is the one its death is judged by.
 
         Args:
             reason: Why, for the item it held; ``None``: its death is handled

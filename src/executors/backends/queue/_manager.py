@@ -21,12 +21,13 @@ import os
 import select
 import selectors
 import threading
+import time
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_connections
 from typing import TYPE_CHECKING, Any
 
 from ..._lifecycle import ManagerThread, manager_failed
-from ._items import WorkerHandle
+from ._items import KillReason, WorkerHandle, find_item, time_limit
 from ._wire import BadFrameError
 
 if TYPE_CHECKING:
@@ -35,6 +36,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Manager", "Wakeup"]
 
+# How often the manager looks at a worker whose item may time out (in a
+# chunk) or is to be stopped, but whose start it has not seen yet. Bounds
+# how late such a timeout fires.
+TIMEOUT_POLL_SECONDS = 0.01
 # What the manager's wait reports about a worker.
 _RESULTS, _EXITED, _WRITABLE = 0, 1, 2
 
@@ -131,7 +136,7 @@ class Manager(ManagerThread):
             self._watch_new_workers()
             if pool.unflushed:
                 self._watch_outboxes()
-            for worker, what in self.selector.select(pool.check_deadlines()):
+            for worker, what in self.selector.select(self._check_deadlines()):
                 if worker is None:
                     pool.wakeup.drain()
                 elif worker.gone:
@@ -144,6 +149,43 @@ class Manager(ManagerThread):
                         self._stop_writing(worker)
                 else:
                     self._read(worker)
+
+    def _check_deadlines(self) -> float | None:
+        """Kill workers whose item is stopped or out of time; when to look again."""
+        pool = self.pool
+        if pool.watched <= 0:
+            return None
+        now = time.monotonic_ns()
+        wait: float | None = None
+        with pool.lock:
+            for worker in pool.workers.values():
+                if worker.kill_reason is not None or not any(
+                    item.watched for item in worker.held
+                ):
+                    continue
+                posted = pool.board.read(worker.slot)
+                task_id, index, _, started = posted
+                item = find_item(worker.held, task_id)
+                limit = None if item is None else time_limit(item, index)
+                if item is not None and item.kill:
+                    worker.kill(KillReason(item, index, None))
+                    continue
+                if limit is None or started <= 0:
+                    # Its watched item has not started yet, or has returned
+                    # (its result is on its way: the timeout is over).
+                    pause = TIMEOUT_POLL_SECONDS
+                else:
+                    seconds, error = limit
+                    deadline = started + int(seconds * 1e9)
+                    if now < deadline:
+                        pause = (deadline - now) / 1e9
+                    elif pool.board.read(worker.slot) == posted:
+                        worker.kill(KillReason(item, index, error))
+                        continue
+                    else:
+                        pause = 0.0  # it moved on as we looked: look again
+                wait = pause if wait is None else min(wait, pause)
+        return wait
 
     def on_failure(self, error: BaseException) -> None:
         self.pool.break_pool(manager_failed("queue", "manager", error))

@@ -48,13 +48,11 @@ import itertools
 import os
 import select
 import signal
-import sys
 import threading
 import time
 import weakref
 from collections import deque
 from collections.abc import Callable
-from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from typing import TYPE_CHECKING, Any
 
@@ -73,26 +71,23 @@ from ._items import (
     WorkItem,
     find_item,
     stopped_error,
-    time_limit,
 )
 from ._manager import Wakeup
+from ._spawn import close_quietly, preload_in_forkserver, start_worker, stop_all
 from ._wire import (
     CHUNK_DONE,
     ERROR,
-    FIELDS,
     INIT_FAILED,
     PARTIAL,
     READY,
     RESULT,
     RETURNED,
-    SENT,
     Board,
     Channel,
     Message,
     frame,
     loads,
 )
-from ._worker import run_worker
 
 if TYPE_CHECKING:
     from ..._callqueue import Call
@@ -111,29 +106,10 @@ __all__ = ["Pool"]
 # any task has finished, at most MAX_TASKS_AHEAD for tiny ones.
 AHEAD_SECONDS = 0.02
 MAX_TASKS_AHEAD = 8
-# A worker that is busy (or still starting) is sent an item only if the
-# item, with everything it holds, fits in its task pipe by the byte count:
-# more would wait in the parent anyway, where it can still be cancelled or
-# go to another worker. (Writes never block whatever the count says: see
-# "Writing to a worker" above.) Linux pipes are grown to this size (they
-# hold 64 KiB by default, 8 KiB once a user has many pipes open), so a chunk
-# of a map can wait in the pipe while the previous one runs, and a large
-# argument crosses in fewer wake-ups. The kernel allocates the pages only
-# as data flows: an idle pipe costs nothing.
-PIPE_BYTES = 1024 * 1024
-# What a pipe is assumed to hold where its size cannot be read (macOS pipes
-# start at 16 KiB).
-MIN_PIPE_BYTES = 16 * 1024
-# How often the manager looks at a worker whose running task may time out
-# but whose start it has not seen yet. Bounds how late a timeout fires.
-TIMEOUT_POLL_SECONDS = 0.01
 # A rerun after an ambiguous crash (see Replay) gives each item at least this
 # long beyond the time the crashed piece had run: items that finished before
 # the crash must not be mistaken for the one that was running.
 REPLAY_SLACK_SECONDS = 0.1
-# At shutdown idle workers exit at once on end-of-file; one that has not
-# exited after this long (stuck in its initializer) is killed.
-STOP_GRACE_SECONDS = 3.0
 # Without an initializer, a worker that dies before it is ready (killed while
 # starting) is replaced; this many in a row mean workers cannot start at all
 # (a broken environment), and the pool is broken instead of looping.
@@ -145,10 +121,6 @@ STARTUP_FAILURES_BEFORE_BROKEN = 3
 # large for a worker's memory kills every worker it reaches, and sending it
 # again without a bound starts and kills workers for ever.
 EARLY_DEATHS_BEFORE_FAILED = 2
-
-# Linux fcntl commands (the fcntl module names them from Python 3.10 only).
-_F_SETPIPE_SZ = 1031
-_F_GETPIPE_SZ = 1032
 
 
 class Pool:
@@ -187,7 +159,7 @@ class Pool:
         self.max_tasks = max_tasks_per_child
         self.fork = ctx.get_start_method() == "fork"
         if ctx.get_start_method() == "forkserver":
-            _preload_in_forkserver(ctx)
+            preload_in_forkserver(ctx)
         self.lock = threading.Lock()
         # Held across starting a process and registering it, so that a
         # forked worker learns every pipe of its siblings (to close them).
@@ -228,7 +200,7 @@ class Pool:
         with self.lock:
             if self.ended or self.stopped:
                 return True  # launch() fails it at once
-            if not self.pending and self._pick_worker_locked(task.size):
+            if not self.pending and pick_worker(self, task.size):
                 return True
             slots = self._reserve_spawns_locked(waiting + len(self.pending))
         for slot in slots:
@@ -385,59 +357,10 @@ class Pool:
         pending = self.pending
         while pending:
             item = pending[0]
-            worker = self._pick_worker_locked(item.task.size)
+            worker = pick_worker(self, item.task.size)
             if worker is None:
                 return
             self._send_locked(worker, item)
-
-    def _pick_worker_locked(self, size: int) -> WorkerHandle | None:
-        seconds = self.task_seconds
-        if seconds is None:
-            ahead = 1
-        elif seconds >= AHEAD_SECONDS:
-            ahead = 0
-        else:
-            ahead = min(MAX_TASKS_AHEAD, int(AHEAD_SECONDS / max(seconds, 1e-6)))
-        busy: WorkerHandle | None = None
-        unready: WorkerHandle | None = None
-        any_ready = any_unready = False
-        for worker in self.workers.values():
-            if worker.kill_reason is not None or (
-                self.max_tasks is not None and worker.sent >= self.max_tasks
-            ):
-                # On its way out: its replacement may take the item soon.
-                any_unready = True
-                continue
-            held = len(worker.held)
-            if worker.ready:
-                any_ready = True
-                if held == 0:
-                    return worker
-                if (
-                    held <= ahead
-                    and not worker.outbox
-                    and worker.held_bytes + size <= worker.capacity
-                    and (busy is None or held < len(busy.held))
-                ):
-                    busy = worker
-            else:
-                any_unready = True
-                if held == 0 and size <= worker.capacity and unready is None:
-                    unready = worker
-        if unready is not None and not any_ready:
-            # The pool is starting: the item waits in the pipe of a worker
-            # that is still importing, and runs the moment it is ready.
-            return unready
-        # Send ahead only to a full pool of ready workers: while a worker is
-        # starting, or the pool can grow, the item may run sooner there.
-        if (
-            busy is not None
-            and not any_unready
-            and not self.free_slots
-            and self.starting == 0
-        ):
-            return busy
-        return None
 
     def _send_locked(self, worker: WorkerHandle, item: WorkItem) -> None:
         """Move ``item`` (``pending[0]``) to ``worker`` and write its frame.
@@ -559,7 +482,7 @@ class Pool:
             if late:
                 worker.kill(KillReason(None, 0, None))
                 worker.process.join()
-                _close_quietly(worker)
+                close_quietly(worker)
         # Also when it came late: a stopping manager waits for `starting`
         # to reach zero, and nothing else would wake it to see that.
         self.wakeup.wake()
@@ -567,51 +490,12 @@ class Pool:
             self.calls.pump()  # a worker that is starting takes a call
 
     def _start_process(self, slot: int) -> WorkerHandle:
-        task_reader, task_writer = self.ctx.Pipe(duplex=False)
-        result_reader, result_writer = self.ctx.Pipe(duplex=False)
-        close_fds: list[int] = []
+        siblings: list[int] = [self.wakeup.reader.fileno()]
         if self.fork:
             with self.lock:
                 for other in self.workers.values():
-                    close_fds += [other.tasks.fileno(), other.results.fileno()]
-            # ...and the parent's ends of its own pipes, or its own task
-            # pipe would never reach end-of-file.
-            close_fds += [
-                self.wakeup.reader.fileno(),
-                task_writer.fileno(),
-                result_reader.fileno(),
-            ]
-            own = {task_reader.fileno(), result_writer.fileno()}
-            close_fds = [fd for fd in close_fds if fd not in own]
-        self.board.clear(slot)
-        process = self.ctx.Process(  # type: ignore[attr-defined]
-            target=run_worker,
-            args=(
-                task_reader,
-                result_writer,
-                self.board,
-                slot,
-                self.initializer,
-                self.initargs,
-                self.max_tasks,
-                os.getpid(),
-                close_fds,
-            ),
-            name=f"executors-queue-worker-{slot}",
-        )
-        try:
-            process.start()
-        finally:
-            # Only the worker keeps these ends: its death is then an
-            # end-of-file here, and the parent's death one there.
-            task_reader.close()
-            result_writer.close()
-        capacity = _grow_pipe(task_writer)
-        _grow_pipe(result_reader)
-        tasks, results = Channel(task_writer), Channel(result_reader)
-        tasks.make_nonblocking()
-        results.check_against(self.board.view, slot * FIELDS + SENT)
-        return WorkerHandle(process, tasks, results, slot, capacity)
+                    siblings += [other.tasks.fileno(), other.results.fileno()]
+        return start_worker(self, slot, siblings if self.fork else None)
 
     def after_exit(self, replace: bool) -> None:
         """Send what waits, and replace a worker that died (manager thread)."""
@@ -677,42 +561,6 @@ class Pool:
 
     # -- timeouts (manager thread) -------------------------------------------
 
-    def check_deadlines(self) -> float | None:
-        """Kill workers whose item is stopped or out of time; when to look again."""
-        if self.watched <= 0:
-            return None
-        now = time.monotonic_ns()
-        wait: float | None = None
-        with self.lock:
-            for worker in self.workers.values():
-                if worker.kill_reason is not None or not any(
-                    item.watched for item in worker.held
-                ):
-                    continue
-                posted = self.board.read(worker.slot)
-                task_id, index, _, started = posted
-                item = find_item(worker.held, task_id)
-                limit = None if item is None else time_limit(item, index)
-                if item is not None and item.kill:
-                    worker.kill(KillReason(item, index, None))
-                    continue
-                if limit is None or started <= 0:
-                    # Its watched item has not started yet, or has returned
-                    # (its result is on its way: the timeout is over).
-                    pause = TIMEOUT_POLL_SECONDS
-                else:
-                    seconds, error = limit
-                    deadline = started + int(seconds * 1e9)
-                    if now < deadline:
-                        pause = (deadline - now) / 1e9
-                    elif self.board.read(worker.slot) == posted:
-                        worker.kill(KillReason(item, index, error))
-                        continue
-                    else:
-                        pause = 0.0  # it moved on as we looked: look again
-                wait = pause if wait is None else min(wait, pause)
-        return wait
-
     # -- the end (manager thread) ---------------------------------------------
 
     def should_stop(self) -> bool:
@@ -742,19 +590,7 @@ class Pool:
             workers = list(self.workers.values())
             self.workers.clear()
             self.pending.clear()
-        broken = self.calls.is_broken
-        for worker in workers:
-            if broken:
-                worker.kill(KillReason(None, 0, None))
-            with contextlib.suppress(OSError):
-                worker.tasks.close()
-        deadline = time.monotonic() + STOP_GRACE_SECONDS
-        for worker in workers:
-            worker.process.join(max(0.0, deadline - time.monotonic()))
-            if worker.process.exitcode is None:
-                worker.kill(KillReason(None, 0, None))
-                worker.process.join()
-            _close_quietly(worker)
+        stop_all(workers, kill=self.calls.is_broken)
         # Only after a bug in the manager can work be left: never leave it
         # pending for ever.
         if not self.calls.is_idle():
@@ -764,6 +600,63 @@ class Pool:
 
 
 # -- helpers ------------------------------------------------------------------
+
+
+def pick_worker(pool: Pool, size: int) -> WorkerHandle | None:
+    """The worker to send an item of ``size`` bytes now, if any: send-ahead.
+
+    An idle ready worker first; while the pool starts, one still importing;
+    else, in a full pool of ready workers, the least busy one that holds
+    fewer than its send-ahead allowance (``AHEAD_SECONDS`` of work by the
+    average task so far) and has room in its pipe. Under ``pool.lock``.
+    """
+    seconds = pool.task_seconds
+    if seconds is None:
+        ahead = 1
+    elif seconds >= AHEAD_SECONDS:
+        ahead = 0
+    else:
+        ahead = min(MAX_TASKS_AHEAD, int(AHEAD_SECONDS / max(seconds, 1e-6)))
+    busy: WorkerHandle | None = None
+    unready: WorkerHandle | None = None
+    any_ready = any_unready = False
+    for worker in pool.workers.values():
+        if worker.kill_reason is not None or (
+            pool.max_tasks is not None and worker.sent >= pool.max_tasks
+        ):
+            # On its way out: its replacement may take the item soon.
+            any_unready = True
+            continue
+        held = len(worker.held)
+        if worker.ready:
+            any_ready = True
+            if held == 0:
+                return worker
+            if (
+                held <= ahead
+                and not worker.outbox
+                and worker.held_bytes + size <= worker.capacity
+                and (busy is None or held < len(busy.held))
+            ):
+                busy = worker
+        else:
+            any_unready = True
+            if held == 0 and size <= worker.capacity and unready is None:
+                unready = worker
+    if unready is not None and not any_ready:
+        # The pool is starting: the item waits in the pipe of a worker
+        # that is still importing, and runs the moment it is ready.
+        return unready
+    # Send ahead only to a full pool of ready workers: while a worker is
+    # starting, or the pool can grow, the item may run sooner there.
+    if (
+        busy is not None
+        and not any_unready
+        and not pool.free_slots
+        and pool.starting == 0
+    ):
+        return busy
+    return None
 
 
 # Decoding catches BaseException: unpickling runs any callable the pickle
@@ -811,51 +704,3 @@ def _poller(channel: Channel) -> Callable[[], bool]:
     poller = select.poll()
     poller.register(channel.fileno(), select.POLLIN)
     return lambda: bool(poller.poll(0))
-
-
-def _grow_pipe(conn: Connection) -> int:
-    """Grow a Linux pipe to PIPE_BYTES; return the bytes it holds."""
-    if not sys.platform.startswith("linux"):
-        return MIN_PIPE_BYTES
-    import fcntl
-
-    fd = conn.fileno()
-    with contextlib.suppress(OSError):
-        # Fails past /proc/sys/fs/pipe-max-size or the per-user page budget;
-        # the pipe then keeps its size, which is read back below.
-        fcntl.fcntl(fd, _F_SETPIPE_SZ, PIPE_BYTES)
-    try:
-        return int(fcntl.fcntl(fd, _F_GETPIPE_SZ))
-    except OSError:
-        return MIN_PIPE_BYTES
-
-
-def _preload_in_forkserver(ctx: BaseContext) -> None:
-    """Have the forkserver import the worker module before it forks anyone.
-
-    A worker forked from a server that has already imported this package
-    starts in milliseconds instead of re-importing it (about 100 ms, and
-    seconds on a loaded machine) every time: this decides how fast crashed
-    or retired workers are replaced. Only possible before the server starts;
-    the modules already listed (``__main__`` by default) stay listed.
-    """
-    from multiprocessing import forkserver
-
-    server = getattr(forkserver, "_forkserver", None)
-    modules = getattr(server, "_preload_modules", None)
-    running = getattr(server, "_forkserver_pid", None) is not None
-    if running or not isinstance(modules, list) or _WORKER_MODULE in modules:
-        return
-    with contextlib.suppress(Exception):
-        ctx.set_forkserver_preload([*modules, _WORKER_MODULE])
-
-
-_WORKER_MODULE = run_worker.__module__
-
-
-def _close_quietly(worker: WorkerHandle) -> None:
-    for channel in (worker.tasks, worker.results):
-        with contextlib.suppress(OSError):
-            channel.close()
-    with contextlib.suppress(ValueError, AttributeError):
-        worker.process.close()

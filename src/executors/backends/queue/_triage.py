@@ -38,11 +38,10 @@ from ._pool import (
     EARLY_DEATHS_BEFORE_FAILED,
     REPLAY_SLACK_SECONDS,
     STARTUP_FAILURES_BEFORE_BROKEN,
-    STOP_GRACE_SECONDS,
     Pool,
-    _close_quietly,
     _poller,
 )
+from ._spawn import STOP_GRACE_SECONDS, close_quietly
 from ._wire import CHUNK, BadFrameError, dumps_chunk
 
 __all__ = ["Triage"]
@@ -87,7 +86,7 @@ class Triage:
             self._startup_failed(exitcode)
         for item, value, error in settled:
             pool.finish(item, value, error)
-        _close_quietly(worker)
+        close_quietly(worker)
         # A retired worker (max_tasks_per_child) is replaced when work
         # waits; a crashed or killed one at once, to keep the pool's size.
         pool.after_exit(

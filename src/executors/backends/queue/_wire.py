@@ -20,7 +20,7 @@ calls on the pipe's file descriptor, with no intermediate buffer; elsewhere
 it travels as :class:`multiprocessing.connection.Connection` messages. The
 parent's end of a task pipe is non-blocking (:meth:`Channel.send_nowait`):
 a write takes what the pipe holds now and never waits, and the rest of the
-frame is written later (see :mod:`.pool`, "Writing to a worker").
+frame is written later (see :mod:`._pool`, "Writing to a worker").
 
 The :class:`Board` is a small shared-memory array where each worker posts
 the task (and the piece of a chunk) it is running. Writing it costs a worker
@@ -160,7 +160,7 @@ def dumps(obj: object) -> tuple[bytes, list[memoryview]]:
 def dumps_chunk(
     fn: object, chunk: Chunk, careful: int = 0
 ) -> tuple[bytes, list[memoryview]]:
-    """Pickle a chunk of ``map`` for :meth:`.worker._Runner.run_chunk`.
+    """Pickle a chunk of ``map`` for :meth:`._worker._Runner.run_chunk`.
 
     Args:
         fn: The callable.

@@ -10,7 +10,7 @@
 A worker reads one task at a time from its own pipe, so the parent always
 knows which tasks a worker holds. As soon as a task's header arrives, and
 before each piece of a chunk, it posts what it runs on the shared
-:class:`~.wire.Board`: after a crash the parent reads there which task (and
+:class:`~._wire.Board`: after a crash the parent reads there which task (and
 which items) were running, fails only that one, and sends the others again.
 A task posted but not started (its frame still being read, or its arguments
 unpickled) is told apart: that is where a task too large for the worker's
@@ -155,7 +155,7 @@ class _Runner:
         STARTED stays 0 until the callable and its arguments are unpickled:
         a timeout counts the task's run, not reading it or importing its
         module; and a death before then is told apart (see
-        :meth:`.pool.Pool._sort_out_locked`).
+        :meth:`._triage.Triage._sort_out_locked`).
         """
         view, base = self.view, self.base
         view[base + ITEM] = 0

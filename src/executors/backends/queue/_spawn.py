@@ -1,0 +1,168 @@
+"""Starting and stopping worker processes, for :class:`._pool.Pool`.
+
+A worker gets its own pair of pipes (grown on Linux, so that a chunk can
+wait in the pipe and a large argument crosses in fewer wake-ups) and a row
+of the board; under forkserver the server imports the worker module once,
+so that a worker replacing a dead one starts in milliseconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Iterable
+from multiprocessing.connection import Connection
+from multiprocessing.context import BaseContext
+from typing import TYPE_CHECKING
+
+from ._items import KillReason, WorkerHandle
+from ._wire import FIELDS, SENT, Channel
+from ._worker import run_worker
+
+if TYPE_CHECKING:
+    from ._pool import Pool
+
+__all__ = [
+    "PIPE_BYTES",
+    "STOP_GRACE_SECONDS",
+    "close_quietly",
+    "preload_in_forkserver",
+    "start_worker",
+    "stop_all",
+]
+
+# A worker that is busy (or still starting) is sent an item only if the
+# item, with everything it holds, fits in its task pipe by the byte count:
+# more would wait in the parent anyway, where it can still be cancelled or
+# go to another worker. (Writes never block whatever the count says: see
+# "Writing to a worker" in ._pool.) Linux pipes are grown to this size (they
+# hold 64 KiB by default, 8 KiB once a user has many pipes open), so a chunk
+# of a map can wait in the pipe while the previous one runs, and a large
+# argument crosses in fewer wake-ups. The kernel allocates the pages only
+# as data flows: an idle pipe costs nothing.
+PIPE_BYTES = 1024 * 1024
+# What a pipe is assumed to hold where its size cannot be read (macOS pipes
+# start at 16 KiB).
+MIN_PIPE_BYTES = 16 * 1024
+# At shutdown idle workers exit at once on end-of-file; one that has not
+# exited after this long (stuck in its initializer) is killed.
+STOP_GRACE_SECONDS = 3.0
+# Linux fcntl commands (the fcntl module names them from Python 3.10 only).
+_F_SETPIPE_SZ = 1031
+_F_GETPIPE_SZ = 1032
+
+
+def start_worker(pool: Pool, slot: int, siblings: list[int] | None) -> WorkerHandle:
+    """Start the worker of board row ``slot``; return its handle.
+
+    Args:
+        pool: Its pool (context, initializer, board).
+        slot: Its row on the board.
+        siblings: Under fork: the parent's descriptors the child inherits
+            and must close (the other workers' pipes, the manager's wake-up).
+    """
+    task_reader, task_writer = pool.ctx.Pipe(duplex=False)
+    result_reader, result_writer = pool.ctx.Pipe(duplex=False)
+    close_fds: list[int] = []
+    if siblings is not None:
+        # ...and the parent's ends of its own pipes, or its own task pipe
+        # would never reach end-of-file.
+        close_fds = [*siblings, task_writer.fileno(), result_reader.fileno()]
+        own = {task_reader.fileno(), result_writer.fileno()}
+        close_fds = [fd for fd in close_fds if fd not in own]
+    pool.board.clear(slot)
+    process = pool.ctx.Process(  # type: ignore[attr-defined]
+        target=run_worker,
+        args=(
+            task_reader,
+            result_writer,
+            pool.board,
+            slot,
+            pool.initializer,
+            pool.initargs,
+            pool.max_tasks,
+            os.getpid(),
+            close_fds,
+        ),
+        name=f"executors-queue-worker-{slot}",
+    )
+    try:
+        process.start()
+    finally:
+        # Only the worker keeps these ends: its death is then an
+        # end-of-file here, and the parent's death one there.
+        task_reader.close()
+        result_writer.close()
+    capacity = _grow_pipe(task_writer)
+    _grow_pipe(result_reader)
+    tasks, results = Channel(task_writer), Channel(result_reader)
+    tasks.make_nonblocking()
+    results.check_against(pool.board.view, slot * FIELDS + SENT)
+    return WorkerHandle(process, tasks, results, slot, capacity)
+
+
+def stop_all(workers: Iterable[WorkerHandle], kill: bool) -> None:
+    """Stop ``workers``: end-of-file (or SIGKILL at once), SIGKILL after a grace."""
+    workers = list(workers)
+    for worker in workers:
+        if kill:
+            worker.kill(KillReason(None, 0, None))
+        with contextlib.suppress(OSError):
+            worker.tasks.close()
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for worker in workers:
+        worker.process.join(max(0.0, deadline - time.monotonic()))
+        if worker.process.exitcode is None:
+            worker.kill(KillReason(None, 0, None))
+            worker.process.join()
+        close_quietly(worker)
+
+
+def _grow_pipe(conn: Connection) -> int:
+    """Grow a Linux pipe to PIPE_BYTES; return the bytes it holds."""
+    if not sys.platform.startswith("linux"):
+        return MIN_PIPE_BYTES
+    import fcntl
+
+    fd = conn.fileno()
+    with contextlib.suppress(OSError):
+        # Fails past /proc/sys/fs/pipe-max-size or the per-user page budget;
+        # the pipe then keeps its size, which is read back below.
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, PIPE_BYTES)
+    try:
+        return int(fcntl.fcntl(fd, _F_GETPIPE_SZ))
+    except OSError:
+        return MIN_PIPE_BYTES
+
+
+def preload_in_forkserver(ctx: BaseContext) -> None:
+    """Have the forkserver import the worker module before it forks anyone.
+
+    A worker forked from a server that has already imported this package
+    starts in milliseconds instead of re-importing it (about 100 ms, and
+    seconds on a loaded machine) every time: this decides how fast crashed
+    or retired workers are replaced. Only possible before the server starts;
+    the modules already listed (``__main__`` by default) stay listed.
+    """
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    modules = getattr(server, "_preload_modules", None)
+    running = getattr(server, "_forkserver_pid", None) is not None
+    if running or not isinstance(modules, list) or _WORKER_MODULE in modules:
+        return
+    with contextlib.suppress(Exception):
+        ctx.set_forkserver_preload([*modules, _WORKER_MODULE])
+
+
+_WORKER_MODULE = run_worker.__module__
+
+
+def close_quietly(worker: WorkerHandle) -> None:
+    for channel in (worker.tasks, worker.results):
+        with contextlib.suppress(OSError):
+            channel.close()
+    with contextlib.suppress(ValueError, AttributeError):
+        worker.process.close()
