@@ -140,6 +140,14 @@ class Message(NamedTuple):
     buffers: list[bytearray]
 
 
+# The buffer path, in both directions and nowhere else: dumps() decides which
+# buffers leave the pickle, frame() lists them after the body (writev writes
+# them from the object's own memory), Channel.recv() reads each into a fresh
+# bytearray, and loads() rebuilds the object on those. Everyone else passes
+# (body, buffers) along unopened (_items.Task.size only counts the bytes), so
+# another way to carry large buffers (shared memory) changes these four.
+
+
 def dumps(obj: object) -> tuple[bytes, list[memoryview]]:
     """Pickle ``obj`` with protocol 5; return the pickle and its large buffers."""
     buffers: list[memoryview] = []
