@@ -466,6 +466,27 @@ class TestKillTask(QueueBase):
         assert [f.result(timeout=BOUND) for f in others] == [0, 1, 2, 3]
         assert executor.submit(tasks.add, 1, 1).result(timeout=BOUND) == 2
 
+    def test_kill_a_task_sent_ahead_fails_it_at_once(
+        self, make_executor: ExecutorFactory
+    ) -> None:
+        # The task sent ahead to a busy worker has not started: its future
+        # fails now (kill_task's common meaning), the task it waits behind
+        # finishes, and the worker is killed only as the stopped task starts.
+        executor = make_executor(max_workers=1)
+        for _ in range(20):
+            executor.submit(tasks.noop).result(timeout=BOUND)
+        running = executor.submit(tasks.sleep_and_return, 1.0, "done")
+        ahead = executor.submit(tasks.identity, "never")
+        with executor._pool.lock:
+            (worker,) = executor._pool.workers.values()
+            held = [item.call.future for item in worker.held]
+        assert held == [running, ahead], "the second task was not sent ahead"
+        assert executor.kill_task(ahead)
+        assert type(ahead.exception(timeout=BOUND)) is TaskKilledError
+        assert not running.done()
+        assert running.result(timeout=BOUND) == "done"
+        assert executor.submit(tasks.add, 1, 1).result(timeout=BOUND) == 2
+
     def test_kill_a_queued_task_returns_false(self, executor: Any) -> None:
         # kill_task() means the same on every backend: it stops a running
         # task; a queued one is left alone (cancel() is the way to drop it).

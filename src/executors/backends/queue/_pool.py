@@ -210,11 +210,12 @@ class Pool:
     def launch(self, call: Call) -> None:
         """Hand ``call`` to a worker (``CallQueue``'s launch)."""
         item = WorkItem(next(self.ids), call.payload, call)
-        call.handle = item
         try:
             with self.lock:
                 if self.ended or self.stopped:
                     raise stopped_error()
+                # Under the lock: stop() and run_left() find it somewhere.
+                call.handle = item
                 self.pending.append(item)
                 self._dispatch_locked()
         except Exception:
@@ -277,7 +278,8 @@ class Pool:
                     if started == RETURNED:
                         return None
                     return (started - time.monotonic_ns()) / 1e9 + timeout
-        return timeout
+            # Waiting to be sent; else done, its outcome being reported.
+            return timeout if item in self.pending else None
 
     def finish(self, item: WorkItem, value: Any, error: BaseException | None) -> bool:
         """Report an item's outcome; never with ``lock`` held."""
