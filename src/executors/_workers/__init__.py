@@ -34,6 +34,7 @@ from ._context import (
     enter_thread,
     leave_process,
     leave_thread,
+    recycling,
     worker_id,
     worker_state,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "leave_thread",
     "limit_threads",
     "parse_size",
+    "recycling",
     "rss_bytes",
     "worker_id",
     "worker_state",

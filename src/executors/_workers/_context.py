@@ -32,6 +32,7 @@ __all__ = [
     "enter_thread",
     "leave_process",
     "leave_thread",
+    "recycling",
     "worker_id",
     "worker_state",
 ]
@@ -66,7 +67,8 @@ class WorkerContext:
         self.forwarder: Forwarder | None = None
         #: Set once a task left the worker over a limit: it should be replaced.
         self.leaving = False
-        self._announced = False
+        #: Set once the worker said it will leave soon (once per worker).
+        self.soon = False
         self._left = False
         self._lock = threading.Lock()
 
@@ -104,8 +106,8 @@ class WorkerContext:
                 rss = rss_bytes()
                 self.leaving |= rss > self.max_memory
                 soon |= rss > self.max_memory * SOON_FRACTION
-            if (soon or self.leaving) and not self._announced:
-                self._announced = True
+            if (soon or self.leaving) and not self.soon:
+                self.soon = True
                 if forwarder is not None:
                     forwarder.announce(("l", os.getpid(), self.index))
         except Exception:  # never the task's failure, nor the worker's
@@ -188,6 +190,20 @@ def after_task() -> bool:
     """
     context = current()
     return False if context is None else context.after_task()
+
+
+def recycling() -> tuple[bool, bool]:
+    """``(leaving, soon)`` of this worker after :func:`after_task`.
+
+    ``leaving``: over a limit, it should go now; ``soon``: it is past the
+    point where its replacement should start (true from then on). For a
+    worker loop that tells its pool in band, rather than through
+    ``WorkerSettings(on_leaving=)``.
+    """
+    context = current()
+    if context is None:
+        return False, False
+    return context.leaving, context.soon
 
 
 def enter_thread(context: WorkerContext) -> None:
