@@ -30,6 +30,7 @@ are re-exported here for the modules that import them from this one).
 
 from __future__ import annotations
 
+import _thread
 import copyreg
 import io
 import pickle
@@ -38,11 +39,13 @@ from collections.abc import Callable, Mapping
 from multiprocessing.reduction import ForkingPickler
 from typing import Any, Literal, SupportsIndex, overload
 
+from . import _shm
 from ._bootstrap import INITIALIZER_FAILED_EXITCODE, WorkerBootstrap, initializer_error
 from ._remote import picklable_exception, result_not_sent
 
 __all__ = [
     "INITIALIZER_FAILED_EXITCODE",
+    "PICKED",
     "Outcome",
     "Pickled",
     "PickledCall",
@@ -50,7 +53,9 @@ __all__ = [
     "decode",
     "dump_error",
     "dumps",
+    "dumps_through",
     "initializer_error",
+    "loads",
     "run_call",
 ]
 
@@ -87,17 +92,119 @@ class _PicklerWith(_Pickler):
         super().__init__(file, pickle.HIGHEST_PROTOCOL, buffer_callback=buffer_callback)
 
 
+#: ``dumps(..., holder=PICKED)``: a message sent once (an outcome), whose
+#: shared memory is free again once its receiver has taken it.
+PICKED: Any = object()
+
+
 def dumps(
     obj: object,
     buffer_callback: Callable[[Any], Any] | None = None,
     reducers: Mapping[type, Callable[[Any], Any]] | None = None,
+    *,
+    shm_threshold: int | None = None,
+    holder: object = None,
 ) -> bytes:
     """Pickle ``obj`` as ``multiprocessing`` would, at the highest protocol.
 
     With ``buffer_callback``, large buffers go to it instead of the bytes,
     as with :func:`pickle.dumps`; ``reducers`` take precedence over the
     shared table.
+
+    Args:
+        shm_threshold: Out-of-band buffers of at least this many bytes
+            travel through shared memory (:mod:`executors._shm`), the
+            rest in the bytes; ``None``: everything in the bytes. If shared
+            memory cannot be had, everything goes in the bytes.
+        holder: How long the shared memory stays the receiver's: ``None``,
+            while the returned bytes live (a payload the caller may send
+            again for a retry); :data:`PICKED`, until a receiver has
+            unpickled it (an outcome); any other object, while it lives.
     """
+    if shm_threshold is None or buffer_callback is not None:
+        return _dump(obj, buffer_callback, reducers)
+    return dumps_through(
+        lambda callback: _dump(obj, callback, reducers), shm_threshold, holder
+    )
+
+
+def dumps_through(
+    pickle_with: Callable[[Callable[[Any], Any] | None], bytes],
+    shm_threshold: int,
+    holder: object = None,
+) -> bytes:
+    """Pickle with large buffers in shared memory, for a pickler of one's own.
+
+    Args:
+        pickle_with: Pickles the object with the given ``buffer_callback``
+            (called twice if shared memory cannot be had: then ``None``).
+        shm_threshold: As for :func:`dumps`.
+        holder: As for :func:`dumps`.
+    """
+    big: list[memoryview] = []
+
+    def in_band(buffer: pickle.PickleBuffer) -> bool:
+        try:
+            raw = buffer.raw()
+        except BufferError:
+            return True  # not contiguous: pickle raises as it would in-band
+        if raw.nbytes < shm_threshold or not raw.nbytes:
+            return True
+        big.append(raw)
+        return False
+
+    data = pickle_with(in_band)
+    if not big:
+        return data
+    shipment = _shm.ship(big)
+    big.clear()
+    if shipment is None:
+        return pickle_with(None)
+    message = _shm.pack(data, shipment.refs)
+    if holder is PICKED:
+        shipment.until_picked()
+        return message
+    if holder is not None:
+        shipment.held_by(holder)
+        return message
+    held = _Message(message)
+    held.shipment = shipment
+    return held
+
+
+class _Message(bytes):
+    """Bytes that hold a shared memory segment while they live.
+
+    bytes cannot be weakly referenced: the segment is let go in ``__del__``.
+    It pickles as plain bytes.
+    """
+
+    shipment: _shm.Shipment
+
+    def __del__(self) -> None:
+        try:
+            self.shipment.release()
+        except KeyboardInterrupt:
+            # Dropped by the interpreter in __del__: the main thread gets it.
+            _thread.interrupt_main()
+
+    def __reduce__(self) -> tuple[type[bytes], tuple[bytes]]:
+        return bytes, (bytes(self),)
+
+
+def loads(data: bytes) -> Any:
+    """Unpickle what :func:`dumps` made, its buffers in shared memory or not."""
+    if data[:4] == _shm.MAGIC:
+        return _shm.loads(data)
+    return pickle.loads(data)
+
+
+def _dump(
+    obj: object,
+    buffer_callback: Callable[[Any], Any] | None,
+    reducers: Mapping[type, Callable[[Any], Any]] | None,
+) -> bytes:
+
     extra = ForkingPickler._extra_reducers  # type: ignore[attr-defined]
     sizes = (len(copyreg.dispatch_table), len(extra))
     if sizes != _Pickler.table_sizes:
@@ -137,6 +244,7 @@ def run_call(
     payload: bytes,
     buffers_apart: Literal[False] = False,
     reducers: Mapping[type, Callable[[Any], Any]] | None = None,
+    shm_threshold: int | None = None,
 ) -> tuple[bool, bytes]: ...
 
 
@@ -145,6 +253,7 @@ def run_call(
     payload: bytes,
     buffers_apart: bool,
     reducers: Mapping[type, Callable[[Any], Any]] | None = None,
+    shm_threshold: int | None = None,
 ) -> Outcome: ...
 
 
@@ -152,6 +261,7 @@ def run_call(
     payload: bytes,
     buffers_apart: bool = False,
     reducers: Mapping[type, Callable[[Any], Any]] | None = None,
+    shm_threshold: int | None = None,
 ) -> Outcome:
     """Run one pickled ``(fn, args, kwargs)`` in a worker; never raise.
 
@@ -163,13 +273,22 @@ def run_call(
             (loky): it then copies each buffer once.
         reducers: Extra reducers for the value, as a library's own pool
             would apply to results (joblib's for memory-mapped arrays).
+        shm_threshold: The value's buffers of at least this many bytes go
+            back through shared memory (the caller's ``shm_threshold``);
+            ``buffers_apart`` then applies to none.
     """
     try:
-        fn, args, kwargs = pickle.loads(payload)
+        fn, args, kwargs = loads(payload)
         value = fn(*args, **kwargs)
     except BaseException as exc:
         return False, dump_error(exc)
+    # The arguments' shared memory is let go before the value is pickled.
+    del fn, args, kwargs
     try:
+        if shm_threshold is not None:
+            return True, dumps(
+                value, reducers=reducers, shm_threshold=shm_threshold, holder=PICKED
+            )
         if buffers_apart:
             return True, Pickled.of(value, reducers)
         return True, dumps(value, reducers=reducers)
@@ -191,7 +310,7 @@ def decode(outcome: Outcome) -> tuple[bool, Any]:
         ok, data = outcome
         if isinstance(data, Pickled):
             return ok, pickle.loads(data.data, buffers=data.buffers)
-        return ok, pickle.loads(data)
+        return ok, loads(data)
     except BaseException as exc:
         return False, exc
 
@@ -245,13 +364,20 @@ class PickledCall:
     Its own pickle is the bytes of ``(fn, args, kwargs)``, so the worker
     receives plain bytes for :func:`run_call`. A map's chunks travel this
     way: the first reaches a worker while the caller is still submitting
-    the others.
+    the others. With ``shm_threshold``, its large buffers go through shared
+    memory held while this object lives (a retry pickles it again).
     """
 
-    __slots__ = ("call",)
+    __slots__ = ("__weakref__", "call", "shm_threshold")
 
-    def __init__(self, call: tuple[Any, tuple[Any, ...], dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        call: tuple[Any, tuple[Any, ...], dict[str, Any]],
+        shm_threshold: int | None = None,
+    ) -> None:
         self.call = call
+        self.shm_threshold = shm_threshold
 
     def __reduce__(self) -> tuple[type[bytes], tuple[bytes]]:
-        return bytes, (dumps(self.call),)
+        data = dumps(self.call, shm_threshold=self.shm_threshold, holder=self)
+        return bytes, (bytes(data) if type(data) is not bytes else data,)

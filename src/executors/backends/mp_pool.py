@@ -56,6 +56,7 @@ from concurrent.futures import Future
 from multiprocessing.context import BaseContext
 from typing import Any, TypeVar
 
+from .. import _shm
 from .._base import BaseExecutor
 from .._callqueue import Call, CallQueue
 from .._capabilities import Capabilities
@@ -109,9 +110,13 @@ class _Launcher:
     ``shutdown()`` is still garbage-collected, which closes its queue.
     """
 
-    def __init__(self, pool: WatchedPool, watch: PoolWatch) -> None:
+    def __init__(
+        self, pool: WatchedPool, watch: PoolWatch, shm_threshold: int | None
+    ) -> None:
         self.pool = pool
         self.watch = watch
+        # Results come back through shared memory too: run_tracked's argument.
+        self.reply: tuple[Any, ...] = () if shm_threshold is None else (shm_threshold,)
         self.calls: CallQueue  # set right after, the queue needs launch()
         self._ids = itertools.count(1)  # 0 means "no call" in a slot
         # Guards a handle's stop against its outcome arriving meanwhile.
@@ -122,7 +127,7 @@ class _Launcher:
         call.handle = handle
         result = self.pool.apply_async(
             run_tracked,
-            (handle.call_id, call.payload),
+            (handle.call_id, call.payload, *self.reply),
             callback=functools.partial(self._done, call, handle),
             error_callback=functools.partial(self._failed, call, handle),
         )
@@ -243,6 +248,9 @@ class MpPoolExecutor(BaseExecutor):
             ``maxtasksperchild``); ``None`` keeps workers for the pool's life.
         cloudpickle: Send the callable and the initializer with cloudpickle
             (lambdas and closures work).
+        shm_threshold: Buffers of arguments and results (NumPy arrays) of at
+            least this many bytes travel through shared memory; ``None``:
+            through the pipe (see :doc:`large-data`).
     """
 
     backend = "mp_pool"
@@ -252,6 +260,7 @@ class MpPoolExecutor(BaseExecutor):
         stops_timed_out_tasks=True,
         kills_single_task=True,
         terminates_workers=True,
+        shared_memory=True,
     )
     _calls: CallQueue
 
@@ -269,7 +278,9 @@ class MpPoolExecutor(BaseExecutor):
         initargs: tuple[Any, ...] = (),
         max_tasks_per_child: int | None = None,
         cloudpickle: bool = True,
+        shm_threshold: int | None = _shm.DEFAULT_THRESHOLD,
     ) -> None:
+        threshold = _shm.check_threshold(shm_threshold)
         workers, context, per_child = check_process_pool_options(
             max_workers=max_workers,
             default_workers=cpu_count(),
@@ -293,7 +304,7 @@ class MpPoolExecutor(BaseExecutor):
         except BaseException:
             watch.discard()
             raise
-        launcher = _Launcher(pool, watch)
+        launcher = _Launcher(pool, watch, threshold)
         launcher.calls = self._queue = CallQueue(
             launcher.launch,
             DISPATCH_PER_WORKER * workers,
@@ -307,6 +318,7 @@ class MpPoolExecutor(BaseExecutor):
             # A dead worker breaks the pool: nothing is left to retry on.
             retries_crashes=False,
         )
+        self._queue.shm_threshold = threshold
         # BaseExecutor's task control (kill_task, terminate_workers) finds
         # the queue here.
         self._calls = self._queue
@@ -352,3 +364,5 @@ class MpPoolExecutor(BaseExecutor):
         self._queue.close(cancel_futures)
         if wait:
             self._watch.wait()
+            # The workers are gone: so is what they sent; our free segments too.
+            _shm.trim()

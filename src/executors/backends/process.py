@@ -37,6 +37,7 @@ from concurrent.futures.process import (
 from multiprocessing.context import BaseContext
 from typing import Any, TypeVar, cast
 
+from .. import _shm
 from .._base import BaseExecutor
 from .._callqueue import Call, CallQueue
 from .._capabilities import Capabilities
@@ -155,12 +156,17 @@ class ProcessExecutor(BaseExecutor):
         max_tasks_per_child: Replace a worker after this many tasks
             (Python 3.11+).
         cloudpickle: Send the callable with cloudpickle (lambdas work).
+        shm_threshold: Buffers of arguments and results (NumPy arrays) of at
+            least this many bytes travel through shared memory; ``None``:
+            through the pipe (see :doc:`large-data`).
     """
 
     backend = "process"
     # Timeouts are abandoned: the stdlib pool cannot stop one task without
     # breaking itself.
-    capabilities = Capabilities(task_control=True, terminates_workers=True)
+    capabilities = Capabilities(
+        task_control=True, terminates_workers=True, shared_memory=True
+    )
     _calls: CallQueue
 
     @classmethod
@@ -177,7 +183,9 @@ class ProcessExecutor(BaseExecutor):
         initargs: tuple[Any, ...] = (),
         max_tasks_per_child: int | None = None,
         cloudpickle: bool = True,
+        shm_threshold: int | None = _shm.DEFAULT_THRESHOLD,
     ) -> None:
+        threshold = _shm.check_threshold(shm_threshold)
         workers, context, per_child = check_process_pool_options(
             max_workers=max_workers,
             default_workers=min(_MAX_DEFAULT_WORKERS, cpu_count()),
@@ -217,6 +225,11 @@ class ProcessExecutor(BaseExecutor):
             translate=self._translate,
             slots=workers,
         )
+        self._calls.shm_threshold = threshold
+        # Results come back the same way: run_call's extra arguments.
+        self._reply: tuple[Any, ...] = ()
+        if threshold is not None:
+            self._reply = (False, None, threshold)
 
     def _broken_error(self) -> BaseException | None:
         broken = self._pool._broken
@@ -242,7 +255,7 @@ class ProcessExecutor(BaseExecutor):
             # futures while holding the lock submit() takes (3.12+), and
             # this runs from those futures' callbacks.
             raise BrokenProcessPool(broken)
-        theirs = self._pool.submit(run_call, call.payload)
+        theirs = self._pool.submit(run_call, call.payload, *self._reply)
         theirs.add_done_callback(functools.partial(self._on_done, call))
         call.handle = theirs
 
@@ -349,6 +362,8 @@ class ProcessExecutor(BaseExecutor):
         # Done with it: the thread object holds the pool's pipes and the
         # workers' sentinels, which must close with the pool.
         self._manager = None
+        # The workers are gone: so is what they sent; our free segments go too.
+        _shm.trim()
 
 
 # Bounds the wait for a worker whose sentinel is ready to be reaped; it is

@@ -190,16 +190,19 @@ class TaskSlots:
 _worker_slot: tuple[TaskSlots, int] | None = None
 
 
-def run_tracked(call_id: int, payload: bytes) -> Outcome:
+def run_tracked(
+    call_id: int, payload: bytes, shm_threshold: int | None = None
+) -> Outcome:
     """Run a call as :func:`~executors._outcome.run_call` does, in a slot.
 
     The task wrapper of a Pool with :class:`TaskSlots`: while the call runs
     its id is in this worker's slot, so that the caller can stop it, and a
-    call stopped before it started is not run at all.
+    call stopped before it started is not run at all. ``shm_threshold`` is
+    run_call's.
     """
     slot = _worker_slot
     if slot is None:
-        return run_call(payload)
+        return run_call(payload, False, None, shm_threshold)
     slots, index = slot
     lock = slots.lock
     with lock:
@@ -209,7 +212,7 @@ def run_tracked(call_id: int, payload: bytes) -> Outcome:
         if index >= 0:
             slots.calls[index] = call_id
     try:
-        return run_call(payload)
+        return run_call(payload, False, None, shm_threshold)
     finally:
         if index >= 0:
             with lock:

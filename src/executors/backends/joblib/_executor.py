@@ -14,6 +14,7 @@ from joblib._utils import eval_expr
 from joblib.disk import memstr_to_bytes
 from joblib.externals.loky.backend import get_context as loky_get_context
 
+from ... import _shm
 from ..._base import BaseExecutor
 from ..._callqueue import CallQueue
 from ..._capabilities import Capabilities
@@ -144,11 +145,16 @@ class JoblibExecutor(BaseExecutor):
             ``cpus // max_workers`` unless set in the environment (joblib's).
         cloudpickle: Send the callable and the initializer with the
             project's cloudpickle wrapper, as every process backend does.
+        shm_threshold: Buffers of arguments and results (NumPy arrays) of at
+            least this many bytes travel through shared memory, process
+            workers only; an argument that memmapping takes (above
+            ``max_nbytes``) stays a memory map. ``None``: through the pipe
+            (see :doc:`large-data`).
     """
 
     backend: ClassVar[str] = "joblib"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        task_control=True, terminates_workers=True
+        task_control=True, terminates_workers=True, shared_memory=True
     )
     _calls: CallQueue
 
@@ -181,8 +187,10 @@ class JoblibExecutor(BaseExecutor):
         temp_folder: str | None = None,
         inner_max_num_threads: int | None = None,
         cloudpickle: bool = True,
+        shm_threshold: int | None = _shm.DEFAULT_THRESHOLD,
     ) -> None:
         kind = check_choice("joblib_backend", joblib_backend, JOBLIB_BACKENDS)
+        threshold = _shm.check_threshold(shm_threshold)
         workers = check_max_workers(max_workers, default=cpu_count())
         check_initializer(initializer, initargs)
         per_child = check_max_tasks_per_child(max_tasks_per_child)
@@ -232,6 +240,8 @@ class JoblibExecutor(BaseExecutor):
             pool = MpWorkers(workers, context, initializer, initargs, per_child, memmap)
         else:
             pool = ThreadWorkers(workers, initializer, initargs)
+        if loky or mp:
+            pool.shm_threshold = threshold
         self._workers = pool
         self._booted = False
         # A timed call launches only into a free worker (slots): loky reports
@@ -314,6 +324,8 @@ class JoblibExecutor(BaseExecutor):
                 raise shutdown_from_own_task_error()
             self._calls.wait_idle()
             self._workers.wait()
+            # The workers are gone: so is what they sent; our free segments too.
+            _shm.trim()
 
     def _interrupt(self) -> None:
         # Ctrl-C: cancel what is queued, fail what runs, stop the workers

@@ -50,6 +50,14 @@ class Workers:
     pool: Any = None
     memmapping: Memmapping | None = None
     calls: CallQueue
+    #: Buffers of at least this many bytes travel through shared memory,
+    #: both ways (process workers only; set by the executor).
+    shm_threshold: int | None = None
+
+    @property
+    def reply(self) -> tuple[Any, ...]:
+        """The worker function's extra arguments: how results come back."""
+        return () if self.shm_threshold is None else (self.shm_threshold,)
 
     def __init__(self) -> None:
         # Set when the executor stops its workers on purpose: what the
@@ -89,7 +97,7 @@ class Workers:
     def payload(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if self.memmapping is None:
             return fn, args, kwargs
-        return Payload((fn, args, kwargs), self.memmapping)
+        return Payload((fn, args, kwargs), self.memmapping, self.shm_threshold)
 
     def failed(self, call: Call, error: BaseException) -> None:
         """The library failed ``call`` (not the task): translate, maybe break."""
@@ -161,7 +169,7 @@ class LokyWorkers(Workers):
         self._manager_thread: threading.Thread | None = None
 
     def launch(self, call: Call) -> None:
-        theirs = self.pool.submit(run_on_loky, call.payload)
+        theirs = self.pool.submit(run_on_loky, call.payload, *self.reply)
         call.handle = theirs
         theirs.add_done_callback(functools.partial(self._done, call))
 
@@ -314,7 +322,7 @@ class MpWorkers(Workers):
         try:
             self._pool.apply_async(
                 run_on_pool,
-                (call.payload,),
+                (call.payload, *self.reply),
                 callback=functools.partial(self.calls.settle_outcome, call),
                 # Pool's task handler could not pickle the call: the
                 # pickler's own error, as on every backend.

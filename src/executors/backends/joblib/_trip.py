@@ -26,7 +26,7 @@ from joblib.externals.loky import process_executor as loky
 from joblib.externals.loky.backend import reduction as loky_reduction
 
 from ..._errors import InitializerFailedError, WorkerCrashedError, describe_exitcode
-from ..._outcome import INITIALIZER_FAILED_EXITCODE, initializer_error
+from ..._outcome import INITIALIZER_FAILED_EXITCODE, dumps_through, initializer_error
 
 __all__ = ["Memmapping", "Payload", "translate_error"]
 
@@ -105,29 +105,44 @@ class Payload:
 
     Pickled with the memmapping reducers pointed at the executor's folder (a
     ``Parallel`` batch on loky points them at its call's folder, as joblib).
-    ``error`` keeps what the pickler raised: loky keeps only its text.
+    With ``shm_threshold``, the large buffers that memmapping leaves (all of
+    them when ``max_nbytes=None``) travel through shared memory, held while
+    this object lives. ``error`` keeps what the pickler raised: loky keeps
+    only its text.
     """
 
-    __slots__ = ("call", "error", "memmapping")
+    __slots__ = ("__weakref__", "call", "error", "memmapping", "shm_threshold")
 
     def __init__(
         self,
         call: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]],
         memmapping: Memmapping,
+        shm_threshold: int | None = None,
     ) -> None:
         self.call = call
         self.memmapping = memmapping
+        self.shm_threshold = shm_threshold
         self.error: BaseException | None = None
 
     def __reduce__(self) -> tuple[type[bytes], tuple[bytes]]:
         self.memmapping.use_own_folder()
-        buffer = io.BytesIO()
         try:
-            self.memmapping.pickler(buffer, pickle.HIGHEST_PROTOCOL).dump(self.call)
+            if self.shm_threshold is None:
+                data = self._pickle(None)
+            else:
+                data = bytes(dumps_through(self._pickle, self.shm_threshold, self))
         except Exception as exc:
             self.error = exc
             raise
-        return bytes, (buffer.getvalue(),)
+        return bytes, (data,)
+
+    def _pickle(self, buffer_callback: Callable[[Any], Any] | None) -> bytes:
+        buffer = io.BytesIO()
+        pickler = self.memmapping.pickler(
+            buffer, pickle.HIGHEST_PROTOCOL, buffer_callback=buffer_callback
+        )
+        pickler.dump(self.call)
+        return buffer.getvalue()
 
 
 class Memmapping:

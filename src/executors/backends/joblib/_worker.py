@@ -18,18 +18,19 @@ from ..._outcome import Outcome, run_call
 __all__ = ["run_on_loky", "run_on_pool"]
 
 
-def run_on_loky(payload: bytes) -> Outcome:
+def run_on_loky(payload: bytes, shm_threshold: int | None = None) -> Outcome:
     """Run a call in a loky worker: its value's buffers travel as they are.
 
     loky pickles the outcome at protocol 5, so a large array is copied once
-    into loky's message instead of three times.
+    into loky's message instead of three times; with ``shm_threshold``, into
+    shared memory instead.
     """
-    return run_call(payload, buffers_apart=True, reducers=_RESULT_REDUCERS)
+    return run_call(payload, True, _RESULT_REDUCERS, shm_threshold)
 
 
-def run_on_pool(payload: bytes) -> Outcome:
+def run_on_pool(payload: bytes, shm_threshold: int | None = None) -> Outcome:
     """Run a call in a ``multiprocessing.Pool`` worker of the executor."""
-    return run_call(payload, reducers=_RESULT_REDUCERS)
+    return run_call(payload, False, _RESULT_REDUCERS, shm_threshold)
 
 
 class _ArrayReducers(Mapping[type, Callable[[Any], Any]]):
