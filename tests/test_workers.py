@@ -351,3 +351,37 @@ def test_after_task_says_when_to_go_and_warns_the_caller_first(
     assert [leave for _, leave in found] == expected
     assert noticed.wait(10)
     assert notices == [(found[0][0], 0)]
+
+
+def test_running_as_restores_the_outer_worker() -> None:
+    """inline inside a thread worker: the inner identity while it runs."""
+    from executors._workers import WorkerContext, running_as
+
+    outer, inner = WorkerContext(1), WorkerContext(0)
+    assert executors.worker_id() is None
+    with running_as(outer):
+        assert executors.worker_id() == 1
+        with running_as(inner):
+            assert executors.worker_id() == 0
+            executors.worker_state()["x"] = 1
+        assert executors.worker_id() == 1
+        assert executors.worker_state() == {}
+    assert executors.worker_id() is None
+
+
+def test_a_worker_numbered_by_its_backend_claims_no_slot() -> None:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from executors.testing import worker_tasks
+
+    settings = WorkerSettings(workers=2, forward_logs=False)
+    context = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(
+        1,
+        mp_context=context,
+        initializer=worker_tasks.start_as,
+        initargs=(settings.spec(), 5),
+    ) as pool:
+        assert pool.submit(worker_tasks.who).result(timeout=30)[0] == 5
+    settings.close()

@@ -35,6 +35,7 @@ from ._context import (
     leave_process,
     leave_thread,
     recycling,
+    running_as,
     worker_id,
     worker_state,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "parse_size",
     "recycling",
     "rss_bytes",
+    "running_as",
     "worker_id",
     "worker_state",
 ]

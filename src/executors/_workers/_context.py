@@ -15,7 +15,7 @@ import multiprocessing
 import multiprocessing.util
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +33,7 @@ __all__ = [
     "leave_process",
     "leave_thread",
     "recycling",
+    "running_as",
     "worker_id",
     "worker_state",
 ]
@@ -211,6 +212,22 @@ def enter_thread(context: WorkerContext) -> None:
     _thread.context = context
 
 
+@contextlib.contextmanager
+def running_as(context: WorkerContext) -> Iterator[WorkerContext]:
+    """Run a task of ``context`` in this thread, then restore what was here.
+
+    For a backend that runs tasks in the caller's own thread (``inline``):
+    a task of an inline executor inside a task of a pool worker is the
+    inline executor's worker while it runs, and the pool's again after.
+    """
+    previous: WorkerContext | None = getattr(_thread, "context", None)
+    _thread.context = context
+    try:
+        yield context
+    finally:
+        _thread.context = previous
+
+
 def leave_thread() -> None:
     """Leave the current thread's worker context (its finalizer runs)."""
     context: WorkerContext | None = getattr(_thread, "context", None)
@@ -263,14 +280,21 @@ class WorkerSpec:
     max_tasks: int | None = None
     allow_children: bool = True
 
-    def start(self) -> WorkerContext:
+    def start(self, index: int | None = None) -> WorkerContext:
         """Make this process a worker: call first thing in its start-up.
 
         Caps the native thread pools (before the initializer imports them),
         lets tasks start processes of their own, claims a slot, connects
         the logs and arranges for the finalizer to run at a normal exit.
+
+        Args:
+            index: This worker's slot, for a backend that numbers its
+                workers itself (the queue pool, billiard's ``index``);
+                then no slot is claimed.
         """
         global _process
+        if index is not None:
+            self.index, self.slots = index, None
         if self.threads is not None:
             limit_threads(self.threads)
         if self.allow_children:

@@ -136,3 +136,8 @@ def finish_task() -> tuple[int, bool]:
     from executors._workers import after_task
 
     return os.getpid(), after_task()
+
+
+def start_as(spec: Any, index: int) -> None:
+    """An initializer: start as the worker of slot ``index``, as a queue worker."""
+    spec.start(index)
