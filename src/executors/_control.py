@@ -37,6 +37,8 @@ from collections.abc import Callable
 from dataclasses import astuple, dataclass
 from typing import Any, Generic, TypeVar
 
+from ._options import check_seconds
+
 __all__ = [
     "OPTION_NAMES",
     "TaskOptions",
@@ -106,13 +108,9 @@ class TaskOptions:
 
 
 def _number(value: object, name: str, *, positive: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
-    if positive and not value > 0:
-        raise ValueError(f"{name} must be greater than 0, got {value!r}")
-    if not positive and not value >= 0:
-        raise ValueError(f"{name} must be >= 0, got {value!r}")
-    return float(value)
+    seconds = check_seconds(value, name, positive=positive, optional=False)
+    assert seconds is not None  # not optional
+    return seconds
 
 
 def check_task_options(

@@ -237,6 +237,34 @@ def check_process_pool_options(
     return ProcessPoolOptions(workers, context, per_child)
 
 
+def check_seconds(
+    value: object, name: str, *, positive: bool = False, optional: bool = True
+) -> float | None:
+    """Validate a duration in seconds: the one check every option of seconds uses.
+
+    Args:
+        value: The option's value.
+        name: The option as the user spelled it, for the message.
+        positive: 0 is refused too (a poll interval, a silence limit).
+        optional: ``None`` is accepted (and returned): no limit.
+
+    Raises:
+        TypeError: ``"NAME must be a number of seconds[ or None], got X"``.
+        ValueError: ``"NAME must be greater than 0, got X"`` (``positive``)
+            or ``"NAME must be non-negative, got X"``.
+    """
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        what = "a number of seconds or None" if optional else "a number of seconds"
+        raise TypeError(f"{name} must be {what}, got {value!r}")
+    if positive and not value > 0:
+        raise ValueError(f"{name} must be greater than 0, got {value!r}")
+    if not value >= 0:
+        raise ValueError(f"{name} must be non-negative, got {value!r}")
+    return float(value)
+
+
 def check_timeout(timeout: object, name: str = "timeout") -> float | None:
     """Validate a timeout in seconds (``None`` waits forever).
 
@@ -244,13 +272,7 @@ def check_timeout(timeout: object, name: str = "timeout") -> float | None:
         TypeError: not a number.
         ValueError: negative.
     """
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds or None, got {timeout!r}")
-    if timeout < 0:
-        raise ValueError(f"{name} must be non-negative, got {timeout!r}")
-    return float(timeout)
+    return check_seconds(timeout, name)
 
 
 def check_chunksize(chunksize: object) -> int | None:

@@ -20,6 +20,7 @@ from ..._options import (
     check_int,
     check_max_tasks_per_child,
     check_max_workers,
+    check_seconds,
     cpu_count,
 )
 from ._lostwatch import DEFAULT_LOST_WORKER_TIMEOUT
@@ -135,19 +136,11 @@ def check_arguments(
 
 
 def _check_lost_worker_timeout(value: float | Default | None) -> float | None:
-    # Not executors._options.check_timeout: that one takes 0, and a
-    # worker silent for 0 s would have its tasks failed at every poll.
+    # Positive: a worker silent for 0 s would have its tasks failed at
+    # every poll.
     if isinstance(value, Default):
         return DEFAULT_LOST_WORKER_TIMEOUT
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(
-            f"lost_worker_timeout must be a number of seconds or None, got {value!r}"
-        )
-    if not value > 0:
-        raise ValueError(f"lost_worker_timeout must be greater than 0, got {value!r}")
-    return float(value)
+    return check_seconds(value, "lost_worker_timeout", positive=True)
 
 
 def _check_max_memory(value: int | None) -> int:
