@@ -385,3 +385,35 @@ def test_a_worker_numbered_by_its_backend_claims_no_slot() -> None:
     ) as pool:
         assert pool.submit(worker_tasks.who).result(timeout=30)[0] == 5
     settings.close()
+
+
+def test_a_child_forked_by_a_task_is_not_the_worker(tmp_path: Path) -> None:
+    """Its exit runs no finalizer, and it writes nothing into the log stream."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from executors._bootstrap import WorkerBootstrap
+    from executors.testing import worker_tasks
+
+    handler = _Collect()
+    logger = logging.getLogger(worker_tasks.RECORD_LOGGER)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    settings = WorkerSettings(
+        workers=1,
+        finalizer=worker_tasks.write_finalized,
+        finalargs=(str(tmp_path),),
+    )
+    try:
+        bootstrap = WorkerBootstrap(os.getpid(), None, (), settings.spec())
+        context = multiprocessing.get_context("forkserver")
+        with ProcessPoolExecutor(1, mp_context=context, initializer=bootstrap) as pool:
+            child = pool.submit(worker_tasks.fork_and_log).result(timeout=30)
+            worker = pool.submit(worker_tasks.who).result(timeout=30)[1]
+        settings.close()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
+    assert [r.getMessage() for r in handler.records] == ["after the fork"]
+    finalized = sorted(path.name.split("-")[1] for path in tmp_path.iterdir())
+    assert finalized == [str(worker)], (finalized, child)

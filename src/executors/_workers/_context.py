@@ -72,6 +72,8 @@ class WorkerContext:
         self.soon = False
         self._left = False
         self._lock = threading.Lock()
+        # A child forked by a task inherits the exit hooks: not its to run.
+        self._pid = os.getpid()
 
     def worker_id(self) -> int | None:
         if self.index is None and self.slot is not None:
@@ -118,7 +120,7 @@ class WorkerContext:
     def leave(self) -> None:
         """Run the finalizer, then send the last records; once, never raising."""
         with self._lock:
-            if self._left:
+            if self._left or os.getpid() != self._pid:
                 return
             self._left = True
         if self.finalizer is not None:

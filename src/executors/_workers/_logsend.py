@@ -27,6 +27,7 @@ import socket
 import struct
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -104,6 +105,7 @@ class Forwarder(logging.Handler):
             target=self._send_loop, name="executors-log-forward", daemon=True
         )
         self._thread.start()
+        _forwarders.add(self)
 
     def emit(self, record: logging.LogRecord) -> None:
         if threading.current_thread() is self._thread:
@@ -209,6 +211,14 @@ class Forwarder(logging.Handler):
                 self._queue.clear()
                 self._cond.notify_all()
 
+    def _forget_in_child(self) -> None:
+        # A child forked by a task (os.fork) has no sender thread and must
+        # never write into the worker's connection: it drops its records.
+        self._broken = True
+        self._queue.clear()
+        logging.getLogger().removeHandler(self)
+        self._sock.close()  # the child's copy only
+
     def _send(self, frame: tuple[Any, ...]) -> None:
         body = pickle.dumps(frame, pickle.HIGHEST_PROTOCOL)
         self._sock.sendall(struct.pack(">I", len(body)) + body)
@@ -228,3 +238,15 @@ class Forwarder(logging.Handler):
             }
         )
         return record_data(record, wid, self._pid)
+
+
+_forwarders: weakref.WeakSet[Forwarder] = weakref.WeakSet()
+
+
+def _forget_in_child() -> None:
+    for forwarder in list(_forwarders):
+        forwarder._forget_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_in_child)

@@ -29,7 +29,8 @@ def caller_levels() -> dict[str, int]:
     handle and no others (the caller checks again as it re-emits).
     """
     levels = {"": logging.getLogger().level}
-    for name, logger in logging.Logger.manager.loggerDict.items():
+    # A copy: another thread may create a logger meanwhile.
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
         if isinstance(logger, logging.Logger) and logger.level != logging.NOTSET:
             levels[name] = logger.level
     return levels

@@ -141,3 +141,20 @@ def finish_task() -> tuple[int, bool]:
 def start_as(spec: Any, index: int) -> None:
     """An initializer: start as the worker of slot ``index``, as a queue worker."""
     spec.start(index)
+
+
+def fork_and_log() -> int:
+    """Fork a child that logs and runs the exit hooks; log after. Child's pid."""
+    import atexit
+
+    logger = logging.getLogger(RECORD_LOGGER)
+    child = os.fork()
+    if child == 0:
+        try:
+            logger.warning("from the forked child")
+            atexit._run_exitfuncs()  # as a child that ends normally would
+        finally:
+            os._exit(0)
+    os.waitpid(child, 0)
+    logger.warning("after the fork")
+    return child
