@@ -337,6 +337,12 @@ def _allow_children() -> None:
     process = multiprocessing.current_process()
     if process.daemon:
         process.daemon = False
+    method = multiprocessing.get_start_method(allow_none=True)
+    if method is not None and method not in multiprocessing.get_all_start_methods():
+        # loky makes its own ("loky") the default in its workers; a stdlib
+        # pool started by a task passes the default to its workers, which
+        # fail with "cannot find context for 'loky'". Back to the stdlib's.
+        multiprocessing.set_start_method(None, force=True)
 
 
 def _connect(context: WorkerContext, address: str, secret: bytes) -> None:
