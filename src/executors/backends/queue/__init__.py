@@ -5,10 +5,11 @@ The parts:
 
 * :mod:`._executor`: :class:`QueueExecutor`, on the shared
   :class:`~executors._callqueue.CallQueue` (queueing, cancel, timeouts,
-  retries, stopping a task).
-* :mod:`._pool`: what only this pool does: send-ahead per worker, starting
-  and replacing workers; :mod:`._triage`: what a worker's death means for
-  each item it held (crash triage, chunk replay).
+  retries, stopping a task; :mod:`._calls` adds what it lacks today).
+* :mod:`._pool`: what only this pool does: send-ahead per worker, writing
+  frames, reading results; :mod:`._spawn`: starting and stopping workers;
+  :mod:`._triage`: what a worker's death means for each item it held
+  (crash triage, chunk replay).
 * :mod:`._manager`: the manager thread; :mod:`._wire`: frames, pipes and the
   board; :mod:`._worker`: the loop a worker runs; :mod:`._items`: records.
 

@@ -1,7 +1,8 @@
 """The state the callers and the manager thread share: :class:`Pool`.
 
 What only this pool does: which worker gets which call (send-ahead per
-worker), starting and replacing workers, writing frames, reading results.
+worker), writing frames, reading results; its workers start and stop in
+:mod:`._spawn`.
 The shared :class:`~executors._callqueue.CallQueue` in front of it (see
 :mod:`._calls`) owns the queue, cancel, timeouts, retries and stopping a
 task; it hands the pool a call (:meth:`Pool.launch`) only when
@@ -56,7 +57,7 @@ from collections.abc import Callable
 from multiprocessing.context import BaseContext
 from typing import TYPE_CHECKING, Any
 
-from ..._errors import ExecutorFailedError, InitializerFailedError, describe_exitcode
+from ..._errors import InitializerFailedError, describe_exitcode
 from ..._futures import settle
 from ..._lifecycle import (
     ending_on_keyboard_interrupt,
@@ -73,7 +74,7 @@ from ._items import (
     stopped_error,
 )
 from ._manager import Wakeup
-from ._spawn import close_quietly, preload_in_forkserver, start_worker, stop_all
+from ._spawn import Spawner, stop_all
 from ._wire import (
     CHUNK_DONE,
     ERROR,
@@ -157,13 +158,7 @@ class Pool:
         self.initializer = initializer
         self.initargs = initargs
         self.max_tasks = max_tasks_per_child
-        self.fork = ctx.get_start_method() == "fork"
-        if ctx.get_start_method() == "forkserver":
-            preload_in_forkserver(ctx)
         self.lock = threading.Lock()
-        # Held across starting a process and registering it, so that a
-        # forked worker learns every pipe of its siblings (to close them).
-        self.spawn_lock = threading.Lock()
         self.wakeup = Wakeup()
         wakeup = self.wakeup
         self.owner = weakref.ref(owner, lambda _: wakeup.wake())
@@ -188,6 +183,7 @@ class Pool:
         self.ended = False  # workers stopped for good: no more start
         self.stopped = False
         self.deferred = threading.local()  # see launch()
+        self.spawner = Spawner(self)
 
     # -- the call queue's side -------------------------------------------------
 
@@ -202,9 +198,8 @@ class Pool:
                 return True  # launch() fails it at once
             if not self.pending and pick_worker(self, task.size):
                 return True
-            slots = self._reserve_spawns_locked(waiting + len(self.pending))
-        for slot in slots:
-            self._spawn_in_thread(slot)
+            slots = self.spawner.reserve_locked(waiting + len(self.pending))
+        self.spawner.start(slots)
         return False
 
     def launch(self, call: Call) -> None:
@@ -217,7 +212,7 @@ class Pool:
                 # Under the lock: stop() and run_left() find it somewhere.
                 call.handle = item
                 self.pending.append(item)
-                self._dispatch_locked()
+                self.dispatch_locked()
         except Exception:
             raise
         except BaseException as exc:
@@ -355,7 +350,7 @@ class Pool:
 
     # -- dispatch ------------------------------------------------------------
 
-    def _dispatch_locked(self) -> None:
+    def dispatch_locked(self) -> None:
         pending = self.pending
         while pending:
             item = pending[0]
@@ -432,80 +427,12 @@ class Pool:
                 outbox.clear()
             return True
 
-    # -- workers: start, register -------------------------------------------
-
-    def _reserve_spawns_locked(self, want: int, replace: bool = False) -> list[int]:
-        """Slots for new workers: one per item waiting beyond those starting."""
-        if self.ended or self.stopped:
-            return []
-        if replace and not (self.closing and not want):
-            want = max(want, self.starting + 1)
-        slots = []
-        while self.free_slots and want > self.starting:
-            self.starting += 1
-            slots.append(self.free_slots.pop())
-        return slots
-
-    def _spawn_in_thread(self, slot: int) -> None:
-        # Not in the caller's thread, which may hold the call queue's lock,
-        # nor in the manager's: starting a process takes milliseconds (more
-        # on a loaded machine), and results must keep flowing meanwhile.
-        threading.Thread(
-            target=self._spawn, args=(slot,), name="executors-queue-spawn"
-        ).start()
-
-    def _spawn(self, slot: int) -> None:
-        with self.spawn_lock:
-            try:
-                worker = self._start_process(slot)
-            except BaseException as exc:
-                with self.lock:
-                    self.starting -= 1
-                    self.free_slots.append(slot)
-                    alive = bool(self.workers)
-                if not alive:
-                    reason = f"{type(exc).__name__}: {exc}"
-                    self.break_pool(
-                        lambda: ExecutorFailedError(
-                            f"the queue executor could not start a worker ({reason})"
-                        )
-                    )
-                self.wakeup.wake()
-                return
-            with self.lock:
-                self.starting -= 1
-                # Its workers ended (Ctrl-C, terminate_workers()) while this
-                # one started: it must take no work.
-                late = self.stopped or self.ended
-                if not late:
-                    self.workers[slot] = worker
-                    self.generation += 1
-                    self._dispatch_locked()
-            if late:
-                worker.kill(KillReason(None, 0, None))
-                worker.process.join()
-                close_quietly(worker)
-        # Also when it came late: a stopping manager waits for `starting`
-        # to reach zero, and nothing else would wake it to see that.
-        self.wakeup.wake()
-        if not late:
-            self.calls.pump()  # a worker that is starting takes a call
-
-    def _start_process(self, slot: int) -> WorkerHandle:
-        siblings: list[int] = [self.wakeup.reader.fileno()]
-        if self.fork:
-            with self.lock:
-                for other in self.workers.values():
-                    siblings += [other.tasks.fileno(), other.results.fileno()]
-        return start_worker(self, slot, siblings if self.fork else None)
-
     def after_exit(self, replace: bool) -> None:
         """Send what waits, and replace a worker that died (manager thread)."""
         with self.lock:
-            self._dispatch_locked()
-            slots = self._reserve_spawns_locked(len(self.pending), replace)
-        for slot in slots:
-            self._spawn_in_thread(slot)
+            self.dispatch_locked()
+            slots = self.spawner.reserve_locked(len(self.pending), replace)
+        self.spawner.start(slots)
         self.calls.pump()
 
     # -- results (manager thread) --------------------------------------------
@@ -517,7 +444,7 @@ class Pool:
             with self.lock:
                 worker.ready = True
                 self.startup_failures = 0
-                self._dispatch_locked()
+                self.dispatch_locked()
             self.calls.pump()
             return
         if kind == INIT_FAILED:
@@ -555,7 +482,7 @@ class Pool:
                 self.task_seconds = message.value
             else:
                 self.task_seconds = seconds + (message.value - seconds) * 0.25
-            self._dispatch_locked()
+            self.dispatch_locked()
         if not self.finish(item, value, error):
             # Stopped (its call settled at a timeout): nothing launched the
             # next call in its place.

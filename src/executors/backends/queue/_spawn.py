@@ -1,4 +1,4 @@
-"""Starting and stopping worker processes, for :class:`._pool.Pool`.
+"""Starting and stopping worker processes: :class:`Spawner`, :func:`stop_all`.
 
 A worker gets its own pair of pipes (grown on Linux, so that a chunk can
 wait in the pipe and a large argument crosses in fewer wake-ups) and a row
@@ -11,12 +11,14 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from typing import TYPE_CHECKING
 
+from ..._errors import ExecutorFailedError
 from ._items import KillReason, WorkerHandle
 from ._wire import FIELDS, SENT, Channel
 from ._worker import run_worker
@@ -24,14 +26,7 @@ from ._worker import run_worker
 if TYPE_CHECKING:
     from ._pool import Pool
 
-__all__ = [
-    "PIPE_BYTES",
-    "STOP_GRACE_SECONDS",
-    "close_quietly",
-    "preload_in_forkserver",
-    "start_worker",
-    "stop_all",
-]
+__all__ = ["PIPE_BYTES", "STOP_GRACE_SECONDS", "Spawner", "close_quietly", "stop_all"]
 
 # A worker that is busy (or still starting) is sent an item only if the
 # item, with everything it holds, fits in its task pipe by the byte count:
@@ -54,53 +49,134 @@ _F_SETPIPE_SZ = 1031
 _F_GETPIPE_SZ = 1032
 
 
-def start_worker(pool: Pool, slot: int, siblings: list[int] | None) -> WorkerHandle:
-    """Start the worker of board row ``slot``; return its handle.
+class Spawner:
+    """Starts the pool's workers: one per call waiting, a dead one replaced.
 
-    Args:
-        pool: Its pool (context, initializer, board).
-        slot: Its row on the board.
-        siblings: Under fork: the parent's descriptors the child inherits
-            and must close (the other workers' pipes, the manager's wake-up).
+    A worker starts in a thread of its own: never in a caller's, which may
+    hold the call queue's lock, nor in the manager's: starting a process
+    takes milliseconds (more on a loaded machine), and results must keep
+    flowing meanwhile.
     """
-    task_reader, task_writer = pool.ctx.Pipe(duplex=False)
-    result_reader, result_writer = pool.ctx.Pipe(duplex=False)
-    close_fds: list[int] = []
-    if siblings is not None:
-        # ...and the parent's ends of its own pipes, or its own task pipe
-        # would never reach end-of-file.
-        close_fds = [*siblings, task_writer.fileno(), result_reader.fileno()]
-        own = {task_reader.fileno(), result_writer.fileno()}
-        close_fds = [fd for fd in close_fds if fd not in own]
-    pool.board.clear(slot)
-    process = pool.ctx.Process(  # type: ignore[attr-defined]
-        target=run_worker,
-        args=(
-            task_reader,
-            result_writer,
-            pool.board,
-            slot,
-            pool.initializer,
-            pool.initargs,
-            pool.max_tasks,
-            os.getpid(),
-            close_fds,
-        ),
-        name=f"executors-queue-worker-{slot}",
-    )
-    try:
-        process.start()
-    finally:
-        # Only the worker keeps these ends: its death is then an
-        # end-of-file here, and the parent's death one there.
-        task_reader.close()
-        result_writer.close()
-    capacity = _grow_pipe(task_writer)
-    _grow_pipe(result_reader)
-    tasks, results = Channel(task_writer), Channel(result_reader)
-    tasks.make_nonblocking()
-    results.check_against(pool.board.view, slot * FIELDS + SENT)
-    return WorkerHandle(process, tasks, results, slot, capacity)
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.fork = pool.ctx.get_start_method() == "fork"
+        if pool.ctx.get_start_method() == "forkserver":
+            preload_in_forkserver(pool.ctx)
+        # Held across starting a process and registering it, so that a
+        # forked worker learns every pipe of its siblings (to close them).
+        self.lock = threading.Lock()
+
+    def reserve_locked(self, want: int, replace: bool = False) -> list[int]:
+        """Board rows for new workers, under ``pool.lock``.
+
+        One per item of ``want`` beyond the workers starting; with
+        ``replace`` (a worker died), at least one unless the pool closes idle.
+        """
+        pool = self.pool
+        if pool.ended or pool.stopped:
+            return []
+        if replace and not (pool.closing and not want):
+            want = max(want, pool.starting + 1)
+        slots = []
+        while pool.free_slots and want > pool.starting:
+            pool.starting += 1
+            slots.append(pool.free_slots.pop())
+        return slots
+
+    def start(self, slots: list[int]) -> None:
+        for slot in slots:
+            threading.Thread(
+                target=self._spawn, args=(slot,), name="executors-queue-spawn"
+            ).start()
+
+    def _spawn(self, slot: int) -> None:
+        pool = self.pool
+        with self.lock:
+            try:
+                worker = self._start_process(slot)
+            except BaseException as exc:
+                with pool.lock:
+                    pool.starting -= 1
+                    pool.free_slots.append(slot)
+                    alive = bool(pool.workers)
+                if not alive:
+                    reason = f"{type(exc).__name__}: {exc}"
+                    pool.break_pool(
+                        lambda: ExecutorFailedError(
+                            f"the queue executor could not start a worker ({reason})"
+                        )
+                    )
+                pool.wakeup.wake()
+                return
+            with pool.lock:
+                pool.starting -= 1
+                # Its workers ended (Ctrl-C, terminate_workers()) while this
+                # one started: it must take no work.
+                late = pool.stopped or pool.ended
+                if not late:
+                    pool.workers[slot] = worker
+                    pool.generation += 1
+                    pool.dispatch_locked()
+            if late:
+                worker.kill(KillReason(None, 0, None))
+                worker.process.join()
+                close_quietly(worker)
+        # Also when it came late: a stopping manager waits for `starting`
+        # to reach zero, and nothing else would wake it to see that.
+        pool.wakeup.wake()
+        if not late:
+            pool.calls.pump()  # a worker that is starting takes a call
+
+    def _start_process(self, slot: int) -> WorkerHandle:
+        pool = self.pool
+        task_reader, task_writer = pool.ctx.Pipe(duplex=False)
+        result_reader, result_writer = pool.ctx.Pipe(duplex=False)
+        close_fds: list[int] = []
+        if self.fork:
+            # The parent's descriptors a forked child inherits and must
+            # close: the other workers' pipes, the manager's wake-up, and the
+            # parent's ends of its own pipes (or its own task pipe would
+            # never reach end-of-file).
+            close_fds += [
+                pool.wakeup.reader.fileno(),
+                task_writer.fileno(),
+                result_reader.fileno(),
+            ]
+            with pool.lock:
+                for other in pool.workers.values():
+                    close_fds += [other.tasks.fileno(), other.results.fileno()]
+            own = {task_reader.fileno(), result_writer.fileno()}
+            close_fds = [fd for fd in close_fds if fd not in own]
+        pool.board.clear(slot)
+        process = pool.ctx.Process(  # type: ignore[attr-defined]
+            target=run_worker,
+            args=(
+                task_reader,
+                result_writer,
+                pool.board,
+                slot,
+                pool.initializer,
+                pool.initargs,
+                pool.max_tasks,
+                os.getpid(),
+                close_fds,
+            ),
+            name=f"executors-queue-worker-{slot}",
+        )
+        try:
+            process.start()
+        finally:
+            # Only the worker keeps these ends: its death is then an
+            # end-of-file here, and the parent's death one there.
+            task_reader.close()
+            result_writer.close()
+        capacity = _grow_pipe(task_writer)
+        _grow_pipe(result_reader)
+        tasks, results = Channel(task_writer), Channel(result_reader)
+        tasks.make_nonblocking()
+        results.check_against(pool.board.view, slot * FIELDS + SENT)
+        return WorkerHandle(process, tasks, results, slot, capacity)
 
 
 def stop_all(workers: Iterable[WorkerHandle], kill: bool) -> None:
