@@ -454,11 +454,11 @@ def _zombie_child() -> subprocess.Popen[bytes]:
 
 @pytest.mark.timeout(60)
 def test_the_fallback_caller_watch_sees_a_zombie_caller_as_gone() -> None:
-    from executors.backends.celery.worker import _poll_until_gone
+    from executors._parentwatch import poll_until_gone
 
     child = _zombie_child()
     try:
-        watch = threading.Thread(target=_poll_until_gone, args=(child.pid,))
+        watch = threading.Thread(target=poll_until_gone, args=(child.pid,))
         watch.daemon = True
         watch.start()
         watch.join(BOUND)
@@ -469,10 +469,10 @@ def test_the_fallback_caller_watch_sees_a_zombie_caller_as_gone() -> None:
 
 _FOREIGN = """
 import os, sys
-from executors.backends.celery.worker import _poll_until_gone
+from executors._parentwatch import poll_until_gone
 
 os.setuid(65534)  # nobody: the pid given now belongs to another user
-_poll_until_gone(int(sys.argv[1]))
+poll_until_gone(int(sys.argv[1]))
 print("returned")
 """
 

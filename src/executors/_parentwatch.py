@@ -30,7 +30,13 @@ import select
 import threading
 import time
 
-__all__ = ["PARENT_GONE_EXITCODE", "exit_with_parent", "process_alive"]
+__all__ = [
+    "PARENT_GONE_EXITCODE",
+    "exit_with_parent",
+    "poll_until_gone",
+    "process_alive",
+    "wait_until_gone",
+]
 
 #: Exit code of a worker that ended because its caller died.
 PARENT_GONE_EXITCODE = 70
@@ -78,15 +84,49 @@ def exit_with_parent(parent_pid: int) -> None:
 
 
 def _watch(parent_pid: int, pidfd: int | None) -> None:
+    _wait(parent_pid, pidfd)
+    os._exit(PARENT_GONE_EXITCODE)
+
+
+def wait_until_gone(pid: int) -> None:
+    """Return once process ``pid`` has ended (a pidfd, else polling).
+
+    For a process that must outlive neither its caller nor a helper it
+    started (Celery's private worker and its Redis server).
+    """
+    try:
+        pidfd = os.pidfd_open(pid)  # type: ignore[attr-defined,unused-ignore]
+    except ProcessLookupError:
+        return
+    except (AttributeError, OSError):
+        pidfd = None  # not Linux >= 5.3: poll instead
+    try:
+        _wait(pid, pidfd)
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def _wait(pid: int, pidfd: int | None) -> None:
     if pidfd is not None:
+        # Readable once the process has ended, zombie or reaped.
         poller = select.poll()
         poller.register(pidfd, select.POLLIN)
         while not poller.poll():
             pass
     else:
-        while process_alive(parent_pid):
-            time.sleep(_POLL_SECONDS)
-    os._exit(PARENT_GONE_EXITCODE)
+        poll_until_gone(pid)
+
+
+def poll_until_gone(pid: int, interval: float = _POLL_SECONDS) -> None:
+    """Return once process ``pid`` has ended: the watch where no pidfd exists.
+
+    A zombie (ended, not yet reaped by its parent) has ended; a pid that
+    answers EPERM belongs to another user now, so the caller (always this
+    user) has ended and its pid was reused.
+    """
+    while process_alive(pid):
+        time.sleep(interval)
 
 
 def process_alive(pid: int) -> bool:

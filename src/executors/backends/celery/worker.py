@@ -46,20 +46,18 @@ import contextlib
 import json
 import os
 import pickle
-import select
 import shutil
 import signal
 import sys
 import tempfile
 import threading
-import time
 import traceback
 from typing import Any
 
 from celery import Celery, signals
 
 from ..._bootstrap import INITIALIZER_FAILED_EXITCODE
-from ..._parentwatch import PARENT_GONE_EXITCODE, exit_with_parent, process_alive
+from ..._parentwatch import PARENT_GONE_EXITCODE, exit_with_parent, wait_until_gone
 
 # The generic task: shared_task registers it with this app too.
 from . import task as _task  # noqa: F401
@@ -183,35 +181,8 @@ def _shorten(text: str, keep: int, tail: bool) -> str:
     return text[: max(keep - 5, 0)] + "[...]"
 
 
-def _poll_until_gone(pid: int, interval: float = 0.5) -> None:
-    """Return once process ``pid`` has ended: the watch where no pidfd exists.
-
-    A zombie (ended, not yet reaped by its parent) has ended; a pid that
-    answers EPERM belongs to another user now, so the caller (always this
-    user) has ended and its pid was reused.
-    """
-    while process_alive(pid):
-        time.sleep(interval)
-
-
-def _wait_for(pid: int) -> None:
-    """Return once process ``pid`` has ended."""
-    try:
-        fd = os.pidfd_open(pid)  # type: ignore[attr-defined,unused-ignore]
-    except ProcessLookupError:
-        return
-    except (AttributeError, OSError):
-        _poll_until_gone(pid)
-        return
-    # Readable once the process has ended, zombie or reaped.
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    while not poller.poll():
-        pass
-
-
 def _end_with_caller(caller: int, redis_pid: int, folder: str) -> None:
-    _wait_for(caller)
+    wait_until_gone(caller)
     with contextlib.suppress(OSError):
         os.kill(redis_pid, signal.SIGKILL)
     # The socket, the Redis log and anything else of the deployment.
