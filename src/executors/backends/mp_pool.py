@@ -250,7 +250,7 @@ class MpPoolExecutor(BaseExecutor):
             (lambdas and closures work).
         shm_threshold: Buffers of arguments and results (NumPy arrays) of at
             least this many bytes travel through shared memory; ``None``:
-            through the pipe (see :doc:`large-data`).
+            through the pipe (see ``docs/large-data.md``).
     """
 
     backend = "mp_pool"

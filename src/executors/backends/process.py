@@ -158,7 +158,7 @@ class ProcessExecutor(BaseExecutor):
         cloudpickle: Send the callable with cloudpickle (lambdas work).
         shm_threshold: Buffers of arguments and results (NumPy arrays) of at
             least this many bytes travel through shared memory; ``None``:
-            through the pipe (see :doc:`large-data`).
+            through the pipe (see ``docs/large-data.md``).
     """
 
     backend = "process"

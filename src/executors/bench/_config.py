@@ -38,6 +38,8 @@ class Config:
         cpu_loops: Loop count that takes ``cpu_seconds`` here (calibrated).
         payload_items: Arrays of the payload workload (twenty).
         payload_mb: Size of each array in MB (5).
+        payload_sizes_mb: Sizes of the single arrays sent there and back in
+            the payload's round trips, in MiB (1, 16, 128).
         stream_items: Items of the streaming generator (10,000,000).
         stream_buffersize: ``buffersize`` of the streaming map (1,000).
         stream_rss_cap_mb: Growth at which a streaming run is stopped, so a
@@ -66,6 +68,7 @@ class Config:
     cpu_loops: int = 0
     payload_items: int = 20
     payload_mb: float = 5.0
+    payload_sizes_mb: list[float] = field(default_factory=lambda: [1, 16, 128])
     stream_items: int = 10_000_000
     stream_buffersize: int = 1_000
     stream_rss_cap_mb: float = 500.0
@@ -122,6 +125,7 @@ def make_config(*, quick: bool, **overrides: Any) -> Config:
             classic_seconds=0.1,
             cpu_seconds=0.02,
             payload_items=4,
+            payload_sizes_mb=[1, 16],
             stream_items=50_000,
         )
     clean = {key: value for key, value in overrides.items() if value is not None}

@@ -7,8 +7,11 @@ Each measures one target's shared, warmed-up session (see
 from __future__ import annotations
 
 import math
+import os
 import statistics
+import threading
 import time
+from typing import Any
 
 from . import _tasks
 from ._measure import Context, Outcome, check, repeat, timed
@@ -222,12 +225,73 @@ def run_cpu(ctx: Context) -> Outcome:
 
 
 def run_payload(ctx: Context) -> Outcome:
+    """A map of identity over many arrays, then round trips of one array.
+
+    The round trips (``submit(identity, array).result()``, one array of each
+    size in ``payload_sizes_mb``) count the payload once per trip, in GB/s,
+    and the caller's peak RSS is sampled during the largest. On the serial
+    baseline they are a NumPy copy of the array instead: the machine's copy
+    bandwidth, the limit row (a round trip needs two copies).
+    """
     try:
         import numpy as np
     except ImportError:
         raise Unsupported('needs numpy: pip install "executors[all]"') from None
     config = ctx.config
-    session = ctx.session()
+    baseline = ctx.spec.kind == "baseline"
+    session = None if baseline else ctx.session()
+    outcome = Outcome()
+    if session is not None:
+        outcome = _payload_map(np, session, config)
+    else:
+        outcome.params["copied"] = True
+        outcome.notes.append(
+            "the limit: a NumPy copy of each array in one process (a round "
+            "trip needs two copies)"
+        )
+    largest = max(config.payload_sizes_mb)
+    for size in config.payload_sizes_mb:
+        rates, peak = _trips(np, session, size, size == largest, config)
+        outcome.samples[f"gbps_{size:g}"] = rates
+        if peak:
+            outcome.samples["peak_rss_mb"] = peak
+    return outcome
+
+
+def _trips(
+    np: Any, session: Any, size: float, sample_rss: bool, config: Any
+) -> tuple[list[float], list[float]]:
+    """GB/s of round trips of one ``size`` MiB array (copies if no session)."""
+    array = np.full(int(size * MEGABYTE / 8), 1.0)
+    peak: list[float] = []
+
+    def copy() -> float:
+        took, copied = timed(array.copy)
+        check(copied[-1] == 1.0, "the copy differs")
+        return float(array.nbytes / took / 1e9)
+
+    def trip() -> float:
+        with _PeakRss(enabled=sample_rss) as rss:
+            took, back = timed(lambda: session.call(_tasks.noop, array))
+            check(
+                back.shape == array.shape and back[0] == back[-1] == 1.0,
+                "the array came back changed",
+            )
+            del back
+        if rss.peak:
+            peak.append(rss.peak)
+        return float(array.nbytes / took / 1e9)
+
+    if session is None:
+        return repeat(config.repeats, config.budget, copy), peak
+    session.call(_tasks.noop, array)  # the first trip sets things up
+    return repeat(config.repeats, config.budget, trip), peak
+
+
+MEGABYTE = 1 << 20
+
+
+def _payload_map(np: Any, session: Any, config: Any) -> Outcome:
     length = int(config.payload_mb * 1e6 / 8)
     arrays = [np.full(length, float(i)) for i in range(config.payload_items)]
     megabytes = sum(a.nbytes for a in arrays) / 1e6
@@ -249,9 +313,43 @@ def run_payload(ctx: Context) -> Outcome:
         params={
             "arrays": len(arrays),
             "mb_each": config.payload_mb,
+            "sizes_mb": list(config.payload_sizes_mb),
             "copied": not any(shared),
         },
     )
     if any(shared):
         outcome.notes.append("no copy: the tasks run in this process")
     return outcome
+
+
+class _PeakRss:
+    """The caller's peak resident memory (MB) while the block runs."""
+
+    INTERVAL = 0.002
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _sample(self) -> None:
+        page = os.sysconf("SC_PAGE_SIZE")
+        with open("/proc/self/statm", "rb") as statm:
+            while True:
+                statm.seek(0)
+                rss = int(statm.read().split()[1]) * page / MEGABYTE
+                self.peak = max(self.peak, rss)
+                if self._stop.wait(self.INTERVAL):
+                    return
+
+    def __enter__(self) -> _PeakRss:
+        if self.enabled and os.path.exists("/proc/self/statm"):
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()

@@ -203,11 +203,25 @@ WORKLOADS: dict[str, WorkloadInfo] = {
             "payload",
             lambda c: (
                 f"Payload: map of identity over {c.payload_items} x "
-                f"{c.payload_mb:g} MB numpy arrays, there and back "
-                "(MB/s, higher is better)"
+                f"{c.payload_mb:g} MB numpy arrays, there and back (MB/s); then "
+                "submit(identity, array).result() of one "
+                + ", ".join(f"{size:g}" for size in c.payload_sizes_mb)
+                + " MiB array (GB/s, payload once per round trip), and the "
+                "caller's peak RSS during the largest (higher is better, RSS "
+                "lower); serial: a NumPy copy, the limit"
             ),
-            (Metric("mb_per_s", "round trip", "MB/s", True),),
-            (Ratio("vs raw", "mb_per_s", "mb_per_s"),),
+            (
+                Metric("mb_per_s", "map", "MB/s", True),
+                *(
+                    Metric(f"gbps_{size:g}", f"{size:g} MiB trip", "GB/s", True)
+                    for size in (1, 16, 128)
+                ),
+                Metric("peak_rss_mb", "peak RSS", "MB", False),
+            ),
+            (
+                Ratio("vs raw", "mb_per_s", "mb_per_s"),
+                Ratio("128 MiB vs raw", "gbps_128", "gbps_128"),
+            ),
             run_payload,
         ),
         WorkloadInfo(

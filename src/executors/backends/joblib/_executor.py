@@ -149,7 +149,7 @@ class JoblibExecutor(BaseExecutor):
             least this many bytes travel through shared memory, process
             workers only; an argument that memmapping takes (above
             ``max_nbytes``) stays a memory map. ``None``: through the pipe
-            (see :doc:`large-data`).
+            (see ``docs/large-data.md``).
     """
 
     backend: ClassVar[str] = "joblib"
