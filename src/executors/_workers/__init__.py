@@ -39,7 +39,7 @@ from ._context import (
     worker_id,
     worker_state,
 )
-from ._limits import limit_threads, parse_size, rss_bytes
+from ._limits import ProcessWideCap, limit_threads, parse_size, rss_bytes
 
 if TYPE_CHECKING:
     from ._loglisten import LogListener
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AUTO",
     "LogListener",
+    "ProcessWideCap",
     "WorkerContext",
     "WorkerSettings",
     "WorkerSpec",

@@ -14,6 +14,7 @@ from typing import Any
 
 __all__ = [
     "THREAD_VARIABLES",
+    "ProcessWideCap",
     "default_threads_per_worker",
     "limit_threads",
     "parse_size",
@@ -150,3 +151,25 @@ def limit_threads(threads: int, environment: bool = True) -> Any:
     except ImportError:
         return None
     return threadpoolctl.threadpool_limits(limits=threads)
+
+
+class ProcessWideCap:
+    """``threads_per_worker`` where the workers are the caller's own threads.
+
+    The native pools are process-wide: the cap is the caller's too, so the
+    ``thread`` and ``inline`` backends apply it only when asked for, while
+    the executor is open, and :meth:`restore` undoes it at shutdown.
+    """
+
+    def __init__(self, threads: int) -> None:
+        self._environ = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+        self._limiter = limit_threads(threads)
+
+    def restore(self) -> None:
+        if self._limiter is not None:
+            self._limiter.restore_original_limits()
+        for name, value in self._environ.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

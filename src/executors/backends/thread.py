@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -38,13 +37,12 @@ from .._futures import Future as OurFuture
 from .._lifecycle import join_unless_current, shutdown_from_own_task_error
 from .._options import check_initializer, check_max_workers, cpu_count
 from .._workers import (
+    ProcessWideCap,
     WorkerContext,
     WorkerSettings,
     enter_thread,
     leave_thread,
-    limit_threads,
 )
-from .._workers._limits import THREAD_VARIABLES
 
 __all__ = ["ThreadExecutor"]
 
@@ -228,9 +226,9 @@ class ThreadExecutor(BaseExecutor):
             in_process=True,
         )
         super().__init__(max_workers=workers)
-        self._thread_cap: _ThreadCap | None = None
+        self._thread_cap: ProcessWideCap | None = None
         if settings.threads is not None:
-            self._thread_cap = _ThreadCap(settings.threads)
+            self._thread_cap = ProcessWideCap(settings.threads)
         threads = _Threads(workers, thread_name_prefix, initializer, initargs, settings)
         # One call per thread: a thread that finishes launches the next call
         # itself, as it settles the last one.
@@ -258,23 +256,8 @@ class ThreadExecutor(BaseExecutor):
                 raise shutdown_from_own_task_error()
             self._calls.wait_idle()
             self._threads.join()
-            cap, self._thread_cap = self._thread_cap, None
-            if cap is not None:
-                cap.restore()
-
-
-class _ThreadCap:
-    """``threads_per_worker`` on threads: a process-wide cap, undone at shutdown."""
-
-    def __init__(self, threads: int) -> None:
-        self._environ = {name: os.environ.get(name) for name in THREAD_VARIABLES}
-        self._limiter = limit_threads(threads)
-
-    def restore(self) -> None:
-        if self._limiter is not None:
-            self._limiter.restore_original_limits()
-        for name, value in self._environ.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        # Without wait, the tasks still running lose the cap: it is the
+        # caller's too, and nothing else would undo it.
+        cap, self._thread_cap = self._thread_cap, None
+        if cap is not None:
+            cap.restore()
