@@ -136,7 +136,9 @@ class WorkerSettings:
         With ``wait``, returns once every worker still connected sent its
         last records and hung up (bounded).
         """
-        listener = self.listener
+        # A later spec() (a Dask cluster started again after Ctrl-C) makes
+        # a new listener.
+        listener, self.listener = self.listener, None
         if listener is not None:
             listener.close(wait)
         folder, self._folder = self._folder, None
