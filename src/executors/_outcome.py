@@ -156,7 +156,11 @@ def dumps_through(
     data = pickle_with(in_band)
     if not big:
         return data
-    shipment = _shm.ship(big)
+    # An outcome (a worker's) is copied through the worker's mapping, the
+    # fastest way; a call (the caller's) with pwrite, so that the caller's
+    # resident memory holds the user's arrays and their results, not also a
+    # copy of every argument it sent.
+    shipment = _shm.ship(big, resident=holder is PICKED)
     big.clear()
     if shipment is None:
         return pickle_with(None)

@@ -176,7 +176,7 @@ class _Arena:
 
     # -- sending ----------------------------------------------------------
 
-    def ship(self, buffers: Sequence[Any]) -> Shipment:
+    def ship(self, buffers: Sequence[Any], resident: bool) -> Shipment:
         views = [memoryview(b).cast("B") for b in buffers]
         layout = []
         end = _HEADER
@@ -193,7 +193,10 @@ class _Arena:
         try:
             mm = segment.mm
             for view, (offset, length, _) in zip(views, layout, strict=True):
-                mm[offset : offset + length] = view
+                if resident:
+                    mm[offset : offset + length] = view
+                else:
+                    _write(segment.fd, view, offset)
             segment.lease += 1
             _WORD.pack_into(mm, _LEASE, segment.lease)
         except BaseException:
@@ -379,6 +382,14 @@ class _Arena:
             mapped.fd = -1
 
 
+def _write(fd: int, view: memoryview, offset: int) -> None:
+    """Copy ``view`` into the segment without mapping its pages here."""
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
 def _open(pid: int, fd: int, ino: int, size: int) -> _Mapped:
     try:
         mine = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)
@@ -445,12 +456,16 @@ def available() -> bool:
     return hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd")
 
 
-def ship(buffers: Sequence[Any]) -> Shipment | None:
+def ship(buffers: Sequence[Any], resident: bool = True) -> Shipment | None:
     """Copy ``buffers`` into one of this process's segments.
 
     Args:
         buffers: C- or Fortran-contiguous buffers (``pickle.PickleBuffer``
             from a pickler's ``buffer_callback``), none empty.
+        resident: Copy through this process's mapping of the segment, the
+            fastest way, its pages then resident here too; ``False``: with
+            ``pwrite``, about a third as fast, the pages resident only in
+            the receiver (a caller whose own memory holds the user's data).
 
     Returns:
         The shipment, whose segment stays the receiver's until the sender
@@ -462,7 +477,7 @@ def ship(buffers: Sequence[Any]) -> Shipment | None:
     try:
         if not available():
             raise OSError("os.memfd_create or /proc is missing on this system")
-        return _get().ship(buffers)
+        return _get().ship(buffers, resident)
     except OSError as exc:
         if not _warned:
             _warned = True
