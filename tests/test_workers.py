@@ -204,9 +204,10 @@ def test_slots_are_freed_when_their_holder_dies(files: bool, tmp_path: Path) -> 
         holder.wait()
 
 
-def test_a_slot_claim_that_cannot_succeed_names_the_cause() -> None:
+def test_a_slot_claim_that_cannot_succeed_names_the_cause(tmp_path: Path) -> None:
     token = os.urandom(8).hex()
-    held = Slot(token, 1, None if sys.platform.startswith("linux") else "/tmp")
+    folder = None if sys.platform.startswith("linux") else str(tmp_path)
+    held = Slot(token, 1, folder)
     assert held.try_claim() == 0
     try:
         with pytest.raises(RuntimeError, match="all 1 worker slots held"):
