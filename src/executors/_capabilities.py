@@ -43,8 +43,8 @@ class Capabilities:
             only fail the futures and drop the queue: running tasks are
             abandoned.
         shared_memory: Large pickle-5 buffers of arguments and results
-            travel through shared memory (``shm_threshold=``), and
-            ``share()`` places an object once for many tasks.
+            travel through shared memory (``shm_threshold=`` at
+            ``create()``; see ``docs/large-data.md``).
         worker_identity: ``executors.worker_id()`` and
             ``executors.worker_state()`` work inside its tasks.
         worker_finalizer: ``finalizer=`` / ``finalargs=`` run in each
