@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -418,3 +419,104 @@ def test_a_child_forked_by_a_task_is_not_the_worker(tmp_path: Path) -> None:
     assert [r.getMessage() for r in handler.records] == ["after the fork"]
     finalized = sorted(path.name.split("-")[1] for path in tmp_path.iterdir())
     assert finalized == [str(worker)], (finalized, child)
+
+
+# -- warm recycling in the stdlib pools (executors._workers._pools) -----------
+
+LIMIT, BLOCK = 150 * 10**6, 50
+
+
+def _recycling_pool(kind: str, settings: WorkerSettings) -> Any:
+    import multiprocessing
+
+    from executors._bootstrap import WorkerBootstrap
+    from executors._workers._pools import (
+        RecyclingProcessPool,
+        SparePoolMixin,
+        UntilRecycled,
+    )
+
+    context = multiprocessing.get_context("forkserver")
+    bootstrap = WorkerBootstrap(os.getpid(), None, (), settings.spec())
+    if kind == "process":
+        return RecyclingProcessPool(2, mp_context=context, initializer=bootstrap)
+
+    class Pool(SparePoolMixin, multiprocessing.pool.Pool):
+        pass
+
+    return Pool(2, bootstrap, (), UntilRecycled(), context=context)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="exit_pid is 3.11's")
+@pytest.mark.parametrize("kind", ["process", "pool"])
+def test_memory_recycling_in_the_stdlib_pools(kind: str) -> None:
+    """50 MB kept per call, 20 calls, 2 workers, 150MB: the issue's test."""
+    from executors.testing import worker_tasks
+
+    holder: list[Any] = []
+    settings = WorkerSettings(
+        workers=2,
+        forward_logs=False,
+        max_memory_per_child="150MB",
+        on_leaving=lambda pid, slot: (
+            holder[0].request_spare() if kind == "pool" else None
+        ),
+    )
+    pool = _recycling_pool(kind, settings)
+    holder.append(pool)
+    try:
+        if kind == "process":
+            futures = [
+                pool.submit(worker_tasks.keep_and_finish, BLOCK) for _ in range(20)
+            ]
+            found = [f.result(timeout=60) for f in futures]
+        else:
+            found = pool.map(worker_tasks.keep_and_finish, [BLOCK] * 20, chunksize=1)
+    finally:
+        if kind == "process":
+            pool.shutdown(wait=True)
+        else:
+            pool.close()
+            pool.join()
+        settings.close()
+    pids = {pid for pid, _, _ in found}
+    assert len(pids) > 2, "no worker was replaced"
+    worst = max(rss for _, rss, _ in found)
+    assert worst <= LIMIT + BLOCK * 2**20 + 16 * 2**20, worst
+    assert {slot for _, _, slot in found} <= {0, 1}, found
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="exit_pid is 3.11's")
+@pytest.mark.parametrize("kind", ["process", "pool"])
+def test_task_count_recycling_in_the_stdlib_pools(kind: str) -> None:
+    from executors.testing import worker_tasks
+
+    holder: list[Any] = []
+    settings = WorkerSettings(
+        workers=2,
+        forward_logs=False,
+        max_tasks_per_child=10,
+        on_leaving=lambda pid, slot: (
+            holder[0].request_spare() if kind == "pool" else None
+        ),
+    )
+    pool = _recycling_pool(kind, settings)
+    holder.append(pool)
+    try:
+        if kind == "process":
+            found = list(pool.map(worker_tasks.tick_and_finish, [0.001] * 100))
+        else:
+            found = pool.map(worker_tasks.tick_and_finish, [0.001] * 100, chunksize=1)
+    finally:
+        if kind == "process":
+            pool.shutdown(wait=True)
+        else:
+            pool.close()
+            pool.join()
+        settings.close()
+    per_pid: dict[int, int] = {}
+    for _, pid in found:
+        per_pid[pid] = per_pid.get(pid, 0) + 1
+    assert max(per_pid.values()) <= 10, per_pid
+    assert len(per_pid) >= 10, per_pid
+    assert {slot for slot, _ in found} <= {0, 1}, found

@@ -301,13 +301,9 @@ class WorkerSpec:
             limit_threads(self.threads)
         if self.allow_children:
             _allow_children()
-        slot = None
-        if self.slots is not None:
-            slot = Slot(self.token, self.slots, self.folder)
-            slot.try_claim()
         context = WorkerContext(
-            slot.index if slot is not None else self.index,
-            slot,
+            self.index,
+            None,
             self.finalizer,
             self.finalargs,
             self.max_memory,
@@ -318,6 +314,12 @@ class WorkerSpec:
             if self.forward and context.forwarder is not None:
                 _forward_logs(context.forwarder, self.levels)
         _process = context
+        if self.slots is not None:
+            # Before any task (and after the logs, which carry its warning):
+            # a spare started ahead of a recycled worker waits here, started
+            # and idle, until that worker leaves.
+            context.slot = Slot(self.token, self.slots, self.folder)
+            context.index = context.slot.claim(wait=None)
         # multiprocessing's children end through os._exit after running its
         # finalizers, not atexit: register both (leave() runs once).
         multiprocessing.util.Finalize(None, context.leave, exitpriority=100)

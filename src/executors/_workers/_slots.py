@@ -13,6 +13,7 @@ shutdown; left behind if the caller is killed).
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sys
@@ -61,19 +62,37 @@ class Slot:
                 return index
         return None
 
-    def claim(self, wait: float = SLOT_WAIT_SECONDS) -> int:
-        """Claim a slot, waiting (bounded) for one held by a worker that ends."""
-        deadline = time.monotonic() + wait
+    def claim(self, wait: float | None = SLOT_WAIT_SECONDS) -> int:
+        """Claim a slot, waiting for one held by a worker that ends.
+
+        Args:
+            wait: Seconds, then ``RuntimeError``; ``None``: as long as it
+                takes, with a warning on ``executors.workers`` each
+                :data:`SLOT_WAIT_SECONDS` (a spare started ahead of a
+                recycled worker waits here, warm, until that one leaves).
+        """
+        start = time.monotonic()
+        warned = start
         while (index := self.try_claim()) is None:
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"worker pid {os.getpid()} found all {self.count} worker "
-                    f"slots held for {wait:.0f}s: {self.count} other workers "
-                    "of this executor are alive, or a child process they "
-                    "started without exec (os.fork) still holds a slot"
+            now = time.monotonic()
+            if wait is not None and now - start > wait:
+                raise RuntimeError(self._all_held(wait))
+            if wait is None and now - warned > SLOT_WAIT_SECONDS:
+                warned = now
+                logging.getLogger("executors.workers").warning(
+                    "%s", self._all_held(now - start)
                 )
             time.sleep(_POLL_SECONDS)
         return index
+
+    def _all_held(self, seconds: float) -> str:
+        return (
+            f"worker pid {os.getpid()} found all {self.count} worker slots "
+            f"held for {seconds:.0f}s: {self.count} other workers of this "
+            "executor are alive (one will leave: it is being recycled), or a "
+            "child process they started without exec (os.fork) still holds a "
+            "slot"
+        )
 
     def release(self) -> None:
         held, self._held = self._held, None

@@ -158,3 +158,21 @@ def fork_and_log() -> int:
     os.waitpid(child, 0)
     logger.warning("after the fork")
     return child
+
+
+def keep_and_finish(megabytes: int) -> tuple[int, int, int]:
+    """:func:`keep_megabytes`, then what ``run_call`` does after a task."""
+    from executors._workers import after_task
+
+    found = keep_megabytes(megabytes)
+    after_task()
+    return found
+
+
+def tick_and_finish(seconds: float) -> tuple[int | None, int]:
+    """Sleep, then what ``run_call`` does after a task: ``(slot, pid)``."""
+    from executors._workers import after_task
+
+    time.sleep(seconds)
+    after_task()
+    return executors.worker_id(), os.getpid()

@@ -1,0 +1,222 @@
+"""Warm recycling in the stdlib's pools: the pieces ``process`` and ``mp_pool`` plug in.
+
+A worker decides after each task whether it must go (:func:`after_task`,
+run by ``run_call``: over ``max_memory_per_child``, or at
+``max_tasks_per_child``), and earlier that it will go soon. The stdlib
+pools replace a worker only once it has exited, so a recycling pool
+would wait for a cold start at every replacement (a ``max_tasks_per_child
+= 25`` pool fell from 3,956 to 237 tasks/s in one public report). Here
+the replacement starts when the worker says "soon", as a spare beyond
+``max_workers``; when the old worker leaves, the pool counts the spare and
+starts nothing.
+
+``ProcessPoolExecutor`` (3.11+)::
+
+    worker: task ─▶ after_task() ─▶ _ResultItem(exit_pid=-pid) once "soon"
+                                    _ResultItem(exit_pid=pid), then exit, when leaving
+    manager thread: exit_pid < 0 ─▶ start a spare now (its own thread, no race)
+                    exit_pid > 0 ─▶ the stdlib joins it; a spare already fills the slot
+
+``multiprocessing.Pool``: the loop ends after the task that made the
+worker leave (:class:`UntilRecycled`); ``WorkerSettings(on_leaving=)``
+calls :meth:`SparePoolMixin.request_spare`, and the worker handler thread
+starts the spare.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures.process
+import multiprocessing.pool
+import os
+import threading
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import _ExecutorManagerThread, _threads_wakeups
+from typing import Any
+
+from ._context import recycling
+
+# Typed as the running Python has it: typeshed's stubs for 3.10 have no
+# exit_pid.
+_stdlib: Any = concurrent.futures.process
+
+__all__ = [
+    "RecyclingProcessPool",
+    "SparePoolMixin",
+    "UntilRecycled",
+    "recycling_process_worker",
+]
+
+
+def recycling_process_worker(
+    call_queue: Any,
+    result_queue: Any,
+    initializer: Any,
+    initargs: tuple[Any, ...],
+    max_tasks: int | None = None,
+) -> None:
+    """``concurrent.futures.process._process_worker``, deciding after the task.
+
+    The stdlib's decides before running a task whether it is the last;
+    memory is known only after. ``max_tasks`` is ignored: the worker's
+    spec counts tasks. ``exit_pid`` carries the decision to the manager
+    thread: the pid to leave now, minus the pid (once) to have its
+    replacement started (see :class:`RecyclingProcessPool`).
+    """
+    if initializer is not None:
+        try:
+            initializer(*initargs)
+        except BaseException:
+            # The stdlib's way: the parent sees the exit and breaks the pool.
+            _stdlib._base.LOGGER.critical("Exception in initializer:", exc_info=True)
+            return
+    announced = False
+    while True:
+        call_item = call_queue.get(block=True)
+        if call_item is None:
+            result_queue.put(os.getpid())  # wakes the manager, as the stdlib's
+            return
+        exception = None
+        result = None
+        try:
+            result = call_item.fn(*call_item.args, **call_item.kwargs)
+        except BaseException as e:
+            exception = _stdlib._ExceptionWithTraceback(e, e.__traceback__)
+        leaving, soon = recycling()
+        exit_pid = None
+        if leaving:
+            exit_pid = os.getpid()
+        elif soon and not announced:
+            announced = True
+            exit_pid = -os.getpid()
+        if exception is not None:
+            _stdlib._sendback_result(
+                result_queue, call_item.work_id, exception=exception, exit_pid=exit_pid
+            )
+        else:
+            _stdlib._sendback_result(
+                result_queue, call_item.work_id, result=result, exit_pid=exit_pid
+            )
+        # The stdlib's reason: free the task's objects before waiting.
+        del result, call_item, exception
+        if leaving:
+            return
+
+
+class _SpareSpawningManager(_ExecutorManagerThread):
+    """The stdlib's manager thread; a negative ``exit_pid`` starts a spare."""
+
+    def process_result_item(self, result_item: Any) -> None:
+        exit_pid = getattr(result_item, "exit_pid", None)
+        if exit_pid is not None and exit_pid < 0:
+            # Not leaving yet: the stdlib must not join it.
+            result_item.exit_pid = None
+            self._start_spare()
+        super().process_result_item(result_item)
+
+    def _start_spare(self) -> None:
+        pool: Any = self.executor_reference()
+        if pool is None or pool._shutdown_thread or self.is_shutting_down():
+            return
+        # In this thread, which alone reads self.processes between steps.
+        pool._spawn_process()
+
+
+class RecyclingProcessPool(ProcessPoolExecutor):
+    """``ProcessPoolExecutor`` whose workers leave when their spec says so.
+
+    Workers run :func:`recycling_process_worker`; a spare started ahead
+    counts as a worker, so the stdlib starts none when the old one exits.
+    Python 3.11+ (3.10's manager takes any worker's exit for a crash).
+    Pass ``max_tasks_per_child`` to the spec, not to this pool.
+    """
+
+    def _spawn_process(self) -> None:
+        pool: Any = self
+        process = pool._mp_context.Process(
+            target=recycling_process_worker,
+            args=(
+                pool._call_queue,
+                pool._result_queue,
+                pool._initializer,
+                pool._initargs,
+            ),
+        )
+        process.start()
+        pool._processes[process.pid] = process
+
+    def _adjust_process_count(self) -> None:
+        pool: Any = self
+        # Not the idle-worker semaphore: a worker that left must be
+        # replaced even with a stale token (CPython gh-115634).
+        if len(pool._processes) < pool._max_workers:
+            self._spawn_process()
+
+    def _start_executor_manager_thread(self) -> None:
+        pool: Any = self
+        if pool._executor_manager_thread is None:
+            if not pool._safe_to_dynamically_spawn_children:
+                pool._launch_processes()
+            manager = _SpareSpawningManager(self)
+            pool._executor_manager_thread = manager
+            manager.start()
+            _threads_wakeups[manager] = pool._executor_manager_thread_wakeup
+
+
+class UntilRecycled(int):
+    """``maxtasksperchild`` for a ``multiprocessing.Pool`` that recycles by spec.
+
+    Pool's worker loop runs ``while maxtasks is None or (maxtasks and
+    completed < maxtasks)``: for an ``int`` subclass Python asks the right
+    operand first (``maxtasks.__gt__(completed)``), so the loop goes on
+    until the task that made this worker leave, whatever the count. Pool's
+    checks (``>= 1``, ``<= 0``) see the int 1. Pickles by reference, so
+    spawned workers get it.
+    """
+
+    def __new__(cls) -> UntilRecycled:
+        return super().__new__(cls, 1)
+
+    def __gt__(self, completed: object) -> bool:
+        return not recycling()[0]
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return UntilRecycled, ()
+
+
+class SparePoolMixin(multiprocessing.pool.Pool):
+    """A Pool that starts a spare worker when asked (put it first in the bases).
+
+    Its worker handler thread starts workers, as in Pool; a spare is one
+    beyond ``processes`` while the worker it replaces finishes its task.
+    """
+
+    _spares = 0
+    _spare_lock = threading.Lock()
+
+    def request_spare(self, pid: int = 0, slot: int | None = None) -> None:
+        """Start a spare soon: ``WorkerSettings(on_leaving=)`` calls it."""
+        with self._spare_lock:
+            self._spares += 1
+        pool: Any = self
+        pool._change_notifier.put(None)  # wakes the worker handler
+
+    def _take_spares(self) -> int:
+        with self._spare_lock:
+            spares, self._spares = self._spares, 0
+        return spares
+
+    def Process(self, ctx: Any, *args: Any, **kwds: Any) -> Any:  # type: ignore[override]
+        # Bound, unlike Pool's static one: _maintain_pool finds the pool
+        # through it (Pool passes it to its worker handler).
+        return super().Process(ctx, *args, **kwds)
+
+    @staticmethod
+    def _maintain_pool(
+        ctx: Any, Process: Any, processes: int, pool: list[Any], *rest: Any
+    ) -> None:
+        owner = getattr(Process, "__self__", None)
+        spares = owner._take_spares() if isinstance(owner, SparePoolMixin) else 0
+        Pool: Any = multiprocessing.pool.Pool
+        if Pool._join_exited_workers(pool) or spares:
+            wanted = max(processes, len(pool) + spares)
+            Pool._repopulate_pool_static(ctx, Process, wanted, pool, *rest)
