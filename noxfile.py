@@ -37,6 +37,10 @@ def core(session: nox.Session) -> None:
         "-q",
         "-p",
         "no:cacheprovider",
+        # As the README's command: the suites are written to run in
+        # parallel, and serially these two sessions took a third of CI.
+        "-n",
+        "4",
         "-k",
         "not joblib and not dask",
         *CORE_TESTS,
