@@ -23,7 +23,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._run import Options, Scorecard, TestResult, missing_dependencies, run
+from ._card import Options, Scorecard, TestResult, missing_dependencies
+from ._run import run
 
 __all__ = ["Options", "Scorecard", "TestResult", "certify", "main"]
 

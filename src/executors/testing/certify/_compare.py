@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._run import Scorecard
+from ._card import Scorecard
 
 __all__ = ["PEERS", "Peer", "add_arguments", "main", "page"]
 

@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterable
 
 from . import _suite
-from ._run import Scorecard, TestResult, topic_line
+from ._card import Scorecard, TestResult, topic_line
 
 __all__ = ["anchor", "comparison", "markdown", "summary"]
 

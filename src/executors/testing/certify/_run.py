@@ -24,24 +24,22 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import importlib.util
 import json
 import os
-import platform
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from . import _suite
-from ._target import capability_fields
+from ._assumed import capabilities
+from ._card import Options, Scorecard, TestResult, topic_line, versions
+from ._procs import RUN_TOKEN_VARIABLE, Child, describe_exit, kill_marked
 
-__all__ = ["Options", "Scorecard", "TestResult", "run"]
+__all__ = ["run"]
 
 #: Seconds the probe child may take (a Dask cluster starts, a worker is
 #: killed and replaced, twice).
@@ -53,197 +51,7 @@ HANG_GRACE = (10.0, 30.0)
 #: Seconds a child that has finished its tests gets to exit by itself
 #: (a foreign pool's exit hook joins its workers).
 EXIT_GRACE = 15.0
-RUN_TOKEN_VARIABLE = "EXECUTORS_CERTIFY_RUN"
 HYPOTHESIS_SEED = 0
-
-_NEEDED = {
-    "pytest": "pytest",
-    "pytest_timeout": "pytest-timeout",
-    "hypothesis": "hypothesis",
-    "psutil": "psutil",
-}
-
-
-@dataclass
-class Options:
-    """What the command line asked for."""
-
-    target: str
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    workers: int = 2
-    given: dict[str, bool] = field(default_factory=dict)
-    topics: list[str] = field(default_factory=list)
-    timeout: float = 60.0
-    max_time: float = 1800.0
-    label: str = ""
-    verbose: bool = False
-
-
-@dataclass
-class TestResult:
-    """One test's outcome: passed, failed, n/a, hung or not run."""
-
-    id: str
-    topic: str
-    outcome: str = "not run"
-    reason: str = ""
-    observed: str = ""
-    duration: float = 0.0
-
-    @property
-    def name(self) -> str:
-        """The test's name with its parameters, without module and class."""
-        return self.id.rpartition("::")[2]
-
-
-@dataclass
-class Scorecard:
-    """A whole run: what was certified, under which assumptions, and how it did."""
-
-    target: str
-    label: str
-    executor_type: str = ""
-    ours: bool = False
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    workers: int = 2
-    capabilities: dict[str, list[Any]] = field(default_factory=dict)
-    features: dict[str, bool] = field(default_factory=dict)
-    versions: dict[str, str] = field(default_factory=dict)
-    date: str = ""
-    seconds: float = 0.0
-    tests: list[TestResult] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    error: str = ""
-
-    def counts(self, topic: str | None = None) -> dict[str, int]:
-        """How many tests had each outcome (within ``topic``)."""
-        counts = dict.fromkeys(("passed", "failed", "hung", "n/a", "not run"), 0)
-        for test in self.tests:
-            if topic is None or test.topic == topic:
-                counts[test.outcome] += 1
-        return counts
-
-    @property
-    def ok(self) -> bool:
-        """Nothing applicable failed, hung or was left unrun (and tests ran)."""
-        counts = self.counts()
-        bad = counts["failed"] + counts["hung"] + counts["not run"]
-        return not self.error and bad == 0 and bool(self.tests)
-
-    def to_json(self) -> dict[str, Any]:
-        """The JSON form, as ``--json`` writes it."""
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Scorecard:
-        """Read what :meth:`to_json` wrote."""
-        data = dict(data)
-        tests = [TestResult(**t) for t in data.pop("tests", [])]
-        return cls(**data, tests=tests)
-
-
-def missing_dependencies() -> list[str]:
-    """Distributions the run needs that are not installed."""
-    return [
-        dist for module, dist in _NEEDED.items() if not importlib.util.find_spec(module)
-    ]
-
-
-def _versions(target: str) -> dict[str, str]:
-    from importlib import metadata
-
-    import executors
-
-    versions = {
-        "python": sys.version.split()[0],
-        "executors": executors.__version__,
-        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
-    }
-    top = target.partition(":")[0].split(".")[0] if ":" in target else ""
-    for dist in {top, "loky", "pebble", "dask", "distributed", "joblib", "celery"}:
-        if not dist or dist in versions:
-            continue
-        with contextlib.suppress(metadata.PackageNotFoundError, ValueError):
-            versions[dist] = metadata.version(dist)
-    return dict(sorted(versions.items()))
-
-
-# -- processes ------------------------------------------------------------
-
-
-#: multiprocessing's (and loky's) resource trackers unlink the semaphores
-#: and shared memory their processes leaked once those are gone: they are
-#: killed last, after this many seconds to do so.
-TRACKER_GRACE = 5.0
-_TRACKERS = ("resource_tracker", "semaphore_tracker")
-
-
-def kill_marked(token: str, child: subprocess.Popen[Any] | None = None) -> list[int]:
-    """Kill every process whose environment carries the run's token.
-
-    Resource trackers go last, once the processes they watch are dead, so
-    that they remove what those left in ``/dev/shm``; then, as a backstop,
-    the child's whole process group.
-    """
-    import psutil
-
-    me = os.getpid()
-    marked: list[psutil.Process] = []
-    for proc in psutil.process_iter():
-        try:
-            if proc.pid != me and proc.environ().get(RUN_TOKEN_VARIABLE) == token:
-                marked.append(proc)
-        except (psutil.Error, OSError):
-            continue
-
-    def is_tracker(proc: psutil.Process) -> bool:
-        try:
-            return any(t in " ".join(proc.cmdline()) for t in _TRACKERS)
-        except psutil.Error:
-            return False
-
-    def kill(procs: list[psutil.Process]) -> None:
-        for proc in procs:
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
-        psutil.wait_procs(procs, timeout=5)
-
-    trackers = [p for p in marked if is_tracker(p)]
-    kill([p for p in marked if p not in trackers])
-    # Orphaned, a tracker reads EOF, cleans up and exits by itself.
-    _, alive = psutil.wait_procs(trackers, timeout=TRACKER_GRACE)
-    kill(alive)
-    if child is not None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(child.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            child.wait(10)
-    return [p.pid for p in marked]
-
-
-class _Child:
-    """A child process whose events the command reads as they come."""
-
-    def __init__(
-        self, cmd: list[str], cwd: Path, env: dict[str, str], log: IO[bytes]
-    ) -> None:
-        self.proc = subprocess.Popen(
-            cmd,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
-def _describe_exit(code: int) -> str:
-    if code < 0:
-        with contextlib.suppress(ValueError):
-            return f"killed by {signal.Signals(-code).name}"
-        return f"killed by signal {-code}"
-    return f"exit code {code}"
 
 
 # -- the run --------------------------------------------------------------
@@ -261,7 +69,7 @@ class _Runner:
             label=self.label,
             kwargs=options.kwargs,
             workers=options.workers,
-            versions=_versions(options.target),
+            versions=versions(options.target),
             date=datetime.datetime.now(datetime.timezone.utc).strftime(
                 "%Y-%m-%d %H:%M UTC"
             ),
@@ -322,7 +130,7 @@ class _Runner:
             str(out_path),
         ]
         with (self.tmp / "probe.log").open("wb") as log:
-            child = _Child(cmd, self.tmp, self.env(), log)
+            child = Child(cmd, self.tmp, self.env(), log)
             try:
                 child.proc.wait(PROBE_BOUND)
             except subprocess.TimeoutExpired:
@@ -348,27 +156,12 @@ class _Runner:
         return True
 
     def _capabilities(self, result: dict[str, Any]) -> dict[str, list[Any]]:
-        caps: dict[str, list[Any]] = {}
-        declared = result.get("declared")
-        probed = result.get("probed") or {}
-        for name in capability_fields():
-            if declared is not None:
-                caps[name] = [declared[name], "declared by the executor"]
-            elif name in self.options.given:
-                flag = name.replace("_", "-")
-                value = self.options.given[name]
-                caps[name] = [value, f"given: --{'' if value else 'no-'}{flag}"]
-            elif name in probed:
-                value, why = probed[name]
-                caps[name] = [value, f"probed: {why}"]
-            else:
-                caps[name] = list(_ASSUMED.get(name, _EXTENSION_ASSUMED))
-        if declared is not None and self.options.given:
+        if result.get("declared") is not None and self.options.given:
             self.say(
                 "note: the executor declares its capabilities; the capability "
                 "flags given are ignored"
             )
-        return caps
+        return capabilities(result, self.options.given)
 
     def _print_capabilities(self) -> None:
         kind = (
@@ -479,7 +272,7 @@ class _Runner:
         with (self.tmp / "pytest.log").open("ab") as log:
             while True:
                 children += 1
-                child = _Child(self.pytest_command(module), self.tmp, self.env(), log)
+                child = Child(self.pytest_command(module), self.tmp, self.env(), log)
                 running: str | None = None
                 started = 0.0
                 finished = False
@@ -517,7 +310,7 @@ class _Runner:
                         kill_marked(self.token, child.proc)
                         break
                     if code is not None:
-                        why_ended = _describe_exit(code)
+                        why_ended = describe_exit(code)
                         # Read to the end of what it wrote (a line cut short
                         # by its death is dropped), then go on without it.
                         if not chunk:
@@ -675,65 +468,6 @@ class _Runner:
 
         kill_marked(self.token)
         shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-#: What a foreign executor is assumed to do, where no flag or probe says.
-_ASSUMED: dict[str, tuple[bool, str]] = {
-    "runs_concurrently": (True, "assumed, as for any pool"),
-    "process_isolation": (True, "assumed"),
-    "cancels_queued": (
-        True,
-        "assumed: the stdlib's contract (cancel() of a queued future, "
-        "shutdown(cancel_futures=True)); --no-cancels-queued if not",
-    ),
-    "survives_worker_death": (False, "assumed: the stdlib's behaviour"),
-    "retries_lost_tasks": (False, "assumed: the stdlib's behaviour"),
-    "task_control": (
-        False,
-        "assumed: with_options() and task_timeout are this library's API",
-    ),
-    "stops_timed_out_tasks": (False, "assumed: part of this library's task control"),
-    "kills_single_task": (False, "assumed: kill_task() is this library's API"),
-    "terminates_workers": (
-        False,
-        "assumed: terminate_workers() is this library's API",
-    ),
-    "shared_memory": (
-        False,
-        "assumed: shm_threshold= and share() are this library's API",
-    ),
-    "worker_identity": (False, "assumed: worker_id() is this library's API"),
-    "worker_finalizer": (False, "assumed: finalizer= is this library's API"),
-    "recycles_workers": (
-        False,
-        "assumed: max_memory_per_child= is this library's API",
-    ),
-    "forwards_logs": (False, "assumed: forward_logs= is this library's API"),
-    "limits_worker_threads": (
-        False,
-        "assumed: threads_per_worker= is this library's API",
-    ),
-    "nested_executors": (False, "assumed: not probed"),
-}
-
-# A capability flag added to executors.Capabilities before this table names
-# it: every flag beyond the stdlib's behaviour is an extension of this
-# library, which a foreign executor does not have.
-_EXTENSION_ASSUMED = (False, "assumed: an extension of this library's API")
-
-
-def topic_line(topic: str, tests: list[TestResult]) -> str:
-    """``"map  12 passed  1 failed  3 n/a"``: one topic's counts."""
-    counts: dict[str, int] = {}
-    for test in tests:
-        counts[test.outcome] = counts.get(test.outcome, 0) + 1
-    parts = [
-        f"{counts[k]} {k}"
-        for k in ("passed", "failed", "hung", "n/a", "not run")
-        if counts.get(k)
-    ]
-    mark = "ok  " if not (counts.keys() & {"failed", "hung", "not run"}) else "FAIL"
-    return f"{mark} {topic:<16} " + ", ".join(parts)
 
 
 def run(options: Options, out: IO[str] = sys.stdout) -> Scorecard:
