@@ -55,3 +55,11 @@ def count_memfds(pid: int) -> int:
         if target.startswith("/memfd:executors-shm"):
             count += 1
     return count
+
+
+def fail_first(array: np.ndarray, marker: str) -> float:
+    """Fail the first attempt (leaving ``marker``), succeed on the retry."""
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        raise ValueError("first attempt")
+    return float(array.sum())

@@ -30,6 +30,7 @@ import executors
 from _shm_tasks import (
     count_memfds,
     describe,
+    fail_first,
     hold_then_die,
     make,
     memfds,
@@ -294,6 +295,11 @@ def _own_segments(_: object = None) -> int:
     return len(_shm._get().own)
 
 
+def _worker_segments(_: object = None) -> tuple[int, int]:
+    arena = _shm._get()
+    return memfds(), len(arena.own) + len(arena.mapped)
+
+
 # -- nothing leaks -----------------------------------------------------------
 
 
@@ -476,3 +482,62 @@ def test_threshold_none_sends_through_the_pipe() -> None:
         assert (back == 1.0).all()
         assert ex.submit(memfds).result(timeout=60) == 0
     assert _own_memfds() == 0
+
+
+# -- other paths a payload takes ---------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["process", "mp_pool"])
+def test_forked_workers_do_not_take_the_callers_segments(backend: str) -> None:
+    # A forked worker inherits the caller's segments: it must neither write
+    # them as its own nor keep them.
+    array = np.full(4 * MB // 8, 2.0)
+    warm = _outcome.loads(_outcome.dumps(array, shm_threshold=MB))
+    with executors.create(backend, max_workers=1, mp_context="fork") as ex:
+        for _ in range(3):
+            back = ex.submit(negate_in_place, array).result(timeout=60)
+            assert (back == -2.0).all() and (array == 2.0).all()
+            del back
+        assert (warm == 2.0).all()
+        # Each segment a worker knows is one descriptor and its mapping's
+        # (mmap keeps a dup). Of the caller's, the worker keeps only the
+        # mappings that values it inherited live on (`warm`'s, `array`'s
+        # sent copy is the caller's own and not mapped there).
+        held, known = ex.submit(_worker_segments).result(timeout=60)
+        assert 2 * known <= held <= 2 * known + 2
+    del warm
+    _settle_own_segments()
+    assert _own_memfds() == 0
+
+
+@pytest.mark.parametrize("backend", ["process", "mp_pool"])
+def test_a_retry_sends_the_same_arguments_again(backend: str, tmp_path: Path) -> None:
+    array = np.full(4 * MB // 8, 1.0)
+    marker = str(tmp_path / "tried")
+    with executors.create(
+        backend, max_workers=1, retries=1, retry_on=(ValueError,)
+    ) as ex:
+        assert ex.submit(fail_first, array, marker).result(timeout=60) == array.size
+    _settle_own_segments()
+
+
+def test_joblib_parallel_engine_carries_large_buffers() -> None:
+    arrays = [np.full(2 * MB // 8, float(i)) for i in range(4)]
+    with executors.create(
+        "joblib", max_workers=2, map_engine="parallel", max_nbytes=None
+    ) as ex:
+        for i, back in enumerate(ex.map(same, arrays)):
+            assert (back == float(i)).all() and back.flags.writeable
+        del back
+    _settle_own_segments()
+    assert _own_memfds() == 0
+
+
+def test_the_pool_api_carries_large_buffers() -> None:
+    array = np.full(4 * MB // 8, 3.0)
+    with executors.Pool(2, backend="process") as pool:
+        assert pool.apply(describe, (array,)) == (True, 3.0 * array.size)
+        backs = pool.map(same, [array] * 3)
+        assert all((b == 3.0).all() for b in backs)
+        del backs
+    _settle_own_segments()

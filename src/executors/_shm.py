@@ -50,6 +50,7 @@ library moves ``bytes`` uses :func:`pack` and :func:`unpack`.
 from __future__ import annotations
 
 import _thread
+import contextlib
 import fcntl
 import mmap
 import os
@@ -377,9 +378,19 @@ class _Arena:
         # the parent's for longer than those values.
         for segment in self.own:
             os.close(segment.fd)
+            _close_unused(segment.mm)
         for mapped in self.mapped.values():
             os.close(mapped.fd)
             mapped.fd = -1
+            _close_unused(mapped.mm)
+
+
+def _close_unused(mm: mmap.mmap) -> None:
+    """Unmap (and close mmap's own copy of the descriptor) unless in use."""
+    # Before Python 3.13 (trackfd=False) every mmap keeps a dup of its
+    # descriptor: a segment is held for as long as its mapping.
+    with contextlib.suppress(BufferError):
+        mm.close()
 
 
 def _write(fd: int, view: memoryview, offset: int) -> None:
