@@ -76,9 +76,13 @@ __all__ = [
     "unpack",
 ]
 
+# Linux's memfd_create and /proc/<pid>/fd; elsewhere the default is off
+# (no warning for what the platform cannot do; an explicit threshold warns).
+_AVAILABLE = hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd")
 #: Buffers of at least this many bytes travel through shared memory by
 #: default: below it the pipe's copy is cheaper than a lease's bookkeeping.
-DEFAULT_THRESHOLD = 1 << 20
+#: ``None`` where the platform has no ``memfd_create`` (not Linux).
+DEFAULT_THRESHOLD: int | None = 1 << 20 if _AVAILABLE else None
 #: Free segments a process keeps for its next messages. More keeps large
 #: transfers fast after a burst (a new segment costs a page allocation per
 #: 4 KB); less gives memory back sooner. trim() releases them all.
@@ -464,7 +468,7 @@ os.register_at_fork(after_in_child=_after_fork)
 
 def available() -> bool:
     """Whether this platform has what :func:`ship` and :func:`take` use."""
-    return hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd")
+    return _AVAILABLE
 
 
 def ship(buffers: Sequence[Any], resident: bool = True) -> Shipment | None:
