@@ -19,20 +19,18 @@ from typing import Any, TypeVar
 
 from ..._base import BaseExecutor
 from ..._capabilities import Capabilities
-from ..._control import (
-    OPTION_NAMES,
-    TaskOptions,
-    WithOptions,
-    check_task_options,
-    submitting,
-    submitting_options,
-)
+from ..._control import TaskOptions, WithOptions, submitting, submitting_options
 from ..._errors import ExecutorInterruptedError
 from ..._futures import Future as OurFuture
 from ..._futures import add_internal_callback, notify_cancelled, settle
 from ..._lifecycle import close_at_exit, join_unless_current
 from ..._map import Chunk, ChunkResult
-from ..._options import check_process_pool_options, cpu_count, start_method_of
+from ..._options import (
+    check_process_pool_options,
+    check_seconds,
+    cpu_count,
+    start_method_of,
+)
 from ..._serialize import portable, unwrap
 from ._calls import PoolCalls
 from ._items import Task
@@ -102,9 +100,10 @@ def with_timeout(fn: Callable[..., T], seconds: float) -> TimeLimited[T]:
     )
     if not callable(fn):
         raise TypeError(f"with_timeout: fn must be callable, got {fn!r:.80}")
-    names = ("with_timeout: seconds", *OPTION_NAMES[1:])
-    options = check_task_options(timeout=seconds, names=names)
-    return TimeLimited(fn, options.timeout or 0.0)
+    checked = check_seconds(
+        seconds, "with_timeout: seconds", positive=True, optional=False
+    )
+    return TimeLimited(fn, checked or 0.0)
 
 
 class QueueExecutor(BaseExecutor):
@@ -167,7 +166,8 @@ class QueueExecutor(BaseExecutor):
         )
         if task_timeout is not None:
             # Direct construction; create() passes it as a task option.
-            self._task_options = check_task_options(timeout=task_timeout)
+            timeout = check_seconds(task_timeout, "task_timeout", positive=True)
+            self._task_options = TaskOptions(timeout=timeout)
         super().__init__(max_workers=workers, cloudpickle=cloudpickle)
         if initializer is not None and self._portable_callables:
             # Workers started by spawn or forkserver receive it pickled.

@@ -310,13 +310,8 @@ def early_crash_error(exitcode: int | None, kind: int, deaths: int) -> BaseExcep
 
 
 def timeout_error(seconds: float) -> BaseException:
-    # An item of a chunk (a task's own timeout is the call queue's): the
-    # same words as the call queue's.
-    return TaskTimeoutError(
-        f"the task ran longer than its timeout of {seconds:g} s; it was "
-        "stopped and its worker replaced",
-        seconds,
-    )
+    # An item of a chunk (a task's own timeout is the call queue's).
+    return TaskTimeoutError.ran_past(seconds, "it was stopped and its worker replaced")
 
 
 def stopped_error() -> BaseException:
