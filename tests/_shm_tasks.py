@@ -63,3 +63,32 @@ def fail_first(array: np.ndarray, marker: str) -> float:
         open(marker, "w").close()
         raise ValueError("first attempt")
     return float(array.sum())
+
+
+class Counted:
+    """Counts how often it is unpickled in this process."""
+
+    loads = 0
+
+    def __init__(self, payload: list[int]) -> None:
+        self.payload = payload
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        Counted.loads += 1
+        self.__dict__.update(state)
+
+
+def read_shared(box: dict[str, Any]) -> tuple[bool, float, int]:
+    """(writable, sum, pid) of the shared array inside ``box``."""
+    array = box["array"]
+    return bool(array.flags.writeable), float(array.sum()), os.getpid()
+
+
+def unique_memory(_: Any = None) -> int:
+    import psutil
+
+    return int(psutil.Process().memory_full_info().uss)
+
+
+def count_loads(counted: Counted) -> tuple[int, int]:
+    return Counted.loads, len(counted.payload)

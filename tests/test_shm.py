@@ -28,6 +28,8 @@ from hypothesis.extra import numpy as hnp
 
 import executors
 from _shm_tasks import (
+    Counted,
+    count_loads,
     count_memfds,
     describe,
     fail_first,
@@ -35,7 +37,9 @@ from _shm_tasks import (
     make,
     memfds,
     negate_in_place,
+    read_shared,
     same,
+    unique_memory,
 )
 from executors import _outcome, _shm
 
@@ -541,3 +545,64 @@ def test_the_pool_api_carries_large_buffers() -> None:
         assert all((b == 3.0).all() for b in backs)
         del backs
     _settle_own_segments()
+
+
+# -- one object shared by many tasks (the handle; Executor.share is the core's)
+
+
+@pytest.mark.parametrize(("backend", "options"), BACKENDS, ids=IDS)
+def test_a_shared_array_is_mapped_read_only_once_per_worker(
+    backend: str, options: dict[str, object]
+) -> None:
+    array = np.arange(32 * MB // 8, dtype=np.float64)
+    with executors.create(backend, max_workers=2, **options) as ex:
+        before = dict(_uss_by_worker(ex))
+        handle = _outcome.Shared(array)
+        results = [
+            ex.submit(read_shared, {"array": handle}).result(timeout=60)
+            for _ in range(20)
+        ]
+        assert all(r[:2] == (False, float(array.sum())) for r in results)
+        after = dict(_uss_by_worker(ex))
+        for pid, uss in after.items():
+            # Mapped, not copied: the pages are the caller's segment's.
+            assert uss - before.get(pid, uss) < array.nbytes // 10, (pid, uss)
+        handle.release()
+        with pytest.raises(ValueError, match="was released"):
+            ex.submit(read_shared, {"array": handle}).result(timeout=60)
+        # A worker lets go of a released object when it next receives one.
+        other = _outcome.Shared(np.ones(MB))
+        arena = _shm._get()
+        held = sum(s.size for s in arena.own)
+        for _ in range(30):  # until every worker has had one
+            futures = [ex.submit(read_shared, {"array": other}) for _ in range(4)]
+            for future in futures:
+                future.result(timeout=60)
+            _shm.trim()
+            if sum(s.size for s in arena.own) < held - array.nbytes // 2:
+                break
+        else:
+            raise AssertionError("the released segment is still held")
+        other.release()
+    _settle_own_segments()
+    assert _own_memfds() == 0
+
+
+def _uss_by_worker(ex: executors.Executor) -> list[tuple[int, int]]:
+    seen = {}
+    for _ in range(8):
+        pid = ex.submit(os.getpid).result(timeout=60)
+        seen[pid] = ex.submit(unique_memory).result(timeout=60)
+    return list(seen.items())
+
+
+@pytest.mark.parametrize("size", [10, 100_000], ids=["inline", "in-segment"])
+def test_a_shared_object_is_unpickled_once_per_worker(size: int) -> None:
+    counted = Counted(list(range(size)))
+    with executors.create("process", max_workers=1) as ex:
+        handle = _outcome.Shared(counted)
+        outcomes = [ex.submit(count_loads, handle).result(timeout=60) for _ in range(5)]
+        assert outcomes == [(1, size)] * 5
+        handle.release()
+    _settle_own_segments()
+    assert _own_memfds() == 0

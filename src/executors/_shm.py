@@ -70,8 +70,10 @@ __all__ = [
     "available",
     "check_threshold",
     "pack",
+    "retired",
     "ship",
     "take",
+    "take_readonly",
     "trim",
     "unpack",
 ]
@@ -123,7 +125,7 @@ class _Segment:
 # A segment's state in its owner: free; being filled or held for a message
 # that may be sent again; handed over and let go by the sender, free once
 # no receiver holds it; handed over once, free once picked and let go.
-_FREE, _HELD, _RELEASED, _PICKED_ONLY = range(4)
+_FREE, _HELD, _RELEASED, _PICKED_ONLY, _RETIRING = range(5)
 
 
 class _Mapped:
@@ -163,6 +165,16 @@ class Shipment:
     def until_picked(self) -> None:
         """Keep the segment until a receiver has taken it (sent once)."""
         self._segment.state = _PICKED_ONLY
+
+    def retire(self) -> None:
+        """Never write it again; close it once no receiver holds it.
+
+        Receivers that cache values on it (:func:`shared_value`) let go of
+        them the next time they look (:func:`sweep_shared`).
+        """
+        segment = self._segment
+        _WORD.pack_into(segment.mm, _RETIRED, 1)
+        segment.state = _RETIRING
 
 
 class _Arena:
@@ -219,7 +231,7 @@ class _Arena:
 
     def _free_segment(self, need: int) -> _Segment | None:
         """The smallest free segment that fits, marked filling; trims the rest."""
-        free = [s for s in self.own if self._is_free(s)]
+        free = [s for s in list(self.own) if self._is_free(s)]
         fits = [s for s in free if s.size >= need]
         chosen = min(fits, key=lambda s: s.size) if fits else None
         self.uses += 1
@@ -251,6 +263,9 @@ class _Arena:
             except BlockingIOError:
                 return False
             fcntl.flock(segment.fd, fcntl.LOCK_UN)
+            if state == _RETIRING:  # a shared object released: it goes
+                self._retire(segment)
+                return False
             segment.state = _FREE
         return True
 
@@ -279,7 +294,9 @@ class _Arena:
 
     # -- receiving --------------------------------------------------------
 
-    def take(self, refs: bytes | memoryview) -> list[memoryview]:
+    def take(
+        self, refs: bytes | memoryview, readonly: bool = False
+    ) -> list[memoryview]:
         pid, fd, ino, size, lease, count = _REF.unpack_from(refs)
         entries = [
             _BUF.unpack_from(refs, _REF.size + i * _BUF.size) for i in range(count)
@@ -302,7 +319,10 @@ class _Arena:
                     "again too early"
                 )
             _WORD.pack_into(mapped.mm, _PICKED, lease)
-            return [self._view(mapped, *entry) for entry in entries]
+            return [
+                self._view(mapped, offset, length, readonly or frozen)
+                for offset, length, frozen in entries
+            ]
         except BaseException:
             with self.lock:
                 mapped.live -= count
@@ -371,7 +391,7 @@ class _Arena:
     def trim(self) -> None:
         with self.lock:
             self._drain()
-            for segment in [s for s in self.own if self._is_free(s)]:
+            for segment in [s for s in list(self.own) if self._is_free(s)]:
                 self._retire(segment)
             self._sweep(everything=False)
 
@@ -403,6 +423,16 @@ def _write(fd: int, view: memoryview, offset: int) -> None:
         written = os.pwrite(fd, view, offset)
         view = view[written:]
         offset += written
+
+
+def retired(refs: bytes | memoryview) -> bool:
+    """Whether the segment of ``refs``, mapped here, was released by its owner."""
+    pid, _, ino = _REF.unpack_from(refs)[:3]
+    arena = _arena
+    mapped = None if arena is None else arena.mapped.get((pid, ino))
+    if mapped is None:
+        return True
+    return bool(_WORD.unpack_from(mapped.mm, _RETIRED)[0])
 
 
 def _open(pid: int, fd: int, ino: int, size: int) -> _Mapped:
@@ -516,6 +546,11 @@ def take(refs: bytes | memoryview) -> list[memoryview]:
         OSError: The segment cannot be opened (its sender is gone).
     """
     return _get().take(refs)
+
+
+def take_readonly(refs: bytes | memoryview) -> list[memoryview]:
+    """As :func:`take`, the views read-only (an object shared by many)."""
+    return _get().take(refs, readonly=True)
 
 
 def trim() -> None:
