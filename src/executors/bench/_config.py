@@ -40,6 +40,8 @@ class Config:
         payload_mb: Size of each array in MB (5).
         payload_sizes_mb: Sizes of the single arrays sent there and back in
             the payload's round trips, in MiB (1, 16, 128).
+        share_mb: Size of the shared array of the share workload, MiB (256).
+        share_tasks: Tasks that read it (100).
         stream_items: Items of the streaming generator (10,000,000).
         stream_buffersize: ``buffersize`` of the streaming map (1,000).
         stream_rss_cap_mb: Growth at which a streaming run is stopped, so a
@@ -69,6 +71,8 @@ class Config:
     payload_items: int = 20
     payload_mb: float = 5.0
     payload_sizes_mb: list[float] = field(default_factory=lambda: [1, 16, 128])
+    share_mb: float = 256.0
+    share_tasks: int = 100
     stream_items: int = 10_000_000
     stream_buffersize: int = 1_000
     stream_rss_cap_mb: float = 500.0
@@ -126,6 +130,8 @@ def make_config(*, quick: bool, **overrides: Any) -> Config:
             cpu_seconds=0.02,
             payload_items=4,
             payload_sizes_mb=[1, 16],
+            share_mb=16.0,
+            share_tasks=20,
             stream_items=50_000,
         )
     clean = {key: value for key, value in overrides.items() if value is not None}

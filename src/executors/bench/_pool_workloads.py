@@ -22,6 +22,7 @@ __all__ = [
     "run_cpu",
     "run_payload",
     "run_roundtrip",
+    "run_share",
     "run_startup",
     "run_tiny",
     "run_tiny_large",
@@ -353,3 +354,60 @@ class _PeakRss:
         if self._thread is not None:
             self._stop.set()
             self._thread.join()
+
+
+# -- share -----------------------------------------------------------------
+
+
+def run_share(ctx: Context) -> Outcome:
+    """Tasks that each read one shared array: a large one, then a tiny one.
+
+    The handle is :class:`executors._outcome.Shared` (what ``share()``
+    returns on a backend that declares shared memory). Each worker's unique
+    memory (USS) is read before and after the large array's tasks.
+    """
+    try:
+        import numpy as np
+    except ImportError:
+        raise Unsupported('needs numpy: pip install "executors[all]"') from None
+    if ctx.spec.kind != "ours":
+        raise Unsupported("no shared object in the raw library's API")
+    session = ctx.session()
+    executor = getattr(session, "executor", None)
+    if executor is None or not executor.capabilities.shared_memory:
+        raise Unsupported("the backend declares no shared memory")
+    from .._outcome import Shared
+
+    config = ctx.config
+    tasks = config.share_tasks
+    outcome = Outcome(params={"tasks": tasks, "mb": config.share_mb})
+    for key, nbytes in (("large_s", int(config.share_mb * MEGABYTE)), ("tiny_s", 1024)):
+        array = np.ones(nbytes // 8)
+        handle = Shared(array)
+        before = _uss(session) if key == "large_s" else {}
+        expected = float(array[0] + array[len(array) // 2] + array[-1])
+
+        def measure(handle: Shared = handle, expected: float = expected) -> float:
+            took, sums = timed(
+                lambda: session.submit_all(_tasks.read_shared, [handle] * tasks)
+            )
+            check(all(v == expected for v in sums), "a task read other data")
+            return float(took)
+
+        outcome.samples[key] = repeat(config.repeats, config.budget, measure)
+        if before:
+            after = _uss(session)
+            growth = [after[pid] - before[pid] for pid in after if pid in before]
+            if growth:
+                outcome.samples["uss_pct"] = [100.0 * max(growth) / array.nbytes]
+        handle.release()
+        del array
+    return outcome
+
+
+def _uss(session: Any) -> dict[int, int]:
+    """Each worker's USS (as many as answer a few calls)."""
+    found: dict[int, int] = {}
+    for pid, uss in session.submit_all(_tasks.unique_memory, [None] * 8):
+        found[pid] = uss
+    return found

@@ -15,9 +15,11 @@ __all__ = [
     "burn",
     "burn_expected",
     "noop",
+    "read_shared",
     "run_batch",
     "run_to_pipe",
     "sleep_for",
+    "unique_memory",
 ]
 
 
@@ -64,3 +66,21 @@ def run_to_pipe(conn: Any, fn: Callable[[Any], Any], x: Any) -> None:
         outcome = (False, exc)
     conn.send(outcome)
     conn.close()
+
+
+def read_shared(box: Any) -> float:
+    """Read a shared array at its ends and middle (what a lookup costs).
+
+    The handle's object where nothing is pickled.
+    """
+    value = getattr(box, "value", box)
+    return float(value[0] + value[len(value) // 2] + value[-1])
+
+
+def unique_memory(_: Any = None) -> tuple[int, int]:
+    """(pid, unique set size in bytes) of the worker running it."""
+    import os
+
+    import psutil
+
+    return os.getpid(), int(psutil.Process().memory_full_info().uss)

@@ -20,6 +20,7 @@ from ._pool_workloads import (
     run_cpu,
     run_payload,
     run_roundtrip,
+    run_share,
     run_startup,
     run_tiny,
     run_tiny_large,
@@ -223,6 +224,23 @@ WORKLOADS: dict[str, WorkloadInfo] = {
                 Ratio("128 MiB vs raw", "gbps_128", "gbps_128"),
             ),
             run_payload,
+        ),
+        WorkloadInfo(
+            "share",
+            lambda c: (
+                f"Share: {c.share_tasks} tasks that each read one shared "
+                f"{c.share_mb:g} MiB array, then one of 1 KB (s, lower is "
+                "better), and the most any worker's unique memory grew, as a "
+                "share of the array (%)"
+            ),
+            (
+                Metric("large_s", "large", "s", False),
+                Metric("tiny_s", "1 KB", "s", False),
+                Metric("uss_pct", "worker USS growth", "%", False),
+            ),
+            (),
+            run_share,
+            in_quick=False,
         ),
         WorkloadInfo(
             "streaming",
