@@ -147,6 +147,16 @@ class CallQueue:
             that are launched, so that it starts at once and its clock
             measures its run, not its wait in the library's own queue.
             Default: ``window``.
+        room: ``room(call, queued)``, read under the queue's lock before
+            each launch besides the window: whether the library can take
+            this call now (a pool that places each call on a worker);
+            ``queued`` is how many calls wait, for a pool that starts
+            workers on demand. Must not call back into the queue.
+        run_left: ``run_left(call, timeout)`` at a call's deadline: the
+            seconds its task may still run, for a library that knows when
+            a task really started (``None``: it has returned, let it be).
+            The deadline moves by that much; default: the timeout counts
+            from the launch.
     """
 
     def __init__(
@@ -160,14 +170,21 @@ class CallQueue:
         stop: Callable[[Call], bool] | None = None,
         retries_crashes: bool = False,
         slots: Window | None = None,
+        room: Callable[[Call, int], bool] | None = None,
+        run_left: Callable[[Call, float], float | None] | None = None,
     ) -> None:
+        self._room = room
+        self._run_left = run_left
         self.shm_threshold: int | None = None
         self._slots = window if slots is None else slots
         self._launch = launch
         self._stop = stop
         self._retries_crashes = retries_crashes
-        # Calls waiting out a retry delay: neither queued nor launched, but
-        # the queue is not idle while they wait.
+        # Calls waiting out a retry delay, with their timer entries: neither
+        # queued nor launched, but running (kill_task stops them, a break
+        # or fail_launched fails them), and the queue is not idle.
+        self._waiting: dict[Call, Any] = {}
+        # Settled with a retry, not yet waiting or requeued.
         self._delayed = 0
         self._window = window
         self._chunk_window = window if chunk_window is None else chunk_window
@@ -275,6 +292,8 @@ class CallQueue:
             call = queued[0]
             if len(self._launched) >= self._limit(call):
                 return None
+            if self._room is not None and not self._room(call, len(queued)):
+                return None
             queued.popleft()
             # A retry's future is running already.
             if not call.attempts and not call.future.set_running_or_notify_cancel():
@@ -299,6 +318,11 @@ class CallQueue:
         except BaseException as exc:
             error = exc if self._translate is None else self._translate(exc)
             self.settle(call, error=error)
+            if not isinstance(exc, Exception):
+                # Ctrl-C (or a SystemExit) in the submitting thread as it
+                # launched: the call has failed with it, and the caller
+                # must see it too, not a submit that returned normally.
+                raise
         finally:
             pumping.active = outer
         if not self._hooked:
@@ -351,6 +375,15 @@ class CallQueue:
         the task was already failed at its timeout).
         """
         nxt = None
+        with self._lock:
+            entry = self._waiting.pop(call, None)
+        if entry is not None:
+            # kill_task() of a call waiting out its retry delay.
+            entry.cancel()
+            call.payload = None
+            settle(call.future, value, error)
+            self._check_idle()
+            return True
         with self._lock:
             mine = call in self._launched
             if mine:
@@ -409,13 +442,21 @@ class CallQueue:
         again = call.again()
         delay = call.options.delay if call.options is not None else 0.0
         if delay > 0:
-            timer.call_later(delay, functools.partial(self._requeue, again))
+            with self._lock:
+                self._delayed -= 1
+                self._waiting[again] = timer.call_later(
+                    delay, functools.partial(self._requeue, again, True)
+                )
         else:
             self._requeue(again)
 
-    def _requeue(self, call: Call) -> None:
+    def _requeue(self, call: Call, waited: bool = False) -> None:
         with self._lock:
-            self._delayed -= 1
+            if waited:
+                if self._waiting.pop(call, None) is None:
+                    return  # stopped, or failed, while it waited
+            else:
+                self._delayed -= 1
             broken = self._broken
             if broken is None:
                 # First in line: it was running already.
@@ -431,6 +472,16 @@ class CallQueue:
         with self._lock:
             if call not in self._launched:
                 return
+        if self._run_left is not None:
+            left = self._run_left(call, timeout)
+            if left is None:
+                return  # it has returned: its outcome is on its way
+            if left > 0:
+                # Started after its launch: the rest of its time, from its start.
+                call.deadline = timer.call_later(
+                    left, functools.partial(self._expire, call, timeout)
+                )
+                return
         stopped = self.stop(call)
         verb = (
             "it was stopped and its worker replaced"
@@ -445,7 +496,14 @@ class CallQueue:
         )
 
     def stop(self, call: Call) -> bool:
-        """Ask the backend to stop a launched call's task; True if it did."""
+        """Ask the backend to stop a launched call's task; True if it did.
+
+        A call waiting out a retry delay is stopped by the settle that
+        follows (nothing runs it).
+        """
+        with self._lock:
+            if call in self._waiting:
+                return True
         if self._stop is None:
             return False
         try:
@@ -457,7 +515,7 @@ class CallQueue:
     def find(self, future: Future[Any]) -> Call | None:
         """The launched call of ``future``, if it is with the library now."""
         with self._lock:
-            for call in self._launched:
+            for call in (*self._launched, *self._waiting):
                 if call.future is future:
                     return call
         return None
@@ -540,7 +598,7 @@ class CallQueue:
                 return []
             self._broken = make_error
             launched = list(self._launched)
-            queued = list(self._queued)
+            queued = list(self._queued) + self._take_waiting_locked()
             self._launched.clear()
             self._queued.clear()
         for call in launched:
@@ -559,13 +617,24 @@ class CallQueue:
         with self._lock:
             launched = list(self._launched)
             self._launched.clear()
+            waiting = self._take_waiting_locked()
         for call in launched:
             if call.deadline is not None:
                 call.deadline.cancel()
             # The library may still hold the call (and read its payload):
             # only its future is finished here.
             settle(call.future, error=make_error())
+        for call in waiting:
+            call.payload = None
+            settle(call.future, error=make_error())
         self._check_idle()
+
+    def _take_waiting_locked(self) -> list[Call]:
+        waiting = list(self._waiting)
+        for entry in self._waiting.values():
+            entry.cancel()
+        self._waiting.clear()
+        return waiting
 
     def broken_error(self) -> BaseException | None:
         """The exception ``submit`` raises once broken, else ``None``."""
@@ -606,7 +675,12 @@ class CallQueue:
         return self._released or not self._closing
 
     def _is_idle_locked(self) -> bool:
-        return not self._queued and not self._launched and not self._delayed
+        return (
+            not self._queued
+            and not self._launched
+            and not self._delayed
+            and not self._waiting
+        )
 
     def _idle_now_locked(self) -> bool:
         if not self._is_idle_locked():

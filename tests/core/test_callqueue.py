@@ -382,3 +382,48 @@ def test_a_cancelled_queued_future_does_not_hold_up_as_completed(
     assert set(done) == {running, queued}
     with pytest.raises(CancelledError):
         queued.result()
+
+
+def test_a_ctrl_c_while_launching_fails_the_call_and_reaches_the_caller() -> None:
+    # The submitting thread launches; a KeyboardInterrupt there is the
+    # caller's: swallowed, the program would go on as if submit returned.
+    def launch(call: Call) -> None:
+        raise KeyboardInterrupt
+
+    calls = CallQueue(launch, 1)
+    future: Future[Any] = Future()
+    with pytest.raises(KeyboardInterrupt):
+        calls.submit(future, "payload")
+    assert isinstance(future.exception(timeout=5), KeyboardInterrupt)
+
+
+def test_a_call_waiting_out_its_retry_delay_fails_at_once_when_the_workers_stop() -> (
+    None
+):
+    # terminate_workers() with a long retry delay pending used to return
+    # only after the delay, when the call came back to be failed.
+    launched: list[Call] = []
+    calls = CallQueue(launched.append, 1)
+    future: Future[Any] = Future()
+    with submitting(TaskOptions(retries=1, retry_on=(ValueError,), retry_delay=30.0)):
+        calls.submit(future, "payload")
+    calls.settle(launched[0], error=ValueError("first attempt"))
+    assert not future.done()
+    calls.fail_launched(lambda: RuntimeError("the workers were stopped"))
+    with pytest.raises(RuntimeError, match="the workers were stopped"):
+        future.result(timeout=5)
+    assert calls.is_idle()
+
+
+def test_kill_task_finds_a_call_waiting_out_its_retry_delay() -> None:
+    launched: list[Call] = []
+    calls = CallQueue(launched.append, 1)
+    future: Future[Any] = Future()
+    with submitting(TaskOptions(retries=1, retry_on=(ValueError,), retry_delay=30.0)):
+        calls.submit(future, "payload")
+    calls.settle(launched[0], error=ValueError("first attempt"))
+    waiting = calls.find(future)
+    assert waiting is not None and calls.stop(waiting)
+    assert calls.settle(waiting, error=RuntimeError("killed"), retry=False)
+    with pytest.raises(RuntimeError, match="killed"):
+        future.result(timeout=5)

@@ -5,7 +5,8 @@ The parts:
 
 * :mod:`._executor`: :class:`QueueExecutor`, on the shared
   :class:`~executors._callqueue.CallQueue` (queueing, cancel, timeouts,
-  retries, stopping a task; :mod:`._calls` adds what it lacks today).
+  retries, stopping a task), which asks the pool per call whether a worker
+  can take it (``room``) and how long a task has really run (``run_left``).
 * :mod:`._pool`: what only this pool does: send-ahead per worker, writing
   frames, reading results; :mod:`._spawn`: starting and stopping workers;
   :mod:`._triage`: what a worker's death means for each item it held

@@ -18,6 +18,7 @@ from multiprocessing.context import BaseContext
 from typing import Any, TypeVar
 
 from ..._base import BaseExecutor
+from ..._callqueue import CallQueue
 from ..._capabilities import Capabilities
 from ..._control import TaskOptions, WithOptions, submitting, submitting_options
 from ..._errors import ExecutorInterruptedError
@@ -32,7 +33,6 @@ from ..._options import (
     start_method_of,
 )
 from ..._serialize import portable, unwrap
-from ._calls import PoolCalls
 from ._items import Task
 from ._manager import Manager
 from ._pool import Pool
@@ -138,7 +138,7 @@ class QueueExecutor(BaseExecutor):
         kills_single_task=True,
         terminates_workers=True,
     )
-    _calls: PoolCalls
+    _calls: CallQueue
 
     @classmethod
     def _workers_start_method(cls, options: Mapping[str, Any]) -> str:
@@ -176,14 +176,17 @@ class QueueExecutor(BaseExecutor):
         # The pool and its call queue hold each other, never the executor:
         # an executor dropped without shutdown() is collected, and the
         # manager then finishes its work and stops (see Pool.should_stop).
-        pool.calls = self._calls = PoolCalls(
-            pool.room,
-            pool.run_left,
+        pool.calls = self._calls = CallQueue(
             pool.launch,
-            workers,
+            # No window of its own: the pool says per call whether a worker
+            # can take it now (send-ahead per worker, idle ones for calls
+            # with a timeout), and at a deadline how long the task has run.
+            sys.maxsize,
             on_idle=pool.wakeup.wake,
             stop=pool.stop,
             retries_crashes=True,
+            room=pool.room,
+            run_left=pool.run_left,
         )
         self._pool = pool
         self._manager: Manager | None = None

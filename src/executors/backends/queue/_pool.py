@@ -3,12 +3,11 @@
 What only this pool does: which worker gets which call (send-ahead per
 worker), writing frames, reading results; its workers start and stop in
 :mod:`._spawn`.
-The shared :class:`~executors._callqueue.CallQueue` in front of it (see
-:mod:`._calls`) owns the queue, cancel, timeouts, retries and stopping a
-task; it hands the pool a call (:meth:`Pool.launch`) only when
-:meth:`Pool.room` says a worker can take it now, so that queued work stays
-cancellable. What a worker's death means for each item it held is
-:mod:`._triage`'s.
+The shared :class:`~executors._callqueue.CallQueue` in front of it owns the
+queue, cancel, timeouts, retries and stopping a task; it hands the pool a
+call (:meth:`Pool.launch`) only when :meth:`Pool.room` says a worker can
+take it now, so that queued work stays cancellable. What a worker's death
+means for each item it held is :mod:`._triage`'s.
 
 One lock guards the pool; the call queue's lock is taken before it, never
 after, so nothing here calls into the call queue with ``lock`` held:
@@ -91,8 +90,7 @@ from ._wire import (
 )
 
 if TYPE_CHECKING:
-    from ..._callqueue import Call
-    from ._calls import PoolCalls
+    from ..._callqueue import Call, CallQueue
 
 __all__ = ["Pool"]
 
@@ -141,7 +139,7 @@ class Pool:
         manager: The manager thread, once the executor has started it.
     """
 
-    calls: PoolCalls
+    calls: CallQueue
     manager: threading.Thread | None = None
 
     def __init__(
@@ -217,9 +215,9 @@ class Pool:
             raise
         except BaseException as exc:
             # Ctrl-C in the caller as it wrote the frame: the worker is
-            # replaced and the call sent again (_send_locked). The call queue
-            # would fail the call with it and swallow it (it should not: see
-            # ._calls); the executor raises it once the submit is done.
+            # replaced and the call sent again (_send_locked), where the call
+            # queue would fail the call; the executor raises the Ctrl-C once
+            # the submit is done.
             self.deferred.error = exc
 
     def raise_deferred(self) -> None:
