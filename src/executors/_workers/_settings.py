@@ -58,7 +58,8 @@ class WorkerSettings:
             sockets, no listener, and no cap unless asked for.
         on_leaving: With recycling, called (in the listener's thread) with
             ``(pid, slot)`` when a worker says it will leave soon: start its
-            replacement now, and the pool keeps its throughput.
+            replacement now, and the pool keeps its throughput. May be set
+            later, as the attribute of that name (once the pool exists).
     """
 
     def __init__(
@@ -105,9 +106,8 @@ class WorkerSettings:
         that counts tasks itself).
         """
         recycles = self.max_tasks is not None or self.max_memory is not None
-        wanted = self.forward_logs or (recycles and self.on_leaving is not None)
-        if wanted and self.listener is None:
-            self.listener = LogListener(self.on_leaving)
+        if (self.forward_logs or recycles) and self.listener is None:
+            self.listener = LogListener(self._leaving)
         if not abstract_sockets() and self._folder is None:
             # Not "executors-*": that prefix marks the project's own folders.
             self._folder = tempfile.mkdtemp(prefix="exslots-")
@@ -129,6 +129,13 @@ class WorkerSettings:
         for name, value in overrides.items():
             setattr(spec, name, value)
         return spec
+
+    def _leaving(self, pid: int, slot: int | None) -> None:
+        # Read now, not when the listener started: a backend may set
+        # on_leaving once its pool exists, after the spec was made.
+        on_leaving = self.on_leaving
+        if on_leaving is not None:
+            on_leaving(pid, slot)
 
     def close(self, wait: bool = True) -> None:
         """Once the workers are gone (or going): stop the listener, clean up.
