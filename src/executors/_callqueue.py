@@ -42,79 +42,22 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import CancelledError, Future
+from concurrent.futures import Future
 from typing import Any
 
-from ._control import TaskOptions, record_attempts, submitting_options, timer
-from ._errors import ExecutorFailedError, TaskTimeoutError, WorkerCrashedError
-from ._futures import Future as OurFuture
+from ._call import Call, Window
+from ._callbridge import LibraryBridge
+from ._callcontrol import TaskControl
+from ._control import record_attempts, submitting_options, timer
 from ._futures import fail_futures, notify_cancelled, settle
 from ._lifecycle import ensure_exit_hook_last, run_released
-from ._map import Chunk, ChunkResult, run_chunk
-from ._outcome import Outcome, PickledCall, decode, dumps
 
 __all__ = ["Call", "CallQueue"]
 
 _log = logging.getLogger("executors")
 
 
-class Call:
-    """One submitted call on its way through a :class:`CallQueue`.
-
-    Attributes:
-        future: The future handed to the user.
-        payload: What ``launch`` needs to run the call. The queue drops it
-            once the call has settled, so the executor keeps no reference
-            to a finished task's callable or arguments.
-        chunk: True for a chunk of a ``map`` (it may have its own window).
-        handle: The backend's own note about the launched call (the
-            library's future, a key); dropped when the call settles.
-        options: The task's timeout and retries, if any.
-        attempts: How many times it has been launched.
-    """
-
-    __slots__ = (
-        "attempts",
-        "chunk",
-        "deadline",
-        "future",
-        "handle",
-        "options",
-        "payload",
-    )
-
-    def __init__(
-        self,
-        future: Future[Any],
-        payload: Any,
-        chunk: bool,
-        options: TaskOptions | None = None,
-        attempts: int = 0,
-    ) -> None:
-        self.future = future
-        self.payload = payload
-        self.chunk = chunk
-        self.handle: Any = None
-        self.options = options
-        self.attempts = attempts
-        self.deadline: Any = None
-
-    def again(self) -> Call:
-        """The next attempt: a new call for the same future and payload.
-
-        A new object, so that a late outcome of the earlier attempt (a
-        task abandoned at its timeout) can never settle this one.
-        """
-        return Call(self.future, self.payload, self.chunk, self.options, self.attempts)
-
-    def __repr__(self) -> str:
-        return f"<Call chunk={self.chunk} future={self.future!r}>"
-
-
-Window = int | Callable[[], int]
-
-
-class CallQueue:
+class CallQueue(LibraryBridge, TaskControl):
     """Hands calls to a library a few at a time; settles their futures.
 
     A backend sets ``shm_threshold`` (see :func:`executors._outcome.dumps`)
@@ -235,49 +178,6 @@ class CallQueue:
         if self._queued:
             self._pump()
         return call
-
-    def submit_pickled(
-        self,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        *,
-        chunk: bool = False,
-        wrap: Callable[[bytes], Any] | None = None,
-    ) -> Future[Any]:
-        """Pickle ``fn(*args, **kwargs)`` now and queue it; return its future.
-
-        For a library that runs calls in other processes. A call that fails
-        to pickle fails its own future with the pickling error at once, and
-        the library never sees it: the same on every process backend.
-
-        Args:
-            wrap: Turns the pickled bytes into the payload ``launch``
-                expects; default: the bytes.
-        """
-        future: OurFuture[Any] = OurFuture()
-        try:
-            payload = dumps((fn, args, kwargs), shm_threshold=self.shm_threshold)
-        except Exception as exc:
-            settle(future, error=exc)
-            return future
-        self.submit(future, payload if wrap is None else wrap(payload), chunk=chunk)
-        return future
-
-    def submit_chunk(self, fn: Callable[..., Any], chunk: Chunk) -> Future[ChunkResult]:
-        """Queue one chunk of a ``map`` as a :class:`~executors._outcome.PickledCall`.
-
-        For a library with its own sending thread, which pickles the chunk:
-        the first chunk is on its way while the caller submits the others,
-        and one that fails to pickle fails at its position in the map.
-        """
-        future: OurFuture[ChunkResult] = OurFuture()
-        self.submit(
-            future,
-            PickledCall((run_chunk, (fn, chunk), {}), self.shm_threshold),
-            chunk=True,
-        )
-        return future
 
     def _limit(self, call: Call) -> int:
         window = self._chunk_window if call.chunk else self._window
@@ -419,148 +319,6 @@ class CallQueue:
         self._check_idle()
         return True
 
-    def settle_outcome(self, call: Call, outcome: Outcome) -> None:
-        """Settle ``call`` with a worker's outcome (see :mod:`executors._outcome`).
-
-        Decoded here, in the settling thread: a result that fails to
-        unpickle fails this call only, with the unpickling error.
-        """
-        ok, value = decode(outcome)
-        if ok:
-            self.settle(call, value)
-        else:
-            self.settle(call, error=value)
-
-    def _retryable(self, call: Call, error: BaseException) -> bool:
-        options = call.options
-        if options is None or self._broken is not None:
-            return False
-        crashed = self._retries_crashes and isinstance(error, WorkerCrashedError)
-        return options.retryable(error, call.attempts, crashed=crashed)
-
-    def _retry(self, call: Call) -> None:
-        again = call.again()
-        delay = call.options.delay if call.options is not None else 0.0
-        if delay > 0:
-            with self._lock:
-                self._delayed -= 1
-                self._waiting[again] = timer.call_later(
-                    delay, functools.partial(self._requeue, again, True)
-                )
-        else:
-            self._requeue(again)
-
-    def _requeue(self, call: Call, waited: bool = False) -> None:
-        with self._lock:
-            if waited:
-                if self._waiting.pop(call, None) is None:
-                    return  # stopped, or failed, while it waited
-            else:
-                self._delayed -= 1
-            broken = self._broken
-            if broken is None:
-                # First in line: it was running already.
-                self._queued.appendleft(call)
-        if broken is not None:
-            fail_futures([call.future], broken)
-            self._check_idle()
-            return
-        self._pump()
-
-    def _expire(self, call: Call, timeout: float) -> None:
-        # In the timer thread: the task has run past its limit.
-        with self._lock:
-            if call not in self._launched:
-                return
-        if self._run_left is not None:
-            left = self._run_left(call, timeout)
-            if left is None:
-                return  # it has returned: its outcome is on its way
-            if left > 0:
-                # Started after its launch: the rest of its time, from its start.
-                call.deadline = timer.call_later(
-                    left, functools.partial(self._expire, call, timeout)
-                )
-                return
-        stopped = self.stop(call)
-        verb = (
-            "it was stopped and its worker replaced"
-            if stopped
-            else "this backend cannot stop it, so it was abandoned and runs on"
-        )
-        call.deadline = None
-        self.settle(
-            call,
-            error=TaskTimeoutError.ran_past(timeout, verb),
-            release=stopped,
-        )
-
-    def stop(self, call: Call) -> bool:
-        """Ask the backend to stop a launched call's task; True if it did.
-
-        A call waiting out a retry delay is stopped by the settle that
-        follows (nothing runs it).
-        """
-        with self._lock:
-            if call in self._waiting:
-                return True
-        if self._stop is None:
-            return False
-        try:
-            return self._stop(call)
-        except Exception:  # pragma: no cover - a backend bug
-            _log.exception("executors: stopping a task failed")
-            return False
-
-    def find(self, future: Future[Any]) -> Call | None:
-        """The launched call of ``future``, if it is with the library now."""
-        with self._lock:
-            for call in (*self._launched, *self._waiting):
-                if call.future is future:
-                    return call
-        return None
-
-    def settle_when_done(
-        self,
-        call: Call,
-        theirs: Future[Any],
-        translate: Callable[[BaseException], BaseException] | None = None,
-    ) -> None:
-        """Settle ``call`` with the outcome of a library's own future.
-
-        For libraries that hand out futures (the stdlib pools, loky): the
-        outcome is copied when theirs completes, in whatever thread the
-        library completes it. ``call.handle`` keeps theirs until then, so a
-        backend can still reach it (to cancel or kill).
-
-        Args:
-            call: A launched call.
-            theirs: The library's future for it.
-            translate: Turns the library's exception into the one ours gets.
-        """
-        call.handle = theirs
-        theirs.add_done_callback(functools.partial(self._copy_outcome, call, translate))
-
-    def _copy_outcome(
-        self,
-        call: Call,
-        translate: Callable[[BaseException], BaseException] | None,
-        theirs: Future[Any],
-    ) -> None:
-        # exception() raises for a cancelled future: two looks at theirs
-        # (two locks) instead of three. Not result() alone: the stdlib's
-        # returns None for an exception that is falsy.
-        try:
-            error = theirs.exception()
-        except CancelledError:
-            # Only a library that drops work cancels: ours was running.
-            self.settle(call, error=_dropped_by_library())
-            return
-        if error is not None:
-            self.settle(call, error=error if translate is None else translate(error))
-        else:
-            self.settle(call, theirs.result())
-
     # -- closing and breaking ---------------------------------------------------
 
     def close(self, cancel_futures: bool = False) -> None:
@@ -628,13 +386,6 @@ class CallQueue:
             call.payload = None
             settle(call.future, error=make_error())
         self._check_idle()
-
-    def _take_waiting_locked(self) -> list[Call]:
-        waiting = list(self._waiting)
-        for entry in self._waiting.values():
-            entry.cancel()
-        self._waiting.clear()
-        return waiting
 
     def broken_error(self) -> BaseException | None:
         """The exception ``submit`` raises once broken, else ``None``."""
@@ -719,10 +470,3 @@ class CallQueue:
             with self._lock:
                 self._released = True
                 self._idle.notify_all()
-
-
-def _dropped_by_library() -> BaseException:
-    return ExecutorFailedError(
-        "the library behind this executor cancelled a task it had already "
-        "accepted; the executor is shutting down or broken"
-    )
