@@ -564,18 +564,20 @@ def pack(data: bytes, refs: bytes) -> bytes:
     return b"".join((MAGIC, _LEN.pack(len(refs)), refs, data))
 
 
-def unpack(message: bytes) -> tuple[memoryview, list[memoryview]] | None:
+def unpack(
+    message: bytes | bytearray | memoryview,
+) -> tuple[memoryview, list[memoryview]] | None:
     """The pickle and its buffers, if ``message`` came from :func:`pack`."""
-    if not message.startswith(MAGIC):
-        return None
     view = memoryview(message)
+    if view[: len(MAGIC)] != MAGIC:
+        return None
     start = len(MAGIC) + _LEN.size
     (length,) = _LEN.unpack_from(view, len(MAGIC))
     buffers = take(view[start : start + length])
     return view[start + length :], buffers
 
 
-def loads(message: bytes) -> Any:
+def loads(message: bytes | bytearray | memoryview) -> Any:
     """Unpickle a message, packed or plain."""
     unpacked = unpack(message)
     if unpacked is None:
