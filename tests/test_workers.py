@@ -520,3 +520,19 @@ def test_task_count_recycling_in_the_stdlib_pools(kind: str) -> None:
     assert max(per_pid.values()) <= 10, per_pid
     assert len(per_pid) >= 10, per_pid
     assert {slot for slot, _ in found} <= {0, 1}, found
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="exit_pid is 3.11's")
+def test_a_recycling_pool_shut_down_without_wait_still_runs_its_backlog() -> None:
+    """shutdown(wait=False) drops the pool's references; the manager's remain."""
+    from executors.testing import worker_tasks
+
+    settings = WorkerSettings(workers=2, forward_logs=False, max_tasks_per_child=2)
+    pool = _recycling_pool("process", settings)
+    futures = [pool.submit(worker_tasks.tick_and_finish, 0.01) for _ in range(20)]
+    pool.shutdown(wait=False)
+    try:
+        assert len([f.result(timeout=60) for f in futures]) == 20
+    finally:
+        pool.shutdown(wait=True)
+        settings.close()

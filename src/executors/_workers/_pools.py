@@ -29,6 +29,7 @@ import concurrent.futures.process
 import multiprocessing.pool
 import os
 import threading
+from collections.abc import MutableMapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import _ExecutorManagerThread, _threads_wakeups
 from typing import Any
@@ -118,7 +119,7 @@ class _SpareSpawningManager(_ExecutorManagerThread):
         if pool is None or pool._shutdown_thread or self.is_shutting_down():
             return
         # In this thread, which alone reads self.processes between steps.
-        pool._spawn_process()
+        pool._start_worker(self.processes, self.call_queue, self.result_queue)
 
 
 class RecyclingProcessPool(ProcessPoolExecutor):
@@ -132,24 +133,32 @@ class RecyclingProcessPool(ProcessPoolExecutor):
 
     def _spawn_process(self) -> None:
         pool: Any = self
-        process = pool._mp_context.Process(
-            target=recycling_process_worker,
-            args=(
-                pool._call_queue,
-                pool._result_queue,
-                pool._initializer,
-                pool._initargs,
-            ),
-        )
-        process.start()
-        pool._processes[process.pid] = process
+        self._start_worker(pool._processes, pool._call_queue, pool._result_queue)
 
     def _adjust_process_count(self) -> None:
         pool: Any = self
+        manager = threading.current_thread()
+        if isinstance(manager, _ExecutorManagerThread):
+            # The manager's own references: shutdown(wait=False) sets the
+            # pool's to None while the manager still runs the backlog.
+            found = (manager.processes, manager.call_queue, manager.result_queue)
+        else:
+            found = (pool._processes, pool._call_queue, pool._result_queue)
         # Not the idle-worker semaphore: a worker that left must be
         # replaced even with a stale token (CPython gh-115634).
-        if len(pool._processes) < pool._max_workers:
-            self._spawn_process()
+        if found[0] is not None and len(found[0]) < pool._max_workers:
+            self._start_worker(*found)
+
+    def _start_worker(
+        self, processes: MutableMapping[int, Any], call_queue: Any, result_queue: Any
+    ) -> None:
+        pool: Any = self
+        process = pool._mp_context.Process(
+            target=recycling_process_worker,
+            args=(call_queue, result_queue, pool._initializer, pool._initargs),
+        )
+        process.start()
+        processes[process.pid] = process
 
     def _start_executor_manager_thread(self) -> None:
         pool: Any = self
