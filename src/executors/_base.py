@@ -80,6 +80,8 @@ class BaseExecutor(BackendHooks, futures.Executor, metaclass=ABCMeta):
     capabilities: ClassVar[Capabilities] = Capabilities()
     _task_options: TaskOptions | None = None
     _when_collected: weakref.finalize[..., object] | None = None
+    # The handles of share(), released at shutdown.
+    _shared: weakref.WeakSet[Any] | None = None
     # max_pending's slots; None when unbounded (the default).
     _slots: PendingSlots | None = None
 
@@ -174,6 +176,52 @@ class BaseExecutor(BackendHooks, futures.Executor, metaclass=ABCMeta):
             retry=False,
         )
 
+    def share(self, obj: Any) -> Any:
+        """Place ``obj`` once for many tasks; return what to pass them instead.
+
+        The handle may be passed as an argument, at any depth, to any
+        number of tasks; each task receives the object. Where workers are
+        other processes (``capabilities.shared_memory``), the object is
+        pickled once: its pickle-5 buffers (an array's data) go into one
+        shared memory segment that every worker maps read-only and without
+        a copy, and each worker unpickles it once and keeps it. Where tasks
+        run in the caller's process (``thread``, ``inline``), the object
+        itself is returned: nothing needs placing.
+
+        ``handle.release()`` frees it once the tasks that use it are done;
+        ``shutdown()`` releases every handle still held.
+
+        Raises:
+            NotImplementedError: the backend cannot share objects
+                (``capabilities.shared_memory`` is false and its workers are
+                other processes).
+            RuntimeError: the executor is shut down or broken.
+        """
+        with self._lock:
+            self._check_open()
+        if not self.capabilities.process_isolation:
+            return obj
+        if not self.capabilities.shared_memory:
+            raise NotImplementedError(
+                f"the {self.backend!r} backend cannot share objects "
+                "(capabilities.shared_memory is false): pass the object to "
+                "each task, or keep it where every worker can read it"
+            )
+        from ._outcome import Shared
+
+        handle = Shared(obj)
+        with self._lock:
+            if self._shared is None:
+                self._shared = weakref.WeakSet()
+            self._shared.add(handle)
+        return handle
+
+    def _release_shared(self) -> None:
+        with self._lock:
+            shared, self._shared = self._shared, None
+        for handle in list(shared or ()):
+            handle.release()
+
     def map(
         self,
         fn: Callable[..., T],
@@ -220,6 +268,8 @@ class BaseExecutor(BackendHooks, futures.Executor, metaclass=ABCMeta):
         # Bounded: the workers are gone. Threads cannot be stopped: leave
         # them to end on their own rather than wait for them.
         self._shutdown(self.capabilities.terminates_workers, True)
+        if self.capabilities.terminates_workers:
+            self._release_shared()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Release the workers; see :meth:`executors.Executor.shutdown`."""
@@ -229,6 +279,9 @@ class BaseExecutor(BackendHooks, futures.Executor, metaclass=ABCMeta):
         # Outside the lock: waiting for running tasks must not block a task
         # (or a callback) that tries to submit and gets the RuntimeError.
         self._shutdown(wait, cancel_futures)
+        if wait:
+            # The tasks that could read them are done.
+            self._release_shared()
         if wait and self._when_collected is not None:
             # Closed for good: nothing is left to close when collected.
             self._when_collected.detach()
