@@ -37,8 +37,9 @@ import pytest
 
 from conftest import backend_factory
 from executors import TaskTimeoutError, WorkerCrashedError, with_options
-from executors.backends.queue import _pool as queue_pool
-from executors.backends.queue._wire import CALL, HEADER, Channel, dumps
+from executors.backends.queue import _triage
+from executors.backends.queue._payload import dumps
+from executors.backends.queue._wire import CALL, HEADER, Channel
 from executors.testing import BOUND, ContractBase, tasks
 
 ExecutorFactory = Callable[..., Any]
@@ -366,7 +367,7 @@ class TestEarlyDeaths(ContractBase):
         assert exc.exitcode is not None
         assert [f.result(timeout=BOUND) for f in others] == list(range(6))
         assert executor.submit(tasks.add, 2, 2).result(timeout=BOUND) == 4
-        deaths = queue_pool.EARLY_DEATHS_BEFORE_FAILED
+        deaths = _triage.EARLY_DEATHS_BEFORE_FAILED
         # Two workers, one replacement per death, at most one more started
         # while the last death is noticed.
         assert len(log.read_text()) <= 2 + deaths + 1

@@ -27,6 +27,7 @@ import pytest
 
 from conftest import backend_factory
 from executors import WorkerCrashedError
+from executors.backends.queue import _board, _payload
 from executors.backends.queue import _wire as wire
 from executors.backends.queue._wire import HEADER, RESULT, BadFrameError, Channel
 from executors.testing import BOUND, tasks
@@ -191,8 +192,8 @@ def channels(
     reader, writer = Pipe(duplex=False)
     board = memoryview(bytearray(64)).cast("q")
     sender, receiver = Channel(writer), Channel(reader)
-    sender.post_sent_to(board, wire.SENT)
-    receiver.check_against(board, wire.SENT)
+    sender.post_sent_to(board, _board.SENT)
+    receiver.check_against(board, _board.SENT)
     try:
         yield sender, receiver, board
     finally:
@@ -208,7 +209,7 @@ def test_every_frame_a_worker_sends_is_received(
 
     def send_all() -> None:
         for task_id, payload in enumerate(payloads):
-            body, buffers = wire.dumps(payload)
+            body, buffers = _payload.dumps(payload)
             sender.send(RESULT, task_id, 0.5, body, buffers)
 
     # Frames larger than the pipe: sent from another thread, as a worker
@@ -218,7 +219,7 @@ def test_every_frame_a_worker_sends_is_received(
     received = [receiver.recv() for _ in payloads]
     thread.join(BOUND)
     assert [m.task_id for m in received] == [0, 1, 2]
-    values = [wire.loads(m.body, m.buffers) for m in received]
+    values = [_payload.loads(m.body, m.buffers) for m in received]
     assert values[0] is None
     assert values[1] == b"x" * 100_000
     assert bytes(values[2]) == bytes(200_000)

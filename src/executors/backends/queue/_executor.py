@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from ..._base import BaseExecutor
 from ..._callqueue import CallQueue
 from ..._capabilities import Capabilities
-from ..._control import TaskOptions, WithOptions, submitting, submitting_options
+from ..._control import TaskOptions, WithOptions, submitting
 from ..._errors import ExecutorInterruptedError
 from ..._futures import Future as OurFuture
 from ..._futures import add_internal_callback, notify_cancelled, settle
@@ -35,9 +35,10 @@ from ..._options import (
 from ..._serialize import portable, unwrap
 from ._items import Task
 from ._manager import Manager
+from ._payload import dumps, dumps_chunk
 from ._pool import Pool
 from ._triage import Triage
-from ._wire import CALL, CHUNK, dumps, dumps_chunk
+from ._wire import CALL, CHUNK
 
 __all__ = ["QueueExecutor", "TimeLimited", "with_timeout"]
 
@@ -223,17 +224,14 @@ class QueueExecutor(BaseExecutor):
         self, fn: Callable[..., Any], chunk: Chunk
     ) -> Future[ChunkResult]:
         # The shared map sends a map with task options one item per task
-        # (through _submit); a chunk with a timeout has it per item, which
-        # the pool enforces from the board, not the call queue per chunk.
-        options = submitting_options()
-        timeout = None if options is None else options.timeout
+        # (through _submit): a chunk never has a timeout of its own.
         fn = self._unwrap(fn)
         future: OurFuture[ChunkResult] = OurFuture()
         try:
             body, buffers = dumps_chunk(fn, chunk)
         except Exception as exc:
-            return self._submit_up_to_unpicklable(fn, chunk, timeout, exc)
-        self._submit_chunk_call(Task(CHUNK, body, buffers, timeout, fn, chunk), future)
+            return self._submit_up_to_unpicklable(fn, chunk, exc)
+        self._submit_chunk_call(Task(CHUNK, body, buffers, fn, chunk), future)
         return future
 
     def _submit_chunk_call(self, task: Task, future: Future[Any]) -> None:
@@ -247,7 +245,6 @@ class QueueExecutor(BaseExecutor):
         self,
         fn: Callable[..., Any],
         chunk: Chunk,
-        timeout: float | None,
         error: BaseException,
     ) -> Future[ChunkResult]:
         """Run the items before the first one that does not pickle.
@@ -271,7 +268,7 @@ class QueueExecutor(BaseExecutor):
         head = chunk[:bad]
         body, buffers = dumps_chunk(fn, head)
         inner: OurFuture[ChunkResult] = OurFuture()
-        self._submit_chunk_call(Task(CHUNK, body, buffers, timeout, fn, head), inner)
+        self._submit_chunk_call(Task(CHUNK, body, buffers, fn, head), inner)
 
         def finish(done: Future[ChunkResult]) -> None:
             if future.done():

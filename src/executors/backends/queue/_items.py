@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import signal
 from collections import deque
@@ -22,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 from ..._errors import (
     ExecutorFailedError,
-    TaskTimeoutError,
     WorkerCrashedError,
     describe_exitcode,
 )
@@ -44,7 +42,6 @@ __all__ = [
     "find_item",
     "stopped_error",
     "time_limit",
-    "timeout_error",
 ]
 
 
@@ -58,19 +55,17 @@ class Task:
         body: The pickled ``(fn, args, kwargs)`` or ``(fn, chunk)``, kept
             until the call is done so that it can be sent again.
         buffers: The pickle's out-of-band buffers.
-        timeout: For a chunk: seconds each of its items may run.
         fn: For a chunk: the callable, to send a part of it again.
         chunk: For a chunk: its items.
     """
 
-    __slots__ = ("body", "buffers", "chunk", "fn", "kind", "size", "timeout")
+    __slots__ = ("body", "buffers", "chunk", "fn", "kind", "size")
 
     def __init__(
         self,
         kind: int,
         body: bytes,
         buffers: list[memoryview],
-        timeout: float | None = None,
         fn: Callable[..., Any] | None = None,
         chunk: Chunk | None = None,
     ) -> None:
@@ -81,7 +76,6 @@ class Task:
         self.size = HEADER.size + len(body)
         if buffers:
             self.size += sum(8 + b.nbytes for b in buffers)
-        self.timeout = timeout
         self.fn = fn
         self.chunk = chunk
 
@@ -132,8 +126,8 @@ class WorkItem:
 
     @property
     def watched(self) -> bool:
-        """The manager must watch it while it runs (kill, timeout, replay)."""
-        return self.kill or self.task.timeout is not None or self.replay is not None
+        """The manager must watch it while it runs (a kill, a replay)."""
+        return self.kill or self.replay is not None
 
 
 class Replay:
@@ -260,15 +254,14 @@ class WorkerHandle:
 def time_limit(
     item: WorkItem, index: int
 ) -> tuple[float, Callable[[], BaseException]] | None:
-    """The time item ``index`` of a chunk may run, and the error past it."""
-    limits: list[tuple[float, Callable[[], BaseException]]] = []
-    timeout = item.task.timeout
-    if timeout is not None:
-        limits.append((timeout, functools.partial(timeout_error, timeout)))
+    """The time item ``index`` of a chunk's rerun may run, and the error past it.
+
+    A task's own timeout is the call queue's (:meth:`._pool.Pool.run_left`).
+    """
     replay = item.replay
     if replay is not None and index < replay.careful:
-        limits.append((replay.budget, replay.error))
-    return min(limits, key=lambda limit: limit[0]) if limits else None
+        return replay.budget, replay.error
+    return None
 
 
 def find_item(held: Iterable[WorkItem], task_id: int) -> WorkItem | None:
@@ -307,11 +300,6 @@ def early_crash_error(exitcode: int | None, kind: int, deaths: int) -> BaseExcep
         "the worker and runs the other tasks as usual",
         exitcode,
     )
-
-
-def timeout_error(seconds: float) -> BaseException:
-    # An item of a chunk (a task's own timeout is the call queue's).
-    return TaskTimeoutError.ran_past(seconds, "it was stopped and its worker replaced")
 
 
 def stopped_error() -> BaseException:

@@ -36,9 +36,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Manager", "Wakeup"]
 
-# How often the manager looks at a worker whose item may time out (in a
-# chunk) or is to be stopped, but whose start it has not seen yet. Bounds
-# how late such a timeout fires.
+# How often the manager looks at a worker whose item is to be stopped, or
+# timed in a rerun, but whose start it has not seen yet. Bounds how late
+# such a stop comes.
 TIMEOUT_POLL_SECONDS = 0.01
 # What the manager's wait reports about a worker.
 _RESULTS, _EXITED, _WRITABLE = 0, 1, 2

@@ -43,10 +43,7 @@ Writing to a worker (the invariants the transport rests on):
 from __future__ import annotations
 
 import contextlib
-import functools
 import itertools
-import os
-import select
 import signal
 import threading
 import time
@@ -63,7 +60,7 @@ from ..._lifecycle import (
     interpreter_exiting,
     join_unless_current,
 )
-from ..._map import ChunkResult
+from ._board import RETURNED, Board
 from ._items import (
     KillReason,
     Task,
@@ -73,53 +70,15 @@ from ._items import (
     stopped_error,
 )
 from ._manager import Wakeup
+from ._payload import decode_exception, decode_outcome, loads
+from ._sendahead import pick_worker
 from ._spawn import Spawner, stop_all
-from ._wire import (
-    CHUNK_DONE,
-    ERROR,
-    INIT_FAILED,
-    PARTIAL,
-    READY,
-    RESULT,
-    RETURNED,
-    Board,
-    Channel,
-    Message,
-    frame,
-    loads,
-)
+from ._wire import INIT_FAILED, PARTIAL, READY, Message, frame
 
 if TYPE_CHECKING:
     from ..._callqueue import Call, CallQueue
 
 __all__ = ["Pool"]
-
-# -- tunables ---------------------------------------------------------------
-
-# A busy worker is sent more items ahead of its answers, so that it starts
-# the next one without waiting for a round trip through the manager thread
-# (a wake-up can take a millisecond on a loaded machine). Items sent ahead
-# can no longer be cancelled and may wait behind a long task while another
-# worker idles, so the pool sends ahead only about AHEAD_SECONDS of work,
-# judged by the average task so far: none for tasks that long, one before
-# any task has finished, at most MAX_TASKS_AHEAD for tiny ones.
-AHEAD_SECONDS = 0.02
-MAX_TASKS_AHEAD = 8
-# A rerun after an ambiguous crash (see Replay) gives each item at least this
-# long beyond the time the crashed piece had run: items that finished before
-# the crash must not be mistaken for the one that was running.
-REPLAY_SLACK_SECONDS = 0.1
-# Without an initializer, a worker that dies before it is ready (killed while
-# starting) is replaced; this many in a row mean workers cannot start at all
-# (a broken environment), and the pool is broken instead of looping.
-STARTUP_FAILURES_BEFORE_BROKEN = 3
-# A task whose worker dies after receiving its header but before the task
-# starts (while its frame is read or its arguments unpickled) is sent again
-# until this many workers have died so; then it fails. Once is not proof:
-# the OOM killer may pick a worker for memory others use. But a task too
-# large for a worker's memory kills every worker it reaches, and sending it
-# again without a bound starts and kills workers for ever.
-EARLY_DEATHS_BEFORE_FAILED = 2
 
 
 class Pool:
@@ -173,7 +132,7 @@ class Pool:
         # Workers whose outbox became non-empty, for the manager to watch
         # their task pipe until it has written everything.
         self.unflushed: list[WorkerHandle] = []
-        self.watched = 0  # held items with a kill request, timeout or replay
+        self.watched = 0  # held items with a kill request or a replay
         # Moving average of task durations; None until a task has finished.
         self.task_seconds: float | None = None
         self.startup_failures = 0
@@ -371,15 +330,14 @@ class Pool:
             worker.sent += 1
             if item.watched:
                 self.watched += 1
-            timeout = task.timeout or 0.0
             if worker.outbox:
                 # The manager is writing an earlier frame: queue behind it.
                 worker.outbox.append(
-                    frame(task.kind, item.task_id, timeout, task.body, task.buffers)
+                    frame(task.kind, item.task_id, 0.0, task.body, task.buffers)
                 )
             else:
                 rest = worker.tasks.send_nowait(
-                    task.kind, item.task_id, timeout, task.body, task.buffers
+                    task.kind, item.task_id, 0.0, task.body, task.buffers
                 )
                 if rest is not None:
                     # The pipe is full: the manager writes the rest.
@@ -465,7 +423,7 @@ class Pool:
                     # The chunk ends here, at the first value not received.
                     item.undecodable = exc
             return
-        value, error = _decode_outcome(item, message)
+        value, error = decode_outcome(item, message)
         with self.lock:
             if worker.held and worker.held[0] is item:
                 worker.held.popleft()
@@ -485,8 +443,6 @@ class Pool:
             # Stopped (its call settled at a timeout): nothing launched the
             # next call in its place.
             self.calls.pump()
-
-    # -- timeouts (manager thread) -------------------------------------------
 
     # -- the end (manager thread) ---------------------------------------------
 
@@ -524,110 +480,3 @@ class Pool:
             self.calls.break_(stopped_error)
         self.wakeup.close()
         self.board.close()
-
-
-# -- helpers ------------------------------------------------------------------
-
-
-def pick_worker(pool: Pool, size: int) -> WorkerHandle | None:
-    """The worker to send an item of ``size`` bytes now, if any: send-ahead.
-
-    An idle ready worker first; while the pool starts, one still importing;
-    else, in a full pool of ready workers, the least busy one that holds
-    fewer than its send-ahead allowance (``AHEAD_SECONDS`` of work by the
-    average task so far) and has room in its pipe. Under ``pool.lock``.
-    """
-    seconds = pool.task_seconds
-    if seconds is None:
-        ahead = 1
-    elif seconds >= AHEAD_SECONDS:
-        ahead = 0
-    else:
-        ahead = min(MAX_TASKS_AHEAD, int(AHEAD_SECONDS / max(seconds, 1e-6)))
-    busy: WorkerHandle | None = None
-    unready: WorkerHandle | None = None
-    any_ready = any_unready = False
-    for worker in pool.workers.values():
-        if worker.kill_reason is not None or (
-            pool.max_tasks is not None and worker.sent >= pool.max_tasks
-        ):
-            # On its way out: its replacement may take the item soon.
-            any_unready = True
-            continue
-        held = len(worker.held)
-        if worker.ready:
-            any_ready = True
-            if held == 0:
-                return worker
-            if (
-                held <= ahead
-                and not worker.outbox
-                and worker.held_bytes + size <= worker.capacity
-                and (busy is None or held < len(busy.held))
-            ):
-                busy = worker
-        else:
-            any_unready = True
-            if held == 0 and size <= worker.capacity and unready is None:
-                unready = worker
-    if unready is not None and not any_ready:
-        # The pool is starting: the item waits in the pipe of a worker
-        # that is still importing, and runs the moment it is ready.
-        return unready
-    # Send ahead only to a full pool of ready workers: while a worker is
-    # starting, or the pool can grow, the item may run sooner there.
-    if (
-        busy is not None
-        and not any_unready
-        and not pool.free_slots
-        and pool.starting == 0
-    ):
-        return busy
-    return None
-
-
-# Decoding catches BaseException: unpickling runs any callable the pickle
-# names, and a SystemExit (or any BaseException) it raises in the manager
-# thread would break the whole pool. It fails only its own task.
-
-
-def decode_exception(message: Message) -> BaseException:
-    try:
-        error = loads(message.body, message.buffers)
-    except BaseException as exc:
-        return exc
-    if isinstance(error, BaseException):
-        return error
-    return RuntimeError(f"a worker sent {error!r} as an exception")
-
-
-def _decode_outcome(
-    item: WorkItem, message: Message
-) -> tuple[Any, BaseException | None]:
-    """Unpickle a final message; an unpicklable result fails its task."""
-    if message.kind == ERROR:
-        return None, decode_exception(message)
-    try:
-        payload = loads(message.body, message.buffers)
-    except BaseException as exc:
-        return None, exc
-    if message.kind == RESULT:
-        return payload, None
-    assert message.kind == CHUNK_DONE
-    values, error = payload
-    elapsed = item.elapsed + message.value
-    if item.undecodable is not None:
-        return ChunkResult(item.values, item.undecodable, elapsed), None
-    if item.values:
-        values = item.values + values
-    return ChunkResult(values, error, elapsed), None
-
-
-def _poller(channel: Channel) -> Callable[[], bool]:
-    """A function telling whether ``channel`` has data to read now."""
-    if os.name != "posix":
-        return functools.partial(channel.conn.poll, 0)
-    # poll, not select: select fails on descriptors past 1023.
-    poller = select.poll()
-    poller.register(channel.fileno(), select.POLLIN)
-    return lambda: bool(poller.poll(0))

@@ -19,8 +19,9 @@ from multiprocessing.context import BaseContext
 from typing import TYPE_CHECKING
 
 from ..._errors import ExecutorFailedError
+from ._board import FIELDS, SENT
 from ._items import KillReason, WorkerHandle
-from ._wire import FIELDS, SENT, Channel
+from ._wire import Channel
 from ._worker import run_worker
 
 if TYPE_CHECKING:

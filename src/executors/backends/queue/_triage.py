@@ -1,6 +1,6 @@
 """What a worker's death means for each item it held: :class:`Triage`.
 
-The board (:class:`._wire.Board`) shows which item, and which piece of a
+The board (:class:`._board.Board`) shows which item, and which piece of a
 chunk, the worker was running. That item is the victim: its call fails
 with a :class:`~executors.WorkerCrashedError` naming the exit code (the call
 queue retries it if its options allow). Every other item it held had not
@@ -15,6 +15,8 @@ times. All of it runs in the manager thread.
 from __future__ import annotations
 
 import functools
+import os
+import select
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -34,17 +36,29 @@ from ._items import (
     crash_error,
     early_crash_error,
 )
-from ._pool import (
-    EARLY_DEATHS_BEFORE_FAILED,
-    REPLAY_SLACK_SECONDS,
-    STARTUP_FAILURES_BEFORE_BROKEN,
-    Pool,
-    _poller,
-)
+from ._payload import dumps_chunk
+from ._pool import Pool
 from ._spawn import STOP_GRACE_SECONDS, close_quietly
-from ._wire import CHUNK, BadFrameError, dumps_chunk
+from ._wire import CHUNK, BadFrameError, Channel
 
 __all__ = ["Triage"]
+
+# A rerun after an ambiguous crash (see Replay) gives each item at least this
+# long beyond the time the crashed piece had run: items that finished before
+# the crash must not be mistaken for the one that was running.
+REPLAY_SLACK_SECONDS = 0.1
+# Without an initializer, a worker that dies before it is ready (killed while
+# starting) is replaced; this many in a row mean workers cannot start at all
+# (a broken environment), and the pool is broken instead of looping.
+STARTUP_FAILURES_BEFORE_BROKEN = 3
+# A task whose worker dies after receiving its header but before the task
+# starts (while its frame is read or its arguments unpickled) is sent again
+# until this many workers have died so; then it fails. Once is not proof:
+# the OOM killer may pick a worker for memory others use. But a task too
+# large for a worker's memory kills every worker it reaches, and sending it
+# again without a bound starts and kills workers for ever.
+EARLY_DEATHS_BEFORE_FAILED = 2
+
 
 # What an item ends with: its outcome, reported outside the pool's lock.
 Outcome = tuple[WorkItem, Any, "BaseException | None"]
@@ -244,7 +258,7 @@ class Triage:
         future: OurFuture[ChunkResult] = OurFuture()
         recovery = WorkItem(
             next(self.pool.ids),
-            Task(CHUNK, body, buffers, task.timeout, task.fn, rest),
+            Task(CHUNK, body, buffers, task.fn, rest),
             None,
             future,
         )
@@ -306,3 +320,13 @@ def _complete_recovered(
 
 # Killed on purpose, for no item of its own.
 _NO_ITEM = KillReason(None, 0, None)
+
+
+def _poller(channel: Channel) -> Callable[[], bool]:
+    """A function telling whether ``channel`` has data to read now."""
+    if os.name != "posix":
+        return functools.partial(channel.conn.poll, 0)
+    # poll, not select: select fails on descriptors past 1023.
+    poller = select.poll()
+    poller.register(channel.fileno(), select.POLLIN)
+    return lambda: bool(poller.poll(0))

@@ -1,4 +1,4 @@
-"""Messages between the parent and a worker, and the board they share.
+"""Messages between the parent and a worker: frames on a pipe.
 
 Every message, in both directions, is one frame::
 
@@ -11,9 +11,10 @@ Every message, in both directions, is one frame::
     +---------------------------------------------+
 
 Large buffers (numpy arrays, bytearrays) leave the pickle as protocol 5
-out-of-band buffers: the sender writes them straight from the object's memory
-and the receiver reads them straight into the memory the object is rebuilt
-on, so a 5 MB array is copied by the kernel only.
+out-of-band buffers (:mod:`._payload` decides which): the sender writes them
+straight from the object's memory and the receiver reads them straight into
+the memory the object is rebuilt on, so a 5 MB array is copied by the kernel
+only.
 
 On POSIX a frame is written with ``writev`` and read with plain ``read``
 calls on the pipe's file descriptor, with no intermediate buffer; elsewhere
@@ -22,18 +23,13 @@ parent's end of a task pipe is non-blocking (:meth:`Channel.send_nowait`):
 a write takes what the pipe holds now and never waits, and the rest of the
 frame is written later (see :mod:`._pool`, "Writing to a worker").
 
-The :class:`Board` is a small shared-memory array where each worker posts
-the task (and the piece of a chunk) it is running. Writing it costs a worker
-a few memory stores per task or piece, no system call; it is what lets the
-parent tell, after a crash, which task was running and which were only
-waiting in the pipe.
-
 The parent does not trust the lengths in a worker's frames. A task runs in
 the worker and can write to the result pipe itself (an inherited descriptor,
 a C library, on purpose), and a header it forges could make the parent
 allocate gigabytes, or wait for ever for bytes that never come. So before
-each frame a worker posts on the board how many bytes it has sent in all,
-this frame included (:data:`SENT`; one memory store), and the parent reads
+each frame a worker posts on the board (:mod:`._board`) how many bytes it
+has sent in all, this frame included (``SENT``; one memory store), and the
+parent reads
 a frame only as far as that count covers: a header, a buffer count or a
 length past it, an unknown kind or an impossible duration raise
 :class:`BadFrameError` before anything is allocated or waited for. The bound
@@ -44,48 +40,30 @@ it, the parent never waits for bytes the worker is not writing.
 
 from __future__ import annotations
 
-import contextlib
-import mmap
 import os
-import pickle
 import struct
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
-from multiprocessing.context import BaseContext
-from typing import TYPE_CHECKING, Any, NamedTuple
-
-if TYPE_CHECKING:
-    from ..._map import Chunk
+from typing import NamedTuple
 
 __all__ = [
     "CALL",
     "CHUNK",
     "CHUNK_DONE",
-    "END",
     "ERROR",
-    "FIELDS",
     "HEADER",
     "INIT_FAILED",
-    "ITEM",
     "PARTIAL",
     "READY",
     "RESULT",
-    "RETURNED",
-    "SENT",
-    "STARTED",
-    "TASK",
     "BadFrameError",
-    "Board",
     "Channel",
     "Message",
     "Part",
-    "dumps",
-    "dumps_chunk",
     "frame",
-    "loads",
 ]
 
-# Parent -> worker. `value` is the task's timeout in seconds (0: none).
+# Parent -> worker. `value` is 0 (a task's timeout is the parent's to keep).
 CALL = 1  # body: pickle of (fn, args, kwargs)
 CHUNK = 2  # body: see dumps_chunk()
 # Worker -> parent. `value` is the seconds the worker spent on the task.
@@ -102,10 +80,6 @@ _INFINITY = float("inf")
 HEADER = struct.Struct("<BIQdQ")
 _LENGTH = struct.Struct("<Q")
 
-# Buffers smaller than this stay inside the pickle: a separate buffer costs
-# a length field and an iovec entry, worth it only when it saves a copy of
-# real size.
-OUT_OF_BAND_BYTES = 64 * 1024
 # Reads up to this size go through os.read (one allocation of exactly the
 # data); larger ones are read into a preallocated buffer in place, so a big
 # body is never allocated twice.
@@ -138,50 +112,6 @@ class Message(NamedTuple):
     value: float
     body: bytes | bytearray | memoryview
     buffers: list[bytearray]
-
-
-# The buffer path, in both directions and nowhere else: dumps() decides which
-# buffers leave the pickle, frame() lists them after the body (writev writes
-# them from the object's own memory), Channel.recv() reads each into a fresh
-# bytearray, and loads() rebuilds the object on those. Everyone else passes
-# (body, buffers) along unopened (_items.Task.size only counts the bytes), so
-# another way to carry large buffers (shared memory) changes these four.
-
-
-def dumps(obj: object) -> tuple[bytes, list[memoryview]]:
-    """Pickle ``obj`` with protocol 5; return the pickle and its large buffers."""
-    buffers: list[memoryview] = []
-
-    def out_of_band(buffer: pickle.PickleBuffer) -> bool:
-        try:
-            raw = buffer.raw()
-        except BufferError:  # not contiguous: let pickle copy it in-band
-            return True
-        if raw.nbytes < OUT_OF_BAND_BYTES:
-            return True
-        buffers.append(raw)
-        return False
-
-    return pickle.dumps(obj, protocol=5, buffer_callback=out_of_band), buffers
-
-
-def dumps_chunk(
-    fn: object, chunk: Chunk, careful: int = 0
-) -> tuple[bytes, list[memoryview]]:
-    """Pickle a chunk of ``map`` for :meth:`._worker._Runner.run_chunk`.
-
-    Args:
-        fn: The callable.
-        chunk: The items.
-        careful: Run the first ``careful`` items one per piece.
-    """
-    # The worker reads the flag as "single": map(), not starmap().
-    return dumps((fn, chunk.items, careful, not chunk.star))
-
-
-def loads(body: bytes | bytearray | memoryview, buffers: Sequence[bytearray]) -> Any:
-    """Rebuild an object from :func:`dumps`' output (buffers stay writable)."""
-    return pickle.loads(body, buffers=buffers)
 
 
 class Channel:
@@ -510,107 +440,3 @@ def _read_into(fd: int, view: memoryview) -> None:
         if n == 0:
             raise EOFError("the pipe was closed in the middle of a message")
         view = view[n:]
-
-
-# Board layout: FIELDS int64 per worker slot. SENT: the bytes the worker
-# has sent on its result pipe, the frame being written included.
-TASK, ITEM, END, STARTED, SENT = 0, 1, 2, 3, 4
-FIELDS = 5
-# STARTED holds a start time while a task (or a piece of a chunk) runs; 0
-# while the task is received and its arguments unpickled, before it starts;
-# RETURNED once its function has returned (or raised) and the outcome is
-# being pickled and sent: the task's timeout no longer runs.
-RETURNED = -1
-
-
-class Board:
-    """Shared memory where each worker posts what it is running.
-
-    Per worker slot: the id of the task it runs (posted as soon as the
-    task's frame header arrives); for a chunk, the items ``[ITEM, END)`` it
-    is running as one piece; and when that piece started
-    (``time.monotonic_ns()``, a clock every process of the machine shares;
-    0 before it starts, :data:`RETURNED` after).
-    A worker writes, the parent reads: after the worker's death (exact), and
-    live to time tasks out.
-
-    On Linux the memory is a ``memfd`` passed to workers as a descriptor;
-    elsewhere a ``multiprocessing`` ``RawArray`` (which costs importing
-    ctypes, tens of milliseconds at the first executor).
-
-    Args:
-        slots: Rows, one per worker.
-        ctx: The context whose workers will share it.
-    """
-
-    def __init__(self, slots: int, ctx: BaseContext | None = None) -> None:
-        self.size = slots * FIELDS * 8
-        self.fd = -1
-        self.array: Any = None
-        self.memory: Any = None
-        with contextlib.suppress(AttributeError, OSError):  # kernels before 3.17
-            self.fd = os.memfd_create("executors-queue-board", os.MFD_CLOEXEC)
-        if self.fd >= 0:
-            os.ftruncate(self.fd, self.size)
-            self.memory = memory = mmap.mmap(self.fd, self.size)
-        else:
-            if ctx is None:
-                import multiprocessing
-
-                ctx = multiprocessing.get_context()
-            self.array = memory = ctx.RawArray("b", self.size)
-        self.view = memoryview(memory).cast("B").cast("q")
-
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        # Only ever pickled while a worker is being started (spawn or
-        # forkserver), where DupFd hands the descriptor to the child.
-        if self.fd >= 0:
-            from multiprocessing.reduction import DupFd
-
-            return _attach, (DupFd(self.fd), self.size)
-        return _attach_array, (self.array, self.size)
-
-    def close(self) -> None:
-        """Release the memory (in the parent, once every worker is gone)."""
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-        if self.memory is not None:
-            # The mapping holds a descriptor of its own until closed.
-            self.view.release()
-            self.memory.close()
-            self.memory = None
-
-    def clear(self, slot: int) -> None:
-        base = slot * FIELDS
-        for field in range(FIELDS):
-            self.view[base + field] = 0
-
-    def read(self, slot: int) -> tuple[int, int, int, int]:
-        """Return ``(task id, first item, end item, start ns)`` of ``slot``."""
-        base = slot * FIELDS
-        view = self.view
-        return (
-            view[base + TASK],
-            view[base + ITEM],
-            view[base + END],
-            view[base + STARTED],
-        )
-
-
-def _attach(dup: Any, size: int) -> Board:
-    board = Board.__new__(Board)
-    board.size, board.fd, board.array, board.memory = size, -1, None, None
-    fd = dup.detach()
-    try:
-        board.view = memoryview(mmap.mmap(fd, size)).cast("B").cast("q")
-    finally:
-        os.close(fd)  # the mapping keeps the memory
-    return board
-
-
-def _attach_array(array: Any, size: int) -> Board:
-    board = Board.__new__(Board)
-    board.size, board.fd, board.array, board.memory = size, -1, array, None
-    board.view = memoryview(array).cast("B").cast("q")
-    return board

@@ -10,7 +10,7 @@
 A worker reads one task at a time from its own pipe, so the parent always
 knows which tasks a worker holds. As soon as a task's header arrives, and
 before each piece of a chunk, it posts what it runs on the shared
-:class:`~._wire.Board`: after a crash the parent reads there which task (and
+:class:`~._board.Board`: after a crash the parent reads there which task (and
 which items) were running, fails only that one, and sends the others again.
 A task posted but not started (its frame still being read, or its arguments
 unpickled) is told apart: that is where a task too large for the worker's
@@ -43,26 +43,18 @@ from typing import Any
 from ..._parentwatch import exit_with_parent
 from ..._remote import picklable_exception, result_not_sent
 from ..._serialize import unwrap
+from ._board import END, FIELDS, ITEM, RETURNED, SENT, STARTED, TASK, Board
+from ._payload import dumps, loads
 from ._wire import (
     CALL,
     CHUNK_DONE,
-    END,
     ERROR,
-    FIELDS,
     INIT_FAILED,
-    ITEM,
     PARTIAL,
     READY,
     RESULT,
-    RETURNED,
-    SENT,
-    STARTED,
-    TASK,
-    Board,
     Channel,
     Message,
-    dumps,
-    loads,
 )
 
 __all__ = ["FLUSH_SECONDS", "run_worker"]
@@ -200,9 +192,9 @@ class _Runner:
         parent knows the item exactly when pieces are single items (slow
         items: the ones a crash can be aimed at), and otherwise reruns the
         piece one item per piece (the first ``careful`` items of the chunk)
-        to find it. A chunk with a timeout runs one item per piece. Each
-        piece's start time is posted too: it times items out, and tells the
-        parent how long a piece had run when its worker died.
+        to find it. Each piece's start time is posted too: it times a rerun's
+        items, and tells the parent how long a piece had run when its worker
+        died.
         """
         start = time.perf_counter()
         task_id = message.task_id
@@ -219,8 +211,6 @@ class _Runner:
             fn = unwrap(fn)
             apply = map if single else starmap
             size = len(chunk)
-            if message.value:
-                careful = size
             step = 1
             while index < size:
                 end = index + 1 if index < careful else min(size, index + step)
