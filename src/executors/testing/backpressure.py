@@ -22,6 +22,8 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,10 +33,28 @@ from ._support import BOUND, ContractBase, ExecutorFactory
 
 __all__ = ["BackpressureContract"]
 
-# How long the tasks that hold the slots run. Long enough that a submit
-# which did not block is seen returning while they still run, whatever the
-# load; short, because teardown waits for them.
-HOLD_SECONDS = 2.0
+#: Seconds within which a Ctrl-C must stop a blocked submit: at once, not
+#: once a slot is free (the tasks that hold them run until released).
+PROMPT_SECONDS = 2.0
+
+
+class _Gate:
+    """Tasks that hold their slots until the test releases them.
+
+    Each runs until ``release()`` creates the file it waits for, so a
+    submit that did not block is seen returning while they still run,
+    whatever the load, and no test sleeps longer than it needs.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / "released"
+
+    def hold(self, executor: Any, value: Any) -> Any:
+        """Submit a task that returns ``value`` once released."""
+        return executor.submit(tasks.wait_for_path, str(self.path), value, BOUND)
+
+    def release(self) -> None:
+        self.path.touch()
 
 
 class _Submitter(threading.Thread):
@@ -68,6 +88,14 @@ def _blocked(thread: _Submitter) -> bool:
 class BackpressureContract(ContractBase):
     """``max_pending``: ``submit`` waits while that many futures are unfinished."""
 
+    @pytest.fixture
+    def gate(self, make_executor: ExecutorFactory, tmp_path: Path) -> Iterator[_Gate]:
+        # After make_executor, so torn down before it: the held tasks are
+        # released before teardown waits for the executor's work.
+        gate = _Gate(tmp_path)
+        yield gate
+        gate.release()
+
     # -- the option ---------------------------------------------------------
 
     def test_max_pending_is_checked_at_create(
@@ -86,19 +114,19 @@ class BackpressureContract(ContractBase):
     # -- blocking and resuming ------------------------------------------------
 
     def test_submit_blocks_at_the_limit_and_resumes_when_one_finishes(
-        self, make_executor: ExecutorFactory
+        self, make_executor: ExecutorFactory, gate: _Gate
     ) -> None:
         executor = make_executor(max_pending=2)
         self.require(executor, "runs_concurrently")
-        held = [
-            executor.submit(tasks.sleep_and_return, HOLD_SECONDS, n) for n in range(2)
-        ]
+        held = [gate.hold(executor, n) for n in range(2)]
         thread = _Submitter(executor, tasks.add, 1, 2)
         thread.watched = held
         thread.start()
         assert _blocked(thread), (
             "submit did not wait with max_pending futures unfinished"
         )
+        assert not any(f.done() for f in held), "a held task ended unreleased"
+        gate.release()
         thread.join(BOUND)
         assert not thread.is_alive(), "submit still blocked after a future finished"
         assert thread.error is None, repr(thread.error)
@@ -107,11 +135,11 @@ class BackpressureContract(ContractBase):
         assert [f.result(timeout=BOUND) for f in held] == [0, 1]
 
     def test_a_cancelled_future_frees_its_slot(
-        self, make_executor: ExecutorFactory
+        self, make_executor: ExecutorFactory, gate: _Gate
     ) -> None:
         executor = make_executor(max_workers=1, max_pending=6)
         self.require(executor, "runs_concurrently", "cancels_queued")
-        running = executor.submit(tasks.sleep_and_return, HOLD_SECONDS, "ran")
+        running = gate.hold(executor, "ran")
         # Behind one busy worker; a backend hands a few to its library
         # ahead (no longer cancellable), but not all five.
         queued = [executor.submit(tasks.add, n, n) for n in range(5)]
@@ -124,6 +152,8 @@ class BackpressureContract(ContractBase):
         assert not thread.is_alive(), "cancelling a queued future freed no slot"
         assert thread.error is None, repr(thread.error)
         assert thread.done_at_return == [False], "the slot came from the running task"
+        # Its task waits behind the running one, on the only worker.
+        gate.release()
         assert thread.future.result(timeout=BOUND) == 5
         assert running.result(timeout=BOUND) == "ran"
 
@@ -141,11 +171,11 @@ class BackpressureContract(ContractBase):
     # -- waking up ---------------------------------------------------------------
 
     def test_shutdown_wakes_a_blocked_submit_with_the_stdlib_error(
-        self, make_executor: ExecutorFactory
+        self, make_executor: ExecutorFactory, gate: _Gate
     ) -> None:
         executor = make_executor(max_pending=1)
         self.require(executor, "runs_concurrently")
-        held = executor.submit(tasks.sleep_and_return, HOLD_SECONDS, "held")
+        held = gate.hold(executor, "held")
         thread = _Submitter(executor, tasks.add, 1, 2)
         thread.start()
         assert _blocked(thread)
@@ -156,10 +186,11 @@ class BackpressureContract(ContractBase):
         assert str(thread.error) == "cannot schedule new futures after shutdown"
         assert thread.future is None
         # The work already accepted still runs.
+        gate.release()
         assert held.result(timeout=BOUND) == "held"
 
     def test_ctrl_c_interrupts_a_blocked_submit(
-        self, make_executor: ExecutorFactory
+        self, make_executor: ExecutorFactory, gate: _Gate
     ) -> None:
         if threading.current_thread() is not threading.main_thread():
             pytest.skip("signals reach the main thread only")
@@ -167,7 +198,7 @@ class BackpressureContract(ContractBase):
             pytest.skip("SIGINT does not raise KeyboardInterrupt here")
         executor = make_executor(max_pending=1)
         self.require(executor, "runs_concurrently")
-        held = executor.submit(tasks.sleep_and_return, HOLD_SECONDS, "held")
+        held = gate.hold(executor, "held")
         inside = threading.Event()
         main = threading.main_thread().ident
         assert main is not None
@@ -194,8 +225,9 @@ class BackpressureContract(ContractBase):
         took = time.monotonic() - start
         assert interrupted, "submit returned although no slot was free"
         assert not held.done(), "the slot was freed before Ctrl-C came"
-        assert took < HOLD_SECONDS, f"Ctrl-C took {took:.1f}s to stop the submit"
+        assert took < PROMPT_SECONDS, f"Ctrl-C took {took:.1f}s to stop the submit"
         # The interrupted submit took no slot: one is free once held ends.
+        gate.release()
         assert held.result(timeout=BOUND) == "held"
         assert executor.submit(tasks.add, 1, 2).result(timeout=BOUND) == 3
 
@@ -232,14 +264,20 @@ class BackpressureContract(ContractBase):
     # -- map ------------------------------------------------------------------------
 
     def test_map_neither_counts_against_nor_waits_for_max_pending(
-        self, make_executor: ExecutorFactory
+        self, make_executor: ExecutorFactory, gate: _Gate
     ) -> None:
         executor = make_executor(max_pending=1)
-        held = executor.submit(tasks.sleep_and_return, HOLD_SECONDS, "held")
+        concurrent = executor.capabilities.runs_concurrently
+        if not concurrent:
+            # Its submit runs the task before returning: an unreleased one
+            # would hold the test until the gate's bound.
+            gate.release()
+        held = gate.hold(executor, "held")
         items = list(range(8))
         # buffersize bounds the map on its own.
         assert list(executor.map(tasks.add, items, items, buffersize=2)) == [
             2 * n for n in items
         ]
         assert sorted(executor.map_unordered(tasks.identity, items)) == items
+        gate.release()
         assert held.result(timeout=BOUND) == "held"

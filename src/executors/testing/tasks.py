@@ -37,6 +37,19 @@ def sleep_and_return(seconds: float, value: Any = None) -> Any:
     return value
 
 
+def wait_for_path(path: str, value: Any = None, bound: float = 15.0) -> Any:
+    """Return ``value`` once ``path`` exists: a task the test releases.
+
+    The test creates the file when it is done with the task running, instead
+    of guessing how long to keep it busy. ``bound`` keeps a test that never
+    releases it bounded all the same.
+    """
+    deadline = time.monotonic() + bound
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return value
+
+
 def raise_value_error(message: str = "boom") -> None:
     raise ValueError(message, 42)
 
