@@ -279,5 +279,11 @@ class BackpressureContract(ContractBase):
             2 * n for n in items
         ]
         assert sorted(executor.map_unordered(tasks.identity, items)) == items
+        # Still held: neither map waited for its slot (a map that did would
+        # return only once the held task ends, at the gate's bound).
+        assert not concurrent or not held.done(), (
+            "a map waited for a max_pending slot: its tasks were submitted "
+            "through the path of submit(), which takes one"
+        )
         gate.release()
         assert held.result(timeout=BOUND) == "held"
