@@ -26,7 +26,9 @@ from ._support import (
     BOUND,
     ContractBase,
     ExecutorFactory,
+    child_processes,
     occupy_workers,
+    wait_for_no_new_children,
 )
 
 __all__ = [
@@ -62,10 +64,29 @@ class ShutdownContract(ContractBase):
         for f in queued:
             assert f.done()
 
-    def test_shutdown_is_idempotent(self, executor: Any) -> None:
+    def test_shutdown_is_idempotent(self, make_executor: ExecutorFactory) -> None:
+        before = child_processes()
+        executor = make_executor()
+        finished = executor.submit(tasks.add, 1, 2)
+        assert finished.result(timeout=BOUND) == 3
         executor.shutdown()
         executor.shutdown()
         executor.shutdown(wait=False, cancel_futures=True)
+        # The later calls keep what the first one did: the executor still
+        # refuses work with the stdlib's message, the finished future keeps
+        # its result (cancel_futures touches no finished future), and no
+        # worker came back.
+        refused = "cannot schedule new futures after shutdown"
+        with pytest.raises(RuntimeError, match=refused):
+            executor.submit(tasks.identity, 1)
+        with pytest.raises(RuntimeError, match=refused):
+            executor.map(tasks.identity, [1])
+        assert not finished.cancelled()
+        assert finished.result(timeout=0) == 3
+        leftover = wait_for_no_new_children(before)
+        assert not leftover, (
+            f"worker processes alive after repeated shutdowns: {sorted(leftover)}"
+        )
 
     def test_submit_after_shutdown_raises(self, executor: Any) -> None:
         executor.shutdown()
