@@ -116,6 +116,22 @@ SHARED_DEPLOYMENT_SUITES = {
 }
 
 
+#: Examples each hypothesis test of executors.testing draws in the quick
+#: run (``-m "not slow"``); its full count runs under ``-m slow``.
+QUICK_EXAMPLES = 5
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "hypothesis_examples" in metafunc.fixturenames:
+        metafunc.parametrize(
+            "hypothesis_examples",
+            [
+                pytest.param(QUICK_EXAMPLES, id="quick"),
+                pytest.param(None, id="full", marks=pytest.mark.slow),
+            ],
+        )
+
+
 def pytest_collection_modifyitems(
     config: pytest.Config, items: list[pytest.Item]
 ) -> None:

@@ -114,6 +114,16 @@ class ContractBase:
         assert not leftover, f"child processes left after shutdown: {sorted(leftover)}"
 
     @pytest.fixture
+    def hypothesis_examples(self) -> int | None:
+        """How many examples each hypothesis test draws; None for its own count.
+
+        A project may parametrize it from its ``conftest.py`` (this
+        project's runs a few in its quick run and the full count under
+        ``-m slow``).
+        """
+        return None
+
+    @pytest.fixture
     def executor(self, make_executor: ExecutorFactory) -> Any:
         """A fresh executor with the backend's test defaults."""
         return make_executor()

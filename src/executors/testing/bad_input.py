@@ -235,46 +235,48 @@ class BadInputContract(FaultBase):
                 call(executor)
         executor.shutdown()  # still idempotent after the failed calls
 
-    @settings(
-        max_examples=25,
-        deadline=None,
-        # differing_executors: every backend's class inherits this method
-        # (older hypothesis versions lack the check; a duplicate is harmless).
-        suppress_health_check=[
-            HealthCheck.function_scoped_fixture,
-            HealthCheck.too_slow,
-            getattr(HealthCheck, "differing_executors", HealthCheck.too_slow),
-        ],
-    )
-    @given(data=st.data())
     def test_random_options_work_or_raise_cleanly(
-        self, executor: Any, make_executor: ExecutorFactory, data: Any
+        self,
+        executor: Any,
+        make_executor: ExecutorFactory,
+        hypothesis_examples: int | None,
     ) -> None:
-        names = data.draw(
-            st.lists(
-                st.sampled_from(_option_names(type(executor))), max_size=4, unique=True
-            ),
-            label="names",
+        option_names = _option_names(type(executor))
+
+        # Given inside the test, so the number of examples can come from a
+        # fixture (see ContractBase.hypothesis_examples).
+        @settings(
+            max_examples=hypothesis_examples or 25,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
         )
-        options = {
-            name: data.draw(
-                st.one_of(_GOOD_VALUES.get(name, st.nothing()), _OPTION_VALUES),
-                label=name,
+        @given(data=st.data())
+        def check(data: Any) -> None:
+            names = data.draw(
+                st.lists(st.sampled_from(option_names), max_size=4, unique=True),
+                label="names",
             )
-            for name in names
-        }
+            options = {
+                name: data.draw(
+                    st.one_of(_GOOD_VALUES.get(name, st.nothing()), _OPTION_VALUES),
+                    label=name,
+                )
+                for name in names
+            }
 
-        def attempt() -> str:
-            try:
-                created = make_executor(**options)
-            except OPTION_ERRORS as exc:
-                assert str(exc), f"{type(exc).__name__} without a message"
-                return "rejected"
-            try:
-                fut = created.submit(tasks.add, 1, 2)
-                assert fut.result(timeout=BOUND) == 3
-            finally:
-                created.shutdown(wait=True)
-            return "works"
+            def attempt() -> str:
+                try:
+                    created = make_executor(**options)
+                except OPTION_ERRORS as exc:
+                    assert str(exc), f"{type(exc).__name__} without a message"
+                    return "rejected"
+                try:
+                    fut = created.submit(tasks.add, 1, 2)
+                    assert fut.result(timeout=BOUND) == 3
+                finally:
+                    created.shutdown(wait=True)
+                return "works"
 
-        event(_run_bounded(attempt, 3 * BOUND))
+            event(_run_bounded(attempt, 3 * BOUND))
+
+        check()

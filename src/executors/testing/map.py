@@ -12,7 +12,7 @@ from concurrent import futures
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from . import tasks
@@ -52,36 +52,33 @@ class MapContract(ContractBase):
         assert got == list(range(bad))
         assert executor.submit(tasks.add, 1, 2).result(timeout=BOUND) == 3
 
-    @settings(
-        max_examples=25,
-        deadline=None,
-        # Every backend's test class inherits this method, so one session
-        # runs it from several classes: the design of the suite, not the
-        # mistake hypothesis's differing_executors check looks for (a newer
-        # check: older hypothesis versions get a harmless duplicate).
-        suppress_health_check=[
-            HealthCheck.function_scoped_fixture,
-            getattr(
-                HealthCheck, "differing_executors", HealthCheck.function_scoped_fixture
-            ),
-        ],
-    )
-    @given(
-        columns=st.lists(st.lists(st.integers(), max_size=40), min_size=1, max_size=3),
-        extra=st.integers(min_value=0, max_value=3),
-        data=st.data(),
-    )
     def test_map_equals_builtin_map(
-        self, executor: Any, columns: list[list[int]], extra: int, data: Any
+        self, executor: Any, hypothesis_examples: int | None
     ) -> None:
-        longest = max(len(c) for c in columns)
-        chunksize = data.draw(st.integers(min_value=1, max_value=longest + extra + 1))
-        expected = list(map(_sum_args, *columns))
-        got = list(
-            executor.map(_sum_args, *columns, chunksize=chunksize, timeout=BOUND)
+        # Given inside the test, so the number of examples can come from a
+        # fixture (see ContractBase.hypothesis_examples); the executor is
+        # the test's, shared by every example.
+        @settings(max_examples=hypothesis_examples or 25, deadline=None)
+        @given(
+            columns=st.lists(
+                st.lists(st.integers(), max_size=40), min_size=1, max_size=3
+            ),
+            extra=st.integers(min_value=0, max_value=3),
+            data=st.data(),
         )
-        assert got == expected
-        assert list(executor.map(_sum_args, *columns, timeout=BOUND)) == expected
+        def check(columns: list[list[int]], extra: int, data: Any) -> None:
+            longest = max(len(c) for c in columns)
+            chunksize = data.draw(
+                st.integers(min_value=1, max_value=longest + extra + 1)
+            )
+            expected = list(map(_sum_args, *columns))
+            got = list(
+                executor.map(_sum_args, *columns, chunksize=chunksize, timeout=BOUND)
+            )
+            assert got == expected
+            assert list(executor.map(_sum_args, *columns, timeout=BOUND)) == expected
+
+        check()
 
     def test_long_map_with_automatic_chunks(self, executor: Any) -> None:
         items = range(5000)
