@@ -24,8 +24,17 @@ import pytest
 
 from _fault_scripts import Script, alive, options_json
 from _programs import alive_at
-from conftest import DEFAULT_TEST_OPTIONS, TEST_OPTIONS, backend_factory
+from conftest import BACKENDS, DEFAULT_TEST_OPTIONS, TEST_OPTIONS, backend_factory
 from executors.testing import BOUND
+
+#: The backend whose Ctrl-C programs run in the quick run: the default one.
+#: Each program costs seconds of a fresh interpreter and its workers, so
+#: the other backends' run under ``-m slow``.
+QUICK_BACKEND = "process"
+SLOW_ELSEWHERE = [
+    pytest.param(name, id=name, marks=() if name == QUICK_BACKEND else pytest.mark.slow)
+    for name in BACKENDS
+]
 
 #: Seconds after SIGINT by which every descendant must be gone.
 ORPHAN_BOUND = 5.0
@@ -33,6 +42,7 @@ ORPHAN_BOUND = 5.0
 START_BOUND = 120.0
 
 
+@pytest.mark.parametrize("backend_name", SLOW_ELSEWHERE)
 @pytest.mark.parametrize("mode", ["with", "bare"])
 def test_ctrl_c_in_a_map_leaves_no_orphans(backend_name: str, mode: str) -> None:
     backend_factory(backend_name)  # skips an unavailable backend
@@ -70,6 +80,7 @@ def test_ctrl_c_in_a_map_leaves_no_orphans(backend_name: str, mode: str) -> None
 EXIT_BOUND = 5.0
 
 
+@pytest.mark.parametrize("backend_name", SLOW_ELSEWHERE)
 @pytest.mark.parametrize("target", ["group", "parent"])
 def test_ctrl_c_without_with_exits_promptly(
     backend_name: str, target: Literal["group", "parent"]
