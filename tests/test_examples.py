@@ -46,6 +46,20 @@ BACKENDS = sorted(_INFOS)
 pytestmark = pytest.mark.timeout(2 * RUN_BOUND)
 
 
+def quick_on(*quick: str) -> list[Any]:
+    """Every backend; ``quick`` ones in the quick run, the rest under ``-m slow``.
+
+    Each run is a fresh interpreter and backend, seconds apiece. The quick
+    run gives each example a backend with process isolation and one
+    without (the two branches of its checks), spread so that every backend
+    runs some example; ``-m slow`` runs each example on all the others.
+    """
+    return [
+        pytest.param(name, id=name, marks=() if name in quick else pytest.mark.slow)
+        for name in BACKENDS
+    ]
+
+
 def capabilities(backend: str) -> executors.Capabilities:
     caps = _INFOS[backend].capabilities
     assert caps is not None
@@ -128,7 +142,7 @@ def line_with(prefix: str, out: str) -> str:
 # -- the classic walk-through ----------------------------------------------
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", quick_on("process", "thread"))
 def test_one_process_per_task(backend: str) -> None:
     out = run_example(
         "one_process_per_task.py", "--backend", backend, "--seconds", "0.2"
@@ -150,7 +164,7 @@ def test_one_process_per_task(backend: str) -> None:
     assert "pool of " in out
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", quick_on("mp_pool", "inline"))
 def test_sync_vs_async(backend: str) -> None:
     out = run_example("sync_vs_async.py", "--backend", backend, "--seconds", "0.2")
     main_pid = int(line_with("main process: pid ", out).rsplit(" ", 1)[1])
@@ -166,7 +180,7 @@ def test_sync_vs_async(backend: str) -> None:
     assert "all 5 submitted after" in out
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", quick_on("joblib", "thread"))
 def test_shutdown_wait(backend: str) -> None:
     out = run_example("shutdown_wait.py", "--backend", backend, "--seconds", "0.5")
     waited = line_with("shutdown(wait=True) returned", out)
@@ -184,7 +198,7 @@ def test_shutdown_wait(backend: str) -> None:
     assert line_with("results after shutdown(wait=False)", out).endswith("[0, 1, 4, 9]")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", quick_on("queue", "inline"))
 def test_compare_pools(backend: str) -> None:
     out = run_example("compare_pools.py", "--backend", backend, "--quick")
     assert "| backend | runs on |" in out
@@ -199,7 +213,7 @@ def test_compare_pools(backend: str) -> None:
 # -- streaming and asyncio -------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", quick_on("dask", "thread"))
 def test_streaming(backend: str) -> None:
     out = run_example("streaming.py", "--backend", backend, "--quick")
     expected_sum = sum(x * x for x in range(2000))
@@ -223,7 +237,7 @@ def test_streaming(backend: str) -> None:
         assert "progress: 2000 items" in out
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", quick_on("celery", "inline"))
 def test_asyncio_map(backend: str) -> None:
     out = run_example("asyncio_map.py", "--backend", backend, "--seconds", "0.2")
     assert "submit: 144" in out
@@ -489,7 +503,7 @@ def _still_serving(server: Server) -> None:
     assert "AGAIN" in out
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", quick_on("process", "thread"))
 def test_echo_server(backend: str, server_factory: Any) -> None:
     server = server_factory(backend, "--delay", "0.02")
     assert server.refused() is None
@@ -503,7 +517,7 @@ def test_echo_server(backend: str, server_factory: Any) -> None:
     assert last.startswith("echo server stopped after")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", quick_on("mp_pool", "thread"))
 def test_echo_server_classic_mode(backend: str, server_factory: Any) -> None:
     """One worker per connection: ten clients on two workers still all get served."""
     # Every read of at most 1 KiB is one task here: the 300 KiB message of
@@ -531,7 +545,7 @@ def test_echo_server_classic_mode(backend: str, server_factory: Any) -> None:
 # -- the same walk-through, written for multiprocessing.Pool ----------------
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", quick_on("queue", "inline"))
 def test_pool_one_process_per_task(backend: str) -> None:
     out = run_example(
         "pool_one_process_per_task.py", "--backend", backend, "--seconds", "0.2"
@@ -547,7 +561,7 @@ def test_pool_one_process_per_task(backend: str) -> None:
     assert len(set(re.findall(r"task \d ran in pid (\d+)", sections[1]))) <= 2, out
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", quick_on("joblib", "thread"))
 def test_pool_sync_vs_async(backend: str) -> None:
     out = run_example("pool_sync_vs_async.py", "--backend", backend, "--seconds", "0.2")
     assert "<executors.Pool state=RUN" in out
@@ -557,7 +571,7 @@ def test_pool_sync_vs_async(backend: str) -> None:
         assert [n for n, _ in results] == [0, 1, 2, 3, 4], out
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", quick_on("process", "inline"))
 def test_pool_shutdown_wait(backend: str) -> None:
     out = run_example("pool_shutdown_wait.py", "--backend", backend, "--seconds", "0.5")
     assert line_with("close() + join() returned", out).endswith("with 4 of 4"), out
