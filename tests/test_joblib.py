@@ -789,6 +789,8 @@ def _open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+# A leak cycle: four executors started and stopped, seconds each for loky.
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
 @pytest.mark.parametrize(
     "options", [{}, THREADING, MULTIPROCESSING], ids=["loky", "threading", "mp"]
