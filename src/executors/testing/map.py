@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import time
 from concurrent import futures
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -113,19 +114,33 @@ class MapContract(ContractBase):
                 got.append(value)
         assert got == [0, 1, 2, 3]
 
-    def test_timeout_counts_from_the_call(self, executor: Any) -> None:
+    def test_timeout_counts_from_the_call(self, executor: Any, tmp_path: Path) -> None:
         self.require(executor, "runs_concurrently")
         # Warm up first: the bound is on the map, not on starting workers.
         assert executor.submit(tasks.identity, 0).result(timeout=BOUND) == 0
-        results = executor.map(tasks.sleep_and_return, [0.0, 5.0], [1, 2], timeout=1.5)
-        time.sleep(2.5)
-        # The deadline has passed: a finished result is still yielded, an
-        # unfinished one raises at once instead of waiting another 1.5 s.
-        assert next(results) == 1
-        start = time.monotonic()
-        with pytest.raises(FuturesTimeout):
-            next(results)
-        assert time.monotonic() - start < 1.0
+        # The first item returns at once, the second once released (at the
+        # latest in 5 s): released at the end, no worker stays busy with it
+        # for teardown to wait on.
+        ready, held = tmp_path / "ready", tmp_path / "held"
+        ready.touch()
+        results = executor.map(
+            tasks.wait_for_path,
+            [str(ready), str(held)],
+            [1, 2],
+            [5.0, 5.0],
+            timeout=1.5,
+        )
+        try:
+            time.sleep(2.5)
+            # The deadline has passed: a finished result is still yielded, an
+            # unfinished one raises at once instead of waiting another 1.5 s.
+            assert next(results) == 1
+            start = time.monotonic()
+            with pytest.raises(FuturesTimeout):
+                next(results)
+            assert time.monotonic() - start < 1.0
+        finally:
+            held.touch()
 
     @pytest.mark.parametrize("buffersize", [1, 2, 7])
     def test_buffersize_bounds_items_read_ahead(

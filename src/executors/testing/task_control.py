@@ -6,6 +6,7 @@ import asyncio
 import time
 from concurrent import futures
 from concurrent.futures import BrokenExecutor, Future
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -64,19 +65,25 @@ class TaskControlContract(ContractBase):
     # -- timeouts ------------------------------------------------------------
 
     def test_a_task_past_its_timeout_fails_and_the_executor_lives_on(
-        self, executor: Any
+        self, executor: Any, tmp_path: Path
     ) -> None:
         self.require(executor, "runs_concurrently")
         from .._control import with_options
         from .._errors import TaskTimeoutError
 
+        # Runs 5 s unless released: a backend that cannot stop it (threads)
+        # would keep a worker busy that long, and teardown would wait for it.
+        release = tmp_path / "release"
         slow = executor.submit(
-            with_options(tasks.sleep_and_return, timeout=0.5), 5.0, "late"
+            with_options(tasks.wait_for_path, timeout=0.5), str(release), "late", 5.0
         )
-        start = time.monotonic()
-        with pytest.raises(TaskTimeoutError, match="0.5 s") as caught:
-            slow.result(timeout=BOUND)
-        assert time.monotonic() - start < 4.0
+        try:
+            start = time.monotonic()
+            with pytest.raises(TaskTimeoutError, match="0.5 s") as caught:
+                slow.result(timeout=BOUND)
+            assert time.monotonic() - start < 4.0
+        finally:
+            release.touch()
         assert caught.value.timeout == 0.5
         stopped = executor.capabilities.stops_timed_out_tasks
         assert ("stopped" in str(caught.value)) == stopped
@@ -95,18 +102,28 @@ class TaskControlContract(ContractBase):
             assert f.result(timeout=BOUND) == "blocker"
         assert [f.result(timeout=BOUND) for f in later] == [0, 1]
 
-    def test_map_applies_the_timeout_to_each_item(self, executor: Any) -> None:
+    def test_map_applies_the_timeout_to_each_item(
+        self, executor: Any, tmp_path: Path
+    ) -> None:
         self.require(executor, "runs_concurrently")
         from .._control import with_options
         from .._errors import TaskTimeoutError
 
         # Generous for the quick items: a loaded machine is slow to start
-        # a task, and only the 8 s item may time out.
-        fn = with_options(tasks.sleep_and_return, timeout=2.0)
+        # a task, and only the third item, which runs 8 s unless released,
+        # may time out. Released at the end: a backend that cannot stop it
+        # (threads) would keep a worker busy that long for teardown.
+        ready, held = tmp_path / "ready", tmp_path / "held"
+        ready.touch()
+        paths = [str(ready), str(ready), str(held), str(ready)]
+        fn = with_options(tasks.wait_for_path, timeout=2.0)
         got: list[Any] = []
-        with pytest.raises(TaskTimeoutError):
-            for value in executor.map(fn, [0.01, 0.01, 8.0, 0.01], range(4)):
-                got.append(value)
+        try:
+            with pytest.raises(TaskTimeoutError):
+                for value in executor.map(fn, paths, range(4), [8.0] * 4):
+                    got.append(value)
+        finally:
+            held.touch()
         assert got == [0, 1]
 
     # -- retries ---------------------------------------------------------------
