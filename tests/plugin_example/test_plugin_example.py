@@ -18,7 +18,8 @@ and the registry's plugin cache is reset on the way in and out.
 
 The whole suite (the contract classes and the fault-tolerance classes) runs
 twice: once through the entry point, and once on the class imported
-directly, which is what a plugin's own test module does.
+directly, which is what a plugin's own test module does (that one under
+``-m slow``).
 """
 
 from __future__ import annotations
@@ -144,7 +145,9 @@ def test_a_plugin_cannot_replace_a_builtin(installed_plugin: str, site: Path) ->
 # -- the conformance suite, reused by overriding one fixture ---------------
 
 
-@pytest.fixture(params=["entry point", "class"])
+# Through the entry point in the quick run; the class imported directly,
+# as a plugin's own test module does, runs the same suite under -m slow.
+@pytest.fixture(params=["entry point", pytest.param("class", marks=pytest.mark.slow)])
 def executor_factory(
     request: pytest.FixtureRequest, site: Path
 ) -> Callable[..., executors.Executor]:
