@@ -351,13 +351,16 @@ def _wait_for_a_starting_worker(running: Program) -> None:
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("to", ["parent", "group"])
+@pytest.mark.parametrize(
+    "to", [pytest.param("parent", marks=pytest.mark.slow), "group"]
+)
 def test_ctrl_c_while_the_cluster_starts_leaves_one_cluster_at_most(
     program: Any, to: str
 ) -> None:
     _interrupt_the_start(program(START_INTERRUPTED), to)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_ctrl_c_while_slow_workers_start_leaves_none_of_them(program: Any) -> None:
     # Closing a nanny waits for its starting worker to connect first; workers

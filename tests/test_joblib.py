@@ -616,18 +616,27 @@ class TestParallelEngine(ContractBase):
         assert "ThreadingBackend" not in set(inside.map(fn, range(6), timeout=BOUND))
 
     def test_results_stream_before_the_slowest_task_ends(
-        self, make_executor: ExecutorFactory
+        self, make_executor: ExecutorFactory, tmp_path: Path
     ) -> None:
         executor = make_executor(**PARALLEL_ENGINE)
         executor.submit(tasks.noop).result(timeout=BOUND)  # workers started
+        # "d" runs until released (6 s at most); the others return at once.
         slow = 6.0
+        ready, held = str(tmp_path / "ready"), tmp_path / "held"
+        Path(ready).touch()
         start = time.monotonic()
         results = executor.map(
-            tasks.sleep_and_return, [0.0, 0.0, 0.0, slow], ["a", "b", "c", "d"]
+            tasks.wait_for_path,
+            [ready, ready, ready, str(held)],
+            ["a", "b", "c", "d"],
+            [slow] * 4,
         )
-        assert next(results) == "a"
-        # A list-returning Parallel call would still be waiting for "d".
-        assert time.monotonic() - start < slow
+        try:
+            assert next(results) == "a"
+            # A list-returning Parallel call would still be waiting for "d".
+            assert time.monotonic() - start < slow
+        finally:
+            held.touch()
         assert list(results) == ["b", "c", "d"]
 
     def test_ending_early_prints_no_joblib_warning(

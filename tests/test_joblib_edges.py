@@ -123,12 +123,20 @@ def test_a_sigkilled_caller_leaves_no_process(options: dict[str, Any]) -> None:
 # -- Ctrl-C without a with block ------------------------------------------------
 
 
+# Each case is a fresh program and its workers, seconds apiece: the quick run
+# has the common one (a loky map), -m slow the other three.
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("target", ["group", "parent"])
 @pytest.mark.parametrize(
     ("options", "where"),
-    [({}, "map"), (PARALLEL_ENGINE, "map"), ({}, "exit"), (MULTIPROCESSING, "exit")],
-    ids=["loky-map", "parallel-map", "loky-exit", "multiprocessing-exit"],
+    [
+        pytest.param({}, "map", id="loky-map"),
+        pytest.param(PARALLEL_ENGINE, "map", id="parallel-map", marks=pytest.mark.slow),
+        pytest.param({}, "exit", id="loky-exit", marks=pytest.mark.slow),
+        pytest.param(
+            MULTIPROCESSING, "exit", id="multiprocessing-exit", marks=pytest.mark.slow
+        ),
+    ],
 )
 def test_ctrl_c_without_with_stops_at_once_and_leaves_no_process(
     options: dict[str, Any], where: str, target: str
