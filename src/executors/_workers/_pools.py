@@ -108,16 +108,29 @@ class _SpareSpawningManager(_ExecutorManagerThread):
 
     def process_result_item(self, result_item: Any) -> None:
         exit_pid = getattr(result_item, "exit_pid", None)
-        if exit_pid is not None and exit_pid < 0:
-            # Not leaving yet: the stdlib must not join it.
-            result_item.exit_pid = None
-            self._start_spare()
-        super().process_result_item(result_item)
-
-    def _start_spare(self) -> None:
-        pool: Any = self.executor_reference()
-        if pool is None or pool._shutdown_thread or self.is_shutting_down():
+        if exit_pid is None:
+            super().process_result_item(result_item)
             return
+        # Handled here, not by the stdlib: it would join the leaving worker
+        # in this thread, and no result flows while that one exits.
+        result_item.exit_pid = None
+        super().process_result_item(result_item)
+        pool: Any = self.executor_reference()
+        if pool is None:
+            return  # as the stdlib: nothing started for a collected pool
+        if exit_pid < 0:
+            if not self.is_shutting_down():
+                self._start_worker(pool)
+            return
+        # Leaving: out of the pool now (its exit is no crash), reaped by the
+        # next Process.start() (multiprocessing's _cleanup) or at exit. Its
+        # replacement starts even while shutting down, as the stdlib's: the
+        # backlog needs it, and it gets its sentinel with the others.
+        self.processes.pop(exit_pid, None)
+        if len(self.processes) < pool._max_workers:
+            self._start_worker(pool)
+
+    def _start_worker(self, pool: Any) -> None:
         # In this thread, which alone reads self.processes between steps.
         pool._start_worker(self.processes, self.call_queue, self.result_queue)
 
