@@ -17,6 +17,7 @@ from concurrent.futures import Future
 from multiprocessing.context import BaseContext
 from typing import Any, TypeVar
 
+from ... import _shm
 from ..._base import BaseExecutor
 from ..._callqueue import CallQueue
 from ..._capabilities import Capabilities
@@ -129,6 +130,9 @@ class QueueExecutor(BaseExecutor):
             backend's task option, with ``retries`` and the rest; per call:
             :func:`executors.with_options`.
         cloudpickle: Send the callable with cloudpickle (lambdas work).
+        shm_threshold: Buffers of arguments and results (NumPy arrays) of at
+            least this many bytes travel through shared memory; ``None``:
+            through the pipe (see ``docs/large-data.md``).
     """
 
     backend = "queue"
@@ -138,6 +142,7 @@ class QueueExecutor(BaseExecutor):
         stops_timed_out_tasks=True,
         kills_single_task=True,
         terminates_workers=True,
+        shared_memory=True,
     )
     _calls: CallQueue
 
@@ -156,7 +161,9 @@ class QueueExecutor(BaseExecutor):
         max_tasks_per_child: int | None = None,
         task_timeout: float | None = None,
         cloudpickle: bool = True,
+        shm_threshold: int | None = _shm.DEFAULT_THRESHOLD,
     ) -> None:
+        threshold = _shm.check_threshold(shm_threshold)
         workers, context, per_child = check_process_pool_options(
             max_workers=max_workers,
             default_workers=min(_MAX_DEFAULT_WORKERS, cpu_count()),
@@ -174,6 +181,7 @@ class QueueExecutor(BaseExecutor):
             # Workers started by spawn or forkserver receive it pickled.
             initializer = portable(initializer)
         pool = Pool(context, workers, initializer, initargs, per_child, self)
+        pool.shm_threshold = self._shm_threshold = threshold
         # The pool and its call queue hold each other, never the executor:
         # an executor dropped without shutdown() is collected, and the
         # manager then finishes its work and stops (see Pool.should_stop).
@@ -209,14 +217,16 @@ class QueueExecutor(BaseExecutor):
         fn = self._unwrap(fn)
         future: OurFuture[T] = OurFuture()
         try:
-            body, buffers = dumps((fn, args, kwargs))
+            body, buffers = dumps((fn, args, kwargs), self._shm_threshold)
         except Exception as exc:
             # Fails this future only; the pool never saw it.
             settle(future, error=exc)
             return future
         if self._manager is None:
             self._start_manager()
-        self._calls.submit(future, Task(CALL, body, buffers))
+        self._calls.submit(
+            future, Task(CALL, body, buffers, shm_threshold=self._shm_threshold)
+        )
         self._pool.raise_deferred()
         return future
 
@@ -228,10 +238,12 @@ class QueueExecutor(BaseExecutor):
         fn = self._unwrap(fn)
         future: OurFuture[ChunkResult] = OurFuture()
         try:
-            body, buffers = dumps_chunk(fn, chunk)
+            body, buffers = dumps_chunk(fn, chunk, shm_threshold=self._shm_threshold)
         except Exception as exc:
             return self._submit_up_to_unpicklable(fn, chunk, exc)
-        self._submit_chunk_call(Task(CHUNK, body, buffers, fn, chunk), future)
+        self._submit_chunk_call(
+            Task(CHUNK, body, buffers, fn, chunk, self._shm_threshold), future
+        )
         return future
 
     def _submit_chunk_call(self, task: Task, future: Future[Any]) -> None:
@@ -266,9 +278,11 @@ class QueueExecutor(BaseExecutor):
             settle(future, error=error)
             return future
         head = chunk[:bad]
-        body, buffers = dumps_chunk(fn, head)
+        body, buffers = dumps_chunk(fn, head, shm_threshold=self._shm_threshold)
         inner: OurFuture[ChunkResult] = OurFuture()
-        self._submit_chunk_call(Task(CHUNK, body, buffers, fn, head), inner)
+        self._submit_chunk_call(
+            Task(CHUNK, body, buffers, fn, head, self._shm_threshold), inner
+        )
 
         def finish(done: Future[ChunkResult]) -> None:
             if future.done():

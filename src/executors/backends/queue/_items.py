@@ -7,6 +7,7 @@
   frames not yet (fully) written to its pipe.
 * :class:`Replay` and :class:`KillReason`: what the pool remembers to blame
   the right item when a worker dies.
+* :func:`decode_outcome`: a worker's final message as a value or an error.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from ..._errors import (
     WorkerCrashedError,
     describe_exitcode,
 )
-from ._wire import CHUNK, HEADER, Channel, Part
+from ..._map import ChunkResult
+from ._payload import loads, place, worth_placing
+from ._wire import CHUNK, CHUNK_DONE, ERROR, HEADER, RESULT, Channel, Message, Part
 
 if TYPE_CHECKING:
     from ..._callqueue import Call
@@ -38,6 +41,8 @@ __all__ = [
     "WorkerHandle",
     "bad_frame_error",
     "crash_error",
+    "decode_exception",
+    "decode_outcome",
     "early_crash_error",
     "find_item",
     "stopped_error",
@@ -57,9 +62,11 @@ class Task:
         buffers: The pickle's out-of-band buffers.
         fn: For a chunk: the callable, to send a part of it again.
         chunk: For a chunk: its items.
+        shm_threshold: Its buffers go to shared memory when it is launched
+            (:meth:`place`) if one is at least this large.
     """
 
-    __slots__ = ("body", "buffers", "chunk", "fn", "kind", "size")
+    __slots__ = ("body", "buffers", "chunk", "fn", "kind", "shm_threshold", "size")
 
     def __init__(
         self,
@@ -68,16 +75,34 @@ class Task:
         buffers: list[memoryview],
         fn: Callable[..., Any] | None = None,
         chunk: Chunk | None = None,
+        shm_threshold: int | None = None,
     ) -> None:
         self.kind = kind
+        self.fn = fn
+        self.chunk = chunk
+        self.shm_threshold = shm_threshold
+        self._set(body, buffers)
+
+    def _set(self, body: bytes, buffers: list[memoryview]) -> None:
         self.body = body
         self.buffers = buffers
         # Bytes it takes in a pipe, frame header included.
         self.size = HEADER.size + len(body)
         if buffers:
             self.size += sum(8 + b.nbytes for b in buffers)
-        self.fn = fn
-        self.chunk = chunk
+
+    def place(self) -> None:
+        """Move its large buffers to shared memory, once, as it is launched.
+
+        At launch rather than at submit: a queued call keeps only views of
+        the caller's own objects, so a long queue of large arguments costs
+        no memory of its own; only calls handed to a worker hold a segment.
+        """
+        threshold = self.shm_threshold
+        if threshold is not None:
+            self.shm_threshold = None
+            if worth_placing(self.buffers, threshold):
+                self._set(*place(self.body, self.buffers, outcome=False))
 
 
 class WorkItem:
@@ -262,6 +287,43 @@ def time_limit(
     if replay is not None and index < replay.careful:
         return replay.budget, replay.error
     return None
+
+
+# Decoding catches BaseException: unpickling runs any callable the pickle
+# names, and a SystemExit (or any BaseException) it raises in the manager
+# thread would break the whole pool. It fails only its own task.
+
+
+def decode_exception(message: Message) -> BaseException:
+    try:
+        error = loads(message.body, message.buffers)
+    except BaseException as exc:
+        return exc
+    if isinstance(error, BaseException):
+        return error
+    return RuntimeError(f"a worker sent {error!r} as an exception")
+
+
+def decode_outcome(
+    item: WorkItem, message: Message
+) -> tuple[Any, BaseException | None]:
+    """Unpickle a final message; an unpicklable result fails its task."""
+    if message.kind == ERROR:
+        return None, decode_exception(message)
+    try:
+        payload = loads(message.body, message.buffers)
+    except BaseException as exc:
+        return None, exc
+    if message.kind == RESULT:
+        return payload, None
+    assert message.kind == CHUNK_DONE
+    values, error = payload
+    elapsed = item.elapsed + message.value
+    if item.undecodable is not None:
+        return ChunkResult(item.values, item.undecodable, elapsed), None
+    if item.values:
+        values = item.values + values
+    return ChunkResult(values, error, elapsed), None
 
 
 def find_item(held: Iterable[WorkItem], task_id: int) -> WorkItem | None:

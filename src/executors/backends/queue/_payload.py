@@ -7,28 +7,47 @@ body (``writev`` writes them from the object's own memory),
 :func:`loads` rebuilds the object on those. Everyone else passes
 ``(body, buffers)`` along unopened (:attr:`._items.Task.size` only counts
 the bytes).
+
+With a shared memory threshold (``shm_threshold``), a pickle that has a
+buffer at or above it sends all its out-of-band buffers through one
+segment of :mod:`executors._shm` instead: the body is then
+:func:`executors._shm.pack`'s message (the pickle and the segment's refs),
+and there are no pipe buffers. The frame format does not change; a body
+that starts with :data:`executors._shm.MAGIC` (a pickle never does) is
+unpacked by :func:`loads`. The sender copies its buffers into the segment
+once; the receiver's values live on its pages. The caller's segment is
+held while the body lives (a call's body is kept for sending it again);
+a worker's, until the parent has taken it (:func:`wait_picked` before the
+worker exits). If shared memory cannot be had, the buffers travel through
+the pipe as without it, after :func:`executors._shm.ship`'s one warning.
 """
 
 from __future__ import annotations
 
+import _thread
+import contextlib
 import pickle
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..._map import ChunkResult
-from ._wire import CHUNK_DONE, ERROR, RESULT, Message
+from ... import _shm
+from ._wire import Message
 
 if TYPE_CHECKING:
     from ..._map import Chunk
-    from ._items import WorkItem
 
 __all__ = [
     "OUT_OF_BAND_BYTES",
-    "decode_exception",
-    "decode_outcome",
+    "SenderGone",
+    "discard",
     "dumps",
     "dumps_chunk",
+    "dumps_outcome",
     "loads",
+    "place",
+    "wait_picked",
+    "worth_placing",
 ]
 
 # Buffers smaller than this stay inside the pickle: a separate buffer costs
@@ -37,16 +56,42 @@ __all__ = [
 OUT_OF_BAND_BYTES = 64 * 1024
 
 
-def dumps(obj: object) -> tuple[bytes, list[memoryview]]:
-    """Pickle ``obj`` with protocol 5; return the pickle and its large buffers."""
+class _Held(bytes):
+    """A body that holds its shared memory segment while it lives.
+
+    ``bytes`` cannot be weakly referenced: the segment is let go in
+    ``__del__``.
+    """
+
+    shipment: _shm.Shipment
+
+    def __del__(self) -> None:
+        try:
+            self.shipment.release()
+        except KeyboardInterrupt:
+            # Dropped by the interpreter in __del__: the main thread gets it.
+            _thread.interrupt_main()
+
+
+def dumps(
+    obj: object, shm_threshold: int | None = None
+) -> tuple[bytes, list[memoryview]]:
+    """Pickle ``obj`` with protocol 5; return the pickle and its large buffers.
+
+    With ``shm_threshold`` under :data:`OUT_OF_BAND_BYTES`, buffers down to
+    it leave the pickle too, so that :func:`place` can move them all.
+    """
     buffers: list[memoryview] = []
+    cutoff = OUT_OF_BAND_BYTES
+    if shm_threshold is not None and shm_threshold < cutoff:
+        cutoff = shm_threshold
 
     def out_of_band(buffer: pickle.PickleBuffer) -> bool:
         try:
             raw = buffer.raw()
         except BufferError:  # not contiguous: let pickle copy it in-band
             return True
-        if raw.nbytes < OUT_OF_BAND_BYTES:
+        if raw.nbytes < cutoff or not raw.nbytes:
             return True
         buffers.append(raw)
         return False
@@ -54,8 +99,54 @@ def dumps(obj: object) -> tuple[bytes, list[memoryview]]:
     return pickle.dumps(obj, protocol=5, buffer_callback=out_of_band), buffers
 
 
+def worth_placing(buffers: list[memoryview], shm_threshold: int | None) -> bool:
+    """Whether :func:`place` should move ``buffers`` to shared memory."""
+    return shm_threshold is not None and any(b.nbytes >= shm_threshold for b in buffers)
+
+
+def place(
+    body: bytes, buffers: list[memoryview], outcome: bool
+) -> tuple[bytes, list[memoryview]]:
+    """Move a pickle's buffers to one shared memory segment.
+
+    Args:
+        body: The pickle.
+        buffers: Its out-of-band buffers, from :func:`dumps`.
+        outcome: A worker's message, sent once: its segment is free again
+            once the parent has taken it. Otherwise (a call, which may be
+            sent again) the segment is held while the returned body lives.
+
+    Returns:
+        The new body and no buffers; or ``body`` and ``buffers`` unchanged
+        if shared memory cannot be had (after one warning per process).
+    """
+    # A call is copied with pwrite, so that the caller's resident memory
+    # holds the user's arrays, not also a copy of every argument it sent; a
+    # worker copies through its mapping, the fastest way.
+    shipment = _shm.ship(buffers, resident=outcome)
+    if shipment is None:
+        return body, buffers
+    packed = _shm.pack(body, shipment.refs)
+    if outcome:
+        shipment.until_picked()
+        return packed, []
+    held = _Held(packed)
+    held.shipment = shipment
+    return held, []
+
+
+def dumps_outcome(
+    obj: object, shm_threshold: int | None
+) -> tuple[bytes, list[memoryview]]:
+    """Pickle a worker's message, its large buffers in shared memory."""
+    body, buffers = dumps(obj, shm_threshold)
+    if worth_placing(buffers, shm_threshold):
+        return place(body, buffers, outcome=True)
+    return body, buffers
+
+
 def dumps_chunk(
-    fn: object, chunk: Chunk, careful: int = 0
+    fn: object, chunk: Chunk, careful: int = 0, shm_threshold: int | None = None
 ) -> tuple[bytes, list[memoryview]]:
     """Pickle a chunk of ``map`` for :meth:`._worker._Runner.run_chunk`.
 
@@ -63,48 +154,74 @@ def dumps_chunk(
         fn: The callable.
         chunk: The items.
         careful: Run the first ``careful`` items one per piece.
+        shm_threshold: As for :func:`dumps`.
     """
     # The worker reads the flag as "single": map(), not starmap().
-    return dumps((fn, chunk.items, careful, not chunk.star))
+    return dumps((fn, chunk.items, careful, not chunk.star), shm_threshold)
+
+
+class SenderGone(Exception):
+    """A message's shared memory went with its sender, before it was taken.
+
+    Only a worker killed right after sending does this (one leaving on its
+    own waits, :func:`wait_picked`): the message is lost with the worker.
+    """
 
 
 def loads(body: bytes | bytearray | memoryview, buffers: Sequence[bytearray]) -> Any:
-    """Rebuild an object from :func:`dumps`' output (buffers stay writable)."""
+    """Rebuild an object from :func:`dumps`' output (buffers stay writable).
+
+    Raises:
+        SenderGone: Its shared memory cannot be opened any more.
+    """
+    if body[:4] == _shm.MAGIC:
+        try:
+            data, views = _unpack(body)
+        except OSError as exc:
+            raise SenderGone(str(exc)) from exc
+        return pickle.loads(data, buffers=views)
     return pickle.loads(body, buffers=buffers)
 
 
-# Decoding catches BaseException: unpickling runs any callable the pickle
-# names, and a SystemExit (or any BaseException) it raises in the manager
-# thread would break the whole pool. It fails only its own task.
+def _unpack(body: bytes | bytearray | memoryview) -> tuple[Any, list[memoryview]]:
+    # A body over 64 KiB arrives as a bytearray (see _wire._read_exact).
+    unpacked = _shm.unpack(body if isinstance(body, bytes) else bytes(body))
+    assert unpacked is not None  # the caller checked the magic
+    return unpacked
 
 
-def decode_exception(message: Message) -> BaseException:
-    try:
-        error = loads(message.body, message.buffers)
-    except BaseException as exc:
-        return exc
-    if isinstance(error, BaseException):
-        return error
-    return RuntimeError(f"a worker sent {error!r} as an exception")
+def discard(message: Message) -> None:
+    """Let a sender's segment go for a message dropped unread.
+
+    A worker writes a segment again only once its message was taken: taking
+    it, and dropping the views at once, tells it so.
+    """
+    if message.body[:4] == _shm.MAGIC:
+        # An OSError: the sender is gone, and its segment with it.
+        with contextlib.suppress(OSError):
+            _unpack(message.body)
 
 
-def decode_outcome(
-    item: WorkItem, message: Message
-) -> tuple[Any, BaseException | None]:
-    """Unpickle a final message; an unpicklable result fails its task."""
-    if message.kind == ERROR:
-        return None, decode_exception(message)
-    try:
-        payload = loads(message.body, message.buffers)
-    except BaseException as exc:
-        return None, exc
-    if message.kind == RESULT:
-        return payload, None
-    assert message.kind == CHUNK_DONE
-    values, error = payload
-    elapsed = item.elapsed + message.value
-    if item.undecodable is not None:
-        return ChunkResult(item.values, item.undecodable, elapsed), None
-    if item.values:
-        values = item.values + values
-    return ChunkResult(values, error, elapsed), None
+def wait_picked(bound: float) -> None:
+    """Wait, up to ``bound`` seconds, until this process's messages are taken.
+
+    For a worker about to exit while its last result may be unread: its
+    segment must still be there when the parent opens it.
+    """
+    deadline = time.monotonic() + bound
+    while _unpicked() and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+
+def _unpicked() -> bool:
+    """Whether a segment of this process, sent once, is not taken yet."""
+    # executors._shm has no public way to ask this yet.
+    arena = _shm._arena
+    if arena is None:
+        return False
+    with arena.lock:
+        return any(
+            segment.state == _shm._PICKED_ONLY
+            and _shm._WORD.unpack_from(segment.mm, _shm._PICKED)[0] != segment.lease
+            for segment in arena.own
+        )

@@ -53,6 +53,7 @@ from collections.abc import Callable
 from multiprocessing.context import BaseContext
 from typing import TYPE_CHECKING, Any
 
+from ... import _shm
 from ..._errors import InitializerFailedError, describe_exitcode
 from ..._futures import settle
 from ..._lifecycle import (
@@ -66,11 +67,13 @@ from ._items import (
     Task,
     WorkerHandle,
     WorkItem,
+    decode_exception,
+    decode_outcome,
     find_item,
     stopped_error,
 )
 from ._manager import Wakeup
-from ._payload import decode_exception, decode_outcome, loads
+from ._payload import SenderGone, discard, loads
 from ._sendahead import pick_worker
 from ._spawn import Spawner, stop_all
 from ._wire import INIT_FAILED, PARTIAL, READY, Message, frame
@@ -100,6 +103,8 @@ class Pool:
 
     calls: CallQueue
     manager: threading.Thread | None = None
+    #: Buffers of at least this many bytes go through shared memory.
+    shm_threshold: int | None = None
 
     def __init__(
         self,
@@ -161,7 +166,10 @@ class Pool:
 
     def launch(self, call: Call) -> None:
         """Hand ``call`` to a worker (``CallQueue``'s launch)."""
-        item = WorkItem(next(self.ids), call.payload, call)
+        task: Task = call.payload
+        # Outside the lock: a large argument's copy holds up nobody.
+        task.place()
+        item = WorkItem(next(self.ids), task, call)
         try:
             with self.lock:
                 if self.ended or self.stopped:
@@ -414,16 +422,25 @@ class Pool:
             with self.lock:
                 item = find_item(held, message.task_id)
             if item is None:
+                discard(message)
                 return  # already settled (failed by a broken pool)
         if kind == PARTIAL:
             if item.undecodable is None:
                 try:
                     item.values.extend(loads(message.body, message.buffers))
+                except SenderGone:
+                    pass  # lost with its worker: the items run again (_triage)
                 except BaseException as exc:
                     # The chunk ends here, at the first value not received.
                     item.undecodable = exc
+            else:
+                discard(message)
             return
         value, error = decode_outcome(item, message)
+        if isinstance(error, SenderGone):
+            # Lost with its worker, killed as it sent it: the item stays
+            # held, and the worker's death settles it (_triage).
+            return
         with self.lock:
             if worker.held and worker.held[0] is item:
                 worker.held.popleft()
@@ -480,3 +497,5 @@ class Pool:
             self.calls.break_(stopped_error)
         self.wakeup.close()
         self.board.close()
+        # This process's free segments go (held ones, once let go).
+        _shm.trim()

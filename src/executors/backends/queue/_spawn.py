@@ -162,6 +162,7 @@ class Spawner:
                 pool.max_tasks,
                 os.getpid(),
                 close_fds,
+                pool.shm_threshold,
             ),
             name=f"executors-queue-worker-{slot}",
         )

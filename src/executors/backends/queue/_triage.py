@@ -251,7 +251,7 @@ class Triage:
         rest = chunk[have:stop]
         careful = max(0, careful - have)
         try:
-            body, buffers = dumps_chunk(task.fn, rest, careful)
+            body, buffers = dumps_chunk(task.fn, rest, careful, self.pool.shm_threshold)
         except Exception as exc:
             settled.append((item, None, exc))
             return None

@@ -44,7 +44,7 @@ from ..._parentwatch import exit_with_parent
 from ..._remote import picklable_exception, result_not_sent
 from ..._serialize import unwrap
 from ._board import END, FIELDS, ITEM, RETURNED, SENT, STARTED, TASK, Board
-from ._payload import dumps, loads
+from ._payload import dumps, dumps_outcome, loads, wait_picked
 from ._wire import (
     CALL,
     CHUNK_DONE,
@@ -67,6 +67,10 @@ FLUSH_SECONDS = 0.01
 # A chunk's pieces grow while one takes less than this: pieces stay well
 # under FLUSH_SECONDS, and an item this slow always runs alone.
 PIECE_SECONDS = FLUSH_SECONDS / 4
+# A worker leaving after max_tasks waits at most this long for the parent to
+# take its last result's shared memory; the parent reads it as soon as the
+# frame arrives, so only a stalled parent takes this long.
+LAST_RESULT_SECONDS = 30.0
 
 
 def run_worker(
@@ -79,6 +83,7 @@ def run_worker(
     max_tasks: int | None,
     caller: int,
     close_fds: Sequence[int],
+    shm_threshold: int | None = None,
 ) -> None:
     """The entry point of a worker process.
 
@@ -94,6 +99,8 @@ def run_worker(
             worker's parent under forkserver): the worker exits when it ends.
         close_fds: Descriptors of the parent's other pipes, inherited by
             fork; closed so that only the parent holds them.
+        shm_threshold: Results' buffers of at least this many bytes go back
+            through shared memory (see :mod:`._payload`).
     """
     exit_with_parent(caller)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -111,7 +118,7 @@ def run_worker(
                 _send_exception(outbox, INIT_FAILED, 0, exc, 0.0)
                 return
         outbox.send(READY, 0)
-        _Runner(inbox, outbox, board, slot).serve(max_tasks)
+        _Runner(inbox, outbox, board, slot, shm_threshold).serve(max_tasks)
     except OSError:
         # The parent is gone (broken pipe): nobody is left to report to.
         return
@@ -120,11 +127,19 @@ def run_worker(
 class _Runner:
     """Runs the tasks that arrive on ``inbox``, reports on ``outbox``."""
 
-    def __init__(self, inbox: Channel, outbox: Channel, board: Board, slot: int):
+    def __init__(
+        self,
+        inbox: Channel,
+        outbox: Channel,
+        board: Board,
+        slot: int,
+        shm_threshold: int | None,
+    ) -> None:
         self.inbox = inbox
         self.outbox = outbox
         self.view = board.view
         self.base = slot * FIELDS
+        self.shm_threshold = shm_threshold
 
     def serve(self, max_tasks: int | None) -> None:
         done = 0
@@ -139,6 +154,9 @@ class _Runner:
                 self.run_chunk(message)
             del message  # free the arguments while idle
             done += 1
+        # The parent opens a result's shared memory through this process:
+        # it must not be gone before the parent has taken its last one.
+        wait_picked(LAST_RESULT_SECONDS)
 
     def _announce(self, task_id: int) -> None:
         """Post a task whose header has arrived, before its body is read.
@@ -174,7 +192,7 @@ class _Runner:
         view[started] = RETURNED
         elapsed = time.perf_counter() - start
         try:
-            body, buffers = dumps(value)
+            body, buffers = dumps_outcome(value, self.shm_threshold)
         except BaseException as exc:
             # The pickling error is this task's error, as with the stdlib,
             # marked as a result that could not be sent.
@@ -257,10 +275,10 @@ class _Runner:
     ) -> bool:
         try:
             if kind == PARTIAL:
-                body, buffers = dumps(values)
+                body, buffers = dumps_outcome(values, self.shm_threshold)
             else:
                 carrier = None if error is None else picklable_exception(error)
-                body, buffers = dumps((values, carrier))
+                body, buffers = dumps_outcome((values, carrier), self.shm_threshold)
         except BaseException as exc:
             cause = exc
         else:
