@@ -461,3 +461,15 @@ def _message(body: bytes) -> object:
     from executors.backends.queue._wire import RESULT, Message
 
     return Message(RESULT, 1, 0.0, body, [])
+
+
+def test_share_maps_one_array_read_only_in_every_task() -> None:
+    array = np.arange(4 * MB // 8, dtype=np.float64)
+    with executors.create("queue", max_workers=2) as ex:
+        handle = ex.share(array)
+        expected = (False, float(array.sum()))
+        assert ex.submit(describe, handle).result(timeout=60) == expected
+        assert list(ex.map(describe, [handle] * 4, chunksize=2)) == [expected] * 4
+        handle.release()
+    _settle()
+    assert _own_memfds() == 0
