@@ -42,8 +42,8 @@ ORPHAN_BOUND = 5.0
 START_BOUND = 120.0
 
 
-@pytest.mark.parametrize("backend_name", SLOW_ELSEWHERE)
 @pytest.mark.parametrize("mode", ["with", "bare"])
+@pytest.mark.parametrize("backend_name", SLOW_ELSEWHERE)
 def test_ctrl_c_in_a_map_leaves_no_orphans(backend_name: str, mode: str) -> None:
     backend_factory(backend_name)  # skips an unavailable backend
     options = TEST_OPTIONS.get(backend_name, DEFAULT_TEST_OPTIONS)
@@ -80,8 +80,8 @@ def test_ctrl_c_in_a_map_leaves_no_orphans(backend_name: str, mode: str) -> None
 EXIT_BOUND = 5.0
 
 
-@pytest.mark.parametrize("backend_name", SLOW_ELSEWHERE)
 @pytest.mark.parametrize("target", ["group", "parent"])
+@pytest.mark.parametrize("backend_name", SLOW_ELSEWHERE)
 def test_ctrl_c_without_with_exits_promptly(
     backend_name: str, target: Literal["group", "parent"]
 ) -> None:
