@@ -62,8 +62,8 @@ class Task:
         buffers: The pickle's out-of-band buffers.
         fn: For a chunk: the callable, to send a part of it again.
         chunk: For a chunk: its items.
-        shm_threshold: Its buffers go to shared memory when it is launched
-            (:meth:`place`) if one is at least this large.
+        shm_threshold: Its buffers go to shared memory for each attempt
+            (:meth:`placed`) if one is at least this large.
     """
 
     __slots__ = ("body", "buffers", "chunk", "fn", "kind", "shm_threshold", "size")
@@ -81,28 +81,29 @@ class Task:
         self.fn = fn
         self.chunk = chunk
         self.shm_threshold = shm_threshold
-        self._set(body, buffers)
-
-    def _set(self, body: bytes, buffers: list[memoryview]) -> None:
         self.body = body
         self.buffers = buffers
-        # Bytes it takes in a pipe, frame header included.
-        self.size = HEADER.size + len(body)
-        if buffers:
-            self.size += sum(8 + b.nbytes for b in buffers)
+        self.size = frame_size(body, buffers)
 
-    def place(self) -> None:
-        """Move its large buffers to shared memory, once, as it is launched.
+    def placed(self) -> tuple[bytes, list[memoryview], int] | None:
+        """Its body, buffers and size with the buffers in shared memory.
 
+        Called for each attempt as it is launched, outside every lock.
         At launch rather than at submit: a queued call keeps only views of
         the caller's own objects, so a long queue of large arguments costs
-        no memory of its own; only calls handed to a worker hold a segment.
+        no memory of its own. A copy per attempt: a retry gets the
+        arguments as submitted, not as the failed attempt left them (its
+        values were on the segment's pages). ``None``: send it as it is.
         """
-        threshold = self.shm_threshold
-        if threshold is not None:
-            self.shm_threshold = None
-            if worth_placing(self.buffers, threshold):
-                self._set(*place(self.body, self.buffers, outcome=False))
+        if not worth_placing(self.buffers, self.shm_threshold):
+            return None
+        body, buffers = place(self.body, self.buffers, outcome=False)
+        return body, buffers, frame_size(body, buffers)
+
+
+def frame_size(body: bytes, buffers: list[memoryview]) -> int:
+    """Bytes a frame takes in a pipe, header included."""
+    return HEADER.size + len(body) + sum(8 + b.nbytes for b in buffers)
 
 
 class WorkItem:
@@ -118,12 +119,15 @@ class WorkItem:
     """
 
     __slots__ = (
+        "body",
+        "buffers",
         "call",
         "early_deaths",
         "elapsed",
         "future",
         "kill",
         "replay",
+        "size",
         "task",
         "task_id",
         "undecodable",
@@ -139,6 +143,8 @@ class WorkItem:
     ) -> None:
         self.task_id = task_id
         self.task = task
+        # What its frame carries: the task's, or this attempt's placement.
+        self.body, self.buffers, self.size = task.body, task.buffers, task.size
         self.call = call
         self.future = future
         self.kill = False  # stopped (timeout, kill_task): its call is settled

@@ -5,7 +5,7 @@ which buffers leave the pickle, :func:`._wire.frame` lists them after the
 body (``writev`` writes them from the object's own memory),
 :meth:`._wire.Channel.recv` reads each into a fresh ``bytearray``, and
 :func:`loads` rebuilds the object on those. Everyone else passes
-``(body, buffers)`` along unopened (:attr:`._items.Task.size` only counts
+``(body, buffers)`` along unopened (:func:`._items.frame_size` only counts
 the bytes).
 
 With a shared memory threshold (``shm_threshold``), a pickle that has a

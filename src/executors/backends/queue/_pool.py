@@ -167,9 +167,11 @@ class Pool:
     def launch(self, call: Call) -> None:
         """Hand ``call`` to a worker (``CallQueue``'s launch)."""
         task: Task = call.payload
-        # Outside the lock: a large argument's copy holds up nobody.
-        task.place()
         item = WorkItem(next(self.ids), task, call)
+        # Outside the lock: a large argument's copy holds up nobody.
+        placed = task.placed()
+        if placed is not None:
+            item.body, item.buffers, item.size = placed
         try:
             with self.lock:
                 if self.ended or self.stopped:
@@ -319,7 +321,7 @@ class Pool:
         pending = self.pending
         while pending:
             item = pending[0]
-            worker = pick_worker(self, item.task.size)
+            worker = pick_worker(self, item.size)
             if worker is None:
                 return
             self._send_locked(worker, item)
@@ -334,18 +336,18 @@ class Pool:
             # Held before it leaves the queue: it is always in one of them.
             worker.held.append(item)
             self.pending.popleft()
-            worker.held_bytes += task.size
+            worker.held_bytes += item.size
             worker.sent += 1
             if item.watched:
                 self.watched += 1
             if worker.outbox:
                 # The manager is writing an earlier frame: queue behind it.
                 worker.outbox.append(
-                    frame(task.kind, item.task_id, 0.0, task.body, task.buffers)
+                    frame(task.kind, item.task_id, 0.0, item.body, item.buffers)
                 )
             else:
                 rest = worker.tasks.send_nowait(
-                    task.kind, item.task_id, 0.0, task.body, task.buffers
+                    task.kind, item.task_id, 0.0, item.body, item.buffers
                 )
                 if rest is not None:
                     # The pipe is full: the manager writes the rest.
@@ -446,7 +448,7 @@ class Pool:
                 worker.held.popleft()
             else:
                 worker.held.remove(item)
-            worker.held_bytes -= item.task.size
+            worker.held_bytes -= item.size
             if item.watched:
                 self.watched -= 1
             # A moving average: recent tasks say whether sending ahead pays.

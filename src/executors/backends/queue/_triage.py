@@ -123,7 +123,7 @@ class Triage:
             item = worker.held[0] if worker.held and worker.ready else None
             if item is not None:
                 worker.held.popleft()
-                worker.held_bytes -= item.task.size
+                worker.held_bytes -= item.size
                 if item.watched:
                     pool.watched -= 1
                 error = bad_frame_error(str(why), item.task.kind)
