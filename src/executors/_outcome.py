@@ -44,6 +44,7 @@ from typing import Any, Literal, SupportsIndex, overload
 from . import _shm
 from ._bootstrap import INITIALIZER_FAILED_EXITCODE, WorkerBootstrap, initializer_error
 from ._remote import picklable_exception, result_not_sent
+from ._workers._context import after_task
 
 __all__ = [
     "INITIALIZER_FAILED_EXITCODE",
@@ -285,24 +286,30 @@ def run_call(
             ``buffers_apart`` then applies to none.
     """
     try:
-        fn, args, kwargs = loads(payload)
-        value = fn(*args, **kwargs)
-    except BaseException as exc:
-        return False, dump_error(exc)
-    # The arguments' shared memory is let go before the value is pickled.
-    del fn, args, kwargs
-    try:
-        if shm_threshold is not None:
-            return True, dumps(
-                value, reducers=reducers, shm_threshold=shm_threshold, holder=PICKED
-            )
-        if buffers_apart:
-            return True, Pickled.of(value, reducers)
-        return True, dumps(value, reducers=reducers)
-    except BaseException as exc:
-        # The pickler's error is the task's, marked as a result that could
-        # not be sent (executors.Pool raises it as MaybeEncodingError).
-        return False, dumps(result_not_sent(exc, value))
+        try:
+            fn, args, kwargs = loads(payload)
+            value = fn(*args, **kwargs)
+        except BaseException as exc:
+            return False, dump_error(exc)
+        # The arguments' shared memory is let go before the value is pickled.
+        del fn, args, kwargs
+        try:
+            if shm_threshold is not None:
+                return True, dumps(
+                    value, reducers=reducers, shm_threshold=shm_threshold, holder=PICKED
+                )
+            if buffers_apart:
+                return True, Pickled.of(value, reducers)
+            return True, dumps(value, reducers=reducers)
+        except BaseException as exc:
+            # The pickler's error is the task's, marked as a result that could
+            # not be sent (executors.Pool raises it as MaybeEncodingError).
+            return False, dumps(result_not_sent(exc, value))
+
+    finally:
+        # The task's log records reach the caller before its outcome, and
+        # the worker learns whether it must be recycled (issue 26).
+        after_task()
 
 
 def decode(outcome: Outcome) -> tuple[bool, Any]:

@@ -65,6 +65,8 @@ from .._lifecycle import close_at_exit
 from .._map import Chunk, ChunkResult
 from .._options import check_process_pool_options, cpu_count, start_method_of
 from .._outcome import Outcome
+from .._workers import WorkerSettings
+from .._workers._pools import UntilRecycled
 from ._mp.pool import WatchedPool
 from ._mp.taskslots import STOP_KILLED, STOP_SKIPPED, TaskSlots, run_tracked
 from ._mp.watch import PoolWatch
@@ -220,6 +222,12 @@ def _launch_waiting(calls: CallQueue) -> None:
     calls.pump()
 
 
+def _release(watch: PoolWatch, settings: WorkerSettings) -> None:
+    watch.close()
+    # The listener ends once the workers, leaving, have sent their last records.
+    settings.close(wait=False)
+
+
 def _close_abandoned(calls: CallQueue, watch: PoolWatch) -> None:
     # The executor was garbage-collected without shutdown(): let the work
     # drain, then close the Pool, and still finish it at interpreter exit.
@@ -261,6 +269,12 @@ class MpPoolExecutor(BaseExecutor):
         kills_single_task=True,
         terminates_workers=True,
         shared_memory=True,
+        worker_identity=True,
+        worker_finalizer=True,
+        recycles_workers=True,
+        forwards_logs=True,
+        limits_worker_threads=True,
+        nested_executors=True,
     )
     _calls: CallQueue
 
@@ -279,6 +293,11 @@ class MpPoolExecutor(BaseExecutor):
         max_tasks_per_child: int | None = None,
         cloudpickle: bool = True,
         shm_threshold: int | None = _shm.DEFAULT_THRESHOLD,
+        finalizer: Callable[..., object] | None = None,
+        finalargs: tuple[Any, ...] = (),
+        threads_per_worker: int | str | None = "auto",
+        forward_logs: bool = True,
+        max_memory_per_child: int | str | None = None,
     ) -> None:
         threshold = _shm.check_threshold(shm_threshold)
         workers, context, per_child = check_process_pool_options(
@@ -289,27 +308,43 @@ class MpPoolExecutor(BaseExecutor):
             initargs=initargs,
             max_tasks_per_child=max_tasks_per_child,
         )
+        settings = WorkerSettings(
+            workers=workers,
+            finalizer=finalizer,
+            finalargs=finalargs,
+            threads_per_worker=threads_per_worker,
+            forward_logs=forward_logs,
+            max_memory_per_child=max_memory_per_child,
+            max_tasks_per_child=per_child,
+        )
         super().__init__(max_workers=workers, cloudpickle=cloudpickle)
         if initializer is not None:
             initializer = self._prepare(initializer)
+        if finalizer is not None:
+            settings.finalizer = self._prepare(finalizer)
+        recycles = settings.max_tasks is not None or settings.max_memory is not None
         watch = PoolWatch(self.backend, context)
         try:
             slots = TaskSlots(context, workers)
             pool = WatchedPool(
                 processes=workers,
-                maxtasksperchild=per_child,
+                # The spec counts tasks and memory; Pool's loop ends after
+                # the task that made the worker leave.
+                maxtasksperchild=UntilRecycled() if recycles else None,
                 context=context,
-                **watch.pool_options(initializer, initargs, slots),
+                **watch.pool_options(initializer, initargs, slots, settings.spec()),
             )
         except BaseException:
             watch.discard()
             raise
+        settings.on_leaving = pool.request_spare
+        self._workers = settings
         launcher = _Launcher(pool, watch, threshold)
         launcher.calls = self._queue = CallQueue(
             launcher.launch,
             DISPATCH_PER_WORKER * workers,
             chunk_window=CHUNK_DISPATCH_PER_WORKER * workers,
-            on_idle=watch.close,
+            on_idle=functools.partial(_release, watch, settings),
             stop=launcher.stop,
             # A call with a timeout goes only to a free worker that has
             # started, so that its clock runs while it runs, not while it
@@ -366,3 +401,4 @@ class MpPoolExecutor(BaseExecutor):
             self._watch.wait()
             # The workers are gone: so is what they sent; our free segments too.
             _shm.trim()
+            self._workers.close(wait=True)

@@ -58,6 +58,8 @@ from .._outcome import (
     initializer_error,
     run_call,
 )
+from .._workers import WorkerSettings
+from .._workers._pools import RecyclingProcessPool
 
 __all__ = ["ProcessExecutor"]
 
@@ -143,6 +145,10 @@ class _Pool(ProcessPoolExecutor):
         processes[worker.pid] = worker
 
 
+class _RecyclingPool(RecyclingProcessPool, _Pool):
+    """_Pool whose workers are recycled by their spec, a spare started ahead."""
+
+
 class ProcessExecutor(BaseExecutor):
     """A pool of worker processes run by the stdlib.
 
@@ -165,7 +171,15 @@ class ProcessExecutor(BaseExecutor):
     # Timeouts are abandoned: the stdlib pool cannot stop one task without
     # breaking itself.
     capabilities = Capabilities(
-        task_control=True, terminates_workers=True, shared_memory=True
+        task_control=True,
+        terminates_workers=True,
+        shared_memory=True,
+        worker_identity=True,
+        worker_finalizer=True,
+        recycles_workers=True,
+        forwards_logs=True,
+        limits_worker_threads=True,
+        nested_executors=True,
     )
     _calls: CallQueue
 
@@ -184,6 +198,11 @@ class ProcessExecutor(BaseExecutor):
         max_tasks_per_child: int | None = None,
         cloudpickle: bool = True,
         shm_threshold: int | None = _shm.DEFAULT_THRESHOLD,
+        finalizer: Callable[..., object] | None = None,
+        finalargs: tuple[Any, ...] = (),
+        threads_per_worker: int | str | None = "auto",
+        forward_logs: bool = True,
+        max_memory_per_child: int | str | None = None,
     ) -> None:
         threshold = _shm.check_threshold(shm_threshold)
         workers, context, per_child = check_process_pool_options(
@@ -194,26 +213,38 @@ class ProcessExecutor(BaseExecutor):
             initargs=initargs,
             max_tasks_per_child=max_tasks_per_child,
         )
+        settings = WorkerSettings(
+            workers=workers,
+            finalizer=finalizer,
+            finalargs=finalargs,
+            threads_per_worker=threads_per_worker,
+            forward_logs=forward_logs,
+            max_memory_per_child=max_memory_per_child,
+            max_tasks_per_child=per_child,
+        )
+        recycles = settings.max_tasks is not None or settings.max_memory is not None
+        if recycles and sys.version_info < (3, 11):
+            raise ValueError(
+                "the 'process' backend supports max_tasks_per_child and "
+                "max_memory_per_child on Python 3.11 and later only"
+            )
         super().__init__(max_workers=workers, cloudpickle=cloudpickle)
-        extra: dict[str, Any] = {}
-        if per_child is not None:
-            if sys.version_info < (3, 11):
-                raise ValueError(
-                    "the 'process' backend supports max_tasks_per_child on "
-                    "Python 3.11 and later only"
-                )
-            extra["max_tasks_per_child"] = per_child
         if initializer is not None:
             initializer = self._prepare(initializer)
+        if finalizer is not None:
+            settings.finalizer = self._prepare(finalizer)
+        self._workers = settings
         self._manager: threading.Thread | None = None
         # The signal terminate_workers()/kill_workers() sent, if any.
         self._ending_signal: signal.Signals | None = None
-        self._pool = _Pool(
+        # Recycling: workers leave when their spec says so, a spare started
+        # ahead of each (executors._workers._pools).
+        pool_class = _RecyclingPool if recycles else _Pool
+        self._pool = pool_class(
             workers,
             context,
-            WorkerBootstrap(os.getpid(), initializer, initargs),
+            WorkerBootstrap(os.getpid(), initializer, initargs, settings.spec()),
             (),
-            **extra,
         )
         self._crash: BaseException | None = None
         # The stdlib keeps max_workers + 1 calls in its pipe; two per worker
@@ -333,6 +364,8 @@ class ProcessExecutor(BaseExecutor):
         # go (its manager thread ends once its own queue is empty).
         self._remember_manager()
         self._pool.shutdown(wait=False)
+        # Its thread ends once the workers have sent their last records.
+        self._workers.close(wait=False)
 
     def _remember_manager(self) -> None:
         # The stdlib drops its manager thread on the first shutdown(), so a
@@ -364,6 +397,7 @@ class ProcessExecutor(BaseExecutor):
         self._manager = None
         # The workers are gone: so is what they sent; our free segments go too.
         _shm.trim()
+        self._workers.close(wait=True)
 
 
 # Bounds the wait for a worker whose sentinel is ready to be reaped; it is

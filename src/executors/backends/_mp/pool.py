@@ -13,6 +13,8 @@ from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
 
+from ..._workers._pools import SparePoolMixin
+
 __all__ = ["PoolWorkers", "WatchedPool", "WatchedPoolMixin"]
 
 
@@ -97,7 +99,7 @@ class WatchedPoolMixin(_PoolBase):
         return (self._worker_handler, self._task_handler, self._result_handler)
 
 
-class WatchedPool(WatchedPoolMixin, multiprocessing.pool.Pool):
+class WatchedPool(SparePoolMixin, WatchedPoolMixin, multiprocessing.pool.Pool):
     """A :class:`multiprocessing.pool.Pool` that reports its workers."""
 
 

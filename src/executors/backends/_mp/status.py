@@ -22,6 +22,7 @@ from ..._outcome import INITIALIZER_FAILED_EXITCODE
 from ..._parentwatch import exit_with_parent
 
 if TYPE_CHECKING:
+    from ..._workers import WorkerSpec
     from .taskslots import TaskSlots
 
 __all__ = ["StatusPipe", "read_reports", "start_pool_worker"]
@@ -46,6 +47,7 @@ def start_pool_worker(
     initializer: Callable[..., object] | None,
     initargs: tuple[Any, ...],
     task_slots: TaskSlots | None = None,
+    worker: WorkerSpec | None = None,
 ) -> None:
     """Pool's initializer in every worker: tie it to the caller, run the user's.
 
@@ -56,6 +58,8 @@ def start_pool_worker(
     :func:`~executors.backends._mp.taskslots.run_tracked`.
     """
     exit_with_parent(caller_pid)
+    if worker is not None:
+        worker.start()
     name = multiprocessing.current_process().name
     if initializer is not None:
         try:

@@ -23,6 +23,7 @@ from typing import Any
 from ..._errors import ExecutorFailedError, WorkerCrashedError, describe_exitcode
 from ..._lifecycle import ManagerThread, manager_failed
 from ..._outcome import initializer_error
+from ..._workers import WorkerSpec
 from .pool import PoolWorkers, WatchedPoolMixin
 from .reaping import (
     DISMANTLE_SECONDS,
@@ -97,6 +98,7 @@ class PoolWatch(ManagerThread):
         initializer: Callable[..., object] | None,
         initargs: tuple[Any, ...],
         task_slots: TaskSlots | None = None,
+        worker: WorkerSpec | None = None,
     ) -> dict[str, Any]:
         """The keyword arguments the Pool must be created with.
 
@@ -111,8 +113,8 @@ class PoolWatch(ManagerThread):
         self._slots = task_slots
         status = self.status.writer
         worker_args: tuple[Any, ...] = (status, os.getpid(), initializer, initargs)
-        if task_slots is not None:
-            worker_args += (task_slots,)
+        if task_slots is not None or worker is not None:
+            worker_args += (task_slots, worker)
         return {
             "on_new_worker": self._workers.adopt,
             "initializer": start_pool_worker,
