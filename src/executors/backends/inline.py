@@ -37,6 +37,7 @@ from .._control import TaskOptions, record_attempts, submitting_options
 from .._errors import InitializerFailedError, TaskTimeoutError
 from .._futures import Future as SettledFuture
 from .._options import check_initializer, check_max_workers
+from .._workers import ProcessWideCap, WorkerContext, WorkerSettings, running_as
 
 __all__ = ["InlineExecutor"]
 
@@ -56,6 +57,19 @@ class InlineExecutor(BaseExecutor):
         initializer: Called once, in the caller, when the executor is
             created. If it raises, the executor is broken.
         initargs: Arguments for ``initializer``.
+        finalizer: Called once, in the caller, at shutdown; an exception
+            there is logged on ``executors.workers``.
+        finalargs: Arguments for ``finalizer``.
+        threads_per_worker: Cap the BLAS/OpenMP thread pools at this many
+            threads while the executor is open. Those pools are the
+            caller's, so the cap applies only when asked for (``"auto"``
+            and ``None``: no cap) and is undone at shutdown.
+        forward_logs: Accepted for the shared signature: a task's records
+            are in the caller's logging tree already.
+
+    Inside a task, ``executors.worker_id()`` is 0 and
+    ``executors.worker_state()`` is the executor's one dict (the
+    initializer runs as the worker too, and may fill it).
     """
 
     backend = "inline"
@@ -66,6 +80,12 @@ class InlineExecutor(BaseExecutor):
         # Honoured in place; the task is the caller's own thread running,
         # so stops_timed_out_tasks and kills_single_task stay False.
         task_control=True,
+        worker_identity=True,
+        worker_finalizer=True,
+        # Tasks log in the caller's own thread: their records are there.
+        forwards_logs=True,
+        limits_worker_threads=True,
+        nested_executors=True,
     )
 
     def __init__(
@@ -74,20 +94,39 @@ class InlineExecutor(BaseExecutor):
         max_workers: int | None = None,
         initializer: Callable[..., object] | None = None,
         initargs: tuple[Any, ...] = (),
+        finalizer: Callable[..., object] | None = None,
+        finalargs: tuple[Any, ...] = (),
+        threads_per_worker: int | str | None = "auto",
+        forward_logs: bool = True,
     ) -> None:
         # Checked like everywhere else, then kept only for repr: the size of
         # the pool cannot change a result here, only how many tasks overlap,
         # and inline never overlaps them.
         self._requested_workers = check_max_workers(max_workers, default=1)
         check_initializer(initializer, initargs)
+        settings = WorkerSettings(
+            workers=1,
+            finalizer=finalizer,
+            finalargs=finalargs,
+            threads_per_worker=threads_per_worker,
+            forward_logs=forward_logs,
+            in_process=True,
+        )
         super().__init__(max_workers=1)
+        # The one worker: the caller's thread while a task of this executor
+        # runs in it (running_as).
+        self._worker = WorkerContext(0, None, settings.finalizer, settings.finalargs)
+        self._thread_cap: ProcessWideCap | None = None
+        if settings.threads is not None:
+            self._thread_cap = ProcessWideCap(settings.threads)
         # Tasks of this executor running now in each thread (a task may
         # submit to its own executor): _in_own_task reads it.
         self._running = threading.local()
         self._init_error: BaseException | None = None
         if initializer is not None:
             try:
-                initializer(*initargs)
+                with running_as(self._worker):
+                    initializer(*initargs)
             except Exception as exc:
                 self._init_error = exc
 
@@ -121,11 +160,12 @@ class InlineExecutor(BaseExecutor):
         depth = getattr(running, "depth", 0)
         running.depth = depth + 1
         try:
-            if options is None or options.is_default:
-                result = fn(*args, **kwargs)
-            else:
-                _attempts(future, fn, args, kwargs, options)
-                return future
+            with running_as(self._worker):
+                if options is None or options.is_default:
+                    result = fn(*args, **kwargs)
+                else:
+                    _attempts(future, fn, args, kwargs, options)
+                    return future
         except KeyboardInterrupt as exc:
             # Ctrl-C belongs to the caller, who is running the task.
             future.set_exception(exc)
@@ -142,7 +182,12 @@ class InlineExecutor(BaseExecutor):
         return bool(getattr(self._running, "depth", 0))
 
     def _shutdown(self, wait: bool, cancel_futures: bool) -> None:
-        return None
+        # Nothing runs beside the caller: the worker leaves at once (once).
+        with running_as(self._worker):
+            self._worker.leave()
+        cap, self._thread_cap = self._thread_cap, None
+        if cap is not None:
+            cap.restore()
 
 
 def _attempts(
