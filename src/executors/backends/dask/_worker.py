@@ -24,7 +24,7 @@ import dask
 from distributed import WorkerPlugin
 
 from ..._outcome import Outcome, run_call
-from ..._workers import after_task, leave_process
+from ..._workers import leave_process
 from ._quiet import (
     HEALTH_ONLY_ROUTES,
     QuietHandshakes,
@@ -115,7 +115,5 @@ def run_task(payload: bytes, initializer: str | None) -> Outcome | InitializerFa
     """
     if initializer is not None and initializer in _failed_initializers:
         return InitializerFailure(os.getpid(), _failed_initializers[initializer])
-    outcome = run_call(payload)
-    # The task's log records reach the caller before its outcome does.
-    after_task()
-    return outcome
+    # run_call flushes the task's log records before it returns.
+    return run_call(payload)
