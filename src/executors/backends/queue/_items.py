@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..._errors import (
     ExecutorFailedError,
+    InitializerFailedError,
     WorkerCrashedError,
     describe_exitcode,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "decode_outcome",
     "early_crash_error",
     "find_item",
+    "initializer_error",
     "stopped_error",
     "time_limit",
 ]
@@ -95,7 +97,7 @@ class Task:
         arguments as submitted, not as the failed attempt left them (its
         values were on the segment's pages). ``None``: send it as it is.
         """
-        if not worth_placing(self.buffers, self.shm_threshold):
+        if not self.buffers or not worth_placing(self.buffers, self.shm_threshold):
             return None
         body, buffers = place(self.body, self.buffers, outcome=False)
         return body, buffers, frame_size(body, buffers)
@@ -103,7 +105,10 @@ class Task:
 
 def frame_size(body: bytes, buffers: list[memoryview]) -> int:
     """Bytes a frame takes in a pipe, header included."""
-    return HEADER.size + len(body) + sum(8 + b.nbytes for b in buffers)
+    size = HEADER.size + len(body)
+    if buffers:
+        size += sum(8 + b.nbytes for b in buffers)
+    return size
 
 
 class WorkItem:
@@ -368,6 +373,23 @@ def early_crash_error(exitcode: int | None, kind: int, deaths: int) -> BaseExcep
         "the worker and runs the other tasks as usual",
         exitcode,
     )
+
+
+def initializer_error(
+    cause: BaseException | None, exitcode: int | None
+) -> BaseException:
+    if cause is not None:
+        text = f"the initializer raised {type(cause).__name__}: {cause}"
+    else:
+        text = (
+            f"a worker process died ({describe_exitcode(exitcode)}) "
+            "while running the initializer"
+        )
+    error = InitializerFailedError(
+        f"{text}; the executor is broken and runs no more tasks"
+    )
+    error.__cause__ = cause
+    return error
 
 
 def stopped_error() -> BaseException:

@@ -140,7 +140,7 @@ def dumps_outcome(
 ) -> tuple[bytes, list[memoryview]]:
     """Pickle a worker's message, its large buffers in shared memory."""
     body, buffers = dumps(obj, shm_threshold)
-    if worth_placing(buffers, shm_threshold):
+    if buffers and worth_placing(buffers, shm_threshold):
         return place(body, buffers, outcome=True)
     return body, buffers
 

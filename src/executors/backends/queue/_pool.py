@@ -43,6 +43,7 @@ Writing to a worker (the invariants the transport rests on):
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import signal
 import threading
@@ -54,7 +55,6 @@ from multiprocessing.context import BaseContext
 from typing import TYPE_CHECKING, Any
 
 from ... import _shm
-from ..._errors import InitializerFailedError, describe_exitcode
 from ..._futures import settle
 from ..._lifecycle import (
     ending_on_keyboard_interrupt,
@@ -70,6 +70,7 @@ from ._items import (
     decode_exception,
     decode_outcome,
     find_item,
+    initializer_error,
     stopped_error,
 )
 from ._manager import Wakeup
@@ -274,22 +275,7 @@ class Pool:
     def initializer_failed(
         self, cause: BaseException | None, exitcode: int | None
     ) -> None:
-        if cause is not None:
-            text = f"the initializer raised {type(cause).__name__}: {cause}"
-        else:
-            text = (
-                f"a worker process died ({describe_exitcode(exitcode)}) "
-                "while running the initializer"
-            )
-
-        def make() -> BaseException:
-            error = InitializerFailedError(
-                f"{text}; the executor is broken and runs no more tasks"
-            )
-            error.__cause__ = cause
-            return error
-
-        self.break_pool(make)
+        self.break_pool(functools.partial(initializer_error, cause, exitcode))
 
     def close(self) -> None:
         """Stop once the call queue is idle and every worker's items are done."""
