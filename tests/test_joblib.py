@@ -53,9 +53,18 @@ from executors.testing import (
     SubmitContract,
     TaskControlContract,
     tasks,
+    worker_tasks,
 )
 from executors.testing._support import ExecutorFactory
 from executors.testing.backpressure import BackpressureContract
+from executors.testing.workers import (
+    LogForwardingContract,
+    NestedExecutorContract,
+    RecyclingContract,
+    ThreadLimitContract,
+    WorkerFinalizerContract,
+    WorkerIdentityContract,
+)
 
 
 def _factory(**defaults: Any) -> ExecutorFactory:
@@ -138,6 +147,30 @@ class TestMultiprocessingTaskControl(_Variant, TaskControlContract):
 
 
 class TestMultiprocessingCallbacks(_Variant, CallbackContract):
+    options = MULTIPROCESSING
+
+
+class TestMultiprocessingWorkerIdentity(_Variant, WorkerIdentityContract):
+    options = MULTIPROCESSING
+
+
+class TestMultiprocessingWorkerFinalizer(_Variant, WorkerFinalizerContract):
+    options = MULTIPROCESSING
+
+
+class TestMultiprocessingLogForwarding(_Variant, LogForwardingContract):
+    options = MULTIPROCESSING
+
+
+class TestMultiprocessingRecycling(_Variant, RecyclingContract):
+    options = MULTIPROCESSING
+
+
+class TestMultiprocessingThreadLimit(_Variant, ThreadLimitContract):
+    options = MULTIPROCESSING
+
+
+class TestMultiprocessingNestedExecutor(_Variant, NestedExecutorContract):
     options = MULTIPROCESSING
 
 
@@ -538,6 +571,17 @@ class TestOptions(ContractBase):
             ({"inner_max_num_threads": 0}, ValueError, "inner_max_num_threads"),
             ({"idle_worker_timeout": -1}, ValueError, "idle_worker_timeout"),
             ({"cloudpickle": "yes"}, TypeError, "cloudpickle"),
+            ({"max_memory_per_child": "1GB"}, ValueError, "multiprocessing"),
+            (
+                {"inner_max_num_threads": 1, "threads_per_worker": 1},
+                ValueError,
+                "not both",
+            ),
+            ({**THREADING, "finalizer": print}, ValueError, "finalizer applies"),
+            ({**THREADING, "threads_per_worker": 2}, ValueError, "threads_per_w"),
+            ({"finalizer": 3}, TypeError, "finalizer must be callable"),
+            ({"forward_logs": 1}, TypeError, "forward_logs"),
+            ({**MULTIPROCESSING, "max_memory_per_child": "lots"}, ValueError, "max_"),
         ],
     )
     def test_bad_options_are_rejected_at_creation(
@@ -585,6 +629,43 @@ class TestOptions(ContractBase):
             return os.environ.get("OMP_NUM_THREADS")
 
         assert executor.submit(limit).result(timeout=BOUND) == "1"
+
+    def test_threads_per_worker_is_inner_max_num_threads(
+        self, make_executor: ExecutorFactory
+    ) -> None:
+        executor = make_executor(threads_per_worker=1)
+        variable, sizes = executor.submit(worker_tasks.thread_limits).result(
+            timeout=BOUND
+        )
+        assert variable == "1"
+        assert all(size == 1 for size in sizes), sizes
+
+    def test_threads_per_worker_none_leaves_the_environment_alone(
+        self, make_executor: ExecutorFactory, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # Neither joblib's default nor ours: the workers inherit the caller's.
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        executor = make_executor(max_workers=1, threads_per_worker=None)
+        variable, _ = executor.submit(worker_tasks.thread_limits).result(timeout=BOUND)
+        assert variable is None
+
+    def test_the_loky_finalizer_runs_at_loky_idle_timeout(
+        self, make_executor: ExecutorFactory, tmp_path: Path
+    ) -> None:
+        # loky lets an idle worker go: it leaves normally, so its hook runs.
+        executor = make_executor(
+            max_workers=1,
+            idle_worker_timeout=0.5,
+            finalizer=worker_tasks.write_finalized,
+            finalargs=(str(tmp_path),),
+        )
+        wid, pid, _ = executor.submit(worker_tasks.who).result(timeout=BOUND)
+        deadline = time.monotonic() + BOUND
+        while not any(p.name.startswith(f"{wid}-{pid}-") for p in tmp_path.iterdir()):
+            assert time.monotonic() < deadline, "the finalizer did not run"
+            time.sleep(0.05)
+        # Its replacement takes the slot again.
+        assert executor.submit(worker_tasks.who).result(timeout=BOUND)[0] == wid
 
 
 # -- the Parallel map engine ------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import multiprocessing.context
 import os
@@ -34,6 +35,7 @@ from ..._options import (
     start_method_of,
 )
 from ..._outcome import WorkerBootstrap
+from ..._workers import AUTO, WorkerSettings
 from ._parallel import parallel_map
 from ._pools import LokyWorkers, MpWorkers, ThreadWorkers, Workers
 from ._trip import translate_error
@@ -56,6 +58,21 @@ LOKY_START_METHODS = ("loky", "loky_init_main", "spawn", "forkserver")
 # Threads share the caller's memory (the process items of the contract do
 # not apply), and cannot be stopped.
 _THREADS = Capabilities(process_isolation=False, task_control=True)
+
+# loky's engine: what issue 26 wired in, except recycling (loky's worker
+# loop decides nothing after a task; the multiprocessing engine recycles).
+_LOKY = Capabilities(
+    task_control=True,
+    terminates_workers=True,
+    shared_memory=True,
+    worker_identity=True,
+    worker_finalizer=True,
+    forwards_logs=True,
+    limits_worker_threads=True,
+    nested_executors=True,
+)
+# The multiprocessing engine: a Pool, warm recycling as on mp_pool.
+_MULTIPROCESSING = dataclasses.replace(_LOKY, recycles_workers=True)
 
 
 def check_pre_dispatch(value: object, workers: int) -> int | str:
@@ -141,8 +158,8 @@ class JoblibExecutor(BaseExecutor):
             process workers as memory maps; ``None`` disables it.
         mmap_mode: Mode of those memory maps in the workers; default ``"r"``.
         temp_folder: Where they are written; default: joblib's choice.
-        inner_max_num_threads: BLAS/OpenMP threads per loky worker; default
-            ``cpus // max_workers`` unless set in the environment (joblib's).
+        inner_max_num_threads: BLAS/OpenMP threads per loky worker, joblib's
+            name for ``threads_per_worker`` (give one or the other).
         cloudpickle: Send the callable and the initializer with the
             project's cloudpickle wrapper, as every process backend does.
         shm_threshold: Buffers of arguments and results (NumPy arrays) of at
@@ -150,12 +167,22 @@ class JoblibExecutor(BaseExecutor):
             workers only; an argument that memmapping takes (above
             ``max_nbytes``) stays a memory map. ``None``: through the pipe
             (see ``docs/large-data.md``).
+        finalizer: Called in each process worker when it leaves normally
+            (shutdown, recycling, loky's idle timeout); an exception there
+            is logged in the caller. Process engines only.
+        finalargs: Arguments for ``finalizer``.
+        threads_per_worker: Cap on each process worker's BLAS/OpenMP
+            threads; default ``"auto"``: ``max(1, cpus // max_workers)``;
+            ``None``: no cap. Process engines only.
+        forward_logs: Send the log records of the process workers' tasks to
+            this process's loggers (default ``True``).
+        max_memory_per_child: Bytes, or a string such as ``"512MB"``: a
+            worker over it after a task is replaced, its replacement
+            started ahead; ``joblib_backend="multiprocessing"`` only.
     """
 
     backend: ClassVar[str] = "joblib"
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        task_control=True, terminates_workers=True, shared_memory=True
-    )
+    capabilities: ClassVar[Capabilities] = _LOKY
     _calls: CallQueue
 
     @classmethod
@@ -188,6 +215,11 @@ class JoblibExecutor(BaseExecutor):
         inner_max_num_threads: int | None = None,
         cloudpickle: bool = True,
         shm_threshold: int | None = _shm.DEFAULT_THRESHOLD,
+        finalizer: Callable[..., object] | None = None,
+        finalargs: tuple[Any, ...] = (),
+        threads_per_worker: int | str | None = AUTO,
+        forward_logs: bool = True,
+        max_memory_per_child: int | str | None = None,
     ) -> None:
         kind = check_choice("joblib_backend", joblib_backend, JOBLIB_BACKENDS)
         threshold = _shm.check_threshold(shm_threshold)
@@ -204,6 +236,20 @@ class JoblibExecutor(BaseExecutor):
             ("mp_context", mp_context, loky or mp, "a process joblib_backend"),
             ("batch_size", batch_size, by_parallel, "map_engine='parallel'"),
             ("pre_dispatch", pre_dispatch, by_parallel, "map_engine='parallel'"),
+            ("finalizer", finalizer, loky or mp, "a process joblib_backend"),
+            (
+                "threads_per_worker",
+                None if threads_per_worker == AUTO else threads_per_worker,
+                loky or mp,
+                "a process joblib_backend",
+            ),
+            (
+                "max_memory_per_child",
+                max_memory_per_child,
+                mp,
+                "joblib_backend='multiprocessing' (loky's workers run loky's "
+                "own loop, which replaces no worker after a task)",
+            ),
         ):
             if value is not None and not applies:
                 raise ValueError(f"{name} applies only with {needs}")
@@ -221,23 +267,47 @@ class JoblibExecutor(BaseExecutor):
             raise TypeError(f"temp_folder must be a path or None, got {temp_folder!r}")
         folder = None if temp_folder is None else os.fspath(temp_folder)
         inner = check_int(inner_max_num_threads, "inner_max_num_threads", minimum=1)
+        if inner is not None and threads_per_worker != AUTO:
+            raise ValueError(
+                "give inner_max_num_threads or threads_per_worker, not both: "
+                "they are the same cap (joblib's name and the project's)"
+            )
+        settings = WorkerSettings(
+            workers=workers,
+            finalizer=finalizer,
+            finalargs=finalargs,
+            threads_per_worker=threads_per_worker,
+            forward_logs=forward_logs,
+            max_memory_per_child=max_memory_per_child,
+            max_tasks_per_child=per_child,
+            in_process=not (loky or mp),
+        )
         if loky:
             context = loky_context(mp_context)
         elif mp:
             context = resolve_mp_context(mp_context)
+            self.capabilities = _MULTIPROCESSING  # type: ignore[misc]
         else:
             self.capabilities = _THREADS  # type: ignore[misc]
         super().__init__(max_workers=workers, cloudpickle=cloudpickle)
         self._joblib_backend = kind
         if initializer is not None:
             initializer = self._prepare(initializer)
+        if finalizer is not None:
+            settings.finalizer = self._prepare(finalizer)
         memmap = (nbytes, mmap_mode, folder)
         pool: Workers
         if loky:
-            bootstrap = WorkerBootstrap(os.getpid(), initializer, initargs)
-            pool = LokyWorkers(workers, context, bootstrap, idle, inner, memmap)
+            # loky sets the thread caps in its workers' environment before
+            # they import anything: the spec applies none of its own.
+            threads = inner if inner is not None else settings.threads
+            bootstrap = WorkerBootstrap(
+                os.getpid(), initializer, initargs, settings.spec(threads=None)
+            )
+            pool = LokyWorkers(workers, context, bootstrap, idle, threads, memmap)
+            pool.settings = settings
         elif mp:
-            pool = MpWorkers(workers, context, initializer, initargs, per_child, memmap)
+            pool = MpWorkers(workers, context, initializer, initargs, settings, memmap)
         else:
             pool = ThreadWorkers(workers, initializer, initargs)
         if loky or mp:

@@ -25,6 +25,8 @@ from ..._callqueue import Call, CallQueue
 from ..._errors import ExecutorFailedError
 from ..._lifecycle import close_at_exit, join_unless_current
 from ..._outcome import WorkerBootstrap
+from ..._workers import WorkerSettings
+from ..._workers._pools import UntilRecycled
 from .._mp.pool import WatchedPool
 from .._mp.watch import MakeError, PoolWatch
 from ._trip import Memmapping, Payload, translate_error
@@ -53,6 +55,8 @@ class Workers:
     #: Buffers of at least this many bytes travel through shared memory,
     #: both ways (process workers only; set by the executor).
     shm_threshold: int | None = None
+    #: The process workers' options of issue 26: its listener ends with them.
+    settings: WorkerSettings | None = None
 
     @property
     def reply(self) -> tuple[Any, ...]:
@@ -123,6 +127,15 @@ class Workers:
     def wait(self) -> None:
         """Block until the workers are gone (after :meth:`release` or kill)."""
 
+    def close_settings(self, wait: bool) -> None:
+        """The workers are going (or gone, with ``wait``): end the listener.
+
+        Without ``wait`` it ends once the leaving workers sent their last
+        records (their finalizers' among them).
+        """
+        if self.settings is not None:
+            self.settings.close(wait)
+
     def kill(self) -> None:
         """Stop every worker now (Ctrl-C)."""
 
@@ -153,15 +166,19 @@ class LokyWorkers(Workers):
         # file once no worker uses it.
         self.memmapping = Memmapping(*memmap, unlink_on_gc_collect=True)
         # Calls and outcomes reach loky as bytes, so it needs no reducers;
-        # the environment is joblib's guard against oversubscription.
+        # the environment is joblib's guard against oversubscription, set
+        # before a worker imports anything (threads_per_worker=None: none).
+        env = None
+        if inner_max_num_threads is not None:
+            env = LokyBackend(
+                inner_max_num_threads=inner_max_num_threads
+            )._prepare_worker_env(workers)
         self.pool = loky.ProcessPoolExecutor(
             max_workers=workers,
             timeout=idle,
             context=context,
             initializer=bootstrap,
-            env=LokyBackend(
-                inner_max_num_threads=inner_max_num_threads
-            )._prepare_worker_env(workers),
+            env=env,
         )
         # Parallel reads backend._workers._temp_folder_manager, which joblib
         # sets on the executors it creates, to find a call's folder.
@@ -201,6 +218,7 @@ class LokyWorkers(Workers):
         self._manager_thread = thread or self._manager_thread
         self.pool.shutdown(wait=block)
         if not block:
+            self.close_settings(wait=False)
             return
         # A done-callback may run in that thread; it cannot wait for itself.
         if self._manager_thread is not threading.current_thread():
@@ -210,6 +228,7 @@ class LokyWorkers(Workers):
             self._manager_thread = None
         assert self.memmapping is not None
         self.memmapping.clean()
+        self.close_settings(wait=True)
 
     def kill(self) -> None:
         self.stopping = True
@@ -285,7 +304,7 @@ class MpWorkers(Workers):
         context: multiprocessing.context.BaseContext,
         initializer: Any,
         initargs: tuple[Any, ...],
-        per_child: int | None,
+        settings: WorkerSettings,
         memmap: MemmapOptions,
     ) -> None:
         super().__init__()
@@ -293,16 +312,25 @@ class MpWorkers(Workers):
         # Pool's workers run no resource tracker (as in joblib's own pool).
         self.memmapping = Memmapping(*memmap, unlink_on_gc_collect=False)
         self._watch = PoolWatch("joblib", context)
+        recycles = settings.max_tasks is not None or settings.max_memory is not None
         try:
             self._pool = WatchedPool(
                 processes=workers,
-                maxtasksperchild=per_child,
+                # The spec counts tasks and memory (as on mp_pool); Pool's
+                # loop ends after the task that made the worker leave.
+                maxtasksperchild=UntilRecycled() if recycles else None,
                 context=context,
-                **self._watch.pool_options(initializer, initargs),
+                **self._watch.pool_options(
+                    initializer, initargs, None, settings.spec()
+                ),
             )
         except BaseException:
             self._watch.discard()
+            settings.close(wait=False)
             raise
+        # A worker that will leave soon has its replacement started now.
+        settings.on_leaving = self._pool.request_spare
+        self.settings = settings
 
     def attach(self, calls: CallQueue) -> None:
         super().attach(calls)
@@ -338,11 +366,13 @@ class MpWorkers(Workers):
             self._watch.kill()
         else:
             self._watch.close()
+        self.close_settings(wait=False)
 
     def wait(self) -> None:
         self._watch.wait()
         assert self.memmapping is not None
         self.memmapping.clean()
+        self.close_settings(wait=True)
 
     def kill(self) -> None:
         self.stopping = True
