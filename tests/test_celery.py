@@ -92,6 +92,22 @@ def _nothing_left() -> Iterator[None]:
         ({"broker": 5}, TypeError, "broker"),
         ({"max_tasks_per_child": 0}, ValueError, "max_tasks_per_child"),
         ({"initializer": 3}, TypeError, "initializer"),
+        ({"broker": "redis://x", "finalizer": print}, TypeError, "'finalizer'"),
+        ({"broker": "redis://x", "finalargs": (1,)}, TypeError, "'finalargs'"),
+        (
+            {"broker": "redis://x", "threads_per_worker": 1},
+            TypeError,
+            "'threads_per_worker'",
+        ),
+        (
+            {"broker": "redis://x", "max_memory_per_child": "1GB"},
+            TypeError,
+            "'max_memory_per_child'",
+        ),
+        ({"finalizer": 3}, TypeError, "finalizer must be callable"),
+        ({"max_memory_per_child": "lots"}, ValueError, "max_memory_per_child"),
+        ({"threads_per_worker": 0}, ValueError, "threads_per_worker"),
+        ({"forward_logs": "yes"}, TypeError, "forward_logs"),
     ],
 )
 def test_bad_options_raise_at_create(
@@ -99,6 +115,38 @@ def test_bad_options_raise_at_create(
 ) -> None:
     with pytest.raises(error, match=match):
         executors.create("celery", **options)
+
+
+def test_an_existing_deployment_declares_no_worker_flags() -> None:
+    """Its workers are not this process's: no slot, listener or hook of ours."""
+    private = CeleryExecutor.capabilities
+    existing = executors.create("celery", broker="redis://127.0.0.1:1", max_workers=2)
+    try:
+        for flag in (
+            "worker_identity",
+            "worker_finalizer",
+            "recycles_workers",
+            "forwards_logs",
+            "limits_worker_threads",
+            "nested_executors",
+        ):
+            assert getattr(private, flag), flag
+            assert not getattr(existing.capabilities, flag), flag
+        assert existing.capabilities.kills_single_task
+    finally:
+        existing.shutdown(wait=True)
+
+
+def test_recycling_maps_to_celerys_own_options() -> None:
+    """max_memory_per_child is Celery's --max-memory-per-child, in KiB."""
+    from executors.backends.celery._deployment import LocalDeployment
+
+    command = LocalDeployment(
+        2, max_tasks_per_child=25, max_memory_per_child=150 * 10**6
+    )._worker_command()
+    assert "--max-tasks-per-child=25" in command
+    assert f"--max-memory-per-child={150 * 10**6 // 1024}" in command
+    assert not any("max-memory" in arg for arg in LocalDeployment(2)._worker_command())
 
 
 def test_app_and_broker_are_exclusive() -> None:

@@ -1,8 +1,9 @@
 """Workers that behave (issue 26), on every backend that declares each item.
 
 The classes select themselves by capability flag; until a backend is wired
-(its flags still False) its tests show as skipped. Celery runs them in its
-shared-deployment module once wired.
+(its flags still False) its tests show as skipped. Celery's executors here
+each start a private deployment (an existing deployment's workers declare
+none of the flags, so the shared-deployment module would skip them all).
 """
 
 from __future__ import annotations
@@ -31,7 +32,16 @@ from executors.testing.workers import (
     WorkerIdentityContract,
 )
 
-BACKENDS = ["inline", "thread", "process", "mp_pool", "queue", "joblib", "dask"]
+BACKENDS = [
+    "inline",
+    "thread",
+    "process",
+    "mp_pool",
+    "queue",
+    "joblib",
+    "dask",
+    "celery",
+]
 
 
 @pytest.fixture(params=BACKENDS)

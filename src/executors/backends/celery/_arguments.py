@@ -69,6 +69,10 @@ def check_arguments(
     max_tasks_per_child: int | None,
     redis_max_memory: int | None,
     lost_worker_timeout: float | Default | None,
+    finalizer: Callable[..., object] | None = None,
+    finalargs: tuple[Any, ...] = (),
+    threads_per_worker: object = "auto",
+    max_memory_per_child: object = None,
 ) -> CeleryArguments:
     """Check the arguments of :class:`~._executor.CeleryExecutor`, in one order.
 
@@ -100,6 +104,10 @@ def check_arguments(
             ("initargs", initargs != ()),
             ("max_tasks_per_child", max_tasks_per_child is not None),
             ("redis_max_memory", redis_max_memory is not None),
+            ("finalizer", finalizer is not None),
+            ("finalargs", finalargs != ()),
+            ("threads_per_worker", threads_per_worker != "auto"),
+            ("max_memory_per_child", max_memory_per_child is not None),
         ):
             if given:
                 raise TypeError(

@@ -52,6 +52,7 @@ from ._redisserver import (
 from .worker import PRIVATE_VARIABLE
 
 __all__ = [
+    "GRACEFUL_SECONDS",
     "QUEUE",
     "START_SECONDS",
     "LocalDeployment",
@@ -64,6 +65,8 @@ QUEUE = "executors"
 #: importing Celery and forking its pool: about a second on an idle
 #: machine, many on a loaded CI runner).
 START_SECONDS = 60.0
+#: How long a warm shutdown of the worker may take before it is killed.
+GRACEFUL_SECONDS = 10.0
 # Variables of the caller's environment the private worker must not take:
 # Celery reads the first two before its own settings, and a configuration
 # module of the caller's own Celery app is not this deployment's.
@@ -118,6 +121,11 @@ class LocalDeployment:
         include: More task modules for the worker to import (``--include``),
             beyond the executors' generic task.
         max_memory: The Redis server's memory cap in bytes.
+        max_memory_per_child: Replace a pool process whose resident memory
+            passed this many bytes after a task (Celery's option, in KiB).
+        graceful: :meth:`stop` asks the worker for Celery's warm shutdown
+            first (bounded by :data:`GRACEFUL_SECONDS`), so that each pool
+            process leaves normally and runs its finalizer.
     """
 
     def __init__(
@@ -127,11 +135,15 @@ class LocalDeployment:
         initializer: bytes | None = None,
         include: tuple[str, ...] = (),
         max_memory: int = DEFAULT_MAX_MEMORY,
+        max_memory_per_child: int | None = None,
+        graceful: bool = False,
     ) -> None:
         self.slots = slots
         self.max_memory = max_memory
         self._include = include
         self._max_tasks_per_child = max_tasks_per_child
+        self._max_memory_per_child = max_memory_per_child
+        self._graceful = graceful
         self._initializer = initializer
         self._binary = redis_server_binary()
         self._folder: str | None = None
@@ -250,6 +262,10 @@ class LocalDeployment:
         ]
         if self._max_tasks_per_child is not None:
             command.append(f"--max-tasks-per-child={self._max_tasks_per_child}")
+        if self._max_memory_per_child is not None:
+            # Celery counts KiB; at least one, so a tiny limit still recycles.
+            kib = max(1, self._max_memory_per_child // 1024)
+            command.append(f"--max-memory-per-child={kib}")
         if self._include:
             command.append(f"--include={','.join(self._include)}")
         return command
@@ -354,6 +370,18 @@ class LocalDeployment:
             with contextlib.suppress(OSError):
                 os.killpg(worker.pid, sig)
 
+    def _stop_warm(self) -> None:
+        # SIGTERM to the main process alone: Celery closes its pool, each
+        # pool process finishes its loop and leaves through billiard's exit
+        # path (worker_process_shutdown: the finalizer runs). Nothing runs
+        # now (the executor is idle), so this takes about a second.
+        worker = self.worker
+        if worker is None or exit_status(worker) is not None:
+            return
+        with contextlib.suppress(OSError):
+            os.kill(worker.pid, signal.SIGTERM)
+        _wait_exit(worker, GRACEFUL_SECONDS)
+
     def kill(self) -> None:
         """Kill the worker (its whole process group) and Redis, now."""
         self.signal_worker(signal.SIGKILL)
@@ -362,7 +390,13 @@ class LocalDeployment:
                 self.redis.kill()
 
     def stop(self) -> None:
-        """Kill everything, reap it and remove the private folder. Idempotent."""
+        """Kill everything, reap it and remove the private folder. Idempotent.
+
+        With ``graceful``, the worker first gets Celery's warm shutdown.
+        """
+        if self._graceful:
+            self._graceful = False
+            self._stop_warm()
         self.kill()
         for proc in (self.worker, self.redis):
             if proc is not None:

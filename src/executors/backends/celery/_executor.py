@@ -46,6 +46,7 @@ signal instead, since those workers are not ours to stop.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import signal
 import threading
@@ -61,6 +62,7 @@ from ..._capabilities import Capabilities
 from ..._errors import ExecutorFailedError, ExecutorInterruptedError
 from ..._lifecycle import join_unless_current
 from ..._outcome import dumps
+from ..._workers import AUTO, WorkerSettings
 from ._arguments import DEFAULT, Default, check_arguments
 from ._celeryside import discover_slots, failure, make_app, worker_lost_error
 from ._connection import DeploymentConnection
@@ -73,6 +75,17 @@ from .worker import refused_for_memory
 __all__ = ["CeleryExecutor"]
 
 T = TypeVar("T")
+
+# Flags of issue 26 that the private deployment's workers earn and an
+# existing deployment's do not (see CeleryExecutor.capabilities).
+_WORKER_FLAGS = (
+    "worker_identity",
+    "worker_finalizer",
+    "recycles_workers",
+    "forwards_logs",
+    "limits_worker_threads",
+    "nested_executors",
+)
 
 
 class CeleryExecutor(BaseExecutor):
@@ -102,6 +115,21 @@ class CeleryExecutor(BaseExecutor):
             tasks fail with ``WorkerCrashedError`` (default 10; ``None``
             never gives up on them). See :mod:`._lostwatch`.
         cloudpickle: Send the callable with cloudpickle (lambdas work).
+        finalizer: Private deployment only: called in each pool process
+            when it leaves normally (shutdown, recycling); an exception
+            there is logged in the caller. With a finalizer, ``shutdown()``
+            stops the worker warm (Celery's SIGTERM) before it kills it.
+        finalargs: Arguments for ``finalizer``.
+        threads_per_worker: Private deployment only: cap on each pool
+            process's BLAS/OpenMP threads; default ``"auto"``:
+            ``max(1, cpus // max_workers)``; ``None``: no cap.
+        forward_logs: Private deployment: the log records of tasks reach
+            this process's loggers (default ``True``). An existing
+            deployment's workers send none (its flags say so).
+        max_memory_per_child: Private deployment only: bytes, or a string
+            such as ``"512MB"``; Celery's own ``--max-memory-per-child``:
+            a pool process over it after a task is replaced (cold: Celery
+            starts the new one once the old one has left).
     """
 
     backend = "celery"
@@ -114,6 +142,14 @@ class CeleryExecutor(BaseExecutor):
         stops_timed_out_tasks=True,
         kills_single_task=True,
         terminates_workers=True,
+        # Issue 26, on the private deployment (an existing one's instances
+        # declare none: see _EXISTING); recycling is Celery's own, cold.
+        worker_identity=True,
+        worker_finalizer=True,
+        recycles_workers=True,
+        forwards_logs=True,
+        limits_worker_threads=True,
+        nested_executors=True,
     )
     _calls: CallQueue
 
@@ -131,6 +167,11 @@ class CeleryExecutor(BaseExecutor):
         redis_max_memory: int | None = None,
         lost_worker_timeout: float | Default | None = DEFAULT,
         cloudpickle: bool = True,
+        finalizer: Callable[..., object] | None = None,
+        finalargs: tuple[Any, ...] = (),
+        threads_per_worker: int | str | None = AUTO,
+        forward_logs: bool = True,
+        max_memory_per_child: int | str | None = None,
     ) -> None:
         checked = check_arguments(
             max_workers=max_workers,
@@ -143,8 +184,23 @@ class CeleryExecutor(BaseExecutor):
             max_tasks_per_child=max_tasks_per_child,
             redis_max_memory=redis_max_memory,
             lost_worker_timeout=lost_worker_timeout,
+            finalizer=finalizer,
+            finalargs=finalargs,
+            threads_per_worker=threads_per_worker,
+            max_memory_per_child=max_memory_per_child,
         )
         existing, workers = checked.existing, checked.workers
+        # Checked before anything starts; the workers count recycling
+        # themselves (Celery's options), not the spec.
+        settings = WorkerSettings(
+            workers=workers,
+            finalizer=finalizer,
+            finalargs=finalargs,
+            threads_per_worker=threads_per_worker if not existing else None,
+            forward_logs=forward_logs,
+            max_memory_per_child=max_memory_per_child,
+            max_tasks_per_child=checked.max_tasks_per_child,
+        )
         if existing and app is None:
             app = make_app(broker, backend or broker, {})
             owns_app = True
@@ -161,16 +217,33 @@ class CeleryExecutor(BaseExecutor):
                 raise
         super().__init__(max_workers=workers, cloudpickle=cloudpickle)
         self._deployment: LocalDeployment | None = None
-        if not existing:
-            payload = None
+        self._worker_settings: WorkerSettings | None = None
+        if existing:
+            # Its workers are not this process's: none of them knows this
+            # executor's slots, listener or hook.
+            self.capabilities = _EXISTING  # type: ignore[misc]
+        else:
             if initializer is not None:
-                # Pickled now: a bad initializer fails create().
-                payload = dumps((self._prepare(initializer), initargs))
+                initializer = self._prepare(initializer)
+            if finalizer is not None:
+                settings.finalizer = self._prepare(finalizer)
+            # Pickled now: a bad initializer or finalizer fails create().
+            # The slots are billiard's indexes; Celery counts the tasks and
+            # the memory (--max-tasks-per-child, --max-memory-per-child).
+            spec = settings.spec(max_memory=None, max_tasks=None)
+            try:
+                payload = dumps((initializer, initargs, spec))
+            except BaseException:
+                settings.close(wait=False)
+                raise
+            self._worker_settings = settings
             self._deployment = LocalDeployment(
                 workers,
                 checked.max_tasks_per_child,
                 payload,
                 max_memory=checked.max_memory,
+                max_memory_per_child=settings.max_memory,
+                graceful=finalizer is not None,
             )
         # The error of a task whose message or result the private Redis
         # server refused at its memory cap; an existing deployment's
@@ -238,7 +311,7 @@ class CeleryExecutor(BaseExecutor):
                 shut_down = self._shutdown_started
                 self._connected = not shut_down
         if shut_down:
-            self._connection.close()
+            self._close_connection()
             raise RuntimeError("cannot schedule new futures after shutdown")
 
     def _submit(
@@ -288,7 +361,7 @@ class CeleryExecutor(BaseExecutor):
         with self._lock:
             released, self._released = self._released, True
         if not released:
-            self._connection.close()
+            self._close_connection()
 
     def _shutdown(self, wait: bool, cancel_futures: bool) -> None:
         self._calls.close(cancel_futures)
@@ -306,7 +379,13 @@ class CeleryExecutor(BaseExecutor):
             if self._released or self._ending:
                 return  # terminate_workers(): _signal_workers tears down
             self._released = True
+        self._close_connection()
+
+    def _close_connection(self) -> None:
         self._connection.close()
+        # The worker is gone: what its pool processes sent has arrived.
+        if self._worker_settings is not None:
+            self._worker_settings.close(wait=True)
 
     # -- the calls ----------------------------------------------------------------
 
@@ -351,3 +430,9 @@ class CeleryExecutor(BaseExecutor):
                 continue  # its result arrived meanwhile
             error = worker_lost_error(worker, silent, self._lost_after)
             self._calls.settle(call, error=error)
+
+
+# An existing deployment's workers: none of the worker flags holds.
+_EXISTING = dataclasses.replace(
+    CeleryExecutor.capabilities, **dict.fromkeys(_WORKER_FLAGS, False)
+)

@@ -19,21 +19,26 @@ module, as the worker imports it:
 * reads the broker URL (with the Redis password) from its pipe, never
   from the environment, and removes the variable: nothing a task or its
   subprocesses can read holds the password;
-* reads the initializer's pickle and deletes the file: the bytes stay in
-  this process's memory, and every pool process forked later gets them;
+* reads the pickled ``(initializer, initargs, worker spec)`` and deletes
+  the file: the bytes stay in this process's memory, and every pool
+  process forked later gets them;
 * starts a thread that waits for the caller to end and then kills the
   Redis server, removes the private folder and ends this process, so a
   caller killed with SIGKILL or SIGTERM leaves nothing behind;
 
-and connects three hooks:
+and connects four hooks:
 
 * **worker_process_init** (each pool process): exit with the caller and
   with the main process (:func:`executors._parentwatch.exit_with_parent`),
   take the caller's import path and working directory (the main process
   runs in the private folder, so that nothing planted in the caller's
-  working directory is imported by Celery), then run the user's
-  initializer; if it raises, report it, print the traceback and exit with
+  working directory is imported by Celery), start as a worker of the
+  executor (issue 26: its slot is billiard's index, its log records go to
+  the caller, its thread caps apply), then run the user's initializer; if
+  it raises, report it, print the traceback and exit with
   ``INITIALIZER_FAILED_EXITCODE``.
+* **worker_process_shutdown** (a pool process leaving normally: shutdown,
+  recycling): run the finalizer and send the last log records.
 * **worker_ready**: tell the caller the worker consumes.
 * **task_internal_error** (a pool process could not store a result): if
   Redis refused it for its memory cap, tell the caller which task lost its
@@ -44,6 +49,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import multiprocessing
+import multiprocessing.process
 import os
 import pickle
 import shutil
@@ -52,12 +59,14 @@ import sys
 import tempfile
 import threading
 import traceback
-from typing import Any
+from typing import Any, NoReturn
 
+import billiard.process
 from celery import Celery, signals
 
 from ..._bootstrap import INITIALIZER_FAILED_EXITCODE
 from ..._parentwatch import PARENT_GONE_EXITCODE, exit_with_parent, wait_until_gone
+from ..._workers import leave_process
 
 # The generic task: shared_task registers it with this app too.
 from . import task as _task  # noqa: F401
@@ -234,25 +243,64 @@ def _on_process_init(**_: Any) -> None:
     if _initializer is None:
         return
     pid = os.getpid()
+    try:
+        # After _enter_callers_place: the pickles may name the caller's
+        # modules.
+        initializer, initargs, spec = pickle.loads(_initializer)
+    except BaseException as exc:
+        _init_failed(pid, exc)
+    if spec is not None:
+        # Billiard numbers its pool processes; a replacement takes the
+        # index of the process it replaces (Pool._avail_index).
+        spec.start(index=billiard.process.current_process().index)
+        _let_tasks_start_processes()
+    if initializer is None:
+        return
     _report({"event": "init", "pid": pid})
     try:
-        initializer, initargs = pickle.loads(_initializer)
         initializer(*initargs)
     except BaseException as exc:
-        summary = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        _report(
-            {
-                "event": "init-failed",
-                "pid": pid,
-                "summary": _shorten(summary, 500, tail=False),
-                "text": _shorten(text, 3000, tail=True),
-            }
-        )
-        traceback.print_exc()
-        sys.stderr.flush()
-        os._exit(INITIALIZER_FAILED_EXITCODE)
+        _init_failed(pid, exc)
     _report({"event": "init-ok", "pid": pid})
+
+
+def _let_tasks_start_processes() -> None:
+    """Let a task start a ``multiprocessing`` pool of its own (nested executors).
+
+    Billiard makes its pool process multiprocessing's current process too,
+    with billiard's authentication key, which refuses to be pickled outside
+    billiard's own spawning: a stdlib pool started by a task with spawn or
+    forkserver failed with "Pickling an AuthenticationString object is
+    disallowed". The same key, as the stdlib's type.
+    """
+    stdlib_key: Any = vars(multiprocessing.process)["AuthenticationString"]
+    config = vars(multiprocessing.current_process())["_config"]
+    key = config.get("authkey")
+    if key is not None and not isinstance(key, stdlib_key):
+        config["authkey"] = stdlib_key(bytes(key))
+
+
+def _init_failed(pid: int, exc: BaseException) -> NoReturn:
+    summary = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    _report(
+        {
+            "event": "init-failed",
+            "pid": pid,
+            "summary": _shorten(summary, 500, tail=False),
+            "text": _shorten(text, 3000, tail=True),
+        }
+    )
+    traceback.print_exc()
+    sys.stderr.flush()
+    os._exit(INITIALIZER_FAILED_EXITCODE)
+
+
+def _on_process_shutdown(**_: Any) -> None:
+    # A pool process leaving normally (shutdown, recycling): billiard ends
+    # it with os._exit, which runs no atexit hook, so its finalizer and its
+    # last log records go here.
+    leave_process()
 
 
 def _on_internal_error(
@@ -285,4 +333,5 @@ _start_private()
 # Connected here, not by decorator: Celery's decorators are untyped.
 signals.worker_ready.connect(_on_worker_ready)
 signals.worker_process_init.connect(_on_process_init)
+signals.worker_process_shutdown.connect(_on_process_shutdown)
 signals.task_internal_error.connect(_on_internal_error)
