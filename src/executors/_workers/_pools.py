@@ -21,6 +21,12 @@ starts nothing.
 worker leave (:class:`UntilRecycled`); ``WorkerSettings(on_leaving=)``
 calls :meth:`SparePoolMixin.request_spare`, and the worker handler thread
 starts the spare.
+
+"Soon" comes early enough only if the spare has started by the time the
+old worker leaves. The spec's own rule (half of ``max_tasks_per_child``)
+leaves 12 tasks of lead at 25: 15 ms for 1 ms tasks, less than a worker
+takes to start on a loaded machine. :func:`replacement_due` adds a rule
+by time: the worker's pace so far says when it will reach its limit.
 """
 
 from __future__ import annotations
@@ -29,12 +35,13 @@ import concurrent.futures.process
 import multiprocessing.pool
 import os
 import threading
+import time
 from collections.abc import MutableMapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import _ExecutorManagerThread, _threads_wakeups
 from typing import Any
 
-from ._context import recycling
+from ._context import WorkerContext, current, recycling
 
 # Typed as the running Python has it: typeshed's stubs for 3.10 have no
 # exit_pid.
@@ -45,7 +52,56 @@ __all__ = [
     "SparePoolMixin",
     "UntilRecycled",
     "recycling_process_worker",
+    "replacement_due",
 ]
+
+#: A worker that will reach ``max_tasks_per_child`` within about this long,
+#: at the pace of its tasks so far, has its replacement started now: about
+#: what a worker takes to start on a loaded machine (tens of milliseconds
+#: forked from a fork server that preloaded the package, most of a second
+#: under spawn). A spare that started early waits, idle, for the slot.
+LEAD_SECONDS = 1.0
+
+# This process's worker context, and when its first task ended.
+_first_task: tuple[WorkerContext, float] | None = None
+
+
+def replacement_due(announce: bool = False) -> bool:
+    """After a task: whether this worker's replacement should start now.
+
+    True once the worker said it will leave soon, by the spec's rules
+    (``after_task``) or by its pace: the tasks it has left, at the mean
+    time per task since its first ended, take less than
+    :data:`LEAD_SECONDS`. With ``announce``, a worker that says so here
+    first tells the caller as ``after_task`` does (for a pool that learns
+    it through ``WorkerSettings(on_leaving=)``); either way it is said
+    once.
+    """
+    global _first_task
+    context = current()
+    if context is None:
+        return False
+    if context.soon or context.leaving:
+        return context.soon
+    limit = context.max_tasks
+    if limit is None:
+        return False
+    now = time.monotonic()
+    if _first_task is None or _first_task[0] is not context:
+        _first_task = (context, now)
+        return False
+    done = context.tasks - 1  # tasks since the first ended
+    if done <= 0:
+        return False
+    pace = (now - _first_task[1]) / done
+    if (limit - context.tasks) * pace > LEAD_SECONDS:
+        return False
+    context.soon = True
+    forwarder = context.forwarder
+    if announce and forwarder is not None:
+        # The notice after_task sends (see WorkerContext.after_task).
+        forwarder.announce(("l", os.getpid(), context.index))
+    return True
 
 
 def recycling_process_worker(
@@ -83,6 +139,7 @@ def recycling_process_worker(
         except BaseException as e:
             exception = _stdlib._ExceptionWithTraceback(e, e.__traceback__)
         leaving, soon = recycling()
+        soon = soon or replacement_due()
         exit_pid = None
         if leaving:
             exit_pid = os.getpid()
@@ -205,40 +262,83 @@ class UntilRecycled(int):
         return UntilRecycled, ()
 
 
+class _SpareRequest:
+    """A stand-in in Pool's list of workers: one that exited, so to speak.
+
+    Pool's worker handler starts workers only after it reaped one that
+    exited, and only up to ``processes``: this one reads as exited (it is
+    reaped at once, and leaves no sentinel to wait on), and
+    :class:`_PoolSize` then counts the spare in.
+    """
+
+    exitcode = 0
+    pid = None
+    name = "executors-spare-request"
+
+    def is_alive(self) -> bool:
+        return False
+
+    def join(self, timeout: float | None = None) -> None:
+        return None
+
+    def terminate(self) -> None:
+        return None
+
+    def kill(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+class _PoolSize(int):
+    """Pool's ``processes``, one more for each worker whose spare was asked for.
+
+    Pool's worker handler starts ``processes - len(pool)`` workers after a
+    reap, and reads ``processes`` nowhere else. A spare is counted only
+    while the worker it replaces is still in the pool: one that has left
+    already (its announcement came with its last task) is replaced by
+    Pool as any other, so the pool never grows past one spare per worker
+    about to leave.
+    """
+
+    owner: SparePoolMixin
+    leaving: list[int]
+
+    def __sub__(self, other: int) -> int:
+        owner = self.owner
+        with owner._spare_lock:
+            leaving, self.leaving = self.leaving, []
+        present = {worker.pid for worker in owner._pool}
+        spares = sum(1 for pid in leaving if pid in present)
+        return int(self) + spares - other
+
+
 class SparePoolMixin(multiprocessing.pool.Pool):
     """A Pool that starts a spare worker when asked (put it first in the bases).
 
-    Its worker handler thread starts workers, as in Pool; a spare is one
-    beyond ``processes`` while the worker it replaces finishes its task.
+    Its worker handler thread starts workers, as in Pool (nowhere else, so
+    nothing races with it): :meth:`request_spare` hands it a
+    :class:`_SpareRequest` to reap, and a :class:`_PoolSize` that counts
+    the spare. A spare is one beyond ``processes`` while the worker it
+    replaces finishes its tasks.
     """
 
-    _spares = 0
-    _spare_lock = threading.Lock()
+    _pool: list[Any]
+    _processes: int
+    _change_notifier: Any
+
+    def __init__(self, processes: int | None = None, *args: Any, **kwargs: Any) -> None:
+        self._spare_lock = threading.Lock()
+        size = _PoolSize(os.cpu_count() or 1 if processes is None else processes)
+        size.owner = self
+        size.leaving = []
+        super().__init__(size, *args, **kwargs)
 
     def request_spare(self, pid: int = 0, slot: int | None = None) -> None:
-        """Start a spare soon: ``WorkerSettings(on_leaving=)`` calls it."""
+        """Start a spare for worker ``pid`` soon: ``WorkerSettings(on_leaving=)``."""
+        size: Any = self._processes
         with self._spare_lock:
-            self._spares += 1
-        pool: Any = self
-        pool._change_notifier.put(None)  # wakes the worker handler
-
-    def _take_spares(self) -> int:
-        with self._spare_lock:
-            spares, self._spares = self._spares, 0
-        return spares
-
-    def Process(self, ctx: Any, *args: Any, **kwds: Any) -> Any:  # type: ignore[override]
-        # Bound, unlike Pool's static one: _maintain_pool finds the pool
-        # through it (Pool passes it to its worker handler).
-        return super().Process(ctx, *args, **kwds)
-
-    @staticmethod
-    def _maintain_pool(
-        ctx: Any, Process: Any, processes: int, pool: list[Any], *rest: Any
-    ) -> None:
-        owner = getattr(Process, "__self__", None)
-        spares = owner._take_spares() if isinstance(owner, SparePoolMixin) else 0
-        Pool: Any = multiprocessing.pool.Pool
-        if Pool._join_exited_workers(pool) or spares:
-            wanted = max(processes, len(pool) + spares)
-            Pool._repopulate_pool_static(ctx, Process, wanted, pool, *rest)
+            size.leaving.append(pid)
+        self._pool.append(_SpareRequest())
+        self._change_notifier.put(None)  # wakes the worker handler

@@ -61,6 +61,7 @@ from .._base import BaseExecutor
 from .._callqueue import Call, CallQueue
 from .._capabilities import Capabilities
 from .._errors import ExecutorInterruptedError
+from .._forkserver import preload_in_forkserver
 from .._lifecycle import close_at_exit
 from .._map import Chunk, ChunkResult
 from .._options import check_process_pool_options, cpu_count, start_method_of
@@ -323,6 +324,8 @@ class MpPoolExecutor(BaseExecutor):
         if finalizer is not None:
             settings.finalizer = self._prepare(finalizer)
         recycles = settings.max_tasks is not None or settings.max_memory is not None
+        # Workers (and their replacements) fork ready, not importing us.
+        preload_in_forkserver(context)
         watch = PoolWatch(self.backend, context)
         try:
             slots = TaskSlots(context, workers)

@@ -48,6 +48,7 @@ from .._errors import (
     WorkerCrashedError,
     describe_exitcode,
 )
+from .._forkserver import preload_in_forkserver
 from .._lifecycle import join_unless_current
 from .._map import Chunk, ChunkResult
 from .._options import check_process_pool_options, cpu_count, start_method_of
@@ -233,6 +234,8 @@ class ProcessExecutor(BaseExecutor):
             initializer = self._prepare(initializer)
         if finalizer is not None:
             settings.finalizer = self._prepare(finalizer)
+        # Workers (and their replacements) fork ready, not importing us.
+        preload_in_forkserver(context)
         self._workers = settings
         self._manager: threading.Thread | None = None
         # The signal terminate_workers()/kill_workers() sent, if any.

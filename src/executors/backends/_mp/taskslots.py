@@ -29,6 +29,7 @@ from multiprocessing.context import BaseContext
 from typing import Any
 
 from ..._outcome import Outcome, dump_error, run_call
+from ..._workers._pools import replacement_due
 
 __all__ = ["STOP_KILLED", "STOP_SKIPPED", "TaskSlots", "run_tracked"]
 
@@ -202,7 +203,10 @@ def run_tracked(
     """
     slot = _worker_slot
     if slot is None:
-        return run_call(payload, False, None, shm_threshold)
+        outcome = run_call(payload, False, None, shm_threshold)
+        # A recycled worker's replacement starts in time (see _workers._pools).
+        replacement_due(announce=True)
+        return outcome
     slots, index = slot
     lock = slots.lock
     with lock:
@@ -212,11 +216,13 @@ def run_tracked(
         if index >= 0:
             slots.calls[index] = call_id
     try:
-        return run_call(payload, False, None, shm_threshold)
+        outcome = run_call(payload, False, None, shm_threshold)
     finally:
         if index >= 0:
             with lock:
                 slots.calls[index] = 0
+    replacement_due(announce=True)
+    return outcome
 
 
 def _pid_exists(pid: int) -> bool:
