@@ -494,3 +494,63 @@ def test_merge_rounds_notes_a_round_that_failed() -> None:
     assert record["samples"] == {"a": [1.0, 1.0]}
     assert record["notes"] == ["one round of 3: hung: hung after 8 s"]
     assert merge_rounds([TargetRun(spec, [bad])]).records == [bad]
+
+
+@pytest.mark.timeout(400)
+def test_recycle_compares_recycling_with_none_and_bounds_the_stdlib_hang(
+    tmp_path: Path,
+) -> None:
+    # ProcessPoolExecutor(max_tasks_per_child=) hangs on some CPython
+    # releases (gh-115634): the run reports it rather than hang, and kills it.
+    done, left = _bench(
+        [
+            "--quick",
+            "--repeats",
+            "1",
+            "--backends",
+            "process,mp_pool,thread,raw.ProcessPoolExecutor,raw.Pool",
+            "--no-counterparts",
+            "--workloads",
+            "recycle",
+            "--json",
+            str(tmp_path / "out.json"),
+        ],
+        cwd=tmp_path,
+        timeout=360,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((tmp_path / "out.json").read_text(encoding="utf-8"))
+    records = _records(report)
+    for name in ("process", "mp_pool", "raw.Pool"):
+        record = records[(name, "recycle")]
+        assert record["status"] == "ok", record
+        samples = record["samples"]
+        assert len(samples["recycling"]) == len(samples["plain"]) == 1
+        ratio = samples["recycling"][0] / samples["plain"][0]
+        assert samples["ratio"] == [pytest.approx(ratio)]
+        assert record["params"]["max_tasks_per_child"] == 25
+    # thread has no max_tasks_per_child: not measured, and said why.
+    assert records[("thread", "recycle")]["status"] == "unsupported"
+    raw = records[("raw.ProcessPoolExecutor", "recycle")]
+    assert raw["status"] == "ok", raw
+    if raw["params"].get("hung"):
+        assert raw["samples"]["recycling"] == []
+        assert any("gh-115634" in note for note in raw["notes"])
+    else:
+        assert len(raw["samples"]["recycling"]) == 1
+    assert "Recycling: 500 tasks of 1 ms" in done.stdout
+    assert left == []
+
+
+def test_measurement_child_imports_no_workload_before_it_runs() -> None:
+    # Under spawn and forkserver every worker of a measured pool imports
+    # the child module as its __main__: a recycling pool starts one every
+    # few tasks, and would be measured importing the benchmark.
+    code = (
+        "import sys, executors.bench._child; "
+        "print(sorted(m for m in sys.modules if m.startswith('executors.bench.')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "['executors.bench._child']"

@@ -15,12 +15,10 @@ import os
 import sys
 import time
 import traceback
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from ._config import Config
-from ._measure import Context, WrongResult
-from ._targets import TargetSpec, Unsupported
-from ._workloads import WORKLOADS
+if TYPE_CHECKING:
+    from ._measure import Context
 
 __all__ = ["SHUTDOWN", "main"]
 
@@ -34,6 +32,10 @@ def _emit(events: IO[str], event: dict[str, Any]) -> None:
 
 
 def _run_one(ctx: Context, name: str) -> dict[str, Any]:
+    from ._measure import WrongResult
+    from ._targets import Unsupported
+    from ._workloads import WORKLOADS
+
     began = time.perf_counter()
     record: dict[str, Any] = {"event": "result", "workload": name}
     try:
@@ -64,6 +66,13 @@ def _run_one(ctx: Context, name: str) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the job described by ``argv[0]``, writing events to ``argv[1]``."""
+    # Imported here, not above: under spawn and forkserver every worker
+    # of every pool measured here imports this module as its __main__ (it
+    # runs as `python -m`), and a recycling pool starts one every few tasks.
+    from ._config import Config
+    from ._measure import Context
+    from ._targets import TargetSpec
+
     args = sys.argv[1:] if argv is None else argv
     with open(args[0], encoding="utf-8") as f:
         job = json.load(f)

@@ -44,6 +44,9 @@ class Config:
         share_tasks: Tasks that read it (100).
         stream_items: Items of the streaming generator (10,000,000).
         stream_buffersize: ``buffersize`` of the streaming map (1,000).
+        recycle_tasks: Tasks of the recycle workload (2,000).
+        recycle_task_seconds: Each one sleeps this long (1 ms).
+        recycle_per_child: ``max_tasks_per_child`` of its recycling pool (25).
         stream_rss_cap_mb: Growth at which a streaming run is stopped, so a
             target that reads its whole input cannot exhaust the memory.
         func: ``--func module:callable``.
@@ -76,6 +79,9 @@ class Config:
     stream_items: int = 10_000_000
     stream_buffersize: int = 1_000
     stream_rss_cap_mb: float = 500.0
+    recycle_tasks: int = 2_000
+    recycle_task_seconds: float = 0.001
+    recycle_per_child: int = 25
     func: str | None = None
     inputs: str | None = None
     cwd: str = "."
@@ -133,6 +139,7 @@ def make_config(*, quick: bool, **overrides: Any) -> Config:
             share_mb=16.0,
             share_tasks=20,
             stream_items=50_000,
+            recycle_tasks=500,
         )
     clean = {key: value for key, value in overrides.items() if value is not None}
     return dataclasses.replace(config, **clean)

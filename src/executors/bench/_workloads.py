@@ -25,6 +25,7 @@ from ._pool_workloads import (
     run_tiny,
     run_tiny_large,
 )
+from ._recycle import run_recycle
 from ._streaming import run_streaming
 from ._targets import Unsupported
 
@@ -240,6 +241,24 @@ WORKLOADS: dict[str, WorkloadInfo] = {
             ),
             (),
             run_share,
+            in_quick=False,
+        ),
+        WorkloadInfo(
+            "recycle",
+            lambda c: (
+                f"Recycling: {c.recycle_tasks:,} tasks of "
+                f"{c.recycle_task_seconds * 1e3:g} ms on {c.workers} workers, "
+                f"max_tasks_per_child={c.recycle_per_child} vs none, "
+                "alternately (tasks/s, higher is better)"
+            ),
+            (
+                Metric("recycling", "recycling", "tasks/s", True),
+                Metric("plain", "no recycling", "tasks/s", True),
+                Metric("ratio", "recycling / none", "x", True),
+            ),
+            (Ratio("recycling vs raw", "recycling", "recycling"),),
+            run_recycle,
+            # Seconds per run even when recycling is cheap.
             in_quick=False,
         ),
         WorkloadInfo(
