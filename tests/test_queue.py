@@ -977,3 +977,20 @@ def test_stopping_workers_right_after_a_crash_returns(how: str) -> None:
         assert time.monotonic() - start < 10
     finally:
         ex.shutdown(wait=False)
+
+
+def test_no_work_is_sent_ahead_to_a_worker_whose_task_already_runs_long() -> None:
+    # Tasks so far were tiny, so send-ahead would allow several behind any
+    # busy worker; but one that has run a long task for a while keeps its
+    # pipe empty, and tiny tasks submitted now all finish on the other.
+    import time as _time
+
+    with executors.create("queue", max_workers=2) as ex:
+        assert list(ex.map(tasks.identity, range(50))) == list(range(50))
+        held = ex.submit(tasks.sleep_and_return, 3.0, "held")
+        _time.sleep(0.3)
+        quick = [ex.submit(tasks.identity, i) for i in range(8)]
+        for i, future in enumerate(quick):
+            assert future.result(timeout=2.5) == i
+        assert not held.done()
+        assert held.result(timeout=30) == "held"

@@ -391,6 +391,15 @@ class BaseExecutor(BackendHooks, futures.Executor, metaclass=ABCMeta):
         if slots is not None:
             slots.close()
 
+    def _submit_map_item(
+        self, fn: Callable[..., T], args: tuple[Any, ...]
+    ) -> Future[T]:
+        # A map bounds itself (buffersize): its items take no max_pending
+        # slot and never wait for one.
+        with self._lock:
+            self._check_open()
+            return self._submit(fn, args, {})
+
     def _submit_chunk_task(
         self, fn: Callable[..., Any], chunk: _map.Chunk
     ) -> Future[_map.ChunkResult]:

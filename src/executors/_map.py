@@ -70,8 +70,8 @@ class MapSource(Protocol):
 
     def _map_workers(self) -> int: ...
 
-    def _submit_task(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    def _submit_map_item(
+        self, fn: Callable[..., Any], args: tuple[Any, ...]
     ) -> Future[Any]: ...
 
     def _submit_chunk_task(
@@ -191,7 +191,7 @@ class MapRun:
             if chunked:
                 fut: Future[Any] = self.source._submit_chunk_task(self.fn, chunk)
             else:
-                fut = self.source._submit_task(self.fn, chunk.args(0), {})
+                fut = self.source._submit_map_item(self.fn, chunk.args(0))
         task = _Task(fut, len(chunk), chunked)
         if self.ordered:
             self.pending.append(task)

@@ -50,6 +50,7 @@ library moves ``bytes`` uses :func:`pack` and :func:`unpack`.
 from __future__ import annotations
 
 import _thread
+import atexit
 import contextlib
 import fcntl
 import mmap
@@ -57,6 +58,7 @@ import os
 import pickle
 import struct
 import threading
+import time
 import warnings
 import weakref
 from collections import deque
@@ -163,8 +165,15 @@ class Shipment:
         self._segment.state = _RELEASED
 
     def until_picked(self) -> None:
-        """Keep the segment until a receiver has taken it (sent once)."""
+        """Keep the segment until a receiver has taken it (sent once).
+
+        A process that exits with such a segment not yet taken waits for
+        the receiver first, up to :data:`EXIT_PICK_SECONDS` (a worker that
+        leaves after its last task, at ``max_tasks_per_child``): its
+        segment goes with it, and a result on it would be lost.
+        """
         self._segment.state = _PICKED_ONLY
+        _wait_at_exit()
 
     def retire(self) -> None:
         """Never write it again; close it once no receiver holds it.
@@ -534,6 +543,51 @@ def ship(buffers: Sequence[Any], resident: bool = True) -> Shipment | None:
                 stacklevel=2,
             )
         return None
+
+
+def unpicked() -> bool:
+    """Whether a segment of this process, sent once, is not taken yet."""
+    arena = _arena
+    if arena is None:
+        return False
+    with arena.lock:
+        return any(
+            segment.state == _PICKED_ONLY
+            and _WORD.unpack_from(segment.mm, _PICKED)[0] != segment.lease
+            for segment in arena.own
+        )
+
+
+def wait_picked(bound: float) -> None:
+    """Wait, up to ``bound`` seconds, until this process's messages are taken.
+
+    For a worker about to exit while its last result may be unread: its
+    segment must still be there when the receiver opens it.
+    """
+    deadline = time.monotonic() + bound
+    while unpicked() and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+
+#: How long an exiting process waits for its last messages to be taken.
+#: Bounded: a receiver that is gone never takes them.
+EXIT_PICK_SECONDS = 10.0
+_exit_wait_pid: int | None = None
+
+
+def _wait_at_exit() -> None:
+    """Register, once per process, the wait for unread messages at exit."""
+    global _exit_wait_pid
+    if _exit_wait_pid == os.getpid():
+        return
+    _exit_wait_pid = os.getpid()
+    # A multiprocessing child runs these finalizers as it exits (it skips
+    # atexit); any other process runs atexit. Both run it: the second
+    # finds nothing unread.
+    from multiprocessing import util
+
+    util.Finalize(None, wait_picked, args=(EXIT_PICK_SECONDS,), exitpriority=100)
+    atexit.register(wait_picked, EXIT_PICK_SECONDS)
 
 
 def take(refs: bytes | memoryview) -> list[memoryview]:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import _thread
 import contextlib
 import pickle
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -208,20 +207,4 @@ def wait_picked(bound: float) -> None:
     For a worker about to exit while its last result may be unread: its
     segment must still be there when the parent opens it.
     """
-    deadline = time.monotonic() + bound
-    while _unpicked() and time.monotonic() < deadline:
-        time.sleep(0.001)
-
-
-def _unpicked() -> bool:
-    """Whether a segment of this process, sent once, is not taken yet."""
-    # executors._shm has no public way to ask this yet.
-    arena = _shm._arena
-    if arena is None:
-        return False
-    with arena.lock:
-        return any(
-            segment.state == _shm._PICKED_ONLY
-            and _shm._WORD.unpack_from(segment.mm, _shm._PICKED)[0] != segment.lease
-            for segment in arena.own
-        )
+    _shm.wait_picked(bound)

@@ -6,7 +6,10 @@ without waiting for a round trip through the manager thread.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
+
+from ._board import STARTED
 
 if TYPE_CHECKING:
     from ._items import WorkerHandle
@@ -19,7 +22,7 @@ __all__ = ["AHEAD_SECONDS", "MAX_TASKS_AHEAD", "pick_worker"]
 # (a wake-up can take a millisecond on a loaded machine). Items sent ahead
 # can no longer be cancelled and may wait behind a long task while another
 # worker idles, so the pool sends ahead only about AHEAD_SECONDS of work,
-# judged by the average task so far: none for tasks that long, one before
+# judged by the average task so far: none for tasks that long, none before
 # any task has finished, at most MAX_TASKS_AHEAD for tiny ones.
 AHEAD_SECONDS = 0.02
 MAX_TASKS_AHEAD = 8
@@ -35,7 +38,9 @@ def pick_worker(pool: Pool, size: int) -> WorkerHandle | None:
     """
     seconds = pool.task_seconds
     if seconds is None:
-        ahead = 1
+        # No task has finished: the one running may be long, and an item
+        # sent behind it would wait there while another worker idles.
+        ahead = 0
     elif seconds >= AHEAD_SECONDS:
         ahead = 0
     else:
@@ -60,6 +65,7 @@ def pick_worker(pool: Pool, size: int) -> WorkerHandle | None:
                 and not worker.outbox
                 and worker.held_bytes + size <= worker.capacity
                 and (busy is None or held < len(busy.held))
+                and not _running_long(pool, worker)
             ):
                 busy = worker
         else:
@@ -80,3 +86,16 @@ def pick_worker(pool: Pool, size: int) -> WorkerHandle | None:
     ):
         return busy
     return None
+
+
+def _running_long(pool: Pool, worker: WorkerHandle) -> bool:
+    """Whether the worker's current task has run past the send-ahead budget.
+
+    The average says tasks are short, but this one is not (a task that
+    waits on an event, a slow outlier): an item sent behind it would wait
+    there while other workers take the queue.
+    """
+    started = pool.board.read(worker.slot)[STARTED]
+    if started <= 0:  # not started yet, or returned
+        return False
+    return time.monotonic_ns() - started > AHEAD_SECONDS * 1e9
