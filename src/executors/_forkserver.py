@@ -29,16 +29,25 @@ __all__ = ["WORKER_MODULES", "preload_in_forkserver"]
 
 #: What the workers of this package's process backends import to run:
 #: their start-up, their worker loops and what unpickling a call needs.
+#: Preloaded only once the caller has imported them (see above).
 WORKER_MODULES = (
     "executors.backends.process",
     "executors.backends.mp_pool",
     "executors.backends.queue._worker",
-    # Imported by what a worker unpickles (functions by value, locks,
-    # shared counters, shared memory), not by the modules above.
+)
+
+#: What every worker imports after the fork otherwise, whatever the caller
+#: has imported: running the caller's main module (``runpy``), its own
+#: process object, functions pickled by value, locks, shared memory. The
+#: standard library and a dependency: always importable.
+_ALWAYS = (
     "cloudpickle",
+    "multiprocessing.popen_forkserver",
     "multiprocessing.shared_memory",
     "multiprocessing.sharedctypes",
     "multiprocessing.synchronize",
+    "pkgutil",
+    "runpy",
 )
 
 
@@ -62,7 +71,8 @@ def preload_in_forkserver(
     running = getattr(server, "_forkserver_pid", None) is not None
     if running or not isinstance(listed, list):
         return
-    missing = [name for name in modules if name in sys.modules and name not in listed]
+    wanted = [*_ALWAYS, *(name for name in modules if name in sys.modules)]
+    missing = [name for name in wanted if name not in listed]
     if not missing:
         return
     # Private names may change in a later Python: a preload is only speed.

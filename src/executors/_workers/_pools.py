@@ -14,8 +14,8 @@ starts nothing.
 
     worker: task ─▶ after_task() ─▶ _ResultItem(exit_pid=-pid) once "soon"
                                     _ResultItem(exit_pid=pid), then exit, when leaving
-    manager thread: exit_pid < 0 ─▶ start a spare now (its own thread, no race)
-                    exit_pid > 0 ─▶ the stdlib joins it; a spare already fills the slot
+    manager thread: exit_pid < 0 ─▶ start a spare now (this thread alone adds workers)
+                    exit_pid > 0 ─▶ out of the pool, not joined: the spare has its slot
 
 ``multiprocessing.Pool``: the loop ends after the task that made the
 worker leave (:class:`UntilRecycled`); ``WorkerSettings(on_leaving=)``
@@ -41,7 +41,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import _ExecutorManagerThread, _threads_wakeups
 from typing import Any
 
-from ._context import WorkerContext, current, recycling
+from ._context import WorkerContext, current, leave_process, recycling
 
 # Typed as the running Python has it: typeshed's stubs for 3.10 have no
 # exit_pid.
@@ -157,6 +157,8 @@ def recycling_process_worker(
         # The stdlib's reason: free the task's objects before waiting.
         del result, call_item, exception
         if leaving:
+            # Now, not at the exit: frees the slot its spare waits for.
+            leave_process()
             return
 
 
@@ -256,7 +258,12 @@ class UntilRecycled(int):
         return super().__new__(cls, 1)
 
     def __gt__(self, completed: object) -> bool:
-        return not recycling()[0]
+        leaving = recycling()[0]
+        if leaving:
+            # Its last result is sent: leave now, not at the exit, which
+            # frees the slot its spare waits for.
+            leave_process()
+        return not leaving
 
     def __reduce__(self) -> tuple[Any, tuple[()]]:
         return UntilRecycled, ()

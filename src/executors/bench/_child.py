@@ -64,6 +64,28 @@ def _run_one(ctx: Context, name: str) -> dict[str, Any]:
     return record
 
 
+# This module's own name, also when it runs as __main__ (python -m).
+_MODULE = __spec__.name if __spec__ is not None else __name__
+_PACKAGE = _MODULE.rpartition(".")[0]
+
+
+def _preload_harness() -> None:
+    """Have a fork server import this module and the tasks before it forks.
+
+    Each worker started under forkserver runs this module again as its
+    ``__main__`` (the stdlib preloads a main module run by path, not one
+    run with ``-m``): what it imports would be timed as every target's
+    worker start-up. Set before any pool starts the server, so for every
+    target alike; a backend adds its own modules to the list.
+    """
+    import multiprocessing
+
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        multiprocessing.set_forkserver_preload(
+            ["__main__", _MODULE, "json", "traceback", f"{_PACKAGE}._tasks"]
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the job described by ``argv[0]``, writing events to ``argv[1]``."""
     # Imported here, not above: under spawn and forkserver every worker
@@ -83,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     # inherit sys.path).
     if config.cwd not in sys.path:
         sys.path.insert(0, config.cwd)
+    _preload_harness()
     ctx = Context(spec, config)
     with open(args[1], "a", encoding="utf-8") as events:
         for name in job["workloads"]:
