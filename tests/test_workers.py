@@ -23,7 +23,7 @@ import executors
 from executors._workers import WorkerSettings, parse_size, rss_bytes
 from executors._workers._limits import default_threads_per_worker
 from executors._workers._slots import Slot
-from executors.testing.workers import (
+from executors.testing import (
     LogForwardingContract,
     NestedExecutorContract,
     RecyclingContract,

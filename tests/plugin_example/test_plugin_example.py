@@ -35,19 +35,26 @@ import pytest
 import executors
 from executors import _registry
 from executors.testing import (
+    BackpressureContract,
     BadInputContract,
     CallbackContract,
     CrashContract,
     InitializerContract,
     InitializerFaultContract,
     LeakContract,
+    LogForwardingContract,
     MapContract,
+    NestedExecutorContract,
     PicklingFaultContract,
+    RecyclingContract,
     ReferenceContract,
     ShutdownContract,
     SubmitContract,
     TaskControlContract,
+    ThreadLimitContract,
     WorkerCrashContract,
+    WorkerFinalizerContract,
+    WorkerIdentityContract,
 )
 
 if sys.version_info >= (3, 11):
@@ -211,4 +218,36 @@ class TestReferences(ReferenceContract):
 
 
 class TestTaskControl(TaskControlContract):
+    pass
+
+
+class TestBackpressure(BackpressureContract):
+    pass
+
+
+# The worker classes (issue 26): each selects itself by the capability flag
+# it needs; the plugin declares none, so they show as skipped with why.
+
+
+class TestWorkerIdentity(WorkerIdentityContract):
+    pass
+
+
+class TestWorkerFinalizer(WorkerFinalizerContract):
+    pass
+
+
+class TestLogForwarding(LogForwardingContract):
+    pass
+
+
+class TestRecycling(RecyclingContract):
+    pass
+
+
+class TestThreadLimit(ThreadLimitContract):
+    pass
+
+
+class TestNestedExecutor(NestedExecutorContract):
     pass

@@ -47,6 +47,14 @@ if TYPE_CHECKING:
     from .shutdown import ShutdownContract, ShutdownFaultContract
     from .submit import SubmitContract
     from .task_control import TaskControlContract
+    from .workers import (
+        LogForwardingContract,
+        NestedExecutorContract,
+        RecyclingContract,
+        ThreadLimitContract,
+        WorkerFinalizerContract,
+        WorkerIdentityContract,
+    )
 
 # Imported on first use (PEP 562): worker processes unpickle the task
 # functions of ``executors.testing.tasks``, and importing this package must
@@ -78,6 +86,12 @@ _EXPORTS = {
     "PicklingFaultContract": ".pickling",
     "ShutdownFaultContract": ".shutdown",
     "WorkerCrashContract": ".crash",
+    "LogForwardingContract": ".workers",
+    "NestedExecutorContract": ".workers",
+    "RecyclingContract": ".workers",
+    "ThreadLimitContract": ".workers",
+    "WorkerFinalizerContract": ".workers",
+    "WorkerIdentityContract": ".workers",
 }
 
 
@@ -105,7 +119,9 @@ __all__ = [
     "InitializerContract",
     "InitializerFaultContract",
     "LeakContract",
+    "LogForwardingContract",
     "MapContract",
+    "NestedExecutorContract",
     "PicklingFaultContract",
     "PoolApplyContract",
     "PoolCrashContract",
@@ -113,12 +129,16 @@ __all__ = [
     "PoolLifecycleContract",
     "PoolMapContract",
     "PoolStdlibErrorsContract",
+    "RecyclingContract",
     "ReferenceContract",
     "ShutdownContract",
     "ShutdownFaultContract",
     "SubmitContract",
     "TaskControlContract",
+    "ThreadLimitContract",
     "WorkerCrashContract",
+    "WorkerFinalizerContract",
+    "WorkerIdentityContract",
     "child_processes",
     "wait_for_no_new_children",
 ]

@@ -4,11 +4,13 @@ It shows everything a backend writes, and nothing more. The base class
 :class:`executors.backend.BaseExecutor` owns the guards of ``submit`` (broken, shut
 down, interpreter exiting), argument checks, ``map``, ``map_unordered``,
 ``progress``, the context manager and the interpreter-exit hook; a backend
-supplies three hooks::
+implements hooks of :class:`executors.backend.BackendHooks`, the two
+required ones and two optional ones its threads need::
 
     _submit(fn, args, kwargs) -> Future   # start one task (under the lock)
     _shutdown(wait, cancel_futures)       # release the workers
     _broken_error() -> exception | None   # why submit must refuse, if it must
+    _in_own_task() -> bool                # called from one of its threads?
 
 and puts an :class:`executors.backend.CallQueue` in front of whatever runs the
 calls (here, threads). The call queue hands over one call per free thread,
@@ -123,6 +125,12 @@ class SimpleThreadExecutor(BaseExecutor):
 
     def _broken_error(self) -> BaseException | None:
         return self._calls.broken_error()
+
+    def _in_own_task(self) -> bool:
+        # Tasks run in threads of the caller's process: a task that submits
+        # at the max_pending bound must raise, not wait for a slot that the
+        # thread it runs in may be the one to free.
+        return threading.current_thread() in self._threads
 
     # -- the workers -------------------------------------------------------
 
