@@ -22,9 +22,17 @@ pytestmark = pytest.mark.timeout(120)
 CALLER_SIDE = frozenset(
     {
         "executors._base",
+        "executors._call",
+        "executors._callbridge",
+        "executors._callcontrol",
         "executors._callqueue",
+        "executors._chunkplan",
         "executors._control",
+        "executors._hooks",
         "executors._map",
+        "executors._pending",
+        "executors._workers._loglisten",
+        "executors._workers._settings",
     }
 )
 
@@ -44,6 +52,16 @@ BACKEND_CALLER_SIDE = frozenset(
         "executors.backends.dask._cluster",
         "executors.backends.dask._dispatch",
         "executors.backends.dask._executor",
+        "executors.backends.queue._executor",
+        "executors.backends.queue._pool",
+        "executors.backends.queue._spawn",
+        "executors.backends.queue._triage",
+        "executors.backends.queue._manager",
+        "executors.backends.queue._items",
+        "executors.backends.queue._sendahead",
+        "executors.backends.celery._executor",
+        "executors.backends.celery._connection",
+        "executors.backends.celery._deployment",
     }
 )
 
