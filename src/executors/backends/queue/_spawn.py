@@ -15,10 +15,10 @@ import threading
 import time
 from collections.abc import Iterable
 from multiprocessing.connection import Connection
-from multiprocessing.context import BaseContext
 from typing import TYPE_CHECKING
 
 from ..._errors import ExecutorFailedError
+from ..._forkserver import preload_in_forkserver
 from ._board import FIELDS, SENT
 from ._items import KillReason, WorkerHandle
 from ._wire import Channel
@@ -213,29 +213,6 @@ def _grow_pipe(conn: Connection) -> int:
         return int(fcntl.fcntl(fd, _F_GETPIPE_SZ))
     except OSError:
         return MIN_PIPE_BYTES
-
-
-def preload_in_forkserver(ctx: BaseContext) -> None:
-    """Have the forkserver import the worker module before it forks anyone.
-
-    A worker forked from a server that has already imported this package
-    starts in milliseconds instead of re-importing it (about 100 ms, and
-    seconds on a loaded machine) every time: this decides how fast crashed
-    or retired workers are replaced. Only possible before the server starts;
-    the modules already listed (``__main__`` by default) stay listed.
-    """
-    from multiprocessing import forkserver
-
-    server = getattr(forkserver, "_forkserver", None)
-    modules = getattr(server, "_preload_modules", None)
-    running = getattr(server, "_forkserver_pid", None) is not None
-    if running or not isinstance(modules, list) or _WORKER_MODULE in modules:
-        return
-    with contextlib.suppress(Exception):
-        ctx.set_forkserver_preload([*modules, _WORKER_MODULE])
-
-
-_WORKER_MODULE = run_worker.__module__
 
 
 def close_quietly(worker: WorkerHandle) -> None:
