@@ -34,6 +34,7 @@ from ..._options import (
     start_method_of,
 )
 from ..._serialize import portable, unwrap
+from ..._workers import WorkerSettings
 from ._items import Task
 from ._manager import Manager
 from ._payload import dumps, dumps_chunk
@@ -133,6 +134,14 @@ class QueueExecutor(BaseExecutor):
         shm_threshold: Buffers of arguments and results (NumPy arrays) of at
             least this many bytes travel through shared memory; ``None``:
             through the pipe (see ``docs/large-data.md``).
+        finalizer: Called in each worker when it leaves normally (shutdown,
+            ``max_tasks_per_child``); an exception there is logged in the
+            caller on ``executors.workers``.
+        finalargs: Arguments for ``finalizer``.
+        threads_per_worker: Cap the BLAS/OpenMP thread pools of each worker;
+            default ``max(1, cpus // max_workers)``; ``None``: leave them.
+        forward_logs: A task's ``logging`` records reach the caller's
+            loggers (see ``docs/workers.md``).
     """
 
     backend = "queue"
@@ -143,6 +152,11 @@ class QueueExecutor(BaseExecutor):
         kills_single_task=True,
         terminates_workers=True,
         shared_memory=True,
+        worker_identity=True,
+        worker_finalizer=True,
+        forwards_logs=True,
+        limits_worker_threads=True,
+        nested_executors=True,
     )
     _calls: CallQueue
 
@@ -162,6 +176,10 @@ class QueueExecutor(BaseExecutor):
         task_timeout: float | None = None,
         cloudpickle: bool = True,
         shm_threshold: int | None = _shm.DEFAULT_THRESHOLD,
+        finalizer: Callable[..., object] | None = None,
+        finalargs: tuple[Any, ...] = (),
+        threads_per_worker: int | str | None = "auto",
+        forward_logs: bool = True,
     ) -> None:
         threshold = _shm.check_threshold(shm_threshold)
         workers, context, per_child = check_process_pool_options(
@@ -176,11 +194,24 @@ class QueueExecutor(BaseExecutor):
             # Direct construction; create() passes it as a task option.
             timeout = check_seconds(task_timeout, "task_timeout", positive=True)
             self._task_options = TaskOptions(timeout=timeout)
+        settings = WorkerSettings(
+            workers=workers,
+            finalizer=finalizer,
+            finalargs=finalargs,
+            threads_per_worker=threads_per_worker,
+            forward_logs=forward_logs,
+        )
         super().__init__(max_workers=workers, cloudpickle=cloudpickle)
         if initializer is not None and self._portable_callables:
             # Workers started by spawn or forkserver receive it pickled.
             initializer = portable(initializer)
+        if settings.finalizer is not None and self._portable_callables:
+            settings.finalizer = portable(settings.finalizer)
+        self._workers = settings
         pool = Pool(context, workers, initializer, initargs, per_child, self)
+        # Each worker starts from it at its own board row (its slot): the
+        # pool counts its workers' tasks itself.
+        pool.worker_spec = settings.spec(max_tasks=None)
         pool.shm_threshold = self._shm_threshold = threshold
         # The pool and its call queue hold each other, never the executor:
         # an executor dropped without shutdown() is collected, and the
@@ -316,6 +347,8 @@ class QueueExecutor(BaseExecutor):
         self._pool.close()
         if wait:
             join_unless_current(self._manager)
+        # With wait, once every worker has sent its last records.
+        self._workers.close(wait=wait)
 
     def _interrupt(self) -> None:
         # Ctrl-C in a `with` block: kill the workers now rather than let

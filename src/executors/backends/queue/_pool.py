@@ -81,6 +81,7 @@ from ._wire import INIT_FAILED, PARTIAL, READY, Message, frame
 
 if TYPE_CHECKING:
     from ..._callqueue import Call, CallQueue
+    from ..._workers import WorkerSpec
 
 __all__ = ["Pool"]
 
@@ -119,6 +120,9 @@ class Pool:
         self.ctx = ctx
         self.max_workers = max_workers
         self.initializer = initializer
+        # What each worker starts from (executors._workers); set by the
+        # executor.
+        self.worker_spec: WorkerSpec | None = None
         self.initargs = initargs
         self.max_tasks = max_tasks_per_child
         self.lock = threading.Lock()

@@ -163,6 +163,7 @@ class Spawner:
                 os.getpid(),
                 close_fds,
                 pool.shm_threshold,
+                pool.worker_spec,
             ),
             name=f"executors-queue-worker-{slot}",
         )

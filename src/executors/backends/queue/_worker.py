@@ -43,6 +43,7 @@ from typing import Any
 from ..._parentwatch import exit_with_parent
 from ..._remote import picklable_exception, result_not_sent
 from ..._serialize import unwrap
+from ..._workers._context import WorkerSpec, after_task
 from ._board import END, FIELDS, ITEM, RETURNED, SENT, STARTED, TASK, Board
 from ._payload import dumps, dumps_outcome, loads, wait_picked
 from ._wire import (
@@ -84,6 +85,7 @@ def run_worker(
     caller: int,
     close_fds: Sequence[int],
     shm_threshold: int | None = None,
+    worker: WorkerSpec | None = None,
 ) -> None:
     """The entry point of a worker process.
 
@@ -101,8 +103,14 @@ def run_worker(
             fork; closed so that only the parent holds them.
         shm_threshold: Results' buffers of at least this many bytes go back
             through shared memory (see :mod:`._payload`).
+        worker: Identity, state, thread caps, logs and finalizer
+            (:mod:`executors._workers`); the worker's slot is its board row.
     """
     exit_with_parent(caller)
+    if worker is not None:
+        # Before the initializer: it may fill worker_state(), and the
+        # libraries it imports see the thread caps.
+        worker.start(index=slot)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for fd in close_fds:
         with contextlib.suppress(OSError):
@@ -183,6 +191,7 @@ class _Runner:
         except BaseException as exc:
             if view[started]:
                 view[started] = RETURNED
+            after_task()
             _send_exception(
                 self.outbox, ERROR, message.task_id, exc, time.perf_counter() - start
             )
@@ -190,6 +199,8 @@ class _Runner:
         # The timeout stops here: pickling and sending a large result is not
         # the task's run.
         view[started] = RETURNED
+        # The task's log records reach the caller before its outcome.
+        after_task()
         elapsed = time.perf_counter() - start
         try:
             body, buffers = dumps_outcome(value, self.shm_threshold)
@@ -257,6 +268,7 @@ class _Runner:
             error = exc
         if view[base + STARTED]:
             view[base + STARTED] = RETURNED
+        after_task()
         self._send_values(
             CHUNK_DONE, task_id, values, error, time.perf_counter() - start
         )
