@@ -3,7 +3,8 @@
 Where the workers are other processes and the backend declares
 ``capabilities.shared_memory``, the handle reaches each task as the object
 itself, mapped read-only; on ``thread`` and ``inline`` ``share`` returns the
-object; elsewhere it refuses, naming the backend.
+object; on ``dask`` it is Dask's scatter with broadcast; ``celery`` refuses,
+naming the backend.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def test_share_gives_every_task_the_object_or_refuses_by_name(backend: str) -> N
     cls = executors.list_backends()
     info = {b.name: b for b in cls}[backend]
     caps = info.capabilities
-    if caps.process_isolation and not caps.shared_memory:
+    if backend == "celery":
         with (
             _create(backend) as ex,
             pytest.raises(
@@ -71,7 +72,7 @@ def test_share_gives_every_task_the_object_or_refuses_by_name(backend: str) -> N
         assert results == [float(array.sum()) * i for i in range(6)]
         # At any depth of an argument.
         writable, _pid = ex.submit(_first_writable, {"deep": [handle]}).result(60)
-        if caps.process_isolation:
+        if caps.shared_memory:
             assert not writable, "a shared array reached a task writable"
 
 
@@ -102,3 +103,15 @@ def test_a_small_shared_object_reaches_a_task_too() -> None:
     with _create("process") as ex:
         handle = ex.share({"model": "weights"})
         assert ex.submit(tasks.identity, handle).result(60) == {"model": "weights"}
+
+
+def test_a_released_dask_handle_cannot_be_sent_and_shutdown_releases_the_rest() -> None:
+    with _create("dask") as ex:
+        released = ex.share(np.ones(1000))
+        kept = ex.share(np.ones(1000))
+        assert ex.submit(_sum_of, released, 1).result(60) == 1000.0
+        released.release()
+        with pytest.raises(ValueError, match="was released; share"):
+            ex.submit(_sum_of, released, 1).result(60)
+        assert ex.submit(_sum_of, kept, 2).result(60) == 2000.0
+    assert kept.released

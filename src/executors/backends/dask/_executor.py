@@ -6,6 +6,7 @@ import functools
 import multiprocessing.context
 import threading
 import uuid
+import weakref
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from typing import Any, TypeVar
@@ -28,6 +29,7 @@ from . import _scheduler_side
 from ._cluster import START_METHOD_KEY, Runtime, connect, start_local_cluster
 from ._dispatch import Dispatch, translate
 from ._options import check_options
+from ._shared import DaskShared
 from ._worker import InitializerPlugin, summarize
 
 __all__ = ["DaskExecutor"]
@@ -225,6 +227,26 @@ class DaskExecutor(BaseExecutor):
         self, fn: Callable[..., Any], chunk: _map.Chunk
     ) -> Future[_map.ChunkResult]:
         return self._submit(_map.run_chunk, (fn, chunk), {}, chunk=True)
+
+    def share(self, obj: Any) -> Any:
+        """Place ``obj`` on every worker once: Dask's scatter with broadcast.
+
+        Returns a handle that each task receives as the object (read from
+        its worker's memory, not sent with the task); ``handle.release()``
+        lets Dask forget it, and ``shutdown()`` releases what is left. A
+        worker that joins the cluster later fetches it from another one.
+        """
+        self._start()
+        manager = self._manager
+        if manager is None:  # pragma: no cover - _start raised instead
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        future = manager.runtime.client.scatter(obj, broadcast=True, hash=False)
+        handle = DaskShared(future, obj)
+        with self._lock:
+            if self._shared is None:
+                self._shared = weakref.WeakSet()
+            self._shared.add(handle)
+        return handle
 
     def _interrupt(self) -> None:
         # Ctrl-C leaving a `with` block: stop now, not after the tasks.
