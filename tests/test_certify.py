@@ -14,8 +14,10 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -65,11 +67,22 @@ def certify(
     tmp_path: Path, target: str, *args: str, bound: float
 ) -> tuple[int, dict[str, Any], str]:
     """Run the command; return (exit status, its JSON, its output)."""
+    # The run's own temporary files go here, to check none is left. A short
+    # path: a fork server's socket lives under TMPDIR, and a unix socket's
+    # path holds at most 107 bytes (pytest's tmp_path is longer than that
+    # allows once multiprocessing adds its own folder).
+    tmpdir = Path(tempfile.mkdtemp(prefix="cert-", dir="/tmp"))
+    try:
+        return _certify(tmp_path, tmpdir, target, *args, bound=bound)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _certify(
+    tmp_path: Path, tmpdir: Path, target: str, *args: str, bound: float
+) -> tuple[int, dict[str, Any], str]:
     out = tmp_path / "card.json"
     mark = uuid.uuid4().hex
-    # The run's own temporary files go here, to check none is left.
-    tmpdir = tmp_path / "tmp"
-    tmpdir.mkdir()
     env = {
         **os.environ,
         MARK: mark,
