@@ -264,16 +264,6 @@ def test_a_worker_leaving_after_max_tasks_has_its_last_result_taken() -> None:
     assert _own_memfds() == 0
 
 
-def test_threshold_none_sends_through_the_pipe() -> None:
-    with executors.create("queue", max_workers=1, shm_threshold=None) as ex:
-        back = ex.submit(same, np.ones(4 * MB // 8)).result(timeout=60)
-        assert (back == 1.0).all()
-        assert ex.submit(memfds).result(timeout=60) == 0
-        del back
-    _settle()
-    assert _own_memfds() == 0
-
-
 # -- nothing leaks -------------------------------------------------------------
 
 
@@ -381,84 +371,6 @@ def test_a_caller_stopped_mid_transfer_leaks_nothing(
     assert not alive, f"processes still hold segments: {alive}"
     assert _dev_shm() - before == set()
     assert "memfd" not in err and "leaked" not in err, err
-
-
-def test_normal_shutdown_is_quiet_and_holds_nothing(tmp_path: Path) -> None:
-    script = tmp_path / "normal.py"
-    script.write_text(
-        textwrap.dedent(
-            f"""
-            import sys
-            import numpy as np
-            import executors
-            sys.path.insert(0, {str(TESTS)!r})
-            from _shm_tasks import same, memfds
-
-            if __name__ == "__main__":
-                with executors.create("queue", max_workers=2) as ex:
-                    for back in ex.map(same, [np.ones(1 << 18)] * 4):
-                        assert back[0] == 1.0
-                    del back
-                print("held", memfds(), flush=True)
-            """
-        )
-    )
-    done = subprocess.run(
-        [sys.executable, str(script)],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "held 0" in done.stdout
-    assert done.stderr == "", done.stderr
-
-
-def test_without_shared_memory_the_pipe_carries_it_with_one_warning(
-    tmp_path: Path,
-) -> None:
-    # A file-size limit makes the kernel refuse to size a segment (EFBIG),
-    # as a full memory would refuse to back it.
-    script = tmp_path / "limited.py"
-    script.write_text(
-        textwrap.dedent(
-            f"""
-            import resource, signal, sys
-            import numpy as np
-            import executors
-            sys.path.insert(0, {str(TESTS)!r})
-            from _shm_tasks import same
-
-            if __name__ == "__main__":
-                signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-                resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, 1 << 16))
-                array = np.ones(1 << 18)
-                with executors.create("queue", max_workers=1) as ex:
-                    for _ in range(3):
-                        back = ex.submit(same, array).result()
-                        assert back.flags.writeable and (back == 1.0).all()
-                print("ok", flush=True)
-            """
-        )
-    )
-    done = subprocess.run(
-        [sys.executable, str(script)],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "ok" in done.stdout
-    lines = [
-        line
-        for line in done.stderr.splitlines()
-        if "shared memory is unavailable" in line
-    ]
-    # One in the caller; the worker, under the same limit, warns once too.
-    assert 1 <= len(lines) <= 2, done.stderr
-    assert "File too large" in lines[0]
 
 
 def test_a_dropped_message_lets_its_segment_go() -> None:

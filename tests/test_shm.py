@@ -409,7 +409,7 @@ def test_no_resource_tracker_warning_on_normal_shutdown(tmp_path: Path) -> None:
             from _shm_tasks import same, memfds
 
             if __name__ == "__main__":
-                for backend in ("process", "mp_pool"):
+                for backend in ("process", "mp_pool", "queue"):
                     with executors.create(backend, max_workers=2) as ex:
                         for back in ex.map(same, [np.ones(1 << 18)] * 4):
                             assert back[0] == 1.0
@@ -433,8 +433,9 @@ def test_no_resource_tracker_warning_on_normal_shutdown(tmp_path: Path) -> None:
 # -- no shared memory: the pipe ----------------------------------------------
 
 
+@pytest.mark.parametrize("backend", ["process", "queue"])
 def test_without_shared_memory_the_pipe_carries_it_with_one_warning(
-    tmp_path: Path,
+    backend: str, tmp_path: Path
 ) -> None:
     # A file-size limit makes the kernel refuse to size a segment (EFBIG),
     # as a full memory would refuse to back it.
@@ -452,7 +453,7 @@ def test_without_shared_memory_the_pipe_carries_it_with_one_warning(
                 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
                 resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, 1 << 16))
                 array = np.ones(1 << 18)
-                with executors.create("process", max_workers=1) as ex:
+                with executors.create({backend!r}, max_workers=1) as ex:
                     for _ in range(3):
                         back = ex.submit(same, array).result()
                         assert back.flags.writeable and (back == 1.0).all()
@@ -479,12 +480,15 @@ def test_without_shared_memory_the_pipe_carries_it_with_one_warning(
     assert "File too large" in warnings[0]
 
 
-def test_threshold_none_sends_through_the_pipe() -> None:
-    with executors.create("process", max_workers=1, shm_threshold=None) as ex:
+@pytest.mark.parametrize("backend", ["process", "queue"])
+def test_threshold_none_sends_through_the_pipe(backend: str) -> None:
+    with executors.create(backend, max_workers=1, shm_threshold=None) as ex:
         array = np.ones(4 * MB // 8)
         back = ex.submit(same, array).result(timeout=60)
         assert (back == 1.0).all()
         assert ex.submit(memfds).result(timeout=60) == 0
+        del back
+    _settle_own_segments()
     assert _own_memfds() == 0
 
 
