@@ -51,6 +51,7 @@ from ._lifecycle import (
     interpreter_exiting,
 )
 from ._options import check_callable, check_map_arguments
+from ._outcome import Shared
 from ._pending import PendingSlots, taking_max_pending
 from ._serialize import portable
 
@@ -207,8 +208,6 @@ class BaseExecutor(BackendHooks, futures.Executor, metaclass=ABCMeta):
                 "(capabilities.shared_memory is false): pass the object to "
                 "each task, or keep it where every worker can read it"
             )
-        from ._outcome import Shared
-
         handle = Shared(obj)
         with self._lock:
             if self._shared is None:

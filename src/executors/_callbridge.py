@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._call import Call, dropped_by_library
 from ._chunks import Chunk, ChunkResult, run_chunk
@@ -31,19 +31,22 @@ class LibraryBridge:
     #: shared memory (set by a backend whose workers take them).
     shm_threshold: int | None
 
-    def submit(self, future: Future[Any], payload: Any, *, chunk: bool = False) -> Call:
-        raise NotImplementedError
+    # CallQueue's own methods this part calls (declared for the type checker).
+    if TYPE_CHECKING:
 
-    def settle(
-        self,
-        call: Call,
-        value: Any = None,
-        error: BaseException | None = None,
-        *,
-        retry: bool = True,
-        release: bool = True,
-    ) -> bool:
-        raise NotImplementedError
+        def submit(
+            self, future: Future[Any], payload: Any, *, chunk: bool = False
+        ) -> Call: ...
+
+        def settle(
+            self,
+            call: Call,
+            value: Any = None,
+            error: BaseException | None = None,
+            *,
+            retry: bool = True,
+            release: bool = True,
+        ) -> bool: ...
 
     def submit_pickled(
         self,

@@ -14,7 +14,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._call import Call
 from ._control import timer
@@ -40,22 +40,22 @@ class TaskControl:
     _stop: Callable[[Call], bool] | None
     _run_left: Callable[[Call, float], float | None] | None
 
-    def settle(
-        self,
-        call: Call,
-        value: Any = None,
-        error: BaseException | None = None,
-        *,
-        retry: bool = True,
-        release: bool = True,
-    ) -> bool:
-        raise NotImplementedError
+    # CallQueue's own methods this part calls (declared for the type checker).
+    if TYPE_CHECKING:
 
-    def _pump(self, check_idle: bool = True) -> None:
-        raise NotImplementedError
+        def settle(
+            self,
+            call: Call,
+            value: Any = None,
+            error: BaseException | None = None,
+            *,
+            retry: bool = True,
+            release: bool = True,
+        ) -> bool: ...
 
-    def _check_idle(self) -> None:
-        raise NotImplementedError
+        def _pump(self, check_idle: bool = True) -> None: ...
+
+        def _check_idle(self) -> None: ...
 
     def _retryable(self, call: Call, error: BaseException) -> bool:
         options = call.options
