@@ -17,7 +17,7 @@ that starts with :data:`executors._shm.MAGIC` (a pickle never does) is
 unpacked by :func:`loads`. The sender copies its buffers into the segment
 once; the receiver's values live on its pages. The caller's segment is
 held while the body lives (a call's body is kept for sending it again);
-a worker's, until the parent has taken it (:func:`wait_picked` before the
+a worker's, until the parent has taken it (:func:`executors._shm.wait_picked` before the
 worker exits). If shared memory cannot be had, the buffers travel through
 the pipe as without it, after :func:`executors._shm.ship`'s one warning.
 """
@@ -45,7 +45,6 @@ __all__ = [
     "dumps_outcome",
     "loads",
     "place",
-    "wait_picked",
     "worth_placing",
 ]
 
@@ -163,7 +162,7 @@ class SenderGone(Exception):
     """A message's shared memory went with its sender, before it was taken.
 
     Only a worker killed right after sending does this (one leaving on its
-    own waits, :func:`wait_picked`): the message is lost with the worker.
+    own waits, :func:`executors._shm.wait_picked`): the message is lost with the worker.
     """
 
 
@@ -199,12 +198,3 @@ def discard(message: Message) -> None:
         # An OSError: the sender is gone, and its segment with it.
         with contextlib.suppress(OSError):
             _unpack(message.body)
-
-
-def wait_picked(bound: float) -> None:
-    """Wait, up to ``bound`` seconds, until this process's messages are taken.
-
-    For a worker about to exit while its last result may be unread: its
-    segment must still be there when the parent opens it.
-    """
-    _shm.wait_picked(bound)

@@ -40,12 +40,13 @@ from itertools import starmap
 from multiprocessing.connection import Connection
 from typing import Any
 
+from ... import _shm
 from ..._parentwatch import exit_with_parent
 from ..._remote import picklable_exception, result_not_sent
 from ..._serialize import unwrap
 from ..._workers._context import WorkerSpec, after_task
 from ._board import END, FIELDS, ITEM, RETURNED, SENT, STARTED, TASK, Board
-from ._payload import dumps, dumps_outcome, loads, wait_picked
+from ._payload import dumps, dumps_outcome, loads
 from ._wire import (
     CALL,
     CHUNK_DONE,
@@ -164,7 +165,7 @@ class _Runner:
             done += 1
         # The parent opens a result's shared memory through this process:
         # it must not be gone before the parent has taken its last one.
-        wait_picked(LAST_RESULT_SECONDS)
+        _shm.wait_picked(LAST_RESULT_SECONDS)
 
     def _announce(self, task_id: int) -> None:
         """Post a task whose header has arrived, before its body is read.
