@@ -49,6 +49,7 @@ from ._lifecycle import (
     close_at_exit,
     close_when_collected,
     interpreter_exiting,
+    killing_after_grace,
 )
 from ._options import check_callable, check_map_arguments
 from ._outcome import Shared
@@ -264,9 +265,13 @@ class BaseExecutor(BackendHooks, futures.Executor, metaclass=ABCMeta):
                 )
             )
         self._signal_workers(sig)
-        # Bounded: the workers are gone. Threads cannot be stopped: leave
-        # them to end on their own rather than wait for them.
-        self._shutdown(self.capabilities.terminates_workers, True)
+        # Bounded: the workers are gone, by SIGKILL if they outlive the
+        # grace. Threads cannot be stopped: leave them to end on their own.
+        if sig == signal.SIGKILL:
+            self._shutdown(self.capabilities.terminates_workers, True)
+        else:
+            with killing_after_grace(self._signal_workers):
+                self._shutdown(self.capabilities.terminates_workers, True)
         if self.capabilities.terminates_workers:
             self._release_shared()
 
@@ -303,7 +308,8 @@ class BaseExecutor(BackendHooks, futures.Executor, metaclass=ABCMeta):
             # Ctrl-C means "stop", not "finish the queue first": drop queued
             # work and let the backend stop what is running.
             self._interrupt()
-            self.shutdown(wait=True, cancel_futures=True)
+            with killing_after_grace(self._signal_workers):
+                self.shutdown(wait=True, cancel_futures=True)
         else:
             self.shutdown(wait=True)
         return None

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from . import _map
 from ._callqueue import CallQueue
-from ._lifecycle import ending_on_keyboard_interrupt
+from ._lifecycle import ending_on_keyboard_interrupt, killing_after_grace
 
 __all__ = ["HOOKS", "BackendHooks"]
 
@@ -81,7 +81,9 @@ class BackendHooks:
 
         Optional; a backend whose workers are processes implements it and
         declares ``capabilities.terminates_workers``. Called after the
-        running calls have failed and the queued ones were cancelled.
+        running calls have failed and the queued ones were cancelled, and
+        again with SIGKILL for workers still alive 3 s after a SIGTERM: it
+        must reach the workers the library is waiting for.
         """
 
     def _start(self) -> None:
@@ -156,7 +158,8 @@ class BackendHooks:
             except KeyboardInterrupt:
                 pass
         self._interrupt()
-        self._shutdown(wait=True, cancel_futures=True)
+        with killing_after_grace(self._signal_workers):
+            self._shutdown(wait=True, cancel_futures=True)
 
     def _engine_map(
         self,

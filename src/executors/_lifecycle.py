@@ -20,6 +20,9 @@
   manager thread fails futures inside its shutdown lock on 3.12+, so a
   done-callback that calls back into the pool's ``shutdown()`` waits for
   itself).
+* :func:`killing_after_grace`: workers told to stop by SIGTERM (Ctrl-C,
+  ``terminate_workers()``) get SIGKILL if they are still there after a
+  grace; a task may ignore SIGTERM, and the wait for them must end.
 * :func:`join_unless_current`: a thread cannot join itself, and a
   ``shutdown(wait=True)`` from a done-callback runs in the very thread it
   would wait for.
@@ -31,10 +34,11 @@ import contextlib
 import logging
 import os
 import queue
+import signal
 import sys
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from ._futures import drain_callbacks
@@ -287,6 +291,31 @@ def ending_on_keyboard_interrupt() -> bool:
 ensure_exit_hook_last()
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+#: How long workers told to stop by SIGTERM get before SIGKILL.
+TERMINATE_GRACE_SECONDS = 3.0
+
+
+@contextlib.contextmanager
+def killing_after_grace(
+    signal_workers: Callable[[signal.Signals], None],
+) -> Iterator[None]:
+    """Send SIGKILL through ``signal_workers`` if the block outlasts the grace.
+
+    Around the wait for workers that were sent SIGTERM: a task that
+    installed its own handler, or blocked the signal, would keep that
+    wait (and the caller's ``terminate_workers()`` or Ctrl-C) forever.
+    """
+    timer = threading.Timer(TERMINATE_GRACE_SECONDS, signal_workers, (signal.SIGKILL,))
+    timer.name = "executors-terminate-grace"
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        join_unless_current(timer)
 
 
 def join_unless_current(

@@ -62,6 +62,30 @@ class TaskControlContract(ContractBase):
         with pytest.raises(RuntimeError):
             executor.submit(tasks.add, 1, 1)
 
+    def test_terminate_workers_ends_workers_that_ignore_sigterm(
+        self, executor: Any, tmp_path: Path
+    ) -> None:
+        # A task may install its own SIGTERM handler (or ignore it), and a
+        # worker may have it blocked: terminate_workers() must still end.
+        self.require(executor, "runs_concurrently", "terminates_workers")
+        blockers = [
+            executor.submit(tasks.ignore_sigterm_then_sleep, str(tmp_path), 60.0)
+            for _ in range(executor.max_workers)
+        ]
+        deadline = time.monotonic() + BOUND
+        while len(list(tmp_path.iterdir())) < executor.max_workers:
+            assert time.monotonic() < deadline, "the blocking tasks never started"
+            time.sleep(0.01)
+        start = time.monotonic()
+        executor.terminate_workers()
+        took = time.monotonic() - start
+        assert took < BOUND / 2, f"terminate_workers() took {took:.1f}s"
+        _, pending = futures.wait(blockers, timeout=BOUND / 2)
+        assert not pending, f"{len(pending)} futures left pending"
+        for fut in blockers:
+            with pytest.raises(BrokenExecutor):
+                fut.result()
+
     # -- timeouts ------------------------------------------------------------
 
     def test_a_task_past_its_timeout_fails_and_the_executor_lives_on(

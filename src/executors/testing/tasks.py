@@ -200,6 +200,20 @@ def write_pid_then_sleep(path: str, seconds: float, value: Any = None) -> Any:
     return value
 
 
+def ignore_sigterm_then_sleep(folder: str, seconds: float) -> None:
+    """Ignore SIGTERM (as a task that installs its own handler may), then sleep.
+
+    Creates ``folder/<pid>`` once SIGTERM is ignored. Only the main thread
+    can change a signal's handler: elsewhere (Dask's worker threads) the
+    task just sleeps.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    with open(os.path.join(folder, str(os.getpid())), "w"):
+        pass
+    time.sleep(seconds)
+
+
 def touch_after(path: str, seconds: float) -> str:
     """Sleep, then create ``path``: proof that the task ran to its end."""
     time.sleep(seconds)

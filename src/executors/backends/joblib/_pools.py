@@ -184,6 +184,7 @@ class LokyWorkers(Workers):
         # sets on the executors it creates, to find a call's folder.
         self.pool._temp_folder_manager = self.memmapping.manager
         self._manager_thread: threading.Thread | None = None
+        self._signalled: set[int] = set()
 
     def launch(self, call: Call) -> None:
         theirs = self.pool.submit(run_on_loky, call.payload, *self.reply)
@@ -239,9 +240,20 @@ class LokyWorkers(Workers):
 
     def signal(self, sig: signal.Signals) -> None:
         self.stopping = True
-        for pid in list(self.pool._processes or ()):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
+        # loky's manager thread takes each worker out of _processes before
+        # it joins it: a SIGKILL after the grace must still reach a worker
+        # that ignored the SIGTERM. Only a child not yet reaped is signalled:
+        # a reaped one's pid may belong to another process by now.
+        self._signalled.update(self.pool._processes or ())
+        for pid in list(self._signalled):
+            try:
+                if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
+                    continue  # exited, waiting to be reaped
                 os.kill(pid, sig)
+            except ChildProcessError:
+                self._signalled.discard(pid)  # reaped
+            except (ProcessLookupError, PermissionError):
+                pass
 
 
 class ThreadWorkers(Workers):
