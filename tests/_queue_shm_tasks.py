@@ -29,12 +29,3 @@ def make_then_die(nbytes: int) -> np.ndarray:
 
     threading.Thread(target=kill, daemon=True).start()
     return np.ones(nbytes // 8)
-
-
-def negate_then_fail_first(array: np.ndarray, marker: str) -> float:
-    """Mutate the argument; fail the first attempt (leaving ``marker``)."""
-    array *= -1
-    if not os.path.exists(marker):
-        open(marker, "w").close()
-        raise ValueError("first attempt")
-    return float(array[1])

@@ -65,6 +65,15 @@ def fail_first(array: np.ndarray, marker: str) -> float:
     return float(array.sum())
 
 
+def negate_then_fail_first(array: np.ndarray, marker: str) -> float:
+    """Mutate the argument; fail the first attempt (leaving ``marker``)."""
+    array *= -1
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        raise ValueError("first attempt")
+    return float(array[1])
+
+
 class Counted:
     """Counts how often it is unpickled in this process."""
 

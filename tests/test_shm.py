@@ -37,6 +37,7 @@ from _shm_tasks import (
     make,
     memfds,
     negate_in_place,
+    negate_then_fail_first,
     read_shared,
     same,
     unique_memory,
@@ -526,6 +527,27 @@ def test_a_retry_sends_the_same_arguments_again(backend: str, tmp_path: Path) ->
         backend, max_workers=1, retries=1, retry_on=(ValueError,)
     ) as ex:
         assert ex.submit(fail_first, array, marker).result(timeout=60) == array.size
+    _settle_own_segments()
+
+
+@pytest.mark.parametrize(
+    ("backend", "options"), [*BACKENDS, ("queue", {})], ids=[*IDS, "queue"]
+)
+def test_a_retry_gets_the_arguments_as_submitted(
+    backend: str, options: dict[str, object], tmp_path: Path
+) -> None:
+    # The first attempt negates its argument in place, on the pages of the
+    # segment it received: the retry must not see that (pickle's semantics:
+    # each attempt unpickles the arguments as they were submitted).
+    array = np.arange(4 * MB // 8, dtype=np.float64)
+    marker = str(tmp_path / "tried")
+    with executors.create(
+        backend, max_workers=1, retries=1, retry_on=(ValueError,), **options
+    ) as ex:
+        future = ex.submit(negate_then_fail_first, array, marker)
+        assert future.result(timeout=60) == -1.0
+        assert array[1] == 1.0
+        del future
     _settle_own_segments()
 
 

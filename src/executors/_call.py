@@ -57,9 +57,16 @@ class Call:
         """The next attempt: a new call for the same future and payload.
 
         A new object, so that a late outcome of the earlier attempt (a
-        task abandoned at its timeout) can never settle this one.
+        task abandoned at its timeout) can never settle this one. A payload
+        with a ``for_another_attempt()`` method (a message whose arguments
+        are in shared memory, where an attempt may have written into them)
+        gives the new attempt what that returns.
         """
-        return Call(self.future, self.payload, self.chunk, self.options, self.attempts)
+        payload = self.payload
+        renew = getattr(payload, "for_another_attempt", None)
+        if renew is not None:
+            payload = renew()
+        return Call(self.future, payload, self.chunk, self.options, self.attempts)
 
     def __repr__(self) -> str:
         return f"<Call chunk={self.chunk} future={self.future!r}>"

@@ -165,18 +165,21 @@ def dumps_through(
     # resident memory holds the user's arrays and their results, not also a
     # copy of every argument it sent.
     shipment = _shm.ship(big, resident=holder is PICKED)
-    big.clear()
     if shipment is None:
+        big.clear()
         return pickle_with(None)
     message = _shm.pack(data, shipment.refs)
     if holder is PICKED:
+        big.clear()
         shipment.until_picked()
         return message
     if holder is not None:
+        big.clear()
         shipment.held_by(holder)
         return message
     held = _Message(message)
     held.shipment = shipment
+    held.sources = big
     return held
 
 
@@ -188,6 +191,8 @@ class _Message(bytes):
     """
 
     shipment: _shm.Shipment
+    #: The caller's buffers it was copied from, for another attempt.
+    sources: list[memoryview]
 
     def __del__(self) -> None:
         try:
@@ -198,6 +203,23 @@ class _Message(bytes):
 
     def __reduce__(self) -> tuple[type[bytes], tuple[bytes]]:
         return bytes, (bytes(self),)
+
+    def for_another_attempt(self) -> bytes:
+        """The same call on a segment of its own, for a retry.
+
+        The receiver's values live on the segment's pages, so an attempt
+        that wrote into its arguments wrote there: the next attempt gets a
+        fresh copy of the caller's buffers, as the queue backend places
+        each attempt (and as a pickle made for each attempt would be).
+        """
+        data = bytes(_shm.pickle_of(self))
+        shipment = _shm.ship(self.sources, resident=False)
+        if shipment is None:  # no shared memory now: the pipe carries them
+            return _dump(pickle.loads(data, buffers=self.sources), None, None)
+        again = _Message(_shm.pack(data, shipment.refs))
+        again.shipment = shipment
+        again.sources = self.sources
+        return again
 
 
 def loads(data: bytes) -> Any:

@@ -77,6 +77,7 @@ __all__ = [
     "available",
     "check_threshold",
     "pack",
+    "pickle_of",
     "retired",
     "ship",
     "take",
@@ -259,6 +260,13 @@ def unpack(
     (length,) = _LEN.unpack_from(view, len(MAGIC))
     buffers = take(view[start : start + length])
     return view[start + length :], buffers
+
+
+def pickle_of(message: bytes | memoryview) -> memoryview:
+    """The pickle inside :func:`pack`'s ``message`` (its buffers not taken)."""
+    view = memoryview(message)
+    (length,) = _LEN.unpack_from(view, len(MAGIC))
+    return view[len(MAGIC) + _LEN.size + length :]
 
 
 def loads(message: bytes | bytearray | memoryview) -> Any:
