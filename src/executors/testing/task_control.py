@@ -85,6 +85,13 @@ class TaskControlContract(ContractBase):
         for fut in blockers:
             with pytest.raises(BrokenExecutor):
                 fut.result()
+        # And the tasks are gone, not left running in workers that others
+        # (a shared Celery deployment's next tasks) wait for.
+        pids = [int(path.name) for path in tmp_path.iterdir()]
+        deadline = time.monotonic() + BOUND / 2
+        while any(_running(pid) for pid in pids):
+            assert time.monotonic() < deadline, "a task that ignored SIGTERM runs on"
+            time.sleep(0.05)
 
     # -- timeouts ------------------------------------------------------------
 
@@ -255,3 +262,13 @@ class TaskControlContract(ContractBase):
         for f in blockers:
             assert f.result(timeout=BOUND) == "blocker"
         assert [f.result(timeout=BOUND) for f in fillers] == list(range(16))
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie has ended)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -356,8 +356,12 @@ class CeleryExecutor(BaseExecutor):
             # process, whatever they run.
             deployment.signal_worker(sig)
         elif numbers and self._connected:
-            # Not ours to stop: the tasks this executor is running are.
-            self._sent.terminate(numbers, sig.name)
+            # Not ours to stop: the tasks this executor is running are, with
+            # SIGKILL whatever the signal. A task may ignore SIGTERM, and
+            # the worker records a terminated task as revoked at once, so a
+            # later SIGKILL would no longer find it: it would run on and
+            # hold a worker of the deployment.
+            self._sent.terminate(numbers, "SIGKILL")
         with self._lock:
             released, self._released = self._released, True
         if not released:

@@ -184,10 +184,16 @@ class LokyWorkers(Workers):
         # sets on the executors it creates, to find a call's folder.
         self.pool._temp_folder_manager = self.memmapping.manager
         self._manager_thread: threading.Thread | None = None
-        self._signalled: set[int] = set()
+        # Every worker pid seen, until it is reaped.
+        self._known: set[int] = set()
 
     def launch(self, call: Call) -> None:
         theirs = self.pool.submit(run_on_loky, call.payload, *self.reply)
+        # The workers loky started for it, before its manager thread can
+        # take them out of its table (see signal()).
+        self._known.update(self.pool._processes or ())
+        if len(self._known) > 4 * self.workers:  # recycled workers: forget
+            self._known = {pid for pid in self._known if _unreaped(pid)}
         call.handle = theirs
         theirs.add_done_callback(functools.partial(self._done, call))
 
@@ -217,6 +223,7 @@ class LokyWorkers(Workers):
         # forgets it, and a later wait must still see the workers exit.
         thread = getattr(self.pool, "_executor_manager_thread", None)
         self._manager_thread = thread or self._manager_thread
+        self._known.update(self.pool._processes or ())
         self.pool.shutdown(wait=block)
         if not block:
             self.close_settings(wait=False)
@@ -241,19 +248,26 @@ class LokyWorkers(Workers):
     def signal(self, sig: signal.Signals) -> None:
         self.stopping = True
         # loky's manager thread takes each worker out of _processes before
-        # it joins it: a SIGKILL after the grace must still reach a worker
-        # that ignored the SIGTERM. Only a child not yet reaped is signalled:
-        # a reaped one's pid may belong to another process by now.
-        self._signalled.update(self.pool._processes or ())
-        for pid in list(self._signalled):
-            try:
-                if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
-                    continue  # exited, waiting to be reaped
+        # it joins it, even before this is called (a shutdown under way): a
+        # SIGKILL after the grace must still reach a worker that ignored
+        # the SIGTERM. Only a child not yet reaped is signalled: a reaped
+        # one's pid may belong to another process by now.
+        self._known.update(self.pool._processes or ())
+        for pid in list(self._known):
+            if not _unreaped(pid):
+                self._known.discard(pid)
+                continue
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, sig)
-            except ChildProcessError:
-                self._signalled.discard(pid)  # reaped
-            except (ProcessLookupError, PermissionError):
-                pass
+
+
+def _unreaped(pid: int) -> bool:
+    """Whether ``pid`` is a child of ours not yet reaped (its pid still its own)."""
+    try:
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return False
+    return True
 
 
 class ThreadWorkers(Workers):
