@@ -253,6 +253,7 @@ def test_ctrl_c_kills_the_workers_at_once() -> None:
     assert not wait_for_no_new_children(before)
 
 
+@pytest.mark.slow  # over 10 s; the quick run keeps a sibling
 @pytest.mark.timeout(60)
 def test_max_tasks_per_child_replaces_pool_processes() -> None:
     with _create(max_workers=1, max_tasks_per_child=2) as executor:

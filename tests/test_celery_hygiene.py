@@ -254,6 +254,7 @@ def test_folder_and_processes_go_when_the_caller_dies(
         caller.wait()
 
 
+@pytest.mark.slow  # over 10 s; the quick run keeps a sibling
 @pytest.mark.timeout(90)
 def test_replacement_pool_processes_still_run_the_initializer(make: Any) -> None:
     # The pickle is gone from disk, yet a process forked later gets it.

@@ -515,6 +515,7 @@ def test_the_default_start_method_works() -> None:
 # -- task control ------------------------------------------------------------------
 
 
+@pytest.mark.slow  # over 10 s; the quick run keeps a sibling
 @pytest.mark.timeout(90)
 def test_a_timed_out_task_is_stopped_and_never_run_again(tmp_path: Path) -> None:
     # Functions of executors.testing: a test module's own would be pickled

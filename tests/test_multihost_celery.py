@@ -245,6 +245,7 @@ def test_a_worker_killed_mid_map_on_one_host_loses_nothing(local: Deployment) ->
         caller.proc.wait(30)
 
 
+@pytest.mark.slow  # over 10 s; the quick run keeps a sibling
 @pytest.mark.timeout(READY_BOUND + 90 + 30 + 60)
 def test_without_retries_a_killed_workers_tasks_fail_in_bounded_time(
     local: Deployment,
@@ -281,6 +282,7 @@ def test_without_retries_a_killed_workers_tasks_fail_in_bounded_time(
         caller.proc.wait(30)
 
 
+@pytest.mark.slow  # over 10 s; the quick run keeps a sibling
 @pytest.mark.timeout(READY_BOUND + LOST_WORKER_RECOVERY + RUN_BOUND + 60)
 def test_a_worker_that_never_answers_polls_is_missed_by_its_tasks(
     local: Deployment, tmp_path: Path
