@@ -18,14 +18,17 @@ their library and set ``self._calls``: its launcher (``launch`` and
 
 from __future__ import annotations
 
+import functools
 import signal
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from . import _map
 from ._callqueue import CallQueue
+from ._capabilities import Capabilities
+from ._errors import ExecutorInterruptedError
 from ._lifecycle import ending_on_keyboard_interrupt, killing_after_grace
 
 __all__ = ["HOOKS", "BackendHooks"]
@@ -45,6 +48,8 @@ class BackendHooks:
     #: through it.
     _calls: CallQueue | None = None
     _max_workers: int
+    backend: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
 
     @abstractmethod
     def _submit(
@@ -71,10 +76,25 @@ class BackendHooks:
     def _interrupt(self) -> None:
         """Stop running tasks early: a ``with`` block is leaving on Ctrl-C.
 
-        Optional. ``shutdown(wait=True, cancel_futures=True)`` follows; a
-        backend that can stop its workers at once (terminate processes)
-        does so here, so the program exits without waiting for its tasks.
+        ``shutdown(wait=True, cancel_futures=True)`` follows, and sends
+        SIGKILL through :meth:`_signal_workers` to workers still there
+        after a grace. By default, for a backend that declares
+        ``capabilities.terminates_workers``: the call queue cancels what is
+        queued and fails what runs with
+        :class:`~executors.ExecutorInterruptedError`, then the workers get
+        SIGTERM, so the program exits without waiting for its tasks.
+        Elsewhere (threads) nothing is stopped here: the shutdown cancels
+        the queued calls and waits for the running ones.
         """
+        if not self.capabilities.terminates_workers:
+            return
+        calls = self._calls
+        if calls is not None:
+            calls.close(cancel_futures=True)
+            calls.fail_launched(
+                functools.partial(ExecutorInterruptedError.stopped, self.backend)
+            )
+        self._signal_workers(signal.SIGTERM)
 
     def _signal_workers(self, sig: signal.Signals) -> None:
         """Send ``sig`` to every worker process (``terminate_workers``).

@@ -43,7 +43,6 @@ from .._callqueue import Call, CallQueue
 from .._capabilities import Capabilities
 from .._errors import (
     ExecutorFailedError,
-    ExecutorInterruptedError,
     InitializerFailedError,
     WorkerCrashedError,
     describe_exitcode,
@@ -325,15 +324,6 @@ class ProcessExecutor(BaseExecutor):
             copy = type(crash)(str(crash))
         copy.__cause__ = error
         return copy
-
-    def _interrupt(self) -> None:
-        # Ctrl-C leaving a ``with`` block: terminate the workers, as Python
-        # 3.14's terminate_workers() does, and fail what they were running.
-        self._calls.close(cancel_futures=True)
-        self._calls.fail_launched(
-            functools.partial(ExecutorInterruptedError.stopped, self.backend)
-        )
-        self._signal_workers(signal.SIGTERM)
 
     def _signal_workers(self, sig: signal.Signals) -> None:
         self._ending_signal = sig

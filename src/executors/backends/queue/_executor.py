@@ -8,7 +8,6 @@ flow and the transport's invariants: ``docs/backends/queue.md``.
 
 from __future__ import annotations
 
-import functools
 import signal
 import sys
 import warnings
@@ -22,7 +21,6 @@ from ..._base import BaseExecutor
 from ..._callqueue import CallQueue
 from ..._capabilities import Capabilities
 from ..._control import TaskOptions, WithOptions, submitting
-from ..._errors import ExecutorInterruptedError
 from ..._futures import Future as OurFuture
 from ..._futures import add_internal_callback, notify_cancelled, settle
 from ..._lifecycle import close_at_exit, join_unless_current
@@ -349,15 +347,6 @@ class QueueExecutor(BaseExecutor):
             join_unless_current(self._manager)
         # With wait, once every worker has sent its last records.
         self._workers.close(wait=wait)
-
-    def _interrupt(self) -> None:
-        # Ctrl-C in a `with` block: kill the workers now rather than let
-        # shutdown() wait for tasks that may run for minutes.
-        self._calls.close(cancel_futures=True)
-        self._calls.fail_launched(
-            functools.partial(ExecutorInterruptedError.stopped, self.backend)
-        )
-        self._pool.end_workers()
 
     def _signal_workers(self, sig: signal.Signals) -> None:
         # terminate_workers() / kill_workers(), after the call queue has
