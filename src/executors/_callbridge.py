@@ -108,38 +108,64 @@ class LibraryBridge:
         call: Call,
         theirs: Future[Any],
         translate: Callable[[BaseException], BaseException] | None = None,
+        *,
+        outcome: bool = False,
+        dropped: Callable[[], BaseException] = dropped_by_library,
+        failed: Callable[[Call, BaseException], None] | None = None,
     ) -> None:
         """Settle ``call`` with the outcome of a library's own future.
 
         For libraries that hand out futures (the stdlib pools, loky): the
         outcome is copied when theirs completes, in whatever thread the
-        library completes it. ``call.handle`` keeps theirs until then, so a
-        backend can still reach it (to cancel or kill).
+        library completes it (nothing may escape into that thread).
+        ``call.handle`` keeps theirs until then, so a backend can still
+        reach it (to cancel or kill).
 
         Args:
             call: A launched call.
             theirs: The library's future for it.
             translate: Turns the library's exception into the one ours gets.
+            outcome: Theirs holds a worker's :data:`~executors._outcome.
+                Outcome`, decoded as :meth:`settle_outcome` does.
+            dropped: The error of a call whose future the library cancelled
+                (only a library that drops accepted work does).
+            failed: Settles the call with the library's exception instead
+                (a backend that may break the executor for it).
         """
         call.handle = theirs
-        theirs.add_done_callback(functools.partial(self._copy_outcome, call, translate))
+        theirs.add_done_callback(
+            functools.partial(
+                self._copy_outcome, call, translate, outcome, dropped, failed
+            )
+        )
 
     def _copy_outcome(
         self,
         call: Call,
         translate: Callable[[BaseException], BaseException] | None,
+        outcome: bool,
+        dropped: Callable[[], BaseException],
+        failed: Callable[[Call, BaseException], None] | None,
         theirs: Future[Any],
     ) -> None:
         # exception() raises for a cancelled future: two looks at theirs
         # (two locks) instead of three. Not result() alone: the stdlib's
         # returns None for an exception that is falsy.
         try:
-            error = theirs.exception()
+            error: BaseException | None = theirs.exception()
         except CancelledError:
-            # Only a library that drops work cancels: ours was running.
-            self.settle(call, error=dropped_by_library())
-            return
+            error = dropped()
+            if failed is None:
+                self.settle(call, error=error)
+                return
         if error is not None:
-            self.settle(call, error=error if translate is None else translate(error))
+            if failed is not None:
+                failed(call, error)
+            else:
+                self.settle(
+                    call, error=error if translate is None else translate(error)
+                )
+        elif outcome:
+            self.settle_outcome(call, theirs.result())
         else:
             self.settle(call, theirs.result())

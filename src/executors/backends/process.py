@@ -20,14 +20,13 @@ hanging with a backlog (CPython gh-115634).
 from __future__ import annotations
 
 import contextlib
-import functools
 import multiprocessing.connection
 import os
 import signal
 import sys
 import threading
 from collections.abc import Callable, Mapping
-from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import (
     BrokenProcessPool,
     _ExecutorManagerThread,
@@ -53,7 +52,6 @@ from .._map import Chunk, ChunkResult
 from .._options import check_process_pool_options, cpu_count, start_method_of
 from .._outcome import (
     INITIALIZER_FAILED_EXITCODE,
-    Outcome,
     WorkerBootstrap,
     initializer_error,
     run_call,
@@ -289,24 +287,11 @@ class ProcessExecutor(BaseExecutor):
             # this runs from those futures' callbacks.
             raise BrokenProcessPool(broken)
         theirs = self._pool.submit(run_call, call.payload, *self._reply)
-        theirs.add_done_callback(functools.partial(self._on_done, call))
-        call.handle = theirs
-
-    def _on_done(self, call: Call, theirs: Future[Outcome]) -> None:
-        # In the stdlib's manager thread (or its feeder thread, for a chunk
-        # that failed to pickle): nothing may escape into it.
-        # exception() raises for a cancelled future: two looks at theirs
-        # (two locks) instead of three. Not result() alone: the stdlib's
-        # returns None for an exception that is falsy.
-        try:
-            error = theirs.exception()
-        except CancelledError:
-            self._calls.settle(call, error=ExecutorFailedError(_DROPPED))
-            return
-        if error is not None:
-            self._calls.settle(call, error=self._translate(error))
-        else:
-            self._calls.settle_outcome(call, theirs.result())
+        # Settled in the stdlib's manager thread (or its feeder thread, for
+        # a chunk that failed to pickle).
+        self._calls.settle_when_done(
+            call, theirs, self._translate, outcome=True, dropped=_dropped
+        )
 
     def _translate(self, error: BaseException) -> BaseException:
         """The stdlib's BrokenProcessPool, said the way every backend says it."""
@@ -401,10 +386,12 @@ SENTINEL_TO_REAP_SECONDS = 1.0
 # started after the first signal is stopped within this.
 RESIGNAL_SECONDS = 0.2
 
-_DROPPED = (
-    "the stdlib process pool dropped a task it had accepted; the 'process' "
-    "executor is shutting down or broken"
-)
+
+def _dropped() -> ExecutorFailedError:
+    return ExecutorFailedError(
+        "the stdlib process pool dropped a task it had accepted; the 'process' "
+        "executor is shutting down or broken"
+    )
 
 
 def _crash_error(

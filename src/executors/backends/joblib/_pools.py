@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 from concurrent import futures
-from concurrent.futures import BrokenExecutor, Future
+from concurrent.futures import BrokenExecutor
 from typing import Any
 
 from joblib._parallel_backends import LokyBackend
@@ -194,26 +194,15 @@ class LokyWorkers(Workers):
         self._known.update(self.pool._processes or ())
         if len(self._known) > 4 * self.workers:  # recycled workers: forget
             self._known = {pid for pid in self._known if _unreaped(pid)}
-        call.handle = theirs
-        theirs.add_done_callback(functools.partial(self._done, call))
+        # Settled in loky's manager thread.
+        self.calls.settle_when_done(
+            call, theirs, outcome=True, dropped=_dropped_by_loky, failed=self.failed
+        )
 
     def boot(self) -> None:
         # One short task per worker, so that each worker takes one.
         probes = [self.pool.submit(time.sleep, 0.05) for _ in range(self.workers)]
         futures.wait(probes, timeout=BOOT_SECONDS)
-
-    def _done(self, call: Call, theirs: Future[Any]) -> None:
-        # In loky's manager thread.
-        if theirs.cancelled():
-            error: BaseException | None = ExecutorFailedError(
-                "loky cancelled a task it had accepted; the executor is shutting down"
-            )
-        else:
-            error = theirs.exception()
-        if error is not None:
-            self.failed(call, error)
-        else:
-            self.calls.settle_outcome(call, theirs.result())
 
     def release(self) -> None:
         self.wait(block=False)
@@ -259,6 +248,12 @@ class LokyWorkers(Workers):
                 continue
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, sig)
+
+
+def _dropped_by_loky() -> ExecutorFailedError:
+    return ExecutorFailedError(
+        "loky cancelled a task it had accepted; the executor is shutting down"
+    )
 
 
 def _unreaped(pid: int) -> bool:
