@@ -256,7 +256,9 @@ class BaseExecutor(BackendHooks, futures.Executor, metaclass=ABCMeta):
         self._wake_blocked_submits()
         calls = self._calls
         if calls is not None:
-            calls.close(cancel_futures=True)
+            # Ending: the queue, idle once the running calls have failed,
+            # must not release the workers gracefully (wait for them).
+            calls.close(cancel_futures=True, ending=True)
             backend = self.backend
             calls.fail_launched(
                 lambda: WorkersTerminatedError(

@@ -138,6 +138,10 @@ class CallQueue(LibraryBridge, TaskControl):
         self._queued: deque[Call] = deque()
         self._launched: set[Call] = set()
         self._closing = False
+        #: Set by :meth:`close` with ``ending=True``: the workers are being
+        #: stopped (terminate_workers, kill_workers), so ``on_idle`` must not
+        #: release them gracefully; the executor tears them down itself.
+        self.ending = False
         # The thread that closed the queue last: on_idle may run in it.
         self._closer: threading.Thread | None = None
         self._idle_notified = False
@@ -321,14 +325,16 @@ class CallQueue(LibraryBridge, TaskControl):
 
     # -- closing and breaking ---------------------------------------------------
 
-    def close(self, cancel_futures: bool = False) -> None:
+    def close(self, cancel_futures: bool = False, *, ending: bool = False) -> None:
         """Accept no more calls; cancel the queued ones if asked.
 
         Calls already queued still launch unless cancelled; ``on_idle``
-        runs once everything has settled.
+        runs once everything has settled. ``ending``: the workers are being
+        stopped; ``on_idle`` reads :attr:`ending`.
         """
         with self._lock:
             self._closing = True
+            self.ending = self.ending or ending
             self._closer = threading.current_thread()
             dropped = list(self._queued) if cancel_futures else []
             if cancel_futures:

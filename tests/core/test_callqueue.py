@@ -427,3 +427,44 @@ def test_kill_task_finds_a_call_waiting_out_its_retry_delay() -> None:
     assert calls.settle(waiting, error=RuntimeError("killed"), retry=False)
     with pytest.raises(RuntimeError, match="killed"):
         future.result(timeout=5)
+
+
+@pytest.mark.parametrize("ending", [False, True])
+def test_on_idle_knows_whether_the_workers_are_being_stopped(
+    library: FakeLibrary, ending: bool
+) -> None:
+    # terminate_workers() closes with ending=True: the queue, idle once its
+    # running calls fail, must not have on_idle release them gracefully.
+    seen: list[bool] = []
+    calls: CallQueue
+    calls = make_queue(library, on_idle=lambda: seen.append(calls.ending))
+    running = submit(calls)
+    queued = [submit(calls) for _ in range(3)]
+    calls.close(cancel_futures=True, ending=ending)
+    assert all(f.cancelled() for f in queued[1:])
+    calls.fail_launched(lambda: RuntimeError("stopped"))
+    assert running.exception() is not None
+    assert seen == [ending]
+
+
+class _Renewed:
+    """A payload that gives each further attempt a fresh copy."""
+
+    def __init__(self, attempt: int = 0) -> None:
+        self.attempt = attempt
+
+    def for_another_attempt(self) -> _Renewed:
+        return _Renewed(self.attempt + 1)
+
+
+def test_a_retry_launches_what_the_payload_renews(library: FakeLibrary) -> None:
+    calls = make_queue(library)
+    with submitting(options(retries=2, retry_on=(ValueError,))):
+        future = submit(calls, _Renewed())
+    for attempt in range(3):
+        assert library.launches.acquire(timeout=5)
+        assert library.payloads[-1].attempt == attempt  # type: ignore[attr-defined]
+        if attempt < 2:
+            calls.settle(library.launched[-1], error=ValueError("again"))
+    calls.settle(library.launched[-1], "done")
+    assert future.result(timeout=5) == "done"

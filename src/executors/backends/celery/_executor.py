@@ -259,9 +259,6 @@ class CeleryExecutor(BaseExecutor):
         self._start_lock = threading.Lock()
         self._connected = False
         self._released = False
-        # Set by terminate_workers()/kill_workers(): the idle queue must not
-        # tear the deployment down before the workers get the signal.
-        self._ending = False
         self._lost_after = checked.lost_after
         self._sent.track_times = self._lost_after is not None
         self._connection = DeploymentConnection(
@@ -341,13 +338,6 @@ class CeleryExecutor(BaseExecutor):
         else:
             self._sent.terminate(launched, "SIGKILL")
 
-    def _end_workers(self, sig: signal.Signals, how: str) -> None:
-        # Before the base class fails the running calls: the queue, idle
-        # then, would tear the deployment down (SIGKILL, app closed) before
-        # _signal_workers could send `sig` or revoke anything.
-        self._ending = True
-        super()._end_workers(sig, how)
-
     def _signal_workers(self, sig: signal.Signals) -> None:
         numbers = self._sent.take_all()
         deployment = self._deployment
@@ -380,7 +370,7 @@ class CeleryExecutor(BaseExecutor):
     def _release(self) -> None:
         # on_idle: closed, and every future settled. Maybe in the listener.
         with self._lock:
-            if self._released or self._ending:
+            if self._released or self._calls.ending:
                 return  # terminate_workers(): _signal_workers tears down
             self._released = True
         self._close_connection()

@@ -407,11 +407,5 @@ class JoblibExecutor(BaseExecutor):
         )
         self._workers.kill()
 
-    def _end_workers(self, sig: signal.Signals, how: str) -> None:
-        # First: the queue, idle once the base class failed the running
-        # calls, releases a Pool, which must not wait for workers to finish.
-        self._workers.ending = True
-        super()._end_workers(sig, how)
-
     def _signal_workers(self, sig: signal.Signals) -> None:
         self._workers.signal(sig)

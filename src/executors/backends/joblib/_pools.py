@@ -67,8 +67,6 @@ class Workers:
         # Set when the executor stops its workers on purpose: what the
         # library then reports for its tasks is no crash.
         self.stopping = False
-        # Set when terminate_workers()/kill_workers() begins.
-        self.ending = False
 
     def attach(self, calls: CallQueue) -> None:
         self.calls = calls
@@ -382,7 +380,7 @@ class MpWorkers(Workers):
             raise RuntimeError("cannot schedule new futures after shutdown") from None
 
     def release(self) -> None:
-        if self.stopping or self.ending:
+        if self.stopping or self.calls.ending:
             # No graceful close: Ctrl-C, or terminate_workers(), is waiting.
             self._watch.kill()
         else:
