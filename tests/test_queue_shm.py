@@ -178,7 +178,7 @@ def test_segments_are_reused(queue: executors.Executor) -> None:
         counts.append(len(_shm._get().own))
     # A call's body may outlive its future for a moment in the manager
     # thread (then the next call takes a second segment), never more.
-    assert counts[1] == counts[-1] <= 2, counts
+    assert max(counts) <= 2, counts
     # A worker holds its own segment and the caller's (at most two), each
     # as a descriptor and its mapping's copy of it.
     held = [queue.submit(memfds).result(timeout=60) for _ in range(4)]
