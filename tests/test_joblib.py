@@ -55,7 +55,7 @@ from executors.testing import (
     tasks,
     worker_tasks,
 )
-from executors.testing._support import ExecutorFactory
+from executors.testing._support import ExecutorFactory, pid_runs
 from executors.testing.backpressure import BackpressureContract
 from executors.testing.workers import (
     LogForwardingContract,
@@ -214,21 +214,14 @@ def _worker_pids(executor: Any) -> set[int]:
     return pids
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
 def _wait_dead(pids: set[int]) -> set[int]:
     deadline = time.monotonic() + BOUND
     while time.monotonic() < deadline:
-        alive = {pid for pid in pids if _alive(pid)}
+        alive = {pid for pid in pids if pid_runs(pid)}
         if not alive:
             return alive
         time.sleep(0.05)
-    return {pid for pid in pids if _alive(pid)}
+    return {pid for pid in pids if pid_runs(pid)}
 
 
 @pytest.fixture
@@ -249,13 +242,13 @@ class TestOwnWorkers(ContractBase):
         first.shutdown(wait=True)
         assert not _wait_dead(first_pids)
         # The other executor neither lost nor replaced its workers.
-        assert all(_alive(pid) for pid in second_pids)
+        assert all(pid_runs(pid) for pid in second_pids)
         assert _worker_pids(second) == second_pids
 
     def test_shutdown_stops_the_workers_before_returning(self, executor: Any) -> None:
         pids = _worker_pids(executor)
         executor.shutdown(wait=True)
-        assert not {pid for pid in pids if _alive(pid)}
+        assert not {pid for pid in pids if pid_runs(pid)}
 
     def test_shutdown_without_wait_stops_the_workers_after_the_work(
         self, executor: Any
@@ -278,9 +271,9 @@ class TestOwnWorkers(ContractBase):
             ours = _worker_pids(executor)
             assert not ours & joblib_pids
             executor.shutdown(wait=True)
-            assert not {pid for pid in ours if _alive(pid)}
+            assert not {pid for pid in ours if pid_runs(pid)}
             # joblib's workers were not stopped with ours.
-            assert all(_alive(pid) for pid in joblib_pids)
+            assert all(pid_runs(pid) for pid in joblib_pids)
         finally:
             # joblib keeps its workers for 300 s; do not leave them behind.
             get_reusable_executor().shutdown(wait=True)

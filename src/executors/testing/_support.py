@@ -21,6 +21,7 @@ __all__ = [
     "child_processes",
     "full_traceback",
     "occupy_workers",
+    "pid_runs",
     "wait_for_file",
     "wait_for_no_new_children",
 ]
@@ -145,6 +146,16 @@ def pid_is_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def pid_runs(pid: int) -> bool:
+    """Whether process ``pid`` runs: a zombie has ended, only not been reaped."""
+    import psutil
+
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
 
 
 def full_traceback(exc: BaseException) -> str:

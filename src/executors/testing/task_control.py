@@ -16,6 +16,7 @@ from ._support import (
     BOUND,
     ContractBase,
     occupy_workers,
+    pid_runs,
 )
 
 __all__ = [
@@ -89,7 +90,7 @@ class TaskControlContract(ContractBase):
         # (a shared Celery deployment's next tasks) wait for.
         pids = [int(path.name) for path in tmp_path.iterdir()]
         deadline = time.monotonic() + BOUND / 2
-        while any(_running(pid) for pid in pids):
+        while any(pid_runs(pid) for pid in pids):
             assert time.monotonic() < deadline, "a task that ignored SIGTERM runs on"
             time.sleep(0.05)
 
@@ -262,13 +263,3 @@ class TaskControlContract(ContractBase):
         for f in blockers:
             assert f.result(timeout=BOUND) == "blocker"
         assert [f.result(timeout=BOUND) for f in fillers] == list(range(16))
-
-
-def _running(pid: int) -> bool:
-    """Whether process ``pid`` runs (a zombie has ended)."""
-    import psutil
-
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
