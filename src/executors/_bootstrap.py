@@ -88,8 +88,13 @@ def initializer_error(
     summary: str | None = None,
     text: str | None = None,
     exitcode: int | None = None,
+    *,
+    cause: BaseException | None = None,
+    where: str | None = None,
 ) -> InitializerFailedError:
     """The error of an executor whose initializer failed in a worker.
+
+    The one wording of it, whichever way the backend learnt of the failure.
 
     Args:
         backend: The backend's name.
@@ -98,24 +103,32 @@ def initializer_error(
             the worker could report it.
         text: Its formatted traceback, chained as ``__cause__``.
         exitcode: The worker's exit code when it died instead.
+        cause: The exception itself, where it reached the caller (a thread,
+            the caller itself, an unpickled report): summary and cause.
+        where: Where it ran, when not in a worker process ("in a thread").
     """
-    where = f"worker pid {pid}" if pid is not None else "a worker"
+    if where is None:
+        where = f"in worker pid {pid}" if pid is not None else "in a worker"
+    if cause is not None:
+        summary = f"{type(cause).__name__}: {cause}"
     if summary is not None:
         error = InitializerFailedError(
-            f"the initializer of the {backend!r} executor raised in {where}: "
+            f"the initializer of the {backend!r} executor raised {where}: "
             f"{summary}; the executor is broken"
         )
-        if text is not None:
+        if cause is not None:
+            error.__cause__ = cause
+        elif text is not None:
             error.__cause__ = RemoteTraceback(text)
         return error
     if exitcode == INITIALIZER_FAILED_EXITCODE:
         return InitializerFailedError(
-            f"the initializer of the {backend!r} executor raised in {where} "
+            f"the initializer of the {backend!r} executor raised {where} "
             "(its traceback was printed to the worker's stderr); the executor "
             "is broken"
         )
     return InitializerFailedError(
-        f"{where} of the {backend!r} executor died with "
-        f"{describe_exitcode(exitcode)} while its initializer ran; the "
-        "executor is broken"
+        f"a worker of the {backend!r} executor died with "
+        f"{describe_exitcode(exitcode)} while its initializer ran"
+        f"{'' if pid is None else f' (pid {pid})'}; the executor is broken"
     )

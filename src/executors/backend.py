@@ -33,11 +33,15 @@ What it holds:
   by the library's own sending thread), and :class:`WorkerBootstrap` (the
   initializer every worker process runs first: the parent watch, then the
   user's initializer).
+* :func:`initializer_error`: the :class:`~executors.InitializerFailedError`
+  of a failed initializer, in the one wording every backend uses (the
+  shipped suite checks it).
 """
 
 from __future__ import annotations
 
 from ._base import BaseExecutor
+from ._bootstrap import initializer_error
 from ._callqueue import Call, CallQueue
 from ._capabilities import Capabilities
 from ._futures import Future, fail_futures, notify_cancelled, settle
@@ -59,6 +63,7 @@ __all__ = [
     "decode",
     "dumps",
     "fail_futures",
+    "initializer_error",
     "notify_cancelled",
     "run_call",
     "settle",

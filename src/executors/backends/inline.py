@@ -32,9 +32,10 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from .._base import BaseExecutor
+from .._bootstrap import initializer_error
 from .._capabilities import Capabilities
 from .._control import TaskOptions, record_attempts, submitting_options
-from .._errors import InitializerFailedError, TaskTimeoutError
+from .._errors import TaskTimeoutError
 from .._futures import Future as SettledFuture
 from .._options import check_initializer, check_max_workers
 from .._workers import ProcessWideCap, WorkerContext, WorkerSettings, running_as
@@ -142,12 +143,9 @@ class InlineExecutor(BaseExecutor):
     def _broken_error(self) -> BaseException | None:
         if self._init_error is None:
             return None
-        error = InitializerFailedError(
-            f"the initializer raised {type(self._init_error).__name__}: "
-            f"{self._init_error}; the executor is not usable"
+        return initializer_error(
+            self.backend, None, cause=self._init_error, where="in the caller"
         )
-        error.__cause__ = self._init_error
-        return error
 
     def _submit(
         self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]

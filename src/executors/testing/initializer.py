@@ -45,11 +45,20 @@ class InitializerContract(ContractBase):
     def test_failing_initializer_breaks_the_executor(
         self, make_executor: ExecutorFactory
     ) -> None:
+        from .._errors import InitializerFailedError
+
         executor = make_executor(initializer=tasks.failing_init)
-        with pytest.raises(BrokenExecutor):
+        with pytest.raises(BrokenExecutor) as caught:
             executor.submit(tasks.identity, 1).result(timeout=BOUND)
         with pytest.raises(BrokenExecutor):
             executor.submit(tasks.identity, 2).result(timeout=BOUND)
+        if isinstance(caught.value, InitializerFailedError):
+            # One wording on every backend: which executor, and what it was.
+            message = str(caught.value)
+            assert message.startswith(
+                f"the initializer of the {executor.backend!r} executor raised"
+            ), message
+            assert message.endswith("; the executor is broken"), message
 
 
 INITIALIZERS: dict[str, Callable[[], None]] = {

@@ -21,6 +21,7 @@ from joblib._parallel_backends import LokyBackend
 from joblib.externals.loky import process_executor as loky
 from joblib.externals.loky.backend.utils import kill_process_tree
 
+from ..._bootstrap import initializer_error
 from ..._callqueue import Call, CallQueue
 from ..._errors import ExecutorFailedError
 from ..._lifecycle import close_at_exit, join_unless_current
@@ -29,7 +30,7 @@ from ..._workers import WorkerSettings
 from ..._workers._pools import UntilRecycled
 from .._mp.pool import WatchedPool
 from .._mp.watch import MakeError, PoolWatch
-from ._trip import Memmapping, Payload, translate_error
+from ._trip import BACKEND, Memmapping, Payload, translate_error
 from ._worker import run_on_loky, run_on_pool
 
 __all__ = ["LokyWorkers", "MemmapOptions", "MpWorkers", "ThreadWorkers", "Workers"]
@@ -270,12 +271,22 @@ class ThreadWorkers(Workers):
         self, workers: int, initializer: Any, initargs: tuple[Any, ...]
     ) -> None:
         super().__init__()
+        # The stdlib logs a failing initializer's exception and breaks the
+        # pool with a message of its own: keep the exception for the error.
+        self._init_error: BaseException | None = None
         self._threads = futures.ThreadPoolExecutor(
             workers,
             thread_name_prefix="executors-joblib",
-            initializer=initializer,
-            initargs=initargs,
+            initializer=None if initializer is None else self._initialize,
+            initargs=(initializer, *initargs),
         )
+
+    def _initialize(self, initializer: Any, *initargs: Any) -> None:
+        try:
+            initializer(*initargs)
+        except BaseException as exc:
+            self._init_error = exc
+            raise
 
     def launch(self, call: Call) -> None:
         # Checked here, not by the pool's submit(): when an initializer
@@ -286,13 +297,27 @@ class ThreadWorkers(Workers):
             raise broken
         fn, args, kwargs = call.payload
         theirs = self._threads.submit(fn, *args, **kwargs)
-        self.calls.settle_when_done(call, theirs, translate_error)
+        self.calls.settle_when_done(call, theirs, self._translate)
 
     def broken_error(self) -> BaseException | None:
         broken = self._threads._broken
         if broken:
-            return translate_error(futures.thread.BrokenThreadPool(broken))
+            return self._translate(futures.thread.BrokenThreadPool(broken))
         return None
+
+    def _translate(self, error: BaseException) -> BaseException:
+        if isinstance(error, futures.thread.BrokenThreadPool):
+            # A thread pool breaks for one reason only: an initializer raised.
+            translated = initializer_error(
+                BACKEND,
+                None,
+                str(error),
+                cause=self._init_error,
+                where="in a thread",
+            )
+            translated.__cause__ = self._init_error or error
+            return translated
+        return translate_error(error)
 
     def runs_in_current_thread(self) -> bool:
         return threading.current_thread() in self._threads._threads

@@ -15,7 +15,6 @@ import re
 import uuid
 from collections import ChainMap
 from collections.abc import Callable
-from concurrent.futures.thread import BrokenThreadPool
 from typing import Any
 
 from joblib._memmapping_reducer import (
@@ -25,7 +24,7 @@ from joblib._memmapping_reducer import (
 from joblib.externals.loky import process_executor as loky
 from joblib.externals.loky.backend import reduction as loky_reduction
 
-from ..._errors import InitializerFailedError, WorkerCrashedError, describe_exitcode
+from ..._errors import WorkerCrashedError, describe_exitcode
 from ..._outcome import INITIALIZER_FAILED_EXITCODE, dumps_through, initializer_error
 
 __all__ = ["Memmapping", "Payload", "translate_error"]
@@ -89,11 +88,6 @@ def translate_error(exc: BaseException, payload: object = None) -> BaseException
     elif isinstance(exc, loky.BrokenProcessPool):
         first_line = (str(exc).strip().splitlines() or [""])[0]
         error = WorkerCrashedError(f"the {BACKEND!r} executor is broken: {first_line}")
-    elif isinstance(exc, BrokenThreadPool):
-        # A thread pool breaks for one reason only: an initializer raised.
-        error = InitializerFailedError(
-            f"the initializer of the {BACKEND!r} executor raised in a thread: {exc}"
-        )
     else:
         return exc
     error.__cause__ = exc

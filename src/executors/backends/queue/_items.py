@@ -20,9 +20,9 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
+from ... import _bootstrap
 from ..._errors import (
     ExecutorFailedError,
-    InitializerFailedError,
     WorkerCrashedError,
     describe_exitcode,
 )
@@ -378,18 +378,7 @@ def early_crash_error(exitcode: int | None, kind: int, deaths: int) -> BaseExcep
 def initializer_error(
     cause: BaseException | None, exitcode: int | None
 ) -> BaseException:
-    if cause is not None:
-        text = f"the initializer raised {type(cause).__name__}: {cause}"
-    else:
-        text = (
-            f"a worker process died ({describe_exitcode(exitcode)}) "
-            "while running the initializer"
-        )
-    error = InitializerFailedError(
-        f"{text}; the executor is broken and runs no more tasks"
-    )
-    error.__cause__ = cause
-    return error
+    return _bootstrap.initializer_error("queue", None, exitcode=exitcode, cause=cause)
 
 
 def stopped_error() -> BaseException:

@@ -35,7 +35,7 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 import executors
-from executors.backend import BaseExecutor, Call, CallQueue
+from executors.backend import BaseExecutor, Call, CallQueue, initializer_error
 from executors.backend import Future as OurFuture
 
 __all__ = ["SimpleThreadExecutor"]
@@ -145,7 +145,15 @@ class SimpleThreadExecutor(BaseExecutor):
             try:
                 initializer(*initargs)
             except Exception as exc:
-                self._calls.break_(functools.partial(_initializer_failed, exc))
+                self._calls.break_(
+                    functools.partial(
+                        initializer_error,
+                        self.backend,
+                        None,
+                        cause=exc,
+                        where="in a thread",
+                    )
+                )
                 self._stop_threads()
                 return
         while True:
@@ -170,12 +178,3 @@ class SimpleThreadExecutor(BaseExecutor):
             self._calls.settle(call, error=exc)
         else:
             self._calls.settle(call, value)
-
-
-def _initializer_failed(cause: BaseException) -> executors.InitializerFailedError:
-    error = executors.InitializerFailedError(
-        f"the initializer raised {type(cause).__name__}: {cause}; "
-        "the executor is not usable"
-    )
-    error.__cause__ = cause
-    return error
