@@ -115,3 +115,28 @@ def test_a_released_dask_handle_cannot_be_sent_and_shutdown_releases_the_rest() 
             ex.submit(_sum_of, released, 1).result(60)
         assert ex.submit(_sum_of, kept, 2).result(60) == 2000.0
     assert kept.released
+
+
+def test_a_dask_task_depends_on_the_shared_objects_it_uses() -> None:
+    # The broadcast may miss a worker (one that joined, or restarted, since;
+    # under load one of two): a task that read the object from its worker's
+    # memory and fetched it from inside the task otherwise, could wait
+    # forever in that fetch. As a Dask dependency, Dask puts the data on
+    # the worker before the task runs.
+    with _create("dask") as ex:
+        handle = ex.share(np.ones(1000))
+        other = ex.share(np.ones(10))
+        future = ex.submit(_sum_of, handle, 1)
+        assert future.result(60) == 1000.0
+        runtime = ex._manager.runtime
+
+        def dependencies(dask_scheduler: Any) -> list[list[str]]:
+            return [
+                sorted(str(dep.key) for dep in task.dependencies)
+                for task in dask_scheduler.tasks.values()
+                if str(task.key).startswith("_sum_of")
+            ]
+
+        found = runtime.client.run_on_scheduler(dependencies)
+        assert found == [[str(handle.key)]], found
+        assert other.key != handle.key

@@ -101,11 +101,11 @@ class Dispatch(ManagerThread):
     def launch(self, call: Call) -> None:
         """Hand one call to Dask (the CallQueue's ``launch``)."""
         runtime = self.runtime
-        payload, label = call.payload
+        payload, label, shared = call.payload
         key = f"{label}-{uuid.uuid4().hex}"
         try:
             dask_future = runtime.client.submit(
-                run_task, payload, runtime.plugin, key=key, pure=False
+                run_task, payload, runtime.plugin, *shared, key=key, pure=False
             )
         except Exception as exc:  # the client is closed: nothing more runs
             self.calls.break_(functools.partial(translate, exc))

@@ -29,7 +29,7 @@ from . import _scheduler_side
 from ._cluster import START_METHOD_KEY, Runtime, connect, start_local_cluster
 from ._dispatch import Dispatch, translate
 from ._options import check_options
-from ._shared import DaskShared
+from ._shared import DaskShared, collecting
 from ._worker import InitializerPlugin, summarize
 
 __all__ = ["DaskExecutor"]
@@ -215,9 +215,16 @@ class DaskExecutor(BaseExecutor):
         chunk: bool = False,
     ) -> Future[T]:
         label = f"map_{_label(args[0])}" if chunk else _label(fn)
-        future = self._calls.submit_pickled(
-            fn, args, kwargs, chunk=chunk, wrap=lambda payload: (payload, label)
-        )
+        # The shared objects the arguments hold become the task's Dask
+        # dependencies (see _shared).
+        with collecting() as shared:
+            future = self._calls.submit_pickled(
+                fn,
+                args,
+                kwargs,
+                chunk=chunk,
+                wrap=lambda payload: (payload, label, tuple(shared)),
+            )
         if not future.running() and not future.done():
             # Queued: the manager looks for room while calls wait.
             self._dispatch.wake()

@@ -2,16 +2,34 @@
 
 The caller's handle holds Dask's future for the scattered data, so Dask
 keeps it while the handle lives; a task's pickled arguments carry only the
-key, and the worker running it reads the value from its own memory (where
-the broadcast put it) or fetches it from a worker that has it.
+key. The scattered futures a call's arguments hold are collected while it
+is pickled (:func:`collecting`) and given to Dask as the task's
+dependencies: Dask puts their data on the worker before the task runs
+(the broadcast may not have reached every worker), and the task reads the
+value from its worker's memory.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
+from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["DaskShared"]
+__all__ = ["DaskShared", "collecting"]
+
+_collector = threading.local()
+
+
+@contextlib.contextmanager
+def collecting() -> Iterator[list[Any]]:
+    """Collect the scattered futures of the handles pickled in this block."""
+    found: list[Any] = []
+    _collector.found = found
+    try:
+        yield found
+    finally:
+        _collector.found = None
 
 
 class DaskShared:
@@ -42,10 +60,14 @@ class DaskShared:
                 future.release()
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        if self._future is None:
+        future = self._future
+        if future is None:
             raise ValueError(
                 f"the shared object {self.key} was released; share() it again"
             )
+        found = getattr(_collector, "found", None)
+        if found is not None:
+            found.append(future)
         return _shared_value, (self.key,)
 
 
@@ -53,13 +75,5 @@ def _shared_value(key: Any) -> Any:
     """In a Dask worker: the value scattered under ``key``."""
     from distributed import get_worker
 
-    worker = get_worker()
-    try:
-        return worker.data[key]
-    except KeyError:
-        # A worker that joined after the broadcast (a restarted one): fetch
-        # it from a worker that has it.
-        from distributed import Future, get_client
-
-        client: Any = get_client()  # distributed's gather is untyped
-        return client.gather(Future(key, client))
+    # A dependency of the task: Dask put it in this worker's memory.
+    return get_worker().data[key]

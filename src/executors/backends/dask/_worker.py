@@ -107,11 +107,16 @@ def dask_setup(worker: Any) -> None:
         serve_health_only(worker)  # no dashboard asked for
 
 
-def run_task(payload: bytes, initializer: str | None) -> Outcome | InitializerFailure:
+def run_task(
+    payload: bytes, initializer: str | None, *shared: object
+) -> Outcome | InitializerFailure:
     """Run ``dumps((fn, args, kwargs))``; return its outcome, never raise.
 
     So that a task's errors stay apart from Dask's own. Dask only logs a
     plugin that fails on a late worker: the task reports it instead.
+    ``shared``: the values of the shared objects the call uses, which Dask
+    placed in this worker's memory as the task's dependencies; the call
+    reads them from there.
     """
     if initializer is not None and initializer in _failed_initializers:
         return InitializerFailure(os.getpid(), _failed_initializers[initializer])
