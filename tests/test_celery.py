@@ -249,7 +249,12 @@ def test_ctrl_c_kills_the_workers_at_once() -> None:
     assert all(
         isinstance(f.exception(), executors.ExecutorInterruptedError) for f in running
     )
-    assert all(f.cancelled() for f in queued)
+    # Queued work is cancelled; a call already handed to Celery (the window
+    # may run ahead of the workers on a busy machine) fails instead.
+    assert all(
+        f.cancelled() or isinstance(f.exception(), executors.ExecutorInterruptedError)
+        for f in queued
+    )
     assert not wait_for_no_new_children(before)
 
 
