@@ -320,7 +320,10 @@ class CeleryExecutor(BaseExecutor):
         )
 
     def _interrupt(self) -> None:
-        # Ctrl-C leaving a `with` block: stop what runs now.
+        # Ctrl-C leaving a `with` block: stop what runs now. Queued calls
+        # are cancelled first: failing the running ones frees the window,
+        # and the queue would launch them into the worker about to die.
+        self._calls.close(cancel_futures=True)
         launched = self._sent.take_all()
         if self._deployment is not None:
             fate = "its worker was killed"
