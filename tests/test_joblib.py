@@ -41,6 +41,7 @@ from executors import (
 )
 from executors._futures import Future as OurFuture
 from executors._outcome import INITIALIZER_FAILED_EXITCODE
+from executors._parentwatch import process_alive
 from executors.backends.joblib import JoblibExecutor, translate_error
 from executors.testing import (
     BOUND,
@@ -55,7 +56,7 @@ from executors.testing import (
     tasks,
     worker_tasks,
 )
-from executors.testing._support import ExecutorFactory, pid_runs
+from executors.testing._support import ExecutorFactory
 from executors.testing.backpressure import BackpressureContract
 from executors.testing.workers import (
     LogForwardingContract,
@@ -217,11 +218,11 @@ def _worker_pids(executor: Any) -> set[int]:
 def _wait_dead(pids: set[int]) -> set[int]:
     deadline = time.monotonic() + BOUND
     while time.monotonic() < deadline:
-        alive = {pid for pid in pids if pid_runs(pid)}
+        alive = {pid for pid in pids if process_alive(pid)}
         if not alive:
             return alive
         time.sleep(0.05)
-    return {pid for pid in pids if pid_runs(pid)}
+    return {pid for pid in pids if process_alive(pid)}
 
 
 @pytest.fixture
@@ -242,13 +243,13 @@ class TestOwnWorkers(ContractBase):
         first.shutdown(wait=True)
         assert not _wait_dead(first_pids)
         # The other executor neither lost nor replaced its workers.
-        assert all(pid_runs(pid) for pid in second_pids)
+        assert all(process_alive(pid) for pid in second_pids)
         assert _worker_pids(second) == second_pids
 
     def test_shutdown_stops_the_workers_before_returning(self, executor: Any) -> None:
         pids = _worker_pids(executor)
         executor.shutdown(wait=True)
-        assert not {pid for pid in pids if pid_runs(pid)}
+        assert not {pid for pid in pids if process_alive(pid)}
 
     def test_shutdown_without_wait_stops_the_workers_after_the_work(
         self, executor: Any
@@ -271,9 +272,9 @@ class TestOwnWorkers(ContractBase):
             ours = _worker_pids(executor)
             assert not ours & joblib_pids
             executor.shutdown(wait=True)
-            assert not {pid for pid in ours if pid_runs(pid)}
+            assert not {pid for pid in ours if process_alive(pid)}
             # joblib's workers were not stopped with ours.
-            assert all(pid_runs(pid) for pid in joblib_pids)
+            assert all(process_alive(pid) for pid in joblib_pids)
         finally:
             # joblib keeps its workers for 300 s; do not leave them behind.
             get_reusable_executor().shutdown(wait=True)

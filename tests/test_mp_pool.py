@@ -41,10 +41,10 @@ from executors import (
     with_options,
 )
 from executors._errors import ExecutorInterruptedError
+from executors._parentwatch import process_alive
 from executors.testing import BOUND, ContractBase, child_processes, tasks
 from executors.testing._support import (
     ExecutorFactory,
-    pid_runs,
     wait_for_file,
     wait_for_no_new_children,
 )
@@ -332,7 +332,7 @@ class TestTaskControl(ContractBase):
         # The other worker's task was not lost: the pool did not break.
         assert other.result(timeout=BOUND) == "other"
         deadline = time.monotonic() + BOUND
-        while pid_runs(killed_pid):
+        while process_alive(killed_pid):
             assert time.monotonic() < deadline, "the killed worker lives on"
             time.sleep(0.01)
         pids = {executor.submit(tasks.get_pid).result(timeout=BOUND) for _ in range(6)}
@@ -575,7 +575,7 @@ class TestShutdown(ContractBase):
                 fut.exception(timeout=0), ExecutorInterruptedError
             )
         assert sum(f.cancelled() for f in queued) >= 20 - executor.max_workers
-        assert not [pid for pid in pids if pid_runs(pid)]
+        assert not [pid for pid in pids if process_alive(pid)]
         assert not wait_for_no_new_children(before)
 
     @pytest.mark.parametrize(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -21,7 +20,6 @@ __all__ = [
     "child_processes",
     "full_traceback",
     "occupy_workers",
-    "pid_runs",
     "wait_for_file",
     "wait_for_no_new_children",
 ]
@@ -136,26 +134,6 @@ class ContractBase:
         for flag in flags:
             if getattr(caps, flag) is not value:
                 pytest.skip(f"{executor.backend!r} declares {flag}={not value}")
-
-
-def pid_is_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def pid_runs(pid: int) -> bool:
-    """Whether process ``pid`` runs: a zombie has ended, only not been reaped."""
-    import psutil
-
-    try:
-        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
-    except psutil.NoSuchProcess:
-        return False
 
 
 def full_traceback(exc: BaseException) -> str:

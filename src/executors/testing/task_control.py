@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
+from .._parentwatch import process_alive
 from . import tasks
 from ._support import (
     BOUND,
     ContractBase,
     occupy_workers,
-    pid_runs,
 )
 
 __all__ = [
@@ -90,7 +90,7 @@ class TaskControlContract(ContractBase):
         # (a shared Celery deployment's next tasks) wait for.
         pids = [int(path.name) for path in tmp_path.iterdir()]
         deadline = time.monotonic() + BOUND / 2
-        while any(pid_runs(pid) for pid in pids):
+        while any(process_alive(pid) for pid in pids):
             assert time.monotonic() < deadline, "a task that ignored SIGTERM runs on"
             time.sleep(0.05)
 

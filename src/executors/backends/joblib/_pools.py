@@ -315,7 +315,8 @@ class ThreadWorkers(Workers):
                 cause=self._init_error,
                 where="in a thread",
             )
-            translated.__cause__ = self._init_error or error
+            if self._init_error is None:
+                translated.__cause__ = error
             return translated
         return translate_error(error)
 
