@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -142,11 +142,11 @@ def line_with(prefix: str, out: str) -> str:
 # -- the classic walk-through ----------------------------------------------
 
 
-@pytest.mark.parametrize("backend", quick_on("process", "thread"))
-def test_one_process_per_task(backend: str) -> None:
-    out = run_example(
-        "one_process_per_task.py", "--backend", backend, "--seconds", "0.2"
-    )
+def run_one_process_per_task(script: str, backend: str) -> str:
+    """Run the walk-through ``script``: each of its two sections runs tasks
+    0 to 4, off the main process where the backend isolates them, the second
+    in a pool of at most two. Its output."""
+    out = run_example(script, "--backend", backend, "--seconds", "0.2")
     main_pid = int(line_with("main process: pid ", out).rsplit(" ", 1)[1])
     sections = out.split("== ")[1:]
     assert len(sections) == 2, out
@@ -160,6 +160,12 @@ def test_one_process_per_task(backend: str) -> None:
             assert pids == {main_pid}, out
     pool_pids = set(re.findall(r"task \d ran in pid (\d+)", sections[1]))
     assert len(pool_pids) <= 2, out
+    return out
+
+
+@pytest.mark.parametrize("backend", quick_on("process", "thread"))
+def test_one_process_per_task(backend: str) -> None:
+    out = run_one_process_per_task("one_process_per_task.py", backend)
     assert "one per task: 5 tasks" in out
     assert "pool of " in out
 
@@ -373,72 +379,69 @@ class Client:
 def _client_session(
     port: int, index: int, barrier: threading.Barrier, errors: list[str]
 ) -> None:
+    client = Client(port)
     try:
-        client = Client(port)
-        try:
-            # Everybody connected before anybody speaks: the server holds
-            # ten open connections at once.
-            barrier.wait(NET_BOUND)
-            for j in range(5):
-                message = f"client {index} message {j} ünïcödé"
-                got = client.ask(message.encode())
-                if got != message.upper().encode():
-                    errors.append(f"{message!r} -> {got!r}")
-        finally:
-            client.close()
-    except Exception as exc:
-        errors.append(f"client {index}: {exc!r}")
-        with contextlib.suppress(threading.BrokenBarrierError):
-            barrier.abort()
-
-
-def _ten_clients_at_once(port: int) -> None:
-    barrier = threading.Barrier(10)
-    errors: list[str] = []
-    threads = [
-        threading.Thread(target=_client_session, args=(port, i, barrier, errors))
-        for i in range(10)
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(RUN_BOUND)
-    assert not any(t.is_alive() for t in threads), "a client hung"
-    assert not errors, errors
+        # Everybody connected before anybody speaks: the server holds
+        # ten open connections at once.
+        barrier.wait(NET_BOUND)
+        for j in range(5):
+            message = f"client {index} message {j} ünïcödé"
+            got = client.ask(message.encode())
+            if got != message.upper().encode():
+                errors.append(f"{message!r} -> {got!r}")
+    finally:
+        client.close()
 
 
 def _classic_client(
     port: int, index: int, barrier: threading.Barrier, errors: list[str]
 ) -> None:
     """The classic client, exactly: raw ``send``, then one ``recv(1024)``."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), NET_BOUND) as sock:
-            barrier.wait(NET_BOUND)
-            for j in range(5):
-                message = f"client {index} raw {j} ünïcödé".encode()
-                sock.send(message)
-                got = sock.recv(1024)
-                if got != message.decode().upper().encode():
-                    errors.append(f"{message!r} -> {got!r}")
-    except Exception as exc:
-        errors.append(f"classic client {index}: {exc!r}")
-        with contextlib.suppress(threading.BrokenBarrierError):
-            barrier.abort()
+    with socket.create_connection(("127.0.0.1", port), NET_BOUND) as sock:
+        barrier.wait(NET_BOUND)
+        for j in range(5):
+            message = f"client {index} raw {j} ünïcödé".encode()
+            sock.send(message)
+            got = sock.recv(1024)
+            if got != message.decode().upper().encode():
+                errors.append(f"{message!r} -> {got!r}")
 
 
-def _ten_classic_clients_at_once(port: int) -> None:
+def _ten_at_once(
+    port: int,
+    session: Callable[[int, int, threading.Barrier, list[str]], None],
+    who: str,
+) -> None:
+    """Ten ``session(port, index, barrier, errors)`` at once, a thread each.
+
+    A session that raises aborts the barrier, so that none waits for it.
+    """
     barrier = threading.Barrier(10)
     errors: list[str] = []
-    threads = [
-        threading.Thread(target=_classic_client, args=(port, i, barrier, errors))
-        for i in range(10)
-    ]
+
+    def run(index: int) -> None:
+        try:
+            session(port, index, barrier, errors)
+        except Exception as exc:
+            errors.append(f"{who} {index}: {exc!r}")
+            with contextlib.suppress(threading.BrokenBarrierError):
+                barrier.abort()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(10)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(RUN_BOUND)
-    assert not any(t.is_alive() for t in threads), "a classic client hung"
+    assert not any(t.is_alive() for t in threads), f"a {who} hung"
     assert not errors, errors
+
+
+def _ten_clients_at_once(port: int) -> None:
+    _ten_at_once(port, _client_session, "client")
+
+
+def _ten_classic_clients_at_once(port: int) -> None:
+    _ten_at_once(port, _classic_client, "classic client")
 
 
 def _bad_input(port: int) -> None:
@@ -547,18 +550,7 @@ def test_echo_server_classic_mode(backend: str, server_factory: Any) -> None:
 
 @pytest.mark.parametrize("backend", quick_on("queue", "inline"))
 def test_pool_one_process_per_task(backend: str) -> None:
-    out = run_example(
-        "pool_one_process_per_task.py", "--backend", backend, "--seconds", "0.2"
-    )
-    main_pid = int(line_with("main process: pid ", out).rsplit(" ", 1)[1])
-    sections = out.split("== ")[1:]
-    assert len(sections) == 2, out
-    for section in sections:
-        ran = re.findall(r"task (\d) ran in pid (\d+)", section)
-        assert sorted(int(n) for n, _ in ran) == [0, 1, 2, 3, 4], out
-        pids = {int(pid) for _, pid in ran}
-        assert (main_pid not in pids) == capabilities(backend).process_isolation, out
-    assert len(set(re.findall(r"task \d ran in pid (\d+)", sections[1]))) <= 2, out
+    run_one_process_per_task("pool_one_process_per_task.py", backend)
 
 
 @pytest.mark.parametrize("backend", quick_on("joblib", "thread"))
