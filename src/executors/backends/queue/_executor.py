@@ -121,7 +121,12 @@ class QueueExecutor(BaseExecutor):
             (:class:`~executors.InitializerFailedError`), with no restart loop.
         initargs: Arguments for ``initializer``.
         max_tasks_per_child: Replace a worker after this many tasks (a
-            chunk of ``map`` counts as one).
+            chunk of ``map`` counts as one). Its replacement starts when
+            it is half-way there, and takes over once its last result is in.
+        max_memory_per_child: Replace a worker whose resident memory is
+            over this after a task (bytes, or a string such as
+            ``"512MB"``); its replacement starts once it passes three
+            quarters of it. No task fails because of it.
         task_timeout: Seconds a task (each item of a ``map``) may run before
             its worker is killed and its future raises
             :class:`~executors.TaskTimeoutError`; ``None`` for no limit.
@@ -133,7 +138,7 @@ class QueueExecutor(BaseExecutor):
             least this many bytes travel through shared memory; ``None``:
             through the pipe (see ``docs/large-data.md``).
         finalizer: Called in each worker when it leaves normally (shutdown,
-            ``max_tasks_per_child``); an exception there is logged in the
+            recycling); an exception there is logged in the
             caller on ``executors.workers``.
         finalargs: Arguments for ``finalizer``.
         threads_per_worker: Cap the BLAS/OpenMP thread pools of each worker;
@@ -155,6 +160,7 @@ class QueueExecutor(BaseExecutor):
         forwards_logs=True,
         limits_worker_threads=True,
         nested_executors=True,
+        recycles_workers=True,
     )
     _calls: CallQueue
 
@@ -171,6 +177,7 @@ class QueueExecutor(BaseExecutor):
         initializer: Callable[..., object] | None = None,
         initargs: tuple[Any, ...] = (),
         max_tasks_per_child: int | None = None,
+        max_memory_per_child: int | str | None = None,
         task_timeout: float | None = None,
         cloudpickle: bool = True,
         shm_threshold: int | None = _shm.DEFAULT_THRESHOLD,
@@ -198,6 +205,7 @@ class QueueExecutor(BaseExecutor):
             finalargs=finalargs,
             threads_per_worker=threads_per_worker,
             forward_logs=forward_logs,
+            max_memory_per_child=max_memory_per_child,
         )
         super().__init__(max_workers=workers, cloudpickle=cloudpickle)
         if initializer is not None and self._portable_callables:
@@ -206,9 +214,18 @@ class QueueExecutor(BaseExecutor):
         if settings.finalizer is not None and self._portable_callables:
             settings.finalizer = portable(settings.finalizer)
         self._workers = settings
-        pool = Pool(context, workers, initializer, initargs, per_child, self)
-        # Each worker starts from it at its own board row (its slot): the
-        # pool counts its workers' tasks itself.
+        pool = Pool(
+            context,
+            workers,
+            initializer,
+            initargs,
+            per_child,
+            self,
+            recycles=settings.max_memory is not None,
+        )
+        # Each worker starts from it with the identity the pool gives it;
+        # the pool counts its workers' tasks itself, the workers their
+        # memory.
         pool.worker_spec = settings.spec(max_tasks=None)
         pool.shm_threshold = self._shm_threshold = threshold
         # The pool and its call queue hold each other, never the executor:

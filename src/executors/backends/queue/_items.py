@@ -217,10 +217,20 @@ class WorkerHandle:
         process: The worker process.
         tasks: Write end of its task pipe (non-blocking).
         results: Read end of its result pipe.
-        slot: Its row on the board, and its index in ``Pool.workers``.
+        slot: Its row on the board, and its key in ``Pool.workers``.
         capacity: Bytes its task pipe holds.
+        identity: Its ``worker_id()``, in ``range(max_workers)``.
+        predecessor: For a spare, the worker it will replace.
 
     Attributes:
+        spare: Started ahead of ``predecessor``'s retirement; takes no item
+            until that worker hands it its identity (``Pool.hand_over_locked``).
+        retiring: Takes no more items (its ``max_tasks_per_child`` are sent,
+            or it said LEAVING).
+        successor: Its spare, once registered; ``successor_starting`` while
+            the spare's process starts.
+        handed_over: Its identity has gone to its successor or back to the
+            pool: another worker may run tasks under it.
         outbox: Frames of held items not yet fully written to the task
             pipe, oldest first, the first one possibly cut where the last
             write stopped. Only the manager thread writes them; while it is
@@ -231,26 +241,47 @@ class WorkerHandle:
         "capacity",
         "eof",
         "gone",
+        "handed_over",
         "held",
         "held_bytes",
+        "identity",
         "kill_reason",
         "outbox",
+        "predecessor",
         "process",
         "ready",
         "results",
+        "retiring",
         "sent",
         "slot",
+        "spare",
+        "successor",
+        "successor_starting",
         "tasks",
     )
 
     def __init__(
-        self, process: Any, tasks: Channel, results: Channel, slot: int, capacity: int
+        self,
+        process: Any,
+        tasks: Channel,
+        results: Channel,
+        slot: int,
+        capacity: int,
+        identity: int,
+        predecessor: WorkerHandle | None = None,
     ) -> None:
         self.process = process
         self.tasks = tasks
         self.results = results
         self.slot = slot
         self.capacity = capacity  # bytes the task pipe holds
+        self.identity = identity
+        self.predecessor = predecessor
+        self.spare = False
+        self.retiring = False
+        self.successor: WorkerHandle | None = None
+        self.successor_starting = False
+        self.handed_over = False
         self.held: deque[WorkItem] = deque()
         self.held_bytes = 0
         self.outbox: deque[list[Part]] = deque()

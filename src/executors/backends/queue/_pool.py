@@ -77,7 +77,7 @@ from ._manager import Wakeup
 from ._payload import SenderGone, discard, loads
 from ._sendahead import pick_worker
 from ._spawn import Spawner, stop_all
-from ._wire import INIT_FAILED, PARTIAL, READY, Message, frame
+from ._wire import INIT_FAILED, LEAVING, PARTIAL, READY, SOON, Message, frame
 
 if TYPE_CHECKING:
     from ..._callqueue import Call, CallQueue
@@ -97,6 +97,8 @@ class Pool:
         max_tasks_per_child: Replace a worker after this many tasks.
         owner: The executor; held weakly, so that dropping the executor
             without shutting it down still stops the pool.
+        recycles: Workers leave at a limit (``max_tasks_per_child``,
+            ``max_memory_per_child``): the board has rows for their spares.
 
     Attributes:
         calls: The executor's call queue; set by the executor.
@@ -116,6 +118,7 @@ class Pool:
         initargs: tuple[Any, ...],
         max_tasks_per_child: int | None,
         owner: object,
+        recycles: bool = False,
     ) -> None:
         self.ctx = ctx
         self.max_workers = max_workers
@@ -129,14 +132,20 @@ class Pool:
         self.wakeup = Wakeup()
         wakeup = self.wakeup
         self.owner = weakref.ref(owner, lambda _: wakeup.wake())
-        self.board = Board(max_workers, ctx)
+        # A row per worker; with recycling, one more for its spare and one
+        # for the worker it replaces while that one exits.
+        rows = max_workers * (3 if recycles or max_tasks_per_child else 1)
+        self.board = Board(rows, ctx)
         # Launched items no worker has yet: sent again after a crash, the
         # rest of a crashed chunk, or a call whose worker was taken between
         # room() and launch(). They go before any new call.
         self.pending: deque[WorkItem] = deque()
         self.workers: dict[int, WorkerHandle] = {}
-        self.free_slots = list(range(max_workers - 1, -1, -1))
+        self.free_slots = list(range(rows - 1, -1, -1))
+        # worker_id()s no worker (or start) holds: the pool's room to grow.
+        self.free_ids = list(range(max_workers - 1, -1, -1))
         self.starting = 0
+        self.starting_spares = 0
         self.generation = 0  # bumped when a worker is registered
         self.ids = itertools.count(1)
         # Workers whose outbox became non-empty, for the manager to watch
@@ -165,8 +174,8 @@ class Pool:
                 return True  # launch() fails it at once
             if not self.pending and pick_worker(self, task.size):
                 return True
-            slots = self.spawner.reserve_locked(waiting + len(self.pending))
-        self.spawner.start(slots)
+            starts = self.spawner.reserve_locked(waiting + len(self.pending))
+        self.spawner.start(starts)
         return False
 
     def launch(self, call: Call) -> None:
@@ -328,6 +337,10 @@ class Pool:
             self.pending.popleft()
             worker.held_bytes += item.size
             worker.sent += 1
+            max_tasks = self.max_tasks
+            if max_tasks is not None and 2 * worker.sent >= max_tasks:
+                worker.retiring = worker.sent >= max_tasks
+                self.spawner.start_spare_locked(worker)
             if item.watched:
                 self.watched += 1
             if worker.outbox:
@@ -387,15 +400,51 @@ class Pool:
         """Send what waits, and replace a worker that died (manager thread)."""
         with self.lock:
             self.dispatch_locked()
-            slots = self.spawner.reserve_locked(len(self.pending), replace)
-        self.spawner.start(slots)
+            starts = self.spawner.reserve_locked(len(self.pending), replace)
+        self.spawner.start(starts)
         self.calls.pump()
+
+    def hand_over_locked(self, worker: WorkerHandle) -> None:
+        """``worker`` runs no more tasks: its identity goes to its spare.
+
+        Without a spare, it goes back to the pool, where a new worker may
+        take it. Once per worker: when a retiring worker's last result is
+        in, when it says LEAVING, or when it dies.
+        """
+        if worker.handed_over:
+            return
+        worker.handed_over = True
+        if worker.spare:
+            # A spare that dies before taking over: its predecessor keeps
+            # the identity, and may start another.
+            predecessor = worker.predecessor
+            if predecessor is not None and predecessor.successor is worker:
+                predecessor.successor = None
+            return
+        successor = worker.successor
+        if successor is not None:
+            successor.spare = False
+        elif not worker.successor_starting:
+            # (A spare still starting takes it when it registers.)
+            self.free_ids.append(worker.identity)
 
     # -- results (manager thread) --------------------------------------------
 
     def on_message(self, worker: WorkerHandle, message: Message) -> None:
         """Handle one message from ``worker``."""
         kind = message.kind
+        if kind == SOON:
+            with self.lock:
+                self.spawner.start_spare_locked(worker)
+            return
+        if kind == LEAVING:
+            # It runs nothing more: what it holds runs elsewhere once it
+            # has exited (_triage), its spare (if started) from now on.
+            with self.lock:
+                worker.retiring = True
+                self.hand_over_locked(worker)
+            self.after_exit(replace=False)
+            return
         if kind == READY:
             with self.lock:
                 worker.ready = True
@@ -441,6 +490,8 @@ class Pool:
             worker.held_bytes -= item.size
             if item.watched:
                 self.watched -= 1
+            if worker.retiring and not worker.held:
+                self.hand_over_locked(worker)
             # A moving average: recent tasks say whether sending ahead pays.
             seconds = self.task_seconds
             if seconds is None:
@@ -468,7 +519,7 @@ class Pool:
         if not self.ended and not self.calls.is_idle():
             return False
         with self.lock:
-            if self.pending or self.starting:
+            if self.pending or self.starting or self.starting_spares:
                 return False
             if any(worker.held for worker in self.workers.values()):
                 return False

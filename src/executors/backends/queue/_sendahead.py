@@ -49,9 +49,9 @@ def pick_worker(pool: Pool, size: int) -> WorkerHandle | None:
     unready: WorkerHandle | None = None
     any_ready = any_unready = False
     for worker in pool.workers.values():
-        if worker.kill_reason is not None or (
-            pool.max_tasks is not None and worker.sent >= pool.max_tasks
-        ):
+        if worker.spare:
+            continue  # takes over from its predecessor, later
+        if worker.kill_reason is not None or worker.retiring:
             # On its way out: its replacement may take the item soon.
             any_unready = True
             continue
@@ -81,7 +81,7 @@ def pick_worker(pool: Pool, size: int) -> WorkerHandle | None:
     if (
         busy is not None
         and not any_unready
-        and not pool.free_slots
+        and not pool.free_ids
         and pool.starting == 0
     ):
         return busy

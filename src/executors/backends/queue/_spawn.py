@@ -4,6 +4,15 @@ A worker gets its own pair of pipes (grown on Linux, so that a chunk can
 wait in the pipe and a large argument crosses in fewer wake-ups) and a row
 of the board; under forkserver the server imports the worker module once,
 so that a worker replacing a dead one starts in milliseconds.
+
+A worker's row on the board (its ``slot``) and its identity
+(``worker_id()``) differ: a recycling pool (``max_tasks_per_child``,
+``max_memory_per_child``) starts a spare for a worker once that worker is
+half-way through its tasks, or past three quarters of its memory limit.
+The spare gets a row of its own and the identity of the worker it will
+replace, and takes no item until that worker hands the identity over: once
+its last result is in, or it said LEAVING. The spare has started and run
+the initializer by then, so a recycling pool keeps its throughput.
 """
 
 from __future__ import annotations
@@ -27,7 +36,18 @@ from ._worker import run_worker
 if TYPE_CHECKING:
     from ._pool import Pool
 
-__all__ = ["PIPE_BYTES", "STOP_GRACE_SECONDS", "Spawner", "close_quietly", "stop_all"]
+__all__ = [
+    "PIPE_BYTES",
+    "STOP_GRACE_SECONDS",
+    "Spawner",
+    "Start",
+    "close_quietly",
+    "stop_all",
+]
+
+#: A worker to start: its board row, its identity, and for a spare the
+#: worker it will replace.
+Start = tuple[int, int, "WorkerHandle | None"]
 
 # A worker that is busy (or still starting) is sent an item only if the
 # item, with everything it holds, fits in its task pipe by the byte count:
@@ -68,37 +88,58 @@ class Spawner:
         # forked worker learns every pipe of its siblings (to close them).
         self.lock = threading.Lock()
 
-    def reserve_locked(self, want: int, replace: bool = False) -> list[int]:
-        """Board rows for new workers, under ``pool.lock``.
+    def reserve_locked(self, want: int, replace: bool = False) -> list[Start]:
+        """Rows and identities for new workers, under ``pool.lock``.
 
-        One per item of ``want`` beyond the workers starting; with
-        ``replace`` (a worker died), at least one unless the pool closes idle.
+        One per item of ``want`` beyond the workers starting, while an
+        identity is free; with ``replace`` (a worker died), at least one
+        unless the pool closes idle.
         """
         pool = self.pool
         if pool.ended or pool.stopped:
             return []
         if replace and not (pool.closing and not want):
             want = max(want, pool.starting + 1)
-        slots = []
-        while pool.free_slots and want > pool.starting:
+        starts: list[Start] = []
+        while pool.free_ids and pool.free_slots and want > pool.starting:
             pool.starting += 1
-            slots.append(pool.free_slots.pop())
-        return slots
+            starts.append((pool.free_slots.pop(), pool.free_ids.pop(), None))
+        return starts
 
-    def start(self, slots: list[int]) -> None:
-        for slot in slots:
+    def start_spare_locked(self, worker: WorkerHandle) -> None:
+        """Start ``worker``'s replacement ahead of its retirement (``pool.lock``)."""
+        pool = self.pool
+        if (
+            worker.successor is not None
+            or worker.successor_starting
+            or worker.handed_over
+            or worker.spare
+            or pool.closing
+            or pool.ended
+            or pool.stopped
+            or not pool.free_slots
+        ):
+            return
+        worker.successor_starting = True
+        pool.starting_spares += 1
+        self.start([(pool.free_slots.pop(), worker.identity, worker)])
+
+    def start(self, starts: list[Start]) -> None:
+        for start in starts:
             threading.Thread(
-                target=self._spawn, args=(slot,), name="executors-queue-spawn"
+                target=self._spawn, args=start, name="executors-queue-spawn"
             ).start()
 
-    def _spawn(self, slot: int) -> None:
+    def _spawn(
+        self, slot: int, identity: int, predecessor: WorkerHandle | None
+    ) -> None:
         pool = self.pool
         with self.lock:
             try:
-                worker = self._start_process(slot)
+                worker = self._start_process(slot, identity, predecessor)
             except BaseException as exc:
                 with pool.lock:
-                    pool.starting -= 1
+                    self._forget_start_locked(identity, predecessor, worker=None)
                     pool.free_slots.append(slot)
                     alive = bool(pool.workers)
                 if not alive:
@@ -111,10 +152,10 @@ class Spawner:
                 pool.wakeup.wake()
                 return
             with pool.lock:
-                pool.starting -= 1
                 # Its workers ended (Ctrl-C, terminate_workers()) while this
                 # one started: it must take no work.
                 late = pool.stopped or pool.ended
+                self._forget_start_locked(identity, predecessor, worker)
                 if not late:
                     pool.workers[slot] = worker
                     pool.generation += 1
@@ -129,7 +170,33 @@ class Spawner:
         if not late:
             pool.calls.pump()  # a worker that is starting takes a call
 
-    def _start_process(self, slot: int) -> WorkerHandle:
+    def _forget_start_locked(
+        self,
+        identity: int,
+        predecessor: WorkerHandle | None,
+        worker: WorkerHandle | None,
+    ) -> None:
+        """Count a start as done; ``worker`` is ``None`` if it failed."""
+        pool = self.pool
+        if predecessor is None:
+            pool.starting -= 1
+            if worker is None:
+                pool.free_ids.append(identity)
+            return
+        pool.starting_spares -= 1
+        predecessor.successor_starting = False
+        if predecessor.handed_over:
+            # Its predecessor has gone (or run its last task) meanwhile:
+            # it takes the identity as an ordinary worker.
+            if worker is None:
+                pool.free_ids.append(identity)
+        elif worker is not None:
+            worker.spare = True
+            predecessor.successor = worker
+
+    def _start_process(
+        self, slot: int, identity: int, predecessor: WorkerHandle | None
+    ) -> WorkerHandle:
         pool = self.pool
         task_reader, task_writer = pool.ctx.Pipe(duplex=False)
         result_reader, result_writer = pool.ctx.Pipe(duplex=False)
@@ -157,6 +224,7 @@ class Spawner:
                 result_writer,
                 pool.board,
                 slot,
+                identity,
                 pool.initializer,
                 pool.initargs,
                 pool.max_tasks,
@@ -179,7 +247,9 @@ class Spawner:
         tasks, results = Channel(task_writer), Channel(result_reader)
         tasks.make_nonblocking()
         results.check_against(pool.board.view, slot * FIELDS + SENT)
-        return WorkerHandle(process, tasks, results, slot, capacity)
+        return WorkerHandle(
+            process, tasks, results, slot, capacity, identity, predecessor
+        )
 
 
 def stop_all(workers: Iterable[WorkerHandle], kill: bool) -> None:

@@ -53,9 +53,11 @@ __all__ = [
     "ERROR",
     "HEADER",
     "INIT_FAILED",
+    "LEAVING",
     "PARTIAL",
     "READY",
     "RESULT",
+    "SOON",
     "BadFrameError",
     "Channel",
     "Message",
@@ -73,8 +75,11 @@ RESULT = 12  # body: the return value
 ERROR = 13  # body: the task's exception, with its traceback
 PARTIAL = 14  # body: the values of a chunk's next items, sent early
 CHUNK_DONE = 15  # body: (the last values, the exception or None)
-# A worker sends only the kinds READY to CHUNK_DONE.
-_FIRST_FROM_WORKER, _LAST_FROM_WORKER = READY, CHUNK_DONE
+# Recycling (max_memory_per_child), after a task's outcome; no body.
+SOON = 16  # past the point where its replacement should start
+LEAVING = 17  # over the limit: it runs nothing more, and exits
+# A worker sends only the kinds READY to LEAVING.
+_FIRST_FROM_WORKER, _LAST_FROM_WORKER = READY, LEAVING
 _INFINITY = float("inf")
 
 HEADER = struct.Struct("<BIQdQ")

@@ -17,7 +17,11 @@ unpickled) is told apart: that is where a task too large for the worker's
 memory kills it.
 
 A worker exits at end-of-file on its pipe (the parent closed it, or died),
-after ``max_tasks`` tasks, or after its initializer failed. It ignores
+after ``max_tasks`` tasks, after a task that left it over
+``max_memory_per_child`` (it tells the parent LEAVING, and the items the
+parent sent it ahead run elsewhere), or after its initializer failed. Past
+three quarters of that memory limit it tells the parent SOON, once, and
+the parent starts its replacement (see :mod:`._spawn`). It ignores
 SIGINT: Ctrl-C reaches every process of the terminal's process group, and a
 worker dying of it would fail a task the parent is about to cancel anyway.
 
@@ -44,7 +48,7 @@ from ... import _shm
 from ..._parentwatch import exit_with_parent
 from ..._remote import picklable_exception, result_not_sent
 from ..._serialize import unwrap
-from ..._workers._context import WorkerSpec, after_task
+from ..._workers._context import WorkerSpec, after_task, recycling
 from ._board import END, FIELDS, ITEM, RETURNED, SENT, STARTED, TASK, Board
 from ._payload import dumps, dumps_outcome, loads
 from ._wire import (
@@ -52,9 +56,11 @@ from ._wire import (
     CHUNK_DONE,
     ERROR,
     INIT_FAILED,
+    LEAVING,
     PARTIAL,
     READY,
     RESULT,
+    SOON,
     Channel,
     Message,
 )
@@ -80,6 +86,7 @@ def run_worker(
     results: Connection,
     board: Board,
     slot: int,
+    identity: int,
     initializer: Callable[..., object] | None,
     initargs: tuple[Any, ...],
     max_tasks: int | None,
@@ -95,6 +102,7 @@ def run_worker(
         results: Write end of this worker's result pipe.
         board: The shared board.
         slot: This worker's row on the board.
+        identity: Its ``worker_id()``: the one of the worker it replaces.
         initializer: Called once before the first task.
         initargs: Arguments for ``initializer``.
         max_tasks: Exit after this many tasks (``None``: never).
@@ -105,13 +113,13 @@ def run_worker(
         shm_threshold: Results' buffers of at least this many bytes go back
             through shared memory (see :mod:`._payload`).
         worker: Identity, state, thread caps, logs and finalizer
-            (:mod:`executors._workers`); the worker's slot is its board row.
+            (:mod:`executors._workers`).
     """
     exit_with_parent(caller)
     if worker is not None:
         # Before the initializer: it may fill worker_state(), and the
         # libraries it imports see the thread caps.
-        worker.start(index=slot)
+        worker.start(index=identity)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for fd in close_fds:
         with contextlib.suppress(OSError):
@@ -152,6 +160,7 @@ class _Runner:
 
     def serve(self, max_tasks: int | None) -> None:
         done = 0
+        told_soon = False
         while max_tasks is None or done < max_tasks:
             try:
                 message = self.inbox.recv(self._announce)
@@ -163,6 +172,13 @@ class _Runner:
                 self.run_chunk(message)
             del message  # free the arguments while idle
             done += 1
+            leaving, soon = recycling()
+            if soon and not told_soon:
+                told_soon = True
+                self.outbox.send(SOON, 0)
+            if leaving:
+                self.outbox.send(LEAVING, 0)
+                break
         # The parent opens a result's shared memory through this process:
         # it must not be gone before the parent has taken its last one.
         _shm.wait_picked(LAST_RESULT_SECONDS)
