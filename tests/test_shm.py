@@ -42,7 +42,7 @@ from _shm_tasks import (
     same,
     unique_memory,
 )
-from executors import _outcome, _shm
+from executors import _outcome, _share, _shm
 
 pytestmark = pytest.mark.skipif(
     not _shm.available(), reason="no os.memfd_create or /proc on this system"
@@ -583,7 +583,7 @@ def test_a_shared_array_is_mapped_read_only_once_per_worker(
     array = np.arange(32 * MB // 8, dtype=np.float64)
     with executors.create(backend, max_workers=2, **options) as ex:
         before = dict(_uss_by_worker(ex))
-        handle = _outcome.Shared(array)
+        handle = _share.Shared(array)
         results = [
             ex.submit(read_shared, {"array": handle}).result(timeout=60)
             for _ in range(20)
@@ -597,7 +597,7 @@ def test_a_shared_array_is_mapped_read_only_once_per_worker(
         with pytest.raises(ValueError, match="was released"):
             ex.submit(read_shared, {"array": handle}).result(timeout=60)
         # A worker lets go of a released object when it next receives one.
-        other = _outcome.Shared(np.ones(MB))
+        other = _share.Shared(np.ones(MB))
         arena = _shm._get()
         held = sum(s.size for s in arena.own)
         for _ in range(30):  # until every worker has had one
@@ -626,7 +626,7 @@ def _uss_by_worker(ex: executors.Executor) -> list[tuple[int, int]]:
 def test_a_shared_object_is_unpickled_once_per_worker(size: int) -> None:
     counted = Counted(list(range(size)))
     with executors.create("process", max_workers=1) as ex:
-        handle = _outcome.Shared(counted)
+        handle = _share.Shared(counted)
         outcomes = [ex.submit(count_loads, handle).result(timeout=60) for _ in range(5)]
         assert outcomes == [(1, size)] * 5
         handle.release()

@@ -52,9 +52,9 @@ from ._lifecycle import (
     killing_after_grace,
 )
 from ._options import check_callable, check_map_arguments
-from ._outcome import Shared
 from ._pending import PendingSlots, taking_max_pending
 from ._serialize import portable
+from ._share import Shared
 
 if TYPE_CHECKING:
     from typing_extensions import Self

@@ -362,7 +362,7 @@ class _PeakRss:
 def run_share(ctx: Context) -> Outcome:
     """Tasks that each read one shared array: a large one, then a tiny one.
 
-    The handle is :class:`executors._outcome.Shared` (what ``share()``
+    The handle is :class:`executors._share.Shared` (what ``share()``
     returns on a backend that declares shared memory). Each worker's unique
     memory (USS) is read before and after the large array's tasks.
     """
@@ -376,7 +376,7 @@ def run_share(ctx: Context) -> Outcome:
     executor = getattr(session, "executor", None)
     if executor is None or not executor.capabilities.shared_memory:
         raise Unsupported("the backend declares no shared memory")
-    from .._outcome import Shared
+    from .._share import Shared
 
     config = ctx.config
     tasks = config.share_tasks
