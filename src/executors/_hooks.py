@@ -90,7 +90,10 @@ class BackendHooks:
             return
         calls = self._calls
         if calls is not None:
-            calls.close(cancel_futures=True)
+            # Ending: the queue, idle once the running calls have failed,
+            # leaves the workers to the signal (a graceful release would
+            # wait for the tasks).
+            calls.close(cancel_futures=True, ending=True)
             calls.fail_launched(
                 functools.partial(ExecutorInterruptedError.stopped, self.backend)
             )

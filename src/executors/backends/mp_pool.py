@@ -60,7 +60,6 @@ from .. import _shm
 from .._base import BaseExecutor
 from .._callqueue import Call, CallQueue
 from .._capabilities import Capabilities
-from .._errors import ExecutorInterruptedError
 from .._forkserver import preload_in_forkserver
 from .._lifecycle import close_at_exit
 from .._map import Chunk, ChunkResult
@@ -380,16 +379,6 @@ class MpPoolExecutor(BaseExecutor):
     ) -> Future[ChunkResult]:
         # Pickled by the library's task-feeding thread (see submit_chunk).
         return self._queue.submit_chunk(fn, chunk)
-
-    def _interrupt(self) -> None:
-        # Ctrl-C: kill the workers now, fail what runs, cancel what is
-        # queued. Kill first: the queue, once closed and idle, asks the
-        # watch to close gracefully, which would wait for the tasks.
-        self._watch.kill()
-        self._queue.close(cancel_futures=True)
-        self._queue.break_(
-            functools.partial(ExecutorInterruptedError.stopped, self.backend)
-        )
 
     def _signal_workers(self, sig: signal.Signals) -> None:
         # terminate_workers(), kill_workers(): the core has failed the
