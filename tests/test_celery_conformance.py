@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,6 @@ from executors.testing._support import BOUND, ExecutorFactory, child_processes
 from executors.testing.pool import (
     PoolApplyContract,
     PoolCrashContract,
-    PoolFactory,
     PoolImapContract,
     PoolLifecycleContract,
     PoolMapContract,
@@ -104,15 +103,6 @@ def deployment() -> Iterator[LocalDeployment]:
         started.stop()
 
 
-def _wait_for_no_leftovers(deployment: LocalDeployment, before: set[int]) -> None:
-    deadline = time.monotonic() + BOUND
-    while (leftover := _not_shared(deployment) - before) and (
-        time.monotonic() < deadline
-    ):
-        time.sleep(0.05)
-    assert not leftover, f"child processes left after shutdown: {sorted(leftover)}"
-
-
 def _not_shared(deployment: LocalDeployment) -> set[int]:
     """Our descendants, less the shared deployment's (the module's own)."""
     assert deployment.worker is not None and deployment.redis is not None
@@ -130,26 +120,12 @@ def _not_shared(deployment: LocalDeployment) -> set[int]:
 
 class _Shared:
     @pytest.fixture
-    def make_executor(
-        self, executor_factory: ExecutorFactory, deployment: LocalDeployment
-    ) -> Iterator[ExecutorFactory]:
-        """As the suite's, but the shared deployment's pool may replace
-        processes (a test crashed one): those are not this test's leftovers."""
-        before = _not_shared(deployment)
-        created: list[Any] = []
-
-        def make(**options: Any) -> Any:
-            executor = executor_factory(**options)
-            created.append(executor)
-            return executor
-
-        yield make
-        for executor in created:
-            start = time.monotonic()
-            executor.shutdown(wait=True, cancel_futures=True)
-            took = time.monotonic() - start
-            assert took < BOUND, f"shutdown took {took:.1f}s"
-        _wait_for_no_leftovers(deployment, before)
+    def leak_check_children(
+        self, deployment: LocalDeployment
+    ) -> Callable[[], set[int]]:
+        """The suite's leak checks leave the shared deployment out: its pool
+        may replace processes (a test crashed one), not this test's leftovers."""
+        return lambda: _not_shared(deployment)
 
     @pytest.fixture
     def executor_factory(self, deployment: LocalDeployment) -> ExecutorFactory:
@@ -255,49 +231,25 @@ class TestTaskControl(_Shared, TaskControlContract):
 # -- executors.Pool on the shared deployment -----------------------------------
 
 
-class _SharedPool(_Shared):
-    @pytest.fixture
-    def make_pool(
-        self, pool_factory: PoolFactory, deployment: LocalDeployment
-    ) -> Iterator[PoolFactory]:
-        """As the suite's, with the shared deployment's processes left out."""
-        before = _not_shared(deployment)
-        created: list[Any] = []
-
-        def make(*args: Any, **kwargs: Any) -> Any:
-            pool = pool_factory(*args, **kwargs)
-            created.append(pool)
-            return pool
-
-        yield make
-        for pool in created:
-            start = time.monotonic()
-            pool.terminate()
-            pool.join()
-            took = time.monotonic() - start
-            assert took < BOUND, f"terminate() + join() took {took:.1f}s"
-        _wait_for_no_leftovers(deployment, before)
-
-
-class TestPoolApply(_SharedPool, PoolApplyContract):
+class TestPoolApply(_Shared, PoolApplyContract):
     pass
 
 
-class TestPoolMap(_SharedPool, PoolMapContract):
+class TestPoolMap(_Shared, PoolMapContract):
     pass
 
 
-class TestPoolImap(_SharedPool, PoolImapContract):
+class TestPoolImap(_Shared, PoolImapContract):
     pass
 
 
-class TestPoolLifecycle(_SharedPool, PoolLifecycleContract):
+class TestPoolLifecycle(_Shared, PoolLifecycleContract):
     pass
 
 
-class TestPoolCrash(_SharedPool, PoolCrashContract):
+class TestPoolCrash(_Shared, PoolCrashContract):
     pass
 
 
-class TestPoolStdlibErrors(_SharedPool, PoolStdlibErrorsContract):
+class TestPoolStdlibErrors(_Shared, PoolStdlibErrorsContract):
     pass

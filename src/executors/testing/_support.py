@@ -62,11 +62,19 @@ def wait_for_file(path: Path) -> str:
     return path.read_text()
 
 
-def wait_for_no_new_children(before: set[int], bound: float = BOUND) -> set[int]:
-    """Wait until no descendant beyond ``before`` is alive; return leftovers."""
+def wait_for_no_new_children(
+    before: set[int],
+    bound: float = BOUND,
+    children: Callable[[], set[int]] = child_processes,
+) -> set[int]:
+    """Wait until no descendant beyond ``before`` is alive; return leftovers.
+
+    ``children`` lists the descendants that count (all but multiprocessing's
+    helpers, by default).
+    """
     deadline = time.monotonic() + bound
     while True:
-        leftover = child_processes() - before
+        leftover = children() - before
         if not leftover or time.monotonic() > deadline:
             return leftover
         time.sleep(0.05)
@@ -87,15 +95,27 @@ class ContractBase:
     teardown_shutdown_options: ClassVar[dict[str, Any]] = {"cancel_futures": True}
 
     @pytest.fixture
+    def leak_check_children(self) -> Callable[[], set[int]]:
+        """What lists the child processes the teardown leak checks count.
+
+        :func:`child_processes` by default. A project overrides it to leave
+        out processes no test owns (workers of a deployment its tests share,
+        which may replace a process a test crashed).
+        """
+        return child_processes
+
+    @pytest.fixture
     def make_executor(
-        self, executor_factory: ExecutorFactory
+        self,
+        executor_factory: ExecutorFactory,
+        leak_check_children: Callable[[], set[int]],
     ) -> Iterator[ExecutorFactory]:
         """Create executors; shut each down at teardown and check for leaks.
 
         Teardown asserts a bounded shutdown and that no child process of the
         executor outlives it.
         """
-        before = child_processes()
+        before = leak_check_children()
         created: list[Any] = []
 
         def make(**options: Any) -> Any:
@@ -109,7 +129,7 @@ class ContractBase:
             executor.shutdown(wait=True, **self.teardown_shutdown_options)
             took = time.monotonic() - start
             assert took < BOUND, f"shutdown took {took:.1f}s"
-        leftover = wait_for_no_new_children(before)
+        leftover = wait_for_no_new_children(before, children=leak_check_children)
         assert not leftover, f"child processes left after shutdown: {sorted(leftover)}"
 
     @pytest.fixture

@@ -16,7 +16,6 @@ from .._support import (
     BOUND,
     ContractBase,
     ExecutorFactory,
-    child_processes,
     wait_for_no_new_children,
 )
 
@@ -83,9 +82,13 @@ class PoolContractBase(ContractBase):
         return make
 
     @pytest.fixture
-    def make_pool(self, pool_factory: PoolFactory) -> Iterator[PoolFactory]:
+    def make_pool(
+        self,
+        pool_factory: PoolFactory,
+        leak_check_children: Callable[[], set[int]],
+    ) -> Iterator[PoolFactory]:
         """Create pools; terminate and join each at teardown, check for leaks."""
-        before = child_processes()
+        before = leak_check_children()
         created: list[Pool] = []
 
         def make(*args: Any, **kwargs: Any) -> Pool:
@@ -100,7 +103,7 @@ class PoolContractBase(ContractBase):
             pool.join()
             took = time.monotonic() - start
             assert took < BOUND, f"terminate() + join() took {took:.1f}s"
-        leftover = wait_for_no_new_children(before)
+        leftover = wait_for_no_new_children(before, children=leak_check_children)
         assert not leftover, f"child processes left after terminate: {leftover}"
 
     @pytest.fixture
