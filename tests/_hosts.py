@@ -1,7 +1,8 @@
 """Test hosts: Linux network namespaces A, B, C on a private bridge.
 
-For the multi-host tests (Dask in ``test_multihost_dask.py``; reusable for
-Celery). Each host is a network namespace with ``lo`` and an ``eth0`` whose
+For the multi-host tests (``test_multihost_dask.py`` and
+``test_multihost_celery.py``, which share the checks at the end of this
+module). Each host is a network namespace with ``lo`` and an ``eth0`` whose
 veth peer sits on a bridge inside a fourth namespace, so nothing is created
 in the machine's own network stack::
 
@@ -49,6 +50,7 @@ import itertools
 import json
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -60,7 +62,18 @@ from typing import IO, Any
 
 import pytest
 
-__all__ = ["Host", "Hosts", "Program", "require_netns"]
+from executors._parentwatch import process_alive
+
+__all__ = [
+    "Host",
+    "Hosts",
+    "Program",
+    "check_unfinished_futures_fail",
+    "page_commands",
+    "require_netns",
+    "stall_after",
+    "wait_until_ready",
+]
 
 PREFIX = "executors-test-"
 #: The private subnet: host A is .1, B .2, C .3. Never routed anywhere.
@@ -125,22 +138,12 @@ def _kill_namespace_processes(name: str) -> list[int]:
     return []
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def sweep_leftovers() -> list[str]:
     """Delete the namespaces of test runs whose process is gone; name them."""
     swept = []
     for name in _our_namespaces():
         owner = name[len(PREFIX) :].split("-", 1)[0]
-        if owner.isdigit() and int(owner) != os.getpid() and _pid_alive(int(owner)):
+        if owner.isdigit() and int(owner) != os.getpid() and process_alive(int(owner)):
             continue  # a live run's (another xdist worker, say)
         if owner.isdigit() and int(owner) == os.getpid() and name in _active:
             continue
@@ -400,6 +403,10 @@ class Hosts:
             _ip("-n", host.netns, "addr", "add", f"{host.address}/24", "dev", "eth0")
             _ip("-n", host.netns, "link", "set", "eth0", "up")
 
+    def logs(self) -> str:
+        """What every host's processes logged, for a failure message."""
+        return "\n".join(host.logs() for host in self.hosts.values())
+
     def close(self) -> None:
         """Kill every process in the hosts, delete them, assert nothing is left."""
         problems = []
@@ -429,3 +436,72 @@ class Hosts:
             problems.append(f"links left in the machine's namespace: {new_links}")
         if problems:
             raise AssertionError("test hosts not cleaned up: " + "; ".join(problems))
+
+
+# -- what both multi-host test modules check -------------------------------------
+
+
+def wait_until_ready(caller: Program, hosts: Hosts, bound: float) -> dict[str, Any]:
+    """The caller's ``ready`` event; the hosts' logs if it never comes."""
+    try:
+        return caller.wait_for("ready", bound)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nhost logs:\n{hosts.logs()}") from None
+
+
+def stall_after(results: list[list[Any]], moment: float) -> float:
+    """The longest wait for a result after ``moment``: the recovery time.
+
+    ``results`` are ``[arrival time, where, i]`` as the callers report them.
+    """
+    times = [moment] + [t for t, _, _ in results if t > moment]
+    return max(b - a for a, b in itertools.pairwise(times))
+
+
+def check_unfinished_futures_fail(
+    caller: Program,
+    lost_at: float,
+    *,
+    lost: str,
+    error: str,
+    bound: float,
+    shutdown_bound: float,
+) -> None:
+    """After ``lost`` (the broker, the scheduler) died at ``lost_at``, the
+    caller's futures mode reports every unfinished future failed with
+    ``error`` within ``bound`` seconds, and ``shutdown()`` within
+    ``shutdown_bound``."""
+    # The caller waits 90 s for its futures, then 30 s for shutdown().
+    settled = caller.wait_for("settled", 90 + 30)
+    done = caller.wait_for("done", 30 + 10)
+    outcomes = done["outcomes"]
+    counts = settled["counts"]
+    failed = [o for o in outcomes if o[1] not in ("ok", "pending")]
+    times = [o[2] for o in failed]
+    assert None not in times, "a failed future's done-callback never ran"
+    last = max(times) - lost_at if failed else 0.0
+    took = done["shutdown_seconds"]
+    print(
+        f"{lost} lost: {counts}; the last future failed {last:.2f} s after; "
+        f"shutdown() took {took} s"
+    )
+    assert "pending" not in counts, (
+        f"futures still unfinished 90 s after the {lost} died: {counts}"
+    )
+    assert took is not None, "shutdown() did not return within 30 s"
+    assert failed, f"every future succeeded: the {lost} died too late"
+    kinds = {kind for _, kind, _, _ in failed}
+    assert kinds == {error}, f"unexpected failures: {failed[:5]}"
+    assert last < bound
+    assert took < shutdown_bound
+    assert caller.proc.wait(shutdown_bound) == 0
+
+
+def page_commands(page: Path) -> set[str]:
+    """The command lines of the page's bash blocks, continuations joined."""
+    blocks = re.findall(r"```bash\n(.*?)```", page.read_text(), re.DOTALL)
+    commands = set()
+    for block in blocks:
+        for line in block.replace("\\\n", " ").splitlines():
+            commands.add(" ".join(line.split()))
+    return commands

@@ -18,9 +18,7 @@ Each test starts its own deployment: the faults below leave it damaged.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
-import re
 import secrets
 import shlex
 import signal
@@ -35,7 +33,14 @@ from typing import Any
 
 import pytest
 
-from _hosts import Hosts, Program
+from _hosts import (
+    Hosts,
+    Program,
+    check_unfinished_futures_fail,
+    page_commands,
+    stall_after,
+    wait_until_ready,
+)
 
 pytest.importorskip("celery")
 
@@ -206,7 +211,9 @@ def local(tmp_path: Path) -> Iterator[Deployment]:
         log.close()
 
 
-def _start_local_caller(local: Deployment, mode: str, n: int) -> Program:
+@contextlib.contextmanager
+def _local_caller(local: Deployment, mode: str, n: int) -> Iterator[Program]:
+    """The caller on this host; killed, with its process group, at the end."""
     proc = subprocess.Popen(
         local.caller_argv(mode, 2, n),
         env={**os.environ, "REDIS_PASSWORD": local.password, "PYTHONUNBUFFERED": "1"},
@@ -215,15 +222,19 @@ def _start_local_caller(local: Deployment, mode: str, n: int) -> Program:
         text=True,
         start_new_session=True,
     )
-    return Program(proc)
+    try:
+        yield Program(proc)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
 
 
 @pytest.mark.timeout(READY_BOUND + LOST_WORKER_RECOVERY + RUN_BOUND + 60)
 def test_a_worker_killed_mid_map_on_one_host_loses_nothing(local: Deployment) -> None:
     """Before the lost-worker watch, the dead worker's task held a slot for good."""
     n = 300
-    caller = _start_local_caller(local, "map", n)
-    try:
+    with _local_caller(local, "map", n) as caller:
         caller.wait_for("ready", READY_BOUND)
         caller.wait_for("quarter", RUN_BOUND)
         lost_at = time.monotonic()
@@ -231,7 +242,7 @@ def test_a_worker_killed_mid_map_on_one_host_loses_nothing(local: Deployment) ->
         done = caller.wait_for("done", LOST_WORKER_RECOVERY + RUN_BOUND)
         results = done["results"]
         assert [i for _, _, i in results] == list(range(n)), "results lost"
-        stall = _stall_after(results, lost_at)
+        stall = stall_after(results, lost_at)
         print(
             f"worker w2 killed: results stopped for {stall:.2f} s; shutdown() took {done['shutdown_seconds']:.3f} s"
         )
@@ -239,10 +250,6 @@ def test_a_worker_killed_mid_map_on_one_host_loses_nothing(local: Deployment) ->
         assert done["shutdown_seconds"] is not None
         assert done["shutdown_seconds"] < SHUTDOWN_BOUND
         assert caller.proc.wait(SHUTDOWN_BOUND) == 0
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(caller.proc.pid, signal.SIGKILL)
-        caller.proc.wait(30)
 
 
 @pytest.mark.slow  # over 10 s; the quick run keeps a sibling
@@ -252,8 +259,7 @@ def test_without_retries_a_killed_workers_tasks_fail_in_bounded_time(
 ) -> None:
     """Nothing hangs and nothing is lost silently: WorkerCrashedError, in time."""
     n = 300
-    caller = _start_local_caller(local, "no-retries", n)
-    try:
+    with _local_caller(local, "no-retries", n) as caller:
         caller.wait_for("ready", READY_BOUND)
         caller.wait_for("quarter", RUN_BOUND)
         lost_at = time.monotonic()
@@ -276,10 +282,6 @@ def test_without_retries_a_killed_workers_tasks_fail_in_bounded_time(
         assert done["shutdown_seconds"] is not None
         assert done["shutdown_seconds"] < SHUTDOWN_BOUND
         assert caller.proc.wait(SHUTDOWN_BOUND) == 0
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(caller.proc.pid, signal.SIGKILL)
-        caller.proc.wait(30)
 
 
 @pytest.mark.slow  # over 10 s; the quick run keeps a sibling
@@ -313,28 +315,27 @@ def test_a_worker_that_never_answers_polls_is_missed_by_its_tasks(
         assert time.monotonic() < deadline, "worker w3 never became ready"
         time.sleep(0.2)
     n = 300
-    caller = _start_local_caller(local, "map", n)
     try:
-        caller.wait_for("ready", READY_BOUND)
-        caller.wait_for("quarter", RUN_BOUND)
-        lost_at = time.monotonic()
-        os.killpg(w3.pid, signal.SIGKILL)
-        done = caller.wait_for("done", LOST_WORKER_RECOVERY + RUN_BOUND)
-        results = done["results"]
-        assert [i for _, _, i in results] == list(range(n)), "results lost"
-        hosts = {host for t, host, _ in results if t < lost_at}
-        assert "w3" in hosts, f"worker w3 ran nothing before it was killed: {hosts}"
-        stall = _stall_after(results, lost_at)
-        print(f"worker w3 (no remote control) killed: ran {hosts}; stall {stall:.2f} s")
-        assert stall < LOST_WORKER_RECOVERY
-        assert caller.proc.wait(SHUTDOWN_BOUND) == 0
+        with _local_caller(local, "map", n) as caller:
+            caller.wait_for("ready", READY_BOUND)
+            caller.wait_for("quarter", RUN_BOUND)
+            lost_at = time.monotonic()
+            os.killpg(w3.pid, signal.SIGKILL)
+            done = caller.wait_for("done", LOST_WORKER_RECOVERY + RUN_BOUND)
+            results = done["results"]
+            assert [i for _, _, i in results] == list(range(n)), "results lost"
+            hosts = {host for t, host, _ in results if t < lost_at}
+            assert "w3" in hosts, f"worker w3 ran nothing before it was killed: {hosts}"
+            stall = stall_after(results, lost_at)
+            print(
+                f"worker w3 (no remote control) killed: ran {hosts}; stall {stall:.2f} s"
+            )
+            assert stall < LOST_WORKER_RECOVERY
+            assert caller.proc.wait(SHUTDOWN_BOUND) == 0
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(w3.pid, signal.SIGKILL)
         w3.wait(30)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(caller.proc.pid, signal.SIGKILL)
-        caller.proc.wait(30)
 
 
 def test_a_task_sent_before_a_long_silence_is_reported_once(local: Deployment) -> None:
@@ -401,9 +402,6 @@ class Cluster:
             cwd=self.deployment.folder,
         )
 
-    def logs(self) -> str:
-        return "\n".join(host.logs() for host in self.hosts.hosts.values())
-
 
 @pytest.fixture
 def cluster(hosts: Hosts, tmp_path: Path) -> Cluster:
@@ -423,17 +421,8 @@ def cluster(hosts: Hosts, tmp_path: Path) -> Cluster:
 
 
 def _wait_ready(cluster: Cluster, caller: Program) -> None:
-    try:
-        event = caller.wait_for("ready", READY_BOUND)
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}\nhost logs:\n{cluster.logs()}") from None
+    event = wait_until_ready(caller, cluster.hosts, READY_BOUND)
     assert len(event["workers"]) == 2, event
-
-
-def _stall_after(results: list[list[Any]], moment: float) -> float:
-    """The longest wait for a result after ``moment``: the recovery time."""
-    times = [moment] + [t for t, _, _ in results if t > moment]
-    return max(b - a for a, b in itertools.pairwise(times))
 
 
 def _per_host(results: list[list[Any]]) -> dict[str, int]:
@@ -486,12 +475,12 @@ def _lose_host_mid_map(cluster: Cluster, lose: str) -> dict[str, float]:
     try:
         done = caller.wait_for("done", LOST_WORKER_RECOVERY + RUN_BOUND)
     except AssertionError as exc:
-        raise AssertionError(f"{exc}\nhost logs:\n{cluster.logs()}") from None
+        raise AssertionError(f"{exc}\nhost logs:\n{hosts.logs()}") from None
     results = done["results"]
     per_host = _per_host(results)
     before = {host for t, host, _ in results if t < lost_at}
     assert "C" in before, "host C ran nothing before it was lost"
-    stall = _stall_after(results, lost_at)
+    stall = stall_after(results, lost_at)
     figures = {
         "recovery_seconds": round(stall, 2),
         "cut_to_last_result_seconds": round(results[-1][0] - lost_at, 2),
@@ -511,18 +500,9 @@ def _lose_host_mid_map(cluster: Cluster, lose: str) -> dict[str, float]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(READY_BOUND + LOST_WORKER_RECOVERY + RUN_BOUND + 60)
-def test_a_worker_host_whose_link_is_cut_mid_map_loses_nothing(
-    cluster: Cluster,
-) -> None:
-    _lose_host_mid_map(cluster, "link")
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(READY_BOUND + LOST_WORKER_RECOVERY + RUN_BOUND + 60)
-def test_a_worker_host_whose_processes_are_killed_mid_map_loses_nothing(
-    cluster: Cluster,
-) -> None:
-    _lose_host_mid_map(cluster, "kill")
+@pytest.mark.parametrize("lose", ["link", "kill"])  # cut off; processes killed
+def test_a_worker_host_lost_mid_map_loses_nothing(cluster: Cluster, lose: str) -> None:
+    _lose_host_mid_map(cluster, lose)
 
 
 @pytest.mark.slow
@@ -536,47 +516,21 @@ def test_losing_the_broker_fails_every_unfinished_future_in_bounded_time(
     lost_at = time.monotonic()
     assert cluster.deployment.redis is not None
     cluster.hosts.a.kill(cluster.deployment.redis)
-    # The caller waits 90 s for its futures, then 30 s for shutdown().
-    settled = caller.wait_for("settled", 90 + 30)
-    done = caller.wait_for("done", 30 + 10)
-    outcomes = done["outcomes"]
-    counts = settled["counts"]
-    failed = [o for o in outcomes if o[1] not in ("ok", "pending")]
-    times = [o[2] for o in failed]
-    assert None not in times, "a failed future's done-callback never ran"
-    last = max(times) - lost_at if failed else 0.0
-    took = done["shutdown_seconds"]
-    print(
-        f"broker lost: {counts}; the last future failed {last:.2f} s after; "
-        f"shutdown() took {took} s"
+    check_unfinished_futures_fail(
+        caller,
+        lost_at,
+        lost="broker",
+        error="ExecutorFailedError",
+        bound=BROKER_LOSS_BOUND,
+        shutdown_bound=SHUTDOWN_BOUND,
     )
-    assert "pending" not in counts, (
-        f"futures still unfinished 90 s after Redis died: {counts}"
-    )
-    assert took is not None, "shutdown() did not return within 30 s"
-    assert failed, "every future succeeded: Redis died too late"
-    kinds = {kind for _, kind, _, _ in failed}
-    assert kinds == {"ExecutorFailedError"}, f"unexpected failures: {failed[:5]}"
-    assert last < BROKER_LOSS_BOUND
-    assert took < SHUTDOWN_BOUND
-    assert caller.proc.wait(SHUTDOWN_BOUND) == 0
 
 
 # -- the page shows what these tests run --------------------------------------
 
 
-def _page_commands() -> set[str]:
-    """The command lines of the page's bash blocks, continuations joined."""
-    blocks = re.findall(r"```bash\n(.*?)```", PAGE.read_text(), re.DOTALL)
-    commands = set()
-    for block in blocks:
-        for line in block.replace("\\\n", " ").splitlines():
-            commands.add(" ".join(line.split()))
-    return commands
-
-
 def test_the_page_shows_the_celery_commands_these_tests_run() -> None:
-    commands = _page_commands()
+    commands = page_commands(PAGE)
     page = PAGE.read_text()
     broker = PAGE_ADDRESSES["broker"]
     expected = [

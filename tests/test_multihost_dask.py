@@ -13,7 +13,6 @@ Each test starts its own cluster: the faults below leave it damaged.
 
 from __future__ import annotations
 
-import itertools
 import re
 import shlex
 import sys
@@ -26,7 +25,14 @@ from typing import Any
 
 import pytest
 
-from _hosts import Hosts, Program
+from _hosts import (
+    Hosts,
+    Program,
+    check_unfinished_futures_fail,
+    page_commands,
+    stall_after,
+    wait_until_ready,
+)
 
 HERE = Path(__file__).resolve().parent
 SCRIPTS = HERE / "_multihost"
@@ -103,9 +109,6 @@ class Cluster:
             cwd=self.tls_dir,
         )
 
-    def logs(self) -> str:
-        return "\n".join(host.logs() for host in self.hosts.hosts.values())
-
 
 @pytest.fixture
 def hosts(tmp_path: Path) -> Iterator[Hosts]:
@@ -146,11 +149,7 @@ def _host_of(worker_address: str) -> str:
 
 
 def _wait_ready(cluster: Cluster, caller: Program) -> None:
-    try:
-        event = caller.wait_for("ready", READY_BOUND)
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}\nhost logs:\n{cluster.logs()}") from None
-    assert event["threads"] == THREADS
+    assert wait_until_ready(caller, cluster.hosts, READY_BOUND)["threads"] == THREADS
 
 
 def _check_every_result(results: list[list[Any]], hosts: Hosts) -> dict[str, int]:
@@ -162,12 +161,6 @@ def _check_every_result(results: list[list[Any]], hosts: Hosts) -> dict[str, int
         per_host[host] = per_host.get(host, 0) + 1
     assert set(per_host) <= {hosts.b.address, hosts.c.address}
     return per_host
-
-
-def _stall_after(results: list[list[Any]], moment: float) -> float:
-    """The longest wait for a result after ``moment``: the recovery time."""
-    times = [moment] + [t for t, _, _ in results if t > moment]
-    return max(b - a for a, b in itertools.pairwise(times))
 
 
 @pytest.mark.slow
@@ -208,7 +201,7 @@ def _lose_host_mid_map(
     per_host = _check_every_result(results, hosts)
     before = {_host_of(w) for t, w, _ in results if t < lost_at}
     assert hosts.c.address in before, "host C ran nothing before it was lost"
-    stall = _stall_after(results, lost_at)
+    stall = stall_after(results, lost_at)
     figures = {
         "recovery_seconds": round(stall, 2),
         "cut_to_last_result_seconds": round(results[-1][0] - lost_at, 2),
@@ -225,20 +218,20 @@ def _lose_host_mid_map(
 
 @pytest.mark.slow
 @pytest.mark.cluster
-@pytest.mark.timeout(READY_BOUND + LINK_CUT_RECOVERY + RUN_BOUND + 60)
-def test_a_worker_host_whose_link_is_cut_mid_map_loses_nothing(
-    cluster: Cluster,
+@pytest.mark.parametrize(
+    ("lose", "recovery_bound"),
+    [
+        # Its link is cut; its processes are killed.
+        pytest.param("link", LINK_CUT_RECOVERY, marks=pytest.mark.timeout(
+            READY_BOUND + LINK_CUT_RECOVERY + RUN_BOUND + 60)),
+        pytest.param("kill", KILLED_RECOVERY, marks=pytest.mark.timeout(
+            READY_BOUND + KILLED_RECOVERY + RUN_BOUND + 60)),
+    ],
+)  # fmt: skip
+def test_a_worker_host_lost_mid_map_loses_nothing(
+    cluster: Cluster, lose: str, recovery_bound: float
 ) -> None:
-    _lose_host_mid_map(cluster, "link", LINK_CUT_RECOVERY)
-
-
-@pytest.mark.slow
-@pytest.mark.cluster
-@pytest.mark.timeout(READY_BOUND + KILLED_RECOVERY + RUN_BOUND + 60)
-def test_a_worker_host_whose_processes_are_killed_mid_map_loses_nothing(
-    cluster: Cluster,
-) -> None:
-    _lose_host_mid_map(cluster, "kill", KILLED_RECOVERY)
+    _lose_host_mid_map(cluster, lose, recovery_bound)
 
 
 @pytest.mark.slow
@@ -253,43 +246,17 @@ def test_losing_the_scheduler_fails_every_unfinished_future_in_bounded_time(
     caller.wait_for("quarter", RUN_BOUND)
     lost_at = time.monotonic()
     hosts.a.kill(cluster.scheduler)
-    # The caller waits 90 s for its futures, then 30 s for shutdown().
-    settled = caller.wait_for("settled", 90 + 30)
-    done = caller.wait_for("done", 30 + 10)
-    outcomes = done["outcomes"]
-    counts = settled["counts"]
-    failed = [o for o in outcomes if o[1] not in ("ok", "pending")]
-    times = [o[2] for o in failed]
-    assert None not in times, "a failed future's done-callback never ran"
-    last = max(times) - lost_at if failed else 0.0
-    took = done["shutdown_seconds"]
-    print(
-        f"scheduler lost: {counts}; the last future failed {last:.2f} s after; "
-        f"shutdown() took {took} s"
+    check_unfinished_futures_fail(
+        caller,
+        lost_at,
+        lost="scheduler",
+        error="DaskClusterError",
+        bound=SCHEDULER_LOSS_BOUND,
+        shutdown_bound=SHUTDOWN_BOUND,
     )
-    assert "pending" not in counts, (
-        f"futures still unfinished 90 s after the scheduler died: {counts}"
-    )
-    assert took is not None, "shutdown() did not return within 30 s"
-    assert failed, "every future succeeded: the scheduler died too late"
-    kinds = {kind for _, kind, _, _ in failed}
-    assert kinds == {"DaskClusterError"}, f"unexpected failures: {failed[:5]}"
-    assert last < SCHEDULER_LOSS_BOUND
-    assert took < SHUTDOWN_BOUND
-    assert caller.proc.wait(SHUTDOWN_BOUND) == 0
 
 
 # -- the page shows what these tests run --------------------------------------
-
-
-def _page_commands() -> set[str]:
-    """The command lines of the page's bash blocks, continuations joined."""
-    blocks = re.findall(r"```bash\n(.*?)```", PAGE.read_text(), re.DOTALL)
-    commands = set()
-    for block in blocks:
-        for line in block.replace("\\\n", " ").splitlines():
-            commands.add(" ".join(line.split()))
-    return commands
 
 
 def _squeezed(text: str) -> str:
@@ -297,7 +264,7 @@ def _squeezed(text: str) -> str:
 
 
 def test_the_page_shows_the_commands_these_tests_run() -> None:
-    commands = _page_commands()
+    commands = page_commands(PAGE)
     scheduler = str(PAGE_ADDRESSES["scheduler"])
     expected = [
         CERTS_COMMAND,
