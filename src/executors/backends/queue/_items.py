@@ -224,7 +224,7 @@ class WorkerHandle:
 
     Attributes:
         spare: Started ahead of ``predecessor``'s retirement; takes no item
-            until that worker hands it its identity (``Pool.hand_over_locked``).
+            until that worker hands it its identity (``Spawner.hand_over_locked``).
         retiring: Takes no more items (its ``max_tasks_per_child`` are sent,
             or it said LEAVING).
         successor: Its spare, once registered; ``successor_starting`` while

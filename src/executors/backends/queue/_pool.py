@@ -404,30 +404,6 @@ class Pool:
         self.spawner.start(starts)
         self.calls.pump()
 
-    def hand_over_locked(self, worker: WorkerHandle) -> None:
-        """``worker`` runs no more tasks: its identity goes to its spare.
-
-        Without a spare, it goes back to the pool, where a new worker may
-        take it. Once per worker: when a retiring worker's last result is
-        in, when it says LEAVING, or when it dies.
-        """
-        if worker.handed_over:
-            return
-        worker.handed_over = True
-        if worker.spare:
-            # A spare that dies before taking over: its predecessor keeps
-            # the identity, and may start another.
-            predecessor = worker.predecessor
-            if predecessor is not None and predecessor.successor is worker:
-                predecessor.successor = None
-            return
-        successor = worker.successor
-        if successor is not None:
-            successor.spare = False
-        elif not worker.successor_starting:
-            # (A spare still starting takes it when it registers.)
-            self.free_ids.append(worker.identity)
-
     # -- results (manager thread) --------------------------------------------
 
     def on_message(self, worker: WorkerHandle, message: Message) -> None:
@@ -442,7 +418,7 @@ class Pool:
             # has exited (_triage), its spare (if started) from now on.
             with self.lock:
                 worker.retiring = True
-                self.hand_over_locked(worker)
+                self.spawner.hand_over_locked(worker)
             self.after_exit(replace=False)
             return
         if kind == READY:
@@ -491,7 +467,7 @@ class Pool:
             if item.watched:
                 self.watched -= 1
             if worker.retiring and not worker.held:
-                self.hand_over_locked(worker)
+                self.spawner.hand_over_locked(worker)
             # A moving average: recent tasks say whether sending ahead pays.
             seconds = self.task_seconds
             if seconds is None:

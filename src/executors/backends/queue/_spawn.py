@@ -124,6 +124,30 @@ class Spawner:
         pool.starting_spares += 1
         self.start([(pool.free_slots.pop(), worker.identity, worker)])
 
+    def hand_over_locked(self, worker: WorkerHandle) -> None:
+        """``worker`` runs no more tasks: its identity goes to its spare.
+
+        Without a spare, it goes back to the pool, where a new worker may
+        take it. Once per worker: when a retiring worker's last result is
+        in, when it says LEAVING, or when it dies.
+        """
+        if worker.handed_over:
+            return
+        worker.handed_over = True
+        if worker.spare:
+            # A spare that dies before taking over: its predecessor keeps
+            # the identity, and may start another.
+            predecessor = worker.predecessor
+            if predecessor is not None and predecessor.successor is worker:
+                predecessor.successor = None
+            return
+        successor = worker.successor
+        if successor is not None:
+            successor.spare = False
+        elif not worker.successor_starting:
+            # (A spare still starting takes it when it registers.)
+            self.pool.free_ids.append(worker.identity)
+
     def start(self, starts: list[Start]) -> None:
         for start in starts:
             threading.Thread(

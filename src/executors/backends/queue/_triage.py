@@ -84,7 +84,7 @@ class Triage:
             if pool.workers.get(worker.slot) is worker:
                 del pool.workers[worker.slot]
                 pool.free_slots.append(worker.slot)
-            pool.hand_over_locked(worker)
+            pool.spawner.hand_over_locked(worker)
             held = [item for item in worker.held if not item.kill]
             pool.watched -= sum(1 for item in worker.held if item.watched)
             worker.held.clear()
