@@ -17,20 +17,23 @@ import gc
 import os
 import pickle
 import signal
-import subprocess
-import sys
 import textwrap
-import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pytest
 
 import executors
 from _queue_shm_tasks import make_or_die, make_then_die
+from _shm_checks import (
+    MB,
+    check_a_large_result_from_a_small_call,
+    check_each_sides_own,
+    check_map_carries_large_buffers,
+    stop_a_caller_mid_transfer,
+)
 from _shm_tasks import (
     count_memfds,
     describe,
@@ -38,7 +41,6 @@ from _shm_tasks import (
     hold_then_die,
     make,
     memfds,
-    negate_in_place,
     same,
 )
 from executors import _shm
@@ -51,11 +53,8 @@ pytestmark = [
     pytest.mark.timeout(120),
 ]
 
-MB = 1 << 20
 TESTS = Path(__file__).parent
 SHM = Path("/dev/shm")
-# Bound for processes to be gone after their caller was killed.
-GONE_BOUND = 15.0
 
 
 def _dev_shm() -> set[str]:
@@ -137,33 +136,16 @@ def test_the_capability_is_declared() -> None:
 
 
 def test_arguments_and_results_are_each_sides_own(queue: executors.Executor) -> None:
-    array = np.arange(4 * MB // 8, dtype=np.float64)
-    for _ in range(3):
-        back = queue.submit(negate_in_place, array).result(timeout=60)
-        # The worker's mutation stayed in the worker; the result is ours.
-        assert array[1] == 1.0
-        assert back[1] == -1.0 and back.flags.writeable
-        back[1] = 5.0
-        assert array[1] == 1.0
-        del back
-    assert queue.submit(describe, array).result(timeout=60) == (
-        True,
-        float(array.sum()),
-    )
+    check_each_sides_own(queue)
 
 
 @pytest.mark.parametrize("chunksize", [1, 3])
 def test_map_carries_large_buffers(queue: executors.Executor, chunksize: int) -> None:
-    arrays = [np.full(2 * MB // 8, float(i)) for i in range(6)]
-    results = list(queue.map(same, arrays, timeout=120, chunksize=chunksize))
-    for i, result in enumerate(results):
-        assert (result == float(i)).all() and result.flags.writeable
-    del results
+    check_map_carries_large_buffers(queue, chunksize=chunksize)
 
 
 def test_a_large_result_from_a_small_call(queue: executors.Executor) -> None:
-    result = queue.submit(make, 8 * MB, 3.0).result(timeout=60)
-    assert result.shape == (MB,) and (result == 3.0).all()
+    result = check_a_large_result_from_a_small_call(queue)
     assert queue.submit(memfds).result(timeout=60) >= 1
     del result
 
@@ -329,30 +311,7 @@ def test_a_caller_stopped_mid_transfer_leaks_nothing(
     before = _dev_shm()
     script = tmp_path / "caller.py"
     script.write_text(textwrap.dedent(CALLER.format(tests=str(TESTS))))
-    proc = subprocess.Popen(
-        [sys.executable, str(script)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.strip() == "ready", proc.communicate(timeout=30)
-        time.sleep(0.5)  # in the middle of the map's transfers
-        tree = [proc.pid] + [p.pid for p in psutil.Process(proc.pid).children(True)]
-        assert sum(count_memfds(pid) for pid in tree) > 0, "no shared memory used"
-        os.kill(proc.pid, sig)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    deadline = time.monotonic() + GONE_BOUND
-    while time.monotonic() < deadline and any(psutil.pid_exists(p) for p in tree):
-        time.sleep(0.1)
-    alive = [p for p in tree if psutil.pid_exists(p) and count_memfds(p)]
-    assert not alive, f"processes still hold segments: {alive}"
+    err = stop_a_caller_mid_transfer(script, sig)
     assert _dev_shm() - before == set()
     assert "memfd" not in err and "leaked" not in err, err
 

@@ -16,17 +16,22 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import executors
+from _shm_checks import (
+    MB,
+    check_a_large_result_from_a_small_call,
+    check_each_sides_own,
+    check_map_carries_large_buffers,
+    stop_a_caller_mid_transfer,
+)
 from _shm_tasks import (
     Counted,
     count_loads,
@@ -34,7 +39,6 @@ from _shm_tasks import (
     describe,
     fail_first,
     hold_then_die,
-    make,
     memfds,
     negate_in_place,
     negate_then_fail_first,
@@ -48,7 +52,6 @@ pytestmark = pytest.mark.skipif(
     not _shm.available(), reason="no os.memfd_create or /proc on this system"
 )
 
-MB = 1 << 20
 TESTS = Path(__file__).parent
 SHM = Path("/dev/shm")
 # (backend, options) of every backend whose workers honour shm_threshold.
@@ -59,8 +62,6 @@ BACKENDS = [
     ("joblib", {"joblib_backend": "multiprocessing", "max_nbytes": None}),
 ]
 IDS = ["process", "mp_pool", "joblib-loky", "joblib-multiprocessing"]
-# Bound for processes to be gone after their caller was killed.
-GONE_BOUND = 15.0
 
 
 def _dev_shm() -> set[str]:
@@ -236,32 +237,15 @@ def executor(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
 
 
 def test_arguments_and_results_are_each_sides_own(executor) -> None:  # type: ignore[no-untyped-def]
-    array = np.arange(4 * MB // 8, dtype=np.float64)
-    for _ in range(3):
-        back = executor.submit(negate_in_place, array).result(timeout=60)
-        # The worker's mutation stayed in the worker; the result is ours.
-        assert array[1] == 1.0
-        assert back[1] == -1.0 and back.flags.writeable
-        back[1] = 5.0
-        assert array[1] == 1.0
-        del back
-    assert executor.submit(describe, array).result(timeout=60) == (
-        True,
-        float(array.sum()),
-    )
+    check_each_sides_own(executor)
 
 
 def test_map_carries_large_buffers(executor) -> None:  # type: ignore[no-untyped-def]
-    arrays = [np.full(2 * MB // 8, float(i)) for i in range(6)]
-    results = list(executor.map(same, arrays, timeout=120))
-    for i, result in enumerate(results):
-        assert (result == float(i)).all() and result.flags.writeable
+    check_map_carries_large_buffers(executor)
 
 
 def test_a_large_result_from_a_small_call(executor) -> None:  # type: ignore[no-untyped-def]
-    result = executor.submit(make, 8 * MB, 3.0).result(timeout=60)
-    assert result.shape == (MB,) and (result == 3.0).all()
-    del result
+    check_a_large_result_from_a_small_call(executor)
 
 
 def test_any_array_round_trips_through_a_worker() -> None:
@@ -366,32 +350,7 @@ def test_a_caller_stopped_mid_transfer_leaks_nothing(
             CALLER.format(tests=str(TESTS), backend=backend, options=options)
         )
     )
-    proc = subprocess.Popen(
-        [sys.executable, str(script)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.strip() == "ready", proc.communicate(timeout=30)
-        time.sleep(0.5)  # in the middle of the map's transfers
-        tree = [proc.pid] + [p.pid for p in psutil.Process(proc.pid).children(True)]
-        held = sum(count_memfds(pid) for pid in tree)
-        assert held > 0, "the transfers did not go through shared memory"
-        os.kill(proc.pid, sig)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    deadline = time.monotonic() + GONE_BOUND
-    while time.monotonic() < deadline and any(psutil.pid_exists(p) for p in tree):
-        time.sleep(0.1)
-    # A segment has no name: gone with the last process that held it.
-    alive = [p for p in tree if psutil.pid_exists(p) and count_memfds(p)]
-    assert not alive, f"processes still hold segments: {alive}"
+    err = stop_a_caller_mid_transfer(script, sig)
     assert _new_dev_shm(before) == set()
     # (A caller killed by SIGKILL leaves the stdlib's semaphores and joblib's
     # folder to their resource trackers, which say so: none of that is ours.)
