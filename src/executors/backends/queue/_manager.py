@@ -145,7 +145,7 @@ class Manager(ManagerThread):
                     self._forget(worker)
                     self.triage.on_exit(worker)
                 elif what == _WRITABLE:
-                    if pool.flush(worker):
+                    if self._flush(worker):
                         self._stop_writing(worker)
                 else:
                     self._read(worker)
@@ -223,10 +223,31 @@ class Manager(ManagerThread):
     def _watch_outboxes(self) -> None:
         # Only this thread marks a worker gone (in on_exit), so a worker not
         # gone here is still open while it is watched.
-        for worker in self.pool.take_unflushed():
+        pool = self.pool
+        with pool.lock:
+            unflushed, pool.unflushed = pool.unflushed, []
+        for worker in unflushed:
             if not worker.gone and worker not in self.writing:
                 self.writing.add(worker)
                 self.selector.register(worker.tasks, (worker, _WRITABLE), write=True)
+
+    def _flush(self, worker: WorkerHandle) -> bool:
+        """Write ``worker``'s outbox as far as its pipe takes it.
+
+        Returns:
+            True once the outbox is empty (the manager stops watching).
+        """
+        with self.pool.lock:
+            outbox = worker.outbox
+            try:
+                while outbox:
+                    if not worker.tasks.write_nowait(outbox[0]):
+                        return False
+                    outbox.popleft()
+            except OSError:
+                # Dead: its exit settles or resends what it held.
+                outbox.clear()
+            return True
 
     def _stop_writing(self, worker: WorkerHandle) -> None:
         if worker in self.writing:

@@ -16,28 +16,12 @@ their own work: ``submit`` pickles in the calling thread and writes straight
 to an idle worker's pipe, so the only thread hop of a task is the manager
 reporting its result.
 
-Writing to a worker (the invariants the transport rests on):
-
-* Every write to a task pipe happens under ``lock`` and is non-blocking
-  (:meth:`._wire.Channel.send_nowait`): it takes what the pipe holds now and
-  returns. No byte count can promise a blocking write will not block (a
-  pipe fills by pages: two 2.6 KB frames take two 4 KiB pages), and a
-  blocked write under the lock would stop the manager, which needs the lock
-  to handle any result: every future would hang.
-* A caller writes a frame only while the worker's ``outbox`` is empty, with
-  one non-blocking system call. What does not fit goes to the ``outbox``;
-  from then on only the manager thread writes to that pipe, as it becomes
-  writable, frames in order, until the ``outbox`` is empty again. The
-  manager is never the main thread, so no ``KeyboardInterrupt`` (or other
-  signal handler's exception) can stop it in the middle of a frame.
-* If such an exception lands in a caller between recording an item as held
-  and recording what its write did, whether a frame is whole in the pipe is
-  unknown: the worker is killed and replaced, and what it held is sent
-  again (:meth:`Pool._send_locked`). A worker never waits for the rest of a
-  frame nobody will write.
-* A worker that dies with a frame half written takes the rest of the
-  ``outbox`` with it: its held items are settled or sent again from the
-  board, as for any death (:mod:`._triage`).
+Writing to a worker: every write to a task pipe is non-blocking and made
+under ``lock``; a caller writes only while the worker's ``outbox`` is
+empty, and what does not fit is written later by the manager thread alone;
+a worker whose frame may be cut (a Ctrl-C in the caller as it wrote) is
+replaced, and what it held sent again. Why each rule holds, and the test
+of each: ``docs/backends/queue.md``, "The transport: who writes what".
 """
 
 from __future__ import annotations
@@ -371,30 +355,6 @@ class Pool:
             raise
         if item.watched:
             self.wakeup.wake()
-
-    def take_unflushed(self) -> list[WorkerHandle]:
-        """The workers the manager must now watch for room in their pipe."""
-        with self.lock:
-            workers, self.unflushed = self.unflushed, []
-        return workers
-
-    def flush(self, worker: WorkerHandle) -> bool:
-        """Write ``worker``'s outbox as far as its pipe takes it (manager).
-
-        Returns:
-            True once the outbox is empty (the manager stops watching).
-        """
-        with self.lock:
-            outbox = worker.outbox
-            try:
-                while outbox:
-                    if not worker.tasks.write_nowait(outbox[0]):
-                        return False
-                    outbox.popleft()
-            except OSError:
-                # Dead: its exit settles or resends what it held.
-                outbox.clear()
-            return True
 
     def after_exit(self, replace: bool) -> None:
         """Send what waits, and replace a worker that died (manager thread)."""
