@@ -30,7 +30,22 @@ __all__ = [
 ]
 
 
-_BAD_CALLS: list[tuple[str, Callable[[Any], Any], type[Exception], str]] = [
+BadCall = tuple[str, Callable[[Any], Any], type[Exception], str]
+
+
+def _bad_option(
+    method: str, option: str, value: Any, error: type[Exception]
+) -> BadCall:
+    """``method(tasks.identity, [1], option=value)``, refused with ``error``
+    whose message names the option."""
+
+    def call(ex: Any) -> Any:
+        return getattr(ex, method)(tasks.identity, [1], **{option: value})
+
+    return f"{method}({option}={value!r})", call, error, option
+
+
+_BAD_CALLS: list[BadCall] = [
     ("submit(None)", lambda ex: ex.submit(None), TypeError, "callable"),
     ("submit(42)", lambda ex: ex.submit(42, 1), TypeError, "callable"),
     ("map(None)", lambda ex: ex.map(None, [1]), TypeError, "callable"),
@@ -42,84 +57,19 @@ _BAD_CALLS: list[tuple[str, Callable[[Any], Any], type[Exception], str]] = [
         TypeError,
         "",
     ),
-    (
-        "map(chunksize=0)",
-        lambda ex: ex.map(tasks.identity, [1], chunksize=0),
-        ValueError,
-        "chunksize",
-    ),
-    (
-        "map(chunksize=-1)",
-        lambda ex: ex.map(tasks.identity, [1], chunksize=-1),
-        ValueError,
-        "chunksize",
-    ),
-    (
-        "map(chunksize='2')",
-        lambda ex: ex.map(tasks.identity, [1], chunksize="2"),
-        TypeError,
-        "chunksize",
-    ),
-    (
-        "map(chunksize=1.5)",
-        lambda ex: ex.map(tasks.identity, [1], chunksize=1.5),
-        TypeError,
-        "chunksize",
-    ),
-    (
-        "map(chunksize=True)",
-        lambda ex: ex.map(tasks.identity, [1], chunksize=True),
-        TypeError,
-        "chunksize",
-    ),
-    (
-        "map(buffersize=0)",
-        lambda ex: ex.map(tasks.identity, [1], buffersize=0),
-        ValueError,
-        "buffersize",
-    ),
-    (
-        "map(buffersize='x')",
-        lambda ex: ex.map(tasks.identity, [1], buffersize="x"),
-        TypeError,
-        "buffersize",
-    ),
-    (
-        "map(buffersize=2.0)",
-        lambda ex: ex.map(tasks.identity, [1], buffersize=2.0),
-        TypeError,
-        "buffersize",
-    ),
-    (
-        "map(timeout=-1)",
-        lambda ex: ex.map(tasks.identity, [1], timeout=-1),
-        ValueError,
-        "timeout",
-    ),
-    (
-        "map(timeout='1')",
-        lambda ex: ex.map(tasks.identity, [1], timeout="1"),
-        TypeError,
-        "timeout",
-    ),
-    (
-        "map_unordered(chunksize=0)",
-        lambda ex: ex.map_unordered(tasks.identity, [1], chunksize=0),
-        ValueError,
-        "chunksize",
-    ),
-    (
-        "map_unordered(buffersize=-2)",
-        lambda ex: ex.map_unordered(tasks.identity, [1], buffersize=-2),
-        ValueError,
-        "buffersize",
-    ),
-    (
-        "map_unordered(timeout=-0.5)",
-        lambda ex: ex.map_unordered(tasks.identity, [1], timeout=-0.5),
-        ValueError,
-        "timeout",
-    ),
+    _bad_option("map", "chunksize", 0, ValueError),
+    _bad_option("map", "chunksize", -1, ValueError),
+    _bad_option("map", "chunksize", "2", TypeError),
+    _bad_option("map", "chunksize", 1.5, TypeError),
+    _bad_option("map", "chunksize", True, TypeError),
+    _bad_option("map", "buffersize", 0, ValueError),
+    _bad_option("map", "buffersize", "x", TypeError),
+    _bad_option("map", "buffersize", 2.0, TypeError),
+    _bad_option("map", "timeout", -1, ValueError),
+    _bad_option("map", "timeout", "1", TypeError),
+    _bad_option("map_unordered", "chunksize", 0, ValueError),
+    _bad_option("map_unordered", "buffersize", -2, ValueError),
+    _bad_option("map_unordered", "timeout", -0.5, ValueError),
 ]
 
 _AFTER_SHUTDOWN: list[tuple[str, Callable[[Any], Any]]] = [
