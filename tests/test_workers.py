@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -457,31 +458,22 @@ def _recycling_pool(kind: str, settings: WorkerSettings) -> Any:
     return Pool(2, bootstrap, (), UntilRecycled(), context=context)
 
 
-@pytest.mark.skipif(sys.version_info < (3, 11), reason="exit_pid is 3.11's")
-@pytest.mark.parametrize("kind", ["process", "pool"])
-def test_memory_recycling_in_the_stdlib_pools(kind: str) -> None:
-    """50 MB kept per call, 20 calls, 2 workers, 150MB: the issue's test."""
-    from executors.testing import worker_tasks
-
+def _in_recycling_pool(kind: str, run: Callable[[Any], Any], **limits: Any) -> Any:
+    """``run(pool)`` on the ``kind`` stdlib pool of two workers recycled at
+    ``limits``; the pool and its settings are shut down after."""
     holder: list[Any] = []
     settings = WorkerSettings(
         workers=2,
         forward_logs=False,
-        max_memory_per_child="150MB",
         on_leaving=lambda pid, slot: (
             holder[0].request_spare() if kind == "pool" else None
         ),
+        **limits,
     )
     pool = _recycling_pool(kind, settings)
     holder.append(pool)
     try:
-        if kind == "process":
-            futures = [
-                pool.submit(worker_tasks.keep_and_finish, BLOCK) for _ in range(20)
-            ]
-            found = [f.result(timeout=60) for f in futures]
-        else:
-            found = pool.map(worker_tasks.keep_and_finish, [BLOCK] * 20, chunksize=1)
+        return run(pool)
     finally:
         if kind == "process":
             pool.shutdown(wait=True)
@@ -489,6 +481,23 @@ def test_memory_recycling_in_the_stdlib_pools(kind: str) -> None:
             pool.close()
             pool.join()
         settings.close()
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="exit_pid is 3.11's")
+@pytest.mark.parametrize("kind", ["process", "pool"])
+def test_memory_recycling_in_the_stdlib_pools(kind: str) -> None:
+    """50 MB kept per call, 20 calls, 2 workers, 150MB: the issue's test."""
+    from executors.testing import worker_tasks
+
+    def run(pool: Any) -> Any:
+        if kind == "process":
+            futures = [
+                pool.submit(worker_tasks.keep_and_finish, BLOCK) for _ in range(20)
+            ]
+            return [f.result(timeout=60) for f in futures]
+        return pool.map(worker_tasks.keep_and_finish, [BLOCK] * 20, chunksize=1)
+
+    found = _in_recycling_pool(kind, run, max_memory_per_child="150MB")
     pids = {pid for pid, _, _ in found}
     assert len(pids) > 2, "no worker was replaced"
     worst = max(rss for _, rss, _ in found)
@@ -501,29 +510,12 @@ def test_memory_recycling_in_the_stdlib_pools(kind: str) -> None:
 def test_task_count_recycling_in_the_stdlib_pools(kind: str) -> None:
     from executors.testing import worker_tasks
 
-    holder: list[Any] = []
-    settings = WorkerSettings(
-        workers=2,
-        forward_logs=False,
-        max_tasks_per_child=10,
-        on_leaving=lambda pid, slot: (
-            holder[0].request_spare() if kind == "pool" else None
-        ),
-    )
-    pool = _recycling_pool(kind, settings)
-    holder.append(pool)
-    try:
+    def run(pool: Any) -> Any:
         if kind == "process":
-            found = list(pool.map(worker_tasks.tick_and_finish, [0.001] * 100))
-        else:
-            found = pool.map(worker_tasks.tick_and_finish, [0.001] * 100, chunksize=1)
-    finally:
-        if kind == "process":
-            pool.shutdown(wait=True)
-        else:
-            pool.close()
-            pool.join()
-        settings.close()
+            return list(pool.map(worker_tasks.tick_and_finish, [0.001] * 100))
+        return pool.map(worker_tasks.tick_and_finish, [0.001] * 100, chunksize=1)
+
+    found = _in_recycling_pool(kind, run, max_tasks_per_child=10)
     per_pid: dict[int, int] = {}
     for _, pid in found:
         per_pid[pid] = per_pid.get(pid, 0) + 1
