@@ -54,6 +54,7 @@ __all__ = [
     "after_worker_death",
     "check_after",
     "check_others",
+    "check_worker_death",
     "error_of",
     "kind_of",
     "settle",
@@ -202,6 +203,20 @@ def after_worker_death(executor: Any) -> str:
     return check_after(
         executor, broken_required=not executor.capabilities.survives_worker_death
     )
+
+
+def check_worker_death(
+    executor: Any, fut: Future[Any], others: list[tuple[Future[Any], Any]], what: str
+) -> str:
+    """``fut``, ``what`` (a task whose worker died), failed as a worker death;
+    ``others`` and the executor fared as after one. The line to observe."""
+    exc = error_of(fut)
+    assert isinstance(exc, ACCEPTED["worker death"]), (
+        f"{what} gave {exc!r}, not BrokenExecutor"
+    )
+    summary = check_others(executor, others, worker_died=True)
+    after = after_worker_death(executor)
+    return f"{type(exc).__name__}; others: {summary}; then {after}"
 
 
 def after_maybe_broken(executor: Any, error: BaseException | None) -> str:

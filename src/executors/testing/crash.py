@@ -28,6 +28,7 @@ from ._faults import (
     after_worker_death,
     check_after,
     check_others,
+    check_worker_death,
     error_of,
     kind_of,
     settle,
@@ -172,13 +173,9 @@ class WorkerCrashContract(FaultBase):
         ]
         fut = executor.submit(fn, *args)
         others += [(executor.submit(tasks.identity, i), i) for i in range(OTHERS)]
-        exc = error_of(fut)
-        assert isinstance(exc, ACCEPTED["worker death"]), (
-            f"a task that killed its worker gave {exc!r}, not BrokenExecutor"
+        observe(
+            check_worker_death(executor, fut, others, "a task that killed its worker")
         )
-        summary = check_others(executor, others, worker_died=True)
-        after = after_worker_death(executor)
-        observe(f"{type(exc).__name__}; others: {summary}; then {after}")
 
     def test_system_exit_is_the_task_error(
         self, executor: Any, observe: Callable[[str], None]

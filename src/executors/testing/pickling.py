@@ -24,6 +24,7 @@ from ._faults import (
     after_worker_death,
     check_after,
     check_others,
+    check_worker_death,
     error_of,
     started,
 )
@@ -133,13 +134,8 @@ class PicklingFaultContract(FaultBase):
         )
         fut, others = self._surround(executor, fn)
         assert isinstance(fut, Future), f"submit() raised {fut!r}"
-        exc = error_of(fut)
-        assert isinstance(exc, ACCEPTED["worker death"]), (
-            f"a result that kills the worker while pickled gave {exc!r}"
-        )
-        summary = check_others(executor, others, worker_died=True)
-        after = after_worker_death(executor)
-        observe(f"{type(exc).__name__}; others: {summary}; then {after}")
+        what = "a result that kills the worker while pickled"
+        observe(check_worker_death(executor, fut, others, what))
 
     def test_result_fails_to_unpickle_in_caller(
         self, executor: Any, observe: Callable[[str], None]
