@@ -506,10 +506,8 @@ def _still_serving(server: Server) -> None:
     assert "AGAIN" in out
 
 
-@pytest.mark.parametrize("backend", quick_on("process", "thread"))
-def test_echo_server(backend: str, server_factory: Any) -> None:
-    server = server_factory(backend, "--delay", "0.02")
-    assert server.refused() is None
+def _serves_every_client_then_stops(server: Server) -> None:
+    """Both kinds of client, ten at once, and bad input; then still serving."""
     _ten_classic_clients_at_once(server.port)
     _ten_clients_at_once(server.port)
     _bad_input(server.port)
@@ -518,6 +516,13 @@ def test_echo_server(backend: str, server_factory: Any) -> None:
     _still_serving(server)
     last = server.stop()
     assert last.startswith("echo server stopped after")
+
+
+@pytest.mark.parametrize("backend", quick_on("process", "thread"))
+def test_echo_server(backend: str, server_factory: Any) -> None:
+    server = server_factory(backend, "--delay", "0.02")
+    assert server.refused() is None
+    _serves_every_client_then_stops(server)
 
 
 @pytest.mark.parametrize("backend", quick_on("mp_pool", "thread"))
@@ -536,13 +541,7 @@ def test_echo_server_classic_mode(backend: str, server_factory: Any) -> None:
         assert "cannot pass a socket to a worker" in refusal, refusal
         return
     assert "one worker per connection" in (server.banner or "")
-    _ten_classic_clients_at_once(server.port)
-    _ten_clients_at_once(server.port)
-    _bad_input(server.port)
-    assert server.alive()
-    _still_serving(server)
-    last = server.stop()
-    assert last.startswith("echo server stopped after")
+    _serves_every_client_then_stops(server)
 
 
 # -- the same walk-through, written for multiprocessing.Pool ----------------
