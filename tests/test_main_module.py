@@ -147,6 +147,12 @@ ex.shutdown()
 """
 
 
+def _quick_first(*cases: tuple[object, ...]) -> list[object]:
+    """Parameters: the first case in the quick run, the others under -m slow."""
+    first, *rest = cases
+    return [first, *(pytest.param(*case, marks=pytest.mark.slow) for case in rest)]
+
+
 def _options(backend: str, method: str | None) -> dict[str, object]:
     backend_factory(backend)  # skips a backend that is not installed
     options: dict[str, object] = {"max_workers": 2}
@@ -255,20 +261,20 @@ def _assert_names_the_guard(
 
 @pytest.mark.parametrize(
     ("backend", "method"),
-    [
+    _quick_first(
         ("mp_pool", "spawn"),
-        pytest.param("mp_pool", "forkserver", marks=pytest.mark.slow),
-        pytest.param("joblib", "spawn", marks=pytest.mark.slow),
-        pytest.param("joblib", "forkserver", marks=pytest.mark.slow),
-        pytest.param("joblib", "loky_init_main", marks=pytest.mark.slow),
-        pytest.param("process", "spawn", marks=pytest.mark.slow),
-        pytest.param("process", "forkserver", marks=pytest.mark.slow),
-        pytest.param("queue", "spawn", marks=pytest.mark.slow),
-        pytest.param("queue", "forkserver", marks=pytest.mark.slow),
-        pytest.param("dask", "spawn", marks=pytest.mark.slow),
-        pytest.param("dask", "forkserver", marks=pytest.mark.slow),
-        pytest.param("dask", None, marks=pytest.mark.slow),
-    ],
+        ("mp_pool", "forkserver"),
+        ("joblib", "spawn"),
+        ("joblib", "forkserver"),
+        ("joblib", "loky_init_main"),
+        ("process", "spawn"),
+        ("process", "forkserver"),
+        ("queue", "spawn"),
+        ("queue", "forkserver"),
+        ("dask", "spawn"),
+        ("dask", "forkserver"),
+        ("dask", None),
+    ),
 )
 def test_an_unguarded_script_fails_once_at_its_line(
     backend: str, method: str | None, tmp_path: Path
@@ -297,15 +303,15 @@ def test_an_unguarded_module_run_with_dash_m_fails_at_its_line(tmp_path: Path) -
 
 @pytest.mark.parametrize(
     ("backend", "method"),
-    [
+    _quick_first(
         ("mp_pool", "spawn"),
-        pytest.param("mp_pool", "forkserver", marks=pytest.mark.slow),
-        pytest.param("joblib", "spawn", marks=pytest.mark.slow),
-        pytest.param("queue", "spawn", marks=pytest.mark.slow),
-        pytest.param("queue", "forkserver", marks=pytest.mark.slow),
-        pytest.param("process", "forkserver", marks=pytest.mark.slow),
-        pytest.param("process", "spawn", marks=pytest.mark.slow),
-    ],
+        ("mp_pool", "forkserver"),
+        ("joblib", "spawn"),
+        ("queue", "spawn"),
+        ("queue", "forkserver"),
+        ("process", "forkserver"),
+        ("process", "spawn"),
+    ),
 )
 def test_a_worker_that_reaches_create_exits_silently(
     backend: str, method: str, tmp_path: Path
@@ -325,17 +331,17 @@ def test_a_worker_that_reaches_create_exits_silently(
 
 @pytest.mark.parametrize(
     ("backend", "method", "template"),
-    [
+    _quick_first(
         ("mp_pool", "spawn", GUARDED),
-        pytest.param("mp_pool", "forkserver", FROM_THE_GUARD, marks=pytest.mark.slow),
-        pytest.param("mp_pool", "spawn", CONDITIONAL_LINE, marks=pytest.mark.slow),
-        pytest.param("mp_pool", "spawn", EARLY_RETURN, marks=pytest.mark.slow),
-        pytest.param("joblib", "spawn", FROM_THE_GUARD, marks=pytest.mark.slow),
-        pytest.param("joblib", "loky_init_main", GUARDED, marks=pytest.mark.slow),
-        pytest.param("process", "spawn", FROM_THE_GUARD, marks=pytest.mark.slow),
-        pytest.param("queue", "forkserver", FROM_THE_GUARD, marks=pytest.mark.slow),
-        pytest.param("dask", "spawn", GUARDED, marks=pytest.mark.slow),
-    ],
+        ("mp_pool", "forkserver", FROM_THE_GUARD),
+        ("mp_pool", "spawn", CONDITIONAL_LINE),
+        ("mp_pool", "spawn", EARLY_RETURN),
+        ("joblib", "spawn", FROM_THE_GUARD),
+        ("joblib", "loky_init_main", GUARDED),
+        ("process", "spawn", FROM_THE_GUARD),
+        ("queue", "forkserver", FROM_THE_GUARD),
+        ("dask", "spawn", GUARDED),
+    ),
 )
 def test_a_guarded_script_runs(
     backend: str, method: str, template: str, tmp_path: Path
@@ -376,20 +382,20 @@ def test_a_worker_may_create_an_executor_without_processes(
 # -- a main module without a file ---------------------------------------------
 
 
-NO_FILE_CASES = [
+NO_FILE_CASES = _quick_first(
     ("mp_pool", "forkserver"),
-    pytest.param("mp_pool", "spawn", marks=pytest.mark.slow),
-    pytest.param("process", "spawn", marks=pytest.mark.slow),
-    pytest.param("process", "forkserver", marks=pytest.mark.slow),
-    pytest.param("queue", "spawn", marks=pytest.mark.slow),
-    pytest.param("queue", "forkserver", marks=pytest.mark.slow),
-    pytest.param("joblib", "spawn", marks=pytest.mark.slow),
-    pytest.param("joblib", "forkserver", marks=pytest.mark.slow),
-    pytest.param("joblib", None, marks=pytest.mark.slow),
-    pytest.param("dask", "spawn", marks=pytest.mark.slow),
-    pytest.param("dask", "forkserver", marks=pytest.mark.slow),
-    pytest.param("celery", None, marks=pytest.mark.slow),
-]
+    ("mp_pool", "spawn"),
+    ("process", "spawn"),
+    ("process", "forkserver"),
+    ("queue", "spawn"),
+    ("queue", "forkserver"),
+    ("joblib", "spawn"),
+    ("joblib", "forkserver"),
+    ("joblib", None),
+    ("dask", "spawn"),
+    ("dask", "forkserver"),
+    ("celery", None),
+)
 
 
 @pytest.mark.parametrize(("backend", "method"), NO_FILE_CASES)
