@@ -65,10 +65,18 @@ import pytest
 from executors._parentwatch import process_alive
 
 __all__ = [
+    "PAGE",
+    "READY_BOUND",
+    "SCRIPTS",
+    "SHUTDOWN_BOUND",
+    "TASKS",
     "Host",
     "Hosts",
     "Program",
+    "check_recovery",
+    "check_shut_down",
     "check_unfinished_futures_fail",
+    "lose_host_c_mid_map",
     "page_commands",
     "require_netns",
     "stall_after",
@@ -438,6 +446,23 @@ class Hosts:
             raise AssertionError("test hosts not cleaned up: " + "; ".join(problems))
 
 
+# -- what both multi-host test modules share -------------------------------------
+
+#: The callers (``celery_caller.py``, ``dask_caller.py``) and the scripts
+#: the hosts run.
+SCRIPTS = Path(__file__).resolve().parent / "_multihost"
+#: The page whose commands the tests run as written.
+PAGE = Path(__file__).resolve().parent.parent / "docs" / "scaling-out.md"
+#: Tasks of 10 ms each caller runs.
+TASKS = 1000
+#: Seconds for a deployment to start and its caller to see every worker.
+#: Workers boot with spawn and import their library: slow on a busy machine.
+READY_BOUND = 120.0
+#: Seconds ``shutdown()`` may take, also after a machine or the broker (the
+#: scheduler) is gone.
+SHUTDOWN_BOUND = 15.0
+
+
 # -- what both multi-host test modules check -------------------------------------
 
 
@@ -495,6 +520,55 @@ def check_unfinished_futures_fail(
     assert last < bound
     assert took < shutdown_bound
     assert caller.proc.wait(shutdown_bound) == 0
+
+
+def lose_host_c_mid_map(
+    caller: Program, hosts: Hosts, lose: str, run_bound: float, recovery_bound: float
+) -> tuple[dict[str, Any], float]:
+    """Once the caller's map is a quarter through, lose host C: cut its link
+    (``lose="link"``) or kill its processes. The caller's ``done`` event,
+    and when C was lost."""
+    caller.wait_for("quarter", run_bound)
+    lost_at = time.monotonic()
+    if lose == "link":
+        hosts.c.link_down()
+    else:
+        hosts.c.kill_all()
+    try:
+        done = caller.wait_for("done", recovery_bound + run_bound)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nhost logs:\n{hosts.logs()}") from None
+    return done, lost_at
+
+
+def check_recovery(
+    results: list[list[Any]],
+    lost_at: float,
+    lose: str,
+    per_host: tuple[int, int],
+    bound: float,
+) -> dict[str, Any]:
+    """The results stopped for less than ``bound`` seconds after host C was
+    lost at ``lost_at``; the figures, printed. ``per_host``: how many
+    results hosts B and C gave."""
+    stall = stall_after(results, lost_at)
+    figures: dict[str, Any] = {
+        "recovery_seconds": round(stall, 2),
+        "cut_to_last_result_seconds": round(results[-1][0] - lost_at, 2),
+        "results_from_b": per_host[0],
+        "results_from_c": per_host[1],
+    }
+    print(f"host C lost ({lose}): {figures}")
+    assert stall < bound, f"no result for {stall:.1f} s after host C was lost ({lose})"
+    return figures
+
+
+def check_shut_down(caller: Program, done: dict[str, Any]) -> None:
+    """The caller's ``done`` event says ``shutdown()`` returned within
+    SHUTDOWN_BOUND, and the caller exits with 0 within it too."""
+    assert done["shutdown_seconds"] is not None
+    assert done["shutdown_seconds"] < SHUTDOWN_BOUND
+    assert caller.proc.wait(SHUTDOWN_BOUND) == 0
 
 
 def page_commands(page: Path) -> set[str]:

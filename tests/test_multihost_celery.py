@@ -34,9 +34,17 @@ from typing import Any
 import pytest
 
 from _hosts import (
+    PAGE,
+    READY_BOUND,
+    SCRIPTS,
+    SHUTDOWN_BOUND,
+    TASKS,
     Hosts,
     Program,
+    check_recovery,
+    check_shut_down,
     check_unfinished_futures_fail,
+    lose_host_c_mid_map,
     page_commands,
     stall_after,
     wait_until_ready,
@@ -46,10 +54,6 @@ pytest.importorskip("celery")
 
 from executors.backends.celery._lostwatch import DEFAULT_LOST_WORKER_TIMEOUT
 from executors.backends.celery._redisserver import redis_server_binary
-
-HERE = Path(__file__).resolve().parent
-SCRIPTS = HERE / "_multihost"
-PAGE = HERE.parent / "docs" / "scaling-out.md"
 
 # The commands of docs/scaling-out.md, with the page's example addresses
 # (broker 10.0.0.5, workers 10.0.0.7 and 10.0.0.8) as placeholders.
@@ -69,9 +73,6 @@ CALLER_CREATE = (
 PAGE_ADDRESSES = {"broker": "10.0.0.5", "workers": ("10.0.0.7", "10.0.0.8")}
 PAGE_PORT = 6379
 
-TASKS = 1000
-#: Seconds for Redis and the workers to start and answer a ping.
-READY_BOUND = 120.0
 #: Seconds the remaining tasks may take once the deployment is whole or
 #: has recovered: 750 tasks of 10 ms, two at a time, a broker round trip
 #: each, take about 8 s on a quiet machine.
@@ -83,7 +84,6 @@ RUN_BOUND = 90.0
 LOST_WORKER_RECOVERY = DEFAULT_LOST_WORKER_TIMEOUT + 20.0
 #: Redis dies: the result listener gives up after 5 s.
 BROKER_LOSS_BOUND = 30.0
-SHUTDOWN_BOUND = 15.0
 
 
 def _free_port() -> int:
@@ -230,15 +230,22 @@ def _local_caller(local: Deployment, mode: str, n: int) -> Iterator[Program]:
         proc.wait(30)
 
 
+def _kill_after_a_quarter(caller: Program, worker: subprocess.Popen[Any]) -> float:
+    """Once the caller is a quarter through, SIGKILL the worker's process
+    group (its main and pool processes). When."""
+    caller.wait_for("ready", READY_BOUND)
+    caller.wait_for("quarter", RUN_BOUND)
+    lost_at = time.monotonic()
+    os.killpg(worker.pid, signal.SIGKILL)
+    return lost_at
+
+
 @pytest.mark.timeout(READY_BOUND + LOST_WORKER_RECOVERY + RUN_BOUND + 60)
 def test_a_worker_killed_mid_map_on_one_host_loses_nothing(local: Deployment) -> None:
     """Before the lost-worker watch, the dead worker's task held a slot for good."""
     n = 300
     with _local_caller(local, "map", n) as caller:
-        caller.wait_for("ready", READY_BOUND)
-        caller.wait_for("quarter", RUN_BOUND)
-        lost_at = time.monotonic()
-        os.killpg(local.workers["w2"].pid, signal.SIGKILL)
+        lost_at = _kill_after_a_quarter(caller, local.workers["w2"])
         done = caller.wait_for("done", LOST_WORKER_RECOVERY + RUN_BOUND)
         results = done["results"]
         assert [i for _, _, i in results] == list(range(n)), "results lost"
@@ -247,9 +254,7 @@ def test_a_worker_killed_mid_map_on_one_host_loses_nothing(local: Deployment) ->
             f"worker w2 killed: results stopped for {stall:.2f} s; shutdown() took {done['shutdown_seconds']:.3f} s"
         )
         assert stall < LOST_WORKER_RECOVERY
-        assert done["shutdown_seconds"] is not None
-        assert done["shutdown_seconds"] < SHUTDOWN_BOUND
-        assert caller.proc.wait(SHUTDOWN_BOUND) == 0
+        check_shut_down(caller, done)
 
 
 @pytest.mark.slow  # over 10 s; the quick run keeps a sibling
@@ -260,10 +265,7 @@ def test_without_retries_a_killed_workers_tasks_fail_in_bounded_time(
     """Nothing hangs and nothing is lost silently: WorkerCrashedError, in time."""
     n = 300
     with _local_caller(local, "no-retries", n) as caller:
-        caller.wait_for("ready", READY_BOUND)
-        caller.wait_for("quarter", RUN_BOUND)
-        lost_at = time.monotonic()
-        os.killpg(local.workers["w2"].pid, signal.SIGKILL)
+        lost_at = _kill_after_a_quarter(caller, local.workers["w2"])
         settled = caller.wait_for("settled", 90 + 30)
         done = caller.wait_for("done", 30 + 10)
         counts = settled["counts"]
@@ -279,9 +281,7 @@ def test_without_retries_a_killed_workers_tasks_fail_in_bounded_time(
         assert last < LOST_WORKER_RECOVERY, f"failed {last:.1f} s after the kill"
         ok = [o for o in done["outcomes"] if o[1] == "ok"]
         assert {host for _, _, _, host in ok} <= {"w1", "w2"}
-        assert done["shutdown_seconds"] is not None
-        assert done["shutdown_seconds"] < SHUTDOWN_BOUND
-        assert caller.proc.wait(SHUTDOWN_BOUND) == 0
+        check_shut_down(caller, done)
 
 
 @pytest.mark.slow  # over 10 s; the quick run keeps a sibling
@@ -317,10 +317,7 @@ def test_a_worker_that_never_answers_polls_is_missed_by_its_tasks(
     n = 300
     try:
         with _local_caller(local, "map", n) as caller:
-            caller.wait_for("ready", READY_BOUND)
-            caller.wait_for("quarter", RUN_BOUND)
-            lost_at = time.monotonic()
-            os.killpg(w3.pid, signal.SIGKILL)
+            lost_at = _kill_after_a_quarter(caller, w3)
             done = caller.wait_for("done", LOST_WORKER_RECOVERY + RUN_BOUND)
             results = done["results"]
             assert [i for _, _, i in results] == list(range(n)), "results lost"
@@ -461,41 +458,21 @@ def test_a_map_runs_on_both_worker_hosts(cluster: Cluster) -> None:
     assert probe.wait_for("probe", 30)["result"] != "connected"
 
 
-def _lose_host_mid_map(cluster: Cluster, lose: str) -> dict[str, float]:
+def _lose_host_mid_map(cluster: Cluster, lose: str) -> dict[str, Any]:
     """Map TASKS tasks; after a quarter, lose host C; check nothing is lost."""
-    hosts = cluster.hosts
     caller = cluster.start_caller("map")
     _wait_ready(cluster, caller)
-    caller.wait_for("quarter", RUN_BOUND)
-    lost_at = time.monotonic()
-    if lose == "link":
-        hosts.c.link_down()
-    else:
-        hosts.c.kill_all()
-    try:
-        done = caller.wait_for("done", LOST_WORKER_RECOVERY + RUN_BOUND)
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}\nhost logs:\n{hosts.logs()}") from None
+    done, lost_at = lose_host_c_mid_map(
+        caller, cluster.hosts, lose, RUN_BOUND, LOST_WORKER_RECOVERY
+    )
     results = done["results"]
     per_host = _per_host(results)
     before = {host for t, host, _ in results if t < lost_at}
     assert "C" in before, "host C ran nothing before it was lost"
-    stall = stall_after(results, lost_at)
-    figures = {
-        "recovery_seconds": round(stall, 2),
-        "cut_to_last_result_seconds": round(results[-1][0] - lost_at, 2),
-        "results_from_b": per_host.get("B", 0),
-        "results_from_c": per_host.get("C", 0),
-        "shutdown_seconds": done["shutdown_seconds"],
-    }
-    print(f"host C lost ({lose}): {figures}")
-    assert stall < LOST_WORKER_RECOVERY, (
-        f"no result for {stall:.1f} s after host C was lost ({lose})"
-    )
-    assert done["shutdown_seconds"] is not None
-    assert done["shutdown_seconds"] < SHUTDOWN_BOUND
-    assert caller.proc.wait(SHUTDOWN_BOUND) == 0
-    return figures
+    counts = (per_host.get("B", 0), per_host.get("C", 0))
+    figures = check_recovery(results, lost_at, lose, counts, LOST_WORKER_RECOVERY)
+    check_shut_down(caller, done)
+    return {**figures, "shutdown_seconds": done["shutdown_seconds"]}
 
 
 @pytest.mark.slow

@@ -26,17 +26,19 @@ from typing import Any
 import pytest
 
 from _hosts import (
+    PAGE,
+    READY_BOUND,
+    SCRIPTS,
+    SHUTDOWN_BOUND,
+    TASKS,
     Hosts,
     Program,
+    check_recovery,
     check_unfinished_futures_fail,
+    lose_host_c_mid_map,
     page_commands,
-    stall_after,
     wait_until_ready,
 )
-
-HERE = Path(__file__).resolve().parent
-SCRIPTS = HERE / "_multihost"
-PAGE = HERE.parent / "docs" / "scaling-out.md"
 
 # The commands of docs/scaling-out.md, with the page's example addresses
 # (scheduler 10.0.0.5, workers 10.0.0.7 and 10.0.0.8) as placeholders.
@@ -54,10 +56,6 @@ PAGE_ADDRESSES = {"scheduler": "10.0.0.5", "workers": ("10.0.0.7", "10.0.0.8")}
 
 #: Worker threads of the cluster: two hosts of two one-thread workers.
 THREADS = 4
-TASKS = 1000
-#: Seconds for the cluster to start and the caller to see every worker.
-#: Workers boot with spawn and import distributed: slow on a busy machine.
-READY_BOUND = 120.0
 #: Seconds the remaining tasks may take once the cluster is whole or has
 #: recovered: 750 tasks of 10 ms on two threads take 4 s on a quiet machine.
 RUN_BOUND = 60.0
@@ -71,8 +69,6 @@ KILLED_RECOVERY = 15.0
 #: The scheduler dies: every unfinished future fails within this, which is
 #: the client's reconnection attempt (``connect_timeout``, 30 s) and slack.
 SCHEDULER_LOSS_BOUND = 60.0
-#: ``shutdown()`` after the scheduler is gone.
-SHUTDOWN_BOUND = 15.0
 
 
 def argv(template: str, **addresses: str) -> tuple[dict[str, str], list[str]]:
@@ -185,33 +181,18 @@ def test_a_map_runs_on_both_worker_hosts(cluster: Cluster) -> None:
 
 def _lose_host_mid_map(
     cluster: Cluster, lose: str, recovery_bound: float
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Map TASKS tasks; after a quarter, lose host C; check nothing is lost."""
     hosts = cluster.hosts
     caller = cluster.start_caller("map")
     _wait_ready(cluster, caller)
-    caller.wait_for("quarter", RUN_BOUND)
-    lost_at = time.monotonic()
-    if lose == "link":
-        hosts.c.link_down()
-    else:
-        hosts.c.kill_all()
-    done = caller.wait_for("done", recovery_bound + RUN_BOUND)
+    done, lost_at = lose_host_c_mid_map(caller, hosts, lose, RUN_BOUND, recovery_bound)
     results = done["results"]
     per_host = _check_every_result(results, hosts)
     before = {_host_of(w) for t, w, _ in results if t < lost_at}
     assert hosts.c.address in before, "host C ran nothing before it was lost"
-    stall = stall_after(results, lost_at)
-    figures = {
-        "recovery_seconds": round(stall, 2),
-        "cut_to_last_result_seconds": round(results[-1][0] - lost_at, 2),
-        "results_from_b": per_host.get(hosts.b.address, 0),
-        "results_from_c": per_host.get(hosts.c.address, 0),
-    }
-    print(f"host C lost ({lose}): {figures}")
-    assert stall < recovery_bound, (
-        f"no result for {stall:.1f} s after host C was lost ({lose})"
-    )
+    counts = (per_host.get(hosts.b.address, 0), per_host.get(hosts.c.address, 0))
+    figures = check_recovery(results, lost_at, lose, counts, recovery_bound)
     assert caller.proc.wait(SHUTDOWN_BOUND) == 0
     return figures
 

@@ -8,8 +8,10 @@ one clock).
 
 import json
 import os
+import sys
 import threading
 import time
+import traceback
 from collections import Counter
 from concurrent.futures import wait
 
@@ -22,6 +24,18 @@ SHUTDOWN_SECONDS = 30.0
 
 def emit(event, **fields):
     print(json.dumps({"event": event, "t": time.monotonic(), **fields}), flush=True)
+
+
+def run(main):
+    """A caller's ``main()``; what it raises is an ``error`` line and exit
+    code 1, at once: a client library's threads must not keep it alive."""
+    try:
+        main()
+    except BaseException as exc:
+        emit("error", message=repr(exc))
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
 
 
 def shut_down(ex):

@@ -21,7 +21,7 @@ import os
 import sys
 import time
 
-from _calling import READY_SECONDS, emit, finish, map_results, run_futures
+from _calling import READY_SECONDS, emit, finish, map_results, run, run_futures
 from celery import Celery
 
 import executors
@@ -66,8 +66,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except BaseException as exc:
-        emit("error", message=repr(exc))
-        os._exit(1)
+    run(main)

@@ -20,7 +20,7 @@ What it prints, and how, is ``_calling.py``'s, which the Celery caller shares.
 import sys
 import time
 
-from _calling import READY_SECONDS, emit, map_results, run_futures
+from _calling import READY_SECONDS, emit, map_results, run, run_futures
 from distributed.security import Security
 
 import executors
@@ -77,8 +77,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except BaseException as exc:
-        emit("error", message=repr(exc))
-        raise
+    run(main)
