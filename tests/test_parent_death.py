@@ -22,6 +22,7 @@ import signal
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from _fault_scripts import Script, options_json
@@ -47,6 +48,19 @@ def _parse(script: Script, tag: str) -> list[int]:
     raise AssertionError(f"no {tag} line\n{script.report()}")
 
 
+def _ready(script: Script, never: str) -> tuple[list[int], list[psutil.Process]]:
+    """Once the program says READY: its two workers, each of which ran a
+    task, and every process it named, tracked."""
+    assert script.wait_for_line("READY", START_BOUND), f"{never}\n{script.report()}"
+    workers = _parse(script, "WORKERS")
+    assert len(workers) == 2, f"not one task per worker: {workers}"
+    # psutil.Process remembers the start time: a reused pid is not
+    # mistaken for a survivor. Tracked, they are killed at teardown too.
+    tree = script.track({*workers, *_parse(script, "TREE")})
+    assert all(p.pid != os.getpid() for p in tree)
+    return workers, tree
+
+
 @pytest.mark.timeout(START_BOUND + 30)
 def test_killed_owner_leaves_no_process(backend_name: str) -> None:
     backend_factory(backend_name)  # skips an unavailable backend
@@ -56,15 +70,7 @@ def test_killed_owner_leaves_no_process(backend_name: str) -> None:
     options["max_workers"] = 2
     script = Script("parent_death.py", backend_name, options_json(options))
     try:
-        assert script.wait_for_line("READY", START_BOUND), (
-            f"the program never got ready\n{script.report()}"
-        )
-        workers = _parse(script, "WORKERS")
-        assert len(workers) == 2, f"one worker ran both tasks: {workers}"
-        # psutil.Process remembers the start time: a reused pid is not
-        # mistaken for a survivor. Tracked, they are killed at teardown too.
-        tree = script.track({*workers, *_parse(script, "TREE")})
-        assert all(p.pid != os.getpid() for p in tree)
+        _, tree = _ready(script, "the program never got ready")
         os.kill(script.proc.pid, signal.SIGKILL)
         killed = time.monotonic()
         script.proc.wait(timeout=10)
@@ -117,14 +123,8 @@ def _kill_busy_owner(
         str(tmp_path),
     )
     try:
-        assert script.wait_for_line("READY", START_BOUND), (
-            f"the workers never all ran a task\n{script.report()}"
-        )
-        workers = _parse(script, "WORKERS")
-        assert len(workers) == 2, f"not one task per worker: {workers}"
-        tree = script.track({*workers, *_parse(script, "TREE")})
+        workers, tree = _ready(script, "the workers never all ran a task")
         assert {p.pid for p in tree} >= set(workers), "a worker ended early"
-        assert all(p.pid != os.getpid() for p in tree)
         os.kill(script.proc.pid, sig)
         killed = time.monotonic()
         assert script.proc.wait(timeout=10) == -sig
