@@ -38,6 +38,25 @@ def _unpicklable_argument(kind: str) -> Any:
     return tasks.UnpicklableArg() if kind == "raising-reduce" else threading.Lock()
 
 
+def _check_error_or_broken(
+    executor: Any,
+    exc: BaseException | None,
+    others: list[tuple[Future[Any], Any]],
+    case: str,
+    named: str,
+) -> str:
+    """``exc`` is one of ``ACCEPTED[case]``: the call's own error, which
+    names ``named``, or a broken executor (the worker died); the other tasks
+    and the executor after it are as that allows. What to observe."""
+    assert isinstance(exc, ACCEPTED[case]), f"{case}: gave {exc!r}"
+    died = isinstance(exc, BrokenExecutor)
+    if not died:  # BrokenExecutor is a RuntimeError subclass: checked first
+        assert named in str(exc)
+    summary = check_others(executor, others, worker_died=died)
+    after = after_maybe_broken(executor, exc)
+    return f"{type(exc).__name__}; others: {summary}; then {after}"
+
+
 class PicklingFaultContract(FaultBase):
     """Arguments and results that fail to (un)pickle, harmlessly or fatally."""
 
@@ -89,20 +108,21 @@ class PicklingFaultContract(FaultBase):
         assert isinstance(fut, Future), f"submit() raised {fut!r}"
         exc = error_of(fut)
         if kind == "raises":
-            assert isinstance(exc, ACCEPTED["argument raises while unpickled"]), (
-                f"an argument that raises while unpickled gave {exc!r}"
+            observe(
+                _check_error_or_broken(
+                    executor,
+                    exc,
+                    others,
+                    "argument raises while unpickled",
+                    "FailsToUnpickle",
+                )
             )
-            if not isinstance(exc, BrokenExecutor):  # a RuntimeError subclass
-                assert "FailsToUnpickle" in str(exc)
-            died = isinstance(exc, BrokenExecutor)
-            summary = check_others(executor, others, worker_died=died)
-            after = after_maybe_broken(executor, exc)
-        else:
-            assert isinstance(exc, ACCEPTED["worker death"]), (
-                f"an argument that kills the worker while unpickled gave {exc!r}"
-            )
-            summary = check_others(executor, others, worker_died=True)
-            after = after_worker_death(executor)
+            return
+        assert isinstance(exc, ACCEPTED["worker death"]), (
+            f"an argument that kills the worker while unpickled gave {exc!r}"
+        )
+        summary = check_others(executor, others, worker_died=True)
+        after = after_worker_death(executor)
         observe(f"{type(exc).__name__}; others: {summary}; then {after}")
 
     @pytest.mark.parametrize("kind", ["lock", "raising-reduce"])
@@ -142,13 +162,12 @@ class PicklingFaultContract(FaultBase):
     ) -> None:
         fut, others = self._surround(executor, tasks.return_unloadable)
         assert isinstance(fut, Future), f"submit() raised {fut!r}"
-        exc = error_of(fut)
-        assert isinstance(exc, ACCEPTED["result fails to unpickle"]), (
-            f"a result that cannot be unpickled in the caller gave {exc!r}"
+        observe(
+            _check_error_or_broken(
+                executor,
+                error_of(fut),
+                others,
+                "result fails to unpickle",
+                "cannot be unpickled",
+            )
         )
-        if not isinstance(exc, BrokenExecutor):  # a RuntimeError subclass
-            assert "cannot be unpickled" in str(exc)
-        died = isinstance(exc, BrokenExecutor)
-        summary = check_others(executor, others, worker_died=died)
-        after = after_maybe_broken(executor, exc)
-        observe(f"{type(exc).__name__}; others: {summary}; then {after}")
