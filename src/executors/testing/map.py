@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,20 @@ FuturesTimeout = futures.TimeoutError
 
 def _sum_args(*args: int) -> int:
     return sum(args)
+
+
+class _Counted:
+    """0, 1, 2 ... (``count`` of them, or for ever), counting those pulled."""
+
+    def __init__(self, count: int | None = None) -> None:
+        self.pulled = 0
+        self._count = count
+
+    def __iter__(self) -> Iterator[int]:
+        numbers = itertools.count() if self._count is None else range(self._count)
+        for i in numbers:
+            self.pulled += 1
+            yield i
 
 
 class MapContract(ContractBase):
@@ -146,19 +161,12 @@ class MapContract(ContractBase):
     def test_buffersize_bounds_items_read_ahead(
         self, executor: Any, buffersize: int
     ) -> None:
-        pulled = 0
-
-        def source() -> Any:
-            nonlocal pulled
-            for i in itertools.count():
-                pulled += 1
-                yield i
-
-        results = executor.map(tasks.identity, source(), buffersize=buffersize)
-        assert pulled <= buffersize
+        source = _Counted()
+        results = executor.map(tasks.identity, iter(source), buffersize=buffersize)
+        assert source.pulled <= buffersize
         for yielded, value in enumerate(results, start=1):
             assert value == yielded - 1
-            assert pulled - yielded <= buffersize
+            assert source.pulled - yielded <= buffersize
             if yielded == 50:
                 break
         results.close()
@@ -168,17 +176,10 @@ class MapContract(ContractBase):
         assert sorted(got) == list(range(300))
 
     def test_unordered_map_is_bounded(self, executor: Any) -> None:
-        pulled = 0
-
-        def source() -> Any:
-            nonlocal pulled
-            for i in itertools.count():
-                pulled += 1
-                yield i
-
-        results = executor.map_unordered(tasks.identity, source(), buffersize=4)
+        source = _Counted()
+        results = executor.map_unordered(tasks.identity, iter(source), buffersize=4)
         for yielded, _ in enumerate(results, start=1):
-            assert pulled - yielded <= 4
+            assert source.pulled - yielded <= 4
             if yielded == 30:
                 break
         results.close()
@@ -206,16 +207,9 @@ class MapContract(ContractBase):
         ]
 
     def test_input_read_eagerly_without_buffersize(self, executor: Any) -> None:
-        pulled = 0
-
-        def source() -> Any:
-            nonlocal pulled
-            for i in range(20):
-                pulled += 1
-                yield i
-
-        results = executor.map(tasks.identity, source())
-        assert pulled == 20
+        source = _Counted(20)
+        results = executor.map(tasks.identity, iter(source))
+        assert source.pulled == 20
         assert list(results) == list(range(20))
 
     def test_progress_bar_counts_items(
