@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any
 
 import psutil
@@ -26,7 +26,16 @@ import pytest
 
 from executors.testing import BOUND
 
-__all__ = ["Program", "alive", "alive_at", "describe", "wait_until_gone"]
+__all__ = [
+    "Program",
+    "alive",
+    "alive_at",
+    "describe",
+    "ready_caller",
+    "run_python",
+    "wait_until_empty",
+    "wait_until_gone",
+]
 
 
 class Program:
@@ -39,16 +48,22 @@ class Program:
             a shell starts a foreground job: ``os.killpg(proc.pid, SIGINT)``
             then reaches it and every process it starts (as Ctrl-C does), and
             never pytest. Without one, the teardown cannot kill by group.
+        env: Variables to set in its environment, beside the test's.
     """
 
-    def __init__(self, *argv: str, new_session: bool = True) -> None:
+    def __init__(
+        self,
+        *argv: str,
+        new_session: bool = True,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.new_session = new_session
         self.proc = subprocess.Popen(
             [sys.executable, *argv],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
             start_new_session=new_session,
         )
         self.lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
@@ -113,6 +128,18 @@ class Program:
         """The JSON value after ``prefix`` on the next line that starts with it."""
         return json.loads(self.line_starting(prefix, bound)[len(prefix) :])
 
+    # -- signals -------------------------------------------------------------
+
+    def interrupt(self, target: str) -> float:
+        """SIGINT to the program's process group, as Ctrl-C in a terminal
+        sends it, if ``target`` is ``"group"``; else to the program alone.
+        When it was sent (``time.monotonic()``)."""
+        if target == "group":
+            os.killpg(self.proc.pid, signal.SIGINT)
+        else:
+            os.kill(self.proc.pid, signal.SIGINT)
+        return time.monotonic()
+
     # -- processes -----------------------------------------------------------
 
     def descendants(self) -> list[psutil.Process]:
@@ -167,6 +194,49 @@ class Program:
         """Stdout and the end of stderr, for failure messages."""
         out, err = "\n".join(self.stdout), "".join(self._stderr[-60:])
         return f"stdout:\n{out}\nstderr (end):\n{err}"
+
+
+def run_python(
+    *argv: str, timeout: float = 60, cwd: Any = None, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python *argv`` to its end, ``env`` added to the test's
+    environment; its exit code and output, as text."""
+    return subprocess.run(
+        [sys.executable, *argv],
+        cwd=cwd,
+        env={**os.environ, **env},
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@contextlib.contextmanager
+def ready_caller(
+    *argv: str, env: Mapping[str, str] | None = None, bound: float = 90.0
+) -> Iterator[Program]:
+    """A :class:`Program` that has printed ``READY`` within ``bound`` s (the
+    callers wait up to 60 s for a first task); killed at the end, with the
+    processes it still has then. In the caller's session: what it leaves
+    once the test has killed it (a resource tracker that removes its
+    semaphores) is not killed with it."""
+    caller = Program(*argv, env=env, new_session=False)
+    try:
+        assert caller.wait_for_line("READY", bound), caller.report()
+        yield caller
+    finally:
+        caller.kill_tree()
+
+
+def wait_until_empty(
+    left: Callable[[], Collection[Any]], bound: float, what: str
+) -> None:
+    """Wait until ``left()`` is empty; fail the test with what it still shows."""
+    deadline = time.monotonic() + bound
+    while found := left():
+        assert time.monotonic() < deadline, f"{what}: {found}"
+        time.sleep(0.05)
 
 
 def alive(processes: Iterable[psutil.Process]) -> list[psutil.Process]:

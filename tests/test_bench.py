@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 import executors
+from _programs import run_python
 from executors.bench._config import make_config
 from executors.bench._workloads import WORKLOADS
 
@@ -385,13 +386,7 @@ def test_task_errors_are_reported_not_measured(tmp_path: Path) -> None:
     ],
 )
 def test_bad_arguments_exit_with_a_message(args: list[str], message: str) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "executors.bench", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_python("-m", "executors.bench", *args)
     assert done.returncode == 2
     assert message in done.stderr
 
@@ -403,27 +398,14 @@ def test_plot_without_matplotlib_names_the_extra(tmp_path: Path) -> None:
         "from executors.bench.__main__ import main; "
         "sys.exit(main(['--plot', 'out.png', '--list']))"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        check=False,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_python("-c", code, cwd=tmp_path)
     assert done.returncode == 2
     assert 'pip install "executors[plot]"' in done.stderr
     assert not (tmp_path / "out.png").exists()
 
 
 def test_list_names_every_target_and_workload() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "executors.bench", "--list"],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_python("-m", "executors.bench", "--list")
     assert done.returncode == 0
     for info in executors.list_backends():
         assert info.name in done.stdout

@@ -26,6 +26,7 @@ import psutil
 import pytest
 
 import executors
+from _programs import ready_caller, wait_until_empty
 from executors import WorkerCrashedError
 from executors.testing import BOUND, child_processes, tasks, wait_for_no_new_children
 
@@ -267,24 +268,11 @@ def test_a_killed_caller_leaves_no_initializer_on_the_scheduler(
 ) -> None:
     script = tmp_path / "killed_caller.py"
     script.write_text(KILLED_CALLER)
-    caller = subprocess.Popen(
-        [sys.executable, str(script), cluster.address],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert caller.stdout is not None
-        assert caller.stdout.readline().strip() == "READY"
+    with ready_caller(str(script), cluster.address) as caller:
         assert _initializers(raw_client), "the initializer was never registered"
-        caller.kill()  # no shutdown(), no exit hook
+        caller.proc.kill()  # no shutdown(), no exit hook
         caller.wait(BOUND)
         # The scheduler sees the client go once its connection closes.
-        deadline = time.monotonic() + BOOT_BOUND
-        while left := _initializers(raw_client):
-            assert time.monotonic() < deadline, f"left on the scheduler: {left}"
-            time.sleep(0.1)
-    finally:
-        if caller.poll() is None:
-            caller.kill()
-            caller.wait(BOUND)
+        wait_until_empty(
+            lambda: _initializers(raw_client), BOOT_BOUND, "left on the scheduler"
+        )

@@ -22,7 +22,6 @@ import os
 import shutil
 import socket
 import stat
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +35,7 @@ from typing import Any
 import pytest
 
 import executors
+from _programs import ready_caller, wait_until_empty
 from executors import DaskClusterError
 from executors.testing import BOUND, child_processes, tasks, wait_for_no_new_children
 
@@ -280,24 +280,8 @@ def test_a_killed_caller_leaves_no_folder(tmp_path: Path, short_tmp: Path) -> No
     shared = short_tmp
     script = tmp_path / "killed_caller.py"
     script.write_text(KILLED_CALLER)
-    caller = subprocess.Popen(
-        [sys.executable, str(script)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "TMPDIR": str(shared)},
-        text=True,
-    )
-    try:
-        assert caller.stdout is not None
-        assert caller.stdout.readline().strip() == "READY"
+    with ready_caller(str(script), env={"TMPDIR": str(shared)}) as caller:
         assert len(_ours(shared)) == 1
-        caller.kill()  # nothing of the caller runs any more
+        caller.proc.kill()  # nothing of the caller runs any more
         caller.wait(BOUND)
-        deadline = time.monotonic() + BOUND
-        while left := _ours(shared):
-            assert time.monotonic() < deadline, f"left after SIGKILL: {left}"
-            time.sleep(0.05)
-    finally:
-        if caller.poll() is None:
-            caller.kill()
-            caller.wait(BOUND)
+        wait_until_empty(lambda: _ours(shared), BOUND, "left after SIGKILL")

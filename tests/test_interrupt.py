@@ -96,11 +96,7 @@ def test_ctrl_c_without_with_exits_promptly(
         )
         time.sleep(1.0)  # inside the map: tasks running and queued
         tree = script.descendants()
-        if target == "group":
-            os.killpg(script.proc.pid, signal.SIGINT)
-        else:
-            os.kill(script.proc.pid, signal.SIGINT)
-        sent = time.monotonic()
+        sent = script.interrupt(target)
         code = script.finish(EXIT_BOUND)
         took = time.monotonic() - sent
         assert code is not None, (

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import pickle
 import signal
 import threading
@@ -149,11 +148,7 @@ def test_ctrl_c_without_with_stops_at_once_and_leaves_no_process(
         descendants = _descendants(program)
         _read(program, "RUNNING")
         time.sleep(1.0)  # inside the map, or in the exit hook's wait
-        if target == "group":  # Ctrl-C in a terminal
-            os.killpg(program.proc.pid, signal.SIGINT)
-        else:
-            os.kill(program.proc.pid, signal.SIGINT)
-        sent = time.monotonic()
+        sent = program.interrupt(target)  # "group": Ctrl-C in a terminal
         code = program.wait(STOPS_WITHIN)
         took = time.monotonic() - sent
         assert code is not None, f"still running {took:.1f}s after Ctrl-C"

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.pool
-import os
-import subprocess
-import sys
 import textwrap
 from collections.abc import Iterator
 from typing import Any
@@ -19,6 +16,7 @@ from typing import Any
 import pytest
 
 import executors
+from _programs import run_python
 from executors import Pool
 from executors.testing import child_processes, wait_for_no_new_children
 from executors.testing.pool import (
@@ -130,16 +128,9 @@ def test_backend_comes_from_the_environment() -> None:
             print(pool.backend, pool.map(abs, [-1, -2]))
         """
     )
-    env = {**os.environ, "EXECUTORS_BACKEND": "thread"}
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
-    assert out.strip() == "thread [1, 2]"
+    done = run_python("-c", script, EXECUTORS_BACKEND="thread")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "thread [1, 2]"
 
 
 def test_a_pool_left_in_a_global_lets_the_program_exit(backend_name: str) -> None:
@@ -160,16 +151,8 @@ def test_a_pool_left_in_a_global_lets_the_program_exit(backend_name: str) -> Non
             test()
         """
     )
-    env = {**os.environ, "EXECUTORS_BACKEND": backend_name}
     before = child_processes()
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
+    done = run_python("-c", script, timeout=90, EXECUTORS_BACKEND=backend_name)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[0.0, 1.0, 2.0]"
     assert not wait_for_no_new_children(before)

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import gc
 import os
-import subprocess
-import sys
 import threading
 from typing import Any
 
 import pytest
 
+from _programs import run_python
 from executors import _lifecycle
 from executors._futures import Future
 from executors._lifecycle import (
@@ -142,14 +141,7 @@ owner = Owner()
 _lifecycle.close_at_exit(owner)
 print("exiting:", _lifecycle.interpreter_exiting(), flush=True)
 """
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=25,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-    )
+    done = run_python("-c", script, timeout=25, PYTHONWARNINGS="ignore")
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["exiting: False", "closed at exit"]
 

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import ast
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import executors
 import executors.backend
+from _programs import run_python
 
 ROOT = Path(__file__).resolve().parents[2]
 PLUGIN = ROOT / "tests" / "plugin_example" / "src" / "executors_simple_threads"
@@ -86,13 +85,7 @@ def test_the_plugin_example_imports_only_public_modules() -> None:
 
 def test_import_executors_does_not_import_the_backend_module() -> None:
     code = "import sys, executors; print('executors.backend' in sys.modules)"
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = run_python("-c", code)
     assert out.stdout.strip() == "False", out.stderr
 
 
