@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,10 @@ from typing import Any
 import numpy as np
 import psutil
 
+from _programs import run_python
 from _shm_tasks import count_memfds, describe, make, negate_in_place, same
 
+TESTS = Path(__file__).parent
 MB = 1 << 20
 # Bound for processes to be gone after their caller was killed.
 GONE_BOUND = 15.0
@@ -50,10 +53,48 @@ def check_a_large_result_from_a_small_call(ex: Any) -> np.ndarray:
     return result
 
 
-def stop_a_caller_mid_transfer(script: Path, sig: signal.Signals) -> str:
-    """Run ``script``, a caller that prints ``ready`` then maps large arrays
-    for ever; stop it with ``sig`` mid-transfer; check that every process of
-    its tree is gone with its segments. Its stderr."""
+def write_caller(path: Path, main: str) -> Path:
+    """Write a caller program to ``path``: ``main`` runs under ``if __name__
+    == "__main__":``, with ``sys``, ``numpy as np``, ``executors`` and the
+    tasks of ``_shm_tasks`` imported."""
+    header = (
+        "import sys\n"
+        "import numpy as np\n"
+        "import executors\n"
+        f"sys.path.insert(0, {str(TESTS)!r})\n"
+        "from _shm_tasks import memfds, same\n\n"
+        'if __name__ == "__main__":\n'
+    )
+    path.write_text(header + textwrap.indent(textwrap.dedent(main), "    "))
+    return path
+
+
+def run_caller(path: Path, main: str) -> subprocess.CompletedProcess[str]:
+    """Write the caller program of :func:`write_caller` and run it to its
+    end; check that it exits with 0. What it wrote."""
+    done = run_python(str(write_caller(path, main)), timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def stop_a_caller_mid_transfer(
+    folder: Path, sig: signal.Signals, backend: str, **options: Any
+) -> str:
+    """Run a caller that prints ``ready`` then maps large arrays on
+    ``backend`` for ever; stop it with ``sig`` mid-transfer; check that every
+    process of its tree is gone with its segments. Its stderr."""
+    script = write_caller(
+        folder / "caller.py",
+        f"""
+        array = np.ones(16 << 17)
+        with executors.create({backend!r}, max_workers=2, **{options!r}) as ex:
+            ex.submit(same, array).result()
+            print("ready", flush=True)
+            while True:
+                for back in ex.map(same, [array] * 4):
+                    assert back[0] == 1.0
+        """,
+    )
     proc = subprocess.Popen(
         [sys.executable, str(script)],
         stdout=subprocess.PIPE,

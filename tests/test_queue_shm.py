@@ -8,7 +8,8 @@ Everything runs on the real thing: memfd segments opened through
 file-size limit that makes the kernel refuse the memory. A segment has no
 name, so "nothing leaks" means: no process of ours that is gone held one,
 every live one holds none once its values are gone, and ``/dev/shm`` has
-no new entry.
+no new entry. (``shm_threshold``'s validation is ``test_shm.py``'s, for every
+backend that takes it.)
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import gc
 import os
 import pickle
 import signal
-import textwrap
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,7 +53,6 @@ pytestmark = [
     pytest.mark.timeout(120),
 ]
 
-TESTS = Path(__file__).parent
 SHM = Path("/dev/shm")
 
 
@@ -117,13 +116,6 @@ def test_a_threshold_under_64_kib_sends_small_buffers_too() -> None:
     assert (_payload.loads(body, []) == 1.0).all()
     del body
     _settle()
-
-
-def test_threshold_is_validated() -> None:
-    with pytest.raises(ValueError, match="at least 1"):
-        executors.create("queue", shm_threshold=0)
-    with pytest.raises(TypeError, match="int"):
-        executors.create("queue", shm_threshold=1.5)
 
 
 def test_the_capability_is_declared() -> None:
@@ -285,33 +277,13 @@ def test_a_worker_killed_as_it_sends_a_result_leaks_nothing() -> None:
     assert _dev_shm() - before == set()
 
 
-CALLER = """
-import sys
-import numpy as np
-import executors
-sys.path.insert(0, {tests!r})
-from _shm_tasks import same
-
-if __name__ == "__main__":
-    array = np.ones(16 << 17)
-    with executors.create("queue", max_workers=2) as ex:
-        ex.submit(same, array).result()
-        print("ready", flush=True)
-        while True:
-            for back in ex.map(same, [array] * 4):
-                assert back[0] == 1.0
-"""
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill", "int"])
 def test_a_caller_stopped_mid_transfer_leaks_nothing(
     sig: signal.Signals, tmp_path: Path
 ) -> None:
     before = _dev_shm()
-    script = tmp_path / "caller.py"
-    script.write_text(textwrap.dedent(CALLER.format(tests=str(TESTS))))
-    err = stop_a_caller_mid_transfer(script, sig)
+    err = stop_a_caller_mid_transfer(tmp_path, sig, "queue")
     assert _dev_shm() - before == set()
     assert "memfd" not in err and "leaked" not in err, err
 

@@ -13,9 +13,6 @@ from __future__ import annotations
 import os
 import pickle
 import signal
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +27,7 @@ from _shm_checks import (
     check_a_large_result_from_a_small_call,
     check_each_sides_own,
     check_map_carries_large_buffers,
+    run_caller,
     stop_a_caller_mid_transfer,
 )
 from _shm_tasks import (
@@ -52,7 +50,6 @@ pytestmark = pytest.mark.skipif(
     not _shm.available(), reason="no os.memfd_create or /proc on this system"
 )
 
-TESTS = Path(__file__).parent
 SHM = Path("/dev/shm")
 # (backend, options) of every backend whose workers honour shm_threshold.
 BACKENDS = [
@@ -145,11 +142,12 @@ def test_a_view_kept_alive_keeps_the_pages() -> None:
     _settle_own_segments()
 
 
-def test_threshold_is_validated() -> None:
+@pytest.mark.parametrize("backend", ["process", "mp_pool", "queue", "joblib"])
+def test_threshold_is_validated(backend: str) -> None:
     with pytest.raises(ValueError, match="shm_threshold must be at least 1"):
-        executors.create("process", shm_threshold=0)
+        executors.create(backend, shm_threshold=0)
     with pytest.raises(TypeError, match="shm_threshold must be an int"):
-        executors.create("mp_pool", shm_threshold=1.5)
+        executors.create(backend, shm_threshold=1.5)
 
 
 def _strided(draw: st.DrawFn) -> np.ndarray:
@@ -317,24 +315,6 @@ def test_a_worker_killed_holding_an_argument_leaks_nothing(backend: str) -> None
     assert _own_memfds() == 0
 
 
-CALLER = """
-import os, sys, time
-import numpy as np
-import executors
-sys.path.insert(0, {tests!r})
-from _shm_tasks import same
-
-if __name__ == "__main__":
-    array = np.ones(16 << 17)
-    with executors.create({backend!r}, max_workers=2, **{options!r}) as ex:
-        ex.submit(same, array).result()
-        print("ready", flush=True)
-        while True:
-            for back in ex.map(same, [array] * 4):
-                assert back[0] == 1.0
-"""
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill", "int"])
 @pytest.mark.parametrize("backend", ["process", "mp_pool", "joblib"])
@@ -342,15 +322,9 @@ def test_a_caller_stopped_mid_transfer_leaks_nothing(
     backend: str, sig: signal.Signals, tmp_path: Path
 ) -> None:
     before = _dev_shm()
-    script = tmp_path / "caller.py"
     # joblib's own memmapping (its files in /dev/shm) is not under test.
     options = {"max_nbytes": None} if backend == "joblib" else {}
-    script.write_text(
-        textwrap.dedent(
-            CALLER.format(tests=str(TESTS), backend=backend, options=options)
-        )
-    )
-    err = stop_a_caller_mid_transfer(script, sig)
+    err = stop_a_caller_mid_transfer(tmp_path, sig, backend, **options)
     assert _new_dev_shm(before) == set()
     # (A caller killed by SIGKILL leaves the stdlib's semaphores and joblib's
     # folder to their resource trackers, which say so: none of that is ours.)
@@ -358,34 +332,17 @@ def test_a_caller_stopped_mid_transfer_leaks_nothing(
 
 
 def test_no_resource_tracker_warning_on_normal_shutdown(tmp_path: Path) -> None:
-    script = tmp_path / "normal.py"
-    script.write_text(
-        textwrap.dedent(
-            f"""
-            import sys
-            import numpy as np
-            import executors
-            sys.path.insert(0, {str(TESTS)!r})
-            from _shm_tasks import same, memfds
-
-            if __name__ == "__main__":
-                for backend in ("process", "mp_pool", "queue"):
-                    with executors.create(backend, max_workers=2) as ex:
-                        for back in ex.map(same, [np.ones(1 << 18)] * 4):
-                            assert back[0] == 1.0
-                        del back
-                print("held", memfds(), flush=True)
-            """
-        )
+    done = run_caller(
+        tmp_path / "normal.py",
+        """
+        for backend in ("process", "mp_pool", "queue"):
+            with executors.create(backend, max_workers=2) as ex:
+                for back in ex.map(same, [np.ones(1 << 18)] * 4):
+                    assert back[0] == 1.0
+                del back
+        print("held", memfds(), flush=True)
+        """,
     )
-    done = subprocess.run(
-        [sys.executable, str(script)],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
     assert "held 0" in done.stdout
     assert done.stderr == "", done.stderr
 
@@ -399,36 +356,20 @@ def test_without_shared_memory_the_pipe_carries_it_with_one_warning(
 ) -> None:
     # A file-size limit makes the kernel refuse to size a segment (EFBIG),
     # as a full memory would refuse to back it.
-    script = tmp_path / "limited.py"
-    script.write_text(
-        textwrap.dedent(
-            f"""
-            import resource, signal, sys
-            import numpy as np
-            import executors
-            sys.path.insert(0, {str(TESTS)!r})
-            from _shm_tasks import same
-
-            if __name__ == "__main__":
-                signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-                resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, 1 << 16))
-                array = np.ones(1 << 18)
-                with executors.create({backend!r}, max_workers=1) as ex:
-                    for _ in range(3):
-                        back = ex.submit(same, array).result()
-                        assert back.flags.writeable and (back == 1.0).all()
-                print("ok", flush=True)
-            """
-        )
+    done = run_caller(
+        tmp_path / "limited.py",
+        f"""
+        import resource, signal
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, 1 << 16))
+        array = np.ones(1 << 18)
+        with executors.create({backend!r}, max_workers=1) as ex:
+            for _ in range(3):
+                back = ex.submit(same, array).result()
+                assert back.flags.writeable and (back == 1.0).all()
+        print("ok", flush=True)
+        """,
     )
-    done = subprocess.run(
-        [sys.executable, str(script)],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
     assert "ok" in done.stdout
     warnings = [
         line
