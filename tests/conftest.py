@@ -33,18 +33,23 @@ import contextlib
 import os
 import re
 import shutil
+import signal
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterable
+from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 import pytest
 
 import executors
-from executors import _registry
+from _programs import wait_until_empty
+from executors import WorkerCrashedError, _registry
+from executors.testing import BOUND, tasks
+from executors.testing._support import wait_for_file
 
 # Options each backend is tested with, beyond what a test passes itself.
 # Two workers: this is a 2-core machine, and two is the smallest pool in
@@ -84,6 +89,83 @@ def executor_factory(backend_name: str) -> Callable[..., Any]:
     return backend_factory(backend_name)
 
 
+# -- helpers the test modules import ------------------------------------------
+
+
+def wait_until(
+    predicate: Callable[[], object], what: str, bound: float = BOUND
+) -> None:
+    """Wait until ``predicate()`` is true; fail the test after ``bound`` s."""
+    deadline = time.monotonic() + bound
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def wait_until_running(futures: Iterable[Future[Any]]) -> None:
+    """Wait until every one of ``futures`` runs; fail the test after BOUND s."""
+    futures = list(futures)
+    wait_until(lambda: all(f.running() for f in futures), "the tasks to run")
+
+
+def interrupt_a_busy_with_block(
+    executor: Any, running: int, queued: int
+) -> tuple[list[Future[Any]], list[Future[Any]], float]:
+    """Ctrl-C in ``with executor:`` once ``running`` 30 s tasks run, with
+    ``queued`` more behind them. Their futures, and the seconds from the
+    KeyboardInterrupt to the end of the with block."""
+    with pytest.raises(KeyboardInterrupt), executor:
+        started = [
+            executor.submit(tasks.sleep_and_return, 30, i) for i in range(running)
+        ]
+        waiting = [executor.submit(tasks.identity, i) for i in range(queued)]
+        wait_until_running(started)
+        start = time.monotonic()
+        raise KeyboardInterrupt
+    return started, waiting, time.monotonic() - start
+
+
+#: The capabilities that say what a backend's own workers do.
+WORKER_FLAGS = (
+    "worker_identity",
+    "worker_finalizer",
+    "recycles_workers",
+    "forwards_logs",
+    "limits_worker_threads",
+    "nested_executors",
+)
+
+
+def celery_folders() -> set[Path]:
+    """The private folders this process's Celery deployments made."""
+    return set(Path(tempfile.gettempdir()).glob(f"executors-celery-{os.getpid()}-*"))
+
+
+@pytest.fixture
+def no_celery_folder_left() -> Generator[None, None, None]:
+    """No private Celery deployment a test made outlives it, failed or not."""
+    before = celery_folders()
+    yield
+    wait_until_empty(lambda: celery_folders() - before, BOUND, "folders left behind")
+
+
+def kill_the_process_of_a_running_task(
+    executor: Any, tmp_path: Path, other_seconds: float = 1.0
+) -> WorkerCrashedError:
+    """SIGKILL the worker process running one task while another task runs:
+    check that only that task fails, with WorkerCrashedError, and that the
+    executor runs a new task. That task's exception, for more checks."""
+    pidfile = tmp_path / "pid"
+    victim = executor.submit(tasks.write_pid_then_sleep, str(pidfile), 5.0, "x")
+    other = executor.submit(tasks.sleep_and_return, other_seconds, "other")
+    os.kill(int(wait_for_file(pidfile)), signal.SIGKILL)
+    error = victim.exception(timeout=BOUND)
+    assert isinstance(error, WorkerCrashedError), repr(error)
+    assert other.result(timeout=BOUND) == "other"
+    assert executor.submit(tasks.add, 1, 2).result(timeout=BOUND) == 3
+    return error
+
+
 # -- no process of the run survives it ----------------------------------------
 
 #: The environment variable that marks every process started by this run.
@@ -100,6 +182,7 @@ _OWN_HELPERS = (
     "loky.backend.resource_tracker",
 )
 _token_key = pytest.StashKey[str]()
+_T = TypeVar("_T")
 
 
 # Backends whose conformance and fault suites run in a module of their own,
@@ -195,12 +278,18 @@ def pytest_sessionfinish(session: pytest.Session) -> Generator[None, None, None]
         _check_files(session, token, snapshot)
 
 
-def _check_processes(session: pytest.Session, token: str) -> None:
-    deadline = time.monotonic() + ORPHAN_GRACE
-    left = _marked_processes(token)
+def _left_after(grace: float, find: Callable[[], list[_T]], pause: float) -> list[_T]:
+    """What ``find()`` still returns once it is empty or ``grace`` s passed."""
+    deadline = time.monotonic() + grace
+    left = find()
     while left and time.monotonic() < deadline:
-        time.sleep(0.1)
-        left = _marked_processes(token)
+        time.sleep(pause)
+        left = find()
+    return left
+
+
+def _check_processes(session: pytest.Session, token: str) -> None:
+    left = _left_after(ORPHAN_GRACE, lambda: _marked_processes(token), 0.1)
     if not left:
         return
     described = [_describe(proc) for proc in left]
@@ -368,11 +457,7 @@ def _check_files(
     token: str,
     snapshot: tuple[Path, frozenset[str], frozenset[str]],
 ) -> None:
-    deadline = time.monotonic() + LEFTOVER_GRACE
-    left = _leftover_files(snapshot)
-    while left and time.monotonic() < deadline:
-        time.sleep(0.2)
-        left = _leftover_files(snapshot)
+    left = _left_after(LEFTOVER_GRACE, lambda: _leftover_files(snapshot), 0.2)
     if not left:
         return
     writer = session.config.get_terminal_writer()

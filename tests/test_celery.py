@@ -27,6 +27,12 @@ import psutil
 import pytest
 
 import executors
+from conftest import (
+    WORKER_FLAGS,
+    interrupt_a_busy_with_block,
+    kill_the_process_of_a_running_task,
+    wait_until_running,
+)
 from executors import ExecutorFailedError, WorkerCrashedError
 from executors.testing import BOUND, child_processes, tasks, wait_for_no_new_children
 
@@ -122,14 +128,7 @@ def test_an_existing_deployment_declares_no_worker_flags() -> None:
     private = CeleryExecutor.capabilities
     existing = executors.create("celery", broker="redis://127.0.0.1:1", max_workers=2)
     try:
-        for flag in (
-            "worker_identity",
-            "worker_finalizer",
-            "recycles_workers",
-            "forwards_logs",
-            "limits_worker_threads",
-            "nested_executors",
-        ):
+        for flag in WORKER_FLAGS:
             assert getattr(private, flag), flag
             assert not getattr(existing.capabilities, flag), flag
         assert existing.capabilities.kills_single_task
@@ -194,20 +193,9 @@ def test_private_deployment_starts_lazily_and_stops_everything() -> None:
 @pytest.mark.timeout(60)
 def test_pool_process_killed_mid_task_fails_that_task_alone(tmp_path: Path) -> None:
     with _create() as executor:
-        pidfile = tmp_path / "pid"
-        victim = executor.submit(tasks.write_pid_then_sleep, str(pidfile), 5.0, "x")
-        other = executor.submit(tasks.sleep_and_return, 1.0, "other")
-        deadline = time.monotonic() + BOUND
-        while not pidfile.exists():
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        os.kill(int(pidfile.read_text()), signal.SIGKILL)
-        error = victim.exception(timeout=BOUND)
-        assert isinstance(error, WorkerCrashedError)
+        error = kill_the_process_of_a_running_task(executor, tmp_path)
         assert error.exitcode == -signal.SIGKILL
         assert "SIGKILL" in str(error)
-        assert other.result(timeout=BOUND) == "other"
-        assert executor.submit(tasks.add, 1, 2).result(timeout=BOUND) == 3
 
 
 @pytest.mark.timeout(60)
@@ -233,19 +221,8 @@ def test_redis_that_dies_breaks_the_executor_within_the_bound() -> None:
 @pytest.mark.timeout(60)
 def test_ctrl_c_kills_the_workers_at_once() -> None:
     before = child_processes()
-    with pytest.raises(KeyboardInterrupt):
-        with _create() as executor:
-            running = [
-                executor.submit(tasks.sleep_and_return, 30.0, i) for i in range(2)
-            ]
-            queued = [executor.submit(tasks.identity, i) for i in range(5)]
-            deadline = time.monotonic() + BOUND
-            while not all(f.running() for f in running):
-                assert time.monotonic() < deadline
-                time.sleep(0.01)
-            start = time.monotonic()
-            raise KeyboardInterrupt
-    assert time.monotonic() - start < 5.0
+    running, queued, took = interrupt_a_busy_with_block(_create(), 2, 5)
+    assert took < 5.0
     assert all(
         isinstance(f.exception(), executors.ExecutorInterruptedError) for f in running
     )
@@ -345,10 +322,7 @@ def test_terminate_workers_stops_the_private_deployment(how: str) -> None:
     executor = _create()
     running = [executor.submit(tasks.sleep_and_return, 30.0, i) for i in range(2)]
     queued = [executor.submit(tasks.identity, i) for i in range(3)]
-    deadline = time.monotonic() + BOUND
-    while not all(f.running() for f in running):
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_until_running(running)
     deployment = executor._deployment
     assert deployment is not None and deployment.worker is not None
     group = deployment.worker.pid

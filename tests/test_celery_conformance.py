@@ -19,11 +19,7 @@ revokes them with ``terminate=True``.
 
 from __future__ import annotations
 
-import os
-import tempfile
-import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import psutil
@@ -46,7 +42,7 @@ from executors.testing import (
     TaskControlContract,
     WorkerCrashContract,
 )
-from executors.testing._support import BOUND, ExecutorFactory, child_processes
+from executors.testing._support import ExecutorFactory, child_processes
 from executors.testing.pool import (
     PoolApplyContract,
     PoolCrashContract,
@@ -75,21 +71,10 @@ _PRIVATE_OPTIONS = {
 }
 
 
-def _own_folders() -> set[Path]:
-    """The private folders this process's deployments made."""
-    return set(Path(tempfile.gettempdir()).glob(f"executors-celery-{os.getpid()}-*"))
-
-
 @pytest.fixture(autouse=True)
-def _no_folder_left() -> Iterator[None]:
+def _no_folder_left(no_celery_folder_left: None) -> None:
     """No private deployment of a test outlives it, failed or not (the
     shared one, made before, is the module's)."""
-    before = _own_folders()
-    yield
-    deadline = time.monotonic() + BOUND
-    while left := _own_folders() - before:
-        assert time.monotonic() < deadline, f"folders left behind: {left}"
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")

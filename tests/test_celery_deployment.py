@@ -27,7 +27,8 @@ import psutil
 import pytest
 
 import executors
-from executors import ExecutorFailedError, WorkerCrashedError
+from conftest import kill_the_process_of_a_running_task
+from executors import ExecutorFailedError
 from executors.testing import BOUND, tasks
 
 pytest.importorskip("celery")
@@ -185,18 +186,7 @@ def test_killed_pool_process_fails_only_its_task(
     with executors.create(
         "celery", broker=deployment.url, backend=deployment.url, max_workers=2
     ) as ex:
-        pidfile = tmp_path / "pid"
-        victim = ex.submit(tasks.write_pid_then_sleep, str(pidfile), 5.0, "x")
-        other = ex.submit(tasks.sleep_and_return, 1.5, "other")
-        deadline = time.monotonic() + BOUND
-        while not pidfile.exists():
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        os.kill(int(pidfile.read_text()), signal.SIGKILL)
-        error = victim.exception(timeout=BOUND)
-        assert isinstance(error, WorkerCrashedError), repr(error)
-        assert other.result(timeout=BOUND) == "other"
-        assert ex.submit(tasks.add, 2, 3).result(timeout=BOUND) == 5
+        kill_the_process_of_a_running_task(ex, tmp_path, other_seconds=1.5)
 
 
 @pytest.mark.timeout(120)

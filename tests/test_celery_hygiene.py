@@ -39,6 +39,7 @@ import psutil
 import pytest
 
 import executors
+from _programs import run_python
 from executors import ExecutorFailedError, InitializerFailedError
 from executors.testing import BOUND, child_processes, tasks, wait_for_no_new_children
 
@@ -49,26 +50,10 @@ import redis
 
 from executors.backends.celery._executor import CeleryExecutor
 
-_PREFIX = "executors-celery-"
-
-
-def _own_folders() -> set[Path]:
-    """The private folders this process's deployments made."""
-    import tempfile
-
-    root = Path(tempfile.gettempdir())
-    return set(root.glob(f"{_PREFIX}{os.getpid()}-*"))
-
 
 @pytest.fixture(autouse=True)
-def _no_folder_left() -> Iterator[None]:
+def _no_folder_left(no_celery_folder_left: None) -> None:
     """No private folder of this process outlives a test, failed or not."""
-    before = _own_folders()
-    yield
-    deadline = time.monotonic() + BOUND
-    while left := _own_folders() - before:
-        assert time.monotonic() < deadline, f"folders left behind: {left}"
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -336,16 +321,7 @@ def test_the_worker_never_imports_from_the_callers_working_directory(
     program.mkdir()
     (program / "caller.py").write_text(_CWD_CALLER)
     marker = tmp_path / "marker"
-    env = {**os.environ, "MARKER": str(marker)}
-    done = subprocess.run(
-        [sys.executable, str(program / "caller.py")],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        check=False,
-        text=True,
-        timeout=75,
-    )
+    done = run_python(str(program / "caller.py"), cwd=work, MARKER=str(marker))
     assert not marker.exists(), "the worker imported celery.py from the cwd"
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == repr((str(work / "taskmod.py"), 42))
@@ -378,14 +354,7 @@ def short_tmp() -> Iterator[Path]:
 def test_a_tmpdir_with_a_space_works(short_tmp: Path) -> None:
     spaced = short_tmp / "a b"
     spaced.mkdir()
-    done = subprocess.run(
-        [sys.executable, "-c", _TMPDIR_CALLER],
-        env={**os.environ, "TMPDIR": str(spaced)},
-        capture_output=True,
-        check=False,
-        text=True,
-        timeout=75,
-    )
+    done = run_python("-c", _TMPDIR_CALLER, TMPDIR=str(spaced))
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split(" ", 1) == ["3", f"{spaced}\n"]
     assert not list(spaced.iterdir()), "the private folder was left"
@@ -410,14 +379,7 @@ except executors.ExecutorFailedError as exc:
 def test_a_redis_server_that_cannot_start_reports_its_logs_last_lines(
     short_tmp: Path,
 ) -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", _LOW_FD_CALLER],
-        env={**os.environ, "TMPDIR": str(short_tmp)},
-        capture_output=True,
-        check=False,
-        text=True,
-        timeout=75,
-    )
+    done = run_python("-c", _LOW_FD_CALLER, TMPDIR=str(short_tmp))
     assert done.returncode == 0, done.stderr[-3000:]
     message = done.stdout
     assert "Redis server" in message, message
@@ -483,13 +445,7 @@ print("returned")
 def test_the_fallback_caller_watch_survives_a_pid_of_another_user() -> None:
     # A caller's pid that answers EPERM is another user's process: the
     # caller (always this user) is gone and its pid was reused.
-    done = subprocess.run(
-        [sys.executable, "-c", _FOREIGN, str(os.getpid())],
-        capture_output=True,
-        check=False,
-        text=True,
-        timeout=BOUND,
-    )
+    done = run_python("-c", _FOREIGN, str(os.getpid()), timeout=BOUND)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "returned"
 

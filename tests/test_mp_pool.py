@@ -30,7 +30,7 @@ import psutil
 import pytest
 
 import executors
-from conftest import backend_factory
+from conftest import backend_factory, interrupt_a_busy_with_block
 from executors import (
     InitializerFailedError,
     RemoteTraceback,
@@ -553,19 +553,10 @@ class TestShutdown(ContractBase):
         before = child_processes()
         executor = make_executor()
         pids = {executor.submit(tasks.get_pid).result(timeout=BOUND)}
-        with pytest.raises(KeyboardInterrupt), executor:
-            running = [
-                executor.submit(tasks.sleep_and_return, 30, i)
-                for i in range(executor.max_workers)
-            ]
-            queued = [executor.submit(tasks.identity, i) for i in range(20)]
-            deadline = time.monotonic() + BOUND
-            while not all(f.running() for f in running):
-                assert time.monotonic() < deadline
-                time.sleep(0.01)
-            start = time.monotonic()
-            raise KeyboardInterrupt
-        assert time.monotonic() - start < 10
+        running, queued, took = interrupt_a_busy_with_block(
+            executor, executor.max_workers, 20
+        )
+        assert took < 10
         for fut in running:
             assert isinstance(fut.exception(timeout=0), ExecutorInterruptedError)
         # Queued futures are cancelled, except those handed to the Pool

@@ -27,7 +27,7 @@ import psutil
 import pytest
 
 import executors
-from conftest import backend_factory
+from conftest import backend_factory, wait_until
 from executors import (
     InitializerFailedError,
     TaskTimeoutError,
@@ -141,11 +141,39 @@ def worker_pids(executor: Any) -> set[int]:
         return {w.process.pid for w in executor._pool.workers.values()}
 
 
-def wait_until(predicate: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + BOUND
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
+def one_warm_worker(make_executor: ExecutorFactory) -> Any:
+    """A one-worker executor that has run 20 short tasks: its pool now sends
+    a task to the worker before the one it runs is answered."""
+    executor = make_executor(max_workers=1)
+    for _ in range(20):
+        executor.submit(tasks.noop).result(timeout=BOUND)
+    return executor
+
+
+def submit_two_sent_ahead(
+    executor: Any, first: tuple[Any, ...], second: tuple[Any, ...]
+) -> tuple[Future[Any], Future[Any]]:
+    """Submit ``first`` and ``second`` (a function and its arguments) to
+    :func:`one_warm_worker`'s executor; check that its worker holds both,
+    the second sent ahead. Their futures."""
+    running = executor.submit(*first)
+    ahead = executor.submit(*second)
+    with executor._pool.lock:
+        (worker,) = executor._pool.workers.values()
+        held = [item.call.future for item in worker.held]
+    assert held == [running, ahead], "the second task was not sent ahead"
+    return running, ahead
+
+
+def submit_to_wait_out_a_retry_delay(executor: Any, log: Path) -> Future[Any]:
+    """Submit a task that fails at once and is retried after 30 s; its future
+    once the retry waits. Each attempt is a line in ``log``."""
+    fn = with_options(
+        tasks.count_and_fail, retries=3, retry_on=tasks.Flaky, retry_delay=30
+    )
+    fut = executor.submit(fn, str(log))
+    wait_until(lambda: bool(executor._calls._waiting), "the retry delay")
+    return fut
 
 
 class QueueBase(ContractBase):
@@ -264,16 +292,11 @@ class TestVictimOnly(QueueBase):
         # One worker and short tasks: the pool sends a second task before
         # the first is answered. The first kills the worker; the second,
         # received but never started, must run in the replacement.
-        executor = make_executor(max_workers=1)
-        for _ in range(20):
-            executor.submit(tasks.noop).result(timeout=BOUND)
+        executor = one_warm_worker(make_executor)
         (first_pid,) = worker_pids(executor)
-        crash = executor.submit(tasks.busy_then_exit, 0.3, 5)
-        ahead = executor.submit(tasks.get_pid)
-        with executor._pool.lock:
-            (worker,) = executor._pool.workers.values()
-            held = [item.call.future for item in worker.held]
-        assert held == [crash, ahead], "the second task was not sent ahead"
+        crash, ahead = submit_two_sent_ahead(
+            executor, (tasks.busy_then_exit, 0.3, 5), (tasks.get_pid,)
+        )
         with pytest.raises(WorkerCrashedError, match="exit code 5"):
             crash.result(timeout=BOUND)
         pid = ahead.result(timeout=BOUND)
@@ -472,15 +495,10 @@ class TestKillTask(QueueBase):
         # The task sent ahead to a busy worker has not started: its future
         # fails now (kill_task's common meaning), the task it waits behind
         # finishes, and the worker is killed only as the stopped task starts.
-        executor = make_executor(max_workers=1)
-        for _ in range(20):
-            executor.submit(tasks.noop).result(timeout=BOUND)
-        running = executor.submit(tasks.sleep_and_return, 1.0, "done")
-        ahead = executor.submit(tasks.identity, "never")
-        with executor._pool.lock:
-            (worker,) = executor._pool.workers.values()
-            held = [item.call.future for item in worker.held]
-        assert held == [running, ahead], "the second task was not sent ahead"
+        executor = one_warm_worker(make_executor)
+        running, ahead = submit_two_sent_ahead(
+            executor, (tasks.sleep_and_return, 1.0, "done"), (tasks.identity, "never")
+        )
         assert executor.kill_task(ahead)
         assert type(ahead.exception(timeout=BOUND)) is TaskKilledError
         assert not running.done()
@@ -577,11 +595,7 @@ class TestRetries(ContractBase):
     ) -> None:
         executor = make_executor()
         log = tmp_path / "log"
-        fn = with_options(
-            tasks.count_and_fail, retries=3, retry_on=tasks.Flaky, retry_delay=30
-        )
-        fut = executor.submit(fn, str(log))
-        wait_until(lambda: bool(executor._calls._waiting), "the retry delay")
+        fut = submit_to_wait_out_a_retry_delay(executor, log)
         assert executor.kill_task(fut)
         assert type(fut.exception(timeout=BOUND)) is TaskKilledError
         assert attempts_in(log) == 1
@@ -595,11 +609,7 @@ class TestTerminateWorkers(ContractBase):
     ) -> None:
         executor = make_executor()
         log = tmp_path / "log"
-        fn = with_options(
-            tasks.count_and_fail, retries=3, retry_on=tasks.Flaky, retry_delay=30
-        )
-        fut = executor.submit(fn, str(log))
-        wait_until(lambda: bool(executor._calls._waiting), "the retry delay")
+        fut = submit_to_wait_out_a_retry_delay(executor, log)
         getattr(executor, how)()
         exc = fut.exception(timeout=1.0)
         assert type(exc) is WorkersTerminatedError

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 import executors
+from conftest import WORKER_FLAGS
 from executors._workers import WorkerSettings, parse_size, rss_bytes
 from executors._workers._limits import default_threads_per_worker
 from executors._workers._slots import Slot
@@ -32,6 +33,7 @@ from executors.testing import (
     WorkerFinalizerContract,
     WorkerIdentityContract,
 )
+from executors.testing.workers import _Collect
 
 BACKENDS = [
     "inline",
@@ -74,25 +76,7 @@ class TestNestedExecutor(NestedExecutorContract):
     pass
 
 
-class _Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 # -- the docs' table --------------------------------------------------------------
-
-WORKER_FLAGS = (
-    "worker_identity",
-    "worker_finalizer",
-    "recycles_workers",
-    "forwards_logs",
-    "limits_worker_threads",
-    "nested_executors",
-)
 
 
 def capability_table() -> str:
