@@ -19,7 +19,7 @@ import time
 import warnings
 from concurrent.futures import BrokenExecutor, Future
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import joblib
 import numpy as np
@@ -33,6 +33,7 @@ from joblib.externals.loky.process_executor import (
 )
 
 import executors
+from conftest import wait_until_running
 from executors import (
     ExecutorInterruptedError,
     InitializerFailedError,
@@ -75,122 +76,65 @@ def _factory(**defaults: Any) -> ExecutorFactory:
     return make
 
 
-class _Variant:
-    """Runs a behaviour class on one configuration of the backend."""
-
-    options: ClassVar[dict[str, Any]] = {}
-
-    @pytest.fixture
-    def executor_factory(self) -> ExecutorFactory:
-        return _factory(**self.options)
-
-
-# -- the contract on the other configurations --------------------------------
+# -- the contract on the other settings --------------------------------------
 
 THREADING = {"joblib_backend": "threading"}
 MULTIPROCESSING = {"joblib_backend": "multiprocessing"}
 PARALLEL_ENGINE = {"map_engine": "parallel"}
 
-
-class TestThreadingSubmit(_Variant, SubmitContract):
-    options = THREADING
-
-
-class TestThreadingMap(_Variant, MapContract):
-    options = THREADING
-
-
-class TestThreadingShutdown(_Variant, ShutdownContract):
-    options = THREADING
+#: The settings beside the default, by the name each test's id carries.
+SETTINGS: dict[str, dict[str, Any]] = {
+    "threading": THREADING,
+    "multiprocessing": MULTIPROCESSING,
+    "parallel": PARALLEL_ENGINE,
+    "threading+parallel": {**THREADING, **PARALLEL_ENGINE},
+    "multiprocessing+parallel": {**MULTIPROCESSING, **PARALLEL_ENGINE},
+}
 
 
-class TestThreadingInitializer(_Variant, InitializerContract):
-    options = THREADING
+def _on(contract: type, *settings: str, slow: tuple[str, ...] = ()) -> type:
+    """A class that runs ``contract`` once on each of ``settings``, named in
+    each test's id; those in ``slow`` are marked slow."""
+
+    @pytest.fixture(
+        params=[
+            pytest.param(
+                SETTINGS[name],
+                id=name,
+                marks=[pytest.mark.slow] if name in slow else [],
+            )
+            for name in settings
+        ]
+    )
+    def executor_factory(self: Any, request: pytest.FixtureRequest) -> ExecutorFactory:
+        return _factory(**request.param)
+
+    name = f"Test{contract.__name__.removesuffix('Contract')}"
+    return type(name, (contract,), {"executor_factory": executor_factory})
 
 
-class TestThreadingBackpressure(_Variant, BackpressureContract):
-    # Its tasks run in threads of the caller: one that submits at the
-    # max_pending limit must raise, not wait for a slot its own thread holds.
-    options = THREADING
-
-
-@pytest.mark.slow
-class TestMultiprocessingSubmit(_Variant, SubmitContract):
-    options = MULTIPROCESSING
-
-
-@pytest.mark.slow
-class TestMultiprocessingMap(_Variant, MapContract):
-    options = MULTIPROCESSING
-
-
-@pytest.mark.slow
-class TestMultiprocessingShutdown(_Variant, ShutdownContract):
-    options = MULTIPROCESSING
-
-
-@pytest.mark.slow
-class TestMultiprocessingInitializer(_Variant, InitializerContract):
-    options = MULTIPROCESSING
-
-
-@pytest.mark.slow
-class TestMultiprocessingCrash(_Variant, CrashContract):
-    options = MULTIPROCESSING
-
-
-class TestThreadingTaskControl(_Variant, TaskControlContract):
-    options = THREADING
-
-
-class TestMultiprocessingTaskControl(_Variant, TaskControlContract):
-    options = MULTIPROCESSING
-
-
-class TestMultiprocessingCallbacks(_Variant, CallbackContract):
-    options = MULTIPROCESSING
-
-
-class TestMultiprocessingWorkerIdentity(_Variant, WorkerIdentityContract):
-    options = MULTIPROCESSING
-
-
-class TestMultiprocessingWorkerFinalizer(_Variant, WorkerFinalizerContract):
-    options = MULTIPROCESSING
-
-
-class TestMultiprocessingLogForwarding(_Variant, LogForwardingContract):
-    options = MULTIPROCESSING
-
-
-class TestMultiprocessingRecycling(_Variant, RecyclingContract):
-    options = MULTIPROCESSING
-
-
-class TestMultiprocessingThreadLimit(_Variant, ThreadLimitContract):
-    options = MULTIPROCESSING
-
-
-class TestMultiprocessingNestedExecutor(_Variant, NestedExecutorContract):
-    options = MULTIPROCESSING
-
-
-class TestParallelEngineCallbacks(_Variant, CallbackContract):
-    options = PARALLEL_ENGINE
-
-
-@pytest.mark.slow
-class TestParallelEngineMap(_Variant, MapContract):
-    options = PARALLEL_ENGINE
-
-
-class TestParallelEngineThreadsMap(_Variant, MapContract):
-    options = {**THREADING, **PARALLEL_ENGINE}
-
-
-@pytest.mark.slow
-class TestParallelEngineMultiprocessingMap(_Variant, MapContract):
-    options = {**MULTIPROCESSING, **PARALLEL_ENGINE}
+# Which contract runs on which setting: a row a contract.
+MP, SLOW_MP = "multiprocessing", ("multiprocessing",)
+TestSubmit = _on(SubmitContract, "threading", MP, slow=SLOW_MP)
+TestMap = _on(
+    MapContract,
+    *SETTINGS,
+    slow=("multiprocessing", "parallel", "multiprocessing+parallel"),
+)
+TestShutdown = _on(ShutdownContract, "threading", MP, slow=SLOW_MP)
+TestInitializer = _on(InitializerContract, "threading", MP, slow=SLOW_MP)
+# Its tasks run in threads of the caller: one that submits at the
+# max_pending limit must raise, not wait for a slot its own thread holds.
+TestBackpressure = _on(BackpressureContract, "threading")
+TestCrash = _on(CrashContract, MP, slow=SLOW_MP)
+TestTaskControl = _on(TaskControlContract, "threading", MP)
+TestCallbacks = _on(CallbackContract, MP, "parallel")
+TestWorkerIdentity = _on(WorkerIdentityContract, MP)
+TestWorkerFinalizer = _on(WorkerFinalizerContract, MP)
+TestLogForwarding = _on(LogForwardingContract, MP)
+TestRecycling = _on(RecyclingContract, MP)
+TestThreadLimit = _on(ThreadLimitContract, MP)
+TestNestedExecutor = _on(NestedExecutorContract, MP)
 
 
 # -- helpers -----------------------------------------------------------------
@@ -429,10 +373,7 @@ class TestInterruptAndExit(ContractBase):
     ) -> None:
         executor = make_executor(**options)
         futs = [executor.submit(tasks.sleep_and_return, 60.0, i) for i in range(8)]
-        deadline = time.monotonic() + BOUND
-        while not all(f.running() for f in futs[:2]):
-            assert time.monotonic() < deadline, "the tasks never started"
-            time.sleep(0.01)
+        wait_until_running(futs[:2])
         start = time.monotonic()
         with pytest.raises(KeyboardInterrupt), executor:
             raise KeyboardInterrupt
@@ -512,10 +453,7 @@ def test_stopping_the_workers_resolves_everything_and_leaves_no_process(
     executor = JoblibExecutor(max_workers=2, **options)
     pids = _worker_pids(executor)
     futs = [executor.submit(tasks.sleep_and_return, 60.0, i) for i in range(8)]
-    deadline = time.monotonic() + BOUND
-    while not all(f.running() for f in futs[:2]):
-        assert time.monotonic() < deadline, "the tasks never started"
-        time.sleep(0.01)
+    wait_until_running(futs[:2])
     start = time.monotonic()
     getattr(executor, how)()
     assert time.monotonic() - start < 10.0
@@ -781,23 +719,21 @@ def arrays() -> list[np.ndarray]:
     return [rng.random(5 * 1024 * 1024 // 8) for _ in range(6)] + [np.arange(10.0)]
 
 
-# Every way the executor reaches process workers.
-EACH_PROCESS_MODE = pytest.mark.parametrize(
-    "options",
-    [{}, PARALLEL_ENGINE, MULTIPROCESSING],
-    ids=["loky", "loky-parallel", "multiprocessing"],
-)
-
-
 class TestLargeArrays(ContractBase):
-    @EACH_PROCESS_MODE
+    @pytest.fixture(
+        params=[{}, PARALLEL_ENGINE, MULTIPROCESSING],
+        ids=["loky", "loky-parallel", "multiprocessing"],
+    )
+    def process_executor(
+        self, make_executor: ExecutorFactory, request: pytest.FixtureRequest
+    ) -> Any:
+        """An executor, once in every way it reaches process workers."""
+        return make_executor(**request.param)
+
     def test_large_arguments_travel_as_memory_maps(
-        self,
-        make_executor: ExecutorFactory,
-        arrays: list[np.ndarray],
-        options: dict[str, Any],
+        self, process_executor: Any, arrays: list[np.ndarray]
     ) -> None:
-        executor = make_executor(**options)
+        executor = process_executor
         described = list(executor.map(_describe, arrays, timeout=None))
         assert [kind for kind, _, _ in described] == ["memmap"] * 6 + ["ndarray"]
         assert [total for _, total, _ in described] == pytest.approx(
@@ -807,18 +743,14 @@ class TestLargeArrays(ContractBase):
         assert kind == "memmap"
         assert total == pytest.approx(float(arrays[0].sum()))
 
-    @EACH_PROCESS_MODE
     def test_an_argument_returned_comes_back_as_from_parallel(
-        self,
-        make_executor: ExecutorFactory,
-        arrays: list[np.ndarray],
-        options: dict[str, Any],
+        self, process_executor: Any, arrays: list[np.ndarray]
     ) -> None:
         # Returned from the worker, an argument that travelled as one of the
         # executor's temporary maps is a plain read-only array, as
         # joblib.Parallel returns it (with either of its process backends):
         # not an np.memmap detached from its (deleted) file.
-        executor = make_executor(**options)
+        executor = process_executor
         results = [
             executor.submit(tasks.identity, arrays[0]).result(timeout=BOUND),
             *executor.map(tasks.identity, arrays[1:2], timeout=None),
