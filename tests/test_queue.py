@@ -803,6 +803,24 @@ def _assert_gone(pids: list[int]) -> None:
     assert not alive, f"worker processes left behind: {alive}"
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="fork is safe to test on Linux")
+def test_fork_recycling_closes_only_the_siblings_pipes(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    # Every task retires its worker, so spares are forked while retired
+    # workers' pipes are being closed. A child that closed a descriptor
+    # number freed and taken again meanwhile lost its log socket (EBADF at
+    # exit) or its fork's sentinel pipe (a live worker taken for dead, its
+    # task failed with "exit code 0").
+    with executors.create(
+        "queue", max_workers=2, mp_context="fork", max_tasks_per_child=1
+    ) as ex:
+        futures = [ex.submit(tasks.sleep_then_pid, 0.002) for _ in range(300)]
+        failures = [future.exception(timeout=60) for future in futures]
+    assert [f for f in failures if f is not None] == []
+    assert "Bad file descriptor" not in capfd.readouterr().err
+
+
 EXIT_PROGRAM = """
 import os, sys, time
 import executors

@@ -85,8 +85,9 @@ class Spawner:
         if pool.ctx.get_start_method() == "forkserver":
             preload_in_forkserver(pool.ctx)
         # Held across starting a process and registering it, so that a
-        # forked worker learns every pipe of its siblings (to close them).
-        self.lock = threading.Lock()
+        # forked worker learns every pipe of its siblings (to close them);
+        # and, under fork, across closing a worker's descriptors (close()).
+        self.lock = threading.RLock()
 
     def reserve_locked(self, want: int, replace: bool = False) -> list[Start]:
         """Rows and identities for new workers, under ``pool.lock``.
@@ -187,12 +188,27 @@ class Spawner:
             if late:
                 worker.kill(KillReason(None, 0, None))
                 worker.process.join()
-                close_quietly(worker)
+                self.close(worker)
         # Also when it came late: a stopping manager waits for `starting`
         # to reach zero, and nothing else would wake it to see that.
         pool.wakeup.wake()
         if not late:
             pool.calls.pump()  # a worker that is starting takes a call
+
+    def close(self, worker: WorkerHandle) -> None:
+        """Close the parent's descriptors of a worker that has exited.
+
+        Under fork, never while a worker is being forked: the child closes
+        its siblings' pipes by number, as they were a moment before the
+        fork, and a number freed and taken again meanwhile (by the log
+        socket the child opens, or the sentinel pipe of the fork itself)
+        would be the wrong descriptor.
+        """
+        if self.fork:
+            with self.lock:
+                close_quietly(worker)
+        else:
+            close_quietly(worker)
 
     def _forget_start_locked(
         self,

@@ -38,7 +38,7 @@ from ._items import (
 )
 from ._payload import dumps_chunk
 from ._pool import Pool
-from ._spawn import STOP_GRACE_SECONDS, close_quietly
+from ._spawn import STOP_GRACE_SECONDS
 from ._wire import CHUNK, BadFrameError, Channel
 
 __all__ = ["Triage"]
@@ -101,7 +101,7 @@ class Triage:
             self._startup_failed(exitcode)
         for item, value, error in settled:
             pool.finish(item, value, error)
-        close_quietly(worker)
+        pool.spawner.close(worker)
         # A retired worker (max_tasks_per_child) is replaced when work
         # waits; a crashed or killed one at once, to keep the pool's size.
         pool.after_exit(

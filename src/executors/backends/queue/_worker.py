@@ -115,15 +115,17 @@ def run_worker(
         worker: Identity, state, thread caps, logs and finalizer
             (:mod:`executors._workers`).
     """
+    # Before this process opens a descriptor of its own: the numbers name
+    # the parent's pipes as they were when it forked.
+    for fd in close_fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
     exit_with_parent(caller)
     if worker is not None:
         # Before the initializer: it may fill worker_state(), and the
         # libraries it imports see the thread caps.
         worker.start(index=identity)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    for fd in close_fds:
-        with contextlib.suppress(OSError):
-            os.close(fd)
     inbox, outbox = Channel(tasks), Channel(results)
     # The parent reads only what this worker posts it sends (wire.SENT).
     outbox.post_sent_to(board.view, slot * FIELDS + SENT)
