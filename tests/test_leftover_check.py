@@ -73,6 +73,10 @@ def _run_session(
     # Other test runs may share this machine's /dev/shm: look at ours only.
     env["EXECUTORS_TEST_LEFTOVER_MATCH"] = tag
     env.pop("PYTEST_ADDOPTS", None)
+    # The conftest imports the suite's helper modules, which live beside it.
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(CONFTEST.parent), env.get("PYTHONPATH")])
+    )
     return subprocess.run(
         [
             sys.executable,
