@@ -36,6 +36,9 @@ EXAMPLES = ROOT / "examples"
 # Seconds one example may run: Dask starts a local cluster per executor,
 # which takes seconds on a busy 2-core machine.
 RUN_BOUND = 240.0
+# A server stops on SIGINT in well under a second; this is for a loaded
+# machine, not a hang.
+STOP_BOUND = 60.0
 # Socket operations against the echo server.
 NET_BOUND = 4 * BOUND
 MARKER_VAR = "EXECUTORS_EXAMPLE_TEST"
@@ -103,7 +106,14 @@ def assert_no_leftovers(marker: str, pid: int) -> None:
 
 
 def _start(script: str, *args: str, marker: str) -> subprocess.Popen[str]:
-    env = {**os.environ, MARKER_VAR: marker, "PYTHONUNBUFFERED": "1"}
+    # PYTHONFAULTHANDLER: a program that hangs dumps its threads' stacks
+    # on SIGABRT, for the failure's message.
+    env = {
+        **os.environ,
+        MARKER_VAR: marker,
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONFAULTHANDLER": "1",
+    }
     return subprocess.Popen(
         [sys.executable, str(EXAMPLES / script), *args],
         cwd=ROOT,
@@ -323,10 +333,18 @@ class Server:
         """Stop with SIGINT (Ctrl-C); return its last line; check it is clean."""
         self.proc.send_signal(signal.SIGINT)
         try:
-            self.proc.wait(RUN_BOUND)
+            self.proc.wait(STOP_BOUND)
         except subprocess.TimeoutExpired:
+            # Where it hangs: faulthandler prints every thread's stack.
+            self.proc.send_signal(signal.SIGABRT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(BOUND)
             _kill_group(self.proc.pid)
-            pytest.fail("the echo server did not stop on SIGINT")
+            time.sleep(0.5)  # the stderr thread reads the rest
+            pytest.fail(
+                f"the echo server did not stop on SIGINT within {STOP_BOUND} s; "
+                f"its stderr:\n{''.join(self.stderr)}"
+            )
         assert self.proc.returncode == 0, "".join(self.stderr)
         last = self.next_line(BOUND)
         assert_no_leftovers(self.marker, self.proc.pid)
