@@ -289,7 +289,10 @@ def serve_classic(
             "which --mode classic needs; use --mode asyncio, or one of the "
             "backends process, mp_pool, joblib, thread, inline"
         )
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    # SIGINT too, as the asyncio mode does: a server started from a script
+    # in the background inherits SIGINT ignored, and would not stop on it.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _raise_interrupt)
     open_conns: dict[Future[int], socket.socket] = {}
     lock = threading.Lock()
     served = 0
