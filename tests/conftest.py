@@ -230,6 +230,12 @@ def pytest_collection_modifyitems(
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # A suite started from a script's background job inherits SIGINT
+    # ignored, and so would every program a test starts and interrupts:
+    # Ctrl-C is part of the contract here, so it gets its usual meaning
+    # back (in the xdist workers too, which start the programs).
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     if hasattr(config, "workerinput"):
         return  # an xdist worker: the controller marked it already
     token = uuid.uuid4().hex
