@@ -47,7 +47,7 @@ import pytest
 
 import executors
 from _programs import wait_until_empty
-from executors import WorkerCrashedError, _registry
+from executors import WorkerCrashedError, _capabilities, _registry
 from executors.testing import BOUND, tasks
 from executors.testing._support import wait_for_file
 
@@ -126,14 +126,7 @@ def interrupt_a_busy_with_block(
 
 
 #: The capabilities that say what a backend's own workers do.
-WORKER_FLAGS = (
-    "worker_identity",
-    "worker_finalizer",
-    "recycles_workers",
-    "forwards_logs",
-    "limits_worker_threads",
-    "nested_executors",
-)
+WORKER_FLAGS = _capabilities.WORKER_FLAGS
 
 
 def celery_folders() -> set[Path]:

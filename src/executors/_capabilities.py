@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Capabilities"]
+__all__ = ["WORKER_FLAGS", "Capabilities"]
 
 
 @dataclass(frozen=True)
@@ -80,3 +80,14 @@ class Capabilities:
     forwards_logs: bool = False
     limits_worker_threads: bool = False
     nested_executors: bool = False
+
+
+#: The flags that say what a backend's own workers do (docs/workers.md).
+WORKER_FLAGS = (
+    "worker_identity",
+    "worker_finalizer",
+    "recycles_workers",
+    "forwards_logs",
+    "limits_worker_threads",
+    "nested_executors",
+)

@@ -58,7 +58,7 @@ from celery import states
 
 from ..._base import BaseExecutor
 from ..._callqueue import Call, CallQueue
-from ..._capabilities import Capabilities
+from ..._capabilities import WORKER_FLAGS, Capabilities
 from ..._errors import ExecutorFailedError, ExecutorInterruptedError
 from ..._lifecycle import join_unless_current
 from ..._outcome import dumps
@@ -76,16 +76,8 @@ __all__ = ["CeleryExecutor"]
 
 T = TypeVar("T")
 
-# Flags of issue 26 that the private deployment's workers earn and an
-# existing deployment's do not (see CeleryExecutor.capabilities).
-_WORKER_FLAGS = (
-    "worker_identity",
-    "worker_finalizer",
-    "recycles_workers",
-    "forwards_logs",
-    "limits_worker_threads",
-    "nested_executors",
-)
+# The worker flags (WORKER_FLAGS) are earned by the private deployment's
+# workers, not an existing deployment's (see CeleryExecutor.capabilities).
 
 
 class CeleryExecutor(BaseExecutor):
@@ -431,5 +423,5 @@ class CeleryExecutor(BaseExecutor):
 
 # An existing deployment's workers: none of the worker flags holds.
 _EXISTING = dataclasses.replace(
-    CeleryExecutor.capabilities, **dict.fromkeys(_WORKER_FLAGS, False)
+    CeleryExecutor.capabilities, **dict.fromkeys(WORKER_FLAGS, False)
 )
