@@ -221,7 +221,7 @@ class QueueExecutor(BaseExecutor):
             initargs,
             per_child,
             self,
-            recycles=settings.max_memory is not None,
+            recycles=per_child is not None or settings.max_memory is not None,
         )
         # Each worker starts from it with the identity the pool gives it;
         # the pool counts its workers' tasks itself, the workers their

@@ -118,7 +118,7 @@ class Pool:
         self.owner = weakref.ref(owner, lambda _: wakeup.wake())
         # A row per worker; with recycling, one more for its spare and one
         # for the worker it replaces while that one exits.
-        rows = max_workers * (3 if recycles or max_tasks_per_child else 1)
+        rows = max_workers * (3 if recycles else 1)
         self.board = Board(rows, ctx)
         # Launched items no worker has yet: sent again after a crash, the
         # rest of a crashed chunk, or a call whose worker was taken between
@@ -357,7 +357,11 @@ class Pool:
             self.wakeup.wake()
 
     def after_exit(self, replace: bool) -> None:
-        """Send what waits, and replace a worker that died (manager thread)."""
+        """Send what waits, and start workers for it (manager thread).
+
+        After a worker left (died, or said LEAVING); with ``replace`` (it
+        died) at least one starts, to keep the pool's size.
+        """
         with self.lock:
             self.dispatch_locked()
             starts = self.spawner.reserve_locked(len(self.pending), replace)
