@@ -190,6 +190,7 @@ def test_private_deployment_starts_lazily_and_stops_everything() -> None:
     assert not wait_for_no_new_children(before), "processes left after shutdown"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_pool_process_killed_mid_task_fails_that_task_alone(tmp_path: Path) -> None:
     with _create() as executor:
@@ -265,6 +266,7 @@ def _gone(pid: int) -> bool:
         return True
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_kill_task_kills_its_pool_process_and_the_worker_replaces_it(
     tmp_path: Path,

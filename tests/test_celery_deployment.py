@@ -159,6 +159,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         started.stop()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_tasks_run_in_the_deployments_workers(deployment: Deployment) -> None:
     with executors.create(
@@ -179,6 +180,7 @@ def test_tasks_run_in_the_deployments_workers(deployment: Deployment) -> None:
         client.close()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_killed_pool_process_fails_only_its_task(
     deployment: Deployment, tmp_path: Path
@@ -189,6 +191,7 @@ def test_killed_pool_process_fails_only_its_task(
         kill_the_process_of_a_running_task(ex, tmp_path, other_seconds=1.5)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_stopped_broker_breaks_the_executor_within_the_bound(tmp_path: Path) -> None:
     deployment = Deployment(tmp_path)

@@ -115,6 +115,7 @@ def test_no_result_stays_in_redis_once_its_future_settles(make: Any) -> None:
     assert info["maxmemory-policy"] == "noeviction"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_the_memory_cap_fails_the_task_that_hits_it_with_a_clear_error(
     make: Any,
@@ -162,6 +163,7 @@ def _soak(executor: CeleryExecutor, count: int) -> tuple[int, int, float]:
     return before, after, rate
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_a_short_soak_leaves_no_result_behind(make: Any) -> None:
     before, after, _ = _soak(make(), 3_000)
@@ -211,6 +213,7 @@ def _gone(pid: int) -> bool:
         return True
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_folder_and_processes_go_when_the_caller_dies(
@@ -450,6 +453,7 @@ def test_the_fallback_caller_watch_survives_a_pid_of_another_user() -> None:
     assert done.stdout.strip() == "returned"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_the_worker_is_reaped_only_after_its_group_is_killed(make: Any) -> None:
     # A reaped pid can be reused: killpg(pid) then would hit someone else's

@@ -257,6 +257,7 @@ def test_an_executor_that_hangs_on_shutdown_is_reported_hung_and_killed(
     assert took < 60 * len(got), f"{took:.0f}s for {len(got)} hung tests"
 
 
+@pytest.mark.slow
 def test_one_topic_of_the_inline_backend_passes_quickly(tmp_path: Path) -> None:
     code, card, output = certify(tmp_path, "inline", "--topic", "submit", bound=240)
     assert code == 0, output
@@ -307,6 +308,7 @@ class ExitingExecutor(futures.ThreadPoolExecutor):
         os._exit(7)
 
 
+@pytest.mark.slow
 def test_a_target_that_kills_the_test_process_fails_that_test(
     tmp_path: Path,
 ) -> None:
@@ -331,6 +333,7 @@ def test_a_target_that_kills_the_test_process_fails_that_test(
     assert "the test process died during this test (exit code 7)" in test["reason"]
 
 
+@pytest.mark.slow
 def test_executors_create_is_given_its_backend_by_position(tmp_path: Path) -> None:
     # create()'s backend is positional-only; --kwargs names every argument.
     code, card, output = certify(

@@ -219,6 +219,7 @@ def test_create_and_bad_calls_start_nothing() -> None:
 # -- submission ------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_identical_submissions_run_separately(tmp_path: Path) -> None:
     log = tmp_path / "runs"
 
@@ -438,6 +439,7 @@ def test_a_failing_initializer_breaks_it_and_closes_the_cluster() -> None:
 # -- shutdown and what it leaves -------------------------------------------------
 
 
+@pytest.mark.slow
 def test_shutdown_leaves_no_process_thread_or_socket() -> None:
     before = child_processes()
     threads = _our_threads()
@@ -541,6 +543,7 @@ def test_a_timed_out_task_is_stopped_and_never_run_again(tmp_path: Path) -> None
         assert executor.submit(tasks.add, 3, 3).result(timeout=BOUND) == 6
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_kill_task_stops_one_task_and_the_executor_lives_on(tmp_path: Path) -> None:
     finished = tmp_path / "finished"
@@ -581,6 +584,7 @@ def test_terminate_workers_resolves_every_future_and_leaves_no_process() -> None
     assert not wait_for_no_new_children(before)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_with_a_client_a_timed_out_task_is_abandoned(shared_client: Any) -> None:
     # Another's cluster: its workers are not ours to kill.
@@ -594,6 +598,7 @@ def test_with_a_client_a_timed_out_task_is_abandoned(shared_client: Any) -> None
         assert blocker.result(timeout=BOUND) is None
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_our_scheduler_gives_up_on_a_dead_workers_address_in_seconds() -> None:
     # The scheduler fetches a finished result from its worker. Fetched from

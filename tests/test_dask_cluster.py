@@ -180,6 +180,7 @@ def test_shutdown_closes_only_our_client(cluster: Cluster, raw_client: Any) -> N
     assert raw_client.submit(tasks.add, 2, 2).result(timeout=BOUND) == 4
 
 
+@pytest.mark.slow
 def test_initializer_reaches_a_worker_that_joins_later(
     cluster: Cluster, raw_client: Any
 ) -> None:
@@ -262,6 +263,7 @@ def _initializers(raw_client: Any) -> list[str]:
     return [name for name in found if name.startswith("executors-initializer-")]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_a_killed_caller_leaves_no_initializer_on_the_scheduler(
     cluster: Cluster, raw_client: Any, tmp_path: Any

@@ -163,6 +163,7 @@ def _ports_of(executor: Any) -> set[tuple[str, int]]:
     return (_listening(ours) - listening_before) | _listening(workers)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_the_local_cluster_admits_no_one_without_its_key(program: Any) -> None:
     before = child_processes()
@@ -184,6 +185,7 @@ def test_the_local_cluster_admits_no_one_without_its_key(program: Any) -> None:
     assert not wait_for_no_new_children(before)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_a_dashboard_port_without_host_binds_localhost_only() -> None:
     before = child_processes()
@@ -350,10 +352,9 @@ def _wait_for_a_starting_worker(running: Program) -> None:
         time.sleep(0.01)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize(
-    "to", [pytest.param("parent", marks=pytest.mark.slow), "group"]
-)
+@pytest.mark.parametrize("to", ["parent", "group"])
 def test_ctrl_c_while_the_cluster_starts_leaves_one_cluster_at_most(
     program: Any, to: str
 ) -> None:
@@ -404,6 +405,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(150)
 @pytest.mark.parametrize("to", ["parent", "group"])
 def test_ctrl_c_in_a_map_without_with_exits_at_once(program: Any, to: str) -> None:
@@ -442,6 +444,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_ctrl_c_while_exit_waits_for_the_work_stops_it(program: Any) -> None:
     running = program(EXIT_WITH_WORK)
@@ -478,6 +481,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_a_killed_caller_leaves_no_process(program: Any) -> None:
     # Dask's default start method; tests/test_parent_death.py covers the

@@ -276,6 +276,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 def test_a_killed_caller_leaves_no_folder(tmp_path: Path, short_tmp: Path) -> None:
     shared = short_tmp
     script = tmp_path / "killed_caller.py"

@@ -58,6 +58,7 @@ def isolated_executor(backend_name: str) -> Iterator[Any]:
 # -- tracebacks of the script's own functions -------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(150)
 def test_traceback_shows_the_scripts_file_and_line(backend_name: str) -> None:
     _isolated_factory(backend_name)

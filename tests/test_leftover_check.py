@@ -100,6 +100,7 @@ def _run_session(
     )
 
 
+@pytest.mark.slow
 def test_a_session_that_leaves_files_fails_and_names_them(tmp_path: Path) -> None:
     tag = uuid.uuid4().hex[:12]
     folder_prefix = f"executors-leftover-check-{tag}-"

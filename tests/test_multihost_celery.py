@@ -240,6 +240,7 @@ def _kill_after_a_quarter(caller: Program, worker: subprocess.Popen[Any]) -> flo
     return lost_at
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(READY_BOUND + LOST_WORKER_RECOVERY + RUN_BOUND + 60)
 def test_a_worker_killed_mid_map_on_one_host_loses_nothing(local: Deployment) -> None:
     """Before the lost-worker watch, the dead worker's task held a slot for good."""

@@ -61,6 +61,7 @@ def _ready(script: Script, never: str) -> tuple[list[int], list[psutil.Process]]
     return workers, tree
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(START_BOUND + 30)
 def test_killed_owner_leaves_no_process(backend_name: str) -> None:
     backend_factory(backend_name)  # skips an unavailable backend

@@ -22,6 +22,7 @@ ROUNDS = 8
 BOUND = 15.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["terminate_workers", "kill_workers"])
 def test_ending_the_workers_while_they_are_replaced_returns(how: str) -> None:
     for _ in range(ROUNDS):

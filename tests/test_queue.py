@@ -616,6 +616,7 @@ class TestTerminateWorkers(ContractBase):
         assert f"{how}()" in str(exc)
         assert attempts_in(log) == 1
 
+    @pytest.mark.slow
     @pytest.mark.timeout(60)
     def test_a_worker_ignoring_sigterm_is_killed_after_a_grace(
         self, make_executor: ExecutorFactory, tmp_path: Path
@@ -803,6 +804,7 @@ def _assert_gone(pids: list[int]) -> None:
     assert not alive, f"worker processes left behind: {alive}"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="fork is safe to test on Linux")
 def test_fork_recycling_closes_only_the_siblings_pipes(
     capfd: pytest.CaptureFixture[str],
@@ -842,6 +844,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["no-shutdown", "nowait", "dropped"])
 @pytest.mark.parametrize("method", ["forkserver", "fork"])
 def test_exit_completes_pending_work(tmp_path: Path, how: str, method: str) -> None:
@@ -1007,6 +1010,7 @@ def test_stopping_workers_right_after_a_crash_returns(how: str) -> None:
         ex.shutdown(wait=False)
 
 
+@pytest.mark.slow
 def test_no_work_is_sent_ahead_to_a_worker_whose_task_already_runs_long() -> None:
     # Tasks so far were tiny, so send-ahead would allow several behind any
     # busy worker; but one that has run a long task for a while keeps its

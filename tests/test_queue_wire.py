@@ -139,6 +139,7 @@ def test_a_header_announcing_gigabytes_allocates_nothing(executor: Any) -> None:
         pytest.param(header(length=0), id="empty-frame"),
     ],
 )
+@pytest.mark.slow
 def test_an_absurd_header_fails_only_its_task(executor: Any, forged: bytes) -> None:
     _assert_bad_frame_fails_only_its_task(executor, forger(forged, then=0.5))
 

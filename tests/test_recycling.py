@@ -33,6 +33,7 @@ def _task_with_siblings(seconds: float) -> tuple[int, list[int]]:
     return os.getpid(), [child.pid for child in parent.children()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", RECYCLING)
 def test_the_replacement_starts_before_the_recycled_worker_leaves(
     backend: str,
