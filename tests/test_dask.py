@@ -509,6 +509,7 @@ def test_a_dropped_executor_closes_its_cluster() -> None:
     )
 
 
+@pytest.mark.slow
 def test_the_default_start_method_works() -> None:
     with _create(max_workers=1, mp_context="spawn") as executor:
         assert executor.submit(tasks.add, 1, 2).result(timeout=BOUND) == 3

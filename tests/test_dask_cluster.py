@@ -147,6 +147,7 @@ def _wait_for_workers(raw_client: Any, n: int) -> None:
     raw_client.wait_for_workers(n, timeout=BOOT_BOUND)
 
 
+@pytest.mark.slow
 def test_tasks_run_in_the_cluster_workers(cluster: Cluster) -> None:
     with executors.create("dask", address=cluster.address) as executor:
         assert executor.max_workers == 2
@@ -226,6 +227,7 @@ def test_initializer_reaches_a_worker_that_joins_later(
         executor.shutdown()
 
 
+@pytest.mark.slow
 def test_a_crashing_task_ends_as_worker_crashed_error(
     cluster: Cluster, raw_client: Any
 ) -> None:

@@ -81,6 +81,7 @@ async def _cut_a_heartbeat_short(dask_worker: Any) -> list[str]:
     return seen
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_a_heartbeat_cut_short_by_closing_is_no_error() -> None:
     before = child_processes()

@@ -8,8 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from _fault_scripts import Script, options_json
 from conftest import DEFAULT_TEST_OPTIONS, TEST_OPTIONS, backend_factory
+
+# A fresh interpreter and its workers per case, a second or more apiece.
+pytestmark = pytest.mark.slow
 
 #: A program that starts a backend, runs briefly and exits.
 RUN_BOUND = 120.0

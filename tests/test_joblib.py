@@ -384,6 +384,7 @@ class TestInterruptAndExit(ContractBase):
                 fut.exception(), ExecutorInterruptedError
             )
 
+    @pytest.mark.slow
     @pytest.mark.parametrize(
         "options", [THREADING, MULTIPROCESSING], ids=["threading", "multiprocessing"]
     )

@@ -103,6 +103,7 @@ def _descendants(program: Program) -> list[psutil.Process]:
     return program.track(json.loads(_read(program, "DESCENDANTS")))
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize(
     "options", [{}, MULTIPROCESSING], ids=["loky", "multiprocessing"]
@@ -122,19 +123,17 @@ def test_a_sigkilled_caller_leaves_no_process(options: dict[str, Any]) -> None:
 # -- Ctrl-C without a with block ------------------------------------------------
 
 
-# Each case is a fresh program and its workers, seconds apiece: the quick run
-# has the common one (a loky map), -m slow the other three.
+# Each case is a fresh program and its workers, seconds apiece.
+@pytest.mark.slow
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("target", ["group", "parent"])
 @pytest.mark.parametrize(
     ("options", "where"),
     [
         pytest.param({}, "map", id="loky-map"),
-        pytest.param(PARALLEL_ENGINE, "map", id="parallel-map", marks=pytest.mark.slow),
-        pytest.param({}, "exit", id="loky-exit", marks=pytest.mark.slow),
-        pytest.param(
-            MULTIPROCESSING, "exit", id="multiprocessing-exit", marks=pytest.mark.slow
-        ),
+        pytest.param(PARALLEL_ENGINE, "map", id="parallel-map"),
+        pytest.param({}, "exit", id="loky-exit"),
+        pytest.param(MULTIPROCESSING, "exit", id="multiprocessing-exit"),
     ],
 )
 def test_ctrl_c_without_with_stops_at_once_and_leaves_no_process(

@@ -133,6 +133,7 @@ def test_a_session_that_leaves_files_fails_and_names_them(tmp_path: Path) -> Non
                 path.unlink()
 
 
+@pytest.mark.slow
 def test_a_session_that_leaves_nothing_passes(tmp_path: Path) -> None:
     result = _run_session(tmp_path, CLEAN_TEST, "leftover-check-clean")
     output = result.stdout + result.stderr

@@ -608,6 +608,7 @@ if sys.argv[2] == "no-wait":
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["no-shutdown", "no-wait"])
 def test_interpreter_exit_completes_pending_work(tmp_path: Path, mode: str) -> None:
     proc = subprocess.run(

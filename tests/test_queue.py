@@ -874,6 +874,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("busy", [0.0, 3.0], ids=["idle", "busy"])
 @pytest.mark.parametrize("method", ["forkserver", "fork"])
 def test_no_orphans_when_the_parent_is_killed(

@@ -22,6 +22,7 @@ def _array(i: int) -> np.ndarray:
     return np.full(512 * 1024, i, dtype=np.float64)  # 4 MiB
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="max_tasks_per_child: 3.11+")
 @pytest.mark.parametrize("backend", ["process", "mp_pool", "queue"])
 def test_every_result_of_a_worker_recycled_after_each_task_arrives(

@@ -107,6 +107,7 @@ def test_a_worker_dying_during_shutdown_does_not_deadlock_it(backend: str) -> No
     _check(_run(sys.executable, backend))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", PROCESS_BACKENDS)
 def test_the_same_on_python_3_13(backend: str) -> None:
     python = _python313()
