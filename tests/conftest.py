@@ -14,7 +14,8 @@ the controller finds every process still carrying it, waits
 with their list.
 
 And that **no file of ours outlives the run**: the controller notes the
-``executors-*`` folders in :func:`tempfile.gettempdir` and the entries of
+``executors-*`` folders in :func:`tempfile.gettempdir` (and Dask's default
+``dask-scratch-space``) and the entries of
 ``/dev/shm`` (shared memory segments, ``sem.mp-*`` semaphores) at the start;
 at the end, an entry that appeared meanwhile, that no live process holds
 open or mapped and whose name does not carry a live process's pid, is a
@@ -317,6 +318,9 @@ LEFTOVER_MATCH = os.environ.get("EXECUTORS_TEST_LEFTOVER_MATCH", "")
 SHM = Path("/dev/shm")
 #: The prefix of every temporary folder the library creates.
 TMP_PREFIX = "executors-"
+#: What a Dask cluster made without a ``local_directory`` leaves in the
+#: temporary folder: a test's own cluster must keep its files elsewhere.
+DASK_FOLDER = "dask-scratch-space"
 # Names that carry the pid of the process that made them (loky's and
 # joblib's, the Celery deployment's folder): alive, it may still use them.
 _PID_IN_NAME = re.compile(
@@ -327,7 +331,9 @@ _files_key = pytest.StashKey[tuple[Path, frozenset[str], frozenset[str]]]()
 
 def _tmp_entries(tmp: Path) -> frozenset[str]:
     with contextlib.suppress(OSError):
-        return frozenset(n for n in os.listdir(tmp) if n.startswith(TMP_PREFIX))
+        return frozenset(
+            n for n in os.listdir(tmp) if n.startswith(TMP_PREFIX) or n == DASK_FOLDER
+        )
     return frozenset()
 
 

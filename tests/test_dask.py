@@ -61,14 +61,21 @@ def _create(**options: Any) -> DaskExecutor:
     return executor
 
 
-def _local_cluster(n_workers: int) -> Any:
+def _local_cluster(n_workers: int, folder: Path) -> Any:
+    """A cluster of Dask's own, its files in ``folder`` (by default Dask
+    leaves ``$TMPDIR/dask-scratch-space`` behind)."""
     return distributed.LocalCluster(
         n_workers=n_workers,
         threads_per_worker=1,
         processes=True,
         host="127.0.0.1",
         dashboard_address=None,
-        scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
+        local_directory=str(folder),
+        scheduler_kwargs={
+            "dashboard": False,
+            "dashboard_address": "127.0.0.1:0",
+            "local_directory": str(folder),
+        },
     )
 
 
@@ -102,8 +109,8 @@ def _our_threads() -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def shared_client() -> Iterator[Any]:
-    cluster = _local_cluster(2)
+def shared_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    cluster = _local_cluster(2, tmp_path_factory.mktemp("dask"))
     client = distributed.Client(cluster, set_as_default=False)
     yield client
     client.close()
@@ -358,8 +365,8 @@ def test_initializer_runs_again_in_a_restarted_worker() -> None:
         assert executor.submit(tasks.read_init).result(timeout=BOUND) == "ready"
 
 
-def test_initializer_reaches_workers_that_join_later() -> None:
-    cluster = _local_cluster(1)
+def test_initializer_reaches_workers_that_join_later(tmp_path: Path) -> None:
+    cluster = _local_cluster(1, tmp_path)
     client = distributed.Client(cluster, set_as_default=False)
     try:
         executor = executors.create(
@@ -394,7 +401,7 @@ def test_a_worker_joining_with_a_failing_initializer_breaks_it(tmp_path: Path) -
         if os.path.exists(path):
             raise RuntimeError("the late worker refuses")
 
-    cluster = _local_cluster(1)
+    cluster = _local_cluster(1, tmp_path)
     client = distributed.Client(cluster, set_as_default=False)
     try:
         executor = executors.create(

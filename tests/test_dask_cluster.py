@@ -72,6 +72,9 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 class Cluster:
     address: str
     scheduler: subprocess.Popen[bytes]
+    #: Where its processes keep their files: Dask's default would leave
+    #: $TMPDIR/dask-scratch-space behind.
+    env: dict[str, str]
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def start_worker(self, name: str) -> subprocess.Popen[bytes]:
@@ -87,6 +90,7 @@ class Cluster:
             "--no-dashboard",
             "--dashboard-address",
             "127.0.0.1:0",
+            env=self.env,
         )
         self.workers.append(proc)
         return proc
@@ -104,8 +108,9 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     before = child_processes()
+    env = {"DASK_TEMPORARY_DIRECTORY": str(tmp_path_factory.mktemp("dask"))}
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
     scheduler = _dask(
@@ -117,9 +122,9 @@ def cluster() -> Iterator[Cluster]:
         "--no-dashboard",
         "--dashboard-address",
         "127.0.0.1:0",
-        env=SCHEDULER_ENV,
+        env={**SCHEDULER_ENV, **env},
     )
-    running = Cluster(address, scheduler)
+    running = Cluster(address, scheduler, env)
     try:
         running.start_worker("w0")
         running.start_worker("w1")

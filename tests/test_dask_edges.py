@@ -233,9 +233,14 @@ def test_without_cryptography_the_local_cluster_is_refused_clearly(
 
 
 @pytest.fixture(scope="module")
-def tls_cluster() -> Iterator[tuple[Any, Security]]:
+def tls_cluster(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Any, Security]]:
     """A cluster of one worker that only a client with its key may use."""
     security = Security.temporary()
+    # Its files in a folder of the test's (Dask's default leaves
+    # $TMPDIR/dask-scratch-space behind).
+    folder = str(tmp_path_factory.mktemp("dask"))
     with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
         cluster = distributed.LocalCluster(
             n_workers=1,
@@ -244,7 +249,12 @@ def tls_cluster() -> Iterator[tuple[Any, Security]]:
             host="127.0.0.1",
             security=security,
             dashboard_address=None,
-            scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
+            local_directory=folder,
+            scheduler_kwargs={
+                "dashboard": False,
+                "dashboard_address": "127.0.0.1:0",
+                "local_directory": folder,
+            },
         )
     try:
         yield cluster, security

@@ -128,10 +128,11 @@ def cluster(hosts: Hosts, tmp_path: Path) -> Cluster:
         _, words = argv(CERTS_COMMAND)
         assert Popen(words, cwd=directory).wait(60) == 0, "make_certs.py failed"
     scheduler = hosts.a.address
-    env, words = argv(SCHEDULER_COMMAND, scheduler=scheduler)
-    scheduler_proc = hosts.a.run(words, env=env, cwd=tls_dir)
-    # Workers keep their scratch space in the test's directory, not /tmp.
+    # The scheduler and the workers keep their scratch space in the test's
+    # directory: Dask's default would leave /tmp/dask-scratch-space behind.
     scratch = {"DASK_TEMPORARY_DIRECTORY": str(tmp_path / "scratch")}
+    env, words = argv(SCHEDULER_COMMAND, scheduler=scheduler)
+    scheduler_proc = hosts.a.run(words, env={**env, **scratch}, cwd=tls_dir)
     for host in (hosts.b, hosts.c):
         env, words = argv(WORKER_COMMAND, scheduler=scheduler, worker=host.address)
         host.run(words, env={**env, **scratch}, cwd=tls_dir)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import functools
 import multiprocessing
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -162,11 +164,15 @@ class RawDaskSession(Session):
 
     client: Any = None
     cluster: Any = None
+    folder: str | None = None
 
     def start(self) -> None:
         from distributed import Client, LocalCluster
         from distributed.security import Security
 
+        # Its files in a folder of its own, as the backend's cluster keeps
+        # them: Dask's default leaves $TMPDIR/dask-scratch-space behind.
+        self.folder = tempfile.mkdtemp(prefix="executors-bench-dask-")
         # The same mutual TLS as the backend's own local cluster, so that
         # "vs raw" compares like with like.
         self.cluster = LocalCluster(  # type: ignore[no-untyped-call]
@@ -176,6 +182,8 @@ class RawDaskSession(Session):
             host="127.0.0.1",
             dashboard_address=None,
             security=Security.temporary(),  # type: ignore[no-untyped-call]
+            local_directory=self.folder,
+            scheduler_kwargs={"local_directory": self.folder},
         )
         self.client = Client(self.cluster)  # type: ignore[no-untyped-call]
 
@@ -184,6 +192,9 @@ class RawDaskSession(Session):
             self.client.close()
             self.cluster.close()
             self.client = self.cluster = None
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
 
     # pure=False everywhere: with Dask's default (pure=True) a repeated
     # measurement of the same inputs could be served from results still held

@@ -17,6 +17,8 @@ Certify them with::
 from __future__ import annotations
 
 import importlib
+import shutil
+import tempfile
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
@@ -78,12 +80,17 @@ class DaskClientExecutor(futures.Executor):
 
     def __init__(self, max_workers: int | None = None) -> None:
         distributed = importlib.import_module("distributed")
+        # Its files in a folder of its own, removed at shutdown: Dask's
+        # default leaves $TMPDIR/dask-scratch-space behind.
+        self._folder = tempfile.mkdtemp(prefix="executors-dask-adapter-")
         self._cluster = distributed.LocalCluster(
             n_workers=max_workers or 2,
             threads_per_worker=1,
             processes=True,
             host="127.0.0.1",
             dashboard_address=None,
+            local_directory=self._folder,
+            scheduler_kwargs={"local_directory": self._folder},
         )
         self._client = distributed.Client(self._cluster)
         self._executor = self._client.get_executor()
@@ -107,3 +114,4 @@ class DaskClientExecutor(futures.Executor):
         self._executor.shutdown(wait=wait)
         self._client.close()
         self._cluster.close()
+        shutil.rmtree(self._folder, ignore_errors=True)
