@@ -48,7 +48,7 @@ import pytest
 
 import executors
 from _programs import wait_until_empty
-from executors import WorkerCrashedError, _capabilities, _registry
+from executors import WorkerCrashedError, _registry
 from executors.testing import BOUND, tasks
 from executors.testing._support import wait_for_file
 
@@ -124,10 +124,6 @@ def interrupt_a_busy_with_block(
         start = time.monotonic()
         raise KeyboardInterrupt
     return started, waiting, time.monotonic() - start
-
-
-#: The capabilities that say what a backend's own workers do.
-WORKER_FLAGS = _capabilities.WORKER_FLAGS
 
 
 def celery_folders() -> set[Path]:

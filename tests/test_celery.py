@@ -28,12 +28,12 @@ import pytest
 
 import executors
 from conftest import (
-    WORKER_FLAGS,
     interrupt_a_busy_with_block,
     kill_the_process_of_a_running_task,
     wait_until_running,
 )
 from executors import ExecutorFailedError, WorkerCrashedError
+from executors._capabilities import WORKER_FLAGS
 from executors.testing import BOUND, child_processes, tasks, wait_for_no_new_children
 
 pytest.importorskip("celery")

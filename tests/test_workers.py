@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 import executors
-from conftest import WORKER_FLAGS
+from executors._capabilities import WORKER_FLAGS
 from executors._workers import WorkerSettings, parse_size, rss_bytes
 from executors._workers._limits import default_threads_per_worker
 from executors._workers._slots import Slot

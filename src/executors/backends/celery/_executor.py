@@ -76,9 +76,6 @@ __all__ = ["CeleryExecutor"]
 
 T = TypeVar("T")
 
-# The worker flags (WORKER_FLAGS) are earned by the private deployment's
-# workers, not an existing deployment's (see CeleryExecutor.capabilities).
-
 
 class CeleryExecutor(BaseExecutor):
     """Runs tasks on a Celery deployment: a private one, or yours.
@@ -421,7 +418,8 @@ class CeleryExecutor(BaseExecutor):
             self._calls.settle(call, error=error)
 
 
-# An existing deployment's workers: none of the worker flags holds.
+# An existing deployment's workers: none of the worker flags holds (they
+# are earned by the private deployment's workers only).
 _EXISTING = dataclasses.replace(
     CeleryExecutor.capabilities, **dict.fromkeys(WORKER_FLAGS, False)
 )
