@@ -2,7 +2,7 @@
 
 The queue's wire carries a pickle's out-of-band buffers itself; with a
 threshold, a pickle holding a buffer at or above it sends them through a
-segment of :mod:`executors._shm` instead (``backends/queue/_payload.py``).
+segment of :mod:`executors._shm` instead (``executors._outcome.place_apart``).
 Everything runs on the real thing: memfd segments opened through
 ``/proc/<pid>/fd``, workers and callers killed with SIGKILL and SIGINT, a
 file-size limit that makes the kernel refuse the memory. A segment has no
@@ -43,8 +43,8 @@ from _shm_tasks import (
     memfds,
     same,
 )
-from executors import _shm
-from executors.backends.queue import _payload
+from executors import _outcome, _shm
+from executors.backends.queue import _wire
 
 pytestmark = [
     pytest.mark.skipif(
@@ -90,19 +90,24 @@ def queue() -> Iterator[executors.Executor]:
 # -- the payload in one process ----------------------------------------------
 
 
+def _dumps_outcome(value: object, threshold: int) -> tuple[bytes, list[memoryview]]:
+    # As a worker pickles its results.
+    body, buffers = _outcome.dumps_apart(value, threshold)
+    return _outcome.place_apart(body, buffers, threshold, _outcome.PICKED)
+
+
 def test_below_the_threshold_nothing_changes() -> None:
-    body, buffers = _payload.dumps_outcome(np.ones(MB // 8 - 1), MB)
+    body, buffers = _dumps_outcome(np.ones(MB // 8 - 1), MB)
     assert not body.startswith(_shm.MAGIC)
     assert [b.nbytes for b in buffers] == [MB - 8]
 
 
 def test_at_the_threshold_every_buffer_goes_through_one_segment() -> None:
     value = (np.ones(MB // 8), np.zeros(128 * 1024 // 8), b"x" * 10)
-    body, buffers = _payload.dumps(value, MB)
-    assert _payload.worth_placing(buffers, MB)
-    body, buffers = _payload.place(body, buffers, outcome=False)
+    body, buffers = _outcome.dumps_apart(value, MB)
+    body, buffers = _outcome.place_apart(body, buffers, MB)
     assert body.startswith(_shm.MAGIC) and buffers == []
-    back = _payload.loads(body, [])
+    back = _wire.loads(body, [])
     for sent, got in zip(value[:2], back[:2], strict=True):
         assert (sent == got).all() and got.flags.writeable
         assert not np.shares_memory(sent, got)
@@ -111,9 +116,9 @@ def test_at_the_threshold_every_buffer_goes_through_one_segment() -> None:
 
 
 def test_a_threshold_under_64_kib_sends_small_buffers_too() -> None:
-    body, buffers = _payload.dumps_outcome(np.ones(128), 1024)
+    body, buffers = _dumps_outcome(np.ones(128), 1024)
     assert body.startswith(_shm.MAGIC) and buffers == []
-    assert (_payload.loads(body, []) == 1.0).all()
+    assert (_wire.loads(body, []) == 1.0).all()
     del body
     _settle()
 
@@ -290,11 +295,11 @@ def test_a_caller_stopped_mid_transfer_leaks_nothing(
 
 def test_a_dropped_message_lets_its_segment_go() -> None:
     # A worker writes a segment again only once its message was taken.
-    body, _ = _payload.dumps_outcome(np.ones(MB // 8), MB)
+    body, _ = _dumps_outcome(np.ones(MB // 8), MB)
     assert _shm.unpicked()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        _payload.discard(_message(body))
+        _wire.discard(_message(body))
     assert not _shm.unpicked()
     del body
     _settle()

@@ -37,8 +37,8 @@ import pytest
 
 from conftest import backend_factory
 from executors import TaskTimeoutError, WorkerCrashedError, with_options
+from executors._outcome import dumps_apart as dumps
 from executors.backends.queue import _triage
-from executors.backends.queue._payload import dumps
 from executors.backends.queue._wire import CALL, HEADER, Channel
 from executors.testing import BOUND, ContractBase, tasks
 

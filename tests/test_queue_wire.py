@@ -27,7 +27,8 @@ import pytest
 
 from conftest import backend_factory
 from executors import WorkerCrashedError
-from executors.backends.queue import _board, _payload
+from executors._outcome import dumps_apart
+from executors.backends.queue import _board
 from executors.backends.queue import _wire as wire
 from executors.backends.queue._wire import HEADER, RESULT, BadFrameError, Channel
 from executors.testing import BOUND, tasks
@@ -210,7 +211,7 @@ def test_every_frame_a_worker_sends_is_received(
 
     def send_all() -> None:
         for task_id, payload in enumerate(payloads):
-            body, buffers = _payload.dumps(payload)
+            body, buffers = dumps_apart(payload)
             sender.send(RESULT, task_id, 0.5, body, buffers)
 
     # Frames larger than the pipe: sent from another thread, as a worker
@@ -220,7 +221,7 @@ def test_every_frame_a_worker_sends_is_received(
     received = [receiver.recv() for _ in payloads]
     thread.join(BOUND)
     assert [m.task_id for m in received] == [0, 1, 2]
-    values = [_payload.loads(m.body, m.buffers) for m in received]
+    values = [wire.loads(m.body, m.buffers) for m in received]
     assert values[0] is None
     assert values[1] == b"x" * 100_000
     assert bytes(values[2]) == bytes(200_000)

@@ -46,6 +46,7 @@ from ._workers._context import after_task
 
 __all__ = [
     "INITIALIZER_FAILED_EXITCODE",
+    "OUT_OF_BAND_BYTES",
     "PICKED",
     "Outcome",
     "Pickled",
@@ -54,9 +55,12 @@ __all__ = [
     "decode",
     "dump_error",
     "dumps",
+    "dumps_apart",
     "dumps_through",
     "initializer_error",
     "loads",
+    "place",
+    "place_apart",
     "run_call",
 ]
 
@@ -157,27 +161,93 @@ def dumps_through(
     data = pickle_with(in_band)
     if not big:
         return data
+    message = place(data, big, holder)
+    if message is None:
+        big.clear()
+        return pickle_with(None)
+    return message
+
+
+def place(
+    data: bytes, buffers: list[memoryview], holder: object = None
+) -> bytes | None:
+    """Move a pickle's out-of-band ``buffers`` to one shared memory segment.
+
+    Returns the message (the pickle and the segment's refs, for
+    :func:`loads` or :func:`executors._shm.unpack`), held as :func:`dumps`
+    says of ``holder``; ``None`` if shared memory cannot be had (after one
+    warning per process).
+    """
     # An outcome (a worker's) is copied through the worker's mapping, the
     # fastest way; a call (the caller's) with pwrite, so that the caller's
     # resident memory holds the user's arrays and their results, not also a
     # copy of every argument it sent.
-    shipment = _shm.ship(big, resident=holder is PICKED)
+    shipment = _shm.ship(buffers, resident=holder is PICKED)
     if shipment is None:
-        big.clear()
-        return pickle_with(None)
+        return None
     message = _shm.pack(data, shipment.refs)
     if holder is PICKED:
-        big.clear()
         shipment.until_picked()
-        return message
-    if holder is not None:
-        big.clear()
+    elif holder is not None:
         shipment.held_by(holder)
-        return message
-    held = _Message(message)
-    held.shipment = shipment
-    held.sources = big
-    return held
+    else:
+        held = _Message(message)
+        held.shipment = shipment
+        held.sources = buffers
+        return held
+    return message
+
+
+#: :func:`dumps_apart` keeps in the pickle the buffers smaller than this: a
+#: buffer apart costs a length field and an iovec entry, worth it only when
+#: it saves a copy of real size.
+OUT_OF_BAND_BYTES = 64 * 1024
+
+
+def dumps_apart(
+    obj: object, shm_threshold: int | None = None
+) -> tuple[bytes, list[memoryview]]:
+    """Pickle ``obj`` at protocol 5, its large buffers apart, for a wire of one's own.
+
+    Buffers of at least :data:`OUT_OF_BAND_BYTES` (or ``shm_threshold``, if
+    smaller, so that :func:`place_apart` can move them all) leave the pickle;
+    the wire writes them from the object's own memory (the queue's
+    ``writev``). Pickle's own reducers only: this is the fast path.
+    """
+    buffers: list[memoryview] = []
+    cutoff = OUT_OF_BAND_BYTES
+    if shm_threshold is not None and shm_threshold < cutoff:
+        cutoff = shm_threshold
+
+    def out_of_band(buffer: pickle.PickleBuffer) -> bool:
+        try:
+            raw = buffer.raw()
+        except BufferError:  # not contiguous: let pickle copy it in-band
+            return True
+        if raw.nbytes < cutoff or not raw.nbytes:
+            return True
+        buffers.append(raw)
+        return False
+
+    return pickle.dumps(obj, protocol=5, buffer_callback=out_of_band), buffers
+
+
+def place_apart(
+    data: bytes,
+    buffers: list[memoryview],
+    shm_threshold: int | None,
+    holder: object = None,
+) -> tuple[bytes, list[memoryview]]:
+    """:func:`dumps_apart`'s output with its buffers in shared memory, if worth it.
+
+    When one buffer is at least ``shm_threshold``: the message and no
+    buffers (see :func:`place`). Otherwise, or without shared memory,
+    ``data`` and ``buffers`` unchanged.
+    """
+    if shm_threshold is None or not any(b.nbytes >= shm_threshold for b in buffers):
+        return data, buffers
+    message = place(data, buffers, holder)
+    return (data, buffers) if message is None else (message, [])
 
 
 class _Message(bytes):

@@ -31,11 +31,11 @@ from ..._options import (
     cpu_count,
     start_method_of,
 )
+from ..._outcome import dumps_apart
 from ..._serialize import portable, unwrap
 from ..._workers import WorkerSettings
-from ._items import Task
+from ._items import Task, dumps_chunk
 from ._manager import Manager
-from ._payload import dumps, dumps_chunk
 from ._pool import Pool
 from ._triage import Triage
 from ._wire import CALL, CHUNK
@@ -263,7 +263,7 @@ class QueueExecutor(BaseExecutor):
         fn = self._unwrap(fn)
         future: OurFuture[T] = OurFuture()
         try:
-            body, buffers = dumps((fn, args, kwargs), self._shm_threshold)
+            body, buffers = dumps_apart((fn, args, kwargs), self._shm_threshold)
         except Exception as exc:
             # Fails this future only; the pool never saw it.
             settle(future, error=exc)
@@ -314,7 +314,7 @@ class QueueExecutor(BaseExecutor):
         bad = 0
         for bad, args in enumerate(chunk.rows()):  # noqa: B007
             try:
-                dumps(args)
+                dumps_apart(args)
             except Exception as exc:
                 error = exc
                 break

@@ -27,8 +27,18 @@ from ..._errors import (
     describe_exitcode,
 )
 from ..._map import ChunkResult
-from ._payload import loads, place, worth_placing
-from ._wire import CHUNK, CHUNK_DONE, ERROR, HEADER, RESULT, Channel, Message, Part
+from ..._outcome import dumps_apart, place_apart
+from ._wire import (
+    CHUNK,
+    CHUNK_DONE,
+    ERROR,
+    HEADER,
+    RESULT,
+    Channel,
+    Message,
+    Part,
+    loads,
+)
 
 if TYPE_CHECKING:
     from ..._callqueue import Call
@@ -44,6 +54,7 @@ __all__ = [
     "crash_error",
     "decode_exception",
     "decode_outcome",
+    "dumps_chunk",
     "early_crash_error",
     "find_item",
     "initializer_error",
@@ -97,10 +108,21 @@ class Task:
         arguments as submitted, not as the failed attempt left them (its
         values were on the segment's pages). ``None``: send it as it is.
         """
-        if not self.buffers or not worth_placing(self.buffers, self.shm_threshold):
+        body, buffers = place_apart(self.body, self.buffers, self.shm_threshold)
+        if body is self.body:
             return None
-        body, buffers = place(self.body, self.buffers, outcome=False)
         return body, buffers, frame_size(body, buffers)
+
+
+def dumps_chunk(
+    fn: object, chunk: Chunk, careful: int = 0, shm_threshold: int | None = None
+) -> tuple[bytes, list[memoryview]]:
+    """Pickle a chunk of ``map`` for :meth:`._worker._Runner.run_chunk`.
+
+    The first ``careful`` items run one per piece.
+    """
+    # The worker reads the flag as "single": map(), not starmap().
+    return dumps_apart((fn, chunk.items, careful, not chunk.star), shm_threshold)
 
 
 def frame_size(body: bytes, buffers: list[memoryview]) -> int:

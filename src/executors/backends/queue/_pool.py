@@ -58,10 +58,20 @@ from ._items import (
     stopped_error,
 )
 from ._manager import Wakeup
-from ._payload import SenderGone, discard, loads
 from ._sendahead import pick_worker
 from ._spawn import Spawner, stop_all
-from ._wire import INIT_FAILED, LEAVING, PARTIAL, READY, SOON, Message, frame
+from ._wire import (
+    INIT_FAILED,
+    LEAVING,
+    PARTIAL,
+    READY,
+    SOON,
+    Message,
+    SenderGone,
+    discard,
+    frame,
+    loads,
+)
 
 if TYPE_CHECKING:
     from ..._callqueue import Call, CallQueue

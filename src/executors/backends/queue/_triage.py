@@ -34,9 +34,9 @@ from ._items import (
     WorkItem,
     bad_frame_error,
     crash_error,
+    dumps_chunk,
     early_crash_error,
 )
-from ._payload import dumps_chunk
 from ._pool import Pool
 from ._spawn import STOP_GRACE_SECONDS
 from ._wire import CHUNK, BadFrameError, Channel

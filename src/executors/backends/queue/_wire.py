@@ -11,10 +11,10 @@ Every message, in both directions, is one frame::
     +---------------------------------------------+
 
 Large buffers (numpy arrays, bytearrays) leave the pickle as protocol 5
-out-of-band buffers (:mod:`._payload` decides which): the sender writes them
-straight from the object's memory and the receiver reads them straight into
-the memory the object is rebuilt on, so a 5 MB array is copied by the kernel
-only.
+out-of-band buffers (:func:`executors._outcome.dumps_apart`): the sender
+writes them straight from the object's memory and the receiver reads them
+straight into the memory the object is rebuilt on, so a 5 MB array is
+copied by the kernel only.
 
 On POSIX a frame is written with ``writev`` and read with plain ``read``
 calls on the pipe's file descriptor, with no intermediate buffer; elsewhere
@@ -40,11 +40,15 @@ it, the parent never waits for bytes the worker is not writing.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pickle
 import struct
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
-from typing import NamedTuple
+from typing import Any, NamedTuple
+
+from ... import _shm
 
 __all__ = [
     "CALL",
@@ -62,7 +66,10 @@ __all__ = [
     "Channel",
     "Message",
     "Part",
+    "SenderGone",
+    "discard",
     "frame",
+    "loads",
 ]
 
 # Parent -> worker. `value` is 0 (a task's timeout is the parent's to keep).
@@ -445,3 +452,49 @@ def _read_into(fd: int, view: memoryview) -> None:
         if n == 0:
             raise EOFError("the pipe was closed in the middle of a message")
         view = view[n:]
+
+
+class SenderGone(Exception):
+    """A message's shared memory went with its sender, before it was taken.
+
+    Only a worker killed right after sending does this (one leaving on its
+    own waits, :func:`executors._shm.wait_picked`): the message is lost with
+    the worker.
+    """
+
+
+def loads(body: bytes | bytearray | memoryview, buffers: Sequence[bytearray]) -> Any:
+    """Rebuild an object from a frame's body and buffers (they stay writable).
+
+    A body that starts with :data:`executors._shm.MAGIC` (a pickle never
+    does) came through shared memory: :func:`executors._outcome.place_apart`.
+
+    Raises:
+        SenderGone: Its shared memory cannot be opened any more.
+    """
+    if body[:4] == _shm.MAGIC:
+        try:
+            data, views = _unpack(body)
+        except OSError as exc:
+            raise SenderGone(str(exc)) from exc
+        return pickle.loads(data, buffers=views)
+    return pickle.loads(body, buffers=buffers)
+
+
+def discard(message: Message) -> None:
+    """Let a sender's segment go for a message dropped unread.
+
+    A worker writes a segment again only once its message was taken: taking
+    it, and dropping the views at once, tells it so.
+    """
+    if message.body[:4] == _shm.MAGIC:
+        # An OSError: the sender is gone, and its segment with it.
+        with contextlib.suppress(OSError):
+            _unpack(message.body)
+
+
+def _unpack(body: bytes | bytearray | memoryview) -> tuple[Any, list[memoryview]]:
+    # A body over 64 KiB arrives as a bytearray (see _read_exact).
+    unpacked = _shm.unpack(body if isinstance(body, bytes) else bytes(body))
+    assert unpacked is not None  # the caller checked the magic
+    return unpacked

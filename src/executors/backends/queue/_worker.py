@@ -45,12 +45,12 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from ... import _shm
+from ..._outcome import PICKED, dumps_apart, place_apart
 from ..._parentwatch import exit_with_parent
 from ..._remote import picklable_exception, result_not_sent
 from ..._serialize import unwrap
 from ..._workers._context import WorkerSpec, after_task, recycling
 from ._board import END, FIELDS, ITEM, RETURNED, SENT, STARTED, TASK, Board
-from ._payload import dumps, dumps_outcome, loads
 from ._wire import (
     CALL,
     CHUNK_DONE,
@@ -63,6 +63,7 @@ from ._wire import (
     SOON,
     Channel,
     Message,
+    loads,
 )
 
 __all__ = ["FLUSH_SECONDS", "run_worker"]
@@ -111,7 +112,7 @@ def run_worker(
         close_fds: Descriptors of the parent's other pipes, inherited by
             fork; closed so that only the parent holds them.
         shm_threshold: Results' buffers of at least this many bytes go back
-            through shared memory (see :mod:`._payload`).
+            through shared memory (see ``docs/backends/queue.md``).
         worker: Identity, state, thread caps, logs and finalizer
             (:mod:`executors._workers`).
     """
@@ -222,11 +223,11 @@ class _Runner:
         after_task()
         elapsed = time.perf_counter() - start
         try:
-            body, buffers = dumps_outcome(value, self.shm_threshold)
+            body, buffers = _dumps_outcome(value, self.shm_threshold)
         except BaseException as exc:
             # The pickling error is this task's error, as with the stdlib,
             # marked as a result that could not be sent.
-            body, buffers = dumps(result_not_sent(exc, value))
+            body, buffers = dumps_apart(result_not_sent(exc, value))
             self.outbox.send(ERROR, message.task_id, elapsed, body, buffers)
             return
         self.outbox.send(RESULT, message.task_id, elapsed, body, buffers)
@@ -306,10 +307,10 @@ class _Runner:
     ) -> bool:
         try:
             if kind == PARTIAL:
-                body, buffers = dumps_outcome(values, self.shm_threshold)
+                body, buffers = _dumps_outcome(values, self.shm_threshold)
             else:
                 carrier = None if error is None else picklable_exception(error)
-                body, buffers = dumps_outcome((values, carrier), self.shm_threshold)
+                body, buffers = _dumps_outcome((values, carrier), self.shm_threshold)
         except BaseException as exc:
             cause = exc
         else:
@@ -321,14 +322,14 @@ class _Runner:
         carrier = None
         for value in values:
             try:
-                dumps(value)
+                dumps_apart(value)
             except BaseException as exc:
                 carrier = result_not_sent(exc, value)
                 break
             good += 1
         if carrier is None:
             carrier = picklable_exception(cause)
-        body, buffers = dumps((values[:good], carrier))
+        body, buffers = dumps_apart((values[:good], carrier))
         self.outbox.send(CHUNK_DONE, task_id, elapsed, body, buffers)
         return False
 
@@ -337,7 +338,7 @@ def _send_exception(
     outbox: Channel, kind: int, task_id: int, exc: BaseException, elapsed: float
 ) -> None:
     try:
-        body, buffers = dumps(picklable_exception(exc))
+        body, buffers = dumps_apart(picklable_exception(exc))
     except BaseException as why:
         # picklable_exception already replaces unpicklable exceptions; this
         # is the last resort for one whose traceback text cannot be built.
@@ -345,5 +346,16 @@ def _send_exception(
             f"the task raised {type(exc).__qualname__}, which cannot be sent "
             f"back to the caller ({why!r})"
         )
-        body, buffers = dumps(picklable_exception(substitute))
+        body, buffers = dumps_apart(picklable_exception(substitute))
     outbox.send(kind, task_id, elapsed, body, buffers)
+
+
+def _dumps_outcome(
+    obj: object, shm_threshold: int | None
+) -> tuple[bytes, list[memoryview]]:
+    """Pickle a message to the parent, its large buffers in shared memory.
+
+    Sent once: the segment is free again once the parent has taken it.
+    """
+    body, buffers = dumps_apart(obj, shm_threshold)
+    return place_apart(body, buffers, shm_threshold, PICKED)
