@@ -33,6 +33,7 @@ import itertools
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import astuple, dataclass
 from typing import Any, Generic, TypeVar
@@ -42,6 +43,7 @@ from ._options import check_seconds
 __all__ = [
     "OPTION_NAMES",
     "TaskOptions",
+    "TimeLimited",
     "Timer",
     "WithOptions",
     "check_task_options",
@@ -52,6 +54,7 @@ __all__ = [
     "timer",
     "unwrap_options",
     "with_options",
+    "with_timeout",
 ]
 
 T = TypeVar("T")
@@ -273,6 +276,69 @@ def with_options(
     if isinstance(fn, WithOptions):
         return WithOptions(fn.fn, options.over(fn.options))
     return WithOptions(fn, options)
+
+
+# The queue backend's per-call timeout, from before with_options; it works
+# on every backend with task control, and is imported from the queue's
+# package only.
+
+
+class TimeLimited(WithOptions[T]):
+    """What :func:`with_timeout` returns: a :class:`~executors.WithOptions`.
+
+    Deprecated with :func:`with_timeout`. Every backend with
+    ``capabilities.task_control`` honours it as ``with_options(fn,
+    timeout=seconds)``; called directly, it just calls the wrapped function.
+
+    Attributes:
+        fn: The wrapped callable.
+        seconds: The limit for one call.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, fn: Callable[..., T], seconds: float) -> None:
+        super().__init__(fn, TaskOptions(timeout=seconds))
+
+    @property
+    def seconds(self) -> float:
+        timeout = self.options.timeout
+        return 0.0 if timeout is None else timeout  # never None: see __init__
+
+    def __repr__(self) -> str:
+        return f"with_timeout({self.fn!r}, {self.seconds!r})"
+
+
+def with_timeout(fn: Callable[..., T], seconds: float) -> TimeLimited[T]:
+    """Deprecated: ``executors.with_options(fn, timeout=seconds)``.
+
+    ``executor.submit(with_timeout(fn, 2.0), x)`` runs ``fn(x)`` with a
+    2-second limit, overriding the executor's ``task_timeout``; in
+    ``executor.map(with_timeout(fn, 2.0), items)`` each item gets 2 seconds.
+    A call that runs longer is stopped by replacing its worker process, and
+    its future raises :class:`~executors.TaskTimeoutError` (a
+    :class:`TimeoutError`).
+
+    Args:
+        fn: The callable to limit.
+        seconds: The limit, greater than 0.
+
+    Raises:
+        TypeError: ``fn`` is not callable or ``seconds`` not a number.
+        ValueError: ``seconds`` is not greater than 0.
+    """
+    warnings.warn(
+        "executors.backends.queue.with_timeout(fn, seconds) is deprecated; "
+        "use executors.with_options(fn, timeout=seconds)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    if not callable(fn):
+        raise TypeError(f"with_timeout: fn must be callable, got {fn!r:.80}")
+    checked = check_seconds(
+        seconds, "with_timeout: seconds", positive=True, optional=False
+    )
+    return TimeLimited(fn, checked or 0.0)
 
 
 def unwrap_options(fn: Callable[..., T]) -> tuple[Callable[..., T], TaskOptions | None]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import io
 import pickle
+import sys
 import threading
 import types
 import weakref
@@ -31,7 +32,13 @@ from collections import ChainMap
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-__all__ = ["PortableCallable", "describe_callable", "portable", "unwrap"]
+__all__ = [
+    "PortableCallable",
+    "describe_callable",
+    "pickled_by_name",
+    "portable",
+    "unwrap",
+]
 
 T = TypeVar("T")
 
@@ -206,6 +213,45 @@ def unwrap(fn: Callable[..., T]) -> Callable[..., T]:
     while pickling.
     """
     return fn.fn if isinstance(fn, PortableCallable) else fn
+
+
+def pickled_by_name(fn: Callable[..., T]) -> Callable[..., T]:
+    """``fn``'s target if pickle finds it by module and name, else ``fn``.
+
+    For a :class:`PortableCallable` around a module-level function: pickle
+    sends it by name just as cloudpickle would, and neither this process
+    nor the worker then pays cloudpickle's import.
+    """
+    inner: Callable[..., T] = unwrap(fn)
+    if inner is not fn and _found_by_name(inner):
+        return inner
+    return fn
+
+
+def _found_by_name(fn: object) -> bool:
+    if _BY_NAME.get(id(fn)) is fn:
+        return True
+    module = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", None)
+    if not isinstance(module, str) or not isinstance(qualname, str):
+        return False
+    if module == "__main__" or "<" in qualname:
+        return False
+    found: object = sys.modules.get(module)
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    if found is not fn:
+        return False
+    if len(_BY_NAME) >= _BY_NAME_SIZE:
+        _BY_NAME.clear()
+    # Held strongly, so an id is never reused while cached; these are
+    # module-level functions, which live as long as their module anyway.
+    _BY_NAME[id(fn)] = fn
+    return True
+
+
+_BY_NAME: dict[int, object] = {}
+_BY_NAME_SIZE = 256
 
 
 def portable(fn: Callable[..., T]) -> Callable[..., T]:

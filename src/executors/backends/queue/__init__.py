@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING
 from ..._lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from ..._control import TimeLimited, with_timeout
     from ..._errors import TaskKilledError
-    from ._executor import QueueExecutor, TimeLimited, with_timeout
+    from ._executor import QueueExecutor
 
 __all__ = ["QueueExecutor", "TaskKilledError", "TimeLimited", "with_timeout"]
 
@@ -35,8 +36,8 @@ __all__ = ["QueueExecutor", "TaskKilledError", "TimeLimited", "with_timeout"]
 _HOMES = {
     "QueueExecutor": "._executor",
     "TaskKilledError": "executors._errors",
-    "TimeLimited": "._executor",
-    "with_timeout": "._executor",
+    "TimeLimited": "executors._control",
+    "with_timeout": "executors._control",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _HOMES, __all__)

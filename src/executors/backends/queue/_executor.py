@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import signal
 import sys
-import warnings
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from multiprocessing.context import BaseContext
@@ -20,7 +19,7 @@ from ... import _shm
 from ..._base import BaseExecutor
 from ..._callqueue import CallQueue
 from ..._capabilities import Capabilities
-from ..._control import TaskOptions, WithOptions, submitting
+from ..._control import TaskOptions, submitting
 from ..._futures import Future as OurFuture
 from ..._futures import add_internal_callback, notify_cancelled, settle
 from ..._lifecycle import close_at_exit, join_unless_current
@@ -32,7 +31,7 @@ from ..._options import (
     start_method_of,
 )
 from ..._outcome import dumps_apart
-from ..._serialize import portable, unwrap
+from ..._serialize import pickled_by_name, portable
 from ..._workers import WorkerSettings
 from ._items import Task, dumps_chunk
 from ._manager import Manager
@@ -40,71 +39,13 @@ from ._pool import Pool
 from ._triage import Triage
 from ._wire import CALL, CHUNK
 
-__all__ = ["QueueExecutor", "TimeLimited", "with_timeout"]
+__all__ = ["QueueExecutor"]
 
 T = TypeVar("T")
 
 # As the stdlib's default: WaitForMultipleObjects on Windows waits on at most
 # 64 handles.
 _MAX_DEFAULT_WORKERS = 61
-
-
-class TimeLimited(WithOptions[T]):
-    """What :func:`with_timeout` returns: a :class:`~executors.WithOptions`.
-
-    Deprecated with :func:`with_timeout`. Every backend with
-    ``capabilities.task_control`` honours it as ``with_options(fn,
-    timeout=seconds)``; called directly, it just calls the wrapped function.
-
-    Attributes:
-        fn: The wrapped callable.
-        seconds: The limit for one call.
-    """
-
-    __slots__ = ()
-
-    def __init__(self, fn: Callable[..., T], seconds: float) -> None:
-        super().__init__(fn, TaskOptions(timeout=seconds))
-
-    @property
-    def seconds(self) -> float:
-        timeout = self.options.timeout
-        return 0.0 if timeout is None else timeout  # never None: see __init__
-
-    def __repr__(self) -> str:
-        return f"with_timeout({self.fn!r}, {self.seconds!r})"
-
-
-def with_timeout(fn: Callable[..., T], seconds: float) -> TimeLimited[T]:
-    """Deprecated: ``executors.with_options(fn, timeout=seconds)``.
-
-    ``executor.submit(with_timeout(fn, 2.0), x)`` runs ``fn(x)`` with a
-    2-second limit, overriding the executor's ``task_timeout``; in
-    ``executor.map(with_timeout(fn, 2.0), items)`` each item gets 2 seconds.
-    A call that runs longer is stopped by replacing its worker process, and
-    its future raises :class:`~executors.TaskTimeoutError` (a
-    :class:`TimeoutError`).
-
-    Args:
-        fn: The callable to limit.
-        seconds: The limit, greater than 0.
-
-    Raises:
-        TypeError: ``fn`` is not callable or ``seconds`` not a number.
-        ValueError: ``seconds`` is not greater than 0.
-    """
-    warnings.warn(
-        "executors.backends.queue.with_timeout(fn, seconds) is deprecated; "
-        "use executors.with_options(fn, timeout=seconds)",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    if not callable(fn):
-        raise TypeError(f"with_timeout: fn must be callable, got {fn!r:.80}")
-    checked = check_seconds(
-        seconds, "with_timeout: seconds", positive=True, optional=False
-    )
-    return TimeLimited(fn, checked or 0.0)
 
 
 class QueueExecutor(BaseExecutor):
@@ -260,7 +201,7 @@ class QueueExecutor(BaseExecutor):
     def _submit(
         self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Future[T]:
-        fn = self._unwrap(fn)
+        fn = pickled_by_name(fn)
         future: OurFuture[T] = OurFuture()
         try:
             body, buffers = dumps_apart((fn, args, kwargs), self._shm_threshold)
@@ -281,7 +222,7 @@ class QueueExecutor(BaseExecutor):
     ) -> Future[ChunkResult]:
         # The shared map sends a map with task options one item per task
         # (through _submit): a chunk never has a timeout of its own.
-        fn = self._unwrap(fn)
+        fn = pickled_by_name(fn)
         future: OurFuture[ChunkResult] = OurFuture()
         try:
             body, buffers = dumps_chunk(fn, chunk, shm_threshold=self._shm_threshold)
@@ -369,38 +310,3 @@ class QueueExecutor(BaseExecutor):
         # terminate_workers() / kill_workers(), after the call queue has
         # failed the running calls: no worker is started from now on.
         self._pool.end_workers(sig)
-
-    def _unwrap(self, fn: Callable[..., T]) -> Callable[..., T]:
-        inner: Callable[..., T] = unwrap(fn)
-        if inner is not fn and _by_reference(inner):
-            # Pickle sends it by name just as cloudpickle would, and neither
-            # this process nor the worker then pays cloudpickle's import.
-            return inner
-        return fn
-
-
-def _by_reference(fn: object) -> bool:
-    """Whether ``fn`` is found by its module and name (pickled by reference)."""
-    if id(fn) in _BY_REFERENCE and _BY_REFERENCE[id(fn)] is fn:
-        return True
-    module = getattr(fn, "__module__", None)
-    qualname = getattr(fn, "__qualname__", None)
-    if not isinstance(module, str) or not isinstance(qualname, str):
-        return False
-    if module == "__main__" or "<" in qualname:
-        return False
-    found: object = sys.modules.get(module)
-    for part in qualname.split("."):
-        found = getattr(found, part, None)
-    if found is not fn:
-        return False
-    if len(_BY_REFERENCE) >= _BY_REFERENCE_SIZE:
-        _BY_REFERENCE.clear()
-    # Held strongly, so an id is never reused while cached; these are
-    # module-level functions, which live as long as their module anyway.
-    _BY_REFERENCE[id(fn)] = fn
-    return True
-
-
-_BY_REFERENCE: dict[int, object] = {}
-_BY_REFERENCE_SIZE = 256
