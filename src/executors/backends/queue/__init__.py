@@ -1,22 +1,9 @@
 """Backend ``queue``: our own worker pool, built from processes and pipes.
 
-How a task flows, and the transport's invariants: ``docs/backends/queue.md``.
-The parts:
-
-* :mod:`._executor`: :class:`QueueExecutor`, on the shared
-  :class:`~executors._callqueue.CallQueue` (queueing, cancel, timeouts,
-  retries, stopping a task), which asks the pool per call whether a worker
-  can take it (``room``) and how long a task has really run (``run_left``).
-* :mod:`._pool`: what only this pool does: send-ahead per worker, writing
-  frames, reading results; :mod:`._spawn`: starting and stopping workers;
-  :mod:`._triage`: what a worker's death means for each item it held
-  (crash triage, chunk replay).
-* :mod:`._manager`: the manager thread; :mod:`._wire`: frames, pipes and the
-  board; :mod:`._worker`: the loop a worker runs; :mod:`._items`: records.
-
-The names below are imported on first use: a worker imports
-:mod:`._worker` (and so this package), and must not import the executor's
-side with it.
+How a task flows, the modules and the transport's invariants:
+``docs/backends/queue.md``. The names below are imported on first use: a
+worker imports :mod:`._worker` (and so this package), and must not import
+the executor's side with it.
 """
 
 from __future__ import annotations

@@ -1,11 +1,10 @@
 """The board: shared memory where each worker posts what it is running.
 
-Each worker posts on the :class:`Board` the task (and the piece of a chunk)
-it is running. Writing it costs a worker a few memory stores per task or
-piece, no system call; it is what lets the parent tell, after a crash,
-which task was running and which were only waiting in the pipe, and time
-tasks out live. A worker also posts there the bytes it has sent on its
-result pipe (:data:`SENT`), the bound :mod:`._wire` reads frames against.
+A few memory stores per task or piece of a chunk, no system call: after a
+crash the parent reads there which task (and which items) were running,
+and it times tasks out live. A worker also posts the bytes it has sent on
+its result pipe (:data:`SENT`), the bound :mod:`._wire` reads frames
+against.
 """
 
 from __future__ import annotations
@@ -30,23 +29,13 @@ RETURNED = -1
 
 
 class Board:
-    """Shared memory where each worker posts what it is running.
+    """``slots`` rows of :data:`FIELDS`; a worker writes its row, the parent reads.
 
-    Per worker slot: the id of the task it runs (posted as soon as the
-    task's frame header arrives); for a chunk, the items ``[ITEM, END)`` it
-    is running as one piece; and when that piece started
-    (``time.monotonic_ns()``, a clock every process of the machine shares;
-    0 before it starts, :data:`RETURNED` after).
-    A worker writes, the parent reads: after the worker's death (exact), and
-    live to time tasks out.
-
-    On Linux the memory is a ``memfd`` passed to workers as a descriptor;
-    elsewhere a ``multiprocessing`` ``RawArray`` (which costs importing
-    ctypes, tens of milliseconds at the first executor).
-
-    Args:
-        slots: Rows, one per worker.
-        ctx: The context whose workers will share it.
+    Per row: the task id (posted once its frame header arrives); for a
+    chunk, the items ``[ITEM, END)`` running as one piece; and when that
+    piece started (``time.monotonic_ns()``, shared by every process of the
+    machine). A ``memfd`` on Linux, passed to workers as a descriptor;
+    elsewhere a ``RawArray`` (which costs importing ctypes).
     """
 
     def __init__(self, slots: int, ctx: BaseContext | None = None) -> None:

@@ -1,9 +1,6 @@
 """The ``queue`` executor: :class:`QueueExecutor`.
 
-The shared :class:`~executors._callqueue.CallQueue` owns queueing, exact
-cancel, timeouts, retries and stopping a task, as on every backend; the
-pool behind it (:mod:`._pool`) owns what is this backend's own. The data
-flow and the transport's invariants: ``docs/backends/queue.md``.
+See docs/backends/queue.md, "How it works".
 """
 
 from __future__ import annotations
@@ -43,8 +40,7 @@ __all__ = ["QueueExecutor"]
 
 T = TypeVar("T")
 
-# As the stdlib's default: WaitForMultipleObjects on Windows waits on at most
-# 64 handles.
+# As the stdlib's: Windows' WaitForMultipleObjects takes at most 64 handles.
 _MAX_DEFAULT_WORKERS = 61
 
 
@@ -52,40 +48,38 @@ class QueueExecutor(BaseExecutor):
     """A process pool that survives its workers' deaths.
 
     Args:
-        max_workers: Worker processes; default: the usable CPUs (at most 61).
-            Workers start on demand, the first at the first ``submit``.
-        mp_context: Start method name or multiprocessing context; default
-            ``"forkserver"`` on POSIX (safe with threads; ``"fork"`` starts
-            workers ~20x faster where the program runs no threads).
-        initializer: Called in each worker before its first task. If it
-            raises or kills the worker, the executor is broken
-            (:class:`~executors.InitializerFailedError`), with no restart loop.
+        max_workers: Worker processes, started on demand; default: the usable
+            CPUs (at most 61).
+        mp_context: Start method name or context; default ``"forkserver"`` on
+            POSIX (safe with threads; ``"fork"`` starts workers ~20x faster
+            where the program runs no threads).
+        initializer: Called in each worker before its first task; if it raises
+            or kills the worker, the executor breaks with
+            :class:`~executors.InitializerFailedError` (no restart loop).
         initargs: Arguments for ``initializer``.
-        max_tasks_per_child: Replace a worker after this many tasks (a
-            chunk of ``map`` counts as one). Its replacement starts when
-            it is half-way there, and takes over once its last result is in.
-        max_memory_per_child: Replace a worker whose resident memory is
-            over this after a task (bytes, or a string such as
-            ``"512MB"``); its replacement starts once it passes three
-            quarters of it. No task fails because of it.
+        max_tasks_per_child: Replace a worker after this many tasks (a ``map``
+            chunk counts as one); its replacement starts half-way there and
+            takes over at its last result.
+        max_memory_per_child: Replace a worker whose resident memory is over
+            this after a task (bytes, or e.g. ``"512MB"``); its replacement
+            starts at three quarters. No task fails because of it.
         task_timeout: Seconds a task (each item of a ``map``) may run before
             its worker is killed and its future raises
-            :class:`~executors.TaskTimeoutError`; ``None`` for no limit.
-            ``create("queue", task_timeout=...)`` takes it as every
-            backend's task option, with ``retries`` and the rest; per call:
+            :class:`~executors.TaskTimeoutError`; ``None``: no limit.
+            ``create()`` takes it as every backend's task option; per call:
             :func:`executors.with_options`.
         cloudpickle: Send the callable with cloudpickle (lambdas work).
-        shm_threshold: Buffers of arguments and results (NumPy arrays) of at
-            least this many bytes travel through shared memory; ``None``:
-            through the pipe (see ``docs/large-data.md``).
+        shm_threshold: Argument and result buffers (NumPy arrays) of at least
+            this many bytes go through shared memory; ``None``: the pipe (see
+            ``docs/large-data.md``).
         finalizer: Called in each worker when it leaves normally (shutdown,
-            recycling); an exception there is logged in the
-            caller on ``executors.workers``.
+            recycling); an exception there is logged in the caller on
+            ``executors.workers``.
         finalargs: Arguments for ``finalizer``.
-        threads_per_worker: Cap the BLAS/OpenMP thread pools of each worker;
-            default ``max(1, cpus // max_workers)``; ``None``: leave them.
-        forward_logs: A task's ``logging`` records reach the caller's
-            loggers (see ``docs/workers.md``).
+        threads_per_worker: Cap each worker's BLAS/OpenMP threads; default
+            ``max(1, cpus // max_workers)``; ``None``: leave them.
+        forward_logs: A task's ``logging`` records reach the caller's loggers
+            (see ``docs/workers.md``).
     """
 
     backend = "queue"
@@ -164,19 +158,15 @@ class QueueExecutor(BaseExecutor):
             self,
             recycles=per_child is not None or settings.max_memory is not None,
         )
-        # Each worker starts from it with the identity the pool gives it;
-        # the pool counts its workers' tasks itself, the workers their
-        # memory.
+        # The pool counts its workers' tasks itself, the workers their memory.
         pool.worker_spec = settings.spec(max_tasks=None)
         pool.shm_threshold = self._shm_threshold = threshold
-        # The pool and its call queue hold each other, never the executor:
-        # an executor dropped without shutdown() is collected, and the
-        # manager then finishes its work and stops (see Pool.should_stop).
+        # The pool and its call queue hold each other, never the executor, so
+        # one dropped without shutdown() is collected (see Pool.should_stop).
         pool.calls = self._calls = CallQueue(
             pool.launch,
             # No window of its own: the pool says per call whether a worker
-            # can take it now (send-ahead per worker, idle ones for calls
-            # with a timeout), and at a deadline how long the task has run.
+            # can take it now, and at a deadline how long the task has run.
             sys.maxsize,
             on_idle=pool.wakeup.wake,
             stop=pool.stop,
@@ -195,8 +185,6 @@ class QueueExecutor(BaseExecutor):
         # The pool takes part in the exit hook itself, for an executor
         # dropped without shutdown() whose manager still runs its work.
         close_at_exit(pool)
-
-    # -- hooks -----------------------------------------------------------
 
     def _submit(
         self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -246,11 +234,7 @@ class QueueExecutor(BaseExecutor):
         chunk: Chunk,
         error: BaseException,
     ) -> Future[ChunkResult]:
-        """Run the items before the first one that does not pickle.
-
-        ``map`` then yields their values and raises the pickling error at
-        the item's own position, as if that item had raised it.
-        """
+        """Run the items before the first unpicklable one; its error comes last."""
         future: OurFuture[ChunkResult] = OurFuture()
         bad = 0
         for bad, args in enumerate(chunk.rows()):  # noqa: B007
@@ -291,8 +275,7 @@ class QueueExecutor(BaseExecutor):
                 # Nothing dequeues it: notify wait() and as_completed().
                 notify_cancelled([outer])
 
-        # The inner future is never seen by the map: wire cancellation and
-        # completion through the one it holds, in the settling thread, as
+        # The map holds only the outer future: wire it to the inner one with
         # internal callbacks (quick, and never behind the users' ones).
         add_internal_callback(future, propagate_cancel)
         add_internal_callback(inner, finish)

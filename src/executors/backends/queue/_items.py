@@ -1,13 +1,7 @@
-"""The records the pool keeps: tasks, work items, worker handles, errors.
+"""The records the pool keeps (tasks, work items, worker handles) and its errors.
 
-* :class:`Task`: what a call carries (its frame body); :class:`WorkItem`:
-  one attempt at it in the pool (its task id, what a chunk has returned).
-* :class:`WorkerHandle`: the parent's view of one worker process: its two
-  pipes, the items sent to it and not yet answered, oldest first, and the
-  frames not yet (fully) written to its pipe.
-* :class:`Replay` and :class:`KillReason`: what the pool remembers to blame
-  the right item when a worker dies.
-* :func:`decode_outcome`: a worker's final message as a value or an error.
+:class:`Replay` and :class:`KillReason` are what the pool remembers to blame
+the right item when a worker dies (see :mod:`._triage`).
 """
 
 from __future__ import annotations
@@ -18,14 +12,11 @@ import signal
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ... import _bootstrap
-from ..._errors import (
-    ExecutorFailedError,
-    WorkerCrashedError,
-    describe_exitcode,
-)
+from ..._errors import ExecutorFailedError, WorkerCrashedError, describe_exitcode
 from ..._map import ChunkResult
 from ..._outcome import dumps_apart, place_apart
 from ._wire import (
@@ -64,19 +55,10 @@ __all__ = [
 
 
 class Task:
-    """What a call carries to the pool: its pickled frame body, and more.
+    """A call's payload, the same for every attempt: its pickled frame body.
 
-    The payload of the call (the same object for every attempt).
-
-    Args:
-        kind: ``_wire.CALL`` or ``_wire.CHUNK``.
-        body: The pickled ``(fn, args, kwargs)`` or ``(fn, chunk)``, kept
-            until the call is done so that it can be sent again.
-        buffers: The pickle's out-of-band buffers.
-        fn: For a chunk: the callable, to send a part of it again.
-        chunk: For a chunk: its items.
-        shm_threshold: Its buffers go to shared memory for each attempt
-            (:meth:`placed`) if one is at least this large.
+    ``body`` and ``buffers`` are kept until the call is done, to send it
+    again; a chunk keeps ``fn`` and ``chunk`` to send a part of it again.
     """
 
     __slots__ = ("body", "buffers", "chunk", "fn", "kind", "shm_threshold", "size")
@@ -99,14 +81,12 @@ class Task:
         self.size = frame_size(body, buffers)
 
     def placed(self) -> tuple[bytes, list[memoryview], int] | None:
-        """Its body, buffers and size with the buffers in shared memory.
+        """Its body, buffers and size with the buffers in shared memory, or None.
 
-        Called for each attempt as it is launched, outside every lock.
-        At launch rather than at submit: a queued call keeps only views of
-        the caller's own objects, so a long queue of large arguments costs
-        no memory of its own. A copy per attempt: a retry gets the
-        arguments as submitted, not as the failed attempt left them (its
-        values were on the segment's pages). ``None``: send it as it is.
+        At launch, not submit: a queued call keeps only views of the
+        caller's objects, so a long queue of large arguments costs no memory.
+        Once per attempt: a retry gets the arguments as submitted, not as the
+        failed attempt left them on the segment's pages.
         """
         body, buffers = place_apart(self.body, self.buffers, self.shm_threshold)
         if body is self.body:
@@ -136,13 +116,10 @@ def frame_size(body: bytes, buffers: list[memoryview]) -> int:
 class WorkItem:
     """One attempt at a task, or at a chunk of a ``map``, in the pool.
 
-    Args:
-        task_id: Unique within the pool; workers echo it back. A retry is a
-            new item with a new id: nothing an earlier attempt's worker
-            posts or sends can be taken for it.
-        task: What to send.
-        call: The call it settles; ``None`` for an internal item (the rest
-            of a crashed chunk), which settles ``future`` instead.
+    ``task_id`` is unique within the pool: a retry is a new item, so nothing
+    an earlier attempt's worker posts or sends can be taken for it. ``call``
+    is ``None`` for an internal item (the rest of a crashed chunk), which
+    settles ``future`` instead.
     """
 
     __slots__ = (
@@ -188,143 +165,82 @@ class WorkItem:
         return self.kill or self.replay is not None
 
 
+@dataclass(slots=True, eq=False)
 class Replay:
     """How to find, in a rerun, the item a worker was running when killed.
 
     A worker killed from outside while it ran several fast items as one
     piece leaves the parent unsure which item was running. The rerun runs
-    those items one at a time; the items that had finished before the kill
-    finish again within the time the whole piece had run, so the first item
-    that runs longer than that (``budget``) was the one running: it fails
-    with the original crash's error. A crash the item causes itself simply
-    happens again, at that item.
-
-    Attributes:
-        budget: Seconds an item of the rerun may run before it is taken for
-            the one that was running.
-        careful: The items of the rerun that ran in the crashed piece.
-        error: Builds the original crash's error.
+    those items (the first ``careful``) one at a time; the items that had
+    finished before the kill finish again within the time the whole piece
+    had run, so the first that runs past ``budget`` seconds was the one
+    running: it fails with ``error()``. A crash the item causes itself
+    simply happens again, at that item.
     """
 
-    __slots__ = ("budget", "careful", "error")
-
-    def __init__(
-        self, budget: float, careful: int, error: Callable[[], BaseException]
-    ) -> None:
-        self.budget = budget
-        self.careful = careful
-        self.error = error
+    budget: float
+    careful: int
+    error: Callable[[], BaseException]
 
 
+@dataclass(slots=True, eq=False)
 class KillReason:
     """Why the pool killed a worker: for which item (and item index)."""
 
-    __slots__ = ("error", "index", "item")
-
-    def __init__(
-        self,
-        item: WorkItem | None,
-        index: int,
-        error: Callable[[], BaseException] | None,
-    ) -> None:
-        self.item = item
-        self.index = index
-        self.error = error
+    item: WorkItem | None
+    index: int
+    error: Callable[[], BaseException] | None
 
 
+@dataclass(slots=True, eq=False, repr=False)
 class WorkerHandle:
     """The parent's side of one worker process.
 
-    Args:
-        process: The worker process.
-        tasks: Write end of its task pipe (non-blocking).
-        results: Read end of its result pipe.
-        slot: Its row on the board, and its key in ``Pool.workers``.
-        capacity: Bytes its task pipe holds.
-        identity: Its ``worker_id()``, in ``range(max_workers)``.
-        predecessor: For a spare, the worker it will replace.
+    ``tasks`` is the non-blocking write end of its task pipe, ``capacity``
+    the bytes that pipe holds; ``slot`` its row on the board and key in
+    ``Pool.workers``; ``identity`` its ``worker_id()``.
 
-    Attributes:
-        spare: Started ahead of ``predecessor``'s retirement; takes no item
-            until that worker hands it its identity (``Spawner.hand_over_locked``).
-        retiring: Takes no more items (its ``max_tasks_per_child`` are sent,
-            or it said LEAVING).
-        successor: Its spare, once registered; ``successor_starting`` while
-            the spare's process starts.
-        handed_over: Its identity has gone to its successor or back to the
-            pool: another worker may run tasks under it.
-        outbox: Frames of held items not yet fully written to the task
-            pipe, oldest first, the first one possibly cut where the last
-            write stopped. Only the manager thread writes them; while it is
-            not empty nobody else writes to this pipe.
+    Recycling (:mod:`._spawn`): a ``spare`` is started ahead of its
+    ``predecessor``'s retirement and takes no item until that worker hands
+    it its identity (``handed_over``); a ``retiring`` worker takes no more
+    items; ``successor`` is its spare once registered
+    (``successor_starting`` while the spare's process starts).
+
+    ``held``: the items sent and not yet answered, oldest first. ``outbox``:
+    frames of held items not yet fully written, the first possibly cut where
+    the last write stopped; only the manager thread writes them, and while
+    it is not empty nobody else writes to this pipe.
     """
 
-    __slots__ = (
-        "capacity",
-        "eof",
-        "gone",
-        "handed_over",
-        "held",
-        "held_bytes",
-        "identity",
-        "kill_reason",
-        "outbox",
-        "predecessor",
-        "process",
-        "ready",
-        "results",
-        "retiring",
-        "sent",
-        "slot",
-        "spare",
-        "successor",
-        "successor_starting",
-        "tasks",
-    )
-
-    def __init__(
-        self,
-        process: Any,
-        tasks: Channel,
-        results: Channel,
-        slot: int,
-        capacity: int,
-        identity: int,
-        predecessor: WorkerHandle | None = None,
-    ) -> None:
-        self.process = process
-        self.tasks = tasks
-        self.results = results
-        self.slot = slot
-        self.capacity = capacity  # bytes the task pipe holds
-        self.identity = identity
-        self.predecessor = predecessor
-        self.spare = False
-        self.retiring = False
-        self.successor: WorkerHandle | None = None
-        self.successor_starting = False
-        self.handed_over = False
-        self.held: deque[WorkItem] = deque()
-        self.held_bytes = 0
-        self.outbox: deque[list[Part]] = deque()
-        self.sent = 0
-        self.ready = False
-        self.eof = False
-        self.gone = False
-        self.kill_reason: KillReason | None = None
+    process: Any
+    tasks: Channel
+    results: Channel
+    slot: int
+    capacity: int
+    identity: int
+    predecessor: WorkerHandle | None = None
+    spare: bool = False
+    retiring: bool = False
+    successor: WorkerHandle | None = None
+    successor_starting: bool = False
+    handed_over: bool = False
+    held: deque[WorkItem] = field(default_factory=deque)
+    held_bytes: int = 0
+    outbox: deque[list[Part]] = field(default_factory=deque)
+    sent: int = 0
+    ready: bool = False
+    eof: bool = False
+    gone: bool = False
+    kill_reason: KillReason | None = None
 
     def kill(
         self, reason: KillReason | None, sig: signal.Signals | None = None
     ) -> None:
         """Stop the worker; the first reason is the one its death is judged by.
 
-        Args:
-            reason: Why, for the item it held; ``None``: its death is handled
-                as if it had died by itself.
-            sig: The signal to send; default SIGKILL. ``terminate_workers()``
-                sends SIGTERM, which a task may ignore: a later kill (at
-                shutdown's grace) still sends SIGKILL. On Windows both end
-                the process alike.
+        ``reason=None``: its death is handled as if it had died by itself.
+        ``sig`` defaults to SIGKILL; ``terminate_workers()`` sends SIGTERM,
+        which a task may ignore: shutdown's grace still ends in SIGKILL.
         """
         if self.kill_reason is None:
             self.kill_reason = reason

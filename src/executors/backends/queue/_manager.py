@@ -1,17 +1,6 @@
-"""The manager thread, and how other threads wake it.
+"""The manager thread (:class:`Manager`) and its wake-up pipe (:class:`Wakeup`).
 
-* :class:`Manager`: the one thread per pool that waits on every worker's
-  result pipe and exit sentinel, feeds what arrives to the
-  :class:`~._pool.Pool` (and a worker's death to its
-  :class:`~._triage.Triage`), finishes writing the frames a caller could
-  not write whole (on the task pipes with an outbox), and kills the worker
-  of a task that is stopped or out of time.
-* :class:`Wakeup`: how other threads interrupt the manager's wait.
-
-The executor starts it at its first task. At interpreter exit, the one exit
-hook of :mod:`executors._lifecycle` closes every pool and joins its manager
-(``Pool.close_at_exit``): the work already submitted finishes, then the
-workers stop.
+See docs/backends/queue.md, "How it works".
 """
 
 from __future__ import annotations
@@ -36,23 +25,17 @@ if TYPE_CHECKING:
 
 __all__ = ["Manager", "Wakeup"]
 
-# How often the manager looks at a worker whose item is to be stopped, or
-# timed in a rerun, but whose start it has not seen yet. Bounds how late
-# such a stop comes.
+# Bounds how late an item not yet seen to start is stopped (or timed in a rerun).
 TIMEOUT_POLL_SECONDS = 0.01
-# What the manager's wait reports about a worker.
 _RESULTS, _EXITED, _WRITABLE = 0, 1, 2
 
 
 class Wakeup:
     """A pipe other threads write to so the manager's wait returns.
 
-    At most one wake-up is ever in the pipe, so a writer never blocks (the
-    CPython gh-105829 deadlock came from a wake-up pipe that filled up).
-    An exception landing in a caller inside :meth:`wake` (Ctrl-C) may leave
-    one more, or a wake-up marked pending that was never written: ``drain``
-    empties the pipe whatever it holds, and ``wake`` marks it pending only
-    once written, so no wake-up is ever lost.
+    It holds at most one wake-up, so a writer never blocks (CPython gh-105829).
+    A Ctrl-C in :meth:`wake` may leave one more, which ``drain`` empties too;
+    ``wake`` marks one pending only once written, so none is lost.
     """
 
     def __init__(self) -> None:
@@ -103,9 +86,7 @@ class Wakeup:
 class Manager(ManagerThread):
     """Waits on every worker's result pipe and exit, and feeds the pool.
 
-    Holds the pool, never the executor (the pool keeps only a weak
-    reference to it): an executor dropped without ``shutdown()`` is
-    collected, and the manager then winds the pool down.
+    Holds the pool, never the executor, so that the executor stays collectable.
     """
 
     def __init__(self, pool: Pool, triage: Triage) -> None:
@@ -114,17 +95,16 @@ class Manager(ManagerThread):
         self.triage = triage
         self.selector = _Selector()
         self.watching: dict[int, WorkerHandle] = {}
-        # Workers whose task pipe is watched for room (their outbox).
+        # Workers whose task pipe is watched for room for their outbox.
         self.writing: set[WorkerHandle] = set()
         self.generation = -1
 
     def run(self) -> None:
         try:
-            # The loop; if it raises, on_failure breaks the pool first...
+            # If the loop raises, on_failure breaks the pool first, so that
+            # what is left fails with the pool's error.
             super().run()
         finally:
-            # ...so that the workers are stopped, and anything left failed,
-            # with the pool's error, whichever way the loop ended.
             with contextlib.suppress(Exception):
                 self.selector.close()
             self.pool.stop_workers()
@@ -171,8 +151,7 @@ class Manager(ManagerThread):
                     worker.kill(KillReason(item, index, None))
                     continue
                 if limit is None or started <= 0:
-                    # Its watched item has not started yet, or has returned
-                    # (its result is on its way: the timeout is over).
+                    # Not started yet, or returned (no timeout any more).
                     pause = TIMEOUT_POLL_SECONDS
                 else:
                     seconds, error = limit
@@ -199,8 +178,7 @@ class Manager(ManagerThread):
             self.selector.unregister(worker.results)
             return
         except BadFrameError as why:
-            # The stream is out of step: read no more of it. The worker is
-            # killed; its sentinel follows.
+            # Out of step: read no more. It is killed; its sentinel follows.
             worker.eof = True
             self.selector.unregister(worker.results)
             self.triage.on_bad_frame(worker, why)
@@ -221,8 +199,7 @@ class Manager(ManagerThread):
                 self.selector.register(worker.process.sentinel, (worker, _EXITED))
 
     def _watch_outboxes(self) -> None:
-        # Only this thread marks a worker gone (in on_exit), so a worker not
-        # gone here is still open while it is watched.
+        # Only this thread marks a worker gone (on_exit): not gone, it is open.
         pool = self.pool
         with pool.lock:
             unflushed, pool.unflushed = pool.unflushed, []
@@ -232,11 +209,7 @@ class Manager(ManagerThread):
                 self.selector.register(worker.tasks, (worker, _WRITABLE), write=True)
 
     def _flush(self, worker: WorkerHandle) -> bool:
-        """Write ``worker``'s outbox as far as its pipe takes it.
-
-        Returns:
-            True once the outbox is empty (the manager stops watching).
-        """
+        """Write ``worker``'s outbox as far as its pipe takes it; True once empty."""
         with self.pool.lock:
             outbox = worker.outbox
             try:
@@ -266,9 +239,8 @@ class Manager(ManagerThread):
 class _Selector:
     """Wait for any of several pipes and sentinels.
 
-    epoll where there is one (the manager's wait is on every task's path:
-    ``select.epoll`` directly saves the bookkeeping of :mod:`selectors`),
-    :mod:`selectors` elsewhere on POSIX, and
+    ``select.epoll`` directly where there is one: it is on every task's path,
+    and :mod:`selectors` adds bookkeeping. Else :mod:`selectors`, or
     :func:`multiprocessing.connection.wait` on Windows.
     """
 
@@ -290,8 +262,7 @@ class _Selector:
             self._selector.register(obj, events, data)
         elif not write:
             self._data[obj] = data
-        # Windows: callers write frames whole, so no pipe is ever watched
-        # for room.
+        # Windows: callers write frames whole; no pipe is watched for room.
 
     def unregister(self, obj: Any) -> None:
         if self._epoll is not None:

@@ -1,27 +1,7 @@
-"""The state the callers and the manager thread share: :class:`Pool`.
+"""The state callers and the manager thread share: :class:`Pool`.
 
-What only this pool does: which worker gets which call (send-ahead per
-worker), writing frames, reading results; its workers start and stop in
-:mod:`._spawn`.
-The shared :class:`~executors._callqueue.CallQueue` in front of it owns the
-queue, cancel, timeouts, retries and stopping a task; it hands the pool a
-call (:meth:`Pool.launch`) only when :meth:`Pool.room` says a worker can
-take it now, so that queued work stays cancellable. What a worker's death
-means for each item it held is :mod:`._triage`'s.
-
-One lock guards the pool; the call queue's lock is taken before it, never
-after, so nothing here calls into the call queue with ``lock`` held:
-outcomes are reported (:meth:`Pool.finish`) outside it. Callers dispatch
-their own work: ``submit`` pickles in the calling thread and writes straight
-to an idle worker's pipe, so the only thread hop of a task is the manager
-reporting its result.
-
-Writing to a worker: every write to a task pipe is non-blocking and made
-under ``lock``; a caller writes only while the worker's ``outbox`` is
-empty, and what does not fit is written later by the manager thread alone;
-a worker whose frame may be cut (a Ctrl-C in the caller as it wrote) is
-replaced, and what it held sent again. Why each rule holds, and the test
-of each: ``docs/backends/queue.md``, "The transport: who writes what".
+The call queue's lock is taken before ``Pool.lock``, never after. See
+docs/backends/queue.md, "How it works" and "The transport: who writes what".
 """
 
 from __future__ import annotations
@@ -81,23 +61,7 @@ __all__ = ["Pool"]
 
 
 class Pool:
-    """Everything the callers and the manager share, under ``lock``.
-
-    Args:
-        ctx: The multiprocessing context workers start with.
-        max_workers: The most workers alive at once.
-        initializer: Run by each worker before its first task.
-        initargs: Arguments for ``initializer``.
-        max_tasks_per_child: Replace a worker after this many tasks.
-        owner: The executor; held weakly, so that dropping the executor
-            without shutting it down still stops the pool.
-        recycles: Workers leave at a limit (``max_tasks_per_child``,
-            ``max_memory_per_child``): the board has rows for their spares.
-
-    Attributes:
-        calls: The executor's call queue; set by the executor.
-        manager: The manager thread, once the executor has started it.
-    """
+    """Everything the callers and the manager share, under ``lock``."""
 
     calls: CallQueue
     manager: threading.Thread | None = None
@@ -117,22 +81,22 @@ class Pool:
         self.ctx = ctx
         self.max_workers = max_workers
         self.initializer = initializer
-        # What each worker starts from (executors._workers); set by the
-        # executor.
+        # Set by the executor (executors._workers).
         self.worker_spec: WorkerSpec | None = None
         self.initargs = initargs
         self.max_tasks = max_tasks_per_child
         self.lock = threading.Lock()
         self.wakeup = Wakeup()
         wakeup = self.wakeup
+        # Weak: an executor dropped without shutdown() is collected, and the
+        # wake-up lets the manager wind the pool down.
         self.owner = weakref.ref(owner, lambda _: wakeup.wake())
-        # A row per worker; with recycling, one more for its spare and one
-        # for the worker it replaces while that one exits.
+        # With recycling, a row for each worker, its spare, and the worker
+        # it replaces while that one exits.
         rows = max_workers * (3 if recycles else 1)
         self.board = Board(rows, ctx)
-        # Launched items no worker has yet: sent again after a crash, the
-        # rest of a crashed chunk, or a call whose worker was taken between
-        # room() and launch(). They go before any new call.
+        # Launched items no worker has yet (resent after a crash, or whose
+        # worker was taken between room() and launch()): before any new call.
         self.pending: deque[WorkItem] = deque()
         self.workers: dict[int, WorkerHandle] = {}
         self.free_slots = list(range(rows - 1, -1, -1))
@@ -142,11 +106,9 @@ class Pool:
         self.starting_spares = 0
         self.generation = 0  # bumped when a worker is registered
         self.ids = itertools.count(1)
-        # Workers whose outbox became non-empty, for the manager to watch
-        # their task pipe until it has written everything.
+        # Workers whose outbox became non-empty, for the manager to watch.
         self.unflushed: list[WorkerHandle] = []
         self.watched = 0  # held items with a kill request or a replay
-        # Moving average of task durations; None until a task has finished.
         self.task_seconds: float | None = None
         self.startup_failures = 0
         self.closing = False
@@ -155,13 +117,8 @@ class Pool:
         self.deferred = threading.local()  # see launch()
         self.spawner = Spawner(self)
 
-    # -- the call queue's side -------------------------------------------------
-
     def room(self, call: Call, waiting: int) -> bool:
-        """Whether a worker can take ``call`` now (under the queue's lock).
-
-        Where none can, starts workers for the ``waiting`` calls.
-        """
+        """Whether a worker can take ``call`` now; else start some (queue lock held)."""
         task: Task = call.payload
         with self.lock:
             if self.ended or self.stopped:
@@ -191,10 +148,8 @@ class Pool:
         except Exception:
             raise
         except BaseException as exc:
-            # Ctrl-C in the caller as it wrote the frame: the worker is
-            # replaced and the call sent again (_send_locked), where the call
-            # queue would fail the call; the executor raises the Ctrl-C once
-            # the submit is done.
+            # Ctrl-C mid-write: the call is sent again (_send_locked), which
+            # the call queue would fail; raised once the submit is done.
             self.deferred.error = exc
 
     def raise_deferred(self) -> None:
@@ -205,11 +160,7 @@ class Pool:
             raise error
 
     def stop(self, call: Call) -> bool:
-        """Stop ``call``'s task: kill its worker (a timeout, ``kill_task``).
-
-        A task sent ahead and not started yet is stopped as it starts (the
-        manager watches the board); one not sent is dropped.
-        """
+        """Stop ``call``'s task: kill its worker, or drop it if not yet sent."""
         item: WorkItem | None = call.handle
         if item is None:
             return False
@@ -233,8 +184,8 @@ class Pool:
     def run_left(self, call: Call, timeout: float) -> float | None:
         """Seconds ``call``'s task may still run; None once it has returned.
 
-        Read from the board. A task that has not started has its whole
-        ``timeout`` left: asked again then, it is never stopped late.
+        A task not started has its whole ``timeout`` left: asked again then,
+        it is never stopped late.
         """
         item: WorkItem | None = call.handle
         if item is None:
@@ -261,7 +212,7 @@ class Pool:
     def end_workers(self, sig: signal.Signals | None = None) -> None:
         """Kill every worker now; start none again (Ctrl-C, terminate, broken).
 
-        The call queue has failed or cancelled the calls they held.
+        The call queue has already settled the calls they held.
         """
         with self.lock:
             self.ended = True
@@ -292,9 +243,7 @@ class Pool:
     def close_at_exit(self) -> None:
         """At interpreter exit, for an executor dropped without ``shutdown()``.
 
-        Its manager still finishes the work submitted to it, which must
-        complete before the interpreter ends; on Ctrl-C it stops instead, as
-        :meth:`executors._base.BaseExecutor.close_at_exit` does.
+        Its submitted work finishes first; on Ctrl-C it stops instead.
         """
         if not ending_on_keyboard_interrupt():
             with contextlib.suppress(KeyboardInterrupt):
@@ -308,8 +257,6 @@ class Pool:
         self.close()
         join_unless_current(self.manager)
 
-    # -- dispatch ------------------------------------------------------------
-
     def dispatch_locked(self) -> None:
         pending = self.pending
         while pending:
@@ -320,10 +267,7 @@ class Pool:
             self._send_locked(worker, item)
 
     def _send_locked(self, worker: WorkerHandle, item: WorkItem) -> None:
-        """Move ``item`` (``pending[0]``) to ``worker`` and write its frame.
-
-        Never blocks: see "Writing to a worker" at the top of this module.
-        """
+        """Move ``item`` (``pending[0]``) to ``worker`` and write it, never blocking."""
         task = item.task
         try:
             # Held before it leaves the queue: it is always in one of them.
@@ -354,10 +298,8 @@ class Pool:
         except OSError:
             pass  # dead: handling its death sends the item again
         except BaseException:
-            # KeyboardInterrupt, or a signal handler's exception, in the
-            # caller's thread: what reached the pipe is unknown, and a
-            # worker waiting for the rest of a frame would wait for ever.
-            # Replace it; what it held is sent again (or settled).
+            # Ctrl-C (or a signal handler's exception) mid-write: a frame may
+            # be cut, and the worker would wait for ever. Replace it.
             if item in worker.held:
                 if self.pending and self.pending[0] is item:
                     self.pending.popleft()
@@ -367,29 +309,22 @@ class Pool:
             self.wakeup.wake()
 
     def after_exit(self, replace: bool) -> None:
-        """Send what waits, and start workers for it (manager thread).
-
-        After a worker left (died, or said LEAVING); with ``replace`` (it
-        died) at least one starts, to keep the pool's size.
-        """
+        """After a worker left: send what waits, start workers for it (manager)."""
         with self.lock:
             self.dispatch_locked()
             starts = self.spawner.reserve_locked(len(self.pending), replace)
         self.spawner.start(starts)
         self.calls.pump()
 
-    # -- results (manager thread) --------------------------------------------
-
     def on_message(self, worker: WorkerHandle, message: Message) -> None:
-        """Handle one message from ``worker``."""
+        """Handle one message from ``worker`` (manager thread)."""
         kind = message.kind
         if kind == SOON:
             with self.lock:
                 self.spawner.start_spare_locked(worker)
             return
         if kind == LEAVING:
-            # It runs nothing more: what it holds runs elsewhere once it
-            # has exited (_triage), its spare (if started) from now on.
+            # It runs nothing more; what it holds runs elsewhere once it exits.
             with self.lock:
                 worker.retiring = True
                 self.spawner.hand_over_locked(worker)
@@ -406,8 +341,7 @@ class Pool:
             self.initializer_failed(decode_exception(message), None)
             return
         held = worker.held
-        # held[0] without the lock: deque indexing is atomic, and callers
-        # only ever append on the right.
+        # No lock: deque indexing is atomic, and callers only append on the right.
         item = held[0] if held else None
         if item is None or item.task_id != message.task_id:
             with self.lock:
@@ -429,8 +363,7 @@ class Pool:
             return
         value, error = decode_outcome(item, message)
         if isinstance(error, SenderGone):
-            # Lost with its worker, killed as it sent it: the item stays
-            # held, and the worker's death settles it (_triage).
+            # Its worker was killed as it sent it: its death settles the item.
             return
         with self.lock:
             if worker.held and worker.held[0] is item:
@@ -450,11 +383,8 @@ class Pool:
                 self.task_seconds = seconds + (message.value - seconds) * 0.25
             self.dispatch_locked()
         if not self.finish(item, value, error):
-            # Stopped (its call settled at a timeout): nothing launched the
-            # next call in its place.
+            # Stopped at a timeout: nothing launched the next call in its place.
             self.calls.pump()
-
-    # -- the end (manager thread) ---------------------------------------------
 
     def should_stop(self) -> bool:
         """True once there is nothing left to do, ever."""
@@ -484,11 +414,9 @@ class Pool:
             self.workers.clear()
             self.pending.clear()
         stop_all(workers, kill=self.calls.is_broken)
-        # Only after a bug in the manager can work be left: never leave it
-        # pending for ever.
+        # Work is left only after a manager bug: never leave it pending.
         if not self.calls.is_idle():
             self.calls.break_(stopped_error)
         self.wakeup.close()
         self.board.close()
-        # This process's free segments go (held ones, once let go).
         _shm.trim()

@@ -1,8 +1,4 @@
-"""Which worker takes an item now: idle first, else send-ahead.
-
-A worker can hold items beyond the one it runs, so that it starts the next
-without waiting for a round trip through the manager thread.
-"""
+"""Which worker takes an item now: idle first, else send-ahead."""
 
 from __future__ import annotations
 
@@ -29,12 +25,11 @@ MAX_TASKS_AHEAD = 8
 
 
 def pick_worker(pool: Pool, size: int) -> WorkerHandle | None:
-    """The worker to send an item of ``size`` bytes now, if any: send-ahead.
+    """The worker to send an item of ``size`` bytes now, if any (``pool.lock``).
 
     An idle ready worker first; while the pool starts, one still importing;
-    else, in a full pool of ready workers, the least busy one that holds
-    fewer than its send-ahead allowance (``AHEAD_SECONDS`` of work by the
-    average task so far) and has room in its pipe. Under ``pool.lock``.
+    else, in a full pool of ready workers, the least busy one within its
+    send-ahead allowance and with room in its pipe.
     """
     seconds = pool.task_seconds
     if seconds is None:
@@ -89,11 +84,10 @@ def pick_worker(pool: Pool, size: int) -> WorkerHandle | None:
 
 
 def _running_long(pool: Pool, worker: WorkerHandle) -> bool:
-    """Whether the worker's current task has run past the send-ahead budget.
+    """Whether the worker's task has run past the send-ahead budget.
 
-    The average says tasks are short, but this one is not (a task that
-    waits on an event, a slow outlier): an item sent behind it would wait
-    there while other workers take the queue.
+    An outlier (a task that waits on an event): an item sent behind it would
+    wait there while other workers take the queue.
     """
     started = pool.board.read(worker.slot)[STARTED]
     if started <= 0:  # not started yet, or returned

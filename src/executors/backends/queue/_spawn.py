@@ -1,18 +1,8 @@
 """Starting and stopping worker processes: :class:`Spawner`, :func:`stop_all`.
 
-A worker gets its own pair of pipes (grown on Linux, so that a chunk can
-wait in the pipe and a large argument crosses in fewer wake-ups) and a row
-of the board; under forkserver the server imports the worker module once,
-so that a worker replacing a dead one starts in milliseconds.
-
-A worker's row on the board (its ``slot``) and its identity
-(``worker_id()``) differ: a recycling pool (``max_tasks_per_child``,
-``max_memory_per_child``) starts a spare for a worker once that worker is
-half-way through its tasks, or past three quarters of its memory limit.
-The spare gets a row of its own and the identity of the worker it will
-replace, and takes no item until that worker hands the identity over: once
-its last result is in, or it said LEAVING. The spare has started and run
-the initializer by then, so a recycling pool keeps its throughput.
+A worker's board row (``slot``) and identity (``worker_id()``) differ: a
+recycling pool's spare has its own row and takes its predecessor's identity.
+See docs/backends/queue.md, "Options" and "Start methods".
 """
 
 from __future__ import annotations
@@ -45,25 +35,16 @@ __all__ = [
     "stop_all",
 ]
 
-#: A worker to start: its board row, its identity, and for a spare the
-#: worker it will replace.
+#: A worker to start: board row, identity, and for a spare the worker it replaces.
 Start = tuple[int, int, "WorkerHandle | None"]
 
-# A worker that is busy (or still starting) is sent an item only if the
-# item, with everything it holds, fits in its task pipe by the byte count:
-# more would wait in the parent anyway, where it can still be cancelled or
-# go to another worker. (Writes never block whatever the count says: see
-# "Writing to a worker" in ._pool.) Linux pipes are grown to this size (they
-# hold 64 KiB by default, 8 KiB once a user has many pipes open), so a chunk
-# of a map can wait in the pipe while the previous one runs, and a large
-# argument crosses in fewer wake-ups. The kernel allocates the pages only
-# as data flows: an idle pipe costs nothing.
+# Linux pipes are grown to this (64 KiB by default, 8 KiB once a user has many)
+# so a map chunk waits in the pipe while the previous one runs and a large
+# argument crosses in fewer wake-ups; pages are allocated only as data flows.
 PIPE_BYTES = 1024 * 1024
-# What a pipe is assumed to hold where its size cannot be read (macOS pipes
-# start at 16 KiB).
+# Assumed where a pipe's size cannot be read (macOS pipes start at 16 KiB).
 MIN_PIPE_BYTES = 16 * 1024
-# At shutdown idle workers exit at once on end-of-file; one that has not
-# exited after this long (stuck in its initializer) is killed.
+# Shutdown kills a worker not gone this long after EOF (stuck in its initializer).
 STOP_GRACE_SECONDS = 3.0
 # Linux fcntl commands (the fcntl module names them from Python 3.10 only).
 _F_SETPIPE_SZ = 1031
@@ -71,12 +52,10 @@ _F_GETPIPE_SZ = 1032
 
 
 class Spawner:
-    """Starts the pool's workers: one per call waiting, a dead one replaced.
+    """Starts the pool's workers, each in a thread of its own.
 
-    A worker starts in a thread of its own: never in a caller's, which may
-    hold the call queue's lock, nor in the manager's: starting a process
-    takes milliseconds (more on a loaded machine), and results must keep
-    flowing meanwhile.
+    Never a caller's (it may hold the call queue's lock) nor the manager's (a
+    start takes milliseconds, and results must keep flowing meanwhile).
     """
 
     def __init__(self, pool: Pool) -> None:
@@ -84,17 +63,14 @@ class Spawner:
         self.fork = pool.ctx.get_start_method() == "fork"
         if pool.ctx.get_start_method() == "forkserver":
             preload_in_forkserver(pool.ctx)
-        # Held across starting a process and registering it, so that a
-        # forked worker learns every pipe of its siblings (to close them);
-        # and, under fork, across closing a worker's descriptors (close()).
+        # Held from starting a process to registering it, so a forked worker
+        # learns every sibling pipe to close; and, under fork, by close().
         self.lock = threading.RLock()
 
     def reserve_locked(self, want: int, replace: bool = False) -> list[Start]:
         """Rows and identities for new workers, under ``pool.lock``.
 
-        One per item of ``want`` beyond the workers starting, while an
-        identity is free; with ``replace`` (a worker died), at least one
-        unless the pool closes idle.
+        With ``replace`` (a worker died), at least one unless the pool closes idle.
         """
         pool = self.pool
         if pool.ended or pool.stopped:
@@ -126,18 +102,15 @@ class Spawner:
         self.start([(pool.free_slots.pop(), worker.identity, worker)])
 
     def hand_over_locked(self, worker: WorkerHandle) -> None:
-        """``worker`` runs no more tasks: its identity goes to its spare.
+        """``worker`` runs no more tasks: its identity goes to its spare, or the pool.
 
-        Without a spare, it goes back to the pool, where a new worker may
-        take it. Once per worker: when a retiring worker's last result is
-        in, when it says LEAVING, or when it dies.
+        Once per worker: at a retiring worker's last result, LEAVING, or death.
         """
         if worker.handed_over:
             return
         worker.handed_over = True
         if worker.spare:
-            # A spare that dies before taking over: its predecessor keeps
-            # the identity, and may start another.
+            # A spare dead before taking over: its predecessor keeps the identity.
             predecessor = worker.predecessor
             if predecessor is not None and predecessor.successor is worker:
                 predecessor.successor = None
@@ -177,8 +150,7 @@ class Spawner:
                 pool.wakeup.wake()
                 return
             with pool.lock:
-                # Its workers ended (Ctrl-C, terminate_workers()) while this
-                # one started: it must take no work.
+                # The pool ended (Ctrl-C, terminate_workers()) as it started.
                 late = pool.stopped or pool.ended
                 self._forget_start_locked(identity, predecessor, worker)
                 if not late:
@@ -198,11 +170,8 @@ class Spawner:
     def close(self, worker: WorkerHandle) -> None:
         """Close the parent's descriptors of a worker that has exited.
 
-        Under fork, never while a worker is being forked: the child closes
-        its siblings' pipes by number, as they were a moment before the
-        fork, and a number freed and taken again meanwhile (by the log
-        socket the child opens, or the sentinel pipe of the fork itself)
-        would be the wrong descriptor.
+        Under fork, never during a fork: the child closes its siblings' pipes
+        by number, and a number reused meanwhile would be the wrong one.
         """
         if self.fork:
             with self.lock:
@@ -226,8 +195,7 @@ class Spawner:
         pool.starting_spares -= 1
         predecessor.successor_starting = False
         if predecessor.handed_over:
-            # Its predecessor has gone (or run its last task) meanwhile:
-            # it takes the identity as an ordinary worker.
+            # Its predecessor has left meanwhile: it is an ordinary worker.
             if worker is None:
                 pool.free_ids.append(identity)
         elif worker is not None:
@@ -242,10 +210,8 @@ class Spawner:
         result_reader, result_writer = pool.ctx.Pipe(duplex=False)
         close_fds: list[int] = []
         if self.fork:
-            # The parent's descriptors a forked child inherits and must
-            # close: the other workers' pipes, the manager's wake-up, and the
-            # parent's ends of its own pipes (or its own task pipe would
-            # never reach end-of-file).
+            # Inherited descriptors the child closes: siblings' pipes, the wake-up,
+            # the parent's ends of its own (else its task pipe never sees EOF).
             close_fds += [
                 pool.wakeup.reader.fileno(),
                 task_writer.fileno(),
@@ -278,8 +244,7 @@ class Spawner:
         try:
             process.start()
         finally:
-            # Only the worker keeps these ends: its death is then an
-            # end-of-file here, and the parent's death one there.
+            # Only the worker keeps these ends: either side's death is an EOF.
             task_reader.close()
             result_writer.close()
         capacity = _grow_pipe(task_writer)
@@ -317,8 +282,7 @@ def _grow_pipe(conn: Connection) -> int:
 
     fd = conn.fileno()
     with contextlib.suppress(OSError):
-        # Fails past /proc/sys/fs/pipe-max-size or the per-user page budget;
-        # the pipe then keeps its size, which is read back below.
+        # Fails past /proc/sys/fs/pipe-max-size or the per-user page budget.
         fcntl.fcntl(fd, _F_SETPIPE_SZ, PIPE_BYTES)
     try:
         return int(fcntl.fcntl(fd, _F_GETPIPE_SZ))

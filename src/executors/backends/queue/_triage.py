@@ -1,15 +1,6 @@
 """What a worker's death means for each item it held: :class:`Triage`.
 
-The board (:class:`._board.Board`) shows which item, and which piece of a
-chunk, the worker was running. That item is the victim: its call fails
-with a :class:`~executors.WorkerCrashedError` naming the exit code (the call
-queue retries it if its options allow). Every other item it held had not
-started and is sent again. In a chunk, the values of the items before the
-running one come back, and the rest runs again as an internal chunk; when
-several fast items ran as one piece, they rerun one at a time to find the
-one that crashed (:class:`._items.Replay`). A task whose worker dies before
-it starts (while reading its frame) is sent again, a bounded number of
-times. All of it runs in the manager thread.
+Runs in the manager thread. See docs/backends/queue.md, "When a worker dies".
 """
 
 from __future__ import annotations
@@ -43,20 +34,14 @@ from ._wire import CHUNK, BadFrameError, Channel
 
 __all__ = ["Triage"]
 
-# A rerun after an ambiguous crash (see Replay) gives each item at least this
-# long beyond the time the crashed piece had run: items that finished before
-# the crash must not be mistaken for the one that was running.
+# Margin over the crashed piece's run time for a rerun item (see Replay), so
+# that an item which had finished is not taken for the one running.
 REPLAY_SLACK_SECONDS = 0.1
-# Without an initializer, a worker that dies before it is ready (killed while
-# starting) is replaced; this many in a row mean workers cannot start at all
-# (a broken environment), and the pool is broken instead of looping.
+# Deaths before ready in a row (no initializer) that break the pool rather than loop.
 STARTUP_FAILURES_BEFORE_BROKEN = 3
-# A task whose worker dies after receiving its header but before the task
-# starts (while its frame is read or its arguments unpickled) is sent again
-# until this many workers have died so; then it fails. Once is not proof:
-# the OOM killer may pick a worker for memory others use. But a task too
-# large for a worker's memory kills every worker it reaches, and sending it
-# again without a bound starts and kills workers for ever.
+# Deaths before a task starts after which it fails. One is not proof (the OOM
+# killer may pick any worker), but a task too large for a worker's memory
+# must not kill workers for ever.
 EARLY_DEATHS_BEFORE_FAILED = 2
 
 
@@ -102,8 +87,8 @@ class Triage:
         for item, value, error in settled:
             pool.finish(item, value, error)
         pool.spawner.close(worker)
-        # A retired worker (max_tasks_per_child) is replaced when work
-        # waits; a crashed or killed one at once, to keep the pool's size.
+        # A retired worker is replaced when work waits; a crashed or killed
+        # one at once, to keep the pool's size.
         pool.after_exit(
             replace=bool(held) or worker.kill_reason is not None or exitcode != 0
         )
@@ -111,11 +96,9 @@ class Triage:
     def on_bad_frame(self, worker: WorkerHandle, why: BadFrameError) -> None:
         """Handle a frame ``worker`` did not send: fail one task, replace it.
 
-        Called once the manager has stopped reading the worker (the stream
-        is out of step). Frames arrive in order and a worker runs its items
-        in order, so the bytes came before the result of the oldest item it
-        holds: that item was running (or being received) when they were
-        written, and it fails; the others run again on other workers.
+        Frames arrive in order, so the oldest item it holds was running when
+        the bytes were written: it fails. Called once the manager stopped
+        reading the worker.
         """
         pool = self.pool
         settled: list[Outcome] = []
@@ -158,10 +141,8 @@ class Triage:
     ) -> list[WorkItem]:
         """Decide what each item a dead worker held becomes.
 
-        The item the board shows running is the victim (or, when the pool
-        killed the worker on purpose, the item it was killed for); every
-        other item had not started and is sent again. A chunk's victim
-        keeps the values of the items before the one that was running.
+        The victim is the item the board shows running (or the one the pool
+        killed it for); every other item had not started and is sent again.
         """
         task_id, first, end, started = posted
         reason = worker.kill_reason
@@ -172,10 +153,7 @@ class Triage:
                 redo.append(item)
                 continue
             if reason is None and started == 0:
-                # It died before the task started: while reading its frame
-                # or unpickling its arguments. The task is the likely cause
-                # (too large for the worker's memory): counted, so that it
-                # cannot kill worker after worker.
+                # Died before the task started (see EARLY_DEATHS_BEFORE_FAILED).
                 item.early_deaths += 1
                 if item.early_deaths < EARLY_DEATHS_BEFORE_FAILED:
                     redo.append(item)
@@ -191,8 +169,7 @@ class Triage:
                 aimed = reason.error  # the error it was killed with
             if kind != CHUNK:
                 if reason is not None:
-                    # Killed for another item (or to stop the pool) as this
-                    # one began: it did nothing wrong, run it again.
+                    # Killed for another item (or to stop the pool) as it began.
                     redo.append(item)
                 else:
                     settled.append((item, None, crash_error(exitcode, kind)))
@@ -204,9 +181,7 @@ class Triage:
             if reason is None and end - first <= 1:
                 stop, chunk_error = first, crash_error(exitcode, kind)
             elif reason is None:
-                # Several fast items ran as one piece: rerun them one at a
-                # time; the one that crashes again, or outlives the time
-                # the piece had run, is the culprit (see Replay).
+                # Several fast items ran as one piece: find the culprit (Replay).
                 stop, careful = size, end
                 ran = (
                     max(0, time.monotonic_ns() - started) / 1e9 if started > 0 else 0.0
@@ -235,10 +210,8 @@ class Triage:
     ) -> WorkItem | None:
         """End a chunk at item ``stop`` with ``error``.
 
-        Values of items that ran but never reached the parent are lost with
-        the worker; those items (at most ``FLUSH_SECONDS`` of work) run again
-        as an internal chunk whose outcome completes this one, the items
-        before ``careful`` one per piece.
+        Items whose values died with the worker rerun as an internal chunk
+        that completes this one, those before ``careful`` one per piece.
         """
         task = item.task
         chunk = task.chunk or Chunk([], star=False)
@@ -265,8 +238,7 @@ class Triage:
         )
         if replay is not None and careful:
             recovery.replay = Replay(replay[0], careful, replay[1])
-        # Internal: it completes the caller's chunk in the settling thread,
-        # and must never wait behind users' callbacks.
+        # Internal: it must never wait behind users' callbacks.
         add_internal_callback(
             future,
             functools.partial(_complete_recovered, self.pool, item, error),

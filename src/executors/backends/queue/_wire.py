@@ -1,6 +1,6 @@
-"""Messages between the parent and a worker: frames on a pipe.
+"""Messages between the parent and a worker: one frame each, on a pipe.
 
-Every message, in both directions, is one frame::
+::
 
     +------+------+---------+-------+-------------+
     | kind | nbuf | task id | value | body length |   HEADER (29 bytes)
@@ -10,32 +10,14 @@ Every message, in both directions, is one frame::
     | buffer 1 ... buffer nbuf                    |   raw bytes, no copy
     +---------------------------------------------+
 
-Large buffers (numpy arrays, bytearrays) leave the pickle as protocol 5
-out-of-band buffers (:func:`executors._outcome.dumps_apart`): the sender
-writes them straight from the object's memory and the receiver reads them
-straight into the memory the object is rebuilt on, so a 5 MB array is
-copied by the kernel only.
-
-On POSIX a frame is written with ``writev`` and read with plain ``read``
-calls on the pipe's file descriptor, with no intermediate buffer; elsewhere
-it travels as :class:`multiprocessing.connection.Connection` messages. The
-parent's end of a task pipe is non-blocking (:meth:`Channel.send_nowait`):
-a write takes what the pipe holds now and never waits, and the rest of the
-frame is written later (see :mod:`._pool`, "Writing to a worker").
-
-The parent does not trust the lengths in a worker's frames. A task runs in
-the worker and can write to the result pipe itself (an inherited descriptor,
-a C library, on purpose), and a header it forges could make the parent
-allocate gigabytes, or wait for ever for bytes that never come. So before
-each frame a worker posts on the board (:mod:`._board`) how many bytes it
-has sent in all, this frame included (``SENT``; one memory store), and the
-parent reads
-a frame only as far as that count covers: a header, a buffer count or a
-length past it, an unknown kind or an impossible duration raise
-:class:`BadFrameError` before anything is allocated or waited for. The bound
-is exact, so no frame a worker legitimately sends is ever refused, whatever
-its size; and since the worker writes what it posted right after posting
-it, the parent never waits for bytes the worker is not writing.
+On POSIX a frame is written with ``writev`` from the objects' own memory
+and read with plain reads into the memory the object is rebuilt on;
+elsewhere it travels as :class:`multiprocessing.connection.Connection`
+messages. The parent reads a worker's frames only as far as the bytes the
+worker posted on the board: a frame that something else in the worker
+wrote raises :class:`BadFrameError` before anything is allocated or
+waited for. See ``docs/backends/queue.md``, "The transport: who writes
+what".
 """
 
 from __future__ import annotations
@@ -92,9 +74,8 @@ _INFINITY = float("inf")
 HEADER = struct.Struct("<BIQdQ")
 _LENGTH = struct.Struct("<Q")
 
-# Reads up to this size go through os.read (one allocation of exactly the
-# data); larger ones are read into a preallocated buffer in place, so a big
-# body is never allocated twice.
+# Reads up to this size go through os.read; larger ones into a buffer
+# allocated once.
 _SMALL_READ = 64 * 1024
 # writev accepts at most IOV_MAX (1024 on Linux) parts per call.
 _IOV_MAX = 512
@@ -109,10 +90,8 @@ Part = bytes | memoryview
 class BadFrameError(Exception):
     """A frame from a worker that the worker's own sends do not account for.
 
-    Raised by :meth:`Channel.recv` on a channel that
-    :meth:`~Channel.check_against` a worker's posted count, before anything
-    the frame announces is allocated or waited for. The stream is out of
-    step from then on: the parent stops reading it and replaces the worker.
+    The stream is out of step from then on: the parent stops reading it and
+    replaces the worker.
     """
 
 
@@ -127,39 +106,25 @@ class Message(NamedTuple):
 
 
 class Channel:
-    """One direction of a pipe, speaking the frame format above.
-
-    Args:
-        conn: The :class:`Connection` end of a ``Pipe(duplex=False)``; it is
-            what gets pickled to a worker, and it owns the descriptor.
-    """
+    """One direction of a pipe (``conn``, which owns the descriptor)."""
 
     __slots__ = ("_count", "_fd", "_index", "_posted", "conn")
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self._fd = conn.fileno() if _RAW_FDS else -1
-        # The board and index of the sender's byte count (see the module
-        # docstring), and the bytes sent or received so far.
+        # Where the sender's byte count is posted, and the bytes so far.
         self._posted: memoryview | None = None
         self._index = 0
         self._count = 0
 
     def post_sent_to(self, view: memoryview, index: int) -> None:
-        """Before each frame, post at ``view[index]`` the bytes sent in all.
-
-        For a worker's end of its result pipe: the parent reads no byte
-        past the count (:meth:`check_against`).
-        """
+        """Before each frame, post at ``view[index]`` the bytes sent in all."""
         self._posted, self._index = view, index
         self._count = view[index] = 0
 
     def check_against(self, view: memoryview, index: int) -> None:
-        """Receive only what the sender posted at ``view[index]``.
-
-        For the parent's end of a worker's result pipe: :meth:`recv` raises
-        :class:`BadFrameError` on a frame that the count does not cover.
-        """
+        """:meth:`recv` refuses a frame the count at ``view[index]`` does not cover."""
         self._posted, self._index = view, index
         self._count = 0
 
@@ -177,11 +142,7 @@ class Channel:
         body: bytes = b"",
         buffers: Sequence[memoryview] = (),
     ) -> None:
-        """Send one frame; blocks while the pipe is full (the worker's side).
-
-        Raises:
-            OSError: The other end is closed (``BrokenPipeError``).
-        """
+        """Send one frame; blocks while the pipe is full (the worker's side)."""
         parts = frame(kind, task_id, value, body, buffers)
         posted = self._posted
         if posted is not None:
@@ -207,21 +168,12 @@ class Channel:
         body: bytes = b"",
         buffers: Sequence[memoryview] = (),
     ) -> list[Part] | None:
-        """Write what the pipe takes of one frame now, without ever waiting.
+        """Write what the pipe takes of one frame now; the parts left, or None.
 
-        For the parent's end of a task pipe, made non-blocking by
-        :meth:`make_nonblocking`. A pipe fills by pages, not bytes (a write
-        that does not fit in the last page's free space takes new pages), so
-        no byte count can promise that a write will not block: this one
-        never does.
-
-        Returns:
-            ``None`` if the whole frame was written; otherwise the parts not
-            yet written (the first one cut where the write stopped), for
-            :meth:`write_nowait` once the pipe has room.
-
-        Raises:
-            OSError: The other end is closed (``BrokenPipeError``).
+        For the parent's non-blocking end of a task pipe. A pipe fills by
+        pages, not bytes, so no byte count can promise that a write will not
+        block: this one never does. What is left goes to
+        :meth:`write_nowait` once the pipe has room.
         """
         parts = frame(kind, task_id, value, body, buffers)
         if self._fd < 0:
@@ -241,13 +193,9 @@ class Channel:
         return None if self.write_nowait(parts) else parts
 
     def write_nowait(self, parts: list[Part]) -> bool:
-        """Write what the pipe takes of ``parts`` now; never waits.
+        """Write what the pipe takes of ``parts`` now (dropping it from them).
 
-        ``parts`` loses what was written (a part cut where the write
-        stopped). Returns True once nothing is left.
-
-        Raises:
-            OSError: The other end is closed (``BrokenPipeError``).
+        True once nothing is left.
         """
         fd = self._fd
         while parts:
@@ -278,15 +226,9 @@ class Channel:
     def recv(self, announce: Callable[[int], None] | None = None) -> Message:
         """Receive one frame; blocks until it has fully arrived.
 
-        Args:
-            announce: Called with the frame's task id as soon as its header
-                has arrived, before the rest is read (a worker posts the task
-                on the board there: a death while reading a large frame is
-                then that task's).
-
-        Raises:
-            EOFError: The other end closed (a worker that died), possibly in
-                the middle of the frame.
+        ``announce(task_id)`` runs once the header is in, before the rest is
+        read: a worker posts the task there, so a death while reading a
+        large frame is that task's. EOFError: the other end closed.
         """
         if self._fd < 0:
             return self._recv_via_connection(announce)

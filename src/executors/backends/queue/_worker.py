@@ -1,36 +1,6 @@
-"""The loop a worker process runs.
+"""The loop a worker process runs: :func:`run_worker`.
 
-::
-
-    initializer -> READY -> [ read a task's header -> post it on the board
-                              -> read the rest, unpickle -> post its start
-                              -> run it -> post RETURNED -> send its result ]
-                              -> ... -> exit
-
-A worker reads one task at a time from its own pipe, so the parent always
-knows which tasks a worker holds. As soon as a task's header arrives, and
-before each piece of a chunk, it posts what it runs on the shared
-:class:`~._board.Board`: after a crash the parent reads there which task (and
-which items) were running, fails only that one, and sends the others again.
-A task posted but not started (its frame still being read, or its arguments
-unpickled) is told apart: that is where a task too large for the worker's
-memory kills it.
-
-A worker exits at end-of-file on its pipe (the parent closed it, or died),
-after ``max_tasks`` tasks, after a task that left it over
-``max_memory_per_child`` (it tells the parent LEAVING, and the items the
-parent sent it ahead run elsewhere), or after its initializer failed. Past
-three quarters of that memory limit it tells the parent SOON, once, and
-the parent starts its replacement (see :mod:`._spawn`). It ignores
-SIGINT: Ctrl-C reaches every process of the terminal's process group, and a
-worker dying of it would fail a task the parent is about to cancel anyway.
-
-End-of-file alone would not end a worker whose parent was killed: a worker
-in the middle of a task does not read its pipe, and a forked one may hold a
-sibling's copy of it. Under forkserver an orphan also keeps the fork server
-and the resource tracker alive (each worker holds their pipes). So every
-worker runs the shared parent watch (:mod:`executors._parentwatch`) from its
-first instruction: it exits the moment the caller is gone, busy or idle.
+See docs/backends/queue.md, "When a worker dies" and "Shutdown, exit and orphans".
 """
 
 from __future__ import annotations
@@ -68,17 +38,14 @@ from ._wire import (
 
 __all__ = ["FLUSH_SECONDS", "run_worker"]
 
-# A chunk sends the values it has so far once it has run this long. Values
-# still in the worker when it dies are lost and their items run again, so
-# this bounds the work repeated after a crash; shorter costs one more
-# message per interval (nothing on chunks that finish sooner).
+# A chunk sends its values so far this often: it bounds the work repeated
+# after a crash; shorter costs a message per interval on longer chunks.
 FLUSH_SECONDS = 0.01
-# A chunk's pieces grow while one takes less than this: pieces stay well
-# under FLUSH_SECONDS, and an item this slow always runs alone.
+# Pieces grow while shorter than this: they stay well under FLUSH_SECONDS,
+# and an item this slow always runs alone.
 PIECE_SECONDS = FLUSH_SECONDS / 4
-# A worker leaving after max_tasks waits at most this long for the parent to
-# take its last result's shared memory; the parent reads it as soon as the
-# frame arrives, so only a stalled parent takes this long.
+# How long a leaving worker waits for the parent to take its last result's
+# shared memory: only a stalled parent takes long.
 LAST_RESULT_SECONDS = 30.0
 
 
@@ -99,20 +66,10 @@ def run_worker(
     """The entry point of a worker process.
 
     Args:
-        tasks: Read end of this worker's task pipe.
-        results: Write end of this worker's result pipe.
-        board: The shared board.
-        slot: This worker's row on the board.
         identity: Its ``worker_id()``: the one of the worker it replaces.
-        initializer: Called once before the first task.
-        initargs: Arguments for ``initializer``.
-        max_tasks: Exit after this many tasks (``None``: never).
-        caller: The pid of the process that owns the pool (not this
-            worker's parent under forkserver): the worker exits when it ends.
-        close_fds: Descriptors of the parent's other pipes, inherited by
-            fork; closed so that only the parent holds them.
-        shm_threshold: Results' buffers of at least this many bytes go back
-            through shared memory (see ``docs/backends/queue.md``).
+        caller: The pid of the pool's owner (not this worker's parent under
+            forkserver): the worker exits when it ends.
+        close_fds: The parent's other pipes, inherited by fork, to close.
         worker: Identity, state, thread caps, logs and finalizer
             (:mod:`executors._workers`).
     """
@@ -121,11 +78,13 @@ def run_worker(
     for fd in close_fds:
         with contextlib.suppress(OSError):
             os.close(fd)
+    # From the start: end-of-file alone would not end a busy orphan.
     exit_with_parent(caller)
     if worker is not None:
         # Before the initializer: it may fill worker_state(), and the
         # libraries it imports see the thread caps.
         worker.start(index=identity)
+    # Ctrl-C reaches the whole process group: the parent decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     inbox, outbox = Channel(tasks), Channel(results)
     # The parent reads only what this worker posts it sends (wire.SENT).
@@ -189,11 +148,9 @@ class _Runner:
     def _announce(self, task_id: int) -> None:
         """Post a task whose header has arrived, before its body is read.
 
-        Task id last: a live reader that sees the id sees its fields.
-        STARTED stays 0 until the callable and its arguments are unpickled:
-        a timeout counts the task's run, not reading it or importing its
-        module; and a death before then is told apart (see
-        :meth:`._triage.Triage._sort_out_locked`).
+        Task id last: a live reader that sees the id sees its fields. STARTED
+        stays 0 until unpickling is done: a timeout counts only the run, and
+        a death before it is told apart (``Triage._sort_out_locked``).
         """
         view, base = self.view, self.base
         view[base + ITEM] = 0
@@ -216,8 +173,7 @@ class _Runner:
                 self.outbox, ERROR, message.task_id, exc, time.perf_counter() - start
             )
             return
-        # The timeout stops here: pickling and sending a large result is not
-        # the task's run.
+        # The timeout stops here: sending the result is not the task's run.
         view[started] = RETURNED
         # The task's log records reach the caller before its outcome.
         after_task()
@@ -235,15 +191,10 @@ class _Runner:
     def run_chunk(self, message: Message) -> None:
         """Run a chunk in pieces, each one C-level ``starmap`` over a slice.
 
-        A piece starts at one item and doubles while pieces finish in under
-        ``PIECE_SECONDS``: tiny items run at ``starmap`` speed, slow ones one
-        per piece. The board shows the running piece, so after a crash the
-        parent knows the item exactly when pieces are single items (slow
-        items: the ones a crash can be aimed at), and otherwise reruns the
-        piece one item per piece (the first ``careful`` items of the chunk)
-        to find it. Each piece's start time is posted too: it times a rerun's
-        items, and tells the parent how long a piece had run when its worker
-        died.
+        Pieces double while under ``PIECE_SECONDS``, so slow items (the ones
+        a kill is aimed at) run alone and the board names them; the first
+        ``careful`` items (a rerun's) run one per piece. Each piece's posted
+        start times a rerun's items and a dead worker's last piece.
         """
         start = time.perf_counter()
         task_id = message.task_id
@@ -255,8 +206,7 @@ class _Runner:
         index = 0
         try:
             fn, chunk, careful, single = loads(message.body, message.buffers)
-            # Its job (travelling by value) is done; calling through it
-            # would cost a Python frame per item.
+            # Done travelling by value; calling through it would cost a frame per item.
             fn = unwrap(fn)
             apply = map if single else starmap
             size = len(chunk)
