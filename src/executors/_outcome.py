@@ -244,7 +244,11 @@ def place_apart(
     buffers (see :func:`place`). Otherwise, or without shared memory,
     ``data`` and ``buffers`` unchanged.
     """
-    if shm_threshold is None or not any(b.nbytes >= shm_threshold for b in buffers):
+    if (
+        not buffers
+        or shm_threshold is None
+        or not any(b.nbytes >= shm_threshold for b in buffers)
+    ):
         return data, buffers
     message = place(data, buffers, holder)
     return (data, buffers) if message is None else (message, [])

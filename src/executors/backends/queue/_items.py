@@ -88,6 +88,8 @@ class Task:
         Once per attempt: a retry gets the arguments as submitted, not as the
         failed attempt left them on the segment's pages.
         """
+        if not self.buffers:
+            return None
         body, buffers = place_apart(self.body, self.buffers, self.shm_threshold)
         if body is self.body:
             return None
