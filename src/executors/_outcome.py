@@ -429,8 +429,7 @@ class Pickled:
     array is copied twice more on each side than the value itself would be.
     Here the value's pickle holds no buffer: the library's pickler copies
     each one once, straight from the value, into its message, and the
-    caller unpickles the value over the copies it received. (On joblib's
-    loky pool this took a 5 MB result from 5.5 to 3.0 ms.)
+    caller unpickles the value over the copies it received.
 
     A pickler below protocol 5 (``multiprocessing`` before Python 3.14)
     cannot carry a buffer as such: it gets writable ones as ``bytearray``,
