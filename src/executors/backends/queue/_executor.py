@@ -32,7 +32,7 @@ from ..._serialize import pickled_by_name, portable
 from ..._workers import WorkerSettings
 from ._items import Task, dumps_chunk
 from ._manager import Manager
-from ._pool import Pool
+from ._pool import QueuePool
 from ._triage import Triage
 from ._wire import CALL, CHUNK
 
@@ -149,7 +149,7 @@ class QueueExecutor(BaseExecutor):
         if settings.finalizer is not None and self._portable_callables:
             settings.finalizer = portable(settings.finalizer)
         self._workers = settings
-        pool = Pool(
+        pool = QueuePool(
             context,
             workers,
             initializer,
@@ -162,7 +162,7 @@ class QueueExecutor(BaseExecutor):
         pool.worker_spec = settings.spec(max_tasks=None)
         pool.shm_threshold = self._shm_threshold = threshold
         # The pool and its call queue hold each other, never the executor, so
-        # one dropped without shutdown() is collected (see Pool.should_stop).
+        # one dropped without shutdown() is collected (see QueuePool.should_stop).
         pool.calls = self._calls = CallQueue(
             pool.launch,
             # No window of its own: the pool says per call whether a worker

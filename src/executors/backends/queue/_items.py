@@ -200,7 +200,7 @@ class WorkerHandle:
 
     ``tasks`` is the non-blocking write end of its task pipe, ``capacity``
     the bytes that pipe holds; ``slot`` its row on the board and key in
-    ``Pool.workers``; ``identity`` its ``worker_id()``.
+    ``QueuePool.workers``; ``identity`` its ``worker_id()``.
 
     Recycling (:mod:`._spawn`): a ``spare`` is started ahead of its
     ``predecessor``'s retirement and takes no item until that worker hands
@@ -263,7 +263,7 @@ def time_limit(
 ) -> tuple[float, Callable[[], BaseException]] | None:
     """The time item ``index`` of a chunk's rerun may run, and the error past it.
 
-    A task's own timeout is the call queue's (:meth:`._pool.Pool.run_left`).
+    A task's own timeout is the call queue's (:meth:`._pool.QueuePool.run_left`).
     """
     replay = item.replay
     if replay is not None and index < replay.careful:

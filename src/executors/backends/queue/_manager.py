@@ -20,7 +20,7 @@ from ._items import KillReason, WorkerHandle, find_item, time_limit
 from ._wire import BadFrameError
 
 if TYPE_CHECKING:
-    from ._pool import Pool
+    from ._pool import QueuePool
     from ._triage import Triage
 
 __all__ = ["Manager", "Wakeup"]
@@ -89,7 +89,7 @@ class Manager(ManagerThread):
     Holds the pool, never the executor, so that the executor stays collectable.
     """
 
-    def __init__(self, pool: Pool, triage: Triage) -> None:
+    def __init__(self, pool: QueuePool, triage: Triage) -> None:
         super().__init__(name="executors-queue-manager")
         self.pool = pool
         self.triage = triage

@@ -1,6 +1,6 @@
-"""The state callers and the manager thread share: :class:`Pool`.
+"""The state callers and the manager thread share: :class:`QueuePool`.
 
-The call queue's lock is taken before ``Pool.lock``, never after. See
+The call queue's lock is taken before ``QueuePool.lock``, never after. See
 docs/backends/queue.md, "How it works" and "The transport: who writes what".
 """
 
@@ -57,10 +57,10 @@ if TYPE_CHECKING:
     from ..._callqueue import Call, CallQueue
     from ..._workers import WorkerSpec
 
-__all__ = ["Pool"]
+__all__ = ["QueuePool"]
 
 
-class Pool:
+class QueuePool:
     """Everything the callers and the manager share, under ``lock``."""
 
     calls: CallQueue

@@ -9,7 +9,7 @@ from ._board import STARTED
 
 if TYPE_CHECKING:
     from ._items import WorkerHandle
-    from ._pool import Pool
+    from ._pool import QueuePool
 
 __all__ = ["AHEAD_SECONDS", "MAX_TASKS_AHEAD", "pick_worker"]
 
@@ -24,7 +24,7 @@ AHEAD_SECONDS = 0.02
 MAX_TASKS_AHEAD = 8
 
 
-def pick_worker(pool: Pool, size: int) -> WorkerHandle | None:
+def pick_worker(pool: QueuePool, size: int) -> WorkerHandle | None:
     """The worker to send an item of ``size`` bytes now, if any (``pool.lock``).
 
     An idle ready worker first; while the pool starts, one still importing;
@@ -83,7 +83,7 @@ def pick_worker(pool: Pool, size: int) -> WorkerHandle | None:
     return None
 
 
-def _running_long(pool: Pool, worker: WorkerHandle) -> bool:
+def _running_long(pool: QueuePool, worker: WorkerHandle) -> bool:
     """Whether the worker's task has run past the send-ahead budget.
 
     An outlier (a task that waits on an event): an item sent behind it would

@@ -24,7 +24,7 @@ from ._wire import Channel
 from ._worker import run_worker
 
 if TYPE_CHECKING:
-    from ._pool import Pool
+    from ._pool import QueuePool
 
 __all__ = [
     "PIPE_BYTES",
@@ -58,7 +58,7 @@ class Spawner:
     start takes milliseconds, and results must keep flowing meanwhile).
     """
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: QueuePool) -> None:
         self.pool = pool
         self.fork = pool.ctx.get_start_method() == "fork"
         if pool.ctx.get_start_method() == "forkserver":

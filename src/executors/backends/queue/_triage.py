@@ -28,7 +28,7 @@ from ._items import (
     dumps_chunk,
     early_crash_error,
 )
-from ._pool import Pool
+from ._pool import QueuePool
 from ._spawn import STOP_GRACE_SECONDS
 from ._wire import CHUNK, BadFrameError, Channel
 
@@ -52,7 +52,7 @@ Outcome = tuple[WorkItem, Any, "BaseException | None"]
 class Triage:
     """Settles or resends what a dead (or misbehaving) worker held."""
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: QueuePool) -> None:
         self.pool = pool
 
     def on_exit(self, worker: WorkerHandle) -> None:
@@ -279,7 +279,7 @@ class Triage:
 
 
 def _complete_recovered(
-    pool: Pool, item: WorkItem, error: BaseException | None, recovery: Future[Any]
+    pool: QueuePool, item: WorkItem, error: BaseException | None, recovery: Future[Any]
 ) -> None:
     try:
         rest: ChunkResult = recovery.result()
