@@ -147,18 +147,7 @@ def dumps_through(
         holder: As for :func:`dumps`.
     """
     big: list[memoryview] = []
-
-    def in_band(buffer: pickle.PickleBuffer) -> bool:
-        try:
-            raw = buffer.raw()
-        except BufferError:
-            return True  # not contiguous: pickle raises as it would in-band
-        if raw.nbytes < shm_threshold or not raw.nbytes:
-            return True
-        big.append(raw)
-        return False
-
-    data = pickle_with(in_band)
+    data = pickle_with(_keeping_apart(shm_threshold, big))
     if not big:
         return data
     message = place(data, big, holder)
@@ -218,18 +207,31 @@ def dumps_apart(
     cutoff = OUT_OF_BAND_BYTES
     if shm_threshold is not None and shm_threshold < cutoff:
         cutoff = shm_threshold
+    keep_apart = _keeping_apart(cutoff, buffers)
+    return pickle.dumps(obj, protocol=5, buffer_callback=keep_apart), buffers
 
-    def out_of_band(buffer: pickle.PickleBuffer) -> bool:
+
+def _keeping_apart(
+    cutoff: int, apart: list[memoryview]
+) -> Callable[[pickle.PickleBuffer], bool]:
+    """A ``buffer_callback`` keeping buffers of ``cutoff`` bytes or more in ``apart``.
+
+    It returns True (pickle the buffer in-band) for the others, and for a
+    buffer that is not contiguous, which pickle then copies or refuses as it
+    would without a callback.
+    """
+
+    def keep_apart(buffer: pickle.PickleBuffer) -> bool:
         try:
             raw = buffer.raw()
-        except BufferError:  # not contiguous: let pickle copy it in-band
+        except BufferError:
             return True
         if raw.nbytes < cutoff or not raw.nbytes:
             return True
-        buffers.append(raw)
+        apart.append(raw)
         return False
 
-    return pickle.dumps(obj, protocol=5, buffer_callback=out_of_band), buffers
+    return keep_apart
 
 
 def place_apart(
