@@ -45,6 +45,7 @@ from _shm_tasks import (
 )
 from executors import _outcome, _shm
 from executors.backends.queue import _wire
+from executors.backends.queue._worker import _dumps_outcome
 
 pytestmark = [
     pytest.mark.skipif(
@@ -88,12 +89,6 @@ def queue() -> Iterator[executors.Executor]:
 
 
 # -- the payload in one process ----------------------------------------------
-
-
-def _dumps_outcome(value: object, threshold: int) -> tuple[bytes, list[memoryview]]:
-    # As a worker pickles its results.
-    body, buffers = _outcome.dumps_apart(value, threshold)
-    return _outcome.place_apart(body, buffers, threshold, _outcome.PICKED)
 
 
 def test_below_the_threshold_nothing_changes() -> None:
