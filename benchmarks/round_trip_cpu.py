@@ -1,0 +1,49 @@
+"""What a stream of round trips costs the caller's process in CPU, and idle.
+
+Usage::
+
+    python benchmarks/round_trip_cpu.py [--backend queue] [--calls 3000]
+
+Runs ``submit(noop, 1).result()`` one call at a time on 2 workers and
+prints the wall time and the parent process's CPU time (every thread of
+it, not the workers) per call, then the CPU the idle executor takes over
+one second. Run it with ``PYTHONPATH=<tree>/src`` on two trees, in turn, to
+see what a change to the manager's waiting costs; the queue's manager
+polls before it sleeps (docs/backends/queue.md), which shows here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import executors
+from executors.bench._tasks import noop
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", default="queue")
+    parser.add_argument("--calls", type=int, default=3000)
+    options = parser.parse_args()
+    with executors.create(options.backend, max_workers=2) as executor:
+        for _ in range(300):  # warm: workers started, imports done
+            executor.submit(noop, 1).result()
+        cpu, wall = time.process_time(), time.perf_counter()
+        for _ in range(options.calls):
+            executor.submit(noop, 1).result()
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        time.sleep(0.2)
+        idle = time.process_time()
+        time.sleep(1.0)
+        idle = time.process_time() - idle
+    per_call = 1e6 / options.calls
+    print(
+        f"{options.backend}: {wall * per_call:.1f} µs wall, "
+        f"{cpu * per_call:.1f} µs of the parent's CPU per round trip; "
+        f"idle for 1 s: {idle * 1e3:.1f} ms of CPU"
+    )
+
+
+if __name__ == "__main__":
+    main()
