@@ -34,6 +34,12 @@ TIMEOUT_POLL_SECONDS = 0.01
 # of a round trip (docs/backends/queue.md, "Inside: threads, locks and worker
 # processes").
 POLL_SECONDS = 200e-6
+# While it polls, the manager looks this often at how long its thread waited
+# for a CPU. Over a tenth of the time (a CPU-bound program beside it makes it
+# about 30%; alone, it is under 1%), the CPU it takes is wanted: it polls no
+# more for POLL_BACKOFF_SECONDS, then looks again.
+CROWDED_CHECK_SECONDS = 0.1
+POLL_BACKOFF_SECONDS = 1.0
 _RESULTS, _EXITED, _WRITABLE = 0, 1, 2
 
 
@@ -108,6 +114,10 @@ class Manager(ManagerThread):
         self.cpus = cpu_count()
         # The share of its recent waits that ended within POLL_SECONDS.
         self.short_waits = 0.0
+        # See CROWDED_CHECK_SECONDS: polling stopped until then; when the
+        # manager last looked (0: not yet), and how long it had waited then.
+        self.crowded_until = self.checked_at = 0.0
+        self.waited_for_cpu = 0.0
 
     def run(self) -> None:
         try:
@@ -149,12 +159,33 @@ class Manager(ManagerThread):
 
     def _poll_seconds(self) -> float:
         """Seconds to poll before sleeping: 0 unless waits are short and a CPU idles."""
-        if self.short_waits < 0.5 or self.cpus < 2:
+        if self.short_waits < 0.5 or self.cpus < 2 or self._crowded():
             return 0.0
         # Without the lock: list() copies the values at once, and a count
         # that is already stale costs one poll at most.
         busy = sum(1 for worker in list(self.pool.workers.values()) if worker.held)
         return POLL_SECONDS if busy < self.cpus else 0.0
+
+    def _crowded(self) -> bool:
+        """Whether this thread waited for a CPU lately (CROWDED_CHECK_SECONDS)."""
+        now = time.monotonic()
+        if now < self.crowded_until:
+            return True
+        if self.checked_at and now < self.checked_at + CROWDED_CHECK_SECONDS:
+            return False
+        waited = cpu_wait_seconds()
+        if waited is None:
+            self.crowded_until = float("inf")  # cannot tell: never poll
+            return True
+        crowded = bool(self.checked_at) and (
+            waited - self.waited_for_cpu > (now - self.checked_at) / 10
+        )
+        if crowded:
+            # Judged again over the first CROWDED_CHECK_SECONDS of polling after.
+            self.crowded_until, self.checked_at = now + POLL_BACKOFF_SECONDS, 0.0
+        else:
+            self.checked_at, self.waited_for_cpu = now, waited
+        return crowded
 
     def _check_deadlines(self) -> float | None:
         """Kill workers whose item is stopped or out of time; when to look again."""
@@ -260,6 +291,18 @@ class Manager(ManagerThread):
             self.selector.unregister(worker.results)
         self.selector.unregister(worker.process.sentinel)
         self._stop_writing(worker)
+
+
+def cpu_wait_seconds() -> float | None:
+    """How long the calling thread has waited, runnable, for a CPU (Linux), or None."""
+    try:
+        fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+        try:
+            return int(os.read(fd, 128).split()[1]) / 1e9
+        finally:
+            os.close(fd)
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 class _Selector:
