@@ -8,8 +8,8 @@ Runs ``submit(noop, 1).result()`` one call at a time on 2 workers and
 prints the wall time and the parent process's CPU time (every thread of
 it, not the workers) per call, then the CPU the idle executor takes over
 one second. Run it with ``PYTHONPATH=<tree>/src`` on two trees, in turn, to
-see what a change to how the parent waits costs in CPU (docs/benchmarks.md,
-"An experiment: the manager polls before it sleeps").
+see what a change to the manager's waiting costs; the queue's manager
+polls before it sleeps (docs/backends/queue.md), which shows here.
 """
 
 from __future__ import annotations

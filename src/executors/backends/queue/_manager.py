@@ -16,6 +16,7 @@ from multiprocessing.connection import wait as wait_connections
 from typing import TYPE_CHECKING, Any
 
 from ..._lifecycle import ManagerThread, manager_failed
+from ..._options import cpu_count
 from ._items import KillReason, WorkerHandle, find_item, time_limit
 from ._wire import BadFrameError
 
@@ -27,7 +28,21 @@ __all__ = ["Manager", "Wakeup"]
 
 # Bounds how late an item not yet seen to start is stopped (or timed in a rerun).
 TIMEOUT_POLL_SECONDS = 0.01
+# Before it sleeps, the manager polls its pipes for up to this long while most
+# of its recent waits ended sooner and a CPU is left over by the busy workers: a
+# thread woken from sleep starts 20-40 µs later on a virtual machine, a third
+# of a round trip (docs/backends/queue.md, "Inside: threads, locks and worker
+# processes").
+POLL_SECONDS = 200e-6
+# While it polls, the manager looks this often at how long its thread was kept
+# from a CPU (see cpu_wait_seconds): under 1% of the time alone on an idle
+# machine, about 30% beside a CPU-bound program. Over a tenth twice in a row
+# (once may be a burst: its own workers starting, a pause of the host), the CPU
+# it takes is wanted: it polls no more for POLL_BACKOFF_SECONDS, then looks again.
+CROWDED_CHECK_SECONDS = 0.1
+POLL_BACKOFF_SECONDS = 1.0
 _RESULTS, _EXITED, _WRITABLE = 0, 1, 2
+_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 class Wakeup:
@@ -98,6 +113,14 @@ class Manager(ManagerThread):
         # Workers whose task pipe is watched for room for their outbox.
         self.writing: set[WorkerHandle] = set()
         self.generation = -1
+        self.cpus = cpu_count()
+        # The share of its recent waits that ended within POLL_SECONDS.
+        self.short_waits = 0.0
+        # See CROWDED_CHECK_SECONDS: polling stopped until then; when the
+        # manager last looked (0: not yet), and how long it had waited then.
+        self.crowded_until = self.checked_at = 0.0
+        self.waited_for_cpu = 0.0
+        self.was_crowded = False  # at the last look
 
     def run(self) -> None:
         try:
@@ -116,7 +139,14 @@ class Manager(ManagerThread):
             self._watch_new_workers()
             if pool.unflushed:
                 self._watch_outboxes()
-            for worker, what in self.selector.select(self._check_deadlines()):
+            timeout, poll = self._check_deadlines(), self._poll_seconds()
+            began = time.monotonic()
+            ready = self.selector.select(timeout, poll)
+            # A moving average over the last few waits, whatever ended them:
+            # one long wait (the machine paused this process) stops no polling.
+            short = time.monotonic() - began <= POLL_SECONDS
+            self.short_waits += (short - self.short_waits) * 0.25
+            for worker, what in ready:
                 if worker is None:
                     pool.wakeup.drain()
                 elif worker.gone:
@@ -129,6 +159,38 @@ class Manager(ManagerThread):
                         self._stop_writing(worker)
                 else:
                     self._read(worker)
+
+    def _poll_seconds(self) -> float:
+        """Seconds to poll before sleeping: 0 unless waits are short and a CPU idles."""
+        if self.short_waits < 0.5 or self.cpus < 2 or self._crowded():
+            return 0.0
+        # Without the lock: list() copies the values at once, and a count
+        # that is already stale costs one poll at most.
+        busy = sum(1 for worker in list(self.pool.workers.values()) if worker.held)
+        return POLL_SECONDS if busy < self.cpus else 0.0
+
+    def _crowded(self) -> bool:
+        """Whether this thread waited for a CPU lately (CROWDED_CHECK_SECONDS)."""
+        now = time.monotonic()
+        if now < self.crowded_until:
+            return True
+        if self.checked_at and now < self.checked_at + CROWDED_CHECK_SECONDS:
+            return False
+        waited = cpu_wait_seconds()
+        if waited is None:
+            self.crowded_until = float("inf")  # cannot tell: never poll
+            return True
+        wanted = bool(self.checked_at) and (
+            waited - self.waited_for_cpu > (now - self.checked_at) / 10
+        )
+        crowded, self.was_crowded = wanted and self.was_crowded, wanted
+        if crowded:
+            # Judged afresh once the back-off is over.
+            self.crowded_until, self.checked_at = now + POLL_BACKOFF_SECONDS, 0.0
+            self.was_crowded = False
+        else:
+            self.checked_at, self.waited_for_cpu = now, waited
+        return crowded
 
     def _check_deadlines(self) -> float | None:
         """Kill workers whose item is stopped or out of time; when to look again."""
@@ -236,6 +298,31 @@ class Manager(ManagerThread):
         self._stop_writing(worker)
 
 
+def cpu_wait_seconds() -> float | None:
+    """Seconds the calling thread has been kept from a CPU so far (Linux), or None.
+
+    The time it waited, runnable, for one (``/proc/thread-self/schedstat``),
+    plus its share of the time a hypervisor took the machine's CPUs away
+    (steal, ``/proc/stat``): a thread that polls there burns CPU the host
+    takes from the worker and the caller.
+    """
+    try:
+        fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+        try:
+            waited = int(os.read(fd, 128).split()[1]) / 1e9
+        finally:
+            os.close(fd)
+        fd = os.open("/proc/stat", os.O_RDONLY)
+        try:
+            # "cpu  user nice system idle iowait irq softirq steal ...", in ticks.
+            steal = int(os.read(fd, 256).split(b"\n", 1)[0].split()[8])
+        finally:
+            os.close(fd)
+    except (OSError, IndexError, ValueError):
+        return None
+    return waited + steal / _TICKS_PER_SECOND / (os.cpu_count() or 1)
+
+
 class _Selector:
     """Wait for any of several pipes and sentinels.
 
@@ -276,15 +363,30 @@ class _Selector:
         else:
             self._data.pop(obj, None)
 
-    def select(self, timeout: float | None) -> list[Any]:
-        if self._epoll is not None:
-            events = self._epoll.poll(-1 if timeout is None else timeout)
-            data = self._data
-            return [data[fd] for fd, _ in events if fd in data]
-        if self._selector is not None:
-            return [key.data for key, _ in self._selector.select(timeout)]
-        ready = wait_connections(list(self._data), timeout)
-        return [self._data[obj] for obj in ready]
+    def select(self, timeout: float | None, poll: float = 0.0) -> list[Any]:
+        """What is ready within ``timeout``; with epoll, polled for ``poll`` first."""
+        epoll = self._epoll
+        if epoll is None:
+            if self._selector is not None:
+                return [key.data for key, _ in self._selector.select(timeout)]
+            ready = wait_connections(list(self._data), timeout)
+            return [self._data[obj] for obj in ready]
+        events = []
+        if poll > 0.0 and timeout != 0.0:
+            if timeout is not None and timeout < poll:
+                poll = timeout
+            # Tight: the GIL is free only inside each epoll call.
+            check, monotonic = epoll.poll, time.monotonic
+            until = monotonic() + poll
+            events = check(0)
+            while not events and monotonic() < until:
+                events = check(0)
+            if timeout is not None:
+                timeout -= poll
+        if not events:
+            events = epoll.poll(-1 if timeout is None else max(timeout, 0.0))
+        data = self._data
+        return [data[fd] for fd, _ in events if fd in data]
 
     def close(self) -> None:
         if self._epoll is not None:
