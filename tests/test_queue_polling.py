@@ -1,17 +1,19 @@
-"""The ``queue`` manager polls briefly before it sleeps, and only then.
+"""The ``queue`` manager and workers poll briefly before they sleep, and only then.
 
 A thread woken from sleep starts tens of microseconds late on a virtual
-machine, a third of a round trip; so while its recent waits were short, a
-CPU is left over by the busy workers and its thread does not wait for one,
-the manager polls its pipes for up to ``POLL_SECONDS`` first. These tests
-pin the promises around it: nothing ready is missed while polling, a
-deadline is never overrun by the poll, a CPU that something else wants is
-given back, and an idle pool goes back to sleep (no CPU spent while nothing
-runs).
+machine, a third of a round trip; so while its recent waits were short and
+its thread does not wait for a CPU (and, for the manager, a CPU is left over
+by the busy workers), the manager polls its pipes, and a worker its task
+pipe, for up to ``POLL_SECONDS`` first. These tests pin the promises around
+it: nothing ready is missed while polling, a deadline is never overrun by
+the poll, a CPU that something else wants is given back, and an idle pool
+goes back to sleep (no CPU spent while nothing runs), in the manager and in
+the workers.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import sys
 import threading
@@ -23,14 +25,18 @@ import psutil
 import pytest
 
 import executors
-from executors.backends.queue import _manager
-from executors.backends.queue._manager import (
+from executors.backends.queue import _polling
+from executors.backends.queue._board import FIELDS, POLLING, RETURNED, STARTED, Board
+from executors.backends.queue._manager import Manager, _Selector
+from executors.backends.queue._polling import (
     CROWDED_CHECK_SECONDS,
+    MAX_POLL_BACKOFF_SECONDS,
     POLL_BACKOFF_SECONDS,
     POLL_SECONDS,
-    Manager,
-    _Selector,
+    PollPolicy,
 )
+from executors.backends.queue._wire import CALL, POLL_AFTER, Channel, Message
+from executors.backends.queue._worker import _Runner
 from executors.testing import tasks
 
 pytestmark = pytest.mark.timeout(60)
@@ -75,61 +81,72 @@ def test_the_poll_never_outlasts_the_timeout(pipe: Any) -> None:
     assert 0.04 <= took < 1.0
 
 
-def _manager_with(workers_holding: list[int], cpus: int, short_waits: float) -> Any:
+def _manager_with(
+    busy: int, cpus: int, short_waits: float, polling_workers: int = 0
+) -> Any:
+    """A manager whose pool has ``busy`` workers holding a task, and
+    ``polling_workers`` more about to poll."""
     manager = Manager.__new__(Manager)
     workers = {
-        slot: SimpleNamespace(held=[object()] * held)
-        for slot, held in enumerate(workers_holding)
+        slot: SimpleNamespace(held=[object()] if slot < busy else [])
+        for slot in range(busy + polling_workers + 1)
     }
-    manager.pool = SimpleNamespace(workers=workers)
-    manager.cpus = cpus
-    manager.short_waits = short_waits
-    manager.crowded_until = manager.checked_at = manager.waited_for_cpu = 0.0
-    manager.was_crowded = False
+    manager.pool = SimpleNamespace(
+        workers=workers, board=SimpleNamespace(polling=lambda: polling_workers)
+    )
+    manager.polling = PollPolicy()
+    manager.polling.cpus = cpus
+    manager.polling.never = cpus < 2
+    manager.polling.short_waits = short_waits
     return manager
 
 
 @pytest.fixture
 def cpu_wait(monkeypatch: pytest.MonkeyPatch) -> list[float | None]:
-    """The seconds the manager's thread has waited for a CPU, as it will read them."""
+    """The seconds the polling thread has waited for a CPU, as it will read them."""
     waited: list[float | None] = [0.0]
-    monkeypatch.setattr(_manager, "cpu_wait_seconds", lambda: waited[0])
+    monkeypatch.setattr(_polling, "cpu_wait_seconds", lambda: waited[0])
     return waited
 
 
 @pytest.mark.parametrize(
-    ("holding", "cpus", "short_waits", "polls"),
+    ("busy", "polling_workers", "cpus", "short_waits", "polls"),
     [
-        ([1, 0], 2, 0.9, True),  # a round trip: one worker busy, waits short
-        ([0, 0], 2, 0.9, True),  # between two round trips
-        ([1, 1], 2, 0.9, False),  # every CPU has a busy worker
-        ([3, 2, 1], 2, 0.9, False),
-        ([1, 0], 1, 0.9, False),  # one CPU: polling would take the worker's
-        ([1, 0], 2, 0.3, False),  # most waits are long: polling would not pay
-        ([1, 0], 2, 0.0, False),  # a new manager, before its first waits
+        (0, 0, 2, 0.9, True),  # between round trips, no worker polls
+        (1, 0, 4, 0.9, True),  # a round trip's task runs
+        (1, 1, 4, 0.9, True),
+        (0, 1, 2, 0.9, False),  # the worker polls; a caller takes the other CPU
+        (1, 0, 2, 0.9, False),
+        (2, 0, 4, 0.9, True),
+        (3, 0, 4, 0.9, False),
+        (0, 0, 1, 0.9, False),  # one CPU: polling would take the worker's
+        (1, 0, 4, 0.3, False),  # most waits are long: polling would not pay
+        (1, 0, 4, 0.0, False),  # a new manager, before its first waits
     ],
 )
 def test_when_the_manager_polls(
     cpu_wait: list[float | None],
-    holding: list[int],
+    busy: int,
+    polling_workers: int,
     cpus: int,
     short_waits: float,
     polls: bool,
 ) -> None:
-    seconds = _manager_with(holding, cpus, short_waits)._poll_seconds()
-    assert seconds == (POLL_SECONDS if polls else 0.0)
+    manager = _manager_with(busy, cpus, short_waits, polling_workers)
+    assert manager._poll_seconds() == (POLL_SECONDS if polls else 0.0)
 
 
 def test_a_manager_kept_waiting_for_a_cpu_stops_polling_for_a_while(
     cpu_wait: list[float | None], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     now = [100.0]
-    monkeypatch.setattr(_manager.time, "monotonic", lambda: now[0])
-    manager = _manager_with([1, 0], cpus=2, short_waits=0.9)
+    monkeypatch.setattr(_polling.time, "monotonic", lambda: now[0])
+    manager = _manager_with(1, cpus=4, short_waits=0.9)
 
-    def look_after(share_waited: float) -> float:
+    def look_after(share_waited: float, share_polled: float = 0.5) -> float:
         now[0] += CROWDED_CHECK_SECONDS
         cpu_wait[0] += share_waited * CROWDED_CHECK_SECONDS  # type: ignore[operator]
+        manager.polling.polled_seconds += share_polled * CROWDED_CHECK_SECONDS
         return manager._poll_seconds()
 
     assert manager._poll_seconds() == POLL_SECONDS  # the first look
@@ -148,11 +165,79 @@ def test_a_manager_kept_waiting_for_a_cpu_stops_polling_for_a_while(
         assert look_after(0.01) == POLL_SECONDS
 
 
+def test_back_offs_grow_while_the_cpu_stays_wanted(
+    cpu_wait: list[float | None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = [100.0]
+    monkeypatch.setattr(_polling.time, "monotonic", lambda: now[0])
+    manager = _manager_with(0, cpus=2, short_waits=0.9)
+
+    def look_after(share_waited: float) -> float:
+        now[0] += CROWDED_CHECK_SECONDS
+        cpu_wait[0] += share_waited * CROWDED_CHECK_SECONDS  # type: ignore[operator]
+        manager.polling.polled_seconds += 0.5 * CROWDED_CHECK_SECONDS
+        return manager._poll_seconds()
+
+    def backed_off_for() -> float:
+        began = now[0]
+        while manager._poll_seconds() == 0.0:
+            now[0] += 0.01
+        return now[0] - began
+
+    assert manager._poll_seconds() == POLL_SECONDS
+    assert look_after(0.3) == POLL_SECONDS
+    assert look_after(0.3) == 0.0  # twice in a row
+    assert backed_off_for() == pytest.approx(POLL_BACKOFF_SECONDS, abs=0.02)
+    # Wanted still: once is enough now, and each back-off is twice as long.
+    for factor in (2, 4, 8, 8):
+        assert look_after(0.3) == 0.0
+        backoff = min(factor * POLL_BACKOFF_SECONDS, MAX_POLL_BACKOFF_SECONDS)
+        assert backed_off_for() == pytest.approx(backoff, abs=0.02)
+    # Free again: it polls on, and the next back-off takes two looks again.
+    assert look_after(0.01) == POLL_SECONDS
+    assert look_after(0.3) == POLL_SECONDS
+    assert look_after(0.3) == 0.0
+    assert backed_off_for() == pytest.approx(POLL_BACKOFF_SECONDS, abs=0.02)
+
+
+def test_a_wait_for_a_cpu_while_it_hardly_polled_stops_no_polling(
+    cpu_wait: list[float | None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A map: every CPU busy with the pool's own work, and the pipes never
+    # empty (a poll returns at once). A back-off from then would carry over
+    # into the round trips that follow it.
+    now = [100.0]
+    monkeypatch.setattr(_polling.time, "monotonic", lambda: now[0])
+    manager = _manager_with(0, cpus=2, short_waits=0.9)
+    assert manager._poll_seconds() == POLL_SECONDS
+    for _ in range(5):
+        now[0] += CROWDED_CHECK_SECONDS
+        cpu_wait[0] += 0.5 * CROWDED_CHECK_SECONDS  # type: ignore[operator]
+        manager.polling.polled_seconds += 0.001
+        assert manager._poll_seconds() == POLL_SECONDS
+
+
+def test_a_look_long_after_the_last_is_a_first_one(
+    cpu_wait: list[float | None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = [100.0]
+    monkeypatch.setattr(_polling.time, "monotonic", lambda: now[0])
+    manager = _manager_with(0, cpus=2, short_waits=0.9)
+    assert manager._poll_seconds() == POLL_SECONDS
+    for _ in range(3):
+        # Each look a second after the last, over a stretch that waited and
+        # polled a lot: none of them is judged.
+        now[0] += 10 * CROWDED_CHECK_SECONDS
+        cpu_wait[0] += 5 * CROWDED_CHECK_SECONDS  # type: ignore[operator]
+        manager.polling.polled_seconds += 5 * CROWDED_CHECK_SECONDS
+        assert manager._poll_seconds() == POLL_SECONDS
+
+
 def test_a_manager_that_cannot_tell_never_polls(
     cpu_wait: list[float | None],
 ) -> None:
     cpu_wait[0] = None
-    assert _manager_with([1, 0], cpus=2, short_waits=0.9)._poll_seconds() == 0.0
+    assert _manager_with(1, cpus=4, short_waits=0.9)._poll_seconds() == 0.0
 
 
 def test_the_cpu_wait_is_read_at_most_every_check(
@@ -164,20 +249,20 @@ def test_the_cpu_wait_is_read_at_most_every_check(
         reads.append(1)
         return 0.0
 
-    monkeypatch.setattr(_manager, "cpu_wait_seconds", read)
-    manager = _manager_with([0, 0], cpus=2, short_waits=0.9)
+    monkeypatch.setattr(_polling, "cpu_wait_seconds", read)
+    manager = _manager_with(0, cpus=2, short_waits=0.9)
     for _ in range(100):
         manager._poll_seconds()
     assert len(reads) == 1
 
 
 def test_cpu_wait_seconds_grows_with_the_threads_wait() -> None:
-    waited = _manager.cpu_wait_seconds()
+    waited = _polling.cpu_wait_seconds()
     if not sys.platform.startswith("linux"):
         assert waited is None
         return
     assert waited is not None and waited >= 0.0
-    later = _manager.cpu_wait_seconds()
+    later = _polling.cpu_wait_seconds()
     assert later is not None and later >= waited
 
 
@@ -188,21 +273,127 @@ def _thread_cpu_seconds(native_id: int) -> float:
     raise AssertionError("the manager thread is gone")
 
 
+def _poll_whatever_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPUs to spare and a longer poll: whatever this machine's size and
+    load, the manager (and a forked worker) polls during round trips."""
+    monkeypatch.setattr(_polling, "cpu_count", lambda: 64)
+    monkeypatch.setattr(_polling, "cpu_wait_seconds", lambda: 0.0)
+    monkeypatch.setattr(_polling, "POLL_SECONDS", 0.05)
+
+
 def test_an_idle_pool_stops_polling(monkeypatch: pytest.MonkeyPatch) -> None:
-    # A machine with CPUs to spare and a longer poll, so the manager polls
-    # during the round trips whatever this machine's size and load.
-    monkeypatch.setattr(_manager, "cpu_count", lambda: 64)
-    monkeypatch.setattr(_manager, "cpu_wait_seconds", lambda: 0.0)
-    monkeypatch.setattr(_manager, "POLL_SECONDS", 0.05)
+    _poll_whatever_the_machine(monkeypatch)
     with executors.create("queue", max_workers=2) as executor:
         for value in range(100):
             assert executor.submit(tasks.identity, value).result() == value
         manager = executor._manager  # type: ignore[attr-defined]
         assert manager is not None
-        assert manager.short_waits >= 0.5  # it was polling
+        assert manager.polling.short_waits >= 0.5  # it was polling
         time.sleep(0.3)  # well past POLL_SECONDS
         before = _thread_cpu_seconds(manager.native_id)
         time.sleep(1.0)
         spent = _thread_cpu_seconds(manager.native_id) - before
         # A manager left polling would spend the whole second.
         assert spent < 0.1
+
+
+def _workers_cpu_seconds(executor: Any) -> float:
+    workers = list(executor._pool.workers.values())
+    return sum(_process_cpu_seconds(worker.process.pid) for worker in workers)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="forked workers, /proc")
+def test_a_worker_polls_between_round_trips_and_sleeps_once_idle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Forked: the workers start with this process's patched policy.
+    _poll_whatever_the_machine(monkeypatch)
+    with executors.create("queue", max_workers=2, mp_context="fork") as executor:
+        for value in range(20):
+            assert executor.submit(tasks.identity, value).result() == value
+        before = _workers_cpu_seconds(executor)
+        for value in range(20):
+            assert executor.submit(tasks.identity, value).result() == value
+            time.sleep(0.01)  # a short wait: the worker polls through it
+        polled = _workers_cpu_seconds(executor) - before
+        time.sleep(0.3)  # well past POLL_SECONDS
+        before = _workers_cpu_seconds(executor)
+        time.sleep(1.0)
+        idle = _workers_cpu_seconds(executor) - before
+    # Polling through twenty gaps of 10 ms takes a CPU for most of 0.2 s; a
+    # worker left polling would spend the whole idle second.
+    assert polled > 0.05
+    assert idle < 0.05
+
+
+@pytest.fixture
+def runner(cpu_wait: list[float | None]) -> Any:
+    """A worker's runner on a board of three rows, its own the first."""
+    board = Board(3)
+    reader, writer = multiprocessing.Pipe(duplex=False)
+    runner = _Runner(Channel(reader), Channel(writer), board, 0, None)
+    runner.polling.short_waits = 1.0
+    yield runner
+    board.close()
+    reader.close()
+    writer.close()
+
+
+def _task(value: float) -> Message:
+    return Message(CALL, 1, value, b"", [])
+
+
+@pytest.mark.parametrize(
+    ("cpus", "running", "polling", "polls"),
+    [
+        (2, 0, 0, True),  # this worker and the parent: two CPUs
+        (2, 1, 0, False),  # another worker runs a task: none left
+        (2, 0, 1, False),  # another worker polls
+        (3, 1, 0, True),
+        (3, 1, 1, False),
+        (1, 0, 0, False),
+    ],
+)
+def test_a_worker_polls_only_while_a_cpu_is_left_to_the_parent(
+    runner: Any, cpus: int, running: int, polling: int, polls: bool
+) -> None:
+    runner.polling.cpus, runner.polling.never = cpus, cpus < 2
+    view = runner.board.view
+    for row in range(1, 1 + running):
+        view[row * FIELDS + STARTED] = time.monotonic_ns()
+    for row in range(1 + running, 1 + running + polling):
+        view[row * FIELDS + STARTED] = RETURNED
+        view[row * FIELDS + POLLING] = 1
+    assert runner.polls_after(_task(POLL_AFTER)) is polls
+    # Never after a task sent while other workers held theirs.
+    assert runner.polls_after(_task(0.0)) is False
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="forked workers, /proc")
+def test_a_worker_does_not_poll_after_a_task_sent_beside_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Only a task sent to a pool where no other worker holds one is a round
+    # trip's (POLL_AFTER): the tasks of a map, sent while others run, are not.
+    _poll_whatever_the_machine(monkeypatch)
+    with executors.create("queue", max_workers=2, mp_context="fork") as executor:
+        both = [executor.submit(tasks.sleep_and_return, 0.2, i) for i in range(2)]
+        assert [future.result() for future in both] == [0, 1]
+        pids = set()
+        workers = {w.process.pid: w for w in executor._pool.workers.values()}  # type: ignore[attr-defined]
+        before = {pid: _process_cpu_seconds(pid) for pid in workers}
+        for _ in range(20):
+            first = executor.submit(tasks.sleep_and_return, 0.005, "first")
+            beside = executor.submit(tasks.get_pid)
+            assert first.result() == "first"
+            pids.add(beside.result())
+            time.sleep(0.01)
+        spent = {pid: _process_cpu_seconds(pid) - before[pid] for pid in workers}
+    assert len(pids) == 1, "the second task of a pair did not always go to one worker"
+    (other,) = pids
+    assert spent[other] < 0.05
+
+
+def _process_cpu_seconds(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)

@@ -15,12 +15,23 @@ import os
 from multiprocessing.context import BaseContext
 from typing import Any
 
-__all__ = ["END", "FIELDS", "ITEM", "RETURNED", "SENT", "STARTED", "TASK", "Board"]
+__all__ = [
+    "END",
+    "FIELDS",
+    "ITEM",
+    "POLLING",
+    "RETURNED",
+    "SENT",
+    "STARTED",
+    "TASK",
+    "Board",
+]
 
 # Board layout: FIELDS int64 per worker slot. SENT: the bytes the worker
-# has sent on its result pipe, the frame being written included.
-TASK, ITEM, END, STARTED, SENT = 0, 1, 2, 3, 4
-FIELDS = 5
+# has sent on its result pipe, the frame being written included. POLLING:
+# 1 while the worker polls its task pipe (docs/backends/queue.md, "Inside").
+TASK, ITEM, END, STARTED, SENT, POLLING = 0, 1, 2, 3, 4, 5
+FIELDS = 6
 # STARTED holds a start time while a task (or a piece of a chunk) runs; 0
 # while the task is received and its arguments unpickled, before it starts;
 # RETURNED once its function has returned (or raised) and the outcome is
@@ -80,6 +91,18 @@ class Board:
         base = slot * FIELDS
         for field in range(FIELDS):
             self.view[base + field] = 0
+
+    def polling(self) -> int:
+        """How many workers poll their task pipe."""
+        return sum(self.view[POLLING::FIELDS])
+
+    def busy_besides(self, slot: int) -> int:
+        """How many workers other than ``slot``'s run a task or poll."""
+        view, mine, busy = self.view, slot * FIELDS, 0
+        for base in range(0, len(view), FIELDS):
+            if base != mine and (view[base + STARTED] > 0 or view[base + POLLING]):
+                busy += 1
+        return busy
 
     def read(self, slot: int) -> tuple[int, int, int, int]:
         """Return ``(task id, first item, end item, start ns)`` of ``slot``."""

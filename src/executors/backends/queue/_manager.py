@@ -16,8 +16,8 @@ from multiprocessing.connection import wait as wait_connections
 from typing import TYPE_CHECKING, Any
 
 from ..._lifecycle import ManagerThread, manager_failed
-from ..._options import cpu_count
 from ._items import KillReason, WorkerHandle, find_item, time_limit
+from ._polling import PollPolicy, poll_for
 from ._wire import BadFrameError
 
 if TYPE_CHECKING:
@@ -28,21 +28,7 @@ __all__ = ["Manager", "Wakeup"]
 
 # Bounds how late an item not yet seen to start is stopped (or timed in a rerun).
 TIMEOUT_POLL_SECONDS = 0.01
-# Before it sleeps, the manager polls its pipes for up to this long while most
-# of its recent waits ended sooner and a CPU is left over by the busy workers: a
-# thread woken from sleep starts 20-40 µs later on a virtual machine, a third
-# of a round trip (docs/backends/queue.md, "Inside: threads, locks and worker
-# processes").
-POLL_SECONDS = 200e-6
-# While it polls, the manager looks this often at how long its thread was kept
-# from a CPU (see cpu_wait_seconds): under 1% of the time alone on an idle
-# machine, about 30% beside a CPU-bound program. Over a tenth twice in a row
-# (once may be a burst: its own workers starting, a pause of the host), the CPU
-# it takes is wanted: it polls no more for POLL_BACKOFF_SECONDS, then looks again.
-CROWDED_CHECK_SECONDS = 0.1
-POLL_BACKOFF_SECONDS = 1.0
 _RESULTS, _EXITED, _WRITABLE = 0, 1, 2
-_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 class Wakeup:
@@ -113,14 +99,7 @@ class Manager(ManagerThread):
         # Workers whose task pipe is watched for room for their outbox.
         self.writing: set[WorkerHandle] = set()
         self.generation = -1
-        self.cpus = cpu_count()
-        # The share of its recent waits that ended within POLL_SECONDS.
-        self.short_waits = 0.0
-        # See CROWDED_CHECK_SECONDS: polling stopped until then; when the
-        # manager last looked (0: not yet), and how long it had waited then.
-        self.crowded_until = self.checked_at = 0.0
-        self.waited_for_cpu = 0.0
-        self.was_crowded = False  # at the last look
+        self.polling = PollPolicy()
 
     def run(self) -> None:
         try:
@@ -142,10 +121,7 @@ class Manager(ManagerThread):
             timeout, poll = self._check_deadlines(), self._poll_seconds()
             began = time.monotonic()
             ready = self.selector.select(timeout, poll)
-            # A moving average over the last few waits, whatever ended them:
-            # one long wait (the machine paused this process) stops no polling.
-            short = time.monotonic() - began <= POLL_SECONDS
-            self.short_waits += (short - self.short_waits) * 0.25
+            self.polling.waited(time.monotonic() - began, poll)
             for worker, what in ready:
                 if worker is None:
                     pool.wakeup.drain()
@@ -161,36 +137,21 @@ class Manager(ManagerThread):
                     self._read(worker)
 
     def _poll_seconds(self) -> float:
-        """Seconds to poll before sleeping: 0 unless waits are short and a CPU idles."""
-        if self.short_waits < 0.5 or self.cpus < 2 or self._crowded():
-            return 0.0
-        # Without the lock: list() copies the values at once, and a count
-        # that is already stale costs one poll at most.
-        busy = sum(1 for worker in list(self.pool.workers.values()) if worker.held)
-        return POLL_SECONDS if busy < self.cpus else 0.0
+        """Seconds to poll before sleeping: 0 unless waits are short and a CPU idles.
 
-    def _crowded(self) -> bool:
-        """Whether this thread waited for a CPU lately (CROWDED_CHECK_SECONDS)."""
-        now = time.monotonic()
-        if now < self.crowded_until:
-            return True
-        if self.checked_at and now < self.checked_at + CROWDED_CHECK_SECONDS:
-            return False
-        waited = cpu_wait_seconds()
-        if waited is None:
-            self.crowded_until = float("inf")  # cannot tell: never poll
-            return True
-        wanted = bool(self.checked_at) and (
-            waited - self.waited_for_cpu > (now - self.checked_at) / 10
-        )
-        crowded, self.was_crowded = wanted and self.was_crowded, wanted
-        if crowded:
-            # Judged afresh once the back-off is over.
-            self.crowded_until, self.checked_at = now + POLL_BACKOFF_SECONDS, 0.0
-            self.was_crowded = False
-        else:
-            self.checked_at, self.waited_for_cpu = now, waited
-        return crowded
+        Idles: left over by the workers running a task or polling, a caller
+        and this thread. A polling worker comes first: its wake-up is on
+        every round trip too, and costs more.
+        """
+        polling, pool = self.polling, self.pool
+        # Without the lock: list() copies the values at once, and a count
+        # that is already stale costs one poll at most. The count first: a
+        # CPU the pool's own work takes says nothing of how crowded the
+        # machine is (a map keeps every CPU busy).
+        busy = sum(1 for worker in list(pool.workers.values()) if worker.held)
+        if busy + pool.board.polling() + 2 <= polling.cpus and polling.worth_polling():
+            return polling.seconds
+        return 0.0
 
     def _check_deadlines(self) -> float | None:
         """Kill workers whose item is stopped or out of time; when to look again."""
@@ -298,31 +259,6 @@ class Manager(ManagerThread):
         self._stop_writing(worker)
 
 
-def cpu_wait_seconds() -> float | None:
-    """Seconds the calling thread has been kept from a CPU so far (Linux), or None.
-
-    The time it waited, runnable, for one (``/proc/thread-self/schedstat``),
-    plus its share of the time a hypervisor took the machine's CPUs away
-    (steal, ``/proc/stat``): a thread that polls there burns CPU the host
-    takes from the worker and the caller.
-    """
-    try:
-        fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
-        try:
-            waited = int(os.read(fd, 128).split()[1]) / 1e9
-        finally:
-            os.close(fd)
-        fd = os.open("/proc/stat", os.O_RDONLY)
-        try:
-            # "cpu  user nice system idle iowait irq softirq steal ...", in ticks.
-            steal = int(os.read(fd, 256).split(b"\n", 1)[0].split()[8])
-        finally:
-            os.close(fd)
-    except (OSError, IndexError, ValueError):
-        return None
-    return waited + steal / _TICKS_PER_SECOND / (os.cpu_count() or 1)
-
-
 class _Selector:
     """Wait for any of several pipes and sentinels.
 
@@ -375,12 +311,7 @@ class _Selector:
         if poll > 0.0 and timeout != 0.0:
             if timeout is not None and timeout < poll:
                 poll = timeout
-            # Tight: the GIL is free only inside each epoll call.
-            check, monotonic = epoll.poll, time.monotonic
-            until = monotonic() + poll
-            events = check(0)
-            while not events and monotonic() < until:
-                events = check(0)
+            events = poll_for(epoll.poll, poll)
             if timeout is not None:
                 timeout -= poll
         if not events:

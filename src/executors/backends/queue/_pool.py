@@ -44,6 +44,7 @@ from ._wire import (
     INIT_FAILED,
     LEAVING,
     PARTIAL,
+    POLL_AFTER,
     READY,
     SOON,
     Message,
@@ -269,6 +270,8 @@ class QueuePool:
     def _send_locked(self, worker: WorkerHandle, item: WorkItem) -> None:
         """Move ``item`` (``pending[0]``) to ``worker`` and write it, never blocking."""
         task = item.task
+        # Alone in the pool: a round trip's, most likely.
+        hint = 0.0 if any(w.held for w in self.workers.values()) else POLL_AFTER
         try:
             # Held before it leaves the queue: it is always in one of them.
             worker.held.append(item)
@@ -284,11 +287,11 @@ class QueuePool:
             if worker.outbox:
                 # The manager is writing an earlier frame: queue behind it.
                 worker.outbox.append(
-                    frame(task.kind, item.task_id, 0.0, item.body, item.buffers)
+                    frame(task.kind, item.task_id, hint, item.body, item.buffers)
                 )
             else:
                 rest = worker.tasks.send_nowait(
-                    task.kind, item.task_id, 0.0, item.body, item.buffers
+                    task.kind, item.task_id, hint, item.body, item.buffers
                 )
                 if rest is not None:
                     # The pipe is full: the manager writes the rest.

@@ -6,8 +6,6 @@ Runs in the manager thread. See docs/backends/queue.md, "When a worker dies".
 from __future__ import annotations
 
 import functools
-import os
-import select
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -30,7 +28,7 @@ from ._items import (
 )
 from ._pool import QueuePool
 from ._spawn import STOP_GRACE_SECONDS
-from ._wire import CHUNK, BadFrameError, Channel
+from ._wire import CHUNK, BadFrameError
 
 __all__ = ["Triage"]
 
@@ -63,6 +61,8 @@ class Triage:
         process.join(STOP_GRACE_SECONDS)
         exitcode = process.exitcode
         posted = pool.board.read(worker.slot)
+        # Read: it no longer counts as running or polling for the others.
+        pool.board.clear(worker.slot)
         settled: list[Outcome] = []
         with pool.lock:
             worker.gone = True
@@ -249,8 +249,8 @@ class Triage:
         # What a worker wrote before it died is still in its pipe.
         if worker.eof:
             return
-        readable = _poller(worker.results)
-        while readable():
+        ready = worker.results.poller()
+        while ready(0):
             try:
                 message = worker.results.recv()
             except (EOFError, OSError, BadFrameError):
@@ -293,13 +293,3 @@ def _complete_recovered(
 
 # Killed on purpose, for no item of its own.
 _NO_ITEM = KillReason(None, 0, None)
-
-
-def _poller(channel: Channel) -> Callable[[], bool]:
-    """A function telling whether ``channel`` has data to read now."""
-    if os.name != "posix":
-        return functools.partial(channel.conn.poll, 0)
-    # poll, not select: select fails on descriptors past 1023.
-    poller = select.poll()
-    poller.register(channel.fileno(), select.POLLIN)
-    return lambda: bool(poller.poll(0))

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import select
 import struct
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
@@ -41,6 +42,7 @@ __all__ = [
     "INIT_FAILED",
     "LEAVING",
     "PARTIAL",
+    "POLL_AFTER",
     "READY",
     "RESULT",
     "SOON",
@@ -54,9 +56,13 @@ __all__ = [
     "loads",
 ]
 
-# Parent -> worker. `value` is 0 (a task's timeout is the parent's to keep).
+# Parent -> worker. `value` is POLL_AFTER or 0 (a task's timeout is the
+# parent's to keep).
 CALL = 1  # body: pickle of (fn, args, kwargs)
 CHUNK = 2  # body: see dumps_chunk()
+# Sent to a pool where no other worker held an item: a round trip's, whose
+# worker may poll for the next (docs/backends/queue.md, "Inside").
+POLL_AFTER = 1.0
 # Worker -> parent. `value` is the seconds the worker spent on the task.
 READY = 10  # the initializer has run; no body
 INIT_FAILED = 11  # body: the initializer's exception
@@ -130,6 +136,15 @@ class Channel:
 
     def fileno(self) -> int:
         return self.conn.fileno()
+
+    def poller(self) -> Callable[[float], object]:
+        """``ready(0)``: true (without waiting) once there is data or end-of-file."""
+        if os.name != "posix":
+            return self.conn.poll
+        # poll, not select: select fails on descriptors past 1023.
+        poller = select.poll()
+        poller.register(self.fileno(), select.POLLIN)
+        return poller.poll
 
     def close(self) -> None:
         self.conn.close()

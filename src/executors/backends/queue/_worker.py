@@ -20,7 +20,8 @@ from ..._parentwatch import exit_with_parent
 from ..._remote import picklable_exception, result_not_sent
 from ..._serialize import unwrap
 from ..._workers._context import WorkerSpec, after_task, recycling
-from ._board import END, FIELDS, ITEM, RETURNED, SENT, STARTED, TASK, Board
+from ._board import END, FIELDS, ITEM, POLLING, RETURNED, SENT, STARTED, TASK, Board
+from ._polling import PollPolicy, poll_for
 from ._wire import (
     CALL,
     CHUNK_DONE,
@@ -28,6 +29,7 @@ from ._wire import (
     INIT_FAILED,
     LEAVING,
     PARTIAL,
+    POLL_AFTER,
     READY,
     RESULT,
     SOON,
@@ -116,6 +118,8 @@ class _Runner:
     ) -> None:
         self.inbox = inbox
         self.outbox = outbox
+        self.board, self.slot = board, slot
+        self.polling = PollPolicy()
         self.view = board.view
         self.base = slot * FIELDS
         self.shm_threshold = shm_threshold
@@ -123,11 +127,28 @@ class _Runner:
     def serve(self, max_tasks: int | None) -> None:
         done = 0
         told_soon = False
+        # After a round trip's task (POLL_AFTER), it polls its task pipe
+        # before it sleeps: the next comes within tens of µs. Only while the
+        # other workers running or polling leave a CPU to the parent. Posted
+        # on the board from the task's start, so that the manager does not
+        # poll beside it (docs/backends/queue.md, "Inside").
+        polling, ready = self.polling, self.inbox.poller()
+        view, flag, monotonic = self.view, self.base + POLLING, time.monotonic
+        poll_next = False
         while max_tasks is None or done < max_tasks:
+            began, window = monotonic(), 0.0
+            if poll_next:
+                window = polling.seconds
+                poll_for(ready, window)
+                view[flag] = 0
             try:
                 message = self.inbox.recv(self._announce)
             except EOFError:
                 return
+            polling.waited(monotonic() - began, window)
+            poll_next = self.polls_after(message)
+            if poll_next:
+                view[flag] = 1
             if message.kind == CALL:
                 self.run_call(message)
             else:
@@ -144,6 +165,16 @@ class _Runner:
         # The parent opens a result's shared memory through this process:
         # it must not be gone before the parent has taken its last one.
         _shm.wait_picked(LAST_RESULT_SECONDS)
+
+    def polls_after(self, message: Message) -> bool:
+        """Whether to poll for the next task once ``message``'s is done."""
+        polling = self.polling
+        # A CPU for this worker and one for the parent, besides the others'.
+        return (
+            message.value == POLL_AFTER
+            and self.board.busy_besides(self.slot) <= polling.cpus - 2
+            and polling.worth_polling()
+        )
 
     def _announce(self, task_id: int) -> None:
         """Post a task whose header has arrived, before its body is read.
