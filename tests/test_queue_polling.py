@@ -136,101 +136,93 @@ def test_when_the_manager_polls(
     assert manager._poll_seconds() == (POLL_SECONDS if polls else 0.0)
 
 
+class _Looks:
+    """A manager on the test's clock, asked after stretches of given shares.
+
+    Each stretch lasts ``seconds``; its thread waited for a CPU for
+    ``waited`` of it and polled for ``polled`` of it.
+    """
+
+    def __init__(self, cpu_wait: list[float | None], monkeypatch: Any) -> None:
+        self.now = 100.0
+        monkeypatch.setattr(_polling.time, "monotonic", lambda: self.now)
+        self.cpu_wait = cpu_wait
+        self.manager = _manager_with(0, cpus=2, short_waits=0.9)
+
+    def first(self) -> float:
+        return float(self.manager._poll_seconds())
+
+    def after(
+        self, waited: float, polled: float = 0.5, seconds: float = CROWDED_CHECK_SECONDS
+    ) -> float:
+        self.now += seconds
+        self.cpu_wait[0] += waited * seconds  # type: ignore[operator]
+        self.manager.polling.polled_seconds += polled * seconds
+        return float(self.manager._poll_seconds())
+
+    def backed_off_for(self) -> float:
+        began = self.now
+        while self.manager._poll_seconds() == 0.0:
+            self.now += 0.01
+        return self.now - began
+
+
+@pytest.fixture
+def looks(cpu_wait: list[float | None], monkeypatch: pytest.MonkeyPatch) -> _Looks:
+    return _Looks(cpu_wait, monkeypatch)
+
+
 def test_a_manager_kept_waiting_for_a_cpu_stops_polling_for_a_while(
-    cpu_wait: list[float | None], monkeypatch: pytest.MonkeyPatch
+    looks: _Looks,
 ) -> None:
-    now = [100.0]
-    monkeypatch.setattr(_polling.time, "monotonic", lambda: now[0])
-    manager = _manager_with(1, cpus=4, short_waits=0.9)
-
-    def look_after(share_waited: float, share_polled: float = 0.5) -> float:
-        now[0] += CROWDED_CHECK_SECONDS
-        cpu_wait[0] += share_waited * CROWDED_CHECK_SECONDS  # type: ignore[operator]
-        manager.polling.polled_seconds += share_polled * CROWDED_CHECK_SECONDS
-        return manager._poll_seconds()
-
-    assert manager._poll_seconds() == POLL_SECONDS  # the first look
+    assert looks.first() == POLL_SECONDS
     # One burst (its workers starting): it goes on polling.
-    assert look_after(0.3) == POLL_SECONDS
-    assert look_after(0.01) == POLL_SECONDS
+    assert looks.after(waited=0.3) == POLL_SECONDS
+    assert looks.after(waited=0.01) == POLL_SECONDS
     # A CPU-bound program beside it: the thread waits 30% of the time.
-    assert look_after(0.3) == POLL_SECONDS
-    assert look_after(0.3) == 0.0
-    now[0] += POLL_BACKOFF_SECONDS / 2
-    assert manager._poll_seconds() == 0.0
+    assert looks.after(waited=0.3) == POLL_SECONDS
+    assert looks.after(waited=0.3) == 0.0
+    assert looks.backed_off_for() == pytest.approx(POLL_BACKOFF_SECONDS, abs=0.02)
     # After the back-off it polls, and looks afresh; alone, it waits 1%.
-    now[0] += POLL_BACKOFF_SECONDS / 2
-    assert manager._poll_seconds() == POLL_SECONDS
     for _ in range(3):
-        assert look_after(0.01) == POLL_SECONDS
+        assert looks.after(waited=0.01) == POLL_SECONDS
 
 
-def test_back_offs_grow_while_the_cpu_stays_wanted(
-    cpu_wait: list[float | None], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    now = [100.0]
-    monkeypatch.setattr(_polling.time, "monotonic", lambda: now[0])
-    manager = _manager_with(0, cpus=2, short_waits=0.9)
-
-    def look_after(share_waited: float) -> float:
-        now[0] += CROWDED_CHECK_SECONDS
-        cpu_wait[0] += share_waited * CROWDED_CHECK_SECONDS  # type: ignore[operator]
-        manager.polling.polled_seconds += 0.5 * CROWDED_CHECK_SECONDS
-        return manager._poll_seconds()
-
-    def backed_off_for() -> float:
-        began = now[0]
-        while manager._poll_seconds() == 0.0:
-            now[0] += 0.01
-        return now[0] - began
-
-    assert manager._poll_seconds() == POLL_SECONDS
-    assert look_after(0.3) == POLL_SECONDS
-    assert look_after(0.3) == 0.0  # twice in a row
-    assert backed_off_for() == pytest.approx(POLL_BACKOFF_SECONDS, abs=0.02)
+def test_back_offs_grow_while_the_cpu_stays_wanted(looks: _Looks) -> None:
+    assert looks.first() == POLL_SECONDS
+    assert looks.after(waited=0.3) == POLL_SECONDS
+    assert looks.after(waited=0.3) == 0.0  # twice in a row
+    assert looks.backed_off_for() == pytest.approx(POLL_BACKOFF_SECONDS, abs=0.02)
     # Wanted still: once is enough now, and each back-off is twice as long.
     for factor in (2, 4, 8, 8):
-        assert look_after(0.3) == 0.0
+        assert looks.after(waited=0.3) == 0.0
         backoff = min(factor * POLL_BACKOFF_SECONDS, MAX_POLL_BACKOFF_SECONDS)
-        assert backed_off_for() == pytest.approx(backoff, abs=0.02)
+        assert looks.backed_off_for() == pytest.approx(backoff, abs=0.02)
     # Free again: it polls on, and the next back-off takes two looks again.
-    assert look_after(0.01) == POLL_SECONDS
-    assert look_after(0.3) == POLL_SECONDS
-    assert look_after(0.3) == 0.0
-    assert backed_off_for() == pytest.approx(POLL_BACKOFF_SECONDS, abs=0.02)
+    assert looks.after(waited=0.01) == POLL_SECONDS
+    assert looks.after(waited=0.3) == POLL_SECONDS
+    assert looks.after(waited=0.3) == 0.0
+    assert looks.backed_off_for() == pytest.approx(POLL_BACKOFF_SECONDS, abs=0.02)
 
 
 def test_a_wait_for_a_cpu_while_it_hardly_polled_stops_no_polling(
-    cpu_wait: list[float | None], monkeypatch: pytest.MonkeyPatch
+    looks: _Looks,
 ) -> None:
     # A map: every CPU busy with the pool's own work, and the pipes never
     # empty (a poll returns at once). A back-off from then would carry over
     # into the round trips that follow it.
-    now = [100.0]
-    monkeypatch.setattr(_polling.time, "monotonic", lambda: now[0])
-    manager = _manager_with(0, cpus=2, short_waits=0.9)
-    assert manager._poll_seconds() == POLL_SECONDS
+    assert looks.first() == POLL_SECONDS
     for _ in range(5):
-        now[0] += CROWDED_CHECK_SECONDS
-        cpu_wait[0] += 0.5 * CROWDED_CHECK_SECONDS  # type: ignore[operator]
-        manager.polling.polled_seconds += 0.001
-        assert manager._poll_seconds() == POLL_SECONDS
+        assert looks.after(waited=0.5, polled=0.01) == POLL_SECONDS
 
 
-def test_a_look_long_after_the_last_is_a_first_one(
-    cpu_wait: list[float | None], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    now = [100.0]
-    monkeypatch.setattr(_polling.time, "monotonic", lambda: now[0])
-    manager = _manager_with(0, cpus=2, short_waits=0.9)
-    assert manager._poll_seconds() == POLL_SECONDS
+def test_a_look_long_after_the_last_is_a_first_one(looks: _Looks) -> None:
+    assert looks.first() == POLL_SECONDS
     for _ in range(3):
         # Each look a second after the last, over a stretch that waited and
-        # polled a lot: none of them is judged.
-        now[0] += 10 * CROWDED_CHECK_SECONDS
-        cpu_wait[0] += 5 * CROWDED_CHECK_SECONDS  # type: ignore[operator]
-        manager.polling.polled_seconds += 5 * CROWDED_CHECK_SECONDS
-        assert manager._poll_seconds() == POLL_SECONDS
+        # polled half the time: none of them is judged.
+        stretch = 10 * CROWDED_CHECK_SECONDS
+        assert looks.after(waited=0.5, polled=0.5, seconds=stretch) == POLL_SECONDS
 
 
 def test_a_manager_that_cannot_tell_never_polls(
@@ -302,24 +294,36 @@ def _workers_cpu_seconds(executor: Any) -> float:
     return sum(_process_cpu_seconds(worker.process.pid) for worker in workers)
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="forked workers, /proc")
-def test_a_worker_polls_between_round_trips_and_sleeps_once_idle(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # Forked: the workers start with this process's patched policy.
+@pytest.fixture
+def forked_queue(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A queue executor whose two workers have started, with a patched policy.
+
+    Forked: the workers start with this process's patched modules.
+    """
+    if sys.platform != "linux":
+        pytest.skip("forked workers, /proc")
     _poll_whatever_the_machine(monkeypatch)
     with executors.create("queue", max_workers=2, mp_context="fork") as executor:
-        for value in range(20):
-            assert executor.submit(tasks.identity, value).result() == value
-        before = _workers_cpu_seconds(executor)
-        for value in range(20):
-            assert executor.submit(tasks.identity, value).result() == value
-            time.sleep(0.01)  # a short wait: the worker polls through it
-        polled = _workers_cpu_seconds(executor) - before
-        time.sleep(0.3)  # well past POLL_SECONDS
-        before = _workers_cpu_seconds(executor)
-        time.sleep(1.0)
-        idle = _workers_cpu_seconds(executor) - before
+        both = [executor.submit(tasks.sleep_and_return, 0.2, i) for i in range(2)]
+        assert [future.result() for future in both] == [0, 1]
+        yield executor
+
+
+def test_a_worker_polls_between_round_trips_and_sleeps_once_idle(
+    forked_queue: Any,
+) -> None:
+    executor = forked_queue
+    for value in range(20):
+        assert executor.submit(tasks.identity, value).result() == value
+    before = _workers_cpu_seconds(executor)
+    for value in range(20):
+        assert executor.submit(tasks.identity, value).result() == value
+        time.sleep(0.01)  # a short wait: the worker polls through it
+    polled = _workers_cpu_seconds(executor) - before
+    time.sleep(0.3)  # well past POLL_SECONDS
+    before = _workers_cpu_seconds(executor)
+    time.sleep(1.0)
+    idle = _workers_cpu_seconds(executor) - before
     # Polling through twenty gaps of 10 ms takes a CPU for most of 0.2 s; a
     # worker left polling would spend the whole idle second.
     assert polled > 0.05
@@ -369,26 +373,22 @@ def test_a_worker_polls_only_while_a_cpu_is_left_to_the_parent(
     assert runner.polls_after(_task(0.0)) is False
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="forked workers, /proc")
 def test_a_worker_does_not_poll_after_a_task_sent_beside_others(
-    monkeypatch: pytest.MonkeyPatch,
+    forked_queue: Any,
 ) -> None:
     # Only a task sent to a pool where no other worker holds one is a round
     # trip's (POLL_AFTER): the tasks of a map, sent while others run, are not.
-    _poll_whatever_the_machine(monkeypatch)
-    with executors.create("queue", max_workers=2, mp_context="fork") as executor:
-        both = [executor.submit(tasks.sleep_and_return, 0.2, i) for i in range(2)]
-        assert [future.result() for future in both] == [0, 1]
-        pids = set()
-        workers = {w.process.pid: w for w in executor._pool.workers.values()}  # type: ignore[attr-defined]
-        before = {pid: _process_cpu_seconds(pid) for pid in workers}
-        for _ in range(20):
-            first = executor.submit(tasks.sleep_and_return, 0.005, "first")
-            beside = executor.submit(tasks.get_pid)
-            assert first.result() == "first"
-            pids.add(beside.result())
-            time.sleep(0.01)
-        spent = {pid: _process_cpu_seconds(pid) - before[pid] for pid in workers}
+    executor = forked_queue
+    pids = set()
+    workers = {w.process.pid: w for w in executor._pool.workers.values()}  # type: ignore[attr-defined]
+    before = {pid: _process_cpu_seconds(pid) for pid in workers}
+    for _ in range(20):
+        first = executor.submit(tasks.sleep_and_return, 0.005, "first")
+        beside = executor.submit(tasks.get_pid)
+        assert first.result() == "first"
+        pids.add(beside.result())
+        time.sleep(0.01)
+    spent = {pid: _process_cpu_seconds(pid) - before[pid] for pid in workers}
     assert len(pids) == 1, "the second task of a pair did not always go to one worker"
     (other,) = pids
     assert spent[other] < 0.05
