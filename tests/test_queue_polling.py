@@ -113,12 +113,12 @@ def cpu_wait(monkeypatch: pytest.MonkeyPatch) -> list[float | None]:
     ("busy", "polling_workers", "cpus", "short_waits", "polls"),
     [
         (0, 0, 2, 0.9, True),  # between round trips, no worker polls
-        (1, 0, 4, 0.9, True),  # a round trip's task runs
+        (1, 0, 2, 0.9, True),  # a task runs; its worker will not poll
+        (0, 1, 2, 0.9, False),  # the worker polls, the caller runs meanwhile
+        (1, 1, 2, 0.9, False),
         (1, 1, 4, 0.9, True),
-        (0, 1, 2, 0.9, False),  # the worker polls; a caller takes the other CPU
-        (1, 0, 2, 0.9, False),
-        (2, 0, 4, 0.9, True),
-        (3, 0, 4, 0.9, False),
+        (3, 0, 4, 0.9, True),
+        (4, 0, 4, 0.9, False),  # every CPU has a busy worker
         (0, 0, 1, 0.9, False),  # one CPU: polling would take the worker's
         (1, 0, 4, 0.3, False),  # most waits are long: polling would not pay
         (1, 0, 4, 0.0, False),  # a new manager, before its first waits

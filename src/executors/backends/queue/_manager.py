@@ -139,9 +139,10 @@ class Manager(ManagerThread):
     def _poll_seconds(self) -> float:
         """Seconds to poll before sleeping: 0 unless waits are short and a CPU idles.
 
-        Idles: left over by the workers running a task or polling, a caller
-        and this thread. A polling worker comes first: its wake-up is on
-        every round trip too, and costs more.
+        Idles: left over by the workers holding a task, and by those that
+        poll (or will, after their task) and the callers they serve: the
+        caller runs while its worker polls. A polling worker comes first:
+        its wake-up is on every round trip too, and costs more.
         """
         polling, pool = self.polling, self.pool
         # Without the lock: list() copies the values at once, and a count
@@ -149,7 +150,8 @@ class Manager(ManagerThread):
         # CPU the pool's own work takes says nothing of how crowded the
         # machine is (a map keeps every CPU busy).
         busy = sum(1 for worker in list(pool.workers.values()) if worker.held)
-        if busy + pool.board.polling() + 2 <= polling.cpus and polling.worth_polling():
+        wanted = busy + 2 * pool.board.polling()
+        if wanted < polling.cpus and polling.worth_polling():
             return polling.seconds
         return 0.0
 
