@@ -10,7 +10,7 @@ and the workers' per call, then the CPU the idle executor takes over one
 second. Needs psutil (the ``test`` extra).
 
 Run it with ``PYTHONPATH=<tree>/src`` on two trees, in turn, to
-see what a change to the manager's waiting costs; the queue's manager
+see what a change to the waiting costs: the queue's worker (or manager)
 polls before it sleeps (docs/backends/queue.md), which shows here.
 """
 
