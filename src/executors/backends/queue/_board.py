@@ -29,7 +29,8 @@ __all__ = [
 
 # Board layout: FIELDS int64 per worker slot. SENT: the bytes the worker
 # has sent on its result pipe, the frame being written included. POLLING:
-# 1 while the worker polls its task pipe (docs/backends/queue.md, "Inside").
+# 1 from the start of a task after which the worker will poll its task
+# pipe, until it stops polling (docs/backends/queue.md, "Inside").
 TASK, ITEM, END, STARTED, SENT, POLLING = 0, 1, 2, 3, 4, 5
 FIELDS = 6
 # STARTED holds a start time while a task (or a piece of a chunk) runs; 0

@@ -162,6 +162,7 @@ class _Runner:
             if leaving:
                 self.outbox.send(LEAVING, 0)
                 break
+        view[flag] = 0  # it polls no more, and may wait below
         # The parent opens a result's shared memory through this process:
         # it must not be gone before the parent has taken its last one.
         _shm.wait_picked(LAST_RESULT_SECONDS)
