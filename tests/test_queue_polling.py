@@ -96,7 +96,6 @@ def _manager_with(
     )
     manager.polling = PollPolicy()
     manager.polling.cpus = cpus
-    manager.polling.never = cpus < 2
     manager.polling.short_waits = short_waits
     return manager
 
@@ -361,7 +360,7 @@ def _task(value: float) -> Message:
 def test_a_worker_polls_only_while_a_cpu_is_left_to_the_parent(
     runner: Any, cpus: int, running: int, polling: int, polls: bool
 ) -> None:
-    runner.polling.cpus, runner.polling.never = cpus, cpus < 2
+    runner.polling.cpus = cpus
     view = runner.board.view
     for row in range(1, 1 + running):
         view[row * FIELDS + STARTED] = time.monotonic_ns()

@@ -145,10 +145,12 @@ class Manager(ManagerThread):
         its wake-up is on every round trip too, and costs more.
         """
         polling, pool = self.polling, self.pool
+        if not polling.waits_are_short():
+            return 0.0  # the common case of long tasks: nothing counted
         # Without the lock: list() copies the values at once, and a count
-        # that is already stale costs one poll at most. The count first: a
-        # CPU the pool's own work takes says nothing of how crowded the
-        # machine is (a map keeps every CPU busy).
+        # that is already stale costs one poll at most. The count before the
+        # CPU wait: a CPU the pool's own work takes says nothing of how
+        # crowded the machine is (a map keeps every CPU busy).
         busy = sum(1 for worker in list(pool.workers.values()) if worker.held)
         wanted = busy + 2 * pool.board.polling()
         if wanted < polling.cpus and polling.worth_polling():

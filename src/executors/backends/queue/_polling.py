@@ -56,7 +56,6 @@ class PollPolicy:
         "checked_at",
         "cpus",
         "crowded_until",
-        "never",
         "polled_seconds",
         "polled_then",
         "seconds",
@@ -68,8 +67,6 @@ class PollPolicy:
     def __init__(self) -> None:
         self.seconds = POLL_SECONDS
         self.cpus = cpu_count()
-        # One CPU: polling would take it from the thread being waited for.
-        self.never = self.cpus < 2
         # The share of its recent waits that ended within ``seconds``.
         self.short_waits = 0.0
         # Polling stopped until then; when it last looked (0: not yet), and
@@ -89,9 +86,17 @@ class PollPolicy:
         self.short_waits += (short - self.short_waits) * 0.25
         self.polled_seconds += min(seconds, polled)
 
+    def waits_are_short(self) -> bool:
+        """Most recent waits were short, and a CPU besides this thread's exists.
+
+        On one CPU, polling would take it from the thread being waited for.
+        No system call: checked before anything dearer.
+        """
+        return self.short_waits >= 0.5 and self.cpus >= 2
+
     def worth_polling(self) -> bool:
         """Whether to poll before the next sleep (at most one /proc read)."""
-        return self.short_waits >= 0.5 and not self.never and not self._crowded()
+        return self.waits_are_short() and not self._crowded()
 
     def _crowded(self) -> bool:
         """Whether this thread waited for a CPU lately (CROWDED_CHECK_SECONDS)."""
