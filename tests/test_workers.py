@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -210,6 +211,31 @@ def test_a_slot_claim_that_cannot_succeed_names_the_cause(tmp_path: Path) -> Non
             Slot(token, 1, held.folder).claim(wait=0.05)
     finally:
         held.release()
+
+
+def test_a_flush_ends_when_the_listener_hangs_up_mid_flush(tmp_path: Path) -> None:
+    """A worker whose caller went away is told at once, not after the bound."""
+    from executors._workers._logsend import Forwarder
+
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(tmp_path / "listener"))
+    server.listen(1)
+    forwarder = Forwarder(str(tmp_path / "listener"), b"\0" * 32, lambda: None)
+    peer, _ = server.accept()
+    try:
+        forwarder.emit(logging.makeLogRecord({"name": "x", "levelno": 20, "msg": "m"}))
+        # The listener takes the flush request, then hangs up unanswered.
+        hang_up = threading.Timer(0.2, peer.close)
+        hang_up.start()
+        start = time.monotonic()
+        assert forwarder.sync(timeout=5.0) is False
+        assert time.monotonic() - start < 2.0
+        assert forwarder.sync(timeout=5.0) is False  # and stays broken
+        hang_up.join()
+    finally:
+        forwarder.close()
+        peer.close()
+        server.close()
 
 
 def test_the_listener_refuses_a_stranger() -> None:

@@ -156,7 +156,8 @@ class Forwarder(logging.Handler):
             done = threading.Event()
             self._queue.append(done)
             self._cond.notify_all()
-        return done.wait(timeout)
+        # Set on an answer, or at once when the connection broke.
+        return done.wait(timeout) and not self._broken
 
     def close(self) -> None:
         """Flush, stop the sender and close the connection."""
@@ -169,6 +170,7 @@ class Forwarder(logging.Handler):
         super().close()
 
     def _send_loop(self) -> None:
+        sync: threading.Event | None = None
         try:
             while True:
                 with self._cond:
@@ -177,7 +179,7 @@ class Forwarder(logging.Handler):
                     if not self._queue:
                         return  # closed, and everything was sent
                     batch: list[dict[str, Any]] = []
-                    sync: threading.Event | None = None
+                    sync = None
                     notice: tuple[Any, ...] | None = None
                     while self._queue and len(batch) < BATCH:
                         item = self._queue.popleft()
@@ -204,7 +206,10 @@ class Forwarder(logging.Handler):
         except OSError:
             with self._cond:
                 self._broken = True
-                # Nobody will answer: release whoever waits in flush().
+                # Nobody will answer: release whoever waits in flush(),
+                # the flush being sent included.
+                if sync is not None:
+                    sync.set()
                 for item in self._queue:
                     if isinstance(item, threading.Event):
                         item.set()
