@@ -371,3 +371,41 @@ def test_a_task_terminated_by_someone_elses_revoke_counts_as_a_crash() -> None:
     assert isinstance(
         failure("REVOKED", TaskRevokedError("revoked")), ExecutorFailedError
     )
+
+
+def exit_after_closing_pipes() -> None:
+    """Die the way that raced Celery's pool: pipes closed, then an exit.
+
+    A dying process closes its pipes (its sentinel among them) before its
+    exit status can be read; here the gap is stretched to a moment.
+    """
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            with open(f"/proc/self/fdinfo/{fd}") as info:
+                flags = int(info.read().split("flags:")[1].split()[0], 8)
+        except (OSError, IndexError, ValueError):
+            continue
+        if target.startswith("pipe:") and flags & os.O_ACCMODE == os.O_WRONLY:
+            os.close(fd)
+    time.sleep(0.3)
+    os._exit(3)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.timeout(60)
+def test_a_pool_process_that_dies_slowly_is_noticed_at_once() -> None:
+    # Celery's pool looks for dead processes as a sentinel closes and then
+    # every 5 s; a process not yet reapable at the first look was found up
+    # to 5 s later. The second crash starts just after the pool's look that
+    # found the first, so it would wait for almost the whole period.
+    with _create() as executor:
+        for attempt in range(2):
+            start = time.monotonic()
+            error = executor.submit(exit_after_closing_pipes).exception(timeout=BOUND)
+            took = time.monotonic() - start
+            assert isinstance(error, WorkerCrashedError), repr(error)
+            assert error.exitcode == 3
+        assert took < 2.0, f"the second crash was reported after {took:.1f}s"
+        assert executor.submit(tasks.add, 1, 1).result(timeout=BOUND) == 2

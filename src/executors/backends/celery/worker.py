@@ -39,7 +39,9 @@ and connects four hooks:
   ``INITIALIZER_FAILED_EXITCODE``.
 * **worker_process_shutdown** (a pool process leaving normally: shutdown,
   recycling): run the finalizer and send the last log records.
-* **worker_ready**: tell the caller the worker consumes.
+* **worker_ready**: tell the caller the worker consumes, and look for
+  dead pool processes every :data:`MAINTAIN_SECONDS` (any worker of this
+  app, private or not; see :func:`_maintain_often`).
 * **task_internal_error** (a pool process could not store a result): if
   Redis refused it for its memory cap, tell the caller which task lost its
   result, so that its future fails instead of waiting forever.
@@ -72,6 +74,7 @@ from ..._workers import leave_process
 from . import task as _task  # noqa: F401
 
 __all__ = [
+    "MAINTAIN_SECONDS",
     "PRIVATE_CONFIG",
     "PRIVATE_VARIABLE",
     "RESULT_REFUSED",
@@ -114,6 +117,13 @@ _WORKER_CONFIG: dict[str, Any] = {
     # worker that dies breaks the executor, nothing is ever redelivered.
     "broker_transport_options": {"ack_emulation": False},
 }
+#: How often the worker's main process looks for pool processes that died.
+#: Celery's prefork pool learns of a death when the process's sentinel pipe
+#: closes, but a dying process closes its pipes before its exit status can
+#: be read; a pool that looks in between finds it alive and waits for its
+#: own next look, 5 s later. The task's future waited that long (0-5 s, most
+#: often on a busy machine). A look costs one ``waitpid`` per pool process.
+MAINTAIN_SECONDS = 0.25
 #: The event a pool process reports when Redis refused a result for its
 #: memory cap.
 RESULT_REFUSED = "result-refused"
@@ -215,8 +225,25 @@ def _start_private() -> None:
     _initializer = _take_initializer(_private.get("init"))
 
 
-def _on_worker_ready(**_: Any) -> None:
+def _on_worker_ready(sender: Any = None, **_: Any) -> None:
+    _maintain_often(sender)
     _report({"event": "ready", "pid": os.getpid()})
+
+
+def _maintain_often(consumer: Any) -> None:
+    """Have the prefork pool look for dead processes every MAINTAIN_SECONDS."""
+    hub = getattr(consumer, "hub", None)
+    task_pool = getattr(consumer, "pool", None)
+    if hub is None or not hasattr(getattr(task_pool, "_pool", None), "maintain_pool"):
+        return  # not the prefork pool in an event loop: nothing to hurry
+
+    def maintain() -> None:
+        # Read each time: a pool restart replaces billiard's pool.
+        billiard_pool = getattr(task_pool, "_pool", None)
+        if billiard_pool is not None:
+            billiard_pool.maintain_pool()  # a no-op once the pool is closing
+
+    hub.call_repeatedly(MAINTAIN_SECONDS, maintain)
 
 
 def _enter_callers_place(private: dict[str, Any]) -> None:
