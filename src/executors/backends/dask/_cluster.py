@@ -109,6 +109,10 @@ class Scratch:
         if watcher.stdin is not None:
             with contextlib.suppress(OSError):
                 watcher.stdin.close()
+        if not os.path.exists(self.path):
+            # Its work is done: waiting for it would cost its 0.1 s pause
+            # for workers still exiting, and ours are gone.
+            watcher.kill()
         try:
             watcher.wait(WATCHER_EXIT_SECONDS)
         except subprocess.TimeoutExpired:
