@@ -409,3 +409,39 @@ def test_a_pool_process_that_dies_slowly_is_noticed_at_once() -> None:
             assert error.exitcode == 3
         assert took < 2.0, f"the second crash was reported after {took:.1f}s"
         assert executor.submit(tasks.add, 1, 1).result(timeout=BOUND) == 2
+
+
+@pytest.mark.timeout(60)
+def test_the_result_thread_never_closes_the_stop_message_mid_send() -> None:
+    # shutdown() wakes the result thread with a message it publishes on a
+    # connection of the client's pool; the thread, seeing the stop flag,
+    # disconnected the whole pool as it ended, that connection included,
+    # and the publish then waited out the 5 s socket timeout (1 shutdown
+    # in 15 on a busy machine). Here the publish is held for longer than
+    # the thread's read timeout, so the thread sees the flag meanwhile.
+    executor = _create()
+    assert executor.submit(tasks.add, 1, 1).result(timeout=BOUND) == 2
+    listener = executor._connection._listener
+    assert listener is not None
+    pool = listener._client.connection_pool
+    events: list[str] = []
+    real_publish, real_disconnect = listener._client.publish, pool.disconnect
+
+    def publish(*args: Any, **kwargs: Any) -> Any:
+        events.append("publish starts")
+        time.sleep(1.5)  # longer than the thread's 1 s read
+        try:
+            return real_publish(*args, **kwargs)
+        finally:
+            events.append("publish ends")
+
+    def disconnect(*args: Any, **kwargs: Any) -> Any:
+        events.append("pool disconnected")
+        return real_disconnect(*args, **kwargs)
+
+    listener._client.publish = publish
+    pool.disconnect = disconnect
+    start = time.monotonic()
+    executor.shutdown()
+    assert events[:3] == ["publish starts", "publish ends", "pool disconnected"]
+    assert time.monotonic() - start < 4.0

@@ -18,6 +18,7 @@ settles (one ``DEL`` per batch of messages read).
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -91,6 +92,11 @@ class ResultListener(ManagerThread):
         self._close_client = close_client
         self._stopping = False
         self._pubsub: Any = None
+        # Held by stop() while it publishes the wake-up and by the thread
+        # as it closes the client's connections, which include the one
+        # that publish uses; once ended, there is nothing to wake.
+        self._publishing = threading.Lock()
+        self._ended = False
 
     def subscribe(self) -> None:
         """Subscribe now, in the caller: no result can be missed after this."""
@@ -114,9 +120,12 @@ class ResultListener(ManagerThread):
     def stop(self) -> None:
         """Ask the thread to end; it does at once, or within READ_SECONDS."""
         self._stopping = True
-        # Redis may be gone: the read then times out instead.
-        with contextlib.suppress(Exception):
-            self._client.publish(self._stop_channel, b"")
+        with self._publishing:
+            if self._ended:
+                return
+            # Redis may be gone: the read then times out instead.
+            with contextlib.suppress(Exception):
+                self._client.publish(self._stop_channel, b"")
 
     def on_failure(self, error: BaseException) -> None:
         self._close()
@@ -205,6 +214,10 @@ class ResultListener(ManagerThread):
         may be reading is never safe (its number can be reused at once).
         """
         self._close()
-        if self._close_client:
-            with contextlib.suppress(Exception):
-                self._client.connection_pool.disconnect()
+        # Not under a stop() publishing now: its read would wait out the
+        # socket timeout on a connection closed under it.
+        with self._publishing:
+            self._ended = True
+            if self._close_client:
+                with contextlib.suppress(Exception):
+                    self._client.connection_pool.disconnect()
