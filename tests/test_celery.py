@@ -401,7 +401,7 @@ def test_a_pool_process_that_dies_slowly_is_noticed_at_once() -> None:
     # to 5 s later. The second crash starts just after the pool's look that
     # found the first, so it would wait for almost the whole period.
     with _create() as executor:
-        for attempt in range(2):
+        for _ in range(2):
             start = time.monotonic()
             error = executor.submit(exit_after_closing_pipes).exception(timeout=BOUND)
             took = time.monotonic() - start
